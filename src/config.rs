@@ -1,0 +1,313 @@
+//! The YAML configuration: schema, defaults and validation.
+//!
+//! Parsing goes through `serde_path_to_error`, so every error names the field it is about, and
+//! [`Config::parse`] is the only way to get a [`Config`]: a value of it has passed every rule.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::load::{Load, LoadError};
+
+/// Where the control API listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
+
+/// The daemon's configuration, as read from YAML and completed with defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket URL of the server under test (ws:// or wss://). Without one, `wsfleet run`
+    /// starts the reference target in-process and points the fleet at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Url>,
+    /// Address of the control API and `/metrics`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_users")]
+    pub users: u32,
+    #[serde(default = "default_connect_rate")]
+    pub connect_rate: f64,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_message_interval", with = "humantime_serde")]
+    pub message_interval: Duration,
+    #[serde(default = "default_payload_size")]
+    pub payload_size: usize,
+    #[serde(default)]
+    pub heartbeat: Heartbeat,
+    #[serde(default)]
+    pub reconnect: Reconnect,
+    /// How long shutdown waits for sessions to close cleanly before it gives up on them.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// WebSocket ping heartbeat of every connected user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Time between pings; zero turns the heartbeat off.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A ping without a pong after this long is a `heartbeat_timeout` disconnect.
+    #[serde(default = "default_heartbeat_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Delay before a user reconnects: exponential from `initial` to `max`, with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconnect {
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// Fraction of each delay that is random: 1.0 is "full jitter", 0.0 none.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("constant address parses")
+}
+fn default_users() -> u32 {
+    10
+}
+fn default_connect_rate() -> f64 {
+    100.0
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_message_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_payload_size() -> usize {
+    64
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_heartbeat_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jitter() -> f64 {
+    1.0
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            interval: default_heartbeat_interval(),
+            timeout: default_heartbeat_timeout(),
+        }
+    }
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+/// Why a configuration was refused; each message names the file, field or flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config field `{field}`: {message}")]
+    Syntax { field: String, message: String },
+    #[error("config field {0}")]
+    Load(#[from] LoadError),
+    #[error("config field `{field}`: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates YAML text; an empty document is the all-defaults config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let field = err.path().to_string();
+            ConfigError::Syntax {
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                message: one_line(&err.into_inner().to_string()),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in configuration: a small fleet against the in-process reference target.
+    pub fn embedded_default() -> Config {
+        Config::parse("").expect("the empty config is valid")
+    }
+
+    /// The live-adjustable part of this configuration.
+    pub fn load(&self) -> Load {
+        Load {
+            users: self.users,
+            connect_rate: self.connect_rate,
+            message_interval: self.message_interval,
+            payload_size: self.payload_size,
+        }
+    }
+
+    /// The effective configuration as YAML, as `wsfleet check` prints it.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("a config always serializes")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(target) = &self.target {
+            validate_target(target)?;
+        }
+        self.load().validate()?;
+        let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
+        if self.connect_timeout.is_zero() {
+            return invalid("connect_timeout", "must be greater than 0".into());
+        }
+        if !self.heartbeat.interval.is_zero() && self.heartbeat.timeout.is_zero() {
+            return invalid(
+                "heartbeat.timeout",
+                "must be greater than 0 when the heartbeat is on".into(),
+            );
+        }
+        if self.reconnect.initial.is_zero() {
+            return invalid("reconnect.initial", "must be greater than 0".into());
+        }
+        if self.reconnect.max < self.reconnect.initial {
+            return invalid(
+                "reconnect.max",
+                format!(
+                    "must be at least reconnect.initial ({})",
+                    humantime::format_duration(self.reconnect.initial)
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.reconnect.jitter) {
+            return invalid(
+                "reconnect.jitter",
+                format!("must be between 0.0 and 1.0, got {}", self.reconnect.jitter),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a target URL is one a WebSocket client can connect to.
+pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
+    let problem = if !matches!(target.scheme(), "ws" | "wss") {
+        format!(
+            "scheme must be ws:// or wss://, got `{}://` in {target}",
+            target.scheme()
+        )
+    } else if target.host_str().is_none_or(str::is_empty) {
+        format!("has no host: {target}")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        field: "target",
+        problem,
+    })
+}
+
+/// YAML parser messages sometimes span lines; the contract is one line per error.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(text: &str) -> String {
+        Config::parse(text)
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("").expect("defaults are valid");
+        assert_eq!(config, Config::embedded_default());
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.target.is_none());
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let config = Config::parse("message_interval: 250ms\nheartbeat: {interval: 30s}\n")
+            .expect("valid config");
+        assert_eq!(config.message_interval, Duration::from_millis(250));
+        assert_eq!(config.heartbeat.interval, Duration::from_secs(30));
+        assert_eq!(config.heartbeat.timeout, default_heartbeat_timeout());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(field_of("users: -5").contains("`users`"));
+        assert!(field_of("users: many").contains("`users`"));
+        assert!(field_of("connect_rate: -3").contains("`connect_rate`"));
+        assert!(field_of("target: http://example.test/").contains("`target`"));
+        assert!(field_of("target: not a url").contains("`target`"));
+        assert!(field_of("heartbeat: {intervall: 1s}").contains("intervall"));
+        assert!(field_of("bogus: 1").contains("bogus"));
+        assert!(field_of("message_interval: soon").contains("`message_interval`"));
+        assert!(field_of("reconnect: {jitter: 2}").contains("`reconnect.jitter`"));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for text in ["users: [1, 2", "heartbeat:\n  interval: x\n", "a: b: c"] {
+            assert!(!field_of(text).contains('\n'), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config =
+            Config::parse("target: wss://chat.example.test/ws\nusers: 7\n").expect("valid config");
+        assert_eq!(
+            Config::parse(&config.to_yaml()).expect("round trip"),
+            config
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! wsfleet: a long-running load daemon for WebSocket / instant-messaging servers.
+//!
+//! # Layout
+//!
+//! Data flows one way: config / API -> desired [`load::Load`] (a `watch` channel) -> the
+//! [`fleet`] supervisor -> one [`session`] task per simulated user -> [`metrics`] ->
+//! `GET /metrics`.
+//!
+//! - [`config`]: the YAML schema, defaults and validation; errors name the field.
+//! - [`load`]: the part of the config that can change while the daemon runs, and its patches.
+//! - [`fleet`]: the supervisor actor that holds the number of users at the desired count.
+//! - [`session`]: one simulated user: connect, heartbeat, send, receive, reconnect.
+//! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
+//! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows.
+//! - [`api`]: the HTTP control API and `/metrics`.
+//! - [`daemon`]: wires the parts together and runs them until shutdown.
+//! - [`target`]: the reference server used for demos, tests and benchmarks.
+//! - [`cli`]: command-line parsing, shared by `main` and the tests.
+
+pub mod api;
+pub mod backoff;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod fleet;
+pub mod load;
+pub mod metrics;
+pub mod pacer;
+pub mod session;
+pub mod target;

@@ -1,0 +1,353 @@
+//! Everything the fleet measures: one typed struct over an owned Prometheus registry, plus
+//! HdrHistogram windows that give exact recent quantiles to the status API.
+//!
+//! Label values come from closed enums ([`ConnectResult`], [`DisconnectReason`]); their series
+//! are created up front so every one of them exists (at 0) from the first scrape.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram as Hdr;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use serde::Serialize;
+
+/// Latency buckets from 100 µs to 30 s on a 1-2-5 scale, so SLA thresholds such as 200 ms or
+/// 1 s fall on a bucket boundary.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0, 20.0, 30.0,
+];
+
+/// Length of the HdrHistogram window behind the status API's quantiles.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Declares a closed set of label values with its string form and the list of all values.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// Outcome of one connection attempt (`wsfleet_connects_total{result}`).
+    ConnectResult {
+        Ok => "ok",
+        Refused => "refused",
+        Timeout => "timeout",
+        Dns => "dns",
+        Tls => "tls",
+        HttpStatus => "http_status",
+        Protocol => "protocol",
+        Io => "io",
+    }
+}
+
+label_enum! {
+    /// Why a connected user stopped being connected (`wsfleet_disconnects_total{reason}`).
+    DisconnectReason {
+        ClientClose => "client_close",
+        ServerClose => "server_close",
+        HeartbeatTimeout => "heartbeat_timeout",
+        SendTimeout => "send_timeout",
+        Reset => "reset",
+        Protocol => "protocol",
+    }
+}
+
+/// The fleet's measurements.
+pub struct Metrics {
+    registry: Registry,
+    pub users_target: IntGauge,
+    pub users_active: IntGauge,
+    connects: Vec<IntCounter>,
+    pub connect_duration: Histogram,
+    disconnects: Vec<IntCounter>,
+    pub messages_sent: IntCounter,
+    pub messages_received: IntCounter,
+    pub message_rtt: Histogram,
+    pub heartbeat_rtt: Histogram,
+    pub send_lag: Histogram,
+    pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub frames_invalid: IntCounter,
+    pub rtt_window: LatencyWindow,
+    pub connect_window: LatencyWindow,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = Registrar(&registry);
+        let connects_vec = reg.counter_vec(
+            "wsfleet_connects_total",
+            "Connection attempts by result: ok or the failure reason.",
+            "result",
+        );
+        let disconnects_vec = reg.counter_vec(
+            "wsfleet_disconnects_total",
+            "Connected users that lost their connection, by reason.",
+            "reason",
+        );
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        Metrics {
+            users_target: reg.gauge("wsfleet_users_target", "Users the fleet should hold."),
+            users_active: reg.gauge(
+                "wsfleet_users_active",
+                "Users connected right now (handshake done).",
+            ),
+            connects: ConnectResult::ALL
+                .iter()
+                .map(|r| connects_vec.with_label_values(&[r.as_str()]))
+                .collect(),
+            connect_duration: reg.histogram(
+                "wsfleet_connect_duration_seconds",
+                "Handshake time of successful connects: TCP connect, TLS and HTTP upgrade.",
+            ),
+            disconnects: DisconnectReason::ALL
+                .iter()
+                .map(|r| disconnects_vec.with_label_values(&[r.as_str()]))
+                .collect(),
+            messages_sent: reg.counter("wsfleet_messages_sent_total", "Messages sent by users."),
+            messages_received: reg.counter(
+                "wsfleet_messages_received_total",
+                "Messages received by users (pongs excluded).",
+            ),
+            message_rtt: reg.histogram(
+                "wsfleet_message_rtt_seconds",
+                "Round trip of a message, from the time it was scheduled to be sent.",
+            ),
+            heartbeat_rtt: reg.histogram(
+                "wsfleet_heartbeat_rtt_seconds",
+                "Time from a WebSocket ping to its pong.",
+            ),
+            send_lag: reg.histogram(
+                "wsfleet_send_lag_seconds",
+                "How late messages left compared to their schedule (generator or socket lag).",
+            ),
+            bytes_sent: reg.counter(
+                "wsfleet_bytes_sent_total",
+                "Payload bytes of data frames sent.",
+            ),
+            bytes_received: reg.counter(
+                "wsfleet_bytes_received_total",
+                "Payload bytes of data frames received.",
+            ),
+            frames_invalid: reg.counter(
+                "wsfleet_frames_invalid_total",
+                "Frames from the server that could not be understood.",
+            ),
+            rtt_window: LatencyWindow::new(WINDOW),
+            connect_window: LatencyWindow::new(WINDOW),
+            registry,
+        }
+    }
+
+    pub fn connect_result(&self, result: ConnectResult) -> &IntCounter {
+        &self.connects[result as usize]
+    }
+
+    pub fn disconnect(&self, reason: DisconnectReason) -> &IntCounter {
+        &self.disconnects[reason as usize]
+    }
+
+    /// Records a successful handshake of the given duration.
+    pub fn record_connect(&self, took: Duration) {
+        self.connect_result(ConnectResult::Ok).inc();
+        self.connect_duration.observe(took.as_secs_f64());
+        self.connect_window.record(took);
+    }
+
+    /// Records the round trip of one message.
+    pub fn record_rtt(&self, rtt: Duration) {
+        self.message_rtt.observe(rtt.as_secs_f64());
+        self.rtt_window.record(rtt);
+    }
+
+    /// Connection attempts so far, successful or not.
+    pub fn connect_attempts(&self) -> u64 {
+        self.connects.iter().map(IntCounter::get).sum()
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|err| format!("# encoding metrics failed: {err}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Creates metrics and registers them; names and help are constants, so failure is a bug.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+    fn counter_vec(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
+    }
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+}
+
+/// Quantiles of one window, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// An HdrHistogram over a fixed window of time: exact quantiles of the latest window, which a
+/// Prometheus histogram's buckets cannot give.
+pub struct LatencyWindow {
+    length: Duration,
+    state: Mutex<WindowState>,
+}
+
+struct WindowState {
+    started: Instant,
+    current: Hdr<u64>,
+    previous: Option<Hdr<u64>>,
+}
+
+/// Microsecond resolution up to one hour, three significant digits.
+fn new_hdr() -> Hdr<u64> {
+    Hdr::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+impl LatencyWindow {
+    pub fn new(length: Duration) -> Self {
+        Self {
+            length,
+            state: Mutex::new(WindowState {
+                started: Instant::now(),
+                current: new_hdr(),
+                previous: None,
+            }),
+        }
+    }
+
+    pub fn record(&self, value: Duration) {
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX).max(1);
+        let mut state = self.lock_rotated();
+        state.current.saturating_record(micros);
+    }
+
+    /// Quantiles of the last complete window, or of the current one before the first ends.
+    pub fn quantiles(&self) -> Quantiles {
+        let state = self.lock_rotated();
+        let hdr = state.previous.as_ref().unwrap_or(&state.current);
+        if hdr.is_empty() {
+            return Quantiles::default();
+        }
+        let secs = |micros: u64| micros as f64 / 1e6;
+        Quantiles {
+            count: hdr.len(),
+            p50: secs(hdr.value_at_quantile(0.5)),
+            p99: secs(hdr.value_at_quantile(0.99)),
+            p999: secs(hdr.value_at_quantile(0.999)),
+            max: secs(hdr.max()),
+        }
+    }
+
+    fn lock_rotated(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        // A poisoned lock only means a panic elsewhere mid-record; the histogram is still usable.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = state.started.elapsed();
+        if elapsed >= self.length {
+            let finished = std::mem::replace(&mut state.current, new_hdr());
+            // A window with nothing after it (idle for two lengths) leaves an empty previous.
+            state.previous = Some(if elapsed >= 2 * self.length {
+                new_hdr()
+            } else {
+                finished
+            });
+            state.started = Instant::now();
+        }
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_value_exists_from_the_start() {
+        let text = Metrics::new().encode();
+        for r in ConnectResult::ALL {
+            assert!(text.contains(&format!(
+                "wsfleet_connects_total{{result=\"{}\"}} 0",
+                r.as_str()
+            )));
+        }
+        for r in DisconnectReason::ALL {
+            assert!(text.contains(&format!(
+                "wsfleet_disconnects_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            )));
+        }
+        assert!(text.contains("wsfleet_message_rtt_seconds_bucket{le=\"0.0001\"} 0"));
+        assert!(text.contains("wsfleet_message_rtt_seconds_bucket{le=\"30\"} 0"));
+    }
+
+    #[test]
+    fn window_quantiles_are_exact() {
+        let window = LatencyWindow::new(Duration::from_secs(3600));
+        for ms in 1..=1000 {
+            window.record(Duration::from_millis(ms));
+        }
+        let q = window.quantiles();
+        assert_eq!(q.count, 1000);
+        assert!((q.p50 - 0.5).abs() < 0.001, "{q:?}");
+        assert!((q.p99 - 0.99).abs() < 0.001, "{q:?}");
+    }
+
+    #[test]
+    fn a_finished_window_is_reported_until_the_next_one_ends() {
+        let window = LatencyWindow::new(Duration::from_millis(50));
+        window.record(Duration::from_millis(7));
+        std::thread::sleep(Duration::from_millis(60));
+        window.record(Duration::from_millis(100));
+        let q = window.quantiles();
+        assert_eq!(q.count, 1);
+        assert!((q.p50 - 0.007).abs() < 0.0001, "{q:?}");
+    }
+}
