@@ -1,0 +1,158 @@
+//! The `wsfleet` binary as a user runs it: invalid input, the embedded default, signals.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use helpers::*;
+
+/// Runs `wsfleet <args>` to completion and returns (exit code, stdout, stderr).
+fn wsfleet(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_configs_exit_2_with_one_line_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown field", "users: 5\nuserz: 3\n", "userz"),
+        ("wrong type", "users: lots\n", "users"),
+        ("negative rate", "connect_rate: -10\n", "connect_rate"),
+        ("bad URL", "target: not a url\n", "target"),
+        ("wrong scheme", "target: http://127.0.0.1/\n", "target"),
+        (
+            "bad duration",
+            "heartbeat:\n  interval: often\n",
+            "heartbeat.interval",
+        ),
+        (
+            "nested unknown",
+            "reconnect:\n  initial: 1s\n  maximum: 2s\n",
+            "maximum",
+        ),
+    ];
+    for (what, yaml, field) in cases {
+        let path = dir.path().join("fleet.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        for command in ["check", "run"] {
+            let (code, _, stderr) = wsfleet(&[command, "-c", path.to_str().unwrap()]);
+            assert_eq!(code, Some(2), "{what} ({command}): {stderr}");
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{what}: one line: {stderr}"
+            );
+            assert!(stderr.contains(field), "{what}: names `{field}`: {stderr}");
+            assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        }
+    }
+
+    let (code, _, stderr) = wsfleet(&["check", "-c", "/nonexistent/fleet.yaml"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("/nonexistent/fleet.yaml"), "{stderr}");
+
+    let (code, _, stderr) = wsfleet(&["run", "--target", "http://127.0.0.1:1/"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("target"), "{stderr}");
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &path,
+        "target: ws://127.0.0.1:9001/ws\nmessage_interval: 250ms\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = wsfleet(&["check", "-c", path.to_str().unwrap(), "--users", "42"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("users: 42"), "{stdout}");
+    assert!(stdout.contains("message_interval: 250ms"), "{stdout}");
+    assert!(
+        stdout.contains("connect_rate: 100"),
+        "defaults are shown: {stdout}"
+    );
+}
+
+/// The README's first command: `wsfleet run` with nothing else, here on a free API port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_shows_live_numbers_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let api = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.recv().await {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                return addr.trim().parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("the daemon exited before listening");
+    })
+    .await
+    .expect("the daemon logs its API address");
+
+    wait_active(api, 10.0, 30).await;
+    wait_for("message round trips", 30, || async {
+        scrape(api).await.get("wsfleet_message_rtt_seconds_count") > 0.0
+    })
+    .await;
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        log.push(line);
+    }
+    // The reader thread may still be draining; wait for the final line with a bound.
+    let done = tokio::time::timeout(Duration::from_secs(5), async {
+        if log.iter().any(|l| l.contains("shutdown complete")) {
+            return;
+        }
+        while let Some(line) = lines.recv().await {
+            if line.contains("shutdown complete") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "the daemon logs a complete shutdown");
+}

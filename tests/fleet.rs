@@ -1,0 +1,182 @@
+//! End-to-end tests of the daemon core against the reference target on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::*;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 1000\nconnect_rate: 2000\nmessage_interval: 500ms\nheartbeat: {{interval: 1s, timeout: 5s}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 1000.0, 60).await;
+    wait_for("RTT and heartbeat samples", 30, || async {
+        let m = scrape(api).await;
+        m.get("wsfleet_message_rtt_seconds_count") >= 2000.0
+            && m.get("wsfleet_heartbeat_rtt_seconds_count") >= 1000.0
+    })
+    .await;
+
+    let m = scrape(api).await;
+    assert_eq!(m.get("wsfleet_users_target"), 1000.0);
+    assert_eq!(m.get("wsfleet_connect_duration_seconds_count"), 1000.0);
+    assert_eq!(m.get(r#"wsfleet_connects_total{result="ok"}"#), 1000.0);
+    assert_eq!(
+        m.sum("wsfleet_connects_total"),
+        1000.0,
+        "no failed attempts"
+    );
+    assert_eq!(m.sum("wsfleet_disconnects_total"), 0.0);
+    assert_eq!(m.get("wsfleet_frames_invalid_total"), 0.0);
+    assert!(m.get("wsfleet_bytes_sent_total") > 0.0);
+    assert!(m.get("process_resident_memory_bytes") > 0.0);
+    assert_eq!(
+        target.metrics().await.get("wsfleet_target_connections"),
+        1000.0
+    );
+
+    let status: serde_json::Value = http()
+        .get(format!("http://{api}/api/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["users"]["desired"], 1000);
+    assert_eq!(status["users"]["active"], 1000);
+    assert!(status["latency"]["message_rtt"]["count"].as_u64().unwrap() > 0);
+    assert!(status["latency"]["message_rtt"]["p99"].as_f64().unwrap() > 0.0);
+
+    // Graceful shutdown: every user sends a close frame before the daemon ends.
+    daemon.shutdown().await.unwrap();
+    let t = target.metrics().await;
+    assert_eq!(
+        t.get(r#"wsfleet_target_frames_received_total{kind="close"}"#),
+        1000.0
+    );
+    assert_eq!(t.get("wsfleet_target_connections"), 0.0);
+}
+
+/// Samples the active count until it reaches `goal`, checking that it never moved faster than
+/// `rate` users per second (plus one sampling interval of slack).
+async fn follow_ramp(api: std::net::SocketAddr, goal: f64, rate: f64) {
+    let start_count = scrape(api).await.get("wsfleet_users_active");
+    let start = Instant::now();
+    wait_for(&format!("a ramp to {goal} users"), 60, || async {
+        let active = scrape(api).await.get("wsfleet_users_active");
+        let allowed = rate * (start.elapsed().as_secs_f64() + 0.1) + 2.0;
+        let moved = (active - start_count).abs();
+        assert!(
+            moved <= allowed,
+            "moved {moved} users in {:?}, faster than {rate}/s",
+            start.elapsed()
+        );
+        active == goal
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patching_the_user_count_ramps_at_the_connect_rate() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 100\nconnect_rate: 1000\nmessage_interval: 2s\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 100.0, 30).await;
+
+    let response = patch_load(api, serde_json::json!({"users": 3000, "connect_rate": 800})).await;
+    assert_eq!(response.status(), 200);
+    let load: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(load["users"], 3000);
+    assert_eq!(
+        load["message_interval"], "2s",
+        "unpatched fields keep their values"
+    );
+    follow_ramp(api, 3000.0, 800.0).await;
+    wait_for("the target to count 3000 connections", 30, || async {
+        target.metrics().await.get("wsfleet_target_connections") == 3000.0
+    })
+    .await;
+
+    let response = patch_load(api, serde_json::json!({"users": 200})).await;
+    assert_eq!(response.status(), 200);
+    follow_ramp(api, 200.0, 800.0).await;
+    wait_for("the target to count 200 connections", 30, || async {
+        target.metrics().await.get("wsfleet_target_connections") == 200.0
+    })
+    .await;
+
+    let m = scrape(api).await;
+    // The ramp-down closed exactly the surplus, each with a close frame; no one else moved.
+    assert_eq!(
+        m.get(r#"wsfleet_disconnects_total{reason="client_close"}"#),
+        2800.0
+    );
+    assert_eq!(m.sum("wsfleet_disconnects_total"), 2800.0);
+    assert_eq!(m.sum("wsfleet_connects_total"), 3000.0);
+    let t = target.metrics().await;
+    assert_eq!(
+        t.get(r#"wsfleet_target_frames_received_total{kind="close"}"#),
+        2800.0
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_target_is_retried_at_a_bounded_rate_and_the_fleet_comes_back() {
+    let addr = free_addr();
+    let mut target = TargetProcess::start(addr).await;
+    let rate = 100.0;
+    let daemon = start_daemon(&format!(
+        "target: ws://{addr}/ws\nusers: 200\nconnect_rate: {rate}\nmessage_interval: 200ms\n\
+         heartbeat: {{interval: 1s, timeout: 2s}}\nreconnect: {{initial: 50ms, max: 500ms}}\n"
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 200.0, 30).await;
+
+    target.kill();
+    wait_for("every user to notice the dead target", 30, || async {
+        let m = scrape(api).await;
+        m.get("wsfleet_users_active") == 0.0 && m.sum("wsfleet_disconnects_total") == 200.0
+    })
+    .await;
+
+    // With 200 users retrying every <= 500 ms, only the pacer keeps attempts at `rate`.
+    let before = scrape(api).await.sum("wsfleet_connects_total");
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await; // a measurement window, not a wait for an event
+    let after = scrape(api).await;
+    let attempts = after.sum("wsfleet_connects_total") - before;
+    let allowed = rate * window.elapsed().as_secs_f64() + 2.0;
+    assert!(attempts > 0.0, "users keep retrying");
+    assert!(
+        attempts <= allowed,
+        "{attempts} attempts in {:?}: a reconnect storm",
+        window.elapsed()
+    );
+    assert!(after.get(r#"wsfleet_connects_total{result="refused"}"#) > 0.0);
+
+    let target = TargetProcess::start(addr).await;
+    wait_active(api, 200.0, 60).await;
+    wait_for(
+        "the restarted target to count 200 connections",
+        30,
+        || async { target.metrics().await.get("wsfleet_target_connections") == 200.0 },
+    )
+    .await;
+    daemon.shutdown().await.unwrap();
+}

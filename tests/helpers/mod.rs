@@ -1,0 +1,189 @@
+//! Shared test helpers: targets (in-process or as a real process), daemons, scraping and
+//! waiting on conditions. Every wait is bounded; every process started is killed on drop.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wsfleet::config::Config;
+use wsfleet::daemon::Daemon;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
+
+/// A reference target served in-process on a free loopback port.
+pub struct Target {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Target {
+    pub async fn start() -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wsfleet::target::serve(listener, shutdown.clone()));
+        Target { addr, shutdown }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn metrics(&self) -> Scrape {
+        scrape(self.addr).await
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The reference target as a real `wsfleet target` process, so a test can kill it.
+pub struct TargetProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl TargetProcess {
+    pub async fn start(addr: SocketAddr) -> TargetProcess {
+        let child = Command::new(BIN)
+            .args(["target", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let target = TargetProcess { addr, child };
+        wait_for("the target process to serve /healthz", 30, || async {
+            http()
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        target
+    }
+
+    /// SIGKILL: the kernel resets every connection, no close frames.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn metrics(&self) -> Scrape {
+        scrape(self.addr).await
+    }
+}
+
+impl Drop for TargetProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts a daemon in-process from YAML, its API on a free loopback port.
+pub async fn start_daemon(yaml: &str) -> Daemon {
+    let config = Config::parse(yaml).unwrap_or_else(|err| panic!("test config: {err}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Daemon::start(config, listener, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// One scrape of a `/metrics` endpoint: series (`name{labels}`) to value.
+#[derive(Debug, Default)]
+pub struct Scrape(pub BTreeMap<String, f64>);
+
+impl Scrape {
+    /// The value of one series, 0 if absent.
+    pub fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+
+    /// The sum over every series of a metric name, whatever the labels.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+pub async fn scrape(addr: SocketAddr) -> Scrape {
+    let text = http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Scrape(
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `seconds`.
+pub async fn wait_for<F, Fut>(what: &str, seconds: u64, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the daemon reports exactly `users` active users.
+pub async fn wait_active(api: SocketAddr, users: f64, seconds: u64) {
+    wait_for(
+        &format!("wsfleet_users_active == {users}"),
+        seconds,
+        || async { scrape(api).await.get("wsfleet_users_active") == users },
+    )
+    .await;
+}
+
+pub async fn patch_load(api: SocketAddr, body: serde_json::Value) -> reqwest::Response {
+    http()
+        .patch(format!("http://{api}/api/v1/load"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
