@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::{Config, ConfigError, validate_target};
+use crate::scenario::ScenarioChoice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +42,9 @@ pub struct FleetArgs {
     /// Number of users to keep connected.
     #[arg(long, value_name = "N")]
     pub users: Option<u32>,
+    /// Built-in scenario: im (the reference target's protocol), echo, idle.
+    #[arg(long, value_name = "NAME")]
+    pub scenario: Option<String>,
     /// Address of the control API and /metrics.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -51,6 +55,9 @@ pub struct TargetArgs {
     /// Address to serve WebSocket (/ws), /metrics and /healthz on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
+    /// Require this token in every login (default: any token is accepted).
+    #[arg(long, value_name = "TOKEN", env = "WSFLEET_TARGET_TOKEN")]
+    pub token: Option<String>,
 }
 
 impl FleetArgs {
@@ -67,6 +74,13 @@ impl FleetArgs {
         if let Some(users) = self.users {
             config.users = users;
             config.load().validate()?;
+        }
+        if let Some(name) = &self.scenario {
+            config.scenario =
+                ScenarioChoice::from_name(name).map_err(|problem| ConfigError::Invalid {
+                    field: "--scenario",
+                    problem,
+                })?;
         }
         if let Some(listen) = self.listen {
             config.listen = listen;

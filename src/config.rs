@@ -4,13 +4,14 @@
 //! [`Config::parse`] is the only way to get a [`Config`]: a value of it has passed every rule.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::load::{Load, LoadError};
+use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
 
 /// Where the control API listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
@@ -36,6 +37,26 @@ pub struct Config {
     pub message_interval: Duration,
     #[serde(default = "default_payload_size")]
     pub payload_size: usize,
+    /// What users say: a built-in (`im`, `echo`, `idle`) or a description of a protocol.
+    #[serde(default)]
+    pub scenario: ScenarioChoice,
+    /// `fixed`: every user sends exactly every `message_interval`; `poisson`: exponentially
+    /// distributed gaps with that mean (an open model either way).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// A message without its acknowledgement after this long counts as a timeout.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// A missing room delivery counts as lost once a later one from the same sender arrived
+    /// and this long has passed (or the receiving session ended).
+    #[serde(default = "default_loss_grace", with = "humantime_serde")]
+    pub loss_grace: Duration,
+    /// Churn: each connection lives a random time in [min, max], then closes and reconnects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<Lifetime>,
+    /// Window of the exact (HdrHistogram) quantiles in the status API.
+    #[serde(default = "default_status_window", with = "humantime_serde")]
+    pub status_window: Duration,
     #[serde(default)]
     pub heartbeat: Heartbeat,
     #[serde(default)]
@@ -43,6 +64,28 @@ pub struct Config {
     /// How long shutdown waits for sessions to close cleanly before it gives up on them.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Where relative paths in the config (credentials) are resolved from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// How each user spaces its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    #[default]
+    Fixed,
+    Poisson,
+}
+
+/// Bounds of a connection's lifetime under churn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetime {
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
 }
 
 /// WebSocket ping heartbeat of every connected user.
@@ -103,6 +146,15 @@ fn default_backoff_max() -> Duration {
 fn default_jitter() -> f64 {
     1.0
 }
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_loss_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_status_window() -> Duration {
+    crate::metrics::WINDOW
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -143,6 +195,8 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
 }
 
 impl Config {
@@ -152,11 +206,18 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text)
+        let mut config = Config::parse_in(&text, path.parent().unwrap_or(Path::new(".")))?;
+        config.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(config)
     }
 
     /// Parses and validates YAML text; an empty document is the all-defaults config.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// [`Config::parse`] with relative paths resolved from `base_dir`.
+    pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let text = if text.trim().is_empty() { "{}" } else { text };
         let deserializer = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
@@ -170,6 +231,10 @@ impl Config {
                 message: one_line(&err.into_inner().to_string()),
             }
         })?;
+        let config = Config {
+            base_dir: base_dir.to_path_buf(),
+            ..config
+        };
         config.validate()?;
         Ok(config)
     }
@@ -194,7 +259,13 @@ impl Config {
         serde_norway::to_string(self).expect("a config always serializes")
     }
 
+    /// The scenario, compiled.
+    pub fn compile_scenario(&self) -> Result<Scenario, ScenarioError> {
+        Scenario::compile(&self.scenario.spec(), &self.base_dir)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.compile_scenario()?;
         if let Some(target) = &self.target {
             validate_target(target)?;
         }
@@ -220,6 +291,23 @@ impl Config {
                     humantime::format_duration(self.reconnect.initial)
                 ),
             );
+        }
+        for (field, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("loss_grace", self.loss_grace),
+            ("status_window", self.status_window),
+        ] {
+            if value.is_zero() {
+                return invalid(field, "must be greater than 0".into());
+            }
+        }
+        if let Some(lifetime) = &self.lifetime {
+            if lifetime.min.is_zero() {
+                return invalid("lifetime.min", "must be greater than 0".into());
+            }
+            if lifetime.max < lifetime.min {
+                return invalid("lifetime.max", "must be at least lifetime.min".into());
+            }
         }
         if !(0.0..=1.0).contains(&self.reconnect.jitter) {
             return invalid(
@@ -292,6 +380,11 @@ mod tests {
         assert!(field_of("bogus: 1").contains("bogus"));
         assert!(field_of("message_interval: soon").contains("`message_interval`"));
         assert!(field_of("reconnect: {jitter: 2}").contains("`reconnect.jitter`"));
+        assert!(field_of("scenario: chat").contains("unknown scenario `chat`"));
+        assert!(field_of("scenario: {login: [{sendd: x}]}").contains("sendd"));
+        assert!(field_of("scenario: {room_size: 0}").contains("`scenario.room_size`"));
+        assert!(field_of("schedule: sometimes").contains("`schedule`"));
+        assert!(field_of("lifetime: {min: 2s, max: 1s}").contains("`lifetime.max`"));
     }
 
     #[test]

@@ -45,8 +45,16 @@ impl Daemon {
                 (url, Some(task))
             }
         };
-        let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(Context::new(&config, target.clone(), Arc::clone(&metrics)));
+        let scenario = config
+            .compile_scenario()
+            .context("compiling the scenario")?;
+        let metrics = Arc::new(Metrics::with_window(config.status_window));
+        let ctx = Arc::new(Context::new(
+            &config,
+            target.clone(),
+            scenario,
+            Arc::clone(&metrics),
+        ));
         let (fleet, fleet_task) = Fleet::spawn(
             ctx,
             config.load(),

@@ -157,12 +157,12 @@ impl Fleet {
         }
         while self.users.len() < desired {
             let cancel = self.shutdown.child_token();
-            let user = User {
-                id: self.users.len() as u32,
-                ctx: Arc::clone(&self.ctx),
-                load: self.load.subscribe(),
-                cancel: cancel.clone(),
-            };
+            let user = User::new(
+                self.users.len() as u32,
+                Arc::clone(&self.ctx),
+                self.load.subscribe(),
+                cancel.clone(),
+            );
             self.tracker.spawn(user.run());
             self.users.push(cancel);
         }

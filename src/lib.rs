@@ -27,5 +27,6 @@ pub mod fleet;
 pub mod load;
 pub mod metrics;
 pub mod pacer;
+pub mod scenario;
 pub mod session;
 pub mod target;

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         match (cli.command, config) {
-            (Command::Target(args), _) => run_target(args.listen, shutdown).await,
+            (Command::Target(args), _) => run_target(args, shutdown).await,
             (_, Some(config)) => run_daemon(config, shutdown).await,
             (_, None) => unreachable!("run and check always resolve a config"),
         }
@@ -79,9 +79,10 @@ async fn run_daemon(
 }
 
 async fn run_target(
-    listen: std::net::SocketAddr,
+    args: wsfleet::cli::TargetArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let listen = args.listen;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (`--listen`)"))?;
@@ -89,7 +90,8 @@ async fn run_target(
         "reference target listening on http://{} (WebSocket at /ws)",
         listener.local_addr()?
     );
-    target::serve(listener, shutdown).await?;
+    let options = target::TargetOptions { token: args.token };
+    target::serve_with(listener, options, shutdown).await?;
     Ok(())
 }
 

@@ -51,6 +51,7 @@ label_enum! {
         HttpStatus => "http_status",
         Protocol => "protocol",
         Io => "io",
+        Login => "login",
     }
 }
 
@@ -63,6 +64,7 @@ label_enum! {
         SendTimeout => "send_timeout",
         Reset => "reset",
         Protocol => "protocol",
+        Churn => "churn",
     }
 }
 
@@ -82,12 +84,27 @@ pub struct Metrics {
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
     pub frames_invalid: IntCounter,
+    pub frames_unmatched: IntCounter,
+    pub login_duration: Histogram,
+    pub delivery_latency: Histogram,
+    pub message_timeouts: IntCounter,
+    pub messages_lost: IntCounter,
+    pub messages_duplicated: IntCounter,
+    pub messages_reordered: IntCounter,
+    pub deliveries_expected: IntCounter,
+    pub deliveries_received: IntCounter,
     pub rtt_window: LatencyWindow,
     pub connect_window: LatencyWindow,
+    pub delivery_window: LatencyWindow,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_window(WINDOW)
+    }
+
+    /// Metrics whose status-API quantiles cover windows of `window`.
+    pub fn with_window(window: Duration) -> Metrics {
         let registry = Registry::new();
         let reg = Registrar(&registry);
         let connects_vec = reg.counter_vec(
@@ -151,10 +168,47 @@ impl Metrics {
             ),
             frames_invalid: reg.counter(
                 "wsfleet_frames_invalid_total",
-                "Frames from the server that could not be understood.",
+                "Server frames that matched an ack or delivery but lacked a readable id, sender, sequence or timestamp.",
             ),
-            rtt_window: LatencyWindow::new(WINDOW),
-            connect_window: LatencyWindow::new(WINDOW),
+            frames_unmatched: reg.counter(
+                "wsfleet_frames_unmatched_total",
+                "Server frames that matched nothing the scenario expects (presence, banners, ...).",
+            ),
+            login_duration: reg.histogram(
+                "wsfleet_login_duration_seconds",
+                "Time from the upgrade to the last login step's expected reply.",
+            ),
+            delivery_latency: reg.histogram(
+                "wsfleet_delivery_latency_seconds",
+                "End-to-end latency of room messages, from the sender's scheduled send time to each receiver.",
+            ),
+            message_timeouts: reg.counter(
+                "wsfleet_message_timeouts_total",
+                "Messages whose acknowledgement did not arrive within ack_timeout (or before the server ended the connection).",
+            ),
+            messages_lost: reg.counter(
+                "wsfleet_messages_lost_total",
+                "Room deliveries missing after a later one from the same sender arrived and the grace period passed, or at session end.",
+            ),
+            messages_duplicated: reg.counter(
+                "wsfleet_messages_duplicated_total",
+                "Room deliveries received more than once.",
+            ),
+            messages_reordered: reg.counter(
+                "wsfleet_messages_reordered_total",
+                "Room deliveries that arrived after a later one from the same sender.",
+            ),
+            deliveries_expected: reg.counter(
+                "wsfleet_deliveries_expected_total",
+                "Room deliveries the fleet's senders expected: other members of the room per message sent.",
+            ),
+            deliveries_received: reg.counter(
+                "wsfleet_deliveries_received_total",
+                "Distinct room deliveries received.",
+            ),
+            rtt_window: LatencyWindow::new(window),
+            connect_window: LatencyWindow::new(window),
+            delivery_window: LatencyWindow::new(window),
             registry,
         }
     }
@@ -169,7 +223,6 @@ impl Metrics {
 
     /// Records a successful handshake of the given duration.
     pub fn record_connect(&self, took: Duration) {
-        self.connect_result(ConnectResult::Ok).inc();
         self.connect_duration.observe(took.as_secs_f64());
         self.connect_window.record(took);
     }
@@ -178,6 +231,12 @@ impl Metrics {
     pub fn record_rtt(&self, rtt: Duration) {
         self.message_rtt.observe(rtt.as_secs_f64());
         self.rtt_window.record(rtt);
+    }
+
+    /// Records the end-to-end latency of one room delivery.
+    pub fn record_delivery(&self, latency: Duration) {
+        self.delivery_latency.observe(latency.as_secs_f64());
+        self.delivery_window.record(latency);
     }
 
     /// Connection attempts so far, successful or not.

@@ -1,0 +1,160 @@
+//! Recognising server frames: a matcher is a JSON-pointer test or a regular expression, and an
+//! extractor reads one field by JSON pointer. A frame is parsed as JSON at most once.
+
+use std::cell::OnceCell;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How a config describes a matcher: `{pointer: /type, equals: ack}`, `{pointer: /id}` (the
+/// field exists), or `{regex: '^pong'}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Json {
+        pointer: String,
+        equals: Option<Value>,
+    },
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    pub fn compile(spec: &MatcherSpec) -> Result<Matcher, String> {
+        match (&spec.pointer, &spec.regex) {
+            (Some(pointer), None) => Ok(Matcher::Json {
+                pointer: check_pointer(pointer)?,
+                equals: spec.equals.clone(),
+            }),
+            (None, Some(pattern)) if spec.equals.is_none() => regex::Regex::new(pattern)
+                .map(Matcher::Regex)
+                .map_err(|err| format!("invalid regex: {err}")),
+            (None, Some(_)) => Err("`equals` goes with `pointer`, not with `regex`".into()),
+            (Some(_), Some(_)) => Err("give either `pointer` or `regex`, not both".into()),
+            (None, None) => {
+                Err("a matcher needs `pointer` (with optional `equals`) or `regex`".into())
+            }
+        }
+    }
+
+    pub fn matches(&self, frame: &Frame<'_>) -> bool {
+        match self {
+            Matcher::Regex(regex) => regex.is_match(frame.text),
+            Matcher::Json { pointer, equals } => match (frame.pointer(pointer), equals) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(found), Some(wanted)) => found == wanted || loosely_equal(found, wanted),
+            },
+        }
+    }
+}
+
+/// YAML `equals: 1` should match JSON `"1"` and the other way round: configs are hand-written.
+fn loosely_equal(found: &Value, wanted: &Value) -> bool {
+    match (found, wanted) {
+        (Value::String(s), Value::Number(n)) | (Value::Number(n), Value::String(s)) => {
+            s == &n.to_string()
+        }
+        _ => false,
+    }
+}
+
+/// Checks that a JSON pointer is well-formed ("" or starting with '/').
+pub fn check_pointer(pointer: &str) -> Result<String, String> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(pointer.to_string())
+    } else {
+        Err(format!(
+            "JSON pointer must start with `/`, got {pointer:?} (did you mean \"/{pointer}\"?)"
+        ))
+    }
+}
+
+/// One received text frame, parsed as JSON on first use.
+pub struct Frame<'a> {
+    pub text: &'a str,
+    json: OnceCell<Option<Value>>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            json: OnceCell::new(),
+        }
+    }
+
+    pub fn pointer(&self, pointer: &str) -> Option<&Value> {
+        self.json
+            .get_or_init(|| serde_json::from_str(self.text).ok())
+            .as_ref()?
+            .pointer(pointer)
+    }
+
+    /// A field as text: strings as they are, numbers in decimal.
+    pub fn text_at(&self, pointer: &str) -> Option<std::borrow::Cow<'_, str>> {
+        match self.pointer(pointer)? {
+            Value::String(s) => Some(s.as_str().into()),
+            Value::Number(n) => Some(n.to_string().into()),
+            _ => None,
+        }
+    }
+
+    /// A field as an unsigned integer (a number, or a string of digits).
+    pub fn u64_at(&self, pointer: &str) -> Option<u64> {
+        match self.pointer(pointer)? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> Matcher {
+        Matcher::compile(&serde_norway::from_str(yaml).expect("spec parses")).expect("compiles")
+    }
+
+    #[test]
+    fn json_pointer_matchers() {
+        let frame = Frame::new(r#"{"type":"ack","id":"u1-3","n":5}"#);
+        assert!(spec("{pointer: /type, equals: ack}").matches(&frame));
+        assert!(!spec("{pointer: /type, equals: deliver}").matches(&frame));
+        assert!(spec("{pointer: /id}").matches(&frame));
+        assert!(!spec("{pointer: /missing}").matches(&frame));
+        assert!(spec("{pointer: /n, equals: '5'}").matches(&frame));
+        assert_eq!(frame.text_at("/id").as_deref(), Some("u1-3"));
+        assert_eq!(frame.u64_at("/n"), Some(5));
+        assert!(!spec("{pointer: /type}").matches(&Frame::new("not json")));
+    }
+
+    #[test]
+    fn regex_matchers() {
+        assert!(spec("{regex: '^PONG \\d+$'}").matches(&Frame::new("PONG 12")));
+        assert!(!spec("{regex: '^PONG'}").matches(&Frame::new("PING")));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let bad = |yaml: &str| {
+            Matcher::compile(&serde_norway::from_str(yaml).expect("spec parses"))
+                .expect_err("rejected")
+        };
+        assert!(bad("{pointer: type}").contains("must start with `/`"));
+        assert!(bad("{regex: '('}").contains("invalid regex"));
+        assert!(bad("{}").contains("needs"));
+        assert!(bad("{pointer: /a, regex: b}").contains("not both"));
+    }
+}

@@ -1,0 +1,591 @@
+//! Scenarios: what a user says and expects, for any server's JSON protocol, as data.
+//!
+//! A [`ScenarioSpec`] comes from the config (or is a built-in: `im`, `echo`, `idle`, kept as
+//! YAML under `builtin/`); [`Scenario::compile`] turns it, once, into templates and matchers.
+
+pub mod matcher;
+pub mod template;
+pub mod tracking;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use matcher::{Matcher, MatcherSpec, check_pointer};
+use template::{Template, Values};
+
+/// A scenario as a config describes it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    /// Connect URL template; default: the `target` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Extra handshake headers (templates), e.g. `Authorization: "Bearer {{token}}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// CSV (with a header row) or JSON (array of objects) file: one row per user, cycled;
+    /// every column becomes a template variable. A `user_id` column sets the user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// Variables of your own, as templates over the built-ins and credential columns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    /// Frames exchanged after the upgrade, in order, before the user counts as active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub login: Vec<StepSpec>,
+    /// Application-level heartbeat; without it, WebSocket pings are the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<AppHeartbeatSpec>,
+    /// The message flow; without it, users send nothing (idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageSpec>,
+    /// Users are grouped into rooms of this many members: user i is in room `room-{i / size}`.
+    #[serde(default = "default_room_size")]
+    pub room_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<MatcherSpec>,
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppHeartbeatSpec {
+    pub send: String,
+    pub expect: MatcherSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    pub send: String,
+    /// How to recognise the server's acknowledgement of one's own message, and where its id
+    /// (the `{{msg_id}}` that was sent) is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckSpec>,
+    /// How to recognise another member's message delivered to this user, and where its
+    /// sender (`{{user_id}}`), sequence (`{{seq}}`) and timestamp (`{{ts}}`) are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckSpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    pub sender: String,
+    pub seq: String,
+    pub ts: String,
+}
+
+fn default_room_size() -> u32 {
+    10
+}
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The built-in scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Im,
+    Echo,
+    Idle,
+}
+
+impl Builtin {
+    pub const NAMES: &[&str] = &["im", "echo", "idle"];
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Some(match name {
+            "im" => Builtin::Im,
+            "echo" => Builtin::Echo,
+            "idle" => Builtin::Idle,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Im => "im",
+            Builtin::Echo => "echo",
+            Builtin::Idle => "idle",
+        }
+    }
+
+    pub fn spec(self) -> ScenarioSpec {
+        let yaml = match self {
+            Builtin::Im => include_str!("builtin/im.yaml"),
+            Builtin::Echo => include_str!("builtin/echo.yaml"),
+            Builtin::Idle => include_str!("builtin/idle.yaml"),
+        };
+        serde_norway::from_str(yaml).expect("built-in scenarios parse")
+    }
+}
+
+/// `scenario:` in the config: a built-in's name, or a full description.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScenarioChoice {
+    Builtin(Builtin),
+    Custom(Box<ScenarioSpec>),
+}
+
+impl Default for ScenarioChoice {
+    fn default() -> Self {
+        ScenarioChoice::Builtin(Builtin::Im)
+    }
+}
+
+impl ScenarioChoice {
+    pub fn spec(&self) -> ScenarioSpec {
+        match self {
+            ScenarioChoice::Builtin(builtin) => builtin.spec(),
+            ScenarioChoice::Custom(spec) => (**spec).clone(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<ScenarioChoice, String> {
+        Builtin::from_name(name).map(ScenarioChoice::Builtin).ok_or_else(|| {
+            format!(
+                "unknown scenario `{name}`; built-in scenarios are {}, or describe one in the config file",
+                Builtin::NAMES.join(", ")
+            )
+        })
+    }
+}
+
+impl Serialize for ScenarioChoice {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ScenarioChoice::Builtin(builtin) => serializer.serialize_str(builtin.name()),
+            ScenarioChoice::Custom(spec) => spec.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ScenarioChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoiceVisitor;
+        impl<'de> Visitor<'de> for ChoiceVisitor {
+            type Value = ScenarioChoice;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a built-in scenario name ({}) or a scenario description",
+                    Builtin::NAMES.join(", ")
+                )
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ScenarioChoice, E> {
+                ScenarioChoice::from_name(name).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ScenarioChoice, A::Error> {
+                let spec = ScenarioSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ScenarioChoice::Custom(Box::new(spec)))
+            }
+        }
+        deserializer.deserialize_any(ChoiceVisitor)
+    }
+}
+
+/// A scenario mistake, naming where in `scenario:` it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config field `scenario.{field}`: {problem}")]
+pub struct ScenarioError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn at(field: impl Into<String>) -> impl FnOnce(String) -> ScenarioError {
+    let field = field.into();
+    move |problem| ScenarioError { field, problem }
+}
+
+/// One login step, compiled.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub send: Option<Template>,
+    pub expect: Option<Matcher>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppHeartbeat {
+    pub send: Template,
+    pub expect: Matcher,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub matcher: Matcher,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryPlan {
+    pub matcher: Matcher,
+    pub sender: String,
+    pub seq: String,
+    pub ts: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessagePlan {
+    pub send: Template,
+    pub ack: Option<Ack>,
+    pub delivery: Option<DeliveryPlan>,
+}
+
+/// Rows of a credentials file.
+#[derive(Debug, Clone, Default)]
+struct Credentials {
+    columns: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// A compiled scenario, shared read-only by every user.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub url: Option<Template>,
+    pub headers: Vec<(String, Template)>,
+    credentials: Credentials,
+    user_id_column: Option<usize>,
+    /// Templates of `vars`, rendered per user after the credential columns.
+    vars: Vec<Template>,
+    pub login: Vec<Step>,
+    pub heartbeat: Option<AppHeartbeat>,
+    pub message: Option<MessagePlan>,
+    pub room_size: u32,
+}
+
+/// Who a user is, for rendering its templates; made once per connection.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: u32,
+    pub user_id: String,
+    pub room: String,
+    pub custom: Vec<String>,
+}
+
+impl Identity {
+    pub fn values<'a>(
+        &'a self,
+        target: &'a str,
+        seq: u64,
+        ts: u64,
+        payload_size: usize,
+    ) -> Values<'a> {
+        Values {
+            user_id: &self.user_id,
+            user: self.user,
+            room: &self.room,
+            target,
+            custom: &self.custom,
+            seq,
+            ts,
+            payload_size,
+        }
+    }
+}
+
+impl Scenario {
+    /// Compiles a spec; relative credential paths are read from `base_dir`.
+    pub fn compile(spec: &ScenarioSpec, base_dir: &Path) -> Result<Scenario, ScenarioError> {
+        let credentials = match &spec.credentials {
+            Some(path) => read_credentials(&base_dir.join(path)).map_err(at("credentials"))?,
+            None => Credentials::default(),
+        };
+        let mut custom = credentials.columns.clone();
+        let mut vars = Vec::new();
+        for (name, text) in &spec.vars {
+            if template::BUILTINS.contains(&name.as_str()) || custom.contains(name) {
+                return Err(at(format!("vars.{name}"))(format!(
+                    "`{name}` is already a variable (built-in or credentials column)"
+                )));
+            }
+            // A var may use the built-ins and credential columns, not other vars.
+            vars.push(
+                Template::compile(text, &credentials.columns)
+                    .map_err(at(format!("vars.{name}")))?,
+            );
+            custom.push(name.clone());
+        }
+        let compile =
+            |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
+        let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
+        let pointer = |field: String, p: &str| check_pointer(p).map_err(at(field));
+
+        let url = spec
+            .url
+            .as_deref()
+            .map(|u| compile("url".into(), u))
+            .transpose()?;
+        let headers = spec
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    at(format!("headers.{name}"))("not a valid HTTP header name".into())
+                })?;
+                Ok((name.clone(), compile(format!("headers.{name}"), value)?))
+            })
+            .collect::<Result<_, ScenarioError>>()?;
+        let login = spec
+            .login
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                if step.send.is_none() && step.expect.is_none() {
+                    return Err(at(format!("login[{i}]"))(
+                        "a step needs `send`, `expect`, or both".into(),
+                    ));
+                }
+                if step.timeout.is_zero() {
+                    return Err(at(format!("login[{i}].timeout"))(
+                        "must be greater than 0".into(),
+                    ));
+                }
+                Ok(Step {
+                    send: step
+                        .send
+                        .as_deref()
+                        .map(|s| compile(format!("login[{i}].send"), s))
+                        .transpose()?,
+                    expect: step
+                        .expect
+                        .as_ref()
+                        .map(|m| matcher(format!("login[{i}].expect"), m))
+                        .transpose()?,
+                    timeout: step.timeout,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let heartbeat = spec
+            .heartbeat
+            .as_ref()
+            .map(|hb| {
+                Ok(AppHeartbeat {
+                    send: compile("heartbeat.send".into(), &hb.send)?,
+                    expect: matcher("heartbeat.expect".into(), &hb.expect)?,
+                })
+            })
+            .transpose()?;
+        let message = spec
+            .message
+            .as_ref()
+            .map(|m| {
+                Ok(MessagePlan {
+                    send: compile("message.send".into(), &m.send)?,
+                    ack: m
+                        .ack
+                        .as_ref()
+                        .map(|a| {
+                            Ok(Ack {
+                                matcher: matcher("message.ack.match".into(), &a.matcher)?,
+                                id: pointer("message.ack.id".into(), &a.id)?,
+                            })
+                        })
+                        .transpose()?,
+                    delivery: m
+                        .delivery
+                        .as_ref()
+                        .map(|d| {
+                            Ok(DeliveryPlan {
+                                matcher: matcher("message.delivery.match".into(), &d.matcher)?,
+                                sender: pointer("message.delivery.sender".into(), &d.sender)?,
+                                seq: pointer("message.delivery.seq".into(), &d.seq)?,
+                                ts: pointer("message.delivery.ts".into(), &d.ts)?,
+                            })
+                        })
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
+        if spec.room_size == 0 {
+            return Err(at("room_size")("must be at least 1".into()));
+        }
+        Ok(Scenario {
+            url,
+            headers,
+            user_id_column: credentials.columns.iter().position(|c| c == "user_id"),
+            credentials,
+            vars,
+            login,
+            heartbeat,
+            message,
+            room_size: spec.room_size,
+        })
+    }
+
+    /// The identity of user number `user`.
+    pub fn identity(&self, user: u32) -> Identity {
+        let row = (!self.credentials.rows.is_empty())
+            .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()]);
+        let mut custom: Vec<String> = row.cloned().unwrap_or_default();
+        let user_id = match (row, self.user_id_column) {
+            (Some(row), Some(col)) => row[col].clone(),
+            _ => format!("u{user}"),
+        };
+        let mut identity = Identity {
+            user,
+            user_id,
+            room: format!("room-{}", user / self.room_size),
+            custom: Vec::new(),
+        };
+        for var in &self.vars {
+            identity.custom = custom.clone();
+            let value = var.render(&identity.values("", 0, 0, 0));
+            custom.push(value);
+        }
+        identity.custom = custom;
+        identity
+    }
+
+    /// Members of user `user`'s room among the first `users` users.
+    pub fn room_members(&self, user: u32, users: u32) -> u32 {
+        let first = user / self.room_size * self.room_size;
+        users.saturating_sub(first).min(self.room_size)
+    }
+}
+
+fn read_credentials(path: &Path) -> Result<Credentials, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
+    let credentials = if path.extension().is_some_and(|e| e == "json") {
+        credentials_from_json(&text)
+    } else {
+        credentials_from_csv(&text)
+    }
+    .map_err(|err| format!("`{}`: {err}", path.display()))?;
+    if credentials.rows.is_empty() {
+        return Err(format!("`{}` has no rows", path.display()));
+    }
+    Ok(credentials)
+}
+
+fn credentials_from_csv(text: &str) -> Result<Credentials, String> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let columns: Vec<String> = reader
+        .headers()
+        .map_err(|err| err.to_string())?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| {
+            r.map(|r| r.iter().map(str::to_string).collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Credentials { columns, rows })
+}
+
+fn credentials_from_json(text: &str) -> Result<Credentials, String> {
+    let objects: Vec<BTreeMap<String, serde_json::Value>> =
+        serde_json::from_str(text).map_err(|err| format!("expected an array of objects: {err}"))?;
+    let columns: Vec<String> = objects
+        .first()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let rows = objects
+        .iter()
+        .enumerate()
+        .map(|(i, object)| {
+            columns
+                .iter()
+                .map(|c| match object.get(c) {
+                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        Ok(v.to_string())
+                    }
+                    _ => Err(format!("row {i}: `{c}` missing or not a string/number")),
+                })
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Credentials { columns, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_compile() {
+        for name in Builtin::NAMES {
+            let builtin = Builtin::from_name(name).expect("known");
+            Scenario::compile(&builtin.spec(), Path::new(".")).expect("built-ins are valid");
+        }
+    }
+
+    #[test]
+    fn rooms_group_users() {
+        let scenario = Scenario::compile(&Builtin::Im.spec(), Path::new(".")).expect("valid");
+        assert_eq!(scenario.identity(0).room, "room-0");
+        assert_eq!(scenario.identity(19).room, "room-1");
+        assert_eq!(scenario.room_members(15, 100), 10);
+        assert_eq!(
+            scenario.room_members(15, 13),
+            3,
+            "a partly filled last room"
+        );
+    }
+
+    #[test]
+    fn credentials_and_vars_become_variables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("users.csv"),
+            "user_id,password\nalice,pw1\nbob,pw2\n",
+        )
+        .expect("write");
+        let spec: ScenarioSpec = serde_norway::from_str(
+            "credentials: users.csv\nvars: {token: 'tok-{{user_id}}-{{password}}'}\nlogin:\n  - send: '{{user_id}}:{{token}}'\n",
+        )
+        .expect("parses");
+        let scenario = Scenario::compile(&spec, dir.path()).expect("valid");
+        let bob = scenario.identity(3);
+        assert_eq!(bob.user_id, "bob");
+        let send = scenario.login[0].send.as_ref().expect("has send");
+        assert_eq!(send.render(&bob.values("", 0, 0, 0)), "bob:tok-bob-pw2");
+    }
+
+    #[test]
+    fn mistakes_name_their_place() {
+        let err = |yaml: &str| {
+            let spec: ScenarioSpec = serde_norway::from_str(yaml).expect("parses");
+            Scenario::compile(&spec, Path::new("."))
+                .expect_err("rejected")
+                .to_string()
+        };
+        assert!(err("login: [{send: '{{who}}'}]").contains("scenario.login[0].send"));
+        assert!(
+            err("message: {send: x, ack: {match: {pointer: type}, id: /id}}")
+                .contains("scenario.message.ack.match")
+        );
+        assert!(err("credentials: /nonexistent.csv").contains("scenario.credentials"));
+        assert!(err("room_size: 0").contains("scenario.room_size"));
+        assert!(err("headers: {'bad header': x}").contains("scenario.headers.bad header"));
+    }
+}

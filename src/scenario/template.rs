@@ -1,0 +1,205 @@
+//! Frame and URL templates: text with `{{name}}` placeholders, compiled once into segments so
+//! rendering a message is a few `push_str`s.
+
+use std::fmt::Write;
+
+/// Built-in variables; anything else must be a credentials column or a scenario `vars` entry.
+pub const BUILTINS: &[&str] = &[
+    "user_id", "user", "room", "seq", "msg_id", "ts", "payload", "target",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Var {
+    UserId,
+    UserIndex,
+    Room,
+    Seq,
+    MsgId,
+    Ts,
+    Payload,
+    Target,
+    Custom(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Text(String),
+    Var(Var),
+}
+
+/// A compiled template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+/// The values a template is rendered with.
+pub struct Values<'a> {
+    pub user_id: &'a str,
+    pub user: u32,
+    pub room: &'a str,
+    pub target: &'a str,
+    /// Values of custom variables, in the order of the names given to [`Template::compile`].
+    pub custom: &'a [String],
+    pub seq: u64,
+    pub ts: u64,
+    pub payload_size: usize,
+}
+
+impl Template {
+    /// Compiles `text`; `custom` names the variables beyond the built-ins.
+    pub fn compile(text: &str, custom: &[String]) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                segments.push(Segment::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unclosed `{{{{` in template {text:?}"))?;
+            let name = after[..end].trim();
+            segments.push(Segment::Var(resolve(name, custom).ok_or_else(|| {
+                let mut known: Vec<&str> = BUILTINS.to_vec();
+                known.extend(custom.iter().map(String::as_str));
+                format!(
+                    "unknown variable `{{{{{name}}}}}`; known: {}",
+                    known.join(", ")
+                )
+            })?));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Text(rest.to_string()));
+        }
+        Ok(Template { segments })
+    }
+
+    /// Whether the template uses a variable that changes per message.
+    pub fn uses_message_vars(&self) -> bool {
+        self.segments.iter().any(|s| {
+            matches!(
+                s,
+                Segment::Var(Var::Seq | Var::MsgId | Var::Ts | Var::Payload)
+            )
+        })
+    }
+
+    pub fn render(&self, values: &Values<'_>) -> String {
+        let mut out = String::with_capacity(self.size_hint(values));
+        for segment in &self.segments {
+            match segment {
+                Segment::Text(text) => out.push_str(text),
+                Segment::Var(var) => match var {
+                    Var::UserId => out.push_str(values.user_id),
+                    Var::UserIndex => push_number(&mut out, values.user),
+                    Var::Room => out.push_str(values.room),
+                    Var::Target => out.push_str(values.target),
+                    Var::Seq => push_number(&mut out, values.seq),
+                    Var::MsgId => {
+                        out.push_str(values.user_id);
+                        out.push('-');
+                        push_number(&mut out, values.seq);
+                    }
+                    Var::Ts => push_number(&mut out, values.ts),
+                    Var::Payload => out.extend(std::iter::repeat_n('x', values.payload_size)),
+                    Var::Custom(i) => {
+                        out.push_str(values.custom.get(*i).map_or("", String::as_str))
+                    }
+                },
+            }
+        }
+        out
+    }
+
+    fn size_hint(&self, values: &Values<'_>) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text(t) => t.len(),
+                Segment::Var(Var::Payload) => values.payload_size,
+                Segment::Var(_) => 24,
+            })
+            .sum()
+    }
+}
+
+fn push_number(out: &mut String, n: impl std::fmt::Display) {
+    let _ = write!(out, "{n}");
+}
+
+fn resolve(name: &str, custom: &[String]) -> Option<Var> {
+    // Custom names shadow nothing: a credentials column called `user_id` *is* the user id,
+    // and is looked up as such by the scenario, not here.
+    Some(match name {
+        "user_id" => Var::UserId,
+        "user" => Var::UserIndex,
+        "room" => Var::Room,
+        "seq" => Var::Seq,
+        "msg_id" => Var::MsgId,
+        "ts" => Var::Ts,
+        "payload" => Var::Payload,
+        "target" => Var::Target,
+        _ => Var::Custom(custom.iter().position(|c| c == name)?),
+    })
+}
+
+/// The id of message `seq` of a user: `{user_id}-{seq}`.
+pub fn msg_id(user_id: &str, seq: u64) -> String {
+    format!("{user_id}-{seq}")
+}
+
+/// The sequence number inside an id made by [`msg_id`], if it belongs to `user_id`.
+pub fn seq_of_msg_id(id: &str, user_id: &str) -> Option<u64> {
+    let (owner, seq) = id.rsplit_once('-')?;
+    (owner == user_id).then(|| seq.parse().ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<'a>(custom: &'a [String]) -> Values<'a> {
+        Values {
+            user_id: "u7",
+            user: 7,
+            room: "room-0",
+            target: "ws://t/ws",
+            custom,
+            seq: 42,
+            ts: 1234,
+            payload_size: 3,
+        }
+    }
+
+    #[test]
+    fn renders_every_variable() {
+        let custom = vec!["token".to_string()];
+        let t = Template::compile(
+            r#"{"u":"{{user_id}}","i":{{user}},"r":"{{ room }}","s":{{seq}},"id":"{{msg_id}}","ts":{{ts}},"p":"{{payload}}","k":"{{token}}","t":"{{target}}"}"#,
+            &custom,
+        )
+        .expect("compiles");
+        let values_custom = vec!["secret".to_string()];
+        assert_eq!(
+            t.render(&values(&values_custom)),
+            r#"{"u":"u7","i":7,"r":"room-0","s":42,"id":"u7-42","ts":1234,"p":"xxx","k":"secret","t":"ws://t/ws"}"#
+        );
+        assert!(t.uses_message_vars());
+    }
+
+    #[test]
+    fn unknown_and_unclosed_variables_are_errors() {
+        let err = Template::compile("{{nope}}", &[]).expect_err("unknown");
+        assert!(err.contains("nope") && err.contains("user_id"), "{err}");
+        assert!(Template::compile("{{seq", &[]).is_err());
+    }
+
+    #[test]
+    fn message_ids_map_back_to_sequence_numbers() {
+        assert_eq!(seq_of_msg_id(&msg_id("u-1", 9), "u-1"), Some(9));
+        assert_eq!(seq_of_msg_id(&msg_id("u-1", 9), "u-2"), None);
+        assert_eq!(seq_of_msg_id("garbage", "u-1"), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! Opening a user's connection: TCP connect, TLS, HTTP upgrade (timed together as the
+//! handshake), then the scenario's login steps. Every failure maps to a [`ConnectResult`].
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+use super::Context;
+use super::conversation::close;
+use crate::clock;
+use crate::metrics::ConnectResult;
+use crate::scenario::Identity;
+use crate::scenario::matcher::Frame;
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A rustls connector with the webpki roots, when the target (or a URL template) may be wss.
+pub fn tls_connector(target: &Url, templated: bool) -> Option<Connector> {
+    if target.scheme() != "wss" && !templated {
+        return None;
+    }
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Some(Connector::Rustls(Arc::new(config)))
+}
+
+/// Connects and logs user `user` in. The handshake time is recorded on success.
+pub async fn open(ctx: &Context, user: u32) -> Result<(Socket, Identity), ConnectResult> {
+    let identity = ctx.scenario.identity(user);
+    let url = match &ctx.scenario.url {
+        Some(template) => Url::parse(&template.render(&identity.values(
+            ctx.target.as_str(),
+            0,
+            clock::now_micros(),
+            0,
+        )))
+        .map_err(|_| ConnectResult::Protocol)?,
+        None => ctx.target.clone(),
+    };
+    let started = Instant::now();
+    let mut socket = timeout(ctx.connect_timeout, handshake(ctx, &url, &identity))
+        .await
+        .map_err(|_| ConnectResult::Timeout)??;
+    ctx.metrics.record_connect(started.elapsed());
+
+    let login_started = Instant::now();
+    if let Err(result) = login(ctx, &mut socket, &identity).await {
+        close(&mut socket).await;
+        return Err(result);
+    }
+    if !ctx.scenario.login.is_empty() {
+        ctx.metrics
+            .login_duration
+            .observe(login_started.elapsed().as_secs_f64());
+    }
+    ctx.metrics.connect_result(ConnectResult::Ok).inc();
+    Ok((socket, identity))
+}
+
+async fn handshake(ctx: &Context, url: &Url, identity: &Identity) -> Result<Socket, ConnectResult> {
+    let host = url.host_str().ok_or(ConnectResult::Dns)?;
+    let port = url.port_or_known_default().ok_or(ConnectResult::Protocol)?;
+    let tcp = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => TcpStream::connect((ip, port)).await,
+        Err(_) => {
+            let mut addrs = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| ConnectResult::Dns)?;
+            let addr = addrs.next().ok_or(ConnectResult::Dns)?;
+            TcpStream::connect(addr).await
+        }
+    }
+    .map_err(|err| io_failure(&err))?;
+    // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
+    tcp.set_nodelay(true).map_err(|err| io_failure(&err))?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|_| ConnectResult::Protocol)?;
+    for (name, template) in &ctx.scenario.headers {
+        let value = template.render(&identity.values(url.as_str(), 0, clock::now_micros(), 0));
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConnectResult::Protocol)?;
+        let value = HeaderValue::from_str(&value).map_err(|_| ConnectResult::Protocol)?;
+        request.headers_mut().insert(name, value);
+    }
+    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        tcp,
+        Some(ctx.ws_config),
+        ctx.connector.clone(),
+    )
+    .await
+    .map_err(|err| handshake_failure(&err))?;
+    Ok(socket)
+}
+
+/// Runs the login steps: send, then wait for the expected reply, ignoring other frames.
+async fn login(
+    ctx: &Context,
+    socket: &mut Socket,
+    identity: &Identity,
+) -> Result<(), ConnectResult> {
+    for step in &ctx.scenario.login {
+        let exchange = async {
+            if let Some(send) = &step.send {
+                let text =
+                    send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
+                ctx.metrics.bytes_sent.inc_by(text.len() as u64);
+                socket
+                    .send(Message::text(text))
+                    .await
+                    .map_err(|_| ConnectResult::Login)?;
+            }
+            let Some(expect) = &step.expect else {
+                return Ok(());
+            };
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        ctx.metrics.bytes_received.inc_by(text.len() as u64);
+                        if expect.matches(&Frame::new(&text)) {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        return Err(ConnectResult::Login);
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        timeout(step.timeout, exchange)
+            .await
+            .map_err(|_| ConnectResult::Login)??;
+    }
+    Ok(())
+}
+
+fn io_failure(err: &std::io::Error) -> ConnectResult {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionRefused => ConnectResult::Refused,
+        ErrorKind::TimedOut => ConnectResult::Timeout,
+        _ if is_tls_error(err) => ConnectResult::Tls,
+        _ => ConnectResult::Io,
+    }
+}
+
+fn is_tls_error(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+fn handshake_failure(err: &tungstenite::Error) -> ConnectResult {
+    match err {
+        tungstenite::Error::Io(io) => io_failure(io),
+        tungstenite::Error::Tls(_) => ConnectResult::Tls,
+        tungstenite::Error::Http(_) => ConnectResult::HttpStatus,
+        _ => ConnectResult::Protocol,
+    }
+}

@@ -1,0 +1,429 @@
+//! The life of one connection after login: heartbeat, the send schedule, and what each server
+//! frame means (heartbeat reply, ack, room delivery), until the connection ends.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::RngExt;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::connect::Socket;
+use super::{Context, User};
+use crate::clock;
+use crate::config::{Heartbeat, Schedule};
+use crate::metrics::DisconnectReason;
+use crate::scenario::matcher::Frame;
+use crate::scenario::template::seq_of_msg_id;
+use crate::scenario::tracking::{Delivery, Tracker};
+use crate::scenario::{Identity, MessagePlan};
+
+/// How long a user waits for the server's answer to its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Talks over one connection until it ends, and says why it ended.
+pub async fn run(user: &mut User, mut socket: Socket, identity: Identity) -> DisconnectReason {
+    let mut talk = Conversation::new(user, identity);
+    let reason = talk.run(user, &mut socket).await;
+    talk.finish(&user.ctx, reason);
+    reason
+}
+
+/// State of one connection; dropped when it ends.
+struct Conversation {
+    identity: Identity,
+    timers: Timers,
+    /// Messages awaiting their ack: sequence and scheduled send time, oldest first.
+    pending: VecDeque<(u64, Instant)>,
+    tracker: Tracker,
+    ping_sent: Option<Instant>,
+}
+
+impl Conversation {
+    fn new(user: &User, identity: Identity) -> Conversation {
+        let ctx = &user.ctx;
+        let interval = user.load.borrow().message_interval;
+        let sends = ctx.scenario.message.is_some();
+        Conversation {
+            identity,
+            timers: Timers::start(ctx, if sends { interval } else { Duration::ZERO }),
+            pending: VecDeque::new(),
+            tracker: Tracker::new(ctx.loss_grace),
+            ping_sent: None,
+        }
+    }
+
+    async fn run(&mut self, user: &mut User, socket: &mut Socket) -> DisconnectReason {
+        let ctx = std::sync::Arc::clone(&user.ctx);
+        let metrics = &ctx.metrics;
+        loop {
+            let wake = self.timers.earliest();
+            tokio::select! {
+                biased;
+                _ = user.cancel.cancelled() => {
+                    close(socket).await;
+                    return DisconnectReason::ClientClose;
+                }
+                changed = user.load.changed() => {
+                    if changed.is_ok() && ctx.scenario.message.is_some() {
+                        let interval = user.load.borrow_and_update().message_interval;
+                        self.timers.set_message_interval(interval);
+                    }
+                }
+                frame = socket.next() => {
+                    let frame = match frame {
+                        None => return DisconnectReason::Reset,
+                        Some(Err(err)) => return failure(&err),
+                        Some(Ok(frame)) => frame,
+                    };
+                    match frame {
+                        Message::Text(text) => {
+                            metrics.messages_received.inc();
+                            metrics.bytes_received.inc_by(text.len() as u64);
+                            self.on_text(&ctx, &text);
+                        }
+                        Message::Binary(data) => {
+                            metrics.messages_received.inc();
+                            metrics.bytes_received.inc_by(data.len() as u64);
+                            metrics.frames_unmatched.inc();
+                        }
+                        Message::Pong(data) => self.on_pong(&ctx, &data),
+                        Message::Close(_) => return DisconnectReason::ServerClose,
+                        Message::Ping(_) | Message::Frame(_) => {}
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if self.timers.pong_deadline.is_some_and(|d| now >= d) {
+                        return DisconnectReason::HeartbeatTimeout;
+                    }
+                    if self.timers.churn_at.is_some_and(|d| now >= d) {
+                        close(socket).await;
+                        return DisconnectReason::Churn;
+                    }
+                    if self.timers.ping_due(now, &ctx.heartbeat) {
+                        if let Err(reason) = self.ping(&ctx, user, socket, now).await {
+                            return reason;
+                        }
+                    }
+                    if let Some(scheduled) = self.timers.send_due(now, ctx.schedule) {
+                        if let Err(reason) = self.send(&ctx, user, socket, scheduled).await {
+                            return reason;
+                        }
+                    }
+                    self.sweep(&ctx, now);
+                }
+            }
+        }
+    }
+
+    async fn ping(
+        &mut self,
+        ctx: &Context,
+        user: &User,
+        socket: &mut Socket,
+        now: Instant,
+    ) -> Result<(), DisconnectReason> {
+        let stamp = clock::micros_at(now.into_std());
+        let frame = match &ctx.scenario.heartbeat {
+            Some(app) => Message::text(app.send.render(&self.values(ctx, user, 0, stamp))),
+            None => Message::Ping(stamp.to_be_bytes().to_vec().into()),
+        };
+        self.ping_sent.get_or_insert(now);
+        write(ctx, socket, frame).await
+    }
+
+    async fn send(
+        &mut self,
+        ctx: &Context,
+        user: &mut User,
+        socket: &mut Socket,
+        scheduled: Instant,
+    ) -> Result<(), DisconnectReason> {
+        let Some(plan) = &ctx.scenario.message else {
+            return Ok(());
+        };
+        user.seq += 1;
+        let ts = clock::micros_at(scheduled.into_std());
+        let text = plan.send.render(&self.values(ctx, user, user.seq, ts));
+        let size = text.len() as u64;
+        write(ctx, socket, Message::text(text)).await?;
+        let metrics = &ctx.metrics;
+        metrics.messages_sent.inc();
+        metrics.bytes_sent.inc_by(size);
+        metrics
+            .send_lag
+            .observe((Instant::now() - scheduled).as_secs_f64());
+        if plan.ack.is_some() {
+            self.pending.push_back((user.seq, scheduled));
+        }
+        if plan.delivery.is_some() {
+            let users = user.load.borrow().users;
+            let others = ctx.scenario.room_members(user.id, users).saturating_sub(1);
+            metrics.deliveries_expected.inc_by(u64::from(others));
+        }
+        Ok(())
+    }
+
+    fn values<'a>(
+        &'a self,
+        ctx: &'a Context,
+        user: &User,
+        seq: u64,
+        ts: u64,
+    ) -> crate::scenario::template::Values<'a> {
+        self.identity.values(
+            ctx.target.as_str(),
+            seq,
+            ts,
+            user.load.borrow().payload_size,
+        )
+    }
+
+    fn on_pong(&mut self, ctx: &Context, data: &[u8]) {
+        // Unsolicited pongs are allowed (RFC 6455 5.5.3); only ours carry an 8-byte stamp.
+        if ctx.scenario.heartbeat.is_none() && data.len() == 8 {
+            self.heartbeat_answered(ctx);
+        }
+    }
+
+    fn heartbeat_answered(&mut self, ctx: &Context) {
+        if let Some(sent) = self.ping_sent.take() {
+            ctx.metrics
+                .heartbeat_rtt
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        self.timers.pong_deadline = None;
+    }
+
+    /// Classifies a text frame: heartbeat reply, ack of our message, room delivery, or other.
+    fn on_text(&mut self, ctx: &Context, text: &str) {
+        let frame = Frame::new(text);
+        let metrics = &ctx.metrics;
+        if let Some(app) = &ctx.scenario.heartbeat {
+            if app.expect.matches(&frame) {
+                self.heartbeat_answered(ctx);
+                return;
+            }
+        }
+        let Some(plan) = &ctx.scenario.message else {
+            metrics.frames_unmatched.inc();
+            return;
+        };
+        if let Some(ack) = &plan.ack {
+            if ack.matcher.matches(&frame) {
+                match frame.text_at(&ack.id) {
+                    Some(id) => self.on_ack(ctx, &id),
+                    None => metrics.frames_invalid.inc(),
+                }
+                return;
+            }
+        }
+        if let Some(delivery) = &plan.delivery {
+            if delivery.matcher.matches(&frame) {
+                self.on_delivery(ctx, plan, &frame);
+                return;
+            }
+        }
+        metrics.frames_unmatched.inc();
+    }
+
+    fn on_ack(&mut self, ctx: &Context, id: &str) {
+        let Some(seq) = seq_of_msg_id(id, &self.identity.user_id) else {
+            // Someone else's id: servers that fan acks out to the room are not our concern.
+            ctx.metrics.frames_unmatched.inc();
+            return;
+        };
+        // Acks come mostly in order, so the match is nearly always at the front.
+        if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq) {
+            if let Some((_, scheduled)) = self.pending.remove(at) {
+                ctx.metrics.record_rtt(scheduled.elapsed());
+            }
+        }
+    }
+
+    fn on_delivery(&mut self, ctx: &Context, plan: &MessagePlan, frame: &Frame<'_>) {
+        let Some(delivery) = &plan.delivery else {
+            return;
+        };
+        let metrics = &ctx.metrics;
+        let (Some(sender), Some(seq), Some(ts)) = (
+            frame.text_at(&delivery.sender),
+            frame.u64_at(&delivery.seq),
+            frame.u64_at(&delivery.ts),
+        ) else {
+            metrics.frames_invalid.inc();
+            return;
+        };
+        if sender == self.identity.user_id {
+            return; // the server echoed our own message to us; not a delivery
+        }
+        metrics.record_delivery(clock::since_micros(ts));
+        match self.tracker.observe(&sender, seq, Instant::now()) {
+            Delivery::New => metrics.deliveries_received.inc(),
+            Delivery::Reordered => {
+                metrics.deliveries_received.inc();
+                metrics.messages_reordered.inc();
+            }
+            Delivery::Duplicate => metrics.messages_duplicated.inc(),
+            Delivery::Untracked => {}
+        }
+        metrics.messages_lost.inc_by(self.tracker.take_lost());
+    }
+
+    /// Expires acks past their timeout and delivery gaps past their grace period.
+    fn sweep(&mut self, ctx: &Context, now: Instant) {
+        while let Some(&(_, scheduled)) = self.pending.front() {
+            if now.duration_since(scheduled) < ctx.ack_timeout {
+                break;
+            }
+            self.pending.pop_front();
+            ctx.metrics.message_timeouts.inc();
+        }
+        self.tracker.expire(now);
+        ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
+    }
+
+    /// Settles the books when the connection ends: open delivery gaps are lost; messages the
+    /// server will now never ack are timeouts unless we chose to leave.
+    fn finish(&mut self, ctx: &Context, reason: DisconnectReason) {
+        self.tracker.finish();
+        ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
+        if !matches!(
+            reason,
+            DisconnectReason::ClientClose | DisconnectReason::Churn
+        ) {
+            ctx.metrics
+                .message_timeouts
+                .inc_by(self.pending.len() as u64);
+        }
+    }
+}
+
+/// The deadlines of one connection; the user sleeps until the earliest of them.
+struct Timers {
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    next_send: Option<Instant>,
+    /// Fallback wake-up for expiring acks and gaps when no send or ping comes soon.
+    next_sweep: Instant,
+    sweep_every: Duration,
+    churn_at: Option<Instant>,
+    message_interval: Duration,
+}
+
+impl Timers {
+    /// First ping and first send at a random phase, so a fleet that connected together does
+    /// not tick together.
+    fn start(ctx: &Context, message_interval: Duration) -> Timers {
+        let now = Instant::now();
+        let mut rng = rand::rng();
+        let mut phase = |period: Duration| {
+            (!period.is_zero()).then(|| now + period.mul_f64(rng.random::<f64>()))
+        };
+        let sweep_every = ctx.ack_timeout.max(ctx.loss_grace);
+        Timers {
+            next_ping: phase(ctx.heartbeat.interval),
+            pong_deadline: None,
+            next_send: phase(message_interval),
+            next_sweep: now + sweep_every,
+            sweep_every,
+            churn_at: ctx.lifetime.as_ref().map(|l| {
+                let spread = l.max.saturating_sub(l.min);
+                now + l.min + spread.mul_f64(rng.random::<f64>())
+            }),
+            message_interval,
+        }
+    }
+
+    fn earliest(&self) -> Instant {
+        [
+            self.next_ping,
+            self.pong_deadline,
+            self.next_send,
+            self.churn_at,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_sweep, Instant::min)
+    }
+
+    /// Whether a heartbeat is due; if so, schedules the next and arms the reply deadline.
+    fn ping_due(&mut self, now: Instant, heartbeat: &Heartbeat) -> bool {
+        let Some(due) = self.next_ping.filter(|&t| now >= t) else {
+            return false;
+        };
+        self.next_ping = Some(due + heartbeat.interval);
+        // One outstanding ping at a time: its deadline is what a missed reply is judged by.
+        self.pong_deadline.get_or_insert(now + heartbeat.timeout);
+        self.postpone_sweep(now);
+        true
+    }
+
+    /// If a message is due, returns its *scheduled* time and schedules the next one. The
+    /// schedule never slips: a late user sends its backlog back to back, each message stamped
+    /// with the time it should have left (no coordinated omission).
+    fn send_due(&mut self, now: Instant, schedule: Schedule) -> Option<Instant> {
+        let due = self.next_send.filter(|&t| now >= t)?;
+        let gap = match schedule {
+            Schedule::Fixed => self.message_interval,
+            // Exponential gaps with the interval as mean: Poisson arrivals.
+            Schedule::Poisson => self
+                .message_interval
+                .mul_f64(-(1.0 - rand::rng().random::<f64>()).ln()),
+        };
+        self.next_send = Some(due + gap);
+        self.postpone_sweep(now);
+        Some(due)
+    }
+
+    /// Every wake-up sweeps, so the fallback only fires on quiet connections.
+    fn postpone_sweep(&mut self, now: Instant) {
+        self.next_sweep = now + self.sweep_every;
+    }
+
+    fn set_message_interval(&mut self, interval: Duration) {
+        if interval == self.message_interval {
+            return;
+        }
+        self.message_interval = interval;
+        let now = Instant::now();
+        self.next_send = (!interval.is_zero()).then(|| match self.next_send {
+            Some(next) => next.min(now + interval),
+            None => now + interval.mul_f64(rand::rng().random::<f64>()),
+        });
+    }
+}
+
+async fn write(ctx: &Context, socket: &mut Socket, frame: Message) -> Result<(), DisconnectReason> {
+    match timeout(ctx.write_timeout, socket.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(failure(&err)),
+        Err(_) => Err(DisconnectReason::SendTimeout),
+    }
+}
+
+/// Sends a close frame and waits (bounded) for the server to answer it.
+pub async fn close(socket: &mut Socket) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        if socket.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    })
+    .await;
+}
+
+fn failure(err: &tungstenite::Error) -> DisconnectReason {
+    match err {
+        tungstenite::Error::Io(_)
+        | tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed => DisconnectReason::Reset,
+        _ => DisconnectReason::Protocol,
+    }
+}

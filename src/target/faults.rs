@@ -1,0 +1,103 @@
+//! The target's fault injection, for rehearsing incidents: delay or stall deliveries, drop or
+//! duplicate a fraction of them, refuse new connections. Set over `PATCH /admin/faults`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// The faults in force; cheap to read on every delivery.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Faults {
+    /// Added to every room delivery.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Fraction of deliveries silently dropped (0..=1).
+    pub drop: f64,
+    /// Fraction of deliveries sent twice (0..=1).
+    pub duplicate: f64,
+    /// New WebSocket upgrades get 503.
+    pub refuse: bool,
+    /// Until when every outgoing frame (acks, deliveries, pongs) is held back.
+    #[serde(skip)]
+    pub stall_until: Option<Instant>,
+}
+
+/// `PATCH /admin/faults`: every field optional; `stall` holds all output for that long, now.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsPatch {
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    pub drop: Option<f64>,
+    pub duplicate: Option<f64>,
+    pub refuse: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub stall: Option<Duration>,
+}
+
+/// Shared fault state.
+#[derive(Debug, Default)]
+pub struct FaultSwitch(Mutex<Faults>);
+
+impl FaultSwitch {
+    pub fn get(&self) -> Faults {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies a patch, or names the field that is wrong and changes nothing.
+    pub fn apply(&self, patch: &FaultsPatch) -> Result<Faults, String> {
+        for (name, value) in [("drop", patch.drop), ("duplicate", patch.duplicate)] {
+            if let Some(v) = value {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(format!(
+                        "`{name}` must be a fraction between 0 and 1, got {v}"
+                    ));
+                }
+            }
+        }
+        let mut faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(delay) = patch.delay {
+            faults.delay = delay;
+        }
+        if let Some(drop) = patch.drop {
+            faults.drop = drop;
+        }
+        if let Some(duplicate) = patch.duplicate {
+            faults.duplicate = duplicate;
+        }
+        if let Some(refuse) = patch.refuse {
+            faults.refuse = refuse;
+        }
+        if let Some(stall) = patch.stall {
+            faults.stall_until = Some(Instant::now() + stall);
+        }
+        Ok(faults.clone())
+    }
+
+    /// How to treat one delivery: how many copies to send (0 = dropped) and when.
+    pub fn delivery(&self) -> (u8, Instant) {
+        let faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = rand::rng();
+        let copies = if faults.drop > 0.0 && rng.random::<f64>() < faults.drop {
+            0
+        } else if faults.duplicate > 0.0 && rng.random::<f64>() < faults.duplicate {
+            2
+        } else {
+            1
+        };
+        (copies, Instant::now() + faults.delay)
+    }
+
+    /// The earliest time a frame due at `at` may leave (later if a stall is on).
+    pub fn release_time(&self, at: Instant) -> Instant {
+        let faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        faults.stall_until.map_or(at, |stall| stall.max(at))
+    }
+
+    pub fn refusing(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).refuse
+    }
+}

@@ -1,0 +1,265 @@
+//! One IM connection on the target: login, join, message -> ack + room broadcast, ping ->
+//! pong; frames that are not commands are echoed back. Output goes through a per-connection
+//! queue so delivery delays and stalls never block reading.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// A frame waiting to go out, and the earliest time it may.
+struct Outgoing {
+    message: Message,
+    at: Instant,
+    kind: &'static str,
+}
+
+type Outbox = mpsc::UnboundedSender<Outgoing>;
+
+/// Members of one room: connection id -> (user, outbox).
+type Members = HashMap<u64, (Arc<str>, Outbox)>;
+
+/// Room name -> members (connection id -> user and outbox).
+#[derive(Default)]
+pub struct Rooms {
+    rooms: Mutex<HashMap<String, Members>>,
+    next_id: AtomicU64,
+}
+
+impl Rooms {
+    fn join(&self, room: &str, conn: u64, user: Arc<str>, outbox: Outbox) -> usize {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let members = rooms.entry(room.to_string()).or_default();
+        members.insert(conn, (user, outbox));
+        members.len()
+    }
+
+    fn leave(&self, room: &str, conn: u64) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&conn);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// The outboxes of every member of `room` but `except`.
+    fn others(&self, room: &str, except: u64) -> Vec<Outbox> {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .get(room)
+            .map(|m| {
+                m.iter()
+                    .filter(|(id, _)| **id != except)
+                    .map(|(_, (_, outbox))| outbox.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The commands of the protocol; other JSON (or non-JSON) frames are echoed.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Command {
+    Login {
+        user: String,
+        #[serde(default)]
+        token: String,
+    },
+    Join {
+        room: String,
+    },
+    Msg {
+        room: String,
+        id: Value,
+    },
+    Ping,
+}
+
+struct Connection {
+    id: u64,
+    state: Arc<Shared>,
+    outbox: Outbox,
+    user: Option<Arc<str>>,
+    rooms: Vec<String>,
+}
+
+pub async fn serve_connection(mut socket: WebSocket, state: Arc<Shared>, close: CancellationToken) {
+    let metrics = &state.metrics;
+    metrics.connections.inc();
+    metrics.connections_total.inc();
+    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let mut conn = Connection {
+        id: state.rooms.next_id.fetch_add(1, Ordering::Relaxed),
+        state: Arc::clone(&state),
+        outbox,
+        user: None,
+        rooms: Vec::new(),
+    };
+    let mut queue: VecDeque<Outgoing> = VecDeque::new();
+    loop {
+        let next_release = queue.front().map(|o| state.faults.release_time(o.at));
+        tokio::select! {
+            _ = close.cancelled() => {
+                let goodbye = Message::Close(Some(CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "target closing connections".into(),
+                }));
+                let _ = socket.send(goodbye).await;
+                break;
+            }
+            received = socket.recv() => {
+                let Some(Ok(message)) = received else { break };
+                metrics.frames_received.with_label_values(&[kind(&message)]).inc();
+                match message {
+                    Message::Text(text) => conn.on_text(text),
+                    Message::Binary(data) => conn.queue(&conn.outbox, Message::Binary(data), Instant::now(), "echo"),
+                    // Pings are answered by the WebSocket layer itself.
+                    Message::Ping(_) => { metrics.frames_sent.with_label_values(&["pong"]).inc(); }
+                    Message::Pong(_) => {}
+                    Message::Close(_) => break,
+                }
+            }
+            Some(out) = inbox.recv() => queue.push_back(out),
+            _ = sleep_until(next_release.unwrap_or_else(Instant::now)), if next_release.is_some() => {
+                // Re-check: a stall may have begun since the deadline was computed.
+                let Some(front) = queue.front() else { continue };
+                if state.faults.release_time(front.at) > Instant::now() { continue }
+                let Some(out) = queue.pop_front() else { continue };
+                if socket.send(out.message).await.is_err() {
+                    break;
+                }
+                metrics.frames_sent.with_label_values(&[out.kind]).inc();
+            }
+        }
+    }
+    for room in &conn.rooms {
+        state.rooms.leave(room, conn.id);
+    }
+    metrics.connections.dec();
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Close(_) => "close",
+    }
+}
+
+impl Connection {
+    /// Queues a reply to this connection, subject only to stalls.
+    fn reply(&self, value: Value, kind: &'static str) {
+        let text = Utf8Bytes::from(value.to_string());
+        self.queue(&self.outbox, Message::Text(text), Instant::now(), kind);
+    }
+
+    fn queue(&self, outbox: &Outbox, message: Message, at: Instant, kind: &'static str) {
+        let _ = outbox.send(Outgoing { message, at, kind });
+    }
+
+    fn error(&self, reason: &'static str) {
+        self.state.metrics.errors.with_label_values(&[reason]).inc();
+        self.reply(
+            serde_json::json!({"type": "error", "reason": reason}),
+            "error",
+        );
+    }
+
+    fn on_text(&mut self, text: Utf8Bytes) {
+        let command = match serde_json::from_str::<Command>(&text) {
+            Ok(command) => command,
+            // Not a command: echo it, as the plain echo server did.
+            Err(_) => {
+                self.queue(&self.outbox, Message::Text(text), Instant::now(), "echo");
+                return;
+            }
+        };
+        let metrics = &self.state.metrics;
+        match command {
+            Command::Login { user, token } => {
+                let expected = self.state.options.token.as_deref();
+                if expected.is_some_and(|t| t != token) {
+                    metrics.logins.with_label_values(&["bad_token"]).inc();
+                    self.reply(
+                        serde_json::json!({"type": "login_error", "reason": "invalid token"}),
+                        "login_error",
+                    );
+                    return;
+                }
+                metrics.logins.with_label_values(&["ok"]).inc();
+                self.reply(
+                    serde_json::json!({"type": "login_ok", "user": user}),
+                    "login_ok",
+                );
+                self.user = Some(user.into());
+            }
+            Command::Join { room } => {
+                let Some(user) = self.user.clone() else {
+                    return self.error("not logged in");
+                };
+                let members = self
+                    .state
+                    .rooms
+                    .join(&room, self.id, user, self.outbox.clone());
+                self.reply(
+                    serde_json::json!({"type": "joined", "room": room, "members": members}),
+                    "joined",
+                );
+                self.rooms.push(room);
+            }
+            Command::Msg { room, id } => {
+                let Some(user) = self.user.clone() else {
+                    return self.error("not logged in");
+                };
+                if !self.rooms.contains(&room) {
+                    return self.error("not a member of that room");
+                }
+                metrics.messages.inc();
+                metrics.acks.inc();
+                self.reply(serde_json::json!({"type": "ack", "id": id}), "ack");
+                self.broadcast(&room, &user, &text);
+            }
+            Command::Ping => {
+                let mut pong: Map<String, Value> = serde_json::from_str(&text).unwrap_or_default();
+                pong.insert("type".into(), "pong".into());
+                self.reply(Value::Object(pong), "pong");
+            }
+        }
+    }
+
+    /// Sends the message to every other member, as `deliver` with the sender in `from`.
+    fn broadcast(&self, room: &str, user: &str, text: &str) {
+        let Ok(mut frame) = serde_json::from_str::<Map<String, Value>>(text) else {
+            return;
+        };
+        frame.insert("type".into(), "deliver".into());
+        frame.insert("from".into(), user.into());
+        let text = Utf8Bytes::from(Value::Object(frame).to_string());
+        let metrics = &self.state.metrics;
+        for outbox in self.state.rooms.others(room, self.id) {
+            let (copies, at) = self.state.faults.delivery();
+            match copies {
+                0 => metrics.dropped.inc(),
+                2 => metrics.duplicated.inc(),
+                _ => {}
+            }
+            for _ in 0..copies {
+                metrics.deliveries.inc();
+                self.queue(&outbox, Message::Text(text.clone()), at, "deliver");
+            }
+        }
+    }
+}

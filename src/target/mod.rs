@@ -1,0 +1,257 @@
+//! The reference target: an IM server to aim the fleet at in demos, tests and benchmarks.
+//!
+//! It speaks a small JSON protocol (login, join a room, message -> ack + room broadcast, ping
+//! -> pong; anything else is echoed), has an admin API for fault injection, and counts what it
+//! did on its own `/metrics`, so tests can compare both sides. See the README for the protocol.
+
+mod faults;
+mod im;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use faults::FaultSwitch;
+pub use faults::{Faults, FaultsPatch};
+
+/// How the target is run.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOptions {
+    /// If set, a login must carry this token.
+    pub token: Option<String>,
+}
+
+/// The target's own counters, under the `wsfleet_target_` prefix.
+pub struct TargetMetrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub refused: IntCounter,
+    pub frames_received: IntCounterVec,
+    pub frames_sent: IntCounterVec,
+    pub logins: IntCounterVec,
+    pub messages: IntCounter,
+    pub acks: IntCounter,
+    pub deliveries: IntCounter,
+    pub dropped: IntCounter,
+    pub duplicated: IntCounter,
+    pub errors: IntCounterVec,
+}
+
+impl TargetMetrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        TargetMetrics {
+            connections: gauge(
+                "wsfleet_target_connections",
+                "WebSocket connections open right now.",
+            ),
+            connections_total: counter(
+                "wsfleet_target_connections_total",
+                "WebSocket connections accepted.",
+            ),
+            refused: counter(
+                "wsfleet_target_refused_total",
+                "Upgrades refused by the `refuse` fault.",
+            ),
+            frames_received: counter_vec(
+                "wsfleet_target_frames_received_total",
+                "Frames received, by kind.",
+                "kind",
+            ),
+            frames_sent: counter_vec(
+                "wsfleet_target_frames_sent_total",
+                "Frames sent, by kind.",
+                "kind",
+            ),
+            logins: counter_vec(
+                "wsfleet_target_logins_total",
+                "Login attempts, by result.",
+                "result",
+            ),
+            messages: counter(
+                "wsfleet_target_messages_total",
+                "Room messages received from senders.",
+            ),
+            acks: counter("wsfleet_target_acks_total", "Acks sent to senders."),
+            deliveries: counter(
+                "wsfleet_target_deliveries_total",
+                "Room deliveries sent to members (duplicates included).",
+            ),
+            dropped: counter(
+                "wsfleet_target_deliveries_dropped_total",
+                "Room deliveries dropped by the `drop` fault.",
+            ),
+            duplicated: counter(
+                "wsfleet_target_deliveries_duplicated_total",
+                "Extra copies sent by the `duplicate` fault.",
+            ),
+            errors: counter_vec(
+                "wsfleet_target_errors_total",
+                "Client frames answered with an error, by reason.",
+                "reason",
+            ),
+            registry,
+        }
+    }
+
+    fn encode(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|err| format!("# encoding metrics failed: {err}\n"))
+    }
+}
+
+/// What every connection and handler of the target shares.
+pub struct Shared {
+    pub metrics: TargetMetrics,
+    pub faults: FaultSwitch,
+    pub rooms: im::Rooms,
+    pub options: TargetOptions,
+    /// Cancelled by shutdown, and replaced (after cancelling) by `POST /admin/close-all`.
+    close_all: Mutex<CancellationToken>,
+}
+
+impl Shared {
+    fn close_token(&self) -> CancellationToken {
+        self.close_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+type TargetState = Arc<Shared>;
+
+/// The target's routes.
+fn router(state: TargetState) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/admin/faults", get(get_faults).patch(patch_faults))
+        .route("/admin/close-all", post(close_all))
+        .with_state(state)
+}
+
+/// Serves the target on `listener` until `shutdown` is cancelled; open WebSockets get a close
+/// frame (1001, going away) first.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_with(listener, TargetOptions::default(), shutdown).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    listener: TcpListener,
+    options: TargetOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = Arc::new(Shared {
+        metrics: TargetMetrics::new(),
+        faults: FaultSwitch::default(),
+        rooms: im::Rooms::default(),
+        options,
+        close_all: Mutex::new(shutdown.child_token()),
+    });
+    let closing = Arc::clone(&state);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        closing.close_token().cancel();
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(state): State<TargetState>) -> impl IntoResponse {
+    (
+        [("content-type", prometheus::TEXT_FORMAT)],
+        state.metrics.encode(),
+    )
+}
+
+async fn upgrade(State(state): State<TargetState>, ws: WebSocketUpgrade) -> Response {
+    if state.faults.refusing() {
+        state.metrics.refused.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "refusing connections (fault injection)\n",
+        )
+            .into_response();
+    }
+    let close = state.close_token();
+    // Small buffers, like the fleet's: the target must hold as many connections as we send.
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| im::serve_connection(socket, state, close))
+}
+
+fn admin_error(message: String) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+async fn get_faults(State(state): State<TargetState>) -> Json<Faults> {
+    Json(state.faults.get())
+}
+
+async fn patch_faults(
+    State(state): State<TargetState>,
+    patch: Result<Json<FaultsPatch>, JsonRejection>,
+) -> Response {
+    let patch = match patch {
+        Ok(Json(patch)) => patch,
+        Err(rejection) => return admin_error(rejection.body_text()),
+    };
+    match state.faults.apply(&patch) {
+        Ok(faults) => {
+            tracing::info!(?faults, "target faults changed");
+            Json(faults).into_response()
+        }
+        Err(message) => admin_error(message),
+    }
+}
+
+async fn close_all(State(state): State<TargetState>) -> Json<serde_json::Value> {
+    let mut token = state.close_all.lock().unwrap_or_else(|e| e.into_inner());
+    token.cancel();
+    *token = CancellationToken::new();
+    let open = state.metrics.connections.get();
+    tracing::info!(open, "closing every connection (admin)");
+    Json(serde_json::json!({ "closing": open }))
+}
