@@ -139,7 +139,7 @@ pub struct Status {
     pub connects: Totals,
     pub disconnects: Totals,
     pub messages: MessageStatus,
-    /// Quantiles (seconds) of the last complete 10 s window.
+    /// Quantiles (seconds) of the last complete `status_window`.
     pub latency: LatencyStatus,
 }
 
@@ -159,12 +159,20 @@ pub struct Totals {
 pub struct MessageStatus {
     pub sent: u64,
     pub received: u64,
-    pub invalid: u64,
+    pub ack_timeouts: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub frames_invalid: u64,
+    pub frames_unmatched: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct LatencyStatus {
     pub message_rtt: Quantiles,
+    pub delivery: Quantiles,
     pub connect: Quantiles,
 }
 
@@ -197,10 +205,18 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
         messages: MessageStatus {
             sent: m.messages_sent.get(),
             received: m.messages_received.get(),
-            invalid: m.frames_invalid.get(),
+            ack_timeouts: m.message_timeouts.get(),
+            lost: m.messages_lost.get(),
+            duplicated: m.messages_duplicated.get(),
+            reordered: m.messages_reordered.get(),
+            deliveries_expected: m.deliveries_expected.get(),
+            deliveries_received: m.deliveries_received.get(),
+            frames_invalid: m.frames_invalid.get(),
+            frames_unmatched: m.frames_unmatched.get(),
         },
         latency: LatencyStatus {
             message_rtt: m.rtt_window.quantiles(),
+            delivery: m.delivery_window.quantiles(),
             connect: m.connect_window.quantiles(),
         },
         load,

@@ -9,12 +9,13 @@
 //! - [`config`]: the YAML schema, defaults and validation; errors name the field.
 //! - [`load`]: the part of the config that can change while the daemon runs, and its patches.
 //! - [`fleet`]: the supervisor actor that holds the number of users at the desired count.
-//! - [`session`]: one simulated user: connect, heartbeat, send, receive, reconnect.
+//! - [`session`]: one simulated user: connect, log in, heartbeat, send, receive, reconnect.
+//! - [`scenario`]: what users say and expect, as data: templates, matchers, sequence tracking.
 //! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
 //! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows.
 //! - [`api`]: the HTTP control API and `/metrics`.
 //! - [`daemon`]: wires the parts together and runs them until shutdown.
-//! - [`target`]: the reference server used for demos, tests and benchmarks.
+//! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
 //! - [`cli`]: command-line parsing, shared by `main` and the tests.
 
 pub mod api;

@@ -156,3 +156,27 @@ async fn the_embedded_default_shows_live_numbers_and_stops_on_sigterm() {
     .await;
     assert!(done.is_ok(), "the daemon logs a complete shutdown");
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, _, stderr) = wsfleet(&["check", "-c", path.to_str().unwrap()]);
+            assert_eq!(code, Some(0), "{}: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "examples found: {checked}");
+}
+
+#[test]
+fn unknown_scenario_names_are_rejected() {
+    let (code, _, stderr) = wsfleet(&["check", "--scenario", "chat"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("--scenario") && stderr.contains("im, echo, idle"),
+        "{stderr}"
+    );
+}

@@ -427,3 +427,75 @@ fn failure(err: &tungstenite::Error) -> DisconnectReason {
         _ => DisconnectReason::Protocol,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers(message_interval: Duration, next_send: Option<Instant>) -> Timers {
+        let now = Instant::now();
+        Timers {
+            next_ping: None,
+            pong_deadline: None,
+            next_send,
+            next_sweep: now + Duration::from_secs(60),
+            sweep_every: Duration::from_secs(60),
+            churn_at: None,
+            message_interval,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_user_keeps_the_schedule() {
+        let first = Instant::now();
+        let mut t = timers(Duration::from_millis(100), Some(first));
+        // Wake up 350 ms late: four messages are due, each stamped with its own slot.
+        let now = first + Duration::from_millis(350);
+        let sent: Vec<_> = std::iter::from_fn(|| t.send_due(now, Schedule::Fixed)).collect();
+        let expected: Vec<_> = (0..4)
+            .map(|i| first + Duration::from_millis(100 * i))
+            .collect();
+        assert_eq!(sent, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poisson_gaps_average_the_interval() {
+        let start = Instant::now();
+        let mut t = timers(Duration::from_millis(100), Some(start));
+        let far = start + Duration::from_secs(100_000);
+        let n = 20_000;
+        let mut last = start;
+        for _ in 0..n {
+            last = t.send_due(far, Schedule::Poisson).expect("due");
+        }
+        let mean = (last - start).as_secs_f64() / f64::from(n - 1);
+        assert!((mean - 0.1).abs() < 0.005, "mean gap {mean}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_reply_keeps_the_first_deadline() {
+        let heartbeat = Heartbeat {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+        };
+        let first = Instant::now();
+        let mut t = timers(Duration::ZERO, None);
+        t.next_ping = Some(first);
+        assert!(t.ping_due(first, &heartbeat));
+        assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
+        let second = first + Duration::from_secs(1);
+        assert!(t.ping_due(second, &heartbeat));
+        assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
+        assert_eq!(t.earliest(), first + Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changing_the_interval_reschedules_sending() {
+        let mut t = timers(Duration::ZERO, None);
+        t.set_message_interval(Duration::from_millis(100));
+        let next = t.next_send.expect("sending starts");
+        assert!(next <= Instant::now() + Duration::from_millis(100));
+        t.set_message_interval(Duration::ZERO);
+        assert_eq!(t.next_send, None, "0 stops sending");
+    }
+}

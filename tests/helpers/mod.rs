@@ -24,11 +24,30 @@ pub struct Target {
 
 impl Target {
     pub async fn start() -> Target {
+        Target::start_with(wsfleet::target::TargetOptions::default()).await
+    }
+
+    pub async fn start_with(options: wsfleet::target::TargetOptions) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(wsfleet::target::serve(listener, shutdown.clone()));
+        tokio::spawn(wsfleet::target::serve_with(
+            listener,
+            options,
+            shutdown.clone(),
+        ));
         Target { addr, shutdown }
+    }
+
+    /// `PATCH /admin/faults` on the target; panics unless it is accepted.
+    pub async fn faults(&self, body: serde_json::Value) {
+        let response = http()
+            .patch(format!("http://{}/admin/faults", self.addr))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     }
 
     pub fn ws_url(&self) -> String {
@@ -186,4 +205,36 @@ pub async fn patch_load(api: SocketAddr, body: serde_json::Value) -> reqwest::Re
         .send()
         .await
         .unwrap()
+}
+
+/// `GET /api/v1/status` as JSON.
+pub async fn status(api: SocketAddr) -> serde_json::Value {
+    http()
+        .get(format!("http://{api}/api/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The `q` quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
+pub fn histogram_quantile(scrape: &Scrape, name: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = scrape
+        .0
+        .iter()
+        .filter_map(|(series, count)| {
+            let le = series
+                .strip_prefix(&format!("{name}_bucket{{le=\""))?
+                .strip_suffix("\"}")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), *count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map_or(f64::NAN, |b| b.0)
 }
