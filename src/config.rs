@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::load::{Load, LoadError};
+use crate::load::{Limits, Load, LoadError};
 use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
 
 /// Where the control API listens unless told otherwise: loopback only.
@@ -64,9 +64,125 @@ pub struct Config {
     /// How long shutdown waits for sessions to close cleanly before it gives up on them.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Hard caps on users and message rate that no API call, profile or reload can exceed.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Control API protection.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// SLA thresholds: `wsfleet run --duration` exits non-zero when one is breached, and they
+    /// are exported as `wsfleet_sla_threshold{slo}` for alert rules and dashboards.
+    #[serde(default)]
+    pub sla: Sla,
     /// Where relative paths in the config (credentials) are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this config was read from, if any (what a reload re-reads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Control API settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// File holding a bearer token; with one (here or in `WSFLEET_API_TOKEN`), every
+    /// `/api` and `/v1` call needs `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// SLA thresholds; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sla {
+    /// Largest acceptable p99 of the message round trip (ack).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub p99_rtt: Option<Duration>,
+    /// Largest acceptable p99 of end-to-end room delivery latency.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub p99_delivery: Option<Duration>,
+    /// Largest acceptable p99 of the connect handshake.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub p99_connect: Option<Duration>,
+    /// Largest acceptable error rate: "0.1%" or 0.001. Errors are failed connects, ack
+    /// timeouts and lost deliveries; operations are connect attempts and messages sent.
+    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// Smallest acceptable ratio of connected to desired users at the end of the run.
+    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
+    pub min_connected_ratio: Option<f64>,
+}
+
+impl Sla {
+    /// (slo label, threshold) pairs; durations in seconds.
+    pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        [
+            ("p99_rtt_seconds", secs(self.p99_rtt)),
+            ("p99_delivery_seconds", secs(self.p99_delivery)),
+            ("p99_connect_seconds", secs(self.p99_connect)),
+            ("error_rate", self.error_rate),
+            ("min_connected_ratio", self.min_connected_ratio),
+        ]
+        .into_iter()
+        .filter_map(|(slo, value)| Some((slo, value?)))
+        .collect()
+    }
+}
+
+/// Ratios written as `0.1%` or `0.001`.
+mod ratio {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let value = match Option::<Raw>::deserialize(d)? {
+            None => return Ok(None),
+            Some(Raw::Number(n)) => n,
+            Some(Raw::Text(text)) => {
+                let text = text.trim();
+                let (number, scale) = match text.strip_suffix('%') {
+                    Some(percent) => (percent.trim(), 0.01),
+                    None => (text, 1.0),
+                };
+                number.parse::<f64>().map_err(|_| {
+                    D::Error::custom(format!("expected a ratio like 0.001 or 0.1%, got {text:?}"))
+                })? * scale
+            }
+        };
+        if !(0.0..=1.0).contains(&value) {
+            return Err(D::Error::custom(format!(
+                "a ratio must be between 0 and 1 (0% and 100%), got {value}"
+            )));
+        }
+        Ok(Some(value))
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_f64(*v),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// How each user spaces its messages.
@@ -207,7 +323,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse_in(&text, path.parent().unwrap_or(Path::new(".")))?;
-        config.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -251,7 +367,32 @@ impl Config {
             connect_rate: self.connect_rate,
             message_interval: self.message_interval,
             payload_size: self.payload_size,
+            heartbeat_interval: self.heartbeat.interval,
+            room_size: self.scenario.spec().room_size,
         }
+    }
+
+    /// The API bearer token: from `api.token_file`, else `WSFLEET_API_TOKEN`, else none.
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.api.token_file {
+            let path = self.base_dir.join(path);
+            let token = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "api.token_file",
+                    problem: format!("`{}` is empty", path.display()),
+                });
+            }
+            return Ok(Some(token.to_string()));
+        }
+        Ok(std::env::var("WSFLEET_API_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
     }
 
     /// The effective configuration as YAML, as `wsfleet check` prints it.
@@ -269,7 +410,9 @@ impl Config {
         if let Some(target) = &self.target {
             validate_target(target)?;
         }
-        self.load().validate()?;
+        let load = self.load().validate()?;
+        self.limits.check(&load)?;
+        self.api_token()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         if self.connect_timeout.is_zero() {
             return invalid("connect_timeout", "must be greater than 0".into());
@@ -385,6 +528,10 @@ mod tests {
         assert!(field_of("scenario: {room_size: 0}").contains("`scenario.room_size`"));
         assert!(field_of("schedule: sometimes").contains("`schedule`"));
         assert!(field_of("lifetime: {min: 2s, max: 1s}").contains("`lifetime.max`"));
+        assert!(field_of("users: 50\nlimits: {max_users: 10}").contains("limits.max_users"));
+        assert!(field_of("sla: {error_rate: 5}").contains("`sla.error_rate`"));
+        assert!(field_of("sla: {error_rate: lots}").contains("`sla.error_rate`"));
+        assert!(field_of("api: {token_file: /nonexistent}").contains("/nonexistent"));
     }
 
     #[test]
@@ -392,6 +539,24 @@ mod tests {
         for text in ["users: [1, 2", "heartbeat:\n  interval: x\n", "a: b: c"] {
             assert!(!field_of(text).contains('\n'), "{text:?}");
         }
+    }
+
+    #[test]
+    fn sla_ratios_take_percent_or_fraction() {
+        let config =
+            Config::parse("sla: {error_rate: 0.1%, min_connected_ratio: 0.99, p99_rtt: 200ms}")
+                .expect("valid");
+        assert!((config.sla.error_rate.expect("set") - 0.001).abs() < 1e-12);
+        let slos: Vec<_> = config
+            .sla
+            .thresholds()
+            .into_iter()
+            .map(|(slo, _)| slo)
+            .collect();
+        assert_eq!(
+            slos,
+            ["p99_rtt_seconds", "error_rate", "min_connected_ratio"]
+        );
     }
 
     #[test]

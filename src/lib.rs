@@ -28,6 +28,7 @@ pub mod fleet;
 pub mod load;
 pub mod metrics;
 pub mod pacer;
+pub mod profile;
 pub mod scenario;
 pub mod session;
 pub mod target;

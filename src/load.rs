@@ -1,20 +1,24 @@
 //! The desired load: the part of the configuration that may change while the daemon runs.
 //!
-//! The config file, the command line and `PATCH /api/v1/load` all produce a [`Load`] through
-//! [`Load::validate`], so one set of rules (and one set of field names) guards every source.
+//! The config file, the command line, profiles, reloads and the APIs all produce a [`Load`]
+//! through [`Load::validate`] and [`Limits::check`], so one set of rules (and one set of field
+//! names) guards every source.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Upper bounds that keep a typo from asking for something no machine can do.
 pub const MAX_USERS: u32 = 10_000_000;
 pub const MAX_CONNECT_RATE: f64 = 1_000_000.0;
 pub const MAX_PAYLOAD_SIZE: usize = 1 << 20;
 pub const MIN_MESSAGE_INTERVAL: Duration = Duration::from_millis(1);
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_ROOM_SIZE: u32 = 1_000_000;
 
 /// What the fleet should be doing right now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Load {
     /// Number of simulated users to keep connected.
     pub users: u32,
@@ -22,40 +26,136 @@ pub struct Load {
     pub connect_rate: f64,
     /// Time between two messages of one user; zero sends no messages.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub message_interval: Duration,
     /// Bytes of padding carried by each message.
     pub payload_size: usize,
+    /// Time between heartbeats of one user; zero turns the heartbeat off.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
+    pub heartbeat_interval: Duration,
+    /// Users per room; changing it moves users whose room changes (they reconnect).
+    pub room_size: u32,
 }
 
-/// A partial update of [`Load`], as `PATCH /api/v1/load` accepts it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// A partial update of [`Load`], as `PATCH /api/v1/load` accepts it. Durations are strings
+/// such as "250ms" or "1m".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_rate: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "1s")]
     pub message_interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_size: Option<usize>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "10s")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_size: Option<u32>,
+}
+
+impl LoadPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self == &LoadPatch::default()
+    }
+}
+
+/// Hard caps no API call, profile or reload may exceed (`limits:` in the config).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most users the fleet may be asked to hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_users: Option<u32>,
+    /// Most messages per second (users / message_interval) the fleet may be asked to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_rate: Option<f64>,
+}
+
+impl Limits {
+    /// Checks a load against the caps; the error names the field and the cap.
+    pub fn check(&self, load: &Load) -> Result<(), LoadError> {
+        if let Some(max) = self.max_users {
+            if load.users > max {
+                return Err(LoadError::new(
+                    "users",
+                    format!(
+                        "{} exceeds the cap of {max} users (limits.max_users)",
+                        load.users
+                    ),
+                ));
+            }
+        }
+        if let Some(max) = self.max_message_rate {
+            let rate = load.message_rate();
+            if rate > max {
+                return Err(LoadError::new(
+                    if load.message_interval.is_zero() {
+                        "users"
+                    } else {
+                        "message_interval"
+                    },
+                    format!(
+                        "{} users every {} is {rate:.1} messages/s, over the cap of {max} (limits.max_message_rate)",
+                        load.users,
+                        humantime::format_duration(load.message_interval)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A load value that breaks a rule; names the field as the config file and the API spell it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("`{field}`: {problem}")]
 pub struct LoadError {
-    pub field: &'static str,
+    pub field: String,
     pub problem: String,
 }
 
 impl LoadError {
-    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// The same error, with its field placed under `prefix` (e.g. `stages[2].`).
+    pub fn within(self, prefix: &str) -> Self {
+        Self {
+            field: format!("{prefix}{}", self.field),
+            ..self
         }
     }
 }
 
 impl Load {
+    /// Messages per second the whole fleet sends at this load.
+    pub fn message_rate(&self) -> f64 {
+        if self.message_interval.is_zero() {
+            0.0
+        } else {
+            f64::from(self.users) / self.message_interval.as_secs_f64()
+        }
+    }
+
     /// Checks every rule and returns the load unchanged if all hold.
     pub fn validate(self) -> Result<Self, LoadError> {
         if self.users > MAX_USERS {
@@ -86,6 +186,25 @@ impl Load {
                 ),
             ));
         }
+        if !self.heartbeat_interval.is_zero() && self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(LoadError::new(
+                "heartbeat_interval",
+                format!(
+                    "must be 0 (off) or at least {}, got {}",
+                    humantime::format_duration(MIN_HEARTBEAT_INTERVAL),
+                    humantime::format_duration(self.heartbeat_interval)
+                ),
+            ));
+        }
+        if self.room_size == 0 || self.room_size > MAX_ROOM_SIZE {
+            return Err(LoadError::new(
+                "room_size",
+                format!(
+                    "must be between 1 and {MAX_ROOM_SIZE}, got {}",
+                    self.room_size
+                ),
+            ));
+        }
         if self.payload_size > MAX_PAYLOAD_SIZE {
             return Err(LoadError::new(
                 "payload_size",
@@ -105,8 +224,28 @@ impl Load {
             connect_rate: patch.connect_rate.unwrap_or(self.connect_rate),
             message_interval: patch.message_interval.unwrap_or(self.message_interval),
             payload_size: patch.payload_size.unwrap_or(self.payload_size),
+            heartbeat_interval: patch.heartbeat_interval.unwrap_or(self.heartbeat_interval),
+            room_size: patch.room_size.unwrap_or(self.room_size),
         }
         .validate()
+    }
+}
+
+/// Everything the supervisor publishes to users and handlers: the load, and whether paused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub load: Load,
+    pub paused: bool,
+}
+
+impl Desired {
+    /// Whether users must react to the change from `self` to `next` (the user count and the
+    /// connect rate are the supervisor's business, not theirs).
+    pub fn concerns_users(&self, next: &Desired) -> bool {
+        self.paused != next.paused
+            || self.load.message_interval != next.load.message_interval
+            || self.load.heartbeat_interval != next.load.heartbeat_interval
+            || self.load.room_size != next.load.room_size
     }
 }
 
@@ -120,6 +259,8 @@ mod tests {
             connect_rate: 100.0,
             message_interval: Duration::from_secs(1),
             payload_size: 64,
+            heartbeat_interval: Duration::from_secs(10),
+            room_size: 10,
         }
     }
 
@@ -178,6 +319,28 @@ mod tests {
             let err = base().apply(&patch).expect_err("must be rejected");
             assert_eq!(err.field, field);
         }
+    }
+
+    #[test]
+    fn caps_are_checked_and_named() {
+        let limits = Limits {
+            max_users: Some(100),
+            max_message_rate: Some(50.0),
+        };
+        let mut load = base();
+        assert!(limits.check(&load).is_ok());
+        load.users = 101;
+        let err = limits.check(&load).expect_err("over the user cap");
+        assert!(err.field == "users" && err.problem.contains("100"), "{err}");
+        load.users = 100;
+        load.message_interval = Duration::from_millis(500);
+        let err = limits
+            .check(&load)
+            .expect_err("200 msg/s is over the rate cap");
+        assert!(
+            err.field == "message_interval" && err.problem.contains("50"),
+            "{err}"
+        );
     }
 
     #[test]

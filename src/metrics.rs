@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram as Hdr;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use serde::Serialize;
 
@@ -65,6 +66,17 @@ label_enum! {
         Reset => "reset",
         Protocol => "protocol",
         Churn => "churn",
+        RoomChange => "room_change",
+    }
+}
+
+label_enum! {
+    /// Who changed the desired load (`wsfleet_load_changes_total{source}`).
+    Source {
+        Api => "api",
+        K6 => "k6",
+        Reload => "reload",
+        Profile => "profile",
     }
 }
 
@@ -96,6 +108,12 @@ pub struct Metrics {
     pub rtt_window: LatencyWindow,
     pub connect_window: LatencyWindow,
     pub delivery_window: LatencyWindow,
+    load_changes: Vec<IntCounter>,
+    pub message_rate_target: Gauge,
+    pub paused: IntGauge,
+    pub profile_stage: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub sla_threshold: GaugeVec,
 }
 
 impl Metrics {
@@ -117,13 +135,18 @@ impl Metrics {
             "Connected users that lost their connection, by reason.",
             "reason",
         );
+        let load_changes_vec = reg.counter_vec(
+            "wsfleet_load_changes_total",
+            "Changes of the desired load (users, rates, pause), by who made them.",
+            "source",
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector registers once");
-        Metrics {
+        let metrics = Metrics {
             users_target: reg.gauge("wsfleet_users_target", "Users the fleet should hold."),
             users_active: reg.gauge(
                 "wsfleet_users_active",
@@ -206,15 +229,54 @@ impl Metrics {
                 "wsfleet_deliveries_received_total",
                 "Distinct room deliveries received.",
             ),
+            load_changes: Source::ALL
+                .iter()
+                .map(|s| load_changes_vec.with_label_values(&[s.as_str()]))
+                .collect(),
+            message_rate_target: reg.register(
+                Gauge::new(
+                    "wsfleet_message_rate_target",
+                    "Messages per second the fleet should send (users / message_interval, 0 when paused).",
+                )
+                .expect("valid metric"),
+            ),
+            paused: reg.gauge("wsfleet_paused", "1 while the fleet is paused."),
+            profile_stage: reg.gauge(
+                "wsfleet_profile_stage",
+                "Stage (from 1) of the load profile being followed; 0 when none runs.",
+            ),
+            config_reloads: reg.counter_vec(
+                "wsfleet_config_reloads_total",
+                "Config file reloads (SIGHUP or file change), by result: ok or rejected.",
+                "result",
+            ),
+            sla_threshold: reg.register(
+                GaugeVec::new(
+                    Opts::new(
+                        "wsfleet_sla_threshold",
+                        "SLA thresholds from the config, for alert rules and dashboards (seconds or ratios).",
+                    ),
+                    &["slo"],
+                )
+                .expect("valid metric"),
+            ),
             rtt_window: LatencyWindow::new(window),
             connect_window: LatencyWindow::new(window),
             delivery_window: LatencyWindow::new(window),
             registry,
+        };
+        for result in ["ok", "rejected"] {
+            metrics.config_reloads.with_label_values(&[result]);
         }
+        metrics
     }
 
     pub fn connect_result(&self, result: ConnectResult) -> &IntCounter {
         &self.connects[result as usize]
+    }
+
+    pub fn load_changes(&self, source: Source) -> &IntCounter {
+        &self.load_changes[source as usize]
     }
 
     pub fn disconnect(&self, reason: DisconnectReason) -> &IntCounter {
@@ -284,7 +346,7 @@ impl Registrar<'_> {
 }
 
 /// Quantiles of one window, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Quantiles {
     pub count: u64,
     pub p50: f64,

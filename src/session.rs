@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::backoff;
 use crate::config::{Config, Heartbeat, Lifetime, Reconnect, Schedule};
-use crate::load::Load;
+use crate::load::Desired;
 use crate::metrics::{DisconnectReason, Metrics};
 use crate::pacer::Pacer;
 use crate::scenario::Scenario;
@@ -81,7 +81,7 @@ pub fn ws_config() -> WebSocketConfig {
 pub struct User {
     pub id: u32,
     pub ctx: Arc<Context>,
-    pub load: watch::Receiver<Load>,
+    pub desired: watch::Receiver<Desired>,
     pub cancel: CancellationToken,
     /// Sequence of the last message sent; it carries on across reconnects, so receivers can
     /// tell a message the server lost from one never sent.
@@ -92,13 +92,13 @@ impl User {
     pub fn new(
         id: u32,
         ctx: Arc<Context>,
-        load: watch::Receiver<Load>,
+        desired: watch::Receiver<Desired>,
         cancel: CancellationToken,
     ) -> User {
         User {
             id,
             ctx,
-            load,
+            desired,
             cancel,
             seq: 0,
         }
@@ -108,13 +108,19 @@ impl User {
     pub async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
+            // Paused: no new connections (and no reconnects) until resumed.
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.desired.wait_for(|d| !d.paused) => {}
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = self.ctx.pacer.wait() => {}
             }
+            let room_size = self.desired.borrow().load.room_size;
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                attempt = Box::pin(connect::open(&self.ctx, self.id)) => attempt,
+                attempt = Box::pin(connect::open(&self.ctx, self.id, room_size)) => attempt,
             };
             let metrics = Arc::clone(&self.ctx.metrics);
             match attempt {
@@ -127,8 +133,8 @@ impl User {
                     tracing::debug!(user = self.id, reason = reason.as_str(), "disconnected");
                     match reason {
                         DisconnectReason::ClientClose => return,
-                        // Churn is planned: reconnect at once (through the pacer), no backoff.
-                        DisconnectReason::Churn => continue,
+                        // Planned: reconnect at once (through the pacer), no backoff.
+                        DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
                         _ => {}
                     }
                 }

@@ -437,8 +437,8 @@ impl Scenario {
         })
     }
 
-    /// The identity of user number `user`.
-    pub fn identity(&self, user: u32) -> Identity {
+    /// The identity of user number `user` when rooms hold `room_size` users.
+    pub fn identity(&self, user: u32, room_size: u32) -> Identity {
         let row = (!self.credentials.rows.is_empty())
             .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()]);
         let mut custom: Vec<String> = row.cloned().unwrap_or_default();
@@ -449,7 +449,7 @@ impl Scenario {
         let mut identity = Identity {
             user,
             user_id,
-            room: format!("room-{}", user / self.room_size),
+            room: room_name(user, room_size),
             custom: Vec::new(),
         };
         for var in &self.vars {
@@ -460,12 +460,18 @@ impl Scenario {
         identity.custom = custom;
         identity
     }
+}
 
-    /// Members of user `user`'s room among the first `users` users.
-    pub fn room_members(&self, user: u32, users: u32) -> u32 {
-        let first = user / self.room_size * self.room_size;
-        users.saturating_sub(first).min(self.room_size)
-    }
+/// The room of user `user` when rooms hold `room_size` users.
+pub fn room_name(user: u32, room_size: u32) -> String {
+    format!("room-{}", user / room_size.max(1))
+}
+
+/// Members of user `user`'s room among the first `users` users.
+pub fn room_members(user: u32, users: u32, room_size: u32) -> u32 {
+    let room_size = room_size.max(1);
+    let first = user / room_size * room_size;
+    users.saturating_sub(first).min(room_size)
 }
 
 fn read_credentials(path: &Path) -> Result<Credentials, String> {
@@ -542,14 +548,10 @@ mod tests {
     #[test]
     fn rooms_group_users() {
         let scenario = Scenario::compile(&Builtin::Im.spec(), Path::new(".")).expect("valid");
-        assert_eq!(scenario.identity(0).room, "room-0");
-        assert_eq!(scenario.identity(19).room, "room-1");
-        assert_eq!(scenario.room_members(15, 100), 10);
-        assert_eq!(
-            scenario.room_members(15, 13),
-            3,
-            "a partly filled last room"
-        );
+        assert_eq!(scenario.identity(0, 10).room, "room-0");
+        assert_eq!(scenario.identity(19, 10).room, "room-1");
+        assert_eq!(room_members(15, 100, 10), 10);
+        assert_eq!(room_members(15, 13, 10), 3, "a partly filled last room");
     }
 
     #[test]
@@ -565,7 +567,7 @@ mod tests {
         )
         .expect("parses");
         let scenario = Scenario::compile(&spec, dir.path()).expect("valid");
-        let bob = scenario.identity(3);
+        let bob = scenario.identity(3, 10);
         assert_eq!(bob.user_id, "bob");
         let send = scenario.login[0].send.as_ref().expect("has send");
         assert_eq!(send.render(&bob.values("", 0, 0, 0)), "bob:tok-bob-pw2");

@@ -40,8 +40,12 @@ pub fn tls_connector(target: &Url, templated: bool) -> Option<Connector> {
 }
 
 /// Connects and logs user `user` in. The handshake time is recorded on success.
-pub async fn open(ctx: &Context, user: u32) -> Result<(Socket, Identity), ConnectResult> {
-    let identity = ctx.scenario.identity(user);
+pub async fn open(
+    ctx: &Context,
+    user: u32,
+    room_size: u32,
+) -> Result<(Socket, Identity), ConnectResult> {
+    let identity = ctx.scenario.identity(user, room_size);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
             ctx.target.as_str(),

@@ -13,12 +13,12 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::connect::Socket;
 use super::{Context, User};
 use crate::clock;
-use crate::config::{Heartbeat, Schedule};
+use crate::config::Schedule;
 use crate::metrics::DisconnectReason;
 use crate::scenario::matcher::Frame;
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
-use crate::scenario::{Identity, MessagePlan};
+use crate::scenario::{Identity, MessagePlan, room_members, room_name};
 
 /// How long a user waits for the server's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,11 +44,14 @@ struct Conversation {
 impl Conversation {
     fn new(user: &User, identity: Identity) -> Conversation {
         let ctx = &user.ctx;
-        let interval = user.load.borrow().message_interval;
-        let sends = ctx.scenario.message.is_some();
+        let desired = user.desired.borrow();
         Conversation {
             identity,
-            timers: Timers::start(ctx, if sends { interval } else { Duration::ZERO }),
+            timers: Timers::start(
+                ctx,
+                sending_interval(ctx, &desired),
+                desired.load.heartbeat_interval,
+            ),
             pending: VecDeque::new(),
             tracker: Tracker::new(ctx.loss_grace),
             ping_sent: None,
@@ -66,10 +69,16 @@ impl Conversation {
                     close(socket).await;
                     return DisconnectReason::ClientClose;
                 }
-                changed = user.load.changed() => {
-                    if changed.is_ok() && ctx.scenario.message.is_some() {
-                        let interval = user.load.borrow_and_update().message_interval;
-                        self.timers.set_message_interval(interval);
+                changed = user.desired.changed() => {
+                    if changed.is_ok() {
+                        let desired = user.desired.borrow_and_update().clone();
+                        if room_name(user.id, desired.load.room_size) != self.identity.room {
+                            // Rooms were regrouped: rejoin as the server expects, by reconnecting.
+                            close(socket).await;
+                            return DisconnectReason::RoomChange;
+                        }
+                        self.timers.set_message_interval(sending_interval(&ctx, &desired));
+                        self.timers.set_heartbeat_interval(desired.load.heartbeat_interval);
                     }
                 }
                 frame = socket.next() => {
@@ -103,7 +112,7 @@ impl Conversation {
                         close(socket).await;
                         return DisconnectReason::Churn;
                     }
-                    if self.timers.ping_due(now, &ctx.heartbeat) {
+                    if self.timers.ping_due(now, ctx.heartbeat.timeout) {
                         if let Err(reason) = self.ping(&ctx, user, socket, now).await {
                             return reason;
                         }
@@ -160,8 +169,11 @@ impl Conversation {
             self.pending.push_back((user.seq, scheduled));
         }
         if plan.delivery.is_some() {
-            let users = user.load.borrow().users;
-            let others = ctx.scenario.room_members(user.id, users).saturating_sub(1);
+            let (users, room_size) = {
+                let desired = user.desired.borrow();
+                (desired.load.users, desired.load.room_size)
+            };
+            let others = room_members(user.id, users, room_size).saturating_sub(1);
             metrics.deliveries_expected.inc_by(u64::from(others));
         }
         Ok(())
@@ -178,7 +190,7 @@ impl Conversation {
             ctx.target.as_str(),
             seq,
             ts,
-            user.load.borrow().payload_size,
+            user.desired.borrow().load.payload_size,
         )
     }
 
@@ -312,29 +324,41 @@ struct Timers {
     sweep_every: Duration,
     churn_at: Option<Instant>,
     message_interval: Duration,
+    heartbeat_interval: Duration,
+}
+
+/// Messages go out only with a message flow in the scenario and while not paused.
+fn sending_interval(ctx: &Context, desired: &crate::load::Desired) -> Duration {
+    if desired.paused || ctx.scenario.message.is_none() {
+        Duration::ZERO
+    } else {
+        desired.load.message_interval
+    }
+}
+
+/// A random point within the first period, so a fleet that connected together does not tick
+/// together; `None` for a zero period (off).
+fn random_phase(now: Instant, period: Duration) -> Option<Instant> {
+    (!period.is_zero()).then(|| now + period.mul_f64(rand::rng().random::<f64>()))
 }
 
 impl Timers {
-    /// First ping and first send at a random phase, so a fleet that connected together does
-    /// not tick together.
-    fn start(ctx: &Context, message_interval: Duration) -> Timers {
+    /// First ping and first send at a random phase.
+    fn start(ctx: &Context, message_interval: Duration, heartbeat_interval: Duration) -> Timers {
         let now = Instant::now();
-        let mut rng = rand::rng();
-        let mut phase = |period: Duration| {
-            (!period.is_zero()).then(|| now + period.mul_f64(rng.random::<f64>()))
-        };
         let sweep_every = ctx.ack_timeout.max(ctx.loss_grace);
         Timers {
-            next_ping: phase(ctx.heartbeat.interval),
+            next_ping: random_phase(now, heartbeat_interval),
             pong_deadline: None,
-            next_send: phase(message_interval),
+            next_send: random_phase(now, message_interval),
             next_sweep: now + sweep_every,
             sweep_every,
             churn_at: ctx.lifetime.as_ref().map(|l| {
                 let spread = l.max.saturating_sub(l.min);
-                now + l.min + spread.mul_f64(rng.random::<f64>())
+                now + l.min + spread.mul_f64(rand::rng().random::<f64>())
             }),
             message_interval,
+            heartbeat_interval,
         }
     }
 
@@ -351,13 +375,13 @@ impl Timers {
     }
 
     /// Whether a heartbeat is due; if so, schedules the next and arms the reply deadline.
-    fn ping_due(&mut self, now: Instant, heartbeat: &Heartbeat) -> bool {
+    fn ping_due(&mut self, now: Instant, reply_timeout: Duration) -> bool {
         let Some(due) = self.next_ping.filter(|&t| now >= t) else {
             return false;
         };
-        self.next_ping = Some(due + heartbeat.interval);
+        self.next_ping = Some(due + self.heartbeat_interval);
         // One outstanding ping at a time: its deadline is what a missed reply is judged by.
-        self.pong_deadline.get_or_insert(now + heartbeat.timeout);
+        self.pong_deadline.get_or_insert(now + reply_timeout);
         self.postpone_sweep(now);
         true
     }
@@ -384,16 +408,36 @@ impl Timers {
         self.next_sweep = now + self.sweep_every;
     }
 
+    /// A new message interval (0 stops sending). Resuming starts a fresh schedule: the time
+    /// spent paused is not a backlog to catch up on.
     fn set_message_interval(&mut self, interval: Duration) {
-        if interval == self.message_interval {
-            return;
+        if interval != self.message_interval {
+            self.message_interval = interval;
+            self.next_send = reschedule(self.next_send, interval);
         }
-        self.message_interval = interval;
-        let now = Instant::now();
-        self.next_send = (!interval.is_zero()).then(|| match self.next_send {
-            Some(next) => next.min(now + interval),
-            None => now + interval.mul_f64(rand::rng().random::<f64>()),
-        });
+    }
+
+    fn set_heartbeat_interval(&mut self, interval: Duration) {
+        if interval != self.heartbeat_interval {
+            self.heartbeat_interval = interval;
+            self.next_ping = reschedule(self.next_ping, interval);
+            if interval.is_zero() {
+                self.pong_deadline = None;
+            }
+        }
+    }
+}
+
+/// The next tick of a periodic timer whose period changed: no later than one new period from
+/// now, at a random phase if it was off.
+fn reschedule(next: Option<Instant>, period: Duration) -> Option<Instant> {
+    let now = Instant::now();
+    if period.is_zero() {
+        return None;
+    }
+    match next {
+        Some(next) => Some(next.min(now + period)),
+        None => random_phase(now, period),
     }
 }
 
@@ -442,6 +486,7 @@ mod tests {
             sweep_every: Duration::from_secs(60),
             churn_at: None,
             message_interval,
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 
@@ -474,17 +519,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_missed_reply_keeps_the_first_deadline() {
-        let heartbeat = Heartbeat {
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-        };
+        let timeout = Duration::from_millis(500);
         let first = Instant::now();
         let mut t = timers(Duration::ZERO, None);
         t.next_ping = Some(first);
-        assert!(t.ping_due(first, &heartbeat));
+        assert!(t.ping_due(first, timeout));
         assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
         let second = first + Duration::from_secs(1);
-        assert!(t.ping_due(second, &heartbeat));
+        assert!(t.ping_due(second, timeout));
         assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
         assert_eq!(t.earliest(), first + Duration::from_millis(500));
     }

@@ -1,0 +1,293 @@
+//! wsfleet's own control endpoints under `/api/v1`: status, load, pause, profiles, reload.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, Caller, ErrorBody};
+use crate::fleet::Origin;
+use crate::load::{Limits, Load, LoadPatch};
+use crate::metrics::{ConnectResult, DisconnectReason, Quantiles, Source};
+use crate::profile::{ProfileSpec, ProfileStatus};
+
+/// `GET /api/v1/status`: desired against reached, totals, and recent latency quantiles.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    pub target: String,
+    pub uptime_seconds: f64,
+    pub paused: bool,
+    pub users: UsersStatus,
+    /// The desired load.
+    pub load: Load,
+    /// What is actually reached.
+    pub reached: Reached,
+    pub limits: Limits,
+    /// The running load profile, or the last one that ended.
+    pub profile: Option<ProfileStatus>,
+    /// SLA thresholds by SLO name (seconds or ratios).
+    pub sla: BTreeMap<String, f64>,
+    pub connects: Totals,
+    pub disconnects: Totals,
+    pub messages: MessageStatus,
+    /// Quantiles (seconds) of the last complete `status_window`.
+    pub latency: LatencyStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsersStatus {
+    pub desired: u32,
+    pub active: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reached {
+    /// Connected users divided by desired users (1 when none are desired).
+    pub connected_ratio: f64,
+    /// Messages per second desired (users / message_interval; 0 while paused).
+    pub message_rate_target: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Totals {
+    pub total: u64,
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageStatus {
+    pub sent: u64,
+    pub received: u64,
+    pub ack_timeouts: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub frames_invalid: u64,
+    pub frames_unmatched: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatencyStatus {
+    pub message_rtt: Quantiles,
+    pub delivery: Quantiles,
+    pub connect: Quantiles,
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "status",
+    responses((status = 200, body = Status), (status = 401, body = ErrorBody)))]
+pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
+    let m = &state.metrics;
+    let desired = state.fleet.desired();
+    let load = desired.load;
+    let active = m.users_active.get();
+    let totals = |pairs: Vec<(&'static str, u64)>| Totals {
+        total: pairs.iter().map(|(_, n)| n).sum(),
+        by_reason: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    };
+    Ok(Json(Status {
+        target: state.target.to_string(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        paused: desired.paused,
+        users: UsersStatus {
+            desired: load.users,
+            active,
+        },
+        reached: Reached {
+            connected_ratio: if load.users == 0 {
+                1.0
+            } else {
+                active as f64 / f64::from(load.users)
+            },
+            message_rate_target: m.message_rate_target.get(),
+        },
+        limits: state.fleet.limits().clone(),
+        profile: state.fleet.profile().await?,
+        sla: state
+            .sla
+            .thresholds()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        connects: totals(
+            ConnectResult::ALL
+                .iter()
+                .map(|&r| (r.as_str(), m.connect_result(r).get()))
+                .collect(),
+        ),
+        disconnects: totals(
+            DisconnectReason::ALL
+                .iter()
+                .map(|&r| (r.as_str(), m.disconnect(r).get()))
+                .collect(),
+        ),
+        messages: MessageStatus {
+            sent: m.messages_sent.get(),
+            received: m.messages_received.get(),
+            ack_timeouts: m.message_timeouts.get(),
+            lost: m.messages_lost.get(),
+            duplicated: m.messages_duplicated.get(),
+            reordered: m.messages_reordered.get(),
+            deliveries_expected: m.deliveries_expected.get(),
+            deliveries_received: m.deliveries_received.get(),
+            frames_invalid: m.frames_invalid.get(),
+            frames_unmatched: m.frames_unmatched.get(),
+        },
+        latency: LatencyStatus {
+            message_rtt: m.rtt_window.quantiles(),
+            delivery: m.delivery_window.quantiles(),
+            connect: m.connect_window.quantiles(),
+        },
+        load,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/load", tag = "load",
+    responses((status = 200, body = Load), (status = 401, body = ErrorBody)))]
+pub async fn get_load(State(state): State<ApiState>) -> Json<Load> {
+    Json(state.fleet.desired().load)
+}
+
+/// The load after a change, and the profile the change cancelled, if any.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadChange {
+    #[serde(flatten)]
+    pub load: Load,
+    /// Set when a running profile was cancelled by this change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_cancelled: Option<ProfileStatus>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/load", tag = "load", request_body = LoadPatch,
+    responses(
+        (status = 200, description = "applied; a running profile is cancelled", body = LoadChange),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 422, description = "unknown field, wrong type, out of range or over a cap", body = ErrorBody)))]
+pub async fn patch_load(
+    State(state): State<ApiState>,
+    caller: Caller,
+    patch: Result<Json<LoadPatch>, JsonRejection>,
+) -> Result<Json<LoadChange>, ApiError> {
+    let Json(patch) = patch?;
+    let updated = state
+        .fleet
+        .update(patch, Origin::new(Source::Api, caller.0.0))
+        .await?;
+    Ok(Json(LoadChange {
+        load: updated.load,
+        profile_cancelled: updated.profile_cancelled,
+    }))
+}
+
+/// Whether the fleet is paused, and its load.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PauseState {
+    pub paused: bool,
+    pub load: Load,
+}
+
+async fn set_paused(
+    state: ApiState,
+    caller: Caller,
+    paused: bool,
+) -> Result<Json<PauseState>, ApiError> {
+    let desired = state
+        .fleet
+        .set_paused(paused, Origin::new(Source::Api, caller.0.0))
+        .await?;
+    Ok(Json(PauseState {
+        paused: desired.paused,
+        load: desired.load,
+    }))
+}
+
+/// Stops sending messages and making new connections; connected users stay connected and keep
+/// their heartbeat.
+#[utoipa::path(post, path = "/api/v1/pause", tag = "load",
+    responses((status = 200, body = PauseState), (status = 401, body = ErrorBody)))]
+pub async fn pause(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(state, caller, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/resume", tag = "load",
+    responses((status = 200, body = PauseState), (status = 401, body = ErrorBody)))]
+pub async fn resume(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(state, caller, false).await
+}
+
+#[utoipa::path(get, path = "/api/v1/profile", tag = "profile",
+    responses((status = 200, description = "the running profile, or the last one that ended", body = ProfileStatus),
+        (status = 401, body = ErrorBody), (status = 404, description = "no profile yet", body = ErrorBody)))]
+pub async fn get_profile(State(state): State<ApiState>) -> Result<Json<ProfileStatus>, ApiError> {
+    state
+        .fleet
+        .profile()
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no profile has been started"))
+}
+
+/// Starts following a profile: `{"stages": [{"users": 1000, "duration": "15m"}, ...]}` or
+/// `{"ramp": {"from": 0, "to": 5000, "over": "10m"}}`. Replaces a running profile.
+#[utoipa::path(put, path = "/api/v1/profile", tag = "profile", request_body = ProfileSpec,
+    responses((status = 200, body = ProfileStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, description = "bad shape, a stage out of range or over a cap", body = ErrorBody)))]
+pub async fn put_profile(
+    State(state): State<ApiState>,
+    caller: Caller,
+    spec: Result<Json<ProfileSpec>, JsonRejection>,
+) -> Result<Json<ProfileStatus>, ApiError> {
+    let Json(spec) = spec?;
+    let status = state
+        .fleet
+        .start_profile(spec, Origin::new(Source::Api, caller.0.0))
+        .await?;
+    Ok(Json(status))
+}
+
+#[utoipa::path(delete, path = "/api/v1/profile", tag = "profile",
+    responses((status = 200, description = "the cancelled profile", body = ProfileStatus),
+        (status = 401, body = ErrorBody), (status = 404, description = "no profile is running", body = ErrorBody)))]
+pub async fn delete_profile(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<ProfileStatus>, ApiError> {
+    state
+        .fleet
+        .stop_profile(Origin::new(Source::Api, caller.0.0))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no profile is running"))
+}
+
+/// Re-reads the config file, as SIGHUP does: a valid file is applied like a PATCH.
+#[utoipa::path(post, path = "/api/v1/reload", tag = "load",
+    responses((status = 200, body = Load), (status = 401, body = ErrorBody),
+        (status = 409, description = "started without a config file", body = ErrorBody),
+        (status = 422, description = "the file is invalid; nothing changed", body = ErrorBody)))]
+pub async fn reload(State(state): State<ApiState>, caller: Caller) -> Result<Json<Load>, ApiError> {
+    let Some(reload) = &state.reload else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wsfleet was started without a config file (-c); nothing to reload",
+        ));
+    };
+    reload
+        .reload(&caller.0.0)
+        .await
+        .map(Json)
+        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+}

@@ -1,0 +1,246 @@
+//! The HTTP control API and `/metrics`: a router built from state, so tests can drive it
+//! without a socket and `daemon` can serve it.
+//!
+//! Caller mistakes become 4xx JSON bodies that name the field; they are not logged as errors.
+//! With a bearer token configured, every `/api` and `/v1` call must carry it.
+
+mod control;
+mod k6;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use url::Url;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::config::Sla;
+use crate::fleet::{FleetError, FleetHandle};
+use crate::metrics::Metrics;
+
+pub use control::Status;
+
+/// Largest request body accepted: load patches and profiles are a few kilobytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    pub fleet: FleetHandle,
+    pub metrics: Arc<Metrics>,
+    pub target: Url,
+    pub started: Instant,
+    pub sla: Sla,
+    /// Bearer token guarding `/api` and `/v1`; `None` leaves them open.
+    pub token: Option<Arc<str>>,
+    /// Re-reads the config file; present when the daemon was started with one.
+    pub reload: Option<Arc<crate::daemon::Reloader>>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let guarded = Router::new()
+        .route("/api/v1/status", get(control::status))
+        .route(
+            "/api/v1/load",
+            get(control::get_load).patch(control::patch_load),
+        )
+        .route("/api/v1/pause", post(control::pause))
+        .route("/api/v1/resume", post(control::resume))
+        .route(
+            "/api/v1/profile",
+            get(control::get_profile)
+                .put(control::put_profile)
+                .delete(control::delete_profile),
+        )
+        .route("/api/v1/reload", post(control::reload))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+        .layer(middleware::from_fn(identify))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Who made a request, for the change log: peer address and user agent.
+#[derive(Debug, Clone)]
+pub struct Who(pub String);
+
+async fn identify(mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "local".to_string(), |c| c.0.to_string());
+    let agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let who = Who(format!("{peer} ({agent})"));
+    request.extensions_mut().insert(who);
+    next.run(request).await
+}
+
+async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time: the comparison must not tell an attacker how much of a guess was right.
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        next.run(request).await
+    } else {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
+        response
+    }
+}
+
+/// An error as the API returns it: `{"error": "...", "field": "..."}` with a 4xx/5xx status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to act on.
+    error: String,
+    /// The field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.body.field = Some(field.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // axum's messages already carry serde's path ("users: invalid type ..."); keep its
+        // status (400 syntax, 415 content type, 413 too large, 422 wrong data).
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(err: FleetError) -> Self {
+        match err {
+            FleetError::Invalid(err) => {
+                let field = err.field.clone();
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).field(field)
+            }
+            FleetError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [("content-type", prometheus::TEXT_FORMAT)],
+        state.metrics.encode(),
+    )
+}
+
+/// The OpenAPI document, generated from the handlers and types (so it cannot drift).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wsfleet control API",
+        description = "Steer a running wsfleet: load, pause, profiles, reload; plus k6's /v1/status dialect."
+    ),
+    paths(
+        control::status,
+        control::get_load,
+        control::patch_load,
+        control::pause,
+        control::resume,
+        control::get_profile,
+        control::put_profile,
+        control::delete_profile,
+        control::reload,
+        k6::get_status,
+        k6::patch_status,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []), ())
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Handlers take the caller's identity for the change log.
+pub(crate) type Caller = Extension<Who>;

@@ -1,0 +1,312 @@
+//! Load profiles: a list of stages (the classic stepped soak) or a linear ramp of users,
+//! followed by the supervisor over time. A profile is only a schedule of load patches.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::load::LoadPatch;
+
+/// Most stages one profile may have.
+pub const MAX_STAGES: usize = 1000;
+/// How often a ramp updates the user count.
+const RAMP_STEP: Duration = Duration::from_secs(1);
+
+/// `PUT /api/v1/profile`: either `stages` or `ramp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Ramp>,
+}
+
+/// One stage: the load to apply (fields as in `PATCH /api/v1/load`) and how long to hold it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "15m")]
+    pub duration: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_rate: Option<f64>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "1s")]
+    pub message_interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<usize>,
+}
+
+/// Users going linearly from `from` to `to` over `over`, updated every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    pub from: u32,
+    pub to: u32,
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "10m")]
+    pub over: Duration,
+}
+
+impl Stage {
+    pub fn patch(&self) -> LoadPatch {
+        LoadPatch {
+            users: self.users,
+            connect_rate: self.connect_rate,
+            message_interval: self.message_interval,
+            payload_size: self.payload_size,
+            ..LoadPatch::default()
+        }
+    }
+}
+
+impl ProfileSpec {
+    /// Checks the shape; the load values are checked as each stage is applied and, up front,
+    /// by the supervisor against the current load and caps.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, problem: &str| Err((field.to_string(), problem.to_string()));
+        match (&self.ramp, self.stages.is_empty()) {
+            (Some(_), false) => return err("stages", "give either `stages` or `ramp`, not both"),
+            (None, true) => {
+                return err(
+                    "stages",
+                    "a profile needs `stages` (a non-empty list) or `ramp`",
+                );
+            }
+            _ => {}
+        }
+        if self.stages.len() > MAX_STAGES {
+            return err("stages", &format!("at most {MAX_STAGES} stages"));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.duration.is_zero() {
+                return err(&format!("stages[{i}].duration"), "must be greater than 0");
+            }
+        }
+        if let Some(ramp) = &self.ramp {
+            if ramp.over.is_zero() {
+                return err("ramp.over", "must be greater than 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every patch the profile may apply, for checking up front.
+    pub fn patches(&self) -> Vec<LoadPatch> {
+        match &self.ramp {
+            Some(ramp) => [ramp.from, ramp.to]
+                .map(|users| LoadPatch {
+                    users: Some(users),
+                    ..LoadPatch::default()
+                })
+                .to_vec(),
+            None => self.stages.iter().map(Stage::patch).collect(),
+        }
+    }
+
+    fn stage_count(&self) -> usize {
+        if self.ramp.is_some() {
+            1
+        } else {
+            self.stages.len()
+        }
+    }
+
+    fn total(&self) -> Duration {
+        match &self.ramp {
+            Some(ramp) => ramp.over,
+            None => self.stages.iter().map(|s| s.duration).sum(),
+        }
+    }
+}
+
+/// Where a profile stands, as the status API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ProfileStatus {
+    /// `running`, `completed` or `cancelled`.
+    pub state: String,
+    /// Current stage, from 1 (a ramp has one stage); 0 once no longer running.
+    pub stage: u32,
+    pub stages: u32,
+    pub elapsed_seconds: f64,
+    pub total_seconds: f64,
+    pub spec: ProfileSpec,
+}
+
+/// A profile being followed.
+#[derive(Debug)]
+pub struct Running {
+    spec: ProfileSpec,
+    started: Instant,
+    /// Index of the stage in force; `None` before the first is applied.
+    stage: Option<usize>,
+    next_at: Instant,
+    /// A ramp has applied its final value.
+    done: bool,
+}
+
+/// What the supervisor should do now.
+pub struct Step {
+    pub patch: LoadPatch,
+    /// 1-based stage number now in force.
+    pub stage: u32,
+}
+
+impl Running {
+    pub fn start(spec: ProfileSpec, now: Instant) -> Running {
+        Running {
+            spec,
+            started: now,
+            stage: None,
+            next_at: now,
+            done: false,
+        }
+    }
+
+    /// When [`Running::advance`] must be called next.
+    pub fn next_at(&self) -> Instant {
+        self.next_at
+    }
+
+    /// The patch due at `now`; `None` means the profile has ended.
+    pub fn advance(&mut self, now: Instant) -> Option<Step> {
+        if let Some(ramp) = &self.spec.ramp {
+            if self.done {
+                return None;
+            }
+            let end = self.started + ramp.over;
+            let elapsed = now.saturating_duration_since(self.started);
+            let fraction = (elapsed.as_secs_f64() / ramp.over.as_secs_f64()).min(1.0);
+            let span = f64::from(ramp.to) - f64::from(ramp.from);
+            let users = (f64::from(ramp.from) + span * fraction).round() as u32;
+            self.stage = Some(0);
+            // The step that reaches `to` is the last; the call after it reports the end.
+            self.done = now >= end;
+            self.next_at = if self.done {
+                now
+            } else {
+                (now + RAMP_STEP).min(end)
+            };
+            return Some(Step {
+                patch: LoadPatch {
+                    users: Some(users),
+                    ..LoadPatch::default()
+                },
+                stage: 1,
+            });
+        }
+        let next = self.stage.map_or(0, |s| s + 1);
+        let stage = self.spec.stages.get(next)?;
+        self.stage = Some(next);
+        self.next_at = self.next_at.max(self.started) + stage.duration;
+        Some(Step {
+            patch: stage.patch(),
+            stage: next as u32 + 1,
+        })
+    }
+
+    pub fn status(&self, state: &str, now: Instant) -> ProfileStatus {
+        ProfileStatus {
+            state: state.to_string(),
+            stage: if state == "running" {
+                self.stage.map_or(0, |s| s as u32 + 1)
+            } else {
+                0
+            },
+            stages: self.spec.stage_count() as u32,
+            elapsed_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
+            total_seconds: self.spec.total().as_secs_f64(),
+            spec: self.spec.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stages(users: &[u32]) -> ProfileSpec {
+        ProfileSpec {
+            stages: users
+                .iter()
+                .map(|&u| Stage {
+                    duration: Duration::from_secs(10),
+                    users: Some(u),
+                    connect_rate: None,
+                    message_interval: None,
+                    payload_size: None,
+                })
+                .collect(),
+            ramp: None,
+        }
+    }
+
+    #[test]
+    fn stages_follow_each_other_on_time() {
+        let start = Instant::now();
+        let mut p = Running::start(stages(&[1, 5, 10]), start);
+        let mut seen = Vec::new();
+        while let Some(step) = p.advance(p.next_at()) {
+            seen.push((step.stage, step.patch.users, p.next_at() - start));
+        }
+        let s = Duration::from_secs;
+        assert_eq!(
+            seen,
+            [
+                (1, Some(1), s(10)),
+                (2, Some(5), s(20)),
+                (3, Some(10), s(30))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ramp_moves_users_linearly() {
+        let start = Instant::now();
+        let spec = ProfileSpec {
+            stages: vec![],
+            ramp: Some(Ramp {
+                from: 100,
+                to: 200,
+                over: Duration::from_secs(10),
+            }),
+        };
+        let mut p = Running::start(spec, start);
+        let users = |step: Option<Step>| step.and_then(|s| s.patch.users);
+        assert_eq!(users(p.advance(start)), Some(100));
+        assert_eq!(users(p.advance(start + Duration::from_secs(5))), Some(150));
+        assert_eq!(users(p.advance(start + Duration::from_secs(10))), Some(200));
+        assert!(p.advance(p.next_at()).is_none(), "the ramp ends");
+    }
+
+    #[test]
+    fn shapes_are_validated() {
+        assert!(
+            ProfileSpec {
+                stages: vec![],
+                ramp: None
+            }
+            .validate()
+            .is_err()
+        );
+        let mut both = stages(&[1]);
+        both.ramp = Some(Ramp {
+            from: 1,
+            to: 2,
+            over: Duration::from_secs(1),
+        });
+        assert_eq!(both.validate().expect_err("both").0, "stages");
+        let mut zero = stages(&[1]);
+        zero.stages[0].duration = Duration::ZERO;
+        assert_eq!(zero.validate().expect_err("zero").0, "stages[0].duration");
+    }
+}
