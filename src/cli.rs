@@ -23,11 +23,74 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the load daemon (with no config and no --target: against an in-process reference target).
-    Run(FleetArgs),
-    /// Run the reference WebSocket server.
+    Run(RunArgs),
+    /// Run the reference IM server.
     Target(TargetArgs),
     /// Validate a config and print the effective one.
     Check(FleetArgs),
+    /// Steer a running daemon through its control API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Stop by itself after this long (e.g. 10m), print a summary, and exit non-zero (3) if an
+    /// SLA in the config was breached.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// Control API of the daemon.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WSFLEET_ENDPOINT",
+        default_value = "http://127.0.0.1:9750"
+    )]
+    pub endpoint: Url,
+    /// Bearer token, if the daemon requires one.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WSFLEET_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a summary for people.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlAction {
+    /// Desired against reached users, totals, latency.
+    Status,
+    /// Change the load: `ctl set users=5000 connect_rate=200 message_interval=1s`.
+    Set {
+        /// FIELD=VALUE pairs (fields of PATCH /api/v1/load).
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        changes: Vec<String>,
+    },
+    /// Stop sending and connecting; keep connections.
+    Pause,
+    /// Undo pause.
+    Resume,
+    /// Follow a profile from a YAML or JSON file (`stages:` or `ramp:`).
+    Profile {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Re-read the daemon's config file.
+    Reload,
 }
 
 /// Where the config comes from, and flags that override it.

@@ -1,5 +1,5 @@
 //! The `wsfleet` binary: parses arguments, sets up logging and signals, runs a subcommand and
-//! maps its outcome to an exit code (2 for invalid input, 1 for runtime failures).
+//! maps its outcome to an exit code: 0 ok, 1 runtime failure, 2 invalid input, 3 SLA breached.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,11 +9,15 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsfleet::cli::{Cli, Command};
+use wsfleet::cli::{Cli, Command, CtlArgs, FleetArgs, RunArgs, TargetArgs};
+use wsfleet::config::Config;
+use wsfleet::ctl::CtlError;
 use wsfleet::daemon::Daemon;
+use wsfleet::summary::Summary;
 use wsfleet::target;
 
 const EXIT_INVALID_INPUT: u8 = 2;
+const EXIT_SLA_BREACHED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,15 +29,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let config = match &cli.command {
-        Command::Run(args) | Command::Check(args) => match args.resolve() {
-            Ok(config) => Some(config),
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::from(EXIT_INVALID_INPUT);
-            }
-        },
-        Command::Target(_) => None,
+    let fleet_args = match &cli.command {
+        Command::Run(args) => Some(&args.fleet),
+        Command::Check(args) => Some(args),
+        Command::Target(_) | Command::Ctl(_) => None,
+    };
+    let config = match fleet_args.map(FleetArgs::resolve).transpose() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
     };
     if let (Command::Check(_), Some(config)) = (&cli.command, &config) {
         print!("{}", config.to_yaml());
@@ -48,16 +54,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
         match (cli.command, config) {
-            (Command::Target(args), _) => run_target(args, shutdown).await,
-            (_, Some(config)) => run_daemon(config, shutdown).await,
-            (_, None) => unreachable!("run and check always resolve a config"),
+            (Command::Ctl(args), _) => Ok(run_ctl(&args).await),
+            (Command::Target(args), _) => run_target(args, signal_token()).await,
+            (Command::Run(args), Some(config)) => run_daemon(args, config, signal_token()).await,
+            _ => unreachable!("run and check always resolve a config"),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -65,34 +70,92 @@ fn main() -> ExitCode {
     }
 }
 
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn signal_token() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    shutdown
+}
+
+/// Runs the daemon until a signal or the end of `--duration`; then prints the summary (with
+/// `--duration` or `--summary-out`) and exits with the SLA verdict.
 async fn run_daemon(
-    config: wsfleet::config::Config,
+    args: RunArgs,
+    config: Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
-    Daemon::start(config, listener, shutdown)
-        .await?
-        .wait()
-        .await
+    let sla = config.sla.clone();
+    let daemon = Daemon::start(config, listener, shutdown.clone()).await?;
+    if args.duration.is_none() && args.summary_out.is_none() {
+        daemon.wait().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match args.duration {
+        Some(duration) => {
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => tracing::info!("--duration reached"),
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+    // Read the numbers while the fleet still stands: shutdown disconnects everyone.
+    let summary = Summary::collect(
+        daemon.metrics(),
+        &daemon.fleet().desired(),
+        &sla,
+        daemon.uptime(),
+    );
+    daemon.shutdown().await?;
+    print!("{}", summary.render());
+    if let Some(path) = &args.summary_out {
+        let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write --summary-out {}", path.display()))?;
+    }
+    for slo in summary.breaches() {
+        eprintln!(
+            "SLA breached: {} observed {} against threshold {}",
+            slo.slo, slo.observed, slo.threshold
+        );
+    }
+    Ok(if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SLA_BREACHED)
+    })
 }
 
-async fn run_target(
-    args: wsfleet::cli::TargetArgs,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let listen = args.listen;
-    let listener = TcpListener::bind(listen)
+async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} (`--listen`)"))?;
+        .with_context(|| format!("cannot listen on {} (`--listen`)", args.listen))?;
     tracing::info!(
         "reference target listening on http://{} (WebSocket at /ws)",
         listener.local_addr()?
     );
     let options = target::TargetOptions { token: args.token };
     target::serve_with(listener, options, shutdown).await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_ctl(args: &CtlArgs) -> ExitCode {
+    match wsfleet::ctl::run(args).await {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            match err {
+                CtlError::Usage(_) => ExitCode::from(EXIT_INVALID_INPUT),
+                CtlError::Failed(_) => ExitCode::FAILURE,
+            }
+        }
+    }
 }
 
 /// First SIGINT or SIGTERM: graceful shutdown. A second one: exit at once.

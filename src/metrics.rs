@@ -350,6 +350,7 @@ impl Registrar<'_> {
 pub struct Quantiles {
     pub count: u64,
     pub p50: f64,
+    pub p90: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
@@ -366,6 +367,23 @@ struct WindowState {
     started: Instant,
     current: Hdr<u64>,
     previous: Option<Hdr<u64>>,
+    /// Everything since start, for the end-of-run summary.
+    total: Hdr<u64>,
+}
+
+fn quantiles_of(hdr: &Hdr<u64>) -> Quantiles {
+    if hdr.is_empty() {
+        return Quantiles::default();
+    }
+    let secs = |micros: u64| micros as f64 / 1e6;
+    Quantiles {
+        count: hdr.len(),
+        p50: secs(hdr.value_at_quantile(0.5)),
+        p90: secs(hdr.value_at_quantile(0.9)),
+        p99: secs(hdr.value_at_quantile(0.99)),
+        p999: secs(hdr.value_at_quantile(0.999)),
+        max: secs(hdr.max()),
+    }
 }
 
 /// Microsecond resolution up to one hour, three significant digits.
@@ -381,6 +399,7 @@ impl LatencyWindow {
                 started: Instant::now(),
                 current: new_hdr(),
                 previous: None,
+                total: new_hdr(),
             }),
         }
     }
@@ -389,23 +408,18 @@ impl LatencyWindow {
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX).max(1);
         let mut state = self.lock_rotated();
         state.current.saturating_record(micros);
+        state.total.saturating_record(micros);
     }
 
     /// Quantiles of the last complete window, or of the current one before the first ends.
     pub fn quantiles(&self) -> Quantiles {
         let state = self.lock_rotated();
-        let hdr = state.previous.as_ref().unwrap_or(&state.current);
-        if hdr.is_empty() {
-            return Quantiles::default();
-        }
-        let secs = |micros: u64| micros as f64 / 1e6;
-        Quantiles {
-            count: hdr.len(),
-            p50: secs(hdr.value_at_quantile(0.5)),
-            p99: secs(hdr.value_at_quantile(0.99)),
-            p999: secs(hdr.value_at_quantile(0.999)),
-            max: secs(hdr.max()),
-        }
+        quantiles_of(state.previous.as_ref().unwrap_or(&state.current))
+    }
+
+    /// Quantiles of everything recorded since start.
+    pub fn total(&self) -> Quantiles {
+        quantiles_of(&self.lock_rotated().total)
     }
 
     fn lock_rotated(&self) -> std::sync::MutexGuard<'_, WindowState> {

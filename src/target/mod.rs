@@ -17,6 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -189,6 +190,12 @@ pub async fn serve_with(
     tokio::spawn(async move {
         stop.cancelled().await;
         closing.close_token().cancel();
+    });
+    // Nagle's algorithm would hold small frames back for up to 40 ms (with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "cannot set TCP_NODELAY");
+        }
     });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -238,3 +238,72 @@ pub fn histogram_quantile(scrape: &Scrape, name: &str, q: f64) -> f64 {
         .find(|(_, count)| *count >= q * total)
         .map_or(f64::NAN, |b| b.0)
 }
+
+/// `wsfleet` run as a real process; its API address is read from its log. Killed on drop.
+pub struct DaemonProcess {
+    pub api: SocketAddr,
+    child: Child,
+}
+
+impl DaemonProcess {
+    pub async fn start(args: &[&str]) -> DaemonProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            // Keep draining so the child never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    if let (Some(tx), Ok(addr)) =
+                        (addr_tx.take(), addr.trim().parse::<SocketAddr>())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let api = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+            .await
+            .expect("the daemon logs its API address within 30 s")
+            .expect("the daemon exited before listening");
+        DaemonProcess { api, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (at most 20 s) for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

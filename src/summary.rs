@@ -1,0 +1,251 @@
+//! The end-of-run verdict of `wsfleet run --duration`: per-metric totals, rates and exact
+//! quantiles (from the whole-run HdrHistograms), errors by reason, and the SLA checks.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Sla;
+use crate::load::Desired;
+use crate::metrics::{ConnectResult, DisconnectReason, Metrics, Quantiles};
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub duration_seconds: f64,
+    pub users: Users,
+    pub connects: Counted,
+    pub disconnects: BTreeMap<&'static str, u64>,
+    pub messages: Messages,
+    /// Seconds.
+    pub latency: Latency,
+    /// (failed connects + ack timeouts + lost deliveries) / (connect attempts + messages sent).
+    pub error_rate: f64,
+    pub slos: Vec<SloResult>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Users {
+    pub desired: u32,
+    pub active: i64,
+    pub connected_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counted {
+    pub count: u64,
+    pub rate_per_second: f64,
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Messages {
+    pub sent: u64,
+    pub sent_per_second: f64,
+    pub received: u64,
+    pub ack_timeouts: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    /// deliveries_received / deliveries_expected (1 when none were expected).
+    pub reach: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub connect: Quantiles,
+    pub message_rtt: Quantiles,
+    pub delivery: Quantiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SloResult {
+    pub slo: &'static str,
+    pub threshold: f64,
+    pub observed: f64,
+    pub breached: bool,
+}
+
+impl Summary {
+    /// Reads the run's numbers; call it before shutdown closes the users.
+    pub fn collect(metrics: &Metrics, desired: &Desired, sla: &Sla, elapsed: Duration) -> Summary {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let attempts = metrics.connect_attempts();
+        let errors: BTreeMap<_, _> = ConnectResult::ALL
+            .iter()
+            .filter(|&&r| r != ConnectResult::Ok)
+            .map(|&r| (r.as_str(), metrics.connect_result(r).get()))
+            .collect();
+        let failed: u64 = errors.values().sum();
+        let active = metrics.users_active.get();
+        let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
+        let sent = metrics.messages_sent.get();
+        let messages = Messages {
+            sent,
+            sent_per_second: sent as f64 / secs,
+            received: metrics.messages_received.get(),
+            ack_timeouts: metrics.message_timeouts.get(),
+            lost: metrics.messages_lost.get(),
+            duplicated: metrics.messages_duplicated.get(),
+            reordered: metrics.messages_reordered.get(),
+            deliveries_expected: metrics.deliveries_expected.get(),
+            deliveries_received: metrics.deliveries_received.get(),
+            reach: ratio(
+                metrics.deliveries_received.get() as f64,
+                metrics.deliveries_expected.get() as f64,
+                1.0,
+            ),
+        };
+        let error_rate = ratio(
+            (failed + messages.ack_timeouts + messages.lost) as f64,
+            (attempts + sent) as f64,
+            0.0,
+        );
+        let latency = Latency {
+            connect: metrics.connect_window.total(),
+            message_rtt: metrics.rtt_window.total(),
+            delivery: metrics.delivery_window.total(),
+        };
+        let users = Users {
+            desired: desired.load.users,
+            active,
+            connected_ratio: ratio(active as f64, f64::from(desired.load.users), 1.0),
+        };
+        let slos: Vec<SloResult> = sla
+            .thresholds()
+            .into_iter()
+            .map(|(slo, threshold)| {
+                let observed = match slo {
+                    "p99_rtt_seconds" => latency.message_rtt.p99,
+                    "p99_delivery_seconds" => latency.delivery.p99,
+                    "p99_connect_seconds" => latency.connect.p99,
+                    "error_rate" => error_rate,
+                    _ => users.connected_ratio,
+                };
+                let breached = if slo == "min_connected_ratio" {
+                    observed < threshold
+                } else {
+                    observed > threshold
+                };
+                SloResult {
+                    slo,
+                    threshold,
+                    observed,
+                    breached,
+                }
+            })
+            .collect();
+        Summary {
+            duration_seconds: secs,
+            passed: slos.iter().all(|s| !s.breached),
+            connects: Counted {
+                count: attempts,
+                rate_per_second: attempts as f64 / secs,
+                errors,
+            },
+            disconnects: DisconnectReason::ALL
+                .iter()
+                .map(|&r| (r.as_str(), metrics.disconnect(r).get()))
+                .collect(),
+            users,
+            messages,
+            latency,
+            error_rate,
+            slos,
+        }
+    }
+
+    /// The SLOs that were breached.
+    pub fn breaches(&self) -> impl Iterator<Item = &SloResult> {
+        self.slos.iter().filter(|s| s.breached)
+    }
+
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ms = |s: f64| format!("{:.2}", s * 1000.0);
+        let _ = writeln!(out, "wsfleet run summary ({:.1} s)", self.duration_seconds);
+        let _ = writeln!(
+            out,
+            "users        desired {}  active {}  connected {:.1}%",
+            self.users.desired,
+            self.users.active,
+            self.users.connected_ratio * 100.0
+        );
+        let _ = writeln!(
+            out,
+            "connects     {} ({:.1}/s)  errors {}",
+            self.connects.count,
+            self.connects.rate_per_second,
+            nonzero(&self.connects.errors)
+        );
+        let _ = writeln!(out, "disconnects  {}", nonzero(&self.disconnects));
+        let m = &self.messages;
+        let _ = writeln!(
+            out,
+            "messages     sent {} ({:.1}/s)  received {}  ack timeouts {}  lost {}  duplicated {}  reordered {}  reach {:.4}",
+            m.sent,
+            m.sent_per_second,
+            m.received,
+            m.ack_timeouts,
+            m.lost,
+            m.duplicated,
+            m.reordered,
+            m.reach
+        );
+        let _ = writeln!(
+            out,
+            "latency (ms)        count      p50      p90      p99     p999      max"
+        );
+        for (name, q) in [
+            ("connect", &self.latency.connect),
+            ("message rtt", &self.latency.message_rtt),
+            ("delivery", &self.latency.delivery),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                q.count,
+                ms(q.p50),
+                ms(q.p90),
+                ms(q.p99),
+                ms(q.p999),
+                ms(q.max)
+            );
+        }
+        let _ = writeln!(out, "error rate   {:.4}%", self.error_rate * 100.0);
+        for slo in &self.slos {
+            let _ = writeln!(
+                out,
+                "SLO {:<22} observed {:<12.6} threshold {:<12.6} {}",
+                slo.slo,
+                slo.observed,
+                slo.threshold,
+                if slo.breached { "BREACHED" } else { "ok" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "verdict      {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        );
+        out
+    }
+}
+
+fn nonzero(counts: &BTreeMap<&'static str, u64>) -> String {
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}

