@@ -74,6 +74,9 @@ pub struct Config {
     /// are exported as `wsfleet_sla_threshold{slo}` for alert rules and dashboards.
     #[serde(default)]
     pub sla: Sla,
+    /// When the generator counts itself as saturated (and stops adding users).
+    #[serde(default)]
+    pub self_health: crate::health::HealthConfig,
     /// Where relative paths in the config (credentials) are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -118,7 +121,8 @@ pub struct Sla {
     )]
     pub p99_connect: Option<Duration>,
     /// Largest acceptable error rate: "0.1%" or 0.001. Errors are failed connects, ack
-    /// timeouts and lost deliveries; operations are connect attempts and messages sent.
+    /// timeouts and lost deliveries; operations are connect attempts, messages sent and
+    /// deliveries expected.
     #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
     /// Smallest acceptable ratio of connected to desired users at the end of the run.

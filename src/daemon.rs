@@ -60,11 +60,17 @@ impl Daemon {
         let token = config.api_token()?;
         let metrics = Arc::new(Metrics::with_window(config.status_window));
         set_sla_gauges(&metrics, &config);
+        let (saturated, health) = crate::health::spawn(
+            config.self_health.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        );
         let ctx = Arc::new(Context::new(
             &config,
             target.clone(),
             scenario,
             Arc::clone(&metrics),
+            saturated,
         ));
         let (fleet, fleet_task) = Fleet::spawn(
             ctx,
@@ -91,6 +97,7 @@ impl Daemon {
             target: target.clone(),
             started,
             sla: config.sla.clone(),
+            health,
             token: token.map(Into::into),
             reload: reloader,
         };

@@ -26,6 +26,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod fleet;
+pub mod health;
 pub mod load;
 pub mod metrics;
 pub mod pacer;

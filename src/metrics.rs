@@ -114,6 +114,9 @@ pub struct Metrics {
     pub profile_stage: IntGauge,
     pub config_reloads: IntCounterVec,
     pub sla_threshold: GaugeVec,
+    pub event_loop_lag: Histogram,
+    pub fds_available: IntGauge,
+    pub generator_saturated: IntGauge,
 }
 
 impl Metrics {
@@ -259,6 +262,18 @@ impl Metrics {
                     &["slo"],
                 )
                 .expect("valid metric"),
+            ),
+            event_loop_lag: reg.histogram(
+                "wsfleet_event_loop_lag_seconds",
+                "How late the generator's 100 ms probe tick ran: high values mean its own latency numbers are inflated.",
+            ),
+            fds_available: reg.gauge(
+                "wsfleet_fds_available",
+                "File descriptors this process may still open.",
+            ),
+            generator_saturated: reg.gauge(
+                "wsfleet_generator_saturated",
+                "1 when the generator is overloaded (loop lag or file descriptors) and stops adding users.",
             ),
             rtt_window: LatencyWindow::new(window),
             connect_window: LatencyWindow::new(window),

@@ -43,10 +43,18 @@ pub struct Context {
     pub connector: Option<Connector>,
     pub metrics: Arc<Metrics>,
     pub pacer: Pacer,
+    /// True while the generator is saturated: no new connections then.
+    pub saturated: watch::Receiver<bool>,
 }
 
 impl Context {
-    pub fn new(config: &Config, target: Url, scenario: Scenario, metrics: Arc<Metrics>) -> Context {
+    pub fn new(
+        config: &Config,
+        target: Url,
+        scenario: Scenario,
+        metrics: Arc<Metrics>,
+        saturated: watch::Receiver<bool>,
+    ) -> Context {
         Context {
             connector: connect::tls_connector(&target, scenario.url.is_some()),
             target,
@@ -62,6 +70,7 @@ impl Context {
             ws_config: ws_config(),
             metrics,
             pacer: Pacer::new(config.connect_rate),
+            saturated,
         }
     }
 }
@@ -108,10 +117,15 @@ impl User {
     pub async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
-            // Paused: no new connections (and no reconnects) until resumed.
+            // Paused or saturated: no new connections (and no reconnects) until that ends.
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = self.desired.wait_for(|d| !d.paused) => {}
+            }
+            let mut saturated = self.ctx.saturated.clone();
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = saturated.wait_for(|s| !s) => {}
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,

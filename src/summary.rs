@@ -20,7 +20,8 @@ pub struct Summary {
     pub messages: Messages,
     /// Seconds.
     pub latency: Latency,
-    /// (failed connects + ack timeouts + lost deliveries) / (connect attempts + messages sent).
+    /// (failed connects + ack timeouts + lost deliveries) /
+    /// (connect attempts + messages sent + deliveries expected).
     pub error_rate: f64,
     pub slos: Vec<SloResult>,
     pub passed: bool,
@@ -102,7 +103,7 @@ impl Summary {
         };
         let error_rate = ratio(
             (failed + messages.ack_timeouts + messages.lost) as f64,
-            (attempts + sent) as f64,
+            (attempts + sent + messages.deliveries_expected) as f64,
             0.0,
         );
         let latency = Latency {

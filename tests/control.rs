@@ -50,12 +50,7 @@ async fn daemon_with(
 /// A request body and its content type.
 type Body<'a> = Option<(&'a str, String)>;
 
-async fn call(
-    method: &str,
-    url: String,
-    body: Body<'_>,
-    token: Option<&str>,
-) -> (u16, Value) {
+async fn call(method: &str, url: String, body: Body<'_>, token: Option<&str>) -> (u16, Value) {
     let mut request = http().request(method.parse().unwrap(), url);
     if let Some((content_type, body)) = body {
         request = request.header("content-type", content_type).body(body);

@@ -180,3 +180,38 @@ async fn a_killed_target_is_retried_at_a_bounded_rate_and_the_fleet_comes_back()
     .await;
     daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_generator_adds_no_users_and_says_why() {
+    let target = Target::start().await;
+    // Demanding more free file descriptors than the process can have: saturated at once.
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 5\nself_health: {{min_fds_available: 100000000}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_for("the generator to call itself saturated", 30, || async {
+        scrape(api).await.get("wsfleet_generator_saturated") == 1.0
+    })
+    .await;
+    let status = status(api).await;
+    assert_eq!(status["generator"]["saturated"], true);
+    assert!(
+        status["generator"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("file descriptors"),
+        "{status}"
+    );
+    let m = scrape(api).await;
+    assert_eq!(m.get("wsfleet_users_active"), 0.0);
+    assert_eq!(
+        m.sum("wsfleet_connects_total"),
+        0.0,
+        "no connection attempted"
+    );
+    assert!(m.get("wsfleet_fds_available") > 0.0);
+    assert!(m.get("wsfleet_event_loop_lag_seconds_count") > 0.0);
+    daemon.shutdown().await.unwrap();
+}

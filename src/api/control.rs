@@ -21,6 +21,8 @@ pub struct Status {
     pub target: String,
     pub uptime_seconds: f64,
     pub paused: bool,
+    /// Whether the generator itself is healthy enough for its numbers to be trusted.
+    pub generator: crate::health::Health,
     pub users: UsersStatus,
     /// The desired load.
     pub load: Load,
@@ -86,6 +88,12 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
     let desired = state.fleet.desired();
     let load = desired.load;
     let active = m.users_active.get();
+    let generator = state
+        .health
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let profile = state.fleet.profile().await?;
     let totals = |pairs: Vec<(&'static str, u64)>| Totals {
         total: pairs.iter().map(|(_, n)| n).sum(),
         by_reason: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -94,6 +102,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         target: state.target.to_string(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         paused: desired.paused,
+        generator,
         users: UsersStatus {
             desired: load.users,
             active,
@@ -107,7 +116,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
             message_rate_target: m.message_rate_target.get(),
         },
         limits: state.fleet.limits().clone(),
-        profile: state.fleet.profile().await?,
+        profile,
         sla: state
             .sla
             .thresholds()

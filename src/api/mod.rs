@@ -46,6 +46,8 @@ pub struct ApiState {
     pub target: Url,
     pub started: Instant,
     pub sla: Sla,
+    /// The generator's view of its own health.
+    pub health: Arc<std::sync::Mutex<crate::health::Health>>,
     /// Bearer token guarding `/api` and `/v1`; `None` leaves them open.
     pub token: Option<Arc<str>>,
     /// Re-reads the config file; present when the daemon was started with one.

@@ -1,0 +1,176 @@
+//! The generator watches itself: event-loop lag (from a tick task), file descriptors left, and
+//! from those whether its own numbers can still be trusted. When they cannot, it stops adding
+//! users, says why in the log and the status API, and sets `wsfleet_generator_saturated 1`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::metrics::Metrics;
+
+/// How often the lag probe ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// Lag samples judged together: the last 5 s.
+const RECENT: usize = 50;
+/// Share of recent ticks that may be late before the generator counts as saturated.
+const LATE_SHARE: f64 = 0.2;
+/// How often file descriptors are counted (a directory listing of up to 20k entries).
+const FD_EVERY: Duration = Duration::from_secs(2);
+
+/// `self_health:` in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A tick later than this is a late tick; too many late ticks means saturated.
+    #[serde(default = "default_max_loop_lag", with = "humantime_serde")]
+    pub max_loop_lag: Duration,
+    /// Fewer free file descriptors than this means saturated (no more users are added).
+    #[serde(default = "default_min_fds")]
+    pub min_fds_available: u64,
+}
+
+fn default_max_loop_lag() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_min_fds() -> u64 {
+    200
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            max_loop_lag: default_max_loop_lag(),
+            min_fds_available: default_min_fds(),
+        }
+    }
+}
+
+/// The generator's view of itself, for the status API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Health {
+    /// True when the generator's own numbers cannot be trusted; no users are added meanwhile.
+    pub saturated: bool,
+    /// Why, when saturated.
+    pub reason: Option<String>,
+    /// Worst event-loop lag of the last 5 s, in seconds.
+    pub loop_lag_max_seconds: f64,
+    pub fds_open: u64,
+    pub fds_available: u64,
+}
+
+/// Starts the probe; the returned receiver says whether the generator is saturated.
+pub fn spawn(
+    config: HealthConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<bool>, Arc<Mutex<Health>>) {
+    // Judge file descriptors before the first user could connect.
+    let fds_at_start = file_descriptors();
+    let min_fds = config.min_fds_available;
+    let starved = move |fds: Option<(u64, u64)>| {
+        let (open, max) = fds.unwrap_or((0, u64::MAX));
+        let available = max.saturating_sub(open);
+        (available < min_fds).then(|| {
+            format!(
+                "only {available} file descriptors left (self_health.min_fds_available = {min_fds})"
+            )
+        })
+    };
+    let (saturated_tx, saturated_rx) = watch::channel(starved(fds_at_start).is_some());
+    let health = Arc::new(Mutex::new(Health::default()));
+    let shared = Arc::clone(&health);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut recent: VecDeque<Duration> = VecDeque::with_capacity(RECENT);
+        let mut fds = fds_at_start;
+        let mut last_fd_count = Instant::now() - FD_EVERY;
+        loop {
+            let scheduled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                scheduled = ticks.tick() => scheduled,
+            };
+            let lag = Instant::now().saturating_duration_since(scheduled);
+            metrics.event_loop_lag.observe(lag.as_secs_f64());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(lag);
+            if last_fd_count.elapsed() >= FD_EVERY {
+                last_fd_count = Instant::now();
+                fds = file_descriptors();
+                if let Some((open, max)) = fds {
+                    metrics.fds_available.set(max.saturating_sub(open) as i64);
+                }
+            }
+            let late = recent.iter().filter(|&&l| l > config.max_loop_lag).count();
+            let lag_reason = (late as f64 >= LATE_SHARE * RECENT as f64).then(|| {
+                format!(
+                    "event loop lag: {late} of the last {} ticks were over {}",
+                    recent.len(),
+                    humantime::format_duration(config.max_loop_lag)
+                )
+            });
+            let (open, max) = fds.unwrap_or((0, u64::MAX));
+            let available = max.saturating_sub(open);
+            let reason = lag_reason.or_else(|| starved(fds));
+            let saturated = reason.is_some();
+            saturated_tx.send_if_modified(|was| {
+                if *was == saturated {
+                    return false;
+                }
+                match &reason {
+                    Some(why) => tracing::warn!(reason = %why, "generator saturated: not adding users; its latency numbers may be inflated"),
+                    None => tracing::info!("generator healthy again"),
+                }
+                *was = saturated;
+                true
+            });
+            metrics.generator_saturated.set(i64::from(saturated));
+            *shared.lock().unwrap_or_else(|e| e.into_inner()) = Health {
+                saturated,
+                reason,
+                loop_lag_max_seconds: recent
+                    .iter()
+                    .max()
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                fds_open: open,
+                fds_available: available.min(i64::MAX as u64),
+            };
+        }
+    });
+    (saturated_rx, health)
+}
+
+/// (open, soft limit) file descriptors of this process, from /proc.
+fn file_descriptors() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let max = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some((open, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_descriptors_are_read_from_proc() {
+        let (open, max) = file_descriptors().expect("linux /proc");
+        assert!(open > 0 && max >= open, "{open} of {max}");
+    }
+}
