@@ -1,0 +1,15 @@
+# wsfleet: build with the Rust toolchain, run from a small Debian base as a non-root user.
+FROM rust:1.88-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin wsfleet
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin wsfleet
+COPY --from=build /src/target/release/wsfleet /usr/local/bin/wsfleet
+USER 10001
+# 9750: wsfleet's control API and /metrics; 9001: the reference target.
+EXPOSE 9750 9001
+ENTRYPOINT ["wsfleet"]
+CMD ["run"]
