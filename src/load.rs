@@ -89,16 +89,16 @@ pub struct Limits {
 impl Limits {
     /// Checks a load against the caps; the error names the field and the cap.
     pub fn check(&self, load: &Load) -> Result<(), LoadError> {
-        if let Some(max) = self.max_users {
-            if load.users > max {
-                return Err(LoadError::new(
-                    "users",
-                    format!(
-                        "{} exceeds the cap of {max} users (limits.max_users)",
-                        load.users
-                    ),
-                ));
-            }
+        if let Some(max) = self.max_users
+            && load.users > max
+        {
+            return Err(LoadError::new(
+                "users",
+                format!(
+                    "{} exceeds the cap of {max} users (limits.max_users)",
+                    load.users
+                ),
+            ));
         }
         if let Some(max) = self.max_message_rate {
             let rate = load.message_rate();

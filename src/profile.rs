@@ -92,10 +92,10 @@ impl ProfileSpec {
                 return err(&format!("stages[{i}].duration"), "must be greater than 0");
             }
         }
-        if let Some(ramp) = &self.ramp {
-            if ramp.over.is_zero() {
-                return err("ramp.over", "must be greater than 0");
-            }
+        if let Some(ramp) = &self.ramp
+            && ramp.over.is_zero()
+        {
+            return err("ramp.over", "must be greater than 0");
         }
         Ok(())
     }

@@ -118,17 +118,17 @@ pub async fn patch_status(
         )
         .field("stopped"));
     }
-    if let Some(max) = wanted.vus_max {
-        if max != vus_max(&state) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "vus-max is fixed at {} by limits.max_users in wsfleet's config",
-                    vus_max(&state)
-                ),
-            )
-            .field("vus-max"));
-        }
+    if let Some(max) = wanted.vus_max
+        && max != vus_max(&state)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "vus-max is fixed at {} by limits.max_users in wsfleet's config",
+                vus_max(&state)
+            ),
+        )
+        .field("vus-max"));
     }
     // Check everything before changing anything: a rejected request changes nothing.
     let users = match wanted.vus {

@@ -112,16 +112,14 @@ impl Conversation {
                         close(socket).await;
                         return DisconnectReason::Churn;
                     }
-                    if self.timers.ping_due(now, ctx.heartbeat.timeout) {
-                        if let Err(reason) = self.ping(&ctx, user, socket, now).await {
+                    if self.timers.ping_due(now, ctx.heartbeat.timeout)
+                        && let Err(reason) = self.ping(&ctx, user, socket, now).await {
                             return reason;
                         }
-                    }
-                    if let Some(scheduled) = self.timers.send_due(now, ctx.schedule) {
-                        if let Err(reason) = self.send(&ctx, user, socket, scheduled).await {
+                    if let Some(scheduled) = self.timers.send_due(now, ctx.schedule)
+                        && let Err(reason) = self.send(&ctx, user, socket, scheduled).await {
                             return reason;
                         }
-                    }
                     self.sweep(&ctx, now);
                 }
             }
@@ -214,30 +212,30 @@ impl Conversation {
     fn on_text(&mut self, ctx: &Context, text: &str) {
         let frame = Frame::new(text);
         let metrics = &ctx.metrics;
-        if let Some(app) = &ctx.scenario.heartbeat {
-            if app.expect.matches(&frame) {
-                self.heartbeat_answered(ctx);
-                return;
-            }
+        if let Some(app) = &ctx.scenario.heartbeat
+            && app.expect.matches(&frame)
+        {
+            self.heartbeat_answered(ctx);
+            return;
         }
         let Some(plan) = &ctx.scenario.message else {
             metrics.frames_unmatched.inc();
             return;
         };
-        if let Some(ack) = &plan.ack {
-            if ack.matcher.matches(&frame) {
-                match frame.text_at(&ack.id) {
-                    Some(id) => self.on_ack(ctx, &id),
-                    None => metrics.frames_invalid.inc(),
-                }
-                return;
+        if let Some(ack) = &plan.ack
+            && ack.matcher.matches(&frame)
+        {
+            match frame.text_at(&ack.id) {
+                Some(id) => self.on_ack(ctx, &id),
+                None => metrics.frames_invalid.inc(),
             }
+            return;
         }
-        if let Some(delivery) = &plan.delivery {
-            if delivery.matcher.matches(&frame) {
-                self.on_delivery(ctx, plan, &frame);
-                return;
-            }
+        if let Some(delivery) = &plan.delivery
+            && delivery.matcher.matches(&frame)
+        {
+            self.on_delivery(ctx, plan, &frame);
+            return;
         }
         metrics.frames_unmatched.inc();
     }
@@ -249,10 +247,10 @@ impl Conversation {
             return;
         };
         // Acks come mostly in order, so the match is nearly always at the front.
-        if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq) {
-            if let Some((_, scheduled)) = self.pending.remove(at) {
-                ctx.metrics.record_rtt(scheduled.elapsed());
-            }
+        if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq)
+            && let Some((_, scheduled)) = self.pending.remove(at)
+        {
+            ctx.metrics.record_rtt(scheduled.elapsed());
         }
     }
 

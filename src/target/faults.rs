@@ -50,12 +50,12 @@ impl FaultSwitch {
     /// Applies a patch, or names the field that is wrong and changes nothing.
     pub fn apply(&self, patch: &FaultsPatch) -> Result<Faults, String> {
         for (name, value) in [("drop", patch.drop), ("duplicate", patch.duplicate)] {
-            if let Some(v) = value {
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(format!(
-                        "`{name}` must be a fraction between 0 and 1, got {v}"
-                    ));
-                }
+            if let Some(v) = value
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(format!(
+                    "`{name}` must be a fraction between 0 and 1, got {v}"
+                ));
             }
         }
         let mut faults = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -261,12 +261,11 @@ impl DaemonProcess {
             let mut addr_tx = Some(addr_tx);
             // Keep draining so the child never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    if let (Some(tx), Ok(addr)) =
+                if let Some(addr) = line.split("listening on http://").nth(1)
+                    && let (Some(tx), Ok(addr)) =
                         (addr_tx.take(), addr.trim().parse::<SocketAddr>())
-                    {
-                        let _ = tx.send(addr);
-                    }
+                {
+                    let _ = tx.send(addr);
                 }
             }
         });
