@@ -8,12 +8,12 @@
 
 mod connect;
 mod conversation;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -40,7 +40,7 @@ pub struct Context {
     pub lifetime: Option<Lifetime>,
     pub ws_config: WebSocketConfig,
     /// Built once: a TLS config per connect would reload the root store every time.
-    pub connector: Option<Connector>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<Metrics>,
     pub pacer: Pacer,
     /// True while the generator is saturated: no new connections then.
@@ -56,7 +56,7 @@ impl Context {
         saturated: watch::Receiver<bool>,
     ) -> Context {
         Context {
-            connector: connect::tls_connector(&target, scenario.url.is_some()),
+            tls: connect::tls_config(&target, scenario.url.is_some()),
             target,
             scenario,
             connect_timeout: config.connect_timeout,
@@ -79,7 +79,7 @@ impl Context {
 /// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(16 << 20))

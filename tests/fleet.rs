@@ -39,10 +39,12 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
     assert_eq!(m.get("wsfleet_frames_invalid_total"), 0.0);
     assert!(m.get("wsfleet_bytes_sent_total") > 0.0);
     assert!(m.get("process_resident_memory_bytes") > 0.0);
-    assert_eq!(
-        target.metrics().await.get("wsfleet_target_connections"),
-        1000.0
-    );
+    // The target counts a connection once hyper hands it the upgraded socket, a moment after
+    // the client saw the 101.
+    wait_for("the target to count 1000 connections", 30, || async {
+        target.metrics().await.get("wsfleet_target_connections") == 1000.0
+    })
+    .await;
 
     let status: serde_json::Value = http()
         .get(format!("http://{api}/api/v1/status"))
@@ -67,11 +69,20 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
     assert_eq!(t.get("wsfleet_target_connections"), 0.0);
 }
 
-/// Samples the active count until it reaches `goal`, checking that it never moved faster than
-/// `rate` users per second (plus one sampling interval of slack).
-async fn follow_ramp(api: std::net::SocketAddr, goal: f64, rate: f64) {
+/// Patches the user count to `goal` and samples the active count until it gets there,
+/// checking that it never moved faster than `rate` users per second. Clock and baseline are
+/// taken before the PATCH: users connect at most `rate` per second from that moment on.
+async fn ramp_to(api: std::net::SocketAddr, goal: f64, patch: serde_json::Value, rate: f64) {
     let start_count = scrape(api).await.get("wsfleet_users_active");
     let start = Instant::now();
+    let response = patch_load(api, patch).await;
+    assert_eq!(response.status(), 200);
+    let load: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(load["users"], goal);
+    assert_eq!(
+        load["message_interval"], "2s",
+        "unpatched fields keep their values"
+    );
     wait_for(&format!("a ramp to {goal} users"), 60, || async {
         let active = scrape(api).await.get("wsfleet_users_active");
         let allowed = rate * (start.elapsed().as_secs_f64() + 0.1) + 2.0;
@@ -97,23 +108,19 @@ async fn patching_the_user_count_ramps_at_the_connect_rate() {
     let api = daemon.addr();
     wait_active(api, 100.0, 30).await;
 
-    let response = patch_load(api, serde_json::json!({"users": 3000, "connect_rate": 800})).await;
-    assert_eq!(response.status(), 200);
-    let load: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(load["users"], 3000);
-    assert_eq!(
-        load["message_interval"], "2s",
-        "unpatched fields keep their values"
-    );
-    follow_ramp(api, 3000.0, 800.0).await;
+    ramp_to(
+        api,
+        3000.0,
+        serde_json::json!({"users": 3000, "connect_rate": 800}),
+        800.0,
+    )
+    .await;
     wait_for("the target to count 3000 connections", 30, || async {
         target.metrics().await.get("wsfleet_target_connections") == 3000.0
     })
     .await;
 
-    let response = patch_load(api, serde_json::json!({"users": 200})).await;
-    assert_eq!(response.status(), 200);
-    follow_ramp(api, 200.0, 800.0).await;
+    ramp_to(api, 200.0, serde_json::json!({"users": 200}), 800.0).await;
     wait_for("the target to count 200 connections", 30, || async {
         target.metrics().await.get("wsfleet_target_connections") == 200.0
     })

@@ -6,23 +6,23 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
 use super::Context;
 use super::conversation::close;
+use super::upgrade::{self, Stream};
 use crate::clock;
 use crate::metrics::ConnectResult;
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Socket = WebSocketStream<Stream>;
 
-/// A rustls connector with the webpki roots, when the target (or a URL template) may be wss.
-pub fn tls_connector(target: &Url, templated: bool) -> Option<Connector> {
+/// A rustls client config with the webpki roots, when the target (or a URL template) may be wss.
+pub fn tls_config(target: &Url, templated: bool) -> Option<Arc<rustls::ClientConfig>> {
     if target.scheme() != "wss" && !templated {
         return None;
     }
@@ -36,7 +36,7 @@ pub fn tls_connector(target: &Url, templated: bool) -> Option<Connector> {
     .expect("ring supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Some(Connector::Rustls(Arc::new(config)))
+    Some(Arc::new(config))
 }
 
 /// Connects and logs user `user` in. The handshake time is recorded on success.
@@ -92,25 +92,24 @@ async fn handshake(ctx: &Context, url: &Url, identity: &Identity) -> Result<Sock
     .map_err(|err| io_failure(&err))?;
     // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
     tcp.set_nodelay(true).map_err(|err| io_failure(&err))?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|_| ConnectResult::Protocol)?;
-    for (name, template) in &ctx.scenario.headers {
-        let value = template.render(&identity.values(url.as_str(), 0, clock::now_micros(), 0));
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConnectResult::Protocol)?;
-        let value = HeaderValue::from_str(&value).map_err(|_| ConnectResult::Protocol)?;
-        request.headers_mut().insert(name, value);
-    }
-    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
-        request,
-        tcp,
+    let mut stream = upgrade::secure(tcp, url, ctx.tls.as_ref()).await?;
+    let headers: Vec<(String, String)> = ctx
+        .scenario
+        .headers
+        .iter()
+        .map(|(name, template)| {
+            let value = template.render(&identity.values(url.as_str(), 0, clock::now_micros(), 0));
+            (name.clone(), value)
+        })
+        .collect();
+    let early_frames = upgrade::upgrade(&mut stream, url, &headers).await?;
+    Ok(WebSocketStream::from_partially_read(
+        stream,
+        early_frames,
+        Role::Client,
         Some(ctx.ws_config),
-        ctx.connector.clone(),
     )
-    .await
-    .map_err(|err| handshake_failure(&err))?;
-    Ok(socket)
+    .await)
 }
 
 /// Runs the login steps: send, then wait for the expected reply, ignoring other frames.
@@ -155,7 +154,7 @@ async fn login(
     Ok(())
 }
 
-fn io_failure(err: &std::io::Error) -> ConnectResult {
+pub(super) fn io_failure(err: &std::io::Error) -> ConnectResult {
     use std::io::ErrorKind;
     match err.kind() {
         ErrorKind::ConnectionRefused => ConnectResult::Refused,
@@ -168,13 +167,4 @@ fn io_failure(err: &std::io::Error) -> ConnectResult {
 fn is_tls_error(err: &std::io::Error) -> bool {
     err.get_ref()
         .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-}
-
-fn handshake_failure(err: &tungstenite::Error) -> ConnectResult {
-    match err {
-        tungstenite::Error::Io(io) => io_failure(io),
-        tungstenite::Error::Tls(_) => ConnectResult::Tls,
-        tungstenite::Error::Http(_) => ConnectResult::HttpStatus,
-        _ => ConnectResult::Protocol,
-    }
 }

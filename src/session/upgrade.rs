@@ -1,0 +1,229 @@
+//! The client side of the WebSocket opening handshake, done here rather than by tungstenite
+//! so that a held connection keeps nothing of it: tungstenite's handshake reads into a 4 KiB
+//! buffer that then lives on as the socket's read buffer, and `MaybeTlsStream` reserves room
+//! for an inline TLS session (~1.3 KB) even on plain `ws://`. Here TLS is boxed only when used,
+//! and the response is read into a buffer that is dropped once the upgrade is checked.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use url::Url;
+
+use crate::metrics::ConnectResult;
+
+/// Largest upgrade response accepted (headers included).
+const MAX_RESPONSE: usize = 16 * 1024;
+
+/// A client connection, plain or TLS; the TLS session is boxed so plain sockets stay small.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Wraps `tcp` in TLS for `host` when the URL is `wss://`.
+pub async fn secure(
+    tcp: TcpStream,
+    url: &Url,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Stream, ConnectResult> {
+    if url.scheme() != "wss" {
+        return Ok(Stream::Plain(tcp));
+    }
+    let config = tls.ok_or(ConnectResult::Tls)?;
+    let host = url
+        .host_str()
+        .ok_or(ConnectResult::Dns)?
+        .trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| ConnectResult::Tls)?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|_| ConnectResult::Tls)?;
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// Sends the upgrade request and checks the server's 101 answer. Returns any bytes the server
+/// sent after its headers (the start of the first frames), for the WebSocket to read first.
+pub async fn upgrade(
+    stream: &mut Stream,
+    url: &Url,
+    headers: &[(String, String)],
+) -> Result<Vec<u8>, ConnectResult> {
+    let key = generate_key();
+    let request = request(url, &key, headers)?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| super::connect::io_failure(&e))?;
+
+    let mut response = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| super::connect::io_failure(&e))?;
+        if n == 0 {
+            return Err(ConnectResult::Protocol);
+        }
+        response.extend_from_slice(&chunk[..n]);
+        let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut parsed_headers);
+        match parsed.parse(&response) {
+            Ok(httparse::Status::Complete(end)) => {
+                check(&parsed, &key)?;
+                return Ok(response[end..].to_vec());
+            }
+            Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE => {}
+            _ => return Err(ConnectResult::Protocol),
+        }
+    }
+}
+
+fn request(url: &Url, key: &str, headers: &[(String, String)]) -> Result<String, ConnectResult> {
+    use std::fmt::Write;
+    let host = url.host_str().ok_or(ConnectResult::Dns)?;
+    let mut request = String::with_capacity(256);
+    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let _ = write!(
+        request,
+        "GET {} HTTP/1.1\r\nHost: {host}",
+        if path.is_empty() { "/" } else { path }
+    );
+    if let Some(port) = url.port() {
+        let _ = write!(request, ":{port}");
+    }
+    let _ = write!(
+        request,
+        "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+    );
+    for (name, value) in headers {
+        if value.contains(['\r', '\n']) || name.contains(['\r', '\n', ':']) {
+            return Err(ConnectResult::Protocol);
+        }
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    request.push_str("\r\n");
+    Ok(request)
+}
+
+/// A valid answer is 101 with `Upgrade: websocket`, `Connection: upgrade` and the accept key
+/// derived from ours (RFC 6455 4.1).
+fn check(response: &httparse::Response<'_, '_>, key: &str) -> Result<(), ConnectResult> {
+    if response.code != Some(101) {
+        return Err(ConnectResult::HttpStatus);
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let upgrade_ok = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection_ok = header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    let accept_ok =
+        header("sec-websocket-accept") == Some(derive_accept_key(key.as_bytes()).as_str());
+    if upgrade_ok && connection_ok && accept_ok {
+        Ok(())
+    } else {
+        Err(ConnectResult::Protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_carries_path_query_port_and_headers() {
+        let url = Url::parse("ws://chat.test:8080/socket?room=1").expect("url");
+        let text =
+            request(&url, "KEY", &[("Authorization".into(), "Bearer t".into())]).expect("request");
+        assert!(
+            text.starts_with("GET /socket?room=1 HTTP/1.1\r\nHost: chat.test:8080\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Sec-WebSocket-Key: KEY\r\n")
+                && text.contains("Authorization: Bearer t\r\n")
+        );
+        assert!(text.ends_with("\r\n\r\n"));
+        let injected = request(&url, "KEY", &[("X".into(), "a\r\nEvil: 1".into())]);
+        assert_eq!(
+            injected.err(),
+            Some(ConnectResult::Protocol),
+            "no header injection"
+        );
+    }
+
+    #[test]
+    fn only_a_proper_101_is_accepted() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let parse_and_check = |raw: &str| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut response = httparse::Response::new(&mut headers);
+            response.parse(raw.as_bytes()).expect("parses");
+            check(&response, key)
+        };
+        let good = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(parse_and_check(good), Ok(()));
+        assert_eq!(
+            parse_and_check("HTTP/1.1 403 Forbidden\r\n\r\n"),
+            Err(ConnectResult::HttpStatus)
+        );
+        let wrong_key = good.replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "nope");
+        assert_eq!(parse_and_check(&wrong_key), Err(ConnectResult::Protocol));
+    }
+}
