@@ -13,7 +13,7 @@ use tokio::time::Instant;
 async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
     let target = Target::start().await;
     let daemon = start_daemon(&format!(
-        "target: {}\nusers: 1000\nconnect_rate: 2000\nmessage_interval: 500ms\nheartbeat: {{interval: 1s, timeout: 5s}}\n",
+        "target: {}\nusers: 1000\nconnect_rate: 2000\nmessage_interval: 500ms\nheartbeat: {{interval: 1s, timeout: 30s}}\n",
         target.ws_url()
     ))
     .await;
@@ -35,7 +35,8 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
         1000.0,
         "no failed attempts"
     );
-    assert_eq!(m.sum("wsfleet_disconnects_total"), 0.0);
+    let disconnects: Vec<_> = m.0.iter().filter(|(k, v)| k.starts_with("wsfleet_disconnects_total") && **v > 0.0).collect();
+    assert!(disconnects.is_empty(), "{disconnects:?}");
     assert_eq!(m.get("wsfleet_frames_invalid_total"), 0.0);
     assert!(m.get("wsfleet_bytes_sent_total") > 0.0);
     assert!(m.get("process_resident_memory_bytes") > 0.0);
@@ -101,7 +102,7 @@ async fn ramp_to(api: std::net::SocketAddr, goal: f64, patch: serde_json::Value,
 async fn patching_the_user_count_ramps_at_the_connect_rate() {
     let target = Target::start().await;
     let daemon = start_daemon(&format!(
-        "target: {}\nusers: 100\nconnect_rate: 1000\nmessage_interval: 2s\n",
+        "target: {}\nusers: 100\nconnect_rate: 1000\nmessage_interval: 2s\nheartbeat: {{interval: 2s, timeout: 30s}}\n",
         target.ws_url()
     ))
     .await;

@@ -127,7 +127,7 @@ pub async fn start_daemon(yaml: &str) -> Daemon {
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }
