@@ -74,6 +74,10 @@ pub struct Config {
     /// are exported as `wsfleet_sla_threshold{slo}` for alert rules and dashboards.
     #[serde(default)]
     pub sla: Sla,
+    /// Local addresses to connect from, round-robin (e.g. 127.0.0.2, 127.0.0.3 on loopback):
+    /// each gives another ~28k ephemeral ports towards one target address and port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_addresses: Vec<std::net::IpAddr>,
     /// When the generator counts itself as saturated (and stops adding users).
     #[serde(default)]
     pub self_health: crate::health::HealthConfig,

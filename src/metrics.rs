@@ -53,6 +53,7 @@ label_enum! {
         Protocol => "protocol",
         Io => "io",
         Login => "login",
+        PortsExhausted => "ports_exhausted",
     }
 }
 

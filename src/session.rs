@@ -43,6 +43,9 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<Metrics>,
     pub pacer: Pacer,
+    /// Local addresses connections are made from, in turn; empty = the system's choice.
+    pub source_addresses: Vec<std::net::IpAddr>,
+    next_source: std::sync::atomic::AtomicUsize,
     /// True while the generator is saturated: no new connections then.
     pub saturated: watch::Receiver<bool>,
 }
@@ -70,8 +73,23 @@ impl Context {
             ws_config: ws_config(),
             metrics,
             pacer: Pacer::new(config.connect_rate),
+            source_addresses: config.source_addresses.clone(),
+            next_source: std::sync::atomic::AtomicUsize::new(0),
             saturated,
         }
+    }
+}
+
+impl Context {
+    /// The next source address, round-robin.
+    pub fn source_address(&self) -> Option<std::net::IpAddr> {
+        if self.source_addresses.is_empty() {
+            return None;
+        }
+        let turn = self
+            .next_source
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.source_addresses[turn % self.source_addresses.len()])
     }
 }
 

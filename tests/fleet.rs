@@ -4,6 +4,7 @@
 
 mod helpers;
 
+use std::process::Command;
 use std::time::Duration;
 
 use helpers::*;
@@ -35,7 +36,10 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
         1000.0,
         "no failed attempts"
     );
-    let disconnects: Vec<_> = m.0.iter().filter(|(k, v)| k.starts_with("wsfleet_disconnects_total") && **v > 0.0).collect();
+    let disconnects: Vec<_> =
+        m.0.iter()
+            .filter(|(k, v)| k.starts_with("wsfleet_disconnects_total") && **v > 0.0)
+            .collect();
     assert!(disconnects.is_empty(), "{disconnects:?}");
     assert_eq!(m.get("wsfleet_frames_invalid_total"), 0.0);
     assert!(m.get("wsfleet_bytes_sent_total") > 0.0);
@@ -222,4 +226,104 @@ async fn a_saturated_generator_adds_no_users_and_says_why() {
     assert!(m.get("wsfleet_fds_available") > 0.0);
     assert!(m.get("wsfleet_event_loop_lag_seconds_count") > 0.0);
     daemon.shutdown().await.unwrap();
+}
+
+/// Established TCP connections to `port` on 127.0.0.1, by the peer's IPv4 address, from the
+/// kernel's table (what the target really sees).
+fn peers_of(port: u16) -> std::collections::BTreeMap<String, usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut peers = std::collections::BTreeMap::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state) = (fields[1], fields[2], fields[3]);
+        if state != "01" || local != format!("0100007F:{port:04X}") {
+            continue;
+        }
+        let ip = u32::from_str_radix(&remote[..8], 16).unwrap().to_le_bytes();
+        let ip = std::net::Ipv4Addr::from(ip).to_string();
+        *peers.entry(ip).or_default() += 1;
+    }
+    peers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_source_addresses() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 20\nconnect_rate: 1000\nscenario: idle\nsource_addresses: [127.0.0.2, 127.0.0.3]\n",
+        target.ws_url()
+    ))
+    .await;
+    wait_active(daemon.addr(), 20.0, 30).await;
+    let peers = peers_of(target.addr.port());
+    let expected: std::collections::BTreeMap<String, usize> =
+        [("127.0.0.2".to_string(), 10), ("127.0.0.3".to_string(), 10)].into();
+    assert_eq!(peers, expected, "round-robin over both addresses");
+    daemon.shutdown().await.unwrap();
+}
+
+/// In a network namespace of its own with five ephemeral ports, ten users: a few connect, the
+/// rest fail with `ports_exhausted` and keep retrying — counted, never a hang.
+#[test]
+fn exhausted_ports_are_a_counted_failure_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("wsfleet-test-{}", std::process::id());
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        run(&["netns", "add", &ns]),
+        "creating a network namespace needs root and iproute2"
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    std::fs::write(
+        dir.path().join("fleet.yaml"),
+        "target: ws://127.0.0.1:9001/ws\nlisten: 127.0.0.1:9750\nusers: 10\nconnect_rate: 1000\nscenario: idle\n\
+         reconnect: {initial: 100ms, max: 200ms}\n",
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.json");
+    let script = format!(
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40004' && \
+         ({BIN} target --listen 127.0.0.1:9001 2>/dev/null & echo $! > {dir}/target.pid) && \
+         timeout 60 {BIN} run -c {dir}/fleet.yaml --duration 3s --summary-out {summary}; \
+         kill $(cat {dir}/target.pid)",
+        dir = dir.path().display(),
+        summary = summary.display()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&summary)
+        .unwrap_or_else(|_| panic!("no summary: {}", String::from_utf8_lossy(&out.stderr)));
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    // Linux splits the range between connect() and bind() by port parity, so up to 5 connect.
+    let active = summary["users"]["active"].as_u64().unwrap();
+    assert!((1..=5).contains(&active), "{summary}");
+    let exhausted = summary["connects"]["errors"]["ports_exhausted"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        exhausted >= 10 - active,
+        "every user left out was counted: {summary}"
+    );
+    let other_failures: u64 = summary["connects"]["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum::<u64>()
+        - exhausted;
+    assert_eq!(other_failures, 0, "{summary}");
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -79,17 +81,15 @@ pub async fn open(
 async fn handshake(ctx: &Context, url: &Url, identity: &Identity) -> Result<Socket, ConnectResult> {
     let host = url.host_str().ok_or(ConnectResult::Dns)?;
     let port = url.port_or_known_default().ok_or(ConnectResult::Protocol)?;
-    let tcp = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        Ok(ip) => TcpStream::connect((ip, port)).await,
-        Err(_) => {
-            let mut addrs = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|_| ConnectResult::Dns)?;
-            let addr = addrs.next().ok_or(ConnectResult::Dns)?;
-            TcpStream::connect(addr).await
-        }
-    }
-    .map_err(|err| io_failure(&err))?;
+    let addr = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| ConnectResult::Dns)?
+            .next()
+            .ok_or(ConnectResult::Dns)?,
+    };
+    let tcp = tcp_connect(addr, ctx.source_address()).await?;
     // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
     tcp.set_nodelay(true).map_err(|err| io_failure(&err))?;
     let mut stream = upgrade::secure(tcp, url, ctx.tls.as_ref()).await?;
@@ -154,10 +154,36 @@ async fn login(
     Ok(())
 }
 
+/// TCP connect, from `source` if given (bound before connecting).
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ConnectResult> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr)
+            .await
+            .map_err(|err| io_failure(&err));
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|err| io_failure(&err))?;
+    // Binding to port 0 picks an ephemeral port now; when none is left, that is the error.
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable => {
+                ConnectResult::PortsExhausted
+            }
+            _ => io_failure(&err),
+        })?;
+    socket.connect(addr).await.map_err(|err| io_failure(&err))
+}
+
 pub(super) fn io_failure(err: &std::io::Error) -> ConnectResult {
     use std::io::ErrorKind;
     match err.kind() {
         ErrorKind::ConnectionRefused => ConnectResult::Refused,
+        // connect() without a free ephemeral port for this destination.
+        ErrorKind::AddrNotAvailable => ConnectResult::PortsExhausted,
         ErrorKind::TimedOut => ConnectResult::Timeout,
         _ if is_tls_error(err) => ConnectResult::Tls,
         _ => ConnectResult::Io,
