@@ -292,8 +292,7 @@ fn watch_for_reloads(reloader: Arc<Reloader>, shutdown: CancellationToken) -> an
 async fn start_embedded_target(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Url, JoinHandle<std::io::Result<()>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    let listener = target::bind(([127, 0, 0, 1], 0).into())
         .context("binding the embedded reference target")?;
     let addr = listener.local_addr()?;
     let url = Url::parse(&format!("ws://{addr}/ws")).expect("a socket address makes a valid URL");

@@ -130,8 +130,7 @@ async fn run_daemon(
 }
 
 async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = target::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (`--listen`)", args.listen))?;
     tracing::info!(
         "reference target listening on http://{} (WebSocket at /ws)",

@@ -166,6 +166,21 @@ fn router(state: TargetState) -> Router {
         .with_state(state)
 }
 
+/// Listen backlog of the target: a connect storm must not overflow the accept queue (tokio's
+/// default of 1024 does at 2000 simultaneous connects, costing a 1 s SYN retransmit).
+pub const LISTEN_BACKLOG: u32 = 16 * 1024;
+
+/// Binds the target's listener with a backlog fit for connect storms.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the target on `listener` until `shutdown` is cancelled; open WebSockets get a close
 /// frame (1001, going away) first.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
