@@ -20,6 +20,7 @@ use crate::fleet::{Fleet, FleetHandle, Origin};
 use crate::load::{Load, LoadPatch};
 use crate::metrics::{Metrics, Source};
 use crate::session::Context;
+use crate::shards::Shards;
 use crate::target;
 
 /// Quiet time after a file-change event before reloading: editors write in several steps.
@@ -60,9 +61,12 @@ impl Daemon {
         let token = config.api_token()?;
         let metrics = Arc::new(Metrics::with_window(config.status_window));
         set_sla_gauges(&metrics, &config);
+        let shards =
+            Arc::new(Shards::start_for(config.threads).context("starting the user runtimes")?);
         let (saturated, health) = crate::health::spawn(
             config.self_health.clone(),
             Arc::clone(&metrics),
+            &shards,
             shutdown.clone(),
         );
         let ctx = Arc::new(Context::new(
@@ -76,6 +80,7 @@ impl Daemon {
             ctx,
             config.load(),
             config.limits.clone(),
+            Arc::clone(&shards),
             shutdown.child_token(),
             config.shutdown_timeout,
         );
@@ -115,6 +120,7 @@ impl Daemon {
             stopping.cancelled().await;
             tracing::info!("shutting down: closing every user");
             fleet_task.await.context("fleet supervisor failed")?;
+            drop(shards);
             // Users are closed; only now stop the API (so /metrics shows the end) and the target
             // (so it answered the users' close frames).
             api_shutdown.cancel();

@@ -18,6 +18,7 @@ use crate::load::{Desired, Limits, Load, LoadError, LoadPatch};
 use crate::metrics::Source;
 use crate::profile::{ProfileSpec, ProfileStatus, Running};
 use crate::session::{Context, User};
+use crate::shards::Shards;
 
 /// Shortest pause between two ramp-down steps: closes are batched at high rates.
 const RAMP_DOWN_TICK: Duration = Duration::from_millis(10);
@@ -164,6 +165,7 @@ pub struct Fleet {
     ctx: Arc<Context>,
     desired: watch::Sender<Desired>,
     limits: Limits,
+    shards: Arc<Shards>,
     users: Vec<CancellationToken>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -183,6 +185,7 @@ impl Fleet {
         ctx: Arc<Context>,
         load: Load,
         limits: Limits,
+        shards: Arc<Shards>,
         shutdown: CancellationToken,
         shutdown_timeout: Duration,
     ) -> (FleetHandle, tokio::task::JoinHandle<()>) {
@@ -195,6 +198,7 @@ impl Fleet {
             ctx,
             desired: desired_tx,
             limits: limits.clone(),
+            shards,
             users: Vec::new(),
             tracker: TaskTracker::new(),
             shutdown,
@@ -429,7 +433,7 @@ impl Fleet {
                 self.desired.subscribe(),
                 cancel.clone(),
             );
-            self.tracker.spawn(user.run());
+            self.tracker.spawn_on(user.run(), self.shards.next());
             self.users.push(cancel);
         }
     }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
+use crate::shards::Shards;
 
 /// How often the lag probe ticks.
 const TICK: Duration = Duration::from_millis(100);
@@ -64,10 +65,12 @@ pub struct Health {
     pub fds_available: u64,
 }
 
-/// Starts the probe; the returned receiver says whether the generator is saturated.
+/// Starts a lag probe on every user runtime and the task that judges them; the returned
+/// receiver says whether the generator is saturated.
 pub fn spawn(
     config: HealthConfig,
     metrics: Arc<Metrics>,
+    shards: &Shards,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<bool>, Arc<Mutex<Health>>) {
     // Judge file descriptors before the first user could connect.
@@ -84,33 +87,39 @@ pub fn spawn(
     };
     let (saturated_tx, saturated_rx) = watch::channel(starved(fds_at_start).is_some());
     let health = Arc::new(Mutex::new(Health::default()));
+    let (samples_tx, mut samples) = tokio::sync::mpsc::channel(1024);
+    for handle in shards.handles() {
+        handle.spawn(probe(
+            samples_tx.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    let window = RECENT * shards.handles().len();
     let shared = Arc::clone(&health);
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(TICK);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut recent: VecDeque<Duration> = VecDeque::with_capacity(RECENT);
+        let mut recent: VecDeque<Duration> = VecDeque::with_capacity(window);
         let mut fds = fds_at_start;
-        let mut last_fd_count = Instant::now() - FD_EVERY;
+        let mut fd_count = tokio::time::interval(FD_EVERY);
         loop {
-            let scheduled = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                scheduled = ticks.tick() => scheduled,
-            };
-            let lag = Instant::now().saturating_duration_since(scheduled);
-            metrics.event_loop_lag.observe(lag.as_secs_f64());
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(lag);
-            if last_fd_count.elapsed() >= FD_EVERY {
-                last_fd_count = Instant::now();
-                fds = file_descriptors();
-                if let Some((open, max)) = fds {
-                    metrics.fds_available.set(max.saturating_sub(open) as i64);
+                sample = samples.recv() => {
+                    let Some(lag) = sample else { return };
+                    if recent.len() == window {
+                        recent.pop_front();
+                    }
+                    recent.push_back(lag);
+                }
+                _ = fd_count.tick() => {
+                    fds = file_descriptors();
+                    if let Some((open, max)) = fds {
+                        metrics.fds_available.set(max.saturating_sub(open) as i64);
+                    }
                 }
             }
             let late = recent.iter().filter(|&&l| l > config.max_loop_lag).count();
-            let lag_reason = (late as f64 >= LATE_SHARE * RECENT as f64).then(|| {
+            let lag_reason = (late as f64 >= LATE_SHARE * window as f64).then(|| {
                 format!(
                     "event loop lag: {late} of the last {} ticks were over {}",
                     recent.len(),
@@ -148,6 +157,25 @@ pub fn spawn(
         }
     });
     (saturated_rx, health)
+}
+
+/// Ticks every 100 ms on one user runtime and reports how late each tick ran.
+async fn probe(
+    samples: tokio::sync::mpsc::Sender<Duration>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let scheduled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            scheduled = ticks.tick() => scheduled,
+        };
+        let lag = Instant::now().saturating_duration_since(scheduled);
+        metrics.event_loop_lag.observe(lag.as_secs_f64());
+        let _ = samples.try_send(lag);
+    }
 }
 
 /// (open, soft limit) file descriptors of this process, from /proc.

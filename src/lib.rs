@@ -33,5 +33,6 @@ pub mod pacer;
 pub mod profile;
 pub mod scenario;
 pub mod session;
+pub mod shards;
 pub mod summary;
 pub mod target;

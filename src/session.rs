@@ -97,7 +97,7 @@ impl Context {
 /// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(128)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(16 << 20))

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -61,25 +62,32 @@ impl Conversation {
     async fn run(&mut self, user: &mut User, socket: &mut Socket) -> DisconnectReason {
         let ctx = std::sync::Arc::clone(&user.ctx);
         let metrics = &ctx.metrics;
+        // Created once per connection, not per frame: re-creating them on every loop turn
+        // re-registers a timer and takes the watch channel's lock, which every user shares.
+        let cancelled = user.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        let mut changes = WatchStream::from_changes(user.desired.clone());
+        let sleep = sleep_until(self.timers.earliest());
+        tokio::pin!(sleep);
         loop {
             let wake = self.timers.earliest();
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
-                _ = user.cancel.cancelled() => {
+                _ = &mut cancelled => {
                     close(socket).await;
                     return DisconnectReason::ClientClose;
                 }
-                changed = user.desired.changed() => {
-                    if changed.is_ok() {
-                        let desired = user.desired.borrow_and_update().clone();
-                        if room_name(user.id, desired.load.room_size) != self.identity.room {
-                            // Rooms were regrouped: rejoin as the server expects, by reconnecting.
-                            close(socket).await;
-                            return DisconnectReason::RoomChange;
-                        }
-                        self.timers.set_message_interval(sending_interval(&ctx, &desired));
-                        self.timers.set_heartbeat_interval(desired.load.heartbeat_interval);
+                Some(desired) = changes.next() => {
+                    if room_name(user.id, desired.load.room_size) != self.identity.room {
+                        // Rooms were regrouped: rejoin as the server expects, by reconnecting.
+                        close(socket).await;
+                        return DisconnectReason::RoomChange;
                     }
+                    self.timers.set_message_interval(sending_interval(&ctx, &desired));
+                    self.timers.set_heartbeat_interval(desired.load.heartbeat_interval);
                 }
                 frame = socket.next() => {
                     let frame = match frame {
@@ -103,7 +111,7 @@ impl Conversation {
                         Message::Ping(_) | Message::Frame(_) => {}
                     }
                 }
-                _ = sleep_until(wake) => {
+                _ = &mut sleep => {
                     let now = Instant::now();
                     if self.timers.pong_deadline.is_some_and(|d| now >= d) {
                         return DisconnectReason::HeartbeatTimeout;

@@ -1,0 +1,76 @@
+//! Thread-per-core execution for users: N single-threaded runtimes, one OS thread each. A
+//! user's task, socket and timers stay on one thread, so socket events never wake a sibling
+//! worker (with tokio's work-stealing runtime those cross-thread wake-ups cost about a third
+//! of the CPU per message, measured with bench/run.py).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+/// The runtimes users are spread over; they stop when this is dropped.
+pub struct Shards {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Shards {
+    /// Starts `count` runtimes (at least one).
+    pub fn start(count: usize) -> std::io::Result<Shards> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::new();
+        for index in 0..count.max(1) {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name(format!("wsfleet-shard-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            let _ = handle_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(stop.cancelled());
+                })?;
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| std::io::Error::other("a shard thread died while starting"))??;
+            handles.push(handle);
+        }
+        Ok(Shards {
+            handles,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// `threads` runtimes, or one per available core.
+    pub fn start_for(threads: Option<usize>) -> std::io::Result<Shards> {
+        Shards::start(
+            threads.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get())),
+        )
+    }
+
+    /// The runtime for the next task, round-robin.
+    pub fn next(&self) -> &Handle {
+        &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()]
+    }
+
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
