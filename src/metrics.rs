@@ -443,13 +443,15 @@ impl LatencyWindow {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = state.started.elapsed();
         if elapsed >= self.length {
-            let finished = std::mem::replace(&mut state.current, new_hdr());
+            // Reuse the histograms (a few hundred KB each) rather than allocating new ones.
+            let mut spare = state.previous.take().unwrap_or_else(new_hdr);
+            spare.reset();
+            let mut finished = std::mem::replace(&mut state.current, spare);
             // A window with nothing after it (idle for two lengths) leaves an empty previous.
-            state.previous = Some(if elapsed >= 2 * self.length {
-                new_hdr()
-            } else {
-                finished
-            });
+            if elapsed >= 2 * self.length {
+                finished.reset();
+            }
+            state.previous = Some(finished);
             state.started = Instant::now();
         }
         state

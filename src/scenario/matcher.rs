@@ -1,10 +1,10 @@
 //! Recognising server frames: a matcher is a JSON-pointer test or a regular expression, and an
 //! extractor reads one field by JSON pointer. A frame is parsed as JSON at most once.
 
-use std::cell::OnceCell;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::json::{self, Found};
 
 /// How a config describes a matcher: `{pointer: /type, equals: ack}`, `{pointer: /id}` (the
 /// field exists), or `{regex: '^pong'}`.
@@ -52,19 +52,9 @@ impl Matcher {
             Matcher::Json { pointer, equals } => match (frame.pointer(pointer), equals) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(found), Some(wanted)) => found == wanted || loosely_equal(found, wanted),
+                (Some(found), Some(wanted)) => found.equals(wanted),
             },
         }
-    }
-}
-
-/// YAML `equals: 1` should match JSON `"1"` and the other way round: configs are hand-written.
-fn loosely_equal(found: &Value, wanted: &Value) -> bool {
-    match (found, wanted) {
-        (Value::String(s), Value::Number(n)) | (Value::Number(n), Value::String(s)) => {
-            s == &n.to_string()
-        }
-        _ => false,
     }
 }
 
@@ -79,43 +69,28 @@ pub fn check_pointer(pointer: &str) -> Result<String, String> {
     }
 }
 
-/// One received text frame, parsed as JSON on first use.
+/// One received text frame; fields are read by JSON pointer, borrowing from the text.
 pub struct Frame<'a> {
     pub text: &'a str,
-    json: OnceCell<Option<Value>>,
 }
 
 impl<'a> Frame<'a> {
     pub fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            json: OnceCell::new(),
-        }
+        Self { text }
     }
 
-    pub fn pointer(&self, pointer: &str) -> Option<&Value> {
-        self.json
-            .get_or_init(|| serde_json::from_str(self.text).ok())
-            .as_ref()?
-            .pointer(pointer)
+    pub fn pointer(&self, pointer: &str) -> Option<Found<'a>> {
+        json::lookup(self.text, pointer)
     }
 
     /// A field as text: strings as they are, numbers in decimal.
-    pub fn text_at(&self, pointer: &str) -> Option<std::borrow::Cow<'_, str>> {
-        match self.pointer(pointer)? {
-            Value::String(s) => Some(s.as_str().into()),
-            Value::Number(n) => Some(n.to_string().into()),
-            _ => None,
-        }
+    pub fn text_at(&self, pointer: &str) -> Option<std::borrow::Cow<'a, str>> {
+        self.pointer(pointer)?.text()
     }
 
     /// A field as an unsigned integer (a number, or a string of digits).
     pub fn u64_at(&self, pointer: &str) -> Option<u64> {
-        match self.pointer(pointer)? {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        }
+        self.pointer(pointer)?.as_u64()
     }
 }
 

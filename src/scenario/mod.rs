@@ -3,6 +3,7 @@
 //! A [`ScenarioSpec`] comes from the config (or is a built-in: `im`, `echo`, `idle`, kept as
 //! YAML under `builtin/`); [`Scenario::compile`] turns it, once, into templates and matchers.
 
+pub mod json;
 pub mod matcher;
 pub mod template;
 pub mod tracking;
