@@ -66,33 +66,46 @@ impl<'a> Found<'a> {
     }
 }
 
-/// The value at `pointer` (RFC 6901: "" is the whole document) in the JSON `text`.
-pub fn lookup<'a>(text: &'a str, pointer: &str) -> Option<Found<'a>> {
-    let tokens: Vec<Cow<'_, str>> = match pointer {
-        "" => Vec::new(),
-        _ => pointer
-            .strip_prefix('/')?
+/// A JSON pointer (RFC 6901), split into unescaped tokens once, when the scenario compiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pointer {
+    tokens: Vec<Box<str>>,
+}
+
+impl Pointer {
+    /// Parses `""` (the whole document) or `/a/b`; `~1` is `/` and `~0` is `~`.
+    pub fn parse(pointer: &str) -> Result<Pointer, String> {
+        if pointer.is_empty() {
+            return Ok(Pointer { tokens: Vec::new() });
+        }
+        let Some(rest) = pointer.strip_prefix('/') else {
+            return Err(format!(
+                "JSON pointer must start with `/`, got {pointer:?} (did you mean \"/{pointer}\"?)"
+            ));
+        };
+        let tokens = rest
             .split('/')
-            .map(|t| {
-                if t.contains('~') {
-                    Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
-                } else {
-                    Cow::Borrowed(t)
-                }
-            })
-            .collect(),
-    };
+            .map(|t| t.replace("~1", "/").replace("~0", "~").into_boxed_str())
+            .collect();
+        Ok(Pointer { tokens })
+    }
+}
+
+/// The value at `pointer` in the JSON `text`; `None` if absent or if `text` is not JSON.
+pub fn lookup<'a>(text: &'a str, pointer: &Pointer) -> Option<Found<'a>> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let found = Walk { tokens: &tokens }
-        .deserialize(&mut deserializer)
-        .ok()?;
+    let found = Walk {
+        tokens: &pointer.tokens,
+    }
+    .deserialize(&mut deserializer)
+    .ok()?;
     deserializer.end().ok()?;
     found
 }
 
 /// Follows the remaining pointer tokens into a value.
 struct Walk<'t> {
-    tokens: &'t [Cow<'t, str>],
+    tokens: &'t [Box<str>],
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -143,7 +156,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
         let mut found = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match self.tokens.split_first() {
-                Some((token, rest)) if found.is_none() && key.0 == *token => {
+                Some((token, rest)) if found.is_none() && *key.0 == **token => {
                     found = map.next_value_seed(Walk { tokens: rest })?;
                 }
                 _ => {
@@ -213,6 +226,10 @@ mod tests {
 
     const FRAME: &str = r#"{"type":"deliver","data":{"from":"u1","n":"7","t":12,"neg":-3,"f":1.5,"ok":true,"x":null},
         "list":[10,{"k":"v"}],"esc":"a\"b","a/b":1,"pad":"xxxxxxxx"}"#;
+
+    fn lookup<'a>(text: &'a str, pointer: &str) -> Option<Found<'a>> {
+        super::lookup(text, &Pointer::parse(pointer).expect("valid pointer"))
+    }
 
     #[test]
     fn finds_scalars_anywhere_by_pointer() {

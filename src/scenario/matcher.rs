@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::json::{self, Found};
+use super::json::{self, Found, Pointer};
 
 /// How a config describes a matcher: `{pointer: /type, equals: ack}`, `{pointer: /id}` (the
 /// field exists), or `{regex: '^pong'}`.
@@ -22,7 +22,7 @@ pub struct MatcherSpec {
 #[derive(Debug, Clone)]
 pub enum Matcher {
     Json {
-        pointer: String,
+        pointer: Pointer,
         equals: Option<Value>,
     },
     Regex(regex::Regex),
@@ -32,7 +32,7 @@ impl Matcher {
     pub fn compile(spec: &MatcherSpec) -> Result<Matcher, String> {
         match (&spec.pointer, &spec.regex) {
             (Some(pointer), None) => Ok(Matcher::Json {
-                pointer: check_pointer(pointer)?,
+                pointer: Pointer::parse(pointer)?,
                 equals: spec.equals.clone(),
             }),
             (None, Some(pattern)) if spec.equals.is_none() => regex::Regex::new(pattern)
@@ -58,17 +58,6 @@ impl Matcher {
     }
 }
 
-/// Checks that a JSON pointer is well-formed ("" or starting with '/').
-pub fn check_pointer(pointer: &str) -> Result<String, String> {
-    if pointer.is_empty() || pointer.starts_with('/') {
-        Ok(pointer.to_string())
-    } else {
-        Err(format!(
-            "JSON pointer must start with `/`, got {pointer:?} (did you mean \"/{pointer}\"?)"
-        ))
-    }
-}
-
 /// One received text frame; fields are read by JSON pointer, borrowing from the text.
 pub struct Frame<'a> {
     pub text: &'a str,
@@ -79,17 +68,17 @@ impl<'a> Frame<'a> {
         Self { text }
     }
 
-    pub fn pointer(&self, pointer: &str) -> Option<Found<'a>> {
+    pub fn pointer(&self, pointer: &Pointer) -> Option<Found<'a>> {
         json::lookup(self.text, pointer)
     }
 
     /// A field as text: strings as they are, numbers in decimal.
-    pub fn text_at(&self, pointer: &str) -> Option<std::borrow::Cow<'a, str>> {
+    pub fn text_at(&self, pointer: &Pointer) -> Option<std::borrow::Cow<'a, str>> {
         self.pointer(pointer)?.text()
     }
 
     /// A field as an unsigned integer (a number, or a string of digits).
-    pub fn u64_at(&self, pointer: &str) -> Option<u64> {
+    pub fn u64_at(&self, pointer: &Pointer) -> Option<u64> {
         self.pointer(pointer)?.as_u64()
     }
 }
@@ -110,8 +99,9 @@ mod tests {
         assert!(spec("{pointer: /id}").matches(&frame));
         assert!(!spec("{pointer: /missing}").matches(&frame));
         assert!(spec("{pointer: /n, equals: '5'}").matches(&frame));
-        assert_eq!(frame.text_at("/id").as_deref(), Some("u1-3"));
-        assert_eq!(frame.u64_at("/n"), Some(5));
+        let at = |p: &str| Pointer::parse(p).expect("valid pointer");
+        assert_eq!(frame.text_at(&at("/id")).as_deref(), Some("u1-3"));
+        assert_eq!(frame.u64_at(&at("/n")), Some(5));
         assert!(!spec("{pointer: /type}").matches(&Frame::new("not json")));
     }
 

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use matcher::{Matcher, MatcherSpec, check_pointer};
+use json::Pointer;
+use matcher::{Matcher, MatcherSpec};
 use template::{Template, Values};
 
 /// A scenario as a config describes it.
@@ -239,15 +240,15 @@ pub struct AppHeartbeat {
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub matcher: Matcher,
-    pub id: String,
+    pub id: Pointer,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryPlan {
     pub matcher: Matcher,
-    pub sender: String,
-    pub seq: String,
-    pub ts: String,
+    pub sender: Pointer,
+    pub seq: Pointer,
+    pub ts: Pointer,
 }
 
 #[derive(Debug, Clone)]
@@ -334,7 +335,7 @@ impl Scenario {
         let compile =
             |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
         let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
-        let pointer = |field: String, p: &str| check_pointer(p).map_err(at(field));
+        let pointer = |field: String, p: &str| Pointer::parse(p).map_err(at(field));
 
         let url = spec
             .url
