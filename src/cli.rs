@@ -121,6 +121,12 @@ pub struct TargetArgs {
     /// Require this token in every login (default: any token is accepted).
     #[arg(long, value_name = "TOKEN", env = "WSFLEET_TARGET_TOKEN")]
     pub token: Option<String>,
+    /// Serve wss:// with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FleetArgs {

@@ -74,6 +74,9 @@ pub struct Config {
     /// are exported as `wsfleet_sla_threshold{slo}` for alert rules and dashboards.
     #[serde(default)]
     pub sla: Sla,
+    /// TLS for `wss://` targets.
+    #[serde(default, skip_serializing_if = "TlsConfig::is_default")]
+    pub tls: TlsConfig,
     /// Threads running users (each a single-threaded runtime); default: one per core. Fewer
     /// threads batch more socket events per wake-up: on a machine shared with the server under
     /// test, 1 thread spent ~1.4 CPU-s per 100k echoed messages where 2 spent ~2.1.
@@ -102,6 +105,22 @@ pub struct ApiConfig {
     /// `/api` and `/v1` call needs `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+}
+
+/// TLS settings for `wss://` targets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of CA certificates to trust besides the public web roots (a staging CA, or a
+    /// server's self-signed certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    fn is_default(&self) -> bool {
+        self == &TlsConfig::default()
+    }
 }
 
 /// SLA thresholds; each is optional.
@@ -385,6 +404,32 @@ impl Config {
         }
     }
 
+    /// The extra CA certificates of `tls.ca_file` (none without it).
+    pub fn tls_roots(
+        &self,
+    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(path) = &self.tls.ca_file else {
+            return Ok(Vec::new());
+        };
+        let path = self.base_dir.join(path);
+        let invalid = |problem: String| ConfigError::Invalid {
+            field: "tls.ca_file",
+            problem,
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| invalid(format!("`{}` is not PEM: {err}", path.display())))?;
+        if certs.is_empty() {
+            return Err(invalid(format!(
+                "`{}` holds no certificate",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    }
+
     /// The API bearer token: from `api.token_file`, else `WSFLEET_API_TOKEN`, else none.
     pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.api.token_file {
@@ -426,6 +471,7 @@ impl Config {
         let load = self.load().validate()?;
         self.limits.check(&load)?;
         self.api_token()?;
+        self.tls_roots()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         if self.connect_timeout.is_zero() {
             return invalid("connect_timeout", "must be greater than 0".into());
@@ -548,6 +594,8 @@ mod tests {
         assert!(field_of("sla: {error_rate: 5}").contains("`sla.error_rate`"));
         assert!(field_of("sla: {error_rate: lots}").contains("`sla.error_rate`"));
         assert!(field_of("api: {token_file: /nonexistent}").contains("/nonexistent"));
+        assert!(field_of("tls: {ca_file: /nonexistent.pem}").contains("`tls.ca_file`"));
+        assert!(field_of("tls: {ca_file: Cargo.toml}").contains("`tls.ca_file`"));
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl Daemon {
             scenario,
             Arc::clone(&metrics),
             saturated,
+            config.tls_roots()?,
         ));
         let (fleet, fleet_task) = Fleet::spawn(
             ctx,

@@ -130,13 +130,26 @@ async fn run_daemon(
 }
 
 async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match target::server_config(cert, key) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+            }
+        },
+        _ => None,
+    };
     let listener = target::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (`--listen`)", args.listen))?;
     tracing::info!(
         "reference target listening on http://{} (WebSocket at /ws)",
         listener.local_addr()?
     );
-    let options = target::TargetOptions { token: args.token };
+    let options = target::TargetOptions {
+        token: args.token,
+        tls,
+    };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

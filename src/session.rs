@@ -57,9 +57,10 @@ impl Context {
         scenario: Scenario,
         metrics: Arc<Metrics>,
         saturated: watch::Receiver<bool>,
+        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     ) -> Context {
         Context {
-            tls: connect::tls_config(&target, scenario.url.is_some()),
+            tls: connect::tls_config(&target, scenario.url.is_some(), tls_roots),
             target,
             scenario,
             connect_timeout: config.connect_timeout,

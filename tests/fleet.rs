@@ -327,3 +327,52 @@ fn exhausted_ports_are_a_counted_failure_not_a_hang() {
         - exhausted;
     assert_eq!(other_failures, 0, "{summary}");
 }
+
+/// wss:// end to end: a self-signed certificate trusted through `tls.ca_file` works; without
+/// it, every attempt is a counted `tls` failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_targets_work_with_a_trusted_ca_and_fail_cleanly_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        tls: Some(wsfleet::target::server_config(&cert_path, &key_path).unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("wss://{}/ws", target.addr);
+
+    let trusted = start_daemon(&format!(
+        "target: {url}\nusers: 10\nmessage_interval: 100ms\ntls: {{ca_file: {}}}\n",
+        cert_path.display()
+    ))
+    .await;
+    wait_active(trusted.addr(), 10.0, 30).await;
+    wait_for("acks over TLS", 30, || async {
+        scrape(trusted.addr())
+            .await
+            .get("wsfleet_message_rtt_seconds_count")
+            >= 20.0
+    })
+    .await;
+    trusted.shutdown().await.unwrap();
+
+    let untrusted = start_daemon(&format!(
+        "target: {url}\nusers: 3\nreconnect: {{initial: 50ms, max: 100ms}}\n"
+    ))
+    .await;
+    wait_for("certificate failures to be counted", 30, || async {
+        scrape(untrusted.addr())
+            .await
+            .get(r#"wsfleet_connects_total{result="tls"}"#)
+            >= 3.0
+    })
+    .await;
+    assert_eq!(
+        scrape(untrusted.addr()).await.get("wsfleet_users_active"),
+        0.0
+    );
+    untrusted.shutdown().await.unwrap();
+}

@@ -207,6 +207,7 @@ async fn a_stalled_server_shows_in_the_p99_as_users_feel_it() {
 async fn a_wrong_token_is_a_counted_login_failure_that_is_retried() {
     let target = Target::start_with(wsfleet::target::TargetOptions {
         token: Some("s3cret".into()),
+        ..Default::default()
     })
     .await;
     let daemon = start_daemon(&im_config(

@@ -23,14 +23,27 @@ use crate::scenario::matcher::Frame;
 
 pub type Socket = WebSocketStream<Stream>;
 
-/// A rustls client config with the webpki roots, when the target (or a URL template) may be wss.
-pub fn tls_config(target: &Url, templated: bool) -> Option<Arc<rustls::ClientConfig>> {
+/// A rustls client config with the webpki roots and `extra_roots`, when the target (or a URL
+/// template) may be wss.
+pub fn tls_config(
+    target: &Url,
+    templated: bool,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Option<Arc<rustls::ClientConfig>> {
     if target.scheme() != "wss" && !templated {
         return None;
     }
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let (added, ignored) = roots.add_parsable_certificates(extra_roots);
+    if ignored > 0 {
+        tracing::warn!(
+            added,
+            ignored,
+            "some tls.ca_file certificates could not be used"
+        );
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -6,6 +6,9 @@
 
 mod faults;
 mod im;
+mod tls;
+
+pub use tls::server_config;
 
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +33,8 @@ pub use faults::{Faults, FaultsPatch};
 pub struct TargetOptions {
     /// If set, a login must carry this token.
     pub token: Option<String>,
+    /// If set, serve `wss://` (and https) with this config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -206,6 +211,15 @@ pub async fn serve_with(
         stop.cancelled().await;
         closing.close_token().cancel();
     });
+    if let Some(config) = state.options.tls.clone() {
+        let listener = tls::TlsListener {
+            tcp: listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+        };
+        return axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    }
     // Nagle's algorithm would hold small frames back for up to 40 ms (with delayed ACKs).
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
