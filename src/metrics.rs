@@ -317,6 +317,22 @@ impl Metrics {
         self.delivery_window.record(latency);
     }
 
+    /// The message counters, as the status API and the run summary show them.
+    pub fn message_counts(&self) -> MessageCounts {
+        MessageCounts {
+            sent: self.messages_sent.get(),
+            received: self.messages_received.get(),
+            ack_timeouts: self.message_timeouts.get(),
+            lost: self.messages_lost.get(),
+            duplicated: self.messages_duplicated.get(),
+            reordered: self.messages_reordered.get(),
+            deliveries_expected: self.deliveries_expected.get(),
+            deliveries_received: self.deliveries_received.get(),
+            frames_invalid: self.frames_invalid.get(),
+            frames_unmatched: self.frames_unmatched.get(),
+        }
+    }
+
     /// Connection attempts so far, successful or not.
     pub fn connect_attempts(&self) -> u64 {
         self.connects.iter().map(IntCounter::get).sum()
@@ -359,6 +375,21 @@ impl Registrar<'_> {
         let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         self.register(Histogram::with_opts(opts).expect("valid metric"))
     }
+}
+
+/// Message counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MessageCounts {
+    pub sent: u64,
+    pub received: u64,
+    pub ack_timeouts: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub frames_invalid: u64,
+    pub frames_unmatched: u64,
 }
 
 /// Quantiles of one window, in seconds.

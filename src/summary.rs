@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Sla;
 use crate::load::Desired;
-use crate::metrics::{ConnectResult, DisconnectReason, Metrics, Quantiles};
+use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Metrics, Quantiles};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -43,15 +43,9 @@ pub struct Counted {
 
 #[derive(Debug, Serialize)]
 pub struct Messages {
-    pub sent: u64,
+    #[serde(flatten)]
+    pub counts: MessageCounts,
     pub sent_per_second: f64,
-    pub received: u64,
-    pub ack_timeouts: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub deliveries_expected: u64,
-    pub deliveries_received: u64,
     /// deliveries_received / deliveries_expected (1 when none were expected).
     pub reach: f64,
 }
@@ -84,26 +78,20 @@ impl Summary {
         let failed: u64 = errors.values().sum();
         let active = metrics.users_active.get();
         let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
-        let sent = metrics.messages_sent.get();
+        let counts = metrics.message_counts();
+        let sent = counts.sent;
         let messages = Messages {
-            sent,
+            counts,
             sent_per_second: sent as f64 / secs,
-            received: metrics.messages_received.get(),
-            ack_timeouts: metrics.message_timeouts.get(),
-            lost: metrics.messages_lost.get(),
-            duplicated: metrics.messages_duplicated.get(),
-            reordered: metrics.messages_reordered.get(),
-            deliveries_expected: metrics.deliveries_expected.get(),
-            deliveries_received: metrics.deliveries_received.get(),
             reach: ratio(
-                metrics.deliveries_received.get() as f64,
-                metrics.deliveries_expected.get() as f64,
+                counts.deliveries_received as f64,
+                counts.deliveries_expected as f64,
                 1.0,
             ),
         };
         let error_rate = ratio(
-            (failed + messages.ack_timeouts + messages.lost) as f64,
-            (attempts + sent + messages.deliveries_expected) as f64,
+            (failed + counts.ack_timeouts + counts.lost) as f64,
+            (attempts + sent + counts.deliveries_expected) as f64,
             0.0,
         );
         let latency = Latency {
@@ -185,17 +173,17 @@ impl Summary {
             nonzero(&self.connects.errors)
         );
         let _ = writeln!(out, "disconnects  {}", nonzero(&self.disconnects));
-        let m = &self.messages;
+        let (m, c) = (&self.messages, &self.messages.counts);
         let _ = writeln!(
             out,
             "messages     sent {} ({:.1}/s)  received {}  ack timeouts {}  lost {}  duplicated {}  reordered {}  reach {:.4}",
-            m.sent,
+            c.sent,
             m.sent_per_second,
-            m.received,
-            m.ack_timeouts,
-            m.lost,
-            m.duplicated,
-            m.reordered,
+            c.received,
+            c.ack_timeouts,
+            c.lost,
+            c.duplicated,
+            c.reordered,
             m.reach
         );
         let _ = writeln!(

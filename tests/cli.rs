@@ -4,9 +4,7 @@
 
 mod helpers;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use helpers::*;
 
@@ -87,74 +85,15 @@ fn check_prints_the_effective_config() {
 /// The README's first command: `wsfleet run` with nothing else, here on a free API port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_shows_live_numbers_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let api = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.recv().await {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                return addr.trim().parse::<std::net::SocketAddr>().unwrap();
-            }
-        }
-        panic!("the daemon exited before listening");
-    })
-    .await
-    .expect("the daemon logs its API address");
-
+    let mut daemon = DaemonProcess::start(&["run", "--listen", "127.0.0.1:0"]).await;
+    let api = daemon.api;
     wait_active(api, 10.0, 30).await;
     wait_for("message round trips", 30, || async {
         scrape(api).await.get("wsfleet_message_rtt_seconds_count") > 0.0
     })
     .await;
-
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the daemon did not exit within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let mut log = Vec::new();
-    while let Ok(line) = lines.try_recv() {
-        log.push(line);
-    }
-    // The reader thread may still be draining; wait for the final line with a bound.
-    let done = tokio::time::timeout(Duration::from_secs(5), async {
-        if log.iter().any(|l| l.contains("shutdown complete")) {
-            return;
-        }
-        while let Some(line) = lines.recv().await {
-            if line.contains("shutdown complete") {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "the daemon logs a complete shutdown");
+    // Exit status 0 only comes after every user closed and the servers stopped.
+    assert_eq!(daemon.stop(), Some(0));
 }
 
 #[test]

@@ -32,17 +32,7 @@ async fn daemon_with(
          heartbeat: {{interval: 200ms, timeout: 5s}}\nlimits: {{max_users: 200, max_message_rate: 5000}}\n{auth}{extra}",
         target.ws_url()
     );
-    let path = dir.path().join("fleet.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = wsfleet::config::Config::from_file(&path).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daemon = wsfleet::daemon::Daemon::start(
-        config,
-        listener,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let daemon = start_daemon_from_file(&dir.path().join("fleet.yaml"), &yaml).await;
     (daemon, dir)
 }
 

@@ -51,14 +51,7 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
     })
     .await;
 
-    let status: serde_json::Value = http()
-        .get(format!("http://{api}/api/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(api).await;
     assert_eq!(status["users"]["desired"], 1000);
     assert_eq!(status["users"]["active"], 1000);
     assert!(status["latency"]["message_rtt"]["count"].as_u64().unwrap() > 0);

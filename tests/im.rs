@@ -310,17 +310,7 @@ scenario:
 heartbeat: {{interval: 500ms, timeout: 5s}}
 "#
     );
-    let path = dir.path().join("fleet.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = wsfleet::config::Config::from_file(&path).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daemon = wsfleet::daemon::Daemon::start(
-        config,
-        listener,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let daemon = start_daemon_from_file(&dir.path().join("fleet.yaml"), &yaml).await;
     let api = daemon.addr();
     wait_active(api, 8.0, 30).await;
     wait_for("acks, deliveries and heartbeats", 30, || async {

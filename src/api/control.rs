@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{ApiError, ApiState, Caller, ErrorBody};
 use crate::fleet::Origin;
 use crate::load::{Limits, Load, LoadPatch};
-use crate::metrics::{ConnectResult, DisconnectReason, Quantiles, Source};
+use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Quantiles, Source};
 use crate::profile::{ProfileSpec, ProfileStatus};
 
 /// `GET /api/v1/status`: desired against reached, totals, and recent latency quantiles.
@@ -35,7 +35,7 @@ pub struct Status {
     pub sla: BTreeMap<String, f64>,
     pub connects: Totals,
     pub disconnects: Totals,
-    pub messages: MessageStatus,
+    pub messages: MessageCounts,
     /// Quantiles (seconds) of the last complete `status_window`.
     pub latency: LatencyStatus,
 }
@@ -58,20 +58,6 @@ pub struct Reached {
 pub struct Totals {
     pub total: u64,
     pub by_reason: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageStatus {
-    pub sent: u64,
-    pub received: u64,
-    pub ack_timeouts: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub deliveries_expected: u64,
-    pub deliveries_received: u64,
-    pub frames_invalid: u64,
-    pub frames_unmatched: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,18 +121,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
                 .map(|&r| (r.as_str(), m.disconnect(r).get()))
                 .collect(),
         ),
-        messages: MessageStatus {
-            sent: m.messages_sent.get(),
-            received: m.messages_received.get(),
-            ack_timeouts: m.message_timeouts.get(),
-            lost: m.messages_lost.get(),
-            duplicated: m.messages_duplicated.get(),
-            reordered: m.messages_reordered.get(),
-            deliveries_expected: m.deliveries_expected.get(),
-            deliveries_received: m.deliveries_received.get(),
-            frames_invalid: m.frames_invalid.get(),
-            frames_unmatched: m.frames_unmatched.get(),
-        },
+        messages: m.message_counts(),
         latency: LatencyStatus {
             message_rtt: m.rtt_window.quantiles(),
             delivery: m.delivery_window.quantiles(),

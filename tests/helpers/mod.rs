@@ -119,6 +119,18 @@ pub fn free_addr() -> SocketAddr {
 /// Starts a daemon in-process from YAML, its API on a free loopback port.
 pub async fn start_daemon(yaml: &str) -> Daemon {
     let config = Config::parse(yaml).unwrap_or_else(|err| panic!("test config: {err}"));
+    start_daemon_with(config).await
+}
+
+/// Writes `yaml` to `path` and starts a daemon from that file (so it can be reloaded, and
+/// relative paths in it resolve next to it).
+pub async fn start_daemon_from_file(path: &std::path::Path, yaml: &str) -> Daemon {
+    std::fs::write(path, yaml).unwrap();
+    let config = Config::from_file(path).unwrap_or_else(|err| panic!("test config: {err}"));
+    start_daemon_with(config).await
+}
+
+async fn start_daemon_with(config: Config) -> Daemon {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Daemon::start(config, listener, CancellationToken::new())
         .await
