@@ -143,7 +143,13 @@ impl Conversation {
     ) -> Result<(), DisconnectReason> {
         let stamp = clock::micros_at(now.into_std());
         let frame = match &ctx.scenario.heartbeat {
-            Some(app) => Message::text(app.send.render(&self.values(ctx, user, 0, stamp))),
+            Some(app) => {
+                let payload_size = user.desired.borrow().load.payload_size;
+                let values = self
+                    .identity
+                    .values(ctx.target.as_str(), 0, stamp, payload_size);
+                Message::text(app.send.render(&values))
+            }
             None => Message::Ping(stamp.to_be_bytes().to_vec().into()),
         };
         self.ping_sent.get_or_insert(now);
@@ -162,7 +168,21 @@ impl Conversation {
         };
         user.seq += 1;
         let ts = clock::micros_at(scheduled.into_std());
-        let text = plan.send.render(&self.values(ctx, user, user.seq, ts));
+        // One read of the shared desired state per message.
+        let (payload_size, users, room_size) = {
+            let desired = user.desired.borrow();
+            (
+                desired.load.payload_size,
+                desired.load.users,
+                desired.load.room_size,
+            )
+        };
+        let text = plan.send.render(&self.identity.values(
+            ctx.target.as_str(),
+            user.seq,
+            ts,
+            payload_size,
+        ));
         let size = text.len() as u64;
         write(ctx, socket, Message::text(text)).await?;
         let metrics = &ctx.metrics;
@@ -175,29 +195,10 @@ impl Conversation {
             self.pending.push_back((user.seq, scheduled));
         }
         if plan.delivery.is_some() {
-            let (users, room_size) = {
-                let desired = user.desired.borrow();
-                (desired.load.users, desired.load.room_size)
-            };
             let others = room_members(user.id, users, room_size).saturating_sub(1);
             metrics.deliveries_expected.inc_by(u64::from(others));
         }
         Ok(())
-    }
-
-    fn values<'a>(
-        &'a self,
-        ctx: &'a Context,
-        user: &User,
-        seq: u64,
-        ts: u64,
-    ) -> crate::scenario::template::Values<'a> {
-        self.identity.values(
-            ctx.target.as_str(),
-            seq,
-            ts,
-            user.desired.borrow().load.payload_size,
-        )
     }
 
     fn on_pong(&mut self, ctx: &Context, data: &[u8]) {

@@ -120,12 +120,12 @@ pub async fn serve_connection(mut socket: WebSocket, state: Arc<Shared>, close: 
             }
             received = socket.recv() => {
                 let Some(Ok(message)) = received else { break };
-                metrics.frames_received.with_label_values(&[kind(&message)]).inc();
+                metrics.frames_received.inc(kind(&message));
                 match message {
                     Message::Text(text) => conn.on_text(text),
                     Message::Binary(data) => conn.queue(&conn.outbox, Message::Binary(data), Instant::now(), "echo"),
                     // Pings are answered by the WebSocket layer itself.
-                    Message::Ping(_) => { metrics.frames_sent.with_label_values(&["pong"]).inc(); }
+                    Message::Ping(_) => { metrics.frames_sent.inc("pong"); }
                     Message::Pong(_) => {}
                     Message::Close(_) => break,
                 }
@@ -139,7 +139,7 @@ pub async fn serve_connection(mut socket: WebSocket, state: Arc<Shared>, close: 
                 if socket.send(out.message).await.is_err() {
                     break;
                 }
-                metrics.frames_sent.with_label_values(&[out.kind]).inc();
+                metrics.frames_sent.inc(out.kind);
             }
         }
     }

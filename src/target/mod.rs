@@ -43,8 +43,8 @@ pub struct TargetMetrics {
     pub connections: IntGauge,
     pub connections_total: IntCounter,
     pub refused: IntCounter,
-    pub frames_received: IntCounterVec,
-    pub frames_sent: IntCounterVec,
+    pub frames_received: ByKind,
+    pub frames_sent: ByKind,
     pub logins: IntCounterVec,
     pub messages: IntCounter,
     pub acks: IntCounter,
@@ -91,15 +91,30 @@ impl TargetMetrics {
                 "wsfleet_target_refused_total",
                 "Upgrades refused by the `refuse` fault.",
             ),
-            frames_received: counter_vec(
-                "wsfleet_target_frames_received_total",
-                "Frames received, by kind.",
-                "kind",
+            frames_received: ByKind::new(
+                counter_vec(
+                    "wsfleet_target_frames_received_total",
+                    "Frames received, by kind.",
+                    "kind",
+                ),
+                &["text", "binary", "ping", "pong", "close"],
             ),
-            frames_sent: counter_vec(
-                "wsfleet_target_frames_sent_total",
-                "Frames sent, by kind.",
-                "kind",
+            frames_sent: ByKind::new(
+                counter_vec(
+                    "wsfleet_target_frames_sent_total",
+                    "Frames sent, by kind.",
+                    "kind",
+                ),
+                &[
+                    "echo",
+                    "ack",
+                    "deliver",
+                    "pong",
+                    "login_ok",
+                    "login_error",
+                    "joined",
+                    "error",
+                ],
             ),
             logins: counter_vec(
                 "wsfleet_target_logins_total",
@@ -136,6 +151,30 @@ impl TargetMetrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|err| format!("# encoding metrics failed: {err}\n"))
+    }
+}
+
+/// A counter per frame kind, resolved once: counting a frame is one atomic add, not a
+/// labelled lookup (a hash and a lock inside prometheus) per message.
+pub struct ByKind {
+    vec: IntCounterVec,
+    known: Vec<(&'static str, IntCounter)>,
+}
+
+impl ByKind {
+    fn new(vec: IntCounterVec, kinds: &[&'static str]) -> Self {
+        let known = kinds
+            .iter()
+            .map(|&kind| (kind, vec.with_label_values(&[kind])))
+            .collect();
+        Self { vec, known }
+    }
+
+    pub fn inc(&self, kind: &'static str) {
+        match self.known.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.inc(),
+            None => self.vec.with_label_values(&[kind]).inc(),
+        }
     }
 }
 
