@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
-use crate::config::{Config, ConfigError, validate_target};
-use crate::scenario::ScenarioChoice;
+use crate::config::{Config, ConfigError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,11 +37,25 @@ pub struct RunArgs {
     pub fleet: FleetArgs,
     /// Stop by itself after this long (e.g. 10m), print a summary, and exit non-zero (3) if an
     /// SLA in the config was breached.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_run_duration)]
     pub duration: Option<std::time::Duration>,
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_out: Option<PathBuf>,
+}
+
+/// `--duration`: a human duration of at most 30 days.
+fn parse_run_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    crate::load::check_duration(
+        "--duration",
+        duration,
+        std::time::Duration::from_millis(1),
+        crate::load::MAX_SPAN,
+        None,
+    )
+    .map_err(|err| err.problem)?;
+    Ok(duration)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -130,30 +143,26 @@ pub struct TargetArgs {
 }
 
 impl FleetArgs {
-    /// The config file (or the embedded default) with the flags applied, validated.
+    /// The config file (or the embedded default) with the flags set over its fields, then
+    /// validated once, so a flag is held to every rule a file is (caps included).
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::embedded_default(),
+        use serde_norway::Value;
+        let mut overrides = serde_norway::Mapping::new();
+        let mut set = |field: &str, value: Value| {
+            overrides.insert(Value::String(field.into()), value);
         };
         if let Some(target) = &self.target {
-            validate_target(target)?;
-            config.target = Some(target.clone());
+            set("target", Value::String(target.to_string()));
         }
         if let Some(users) = self.users {
-            config.users = users;
-            config.load().validate()?;
+            set("users", Value::Number(users.into()));
         }
         if let Some(name) = &self.scenario {
-            config.scenario =
-                ScenarioChoice::from_name(name).map_err(|problem| ConfigError::Invalid {
-                    field: "--scenario",
-                    problem,
-                })?;
+            set("scenario", Value::String(name.clone()));
         }
         if let Some(listen) = self.listen {
-            config.listen = listen;
+            set("listen", Value::String(listen.to_string()));
         }
-        Ok(config)
+        Config::read(self.config.as_deref(), overrides)
     }
 }

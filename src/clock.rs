@@ -25,3 +25,48 @@ pub fn now_micros() -> u64 {
 pub fn since_micros(stamp: u64) -> Duration {
     Duration::from_micros(now_micros().saturating_sub(stamp))
 }
+
+/// `at + span`, or, were that beyond what the clock can represent, the furthest instant it
+/// can (a century on): deadlines from any input never overflow.
+pub fn later<I>(at: I, span: Duration) -> I
+where
+    I: Copy + CheckedAdd,
+{
+    at.checked_add_span(span)
+        .or_else(|| at.checked_add_span(CENTURY))
+        .unwrap_or(at)
+}
+
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The checked addition both `std` and `tokio` instants have.
+pub trait CheckedAdd: Sized {
+    fn checked_add_span(self, span: Duration) -> Option<Self>;
+}
+
+impl CheckedAdd for Instant {
+    fn checked_add_span(self, span: Duration) -> Option<Self> {
+        self.checked_add(span)
+    }
+}
+
+impl CheckedAdd for tokio::time::Instant {
+    fn checked_add_span(self, span: Duration) -> Option<Self> {
+        self.checked_add(span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_never_overflows() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600));
+    }
+}

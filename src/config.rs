@@ -10,8 +10,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::load::{Limits, Load, LoadError};
+use crate::load::{Limits, Load, LoadError, MAX_SPAN, MAX_TIMEOUT, check_duration};
+use crate::metrics::Slo;
 use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
+
+/// Most file descriptors `self_health.min_fds_available` may ask to keep free.
+const MAX_FDS_SETTING: u64 = 1 << 30;
 
 /// Where the control API listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
@@ -64,6 +68,18 @@ pub struct Config {
     /// How long shutdown waits for sessions to close cleanly before it gives up on them.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// At the end of a run (`--duration`, or a signal with `--summary-out`), how long the drain
+    /// may wait for outstanding acks and deliveries before the verdict. Default:
+    /// max(ack_timeout, loss_grace) + 1s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// How often a one-line progress report is logged; 0s turns it off.
+    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    pub progress_interval: Duration,
     /// Hard caps on users and message rate that no API call, profile or reload can exceed.
     #[serde(default)]
     pub limits: Limits,
@@ -159,15 +175,15 @@ pub struct Sla {
 }
 
 impl Sla {
-    /// (slo label, threshold) pairs; durations in seconds.
-    pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
+    /// (SLO, threshold) pairs for the SLOs set; durations in seconds.
+    pub fn thresholds(&self) -> Vec<(Slo, f64)> {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
         [
-            ("p99_rtt_seconds", secs(self.p99_rtt)),
-            ("p99_delivery_seconds", secs(self.p99_delivery)),
-            ("p99_connect_seconds", secs(self.p99_connect)),
-            ("error_rate", self.error_rate),
-            ("min_connected_ratio", self.min_connected_ratio),
+            (Slo::P99Rtt, secs(self.p99_rtt)),
+            (Slo::P99Delivery, secs(self.p99_delivery)),
+            (Slo::P99Connect, secs(self.p99_connect)),
+            (Slo::ErrorRate, self.error_rate),
+            (Slo::MinConnectedRatio, self.min_connected_ratio),
         ]
         .into_iter()
         .filter_map(|(slo, value)| Some((slo, value?)))
@@ -306,6 +322,9 @@ fn default_status_window() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_progress_interval() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for Heartbeat {
     fn default() -> Self {
@@ -345,17 +364,76 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
+    #[error("{source} (set by --{flag})")]
+    Flag {
+        flag: String,
+        source: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The config field at fault, as the error names it.
+    fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Syntax { field, .. } => Some(field),
+            ConfigError::Load(err) => Some(&err.field),
+            ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::Scenario(_) => Some("scenario"),
+            ConfigError::Read { .. } | ConfigError::Flag { .. } => None,
+        }
+    }
 }
 
 impl Config {
     /// Reads and validates a YAML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
+        Config::read(Some(path), serde_norway::Mapping::new())
+    }
+
+    /// The config file (or the empty, all-defaults config) with `overrides` (from flags) set
+    /// over its top-level fields, validated once: no way in can skip a rule.
+    pub fn read(
+        path: Option<&Path>,
+        overrides: serde_norway::Mapping,
+    ) -> Result<Config, ConfigError> {
+        let (text, base_dir) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+                path.parent().unwrap_or(Path::new(".")),
+            ),
+            None => (String::new(), Path::new(".")),
+        };
+        let mut raw = parse_raw(&text)?;
+        let flags: Vec<String> = overrides
+            .keys()
+            .filter_map(|key| key.as_str().map(str::to_string))
+            .collect();
+        if !overrides.is_empty() {
+            let serde_norway::Value::Mapping(fields) = &mut raw else {
+                return Err(ConfigError::Syntax {
+                    field: "(top level)".into(),
+                    message: "expected a mapping of fields".into(),
+                });
+            };
+            fields.extend(overrides);
+        }
+        let mut config = Config::from_raw(raw, base_dir).map_err(|err| {
+            // A flag's value breaking a rule: say so, the file may not even mention the field.
+            match err
+                .field()
+                .and_then(|f| flags.iter().find(|flag| f.starts_with(flag.as_str())))
+            {
+                Some(flag) => ConfigError::Flag {
+                    flag: flag.clone(),
+                    source: Box::new(err),
+                },
+                None => err,
+            }
         })?;
-        let mut config = Config::parse_in(&text, path.parent().unwrap_or(Path::new(".")))?;
-        config.source = Some(path.to_path_buf());
+        config.source = path.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -366,9 +444,11 @@ impl Config {
 
     /// [`Config::parse`] with relative paths resolved from `base_dir`.
     pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let text = if text.trim().is_empty() { "{}" } else { text };
-        let deserializer = serde_norway::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        Config::from_raw(parse_raw(text)?, base_dir)
+    }
+
+    fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
             let field = err.path().to_string();
             ConfigError::Syntax {
                 field: if field == "." {
@@ -392,6 +472,13 @@ impl Config {
         Config::parse("").expect("the empty config is valid")
     }
 
+    /// How long the end-of-run drain may take: `drain_timeout`, or by default one ack timeout
+    /// or loss grace (whichever is longer) and a second.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+            .unwrap_or_else(|| self.ack_timeout.max(self.loss_grace) + Duration::from_secs(1))
+    }
+
     /// The live-adjustable part of this configuration.
     pub fn load(&self) -> Load {
         Load {
@@ -402,6 +489,49 @@ impl Config {
             heartbeat_interval: self.heartbeat.interval,
             room_size: self.scenario.spec().room_size,
         }
+    }
+
+    /// The top-level fields of `next` that differ from this config and only take effect on
+    /// restart: everything but the live part of [`Config::load`] and the SLA.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<String> {
+        let view = |config: &Config| {
+            let mut fields = match serde_json::to_value(config) {
+                Ok(serde_json::Value::Object(fields)) => fields,
+                _ => serde_json::Map::new(),
+            };
+            for live in [
+                "users",
+                "connect_rate",
+                "message_interval",
+                "payload_size",
+                "sla",
+            ] {
+                fields.remove(live);
+            }
+            let mut scenario = config.scenario.spec();
+            scenario.room_size = 0;
+            let heartbeat = Heartbeat {
+                interval: Duration::ZERO,
+                ..config.heartbeat.clone()
+            };
+            for (name, value) in [
+                ("scenario", serde_json::to_value(scenario)),
+                ("heartbeat", serde_json::to_value(heartbeat)),
+            ] {
+                fields.insert(name.into(), value.unwrap_or_default());
+            }
+            fields
+        };
+        let (old, new) = (view(self), view(next));
+        let mut changed: Vec<String> = old
+            .keys()
+            .chain(new.keys())
+            .filter(|key| old.get(*key) != new.get(*key))
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     /// The extra CA certificates of `tls.ca_file` (none without it).
@@ -468,48 +598,74 @@ impl Config {
         if let Some(target) = &self.target {
             validate_target(target)?;
         }
+        self.limits.validate()?;
         let load = self.load().validate()?;
         self.limits.check(&load)?;
         self.api_token()?;
         self.tls_roots()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
-        if self.connect_timeout.is_zero() {
-            return invalid("connect_timeout", "must be greater than 0".into());
-        }
-        if !self.heartbeat.interval.is_zero() && self.heartbeat.timeout.is_zero() {
-            return invalid(
-                "heartbeat.timeout",
-                "must be greater than 0 when the heartbeat is on".into(),
-            );
-        }
-        if self.reconnect.initial.is_zero() {
-            return invalid("reconnect.initial", "must be greater than 0".into());
-        }
-        if self.reconnect.max < self.reconnect.initial {
-            return invalid(
+        let ms = Duration::from_millis(1);
+        let zero = Duration::ZERO;
+        for (field, value, min, max) in [
+            ("connect_timeout", self.connect_timeout, ms, MAX_TIMEOUT),
+            ("reconnect.initial", self.reconnect.initial, ms, MAX_TIMEOUT),
+            (
                 "reconnect.max",
-                format!(
-                    "must be at least reconnect.initial ({})",
-                    humantime::format_duration(self.reconnect.initial)
-                ),
-            );
+                self.reconnect.max,
+                self.reconnect.initial,
+                MAX_TIMEOUT,
+            ),
+            ("ack_timeout", self.ack_timeout, ms, MAX_TIMEOUT),
+            ("loss_grace", self.loss_grace, ms, MAX_TIMEOUT),
+            ("status_window", self.status_window, ms, MAX_TIMEOUT),
+            ("shutdown_timeout", self.shutdown_timeout, zero, MAX_TIMEOUT),
+            ("drain_timeout", self.drain_timeout(), zero, MAX_TIMEOUT),
+            (
+                "self_health.max_loop_lag",
+                self.self_health.max_loop_lag,
+                ms,
+                MAX_TIMEOUT,
+            ),
+        ] {
+            check_duration(field, value, min, max, None)?;
+        }
+        check_duration(
+            "progress_interval",
+            self.progress_interval,
+            Duration::from_secs(1),
+            MAX_TIMEOUT,
+            Some("off"),
+        )?;
+        if !self.heartbeat.interval.is_zero() {
+            check_duration(
+                "heartbeat.timeout",
+                self.heartbeat.timeout,
+                ms,
+                MAX_TIMEOUT,
+                None,
+            )?;
         }
         for (field, value) in [
-            ("ack_timeout", self.ack_timeout),
-            ("loss_grace", self.loss_grace),
-            ("status_window", self.status_window),
+            ("sla.p99_rtt", self.sla.p99_rtt),
+            ("sla.p99_delivery", self.sla.p99_delivery),
+            ("sla.p99_connect", self.sla.p99_connect),
         ] {
-            if value.is_zero() {
-                return invalid(field, "must be greater than 0".into());
+            if let Some(value) = value {
+                check_duration(field, value, zero, MAX_TIMEOUT, None)?;
             }
         }
         if let Some(lifetime) = &self.lifetime {
-            if lifetime.min.is_zero() {
-                return invalid("lifetime.min", "must be greater than 0".into());
-            }
-            if lifetime.max < lifetime.min {
-                return invalid("lifetime.max", "must be at least lifetime.min".into());
-            }
+            check_duration("lifetime.min", lifetime.min, ms, MAX_SPAN, None)?;
+            check_duration("lifetime.max", lifetime.max, lifetime.min, MAX_SPAN, None)?;
+        }
+        if self.self_health.min_fds_available > MAX_FDS_SETTING {
+            return invalid(
+                "self_health.min_fds_available",
+                format!(
+                    "must be at most {MAX_FDS_SETTING}, got {}",
+                    self.self_health.min_fds_available
+                ),
+            );
         }
         if self.threads.is_some_and(|t| t == 0 || t > 1024) {
             return invalid("threads", "must be between 1 and 1024".into());
@@ -539,6 +695,15 @@ pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid {
         field: "target",
         problem,
+    })
+}
+
+/// YAML text as a tree; an empty document is an empty mapping.
+fn parse_raw(text: &str) -> Result<serde_norway::Value, ConfigError> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_norway::from_str(text).map_err(|err| ConfigError::Syntax {
+        field: "(top level)".into(),
+        message: one_line(&err.to_string()),
     })
 }
 
@@ -615,12 +780,59 @@ mod tests {
             .sla
             .thresholds()
             .into_iter()
-            .map(|(slo, _)| slo)
+            .map(|(slo, _)| slo.as_str())
             .collect();
         assert_eq!(
             slos,
             ["p99_rtt_seconds", "error_rate", "min_connected_ratio"]
         );
+    }
+
+    #[test]
+    fn live_fields_reload_without_restart_the_rest_is_named() {
+        let old = Config::parse("users: 5\nheartbeat: {interval: 5s}").expect("valid");
+        let live = Config::parse(
+            "users: 7\nheartbeat: {interval: 9s}\nscenario: {room_size: 3}\nsla: {error_rate: 1%}",
+        )
+        .expect("valid");
+        // A described scenario equal to the built-in but for its room size is no change.
+        let mut im = crate::scenario::Builtin::Im.spec();
+        im.room_size = 3;
+        let live = Config {
+            scenario: crate::scenario::ScenarioChoice::Custom(Box::new(im)),
+            ..live
+        };
+        assert_eq!(old.restart_only_changes(&live), Vec::<String>::new());
+        let restart =
+            Config::parse("connect_timeout: 3s\nheartbeat: {timeout: 1s}").expect("valid");
+        assert_eq!(
+            old.restart_only_changes(&restart),
+            ["connect_timeout", "heartbeat"]
+        );
+    }
+
+    #[test]
+    fn every_duration_has_an_upper_bound() {
+        for (yaml, field) in [
+            ("connect_timeout: 500000000000y", "`connect_timeout`"),
+            ("ack_timeout: 2h", "`ack_timeout`"),
+            ("loss_grace: 2h", "`loss_grace`"),
+            ("message_interval: 2h", "`message_interval`"),
+            ("heartbeat: {interval: 2h}", "`heartbeat_interval`"),
+            ("lifetime: {min: 1s, max: 100y}", "`lifetime.max`"),
+            ("drain_timeout: 2h", "`drain_timeout`"),
+            ("progress_interval: 10ms", "`progress_interval`"),
+            ("shutdown_timeout: 2h", "`shutdown_timeout`"),
+            ("reconnect: {max: 2h}", "`reconnect.max`"),
+            ("limits: {max_users: 4000000000}", "`limits.max_users`"),
+            (
+                "scenario: {login: [{send: x, timeout: 3h}]}",
+                "scenario.login[0].timeout",
+            ),
+        ] {
+            let err = field_of(yaml);
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -1,41 +1,53 @@
 //! Wires config, fleet, API and (for the embedded default) the reference target together, and
-//! runs them until shutdown: stop connecting, close every user, then stop serving. Also owns
-//! hot reload: SIGHUP, a change of the config file, or `POST /api/v1/reload`.
+//! runs them until shutdown: stop connecting, close every user, then stop serving.
+//!
+//! Its core tasks — the supervisor, the API server, the health probe, the reloader, the
+//! progress reporter — run until shutdown. One that ends before is a fault nobody can steer
+//! around (a fleet without its supervisor runs on with nobody in charge): the daemon logs why,
+//! stops, and [`Daemon::wait`] fails, so the process exits non-zero and its supervisor
+//! (systemd, Kubernetes) restarts it.
 
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use notify::Watcher;
+use anyhow::{Context as _, anyhow};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::fleet::{Fleet, FleetHandle, Origin};
-use crate::load::{Load, LoadPatch};
-use crate::metrics::{Metrics, Source};
+use crate::fleet::{DrainReport, Fleet, FleetHandle};
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::session::Context;
 use crate::shards::Shards;
 use crate::target;
 
-/// Quiet time after a file-change event before reloading: editors write in several steps.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
-
-/// A started daemon. Dropping it does not stop it: call [`Daemon::shutdown`] or cancel the
-/// token it was started with.
+/// A started daemon. Dropping it does not stop it: call [`Daemon::shutdown`] (or
+/// [`Daemon::finish`] for a verdict), or cancel the token it was started with.
 pub struct Daemon {
     addr: SocketAddr,
     target: Url,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
     started: Instant,
+    drain_timeout: Duration,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// How a run ended, for its verdict.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// From start to the beginning of the drain: the time the load ran.
+    pub run_time: Duration,
+    /// The drain, unless the fleet was already stopping.
+    pub drain: Option<DrainReport>,
 }
 
 impl Daemon {
@@ -47,12 +59,14 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Daemon> {
         let addr = listener.local_addr().context("reading the API address")?;
+        let mut core = CoreTasks::default();
         let target_shutdown = CancellationToken::new();
-        let (target, embedded) = match config.target.clone() {
-            Some(url) => (url, None),
+        let target = match config.target.clone() {
+            Some(url) => url,
             None => {
                 let (url, task) = start_embedded_target(target_shutdown.clone()).await?;
-                (url, Some(task))
+                core.add("embedded target", task);
+                url
             }
         };
         let scenario = config
@@ -60,21 +74,21 @@ impl Daemon {
             .context("compiling the scenario")?;
         let token = config.api_token()?;
         let metrics = Arc::new(Metrics::with_window(config.status_window));
-        set_sla_gauges(&metrics, &config);
+        metrics.set_sla_thresholds(&config.sla);
         let shards =
             Arc::new(Shards::start_for(config.threads).context("starting the user runtimes")?);
-        let (saturated, health) = crate::health::spawn(
+        let (saturated, health, health_task) = crate::health::spawn(
             config.self_health.clone(),
             Arc::clone(&metrics),
             &shards,
             shutdown.clone(),
         );
+        core.add("health probe", health_task);
         let ctx = Arc::new(Context::new(
             &config,
             target.clone(),
             scenario,
             Arc::clone(&metrics),
-            saturated,
             config.tls_roots()?,
         ));
         let (fleet, fleet_task) = Fleet::spawn(
@@ -82,19 +96,37 @@ impl Daemon {
             config.load(),
             config.limits.clone(),
             Arc::clone(&shards),
+            saturated,
             shutdown.child_token(),
             config.shutdown_timeout,
         );
-        let reloader = config.source.clone().map(|path| {
-            Arc::new(Reloader {
-                path,
-                running: std::sync::Mutex::new(config.clone()),
-                fleet: fleet.clone(),
-                metrics: Arc::clone(&metrics),
-            })
-        });
-        if let Some(reloader) = &reloader {
-            watch_for_reloads(Arc::clone(reloader), shutdown.clone())?;
+        core.add(FLEET_TASK, fleet_task);
+        let reloader = match config.source.clone() {
+            Some(path) => {
+                let reloader = Arc::new(Reloader::new(
+                    path,
+                    config.clone(),
+                    fleet.clone(),
+                    Arc::clone(&metrics),
+                ));
+                core.add(
+                    "config reloader",
+                    Arc::clone(&reloader).watch(shutdown.clone())?,
+                );
+                Some(reloader)
+            }
+            None => None,
+        };
+        if !config.progress_interval.is_zero() {
+            core.add(
+                "progress reporter",
+                crate::progress::spawn(
+                    config.progress_interval,
+                    Arc::clone(&metrics),
+                    fleet.clone(),
+                    shutdown.clone(),
+                ),
+            );
         }
         let started = Instant::now();
         let state = ApiState {
@@ -115,23 +147,35 @@ impl Daemon {
             api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(api_shutdown.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        core.add("API server", tokio::spawn(server.into_future()));
         let stopping = shutdown.clone();
         let task = tokio::spawn(async move {
-            stopping.cancelled().await;
+            let fault = tokio::select! {
+                // First: once shutdown is asked for, tasks ending is what is meant to happen.
+                biased;
+                _ = stopping.cancelled() => None,
+                fault = core.first_ended() => Some(fault),
+            };
+            if let Some(fault) = &fault {
+                tracing::error!("{fault:#}; stopping, so that whoever runs wsfleet restarts it");
+                stopping.cancel();
+            }
             tracing::info!("shutting down: closing every user");
-            fleet_task.await.context("fleet supervisor failed")?;
+            let fleet_stopped = core.join(FLEET_TASK).await;
             drop(shards);
             // Users are closed; only now stop the API (so /metrics shows the end) and the target
             // (so it answered the users' close frames).
             api_shutdown.cancel();
             target_shutdown.cancel();
-            server.await.context("API server task failed")??;
-            if let Some(embedded) = embedded {
-                embedded.await.context("target task failed")??;
+            let rest = core.join_all().await;
+            match fault {
+                Some(fault) => Err(fault),
+                None => {
+                    fleet_stopped.and(rest)?;
+                    tracing::info!("shutdown complete");
+                    Ok(())
+                }
             }
-            tracing::info!("shutdown complete");
-            Ok(())
         });
         Ok(Daemon {
             addr,
@@ -139,6 +183,7 @@ impl Daemon {
             fleet,
             metrics,
             started,
+            drain_timeout: config.drain_timeout(),
             shutdown,
             task,
         })
@@ -167,6 +212,11 @@ impl Daemon {
         self.started.elapsed()
     }
 
+    /// Cancelled when the daemon stops, on request or because a core task failed.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Waits until the daemon has shut down (after its token was cancelled).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("daemon task failed")?
@@ -177,123 +227,111 @@ impl Daemon {
         self.shutdown.cancel();
         self.wait().await
     }
-}
 
-fn set_sla_gauges(metrics: &Metrics, config: &Config) {
-    metrics.sla_threshold.reset();
-    for (slo, threshold) in config.sla.thresholds() {
-        metrics
-            .sla_threshold
-            .with_label_values(&[slo])
-            .set(threshold);
+    /// Ends a run so that its books are settled: drains the fleet (no more messages or
+    /// connects; what connected users still await arrives or times out, within
+    /// `drain_timeout`), then shuts down, which counts whatever is still open. The metrics
+    /// are final when this returns.
+    pub async fn finish(self) -> anyhow::Result<Finished> {
+        let run_time = self.uptime();
+        let drain = match self.fleet.drain(self.drain_timeout).await {
+            Ok(report) => Some(report),
+            Err(err) => {
+                tracing::warn!(%err, "no drain before the verdict");
+                None
+            }
+        };
+        self.shutdown().await?;
+        Ok(Finished { run_time, drain })
     }
 }
 
-/// Re-reads the config file and applies its live part like a PATCH; an invalid file changes
-/// nothing. Counted in `wsfleet_config_reloads_total{result}`.
-pub struct Reloader {
-    path: PathBuf,
-    /// The config as last applied, to tell which changes need a restart.
-    running: std::sync::Mutex<Config>,
-    fleet: FleetHandle,
-    metrics: Arc<Metrics>,
+const FLEET_TASK: &str = "fleet supervisor";
+
+type CoreFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// The daemon's long-lived tasks, by name; each is meant to run until shutdown.
+#[derive(Default)]
+struct CoreTasks {
+    tasks: Vec<(&'static str, CoreFuture)>,
 }
 
-impl Reloader {
-    pub async fn reload(&self, who: &str) -> Result<Load, String> {
-        let result = self.try_reload(who).await;
-        let label = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics
-            .config_reloads
-            .with_label_values(&[label])
-            .inc();
-        match &result {
-            Ok(load) => tracing::info!(path = %self.path.display(), who, ?load, "config reloaded"),
-            Err(err) => {
-                tracing::warn!(path = %self.path.display(), who, error = %err, "config reload rejected; load unchanged")
+/// What a core task's handle can yield: nothing, or a result of its own.
+trait Outcome: Send + 'static {
+    fn into_result(self) -> anyhow::Result<()>;
+}
+
+impl Outcome for () {
+    fn into_result(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl<E: Into<anyhow::Error> + Send + 'static> Outcome for Result<(), E> {
+    fn into_result(self) -> anyhow::Result<()> {
+        self.map_err(Into::into)
+    }
+}
+
+impl CoreTasks {
+    fn add<T: Outcome>(&mut self, name: &'static str, handle: JoinHandle<T>) {
+        let outcome = async move {
+            match handle.await {
+                Ok(outcome) => outcome.into_result(),
+                Err(err) => Err(join_failure(err)),
             }
+        };
+        self.tasks.push((name, Box::pin(outcome)));
+    }
+
+    /// Waits until any task ends and says which and why; never returns if there is none.
+    async fn first_ended(&mut self) -> anyhow::Error {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (outcome, index, _) =
+            futures_util::future::select_all(self.tasks.iter_mut().map(|(_, task)| task)).await;
+        let (name, _) = self.tasks.remove(index);
+        match outcome {
+            Ok(()) => anyhow!("core task `{name}` ended unexpectedly"),
+            Err(err) => err.context(format!("core task `{name}` failed")),
+        }
+    }
+
+    /// Waits for the task `name` to end (if it is still held).
+    async fn join(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.tasks.iter().position(|(n, _)| *n == name);
+        match index {
+            Some(index) => {
+                let (name, task) = self.tasks.remove(index);
+                task.await.with_context(|| format!("{name} failed"))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every task still held; the first failure is the result.
+    async fn join_all(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (name, task) in self.tasks {
+            let outcome = task.await.with_context(|| format!("{name} failed"));
+            result = result.and(outcome);
         }
         result
     }
-
-    async fn try_reload(&self, who: &str) -> Result<Load, String> {
-        let next = Config::from_file(&self.path).map_err(|err| err.to_string())?;
-        let load = next.load();
-        let patch = LoadPatch {
-            users: Some(load.users),
-            connect_rate: Some(load.connect_rate),
-            message_interval: Some(load.message_interval),
-            payload_size: Some(load.payload_size),
-            heartbeat_interval: Some(load.heartbeat_interval),
-            room_size: Some(load.room_size),
-        };
-        let updated = self
-            .fleet
-            .update(patch, Origin::new(Source::Reload, who))
-            .await
-            .map_err(|err| format!("config field {err}"))?;
-        set_sla_gauges(&self.metrics, &next);
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut unchanged = running.clone();
-        unchanged.users = next.users;
-        unchanged.connect_rate = next.connect_rate;
-        unchanged.message_interval = next.message_interval;
-        unchanged.payload_size = next.payload_size;
-        unchanged.heartbeat.interval = next.heartbeat.interval;
-        unchanged.sla = next.sla.clone();
-        if unchanged.to_yaml() != next.to_yaml() {
-            tracing::warn!(
-                "the reloaded config changes fields that only take effect on restart (target, scenario, limits, timeouts, ...)"
-            );
-        }
-        *running = next;
-        Ok(updated.load)
-    }
 }
 
-/// Reloads on SIGHUP and when the config file changes.
-fn watch_for_reloads(reloader: Arc<Reloader>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let file_name = reloader.path.file_name().map(ToOwned::to_owned);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name() == file_name.as_deref());
-        if ours && (event.kind.is_modify() || event.kind.is_create()) {
-            let _ = events_tx.try_send(());
-        }
-    })
-    .context("starting the config file watcher")?;
-    // Watch the directory: editors often replace the file rather than write into it.
-    let dir = reloader
-        .path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
-    tokio::spawn(async move {
-        let _watcher = watcher; // lives as long as this task
-        loop {
-            let who = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = hangup.recv() => "SIGHUP",
-                Some(()) = events.recv() => {
-                    // Let the writer finish; several events in a row make one reload.
-                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
-                    while events.try_recv().is_ok() {}
-                    "file change"
-                }
-            };
-            let _ = reloader.reload(who).await;
-        }
-    });
-    Ok(())
+fn join_failure(err: JoinError) -> anyhow::Error {
+    if !err.is_panic() {
+        return anyhow!("it was cancelled");
+    }
+    let panic = err.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    anyhow!("it panicked: {message}")
 }
 
 async fn start_embedded_target(
@@ -305,4 +343,31 @@ async fn start_embedded_target(
     let url = Url::parse(&format!("ws://{addr}/ws")).expect("a socket address makes a valid URL");
     tracing::info!(%url, "no target configured: started the embedded reference target");
     Ok((url, tokio::spawn(target::serve(listener, shutdown))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_task_that_panics_or_ends_is_named_with_its_cause() {
+        let mut core = CoreTasks::default();
+        core.add("steady", tokio::spawn(std::future::pending::<()>()));
+        core.add(
+            "fragile",
+            tokio::spawn(async {
+                let overflowed = tokio::time::Instant::now().checked_add(Duration::MAX);
+                overflowed.expect("Instant overflow");
+            }),
+        );
+        let err = format!("{:#}", core.first_ended().await);
+        assert!(
+            err.contains("`fragile` failed") && err.contains("Instant overflow"),
+            "{err}"
+        );
+        core.add("quitter", tokio::spawn(async {}));
+        let err = format!("{:#}", core.first_ended().await);
+        assert!(err.contains("`quitter` ended unexpectedly"), "{err}");
+        assert_eq!(core.tasks.len(), 1, "the steady one is still held");
+    }
 }

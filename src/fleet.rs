@@ -2,9 +2,14 @@
 //! count. Handlers talk to it through a [`FleetHandle`]; nobody else touches the fleet.
 //!
 //! Ramp-up spawns users at once and lets the shared [`Pacer`](crate::pacer::Pacer) space out
-//! their connects; ramp-down closes the newest users at the same rate. Users are numbered
-//! densely from 0, so a change of the desired count touches only the users above the new count.
-//! It also follows load profiles, and holds still (no connects, no closes) while paused.
+//! their connects; ramp-down closes the newest connected users at the same rate, and ends the
+//! users above the new count that hold no connection at once. Users are numbered densely from
+//! 0, so a change of the desired count touches only the users above the new count. It also
+//! follows load profiles, holds still (no connects, no closes) while paused, stops adding
+//! users while the generator is saturated, and drains the fleet at the end of a run.
+//!
+//! It is the one owner of the live state: the load, pause, saturation and drain reach users
+//! only through the [`Desired`] it publishes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +19,11 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock;
 use crate::load::{Desired, Limits, Load, LoadError, LoadPatch};
 use crate::metrics::Source;
-use crate::profile::{ProfileSpec, ProfileStatus, Running};
+use crate::profile::{ProfileSpec, ProfileState, ProfileStatus, Running};
+use crate::roster::Slot;
 use crate::session::{Context, User};
 use crate::shards::Shards;
 
@@ -70,6 +77,23 @@ enum Command {
     Profile {
         reply: oneshot::Sender<Option<ProfileStatus>>,
     },
+    Drain {
+        timeout: Duration,
+        reply: oneshot::Sender<Result<DrainReport, FleetError>>,
+    },
+}
+
+/// How the drain at the end of a run went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainReport {
+    /// Every connected user had its acks and deliveries, or gave up on them after their
+    /// timeouts; false when `drain_timeout` ended the wait first.
+    pub settled: bool,
+    /// Users whose books were still open when the drain ended.
+    pub unsettled: usize,
+    pub elapsed: Duration,
+    /// Users connected when the drain ended.
+    pub active: i64,
 }
 
 /// Why a request to the supervisor did not happen.
@@ -77,6 +101,8 @@ enum Command {
 pub enum FleetError {
     #[error(transparent)]
     Invalid(#[from] LoadError),
+    #[error("the fleet is draining for its final verdict; the load can no longer change")]
+    Draining,
     #[error("the fleet is shutting down")]
     ShuttingDown,
 }
@@ -158,6 +184,26 @@ impl FleetHandle {
     pub async fn profile(&self) -> Result<Option<ProfileStatus>, FleetError> {
         self.ask(|reply| Command::Profile { reply }).await
     }
+
+    /// Ends the run's load and settles the books: no more messages or connects; connected
+    /// users stay until every ack and delivery they await has arrived or timed out (at most
+    /// `timeout`). The fleet stays drained until it shuts down.
+    pub async fn drain(&self, timeout: Duration) -> Result<DrainReport, FleetError> {
+        self.ask(|reply| Command::Drain { timeout, reply }).await?
+    }
+}
+
+/// One spawned user, as the supervisor holds it.
+struct Member {
+    cancel: CancellationToken,
+    slot: Arc<Slot>,
+}
+
+/// A drain under way.
+struct Drain {
+    started: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<DrainReport, FleetError>>,
 }
 
 /// The supervisor's state; runs as one task until shutdown.
@@ -166,7 +212,9 @@ pub struct Fleet {
     desired: watch::Sender<Desired>,
     limits: Limits,
     shards: Arc<Shards>,
-    users: Vec<CancellationToken>,
+    users: Vec<Member>,
+    /// Whether the generator is saturated, from the health probe.
+    saturated: watch::Receiver<bool>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -176,6 +224,7 @@ pub struct Fleet {
     profile: Option<Running>,
     /// The last profile that ended, for the status API.
     last_profile: Option<ProfileStatus>,
+    drain: Option<Drain>,
 }
 
 impl Fleet {
@@ -186,12 +235,13 @@ impl Fleet {
         load: Load,
         limits: Limits,
         shards: Arc<Shards>,
+        saturated: watch::Receiver<bool>,
         shutdown: CancellationToken,
         shutdown_timeout: Duration,
     ) -> (FleetHandle, tokio::task::JoinHandle<()>) {
         let (desired_tx, desired_rx) = watch::channel(Desired {
-            load,
-            paused: false,
+            saturated: *saturated.borrow(),
+            ..Desired::new(load)
         });
         let (commands, inbox) = mpsc::channel(64);
         let fleet = Fleet {
@@ -200,6 +250,7 @@ impl Fleet {
             limits: limits.clone(),
             shards,
             users: Vec::new(),
+            saturated,
             tracker: TaskTracker::new(),
             shutdown,
             shutdown_timeout,
@@ -207,6 +258,7 @@ impl Fleet {
             last_close: Instant::now(),
             profile: None,
             last_profile: None,
+            drain: None,
         };
         let task = tokio::spawn(fleet.run(inbox));
         (
@@ -224,19 +276,37 @@ impl Fleet {
         self.reconcile();
         let mut ramp_down = tokio::time::interval(RAMP_DOWN_TICK);
         ramp_down.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut health_open = true;
         loop {
-            let paused = self.desired.borrow().paused;
+            let (paused, draining) = {
+                let desired = self.desired.borrow();
+                (desired.paused, desired.draining)
+            };
             let excess = self.users.len() > self.desired_users();
             let profile_at = self.profile.as_ref().map(Running::next_at);
+            let drain_deadline = self.drain.as_ref().map(|d| d.deadline);
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                _ = ramp_down.tick(), if excess && !paused => self.close_some(),
+                _ = ramp_down.tick(), if excess && !paused && !draining => self.close_some(),
                 _ = sleep_until(profile_at.unwrap_or_else(Instant::now)), if profile_at.is_some() => {
                     self.follow_profile();
+                }
+                changed = self.saturated.changed(), if health_open => match changed {
+                    Ok(()) => {
+                        let saturated = *self.saturated.borrow_and_update();
+                        let current = self.desired.borrow().clone();
+                        self.publish(Desired { saturated, ..current });
+                    }
+                    // The probe is gone; the daemon notices and stops. Nothing to follow here.
+                    Err(_) => health_open = false,
+                },
+                _ = self.ctx.books.settled(), if self.drain.is_some() => self.end_drain(),
+                _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
+                    self.end_drain();
                 }
             }
         }
@@ -244,7 +314,11 @@ impl Fleet {
     }
 
     fn handle(&mut self, command: Command) {
+        let draining = self.desired.borrow().draining;
         match command {
+            Command::Update { reply, .. } if draining => {
+                let _ = reply.send(Err(LoadError::draining()));
+            }
             Command::Update {
                 patch,
                 origin,
@@ -252,7 +326,7 @@ impl Fleet {
             } => {
                 let result = self.apply(&patch, &origin).map(|load| Updated {
                     load,
-                    profile_cancelled: self.end_profile("cancelled", &origin),
+                    profile_cancelled: self.end_profile(ProfileState::Cancelled, &origin),
                 });
                 let _ = reply.send(result);
             }
@@ -261,8 +335,13 @@ impl Fleet {
                 origin,
                 reply,
             } => {
-                self.set_paused(paused, &origin);
+                if !draining {
+                    self.set_paused(paused, &origin);
+                }
                 let _ = reply.send(self.desired.borrow().clone());
+            }
+            Command::StartProfile { reply, .. } if draining => {
+                let _ = reply.send(Err(LoadError::draining()));
             }
             Command::StartProfile {
                 spec,
@@ -272,17 +351,76 @@ impl Fleet {
                 let _ = reply.send(self.start_profile(spec, &origin));
             }
             Command::StopProfile { origin, reply } => {
-                let _ = reply.send(self.end_profile("cancelled", &origin));
+                let _ = reply.send(self.end_profile(ProfileState::Cancelled, &origin));
             }
             Command::Profile { reply } => {
                 let now = Instant::now();
                 let status = match &self.profile {
-                    Some(running) => Some(running.status("running", now)),
+                    Some(running) => Some(running.status(ProfileState::Running, now)),
                     None => self.last_profile.clone(),
                 };
                 let _ = reply.send(status);
             }
+            Command::Drain { reply, .. } if draining => {
+                let _ = reply.send(Err(FleetError::Draining));
+            }
+            Command::Drain { timeout, reply } => self.start_drain(timeout, reply),
         }
+    }
+
+    /// Stops sending and connecting everywhere; connected users settle their books.
+    fn start_drain(
+        &mut self,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<DrainReport, FleetError>>,
+    ) {
+        let origin = Origin::new(Source::Api, "drain");
+        self.end_profile(ProfileState::Cancelled, &origin);
+        let current = self.desired.borrow().clone();
+        self.publish(Desired {
+            draining: true,
+            ..current
+        });
+        // Users without a connection have nothing to settle.
+        for member in self.users.iter().filter(|m| !m.slot.connected()) {
+            member.cancel.cancel();
+        }
+        let now = Instant::now();
+        tracing::info!(
+            users = self.ctx.metrics.users_active.get(),
+            timeout = %humantime::format_duration(timeout),
+            "draining: sending and connecting stopped; waiting for outstanding acks and deliveries"
+        );
+        self.drain = Some(Drain {
+            started: now,
+            deadline: clock::later(now, timeout),
+            reply,
+        });
+    }
+
+    fn end_drain(&mut self) {
+        let Some(drain) = self.drain.take() else {
+            return;
+        };
+        let unsettled = self.ctx.books.unsettled();
+        let report = DrainReport {
+            settled: unsettled == 0,
+            unsettled,
+            elapsed: drain.started.elapsed(),
+            active: self.ctx.metrics.users_active.get(),
+        };
+        if report.settled {
+            tracing::info!(
+                seconds = report.elapsed.as_secs_f64(),
+                "drain complete: every book settled"
+            );
+        } else {
+            tracing::warn!(
+                unsettled,
+                "drain_timeout reached: what these users still await counts as timed out or lost"
+            );
+        }
+        let _ = drain.reply.send(Ok(report));
     }
 
     fn desired_users(&self) -> usize {
@@ -352,8 +490,7 @@ impl Fleet {
         spec: ProfileSpec,
         origin: &Origin,
     ) -> Result<ProfileStatus, LoadError> {
-        spec.validate()
-            .map_err(|(field, problem)| LoadError::new(field, problem))?;
+        spec.validate()?;
         // Check every stage up front, so a profile cannot fail halfway through.
         let mut load = self.desired.borrow().load.clone();
         let prefix = |i: usize| {
@@ -367,7 +504,7 @@ impl Fleet {
             load = load.apply(patch).map_err(|e| e.within(&prefix(i)))?;
             self.limits.check(&load).map_err(|e| e.within(&prefix(i)))?;
         }
-        self.end_profile("cancelled", origin);
+        self.end_profile(ProfileState::Cancelled, origin);
         tracing::info!(source = origin.source.as_str(), who = %origin.who, profile = ?spec, "profile started");
         self.profile = Some(Running::start(spec, Instant::now()));
         self.follow_profile();
@@ -375,7 +512,7 @@ impl Fleet {
         Ok(self
             .profile
             .as_ref()
-            .map(|p| p.status("running", now))
+            .map(|p| p.status(ProfileState::Running, now))
             .or_else(|| self.last_profile.clone())
             .expect("a profile was just started"))
     }
@@ -392,20 +529,23 @@ impl Fleet {
                 if let Err(err) = self.apply(&step.patch, &origin) {
                     // Checked up front; only a changed cap could get here.
                     tracing::error!(%err, "profile step rejected; profile cancelled");
-                    self.end_profile("cancelled", &origin);
+                    self.end_profile(ProfileState::Cancelled, &origin);
                 }
             }
             None => {
                 tracing::info!("profile completed");
-                self.end_profile("completed", &Origin::new(Source::Profile, "profile"));
+                self.end_profile(
+                    ProfileState::Completed,
+                    &Origin::new(Source::Profile, "profile"),
+                );
             }
         }
     }
 
-    fn end_profile(&mut self, state: &str, origin: &Origin) -> Option<ProfileStatus> {
+    fn end_profile(&mut self, state: ProfileState, origin: &Origin) -> Option<ProfileStatus> {
         let running = self.profile.take()?;
         let status = running.status(state, Instant::now());
-        if state == "cancelled" {
+        if state == ProfileState::Cancelled {
             tracing::info!(source = origin.source.as_str(), who = %origin.who, "profile cancelled");
         }
         self.ctx.metrics.profile_stage.set(0);
@@ -414,10 +554,21 @@ impl Fleet {
     }
 
     /// Spawns the missing users at once (the pacer spaces their connects, and they wait while
-    /// paused); the surplus is closed by the ramp-down ticks.
+    /// paused); above the desired count, users without a connection end at once and the
+    /// connected surplus is closed by the ramp-down ticks.
     fn reconcile(&mut self) {
+        if self.desired.borrow().draining {
+            return;
+        }
         let desired = self.desired_users();
+        // Users ended while waiting by a ramp-down that was then undone come back.
+        for id in 0..self.users.len().min(desired) {
+            if self.users[id].cancel.is_cancelled() {
+                self.users[id] = self.spawn_user(id as u32);
+            }
+        }
         if self.users.len() > desired {
+            self.end_unconnected_surplus();
             if self.close_allowance <= 0.0 {
                 // A ramp-down starts by closing one user at once, then follows the rate.
                 self.close_allowance = 1.0;
@@ -426,40 +577,67 @@ impl Fleet {
             return;
         }
         while self.users.len() < desired {
-            let cancel = self.shutdown.child_token();
-            let user = User::new(
-                self.users.len() as u32,
-                Arc::clone(&self.ctx),
-                self.desired.subscribe(),
-                cancel.clone(),
-            );
-            self.tracker.spawn_on(user.run(), self.shards.next());
-            self.users.push(cancel);
+            let user = self.spawn_user(self.users.len() as u32);
+            self.users.push(user);
         }
     }
 
-    /// One ramp-down step: closes the newest users, at most `connect_rate` per second.
+    fn spawn_user(&self, id: u32) -> Member {
+        let cancel = self.shutdown.child_token();
+        let user = User::new(
+            id,
+            Arc::clone(&self.ctx),
+            self.desired.subscribe(),
+            cancel.clone(),
+        );
+        let slot = Arc::clone(&user.slot);
+        self.tracker.spawn_on(user.run(), self.shards.next());
+        Member { cancel, slot }
+    }
+
+    /// Users above the desired count that hold no connection (waiting for a permit, in
+    /// backoff, mid-handshake) end now: a ramp-down must not wait for them, nor let them
+    /// connect first.
+    fn end_unconnected_surplus(&mut self) {
+        let desired = self.desired_users();
+        for member in &self.users[desired.min(self.users.len())..] {
+            if !member.slot.connected() {
+                member.cancel.cancel();
+            }
+        }
+        while self.users.len() > desired
+            && self.users.last().is_some_and(|m| m.cancel.is_cancelled())
+        {
+            self.users.pop();
+        }
+    }
+
+    /// One ramp-down step: closes the newest connected users, at most `connect_rate` per
+    /// second; the unconnected ones go for free.
     fn close_some(&mut self) {
         let now = Instant::now();
         let rate = self.desired.borrow().load.connect_rate;
         let elapsed = now.duration_since(self.last_close).min(RAMP_DOWN_TICK * 10);
         self.last_close = now;
         self.close_allowance += rate * elapsed.as_secs_f64();
-        let excess = self.users.len() - self.desired_users();
-        let closing = (self.close_allowance.floor() as usize).min(excess);
-        for cancel in self.users.drain(self.users.len() - closing..) {
-            cancel.cancel();
+        self.end_unconnected_surplus();
+        let desired = self.desired_users();
+        while self.users.len() > desired && self.close_allowance >= 1.0 {
+            if let Some(member) = self.users.pop() {
+                member.cancel.cancel();
+                self.close_allowance -= 1.0;
+            }
+            self.end_unconnected_surplus();
         }
-        self.close_allowance -= closing as f64;
-        if closing == excess {
+        if self.users.len() <= desired {
             self.close_allowance = 0.0;
         }
     }
 
     /// Closes every user, waiting at most the shutdown timeout for their close handshakes.
     async fn stop(self) {
-        for cancel in &self.users {
-            cancel.cancel();
+        for member in &self.users {
+            member.cancel.cancel();
         }
         self.tracker.close();
         let users = self.users.len();
@@ -474,5 +652,113 @@ impl Fleet {
             );
         }
         self.ctx.metrics.users_target.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A supervisor holding `connected.len()` members (no tasks: their state is set by hand).
+    fn fleet(connect_rate: f64, connected: &[bool]) -> Fleet {
+        let ctx = crate::session::test_context(connect_rate);
+        let load = Load {
+            users: connected.len() as u32,
+            connect_rate,
+            ..Config::embedded_default().load()
+        };
+        let (desired, _) = watch::channel(Desired::new(load));
+        let (_, saturated) = watch::channel(false);
+        let users = connected
+            .iter()
+            .enumerate()
+            .map(|(id, &connected)| {
+                let slot = ctx.roster.slot(id as u32);
+                slot.set_connected(connected);
+                Member {
+                    cancel: CancellationToken::new(),
+                    slot,
+                }
+            })
+            .collect();
+        Fleet {
+            ctx,
+            desired,
+            limits: Limits::default(),
+            shards: Arc::new(Shards::start(1).expect("a runtime")),
+            users,
+            saturated,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            shutdown_timeout: Duration::from_secs(1),
+            close_allowance: 0.0,
+            last_close: Instant::now(),
+            profile: None,
+            last_profile: None,
+            drain: None,
+        }
+    }
+
+    fn cancelled(fleet: &Fleet, ids: std::ops::Range<usize>) -> Vec<bool> {
+        ids.map(|id| fleet.users.get(id).is_none_or(|m| m.cancel.is_cancelled()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ramp_down_ends_waiting_users_at_once_and_closes_connected_ones_at_the_rate() {
+        //                 0     1     2     3     4     5      6      7     8      9
+        let connected = [
+            true, true, true, true, true, false, false, true, false, false,
+        ];
+        let mut fleet = fleet(1.0, &connected);
+        let origin = Origin::new(Source::Api, "test");
+        fleet
+            .apply(
+                &LoadPatch {
+                    users: Some(3),
+                    ..LoadPatch::default()
+                },
+                &origin,
+            )
+            .expect("valid");
+        // Not connected (waiting for a permit, in backoff): gone at once, whatever the rate.
+        assert_eq!(fleet.users.len(), 8, "9 and 8 are gone; 7 is connected");
+        assert!(cancelled(&fleet, 5..7).iter().all(|&c| c), "5 and 6 too");
+        assert_eq!(cancelled(&fleet, 0..5), [false; 5]);
+        assert!(!fleet.users[7].cancel.is_cancelled());
+        // Connected: the newest first, one per second at connect_rate 1.
+        fleet.close_some();
+        assert_eq!(fleet.users.len(), 5, "7 closed; 6 and 5 were already ended");
+        let mut lengths = Vec::new();
+        for _ in 0..300 {
+            tokio::time::advance(RAMP_DOWN_TICK).await;
+            fleet.close_some();
+            lengths.push(fleet.users.len());
+        }
+        // Ticks 1..=99 hold 5; the 100th (1 s) closes 4, the 200th closes 3; then it stays.
+        assert_eq!(lengths[98], 5);
+        assert_eq!(lengths[99], 4);
+        assert_eq!(lengths[198], 4);
+        assert_eq!(lengths[199], 3);
+        assert_eq!(lengths[299], 3, "never below the desired count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_undone_ramp_down_brings_ended_users_back() {
+        let mut fleet = fleet(1.0, &[true, false, true, true]);
+        let origin = Origin::new(Source::Api, "test");
+        let users = |n| LoadPatch {
+            users: Some(n),
+            ..LoadPatch::default()
+        };
+        fleet.apply(&users(0), &origin).expect("valid");
+        assert!(fleet.users[1].cancel.is_cancelled());
+        fleet.apply(&users(4), &origin).expect("valid");
+        assert_eq!(cancelled(&fleet, 0..4), [false; 4]);
+        fleet.tracker.close();
+        for member in &fleet.users {
+            member.cancel.cancel();
+        }
     }
 }

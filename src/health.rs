@@ -65,14 +65,18 @@ pub struct Health {
     pub fds_available: u64,
 }
 
-/// Starts a lag probe on every user runtime and the task that judges them; the returned
-/// receiver says whether the generator is saturated.
+/// Starts a lag probe on every user runtime and the task that judges them (returned; it runs
+/// until `shutdown`); the returned receiver says whether the generator is saturated.
 pub fn spawn(
     config: HealthConfig,
     metrics: Arc<Metrics>,
     shards: &Shards,
     shutdown: CancellationToken,
-) -> (watch::Receiver<bool>, Arc<Mutex<Health>>) {
+) -> (
+    watch::Receiver<bool>,
+    Arc<Mutex<Health>>,
+    tokio::task::JoinHandle<()>,
+) {
     // Judge file descriptors before the first user could connect.
     let fds_at_start = file_descriptors();
     let min_fds = config.min_fds_available;
@@ -97,7 +101,7 @@ pub fn spawn(
     }
     let window = RECENT * shards.handles().len();
     let shared = Arc::clone(&health);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut recent: VecDeque<Duration> = VecDeque::with_capacity(window);
         let mut fds = fds_at_start;
         let mut fd_count = tokio::time::interval(FD_EVERY);
@@ -156,7 +160,7 @@ pub fn spawn(
             };
         }
     });
-    (saturated_rx, health)
+    (saturated_rx, health, task)
 }
 
 /// Ticks every 100 ms on one user runtime and reports how late each tick ran.

@@ -16,6 +16,35 @@ pub const MAX_PAYLOAD_SIZE: usize = 1 << 20;
 pub const MIN_MESSAGE_INTERVAL: Duration = Duration::from_millis(1);
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_ROOM_SIZE: u32 = 1_000_000;
+/// Longest message or heartbeat interval: a user that waits longer is idle, say so with 0s.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest timeout or window any setting may take (connect, ack, loss grace, drain, ...).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest a profile stage, a ramp, a connection lifetime or a run may last: 30 days. Every
+/// deadline the daemon computes stays far inside what a monotonic clock can represent.
+pub const MAX_SPAN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Checks that `value` is within `[min, max]` (or zero, where zero means "off").
+pub fn check_duration(
+    field: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    zero_means: Option<&str>,
+) -> Result<(), LoadError> {
+    let fmt = humantime::format_duration;
+    if (value.is_zero() && zero_means.is_some()) || (value >= min && value <= max) {
+        return Ok(());
+    }
+    let range = format!("between {} and {}", fmt(min), fmt(max));
+    Err(LoadError::new(
+        field,
+        match zero_means {
+            Some(off) => format!("must be 0s ({off}) or {range}, got {}", fmt(value)),
+            None => format!("must be {range}, got {}", fmt(value)),
+        },
+    ))
+}
 
 /// What the fleet should be doing right now.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -38,15 +67,20 @@ pub struct Load {
     pub room_size: u32,
 }
 
-/// A partial update of [`Load`], as `PATCH /api/v1/load` accepts it. Durations are strings
-/// such as "250ms" or "1m".
+/// A partial update of [`Load`], as `PATCH /api/v1/load`, profile stages and reloads give it.
+/// Durations are strings such as "250ms" or "1m". The bounds are [`Load::validate`]'s.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadPatch {
+    /// Users to keep connected (0..=10000000, and at most `limits.max_users`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub users: Option<u32>,
+    /// Connection attempts per second (above 0, at most 1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub connect_rate: Option<f64>,
+    /// Time between two messages of one user: "0s" (none) or 1ms..1h.
     #[serde(
         default,
         with = "humantime_serde",
@@ -54,8 +88,11 @@ pub struct LoadPatch {
     )]
     #[schema(value_type = Option<String>, example = "1s")]
     pub message_interval: Option<Duration>,
+    /// Bytes of padding per message (0..=1048576).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1_048_576)]
     pub payload_size: Option<usize>,
+    /// Time between heartbeats: "0s" (off) or 100ms..1h.
     #[serde(
         default,
         with = "humantime_serde",
@@ -63,8 +100,24 @@ pub struct LoadPatch {
     )]
     #[schema(value_type = Option<String>, example = "10s")]
     pub heartbeat_interval: Option<Duration>,
+    /// Users per room (1..=1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub room_size: Option<u32>,
+}
+
+/// Every field of a load, as a patch (a reload applies the whole live part of the file).
+impl From<&Load> for LoadPatch {
+    fn from(load: &Load) -> Self {
+        LoadPatch {
+            users: Some(load.users),
+            connect_rate: Some(load.connect_rate),
+            message_interval: Some(load.message_interval),
+            payload_size: Some(load.payload_size),
+            heartbeat_interval: Some(load.heartbeat_interval),
+            room_size: Some(load.room_size),
+        }
+    }
 }
 
 impl LoadPatch {
@@ -87,6 +140,27 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The caps themselves must be numbers a fleet can be held to.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if let Some(max) = self.max_users
+            && max > MAX_USERS
+        {
+            return Err(LoadError::new(
+                "limits.max_users",
+                format!("must be at most {MAX_USERS}, got {max}"),
+            ));
+        }
+        if let Some(max) = self.max_message_rate
+            && !(max.is_finite() && max > 0.0)
+        {
+            return Err(LoadError::new(
+                "limits.max_message_rate",
+                format!("must be a number of messages per second above 0, got {max}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a load against the caps; the error names the field and the cap.
     pub fn check(&self, load: &Load) -> Result<(), LoadError> {
         if let Some(max) = self.max_users
@@ -137,6 +211,14 @@ impl LoadError {
         }
     }
 
+    /// A change asked for while the fleet drains at the end of its run.
+    pub fn draining() -> Self {
+        Self::new(
+            "(fleet)",
+            "the fleet is draining for its final verdict; the load can no longer change",
+        )
+    }
+
     /// The same error, with its field placed under `prefix` (e.g. `stages[2].`).
     pub fn within(self, prefix: &str) -> Self {
         Self {
@@ -176,26 +258,20 @@ impl Load {
                 ),
             ));
         }
-        if !self.message_interval.is_zero() && self.message_interval < MIN_MESSAGE_INTERVAL {
-            return Err(LoadError::new(
-                "message_interval",
-                format!(
-                    "must be 0 (no messages) or at least {}, got {}",
-                    humantime::format_duration(MIN_MESSAGE_INTERVAL),
-                    humantime::format_duration(self.message_interval)
-                ),
-            ));
-        }
-        if !self.heartbeat_interval.is_zero() && self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
-            return Err(LoadError::new(
-                "heartbeat_interval",
-                format!(
-                    "must be 0 (off) or at least {}, got {}",
-                    humantime::format_duration(MIN_HEARTBEAT_INTERVAL),
-                    humantime::format_duration(self.heartbeat_interval)
-                ),
-            ));
-        }
+        check_duration(
+            "message_interval",
+            self.message_interval,
+            MIN_MESSAGE_INTERVAL,
+            MAX_INTERVAL,
+            Some("no messages"),
+        )?;
+        check_duration(
+            "heartbeat_interval",
+            self.heartbeat_interval,
+            MIN_HEARTBEAT_INTERVAL,
+            MAX_INTERVAL,
+            Some("off"),
+        )?;
         if self.room_size == 0 || self.room_size > MAX_ROOM_SIZE {
             return Err(LoadError::new(
                 "room_size",
@@ -231,18 +307,45 @@ impl Load {
     }
 }
 
-/// Everything the supervisor publishes to users and handlers: the load, and whether paused.
+/// Everything the supervisor publishes to users and handlers. Users read nothing else of the
+/// fleet's state: a change reaches them only through the supervisor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub load: Load,
+    /// Asked to hold still: no messages, no new connections.
     pub paused: bool,
+    /// The generator is overloaded: no new connections until it recovers.
+    pub saturated: bool,
+    /// The run is ending: no messages, no new connections; connected users settle their books.
+    pub draining: bool,
 }
 
 impl Desired {
+    pub fn new(load: Load) -> Desired {
+        Desired {
+            load,
+            paused: false,
+            saturated: false,
+            draining: false,
+        }
+    }
+
+    /// Whether a user may open a connection (or reconnect) now.
+    pub fn may_connect(&self) -> bool {
+        !self.paused && !self.saturated && !self.draining
+    }
+
+    /// Whether connected users send messages now.
+    pub fn may_send(&self) -> bool {
+        !self.paused && !self.draining
+    }
+
     /// Whether users must react to the change from `self` to `next` (the user count and the
     /// connect rate are the supervisor's business, not theirs).
     pub fn concerns_users(&self, next: &Desired) -> bool {
-        self.paused != next.paused
+        self.may_connect() != next.may_connect()
+            || self.may_send() != next.may_send()
+            || self.draining != next.draining
             || self.load.message_interval != next.load.message_interval
             || self.load.heartbeat_interval != next.load.heartbeat_interval
             || self.load.room_size != next.load.room_size

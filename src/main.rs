@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -77,39 +79,41 @@ fn signal_token() -> CancellationToken {
     shutdown
 }
 
-/// Runs the daemon until a signal or the end of `--duration`; then prints the summary (with
-/// `--duration` or `--summary-out`) and exits with the SLA verdict.
+/// Runs the daemon until a signal or the end of `--duration`. For a verdict (`--duration` or
+/// `--summary-out`) it then drains the fleet, so the books are settled, and prints the summary
+/// and exits with the SLA verdict; otherwise it just shuts down.
 async fn run_daemon(
     args: RunArgs,
     config: Config,
-    shutdown: CancellationToken,
+    signal: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
     let sla = config.sla.clone();
-    let daemon = Daemon::start(config, listener, shutdown.clone()).await?;
-    if args.duration.is_none() && args.summary_out.is_none() {
-        daemon.wait().await?;
+    let daemon = Daemon::start(config, listener, CancellationToken::new()).await?;
+    let stopping = daemon.stopping();
+    let duration = args.duration.unwrap_or(Duration::MAX);
+    tokio::select! {
+        _ = tokio::time::sleep(duration), if args.duration.is_some() => {
+            tracing::info!("--duration reached");
+        }
+        _ = signal.cancelled() => {}
+        // A core task failed: the daemon stopped by itself; wait() says why.
+        _ = stopping.cancelled() => {}
+    }
+    if stopping.is_cancelled() || (args.duration.is_none() && args.summary_out.is_none()) {
+        daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
     }
-    match args.duration {
-        Some(duration) => {
-            tokio::select! {
-                _ = tokio::time::sleep(duration) => tracing::info!("--duration reached"),
-                _ = shutdown.cancelled() => {}
-            }
-        }
-        None => shutdown.cancelled().await,
-    }
-    // Read the numbers while the fleet still stands: shutdown disconnects everyone.
-    let summary = Summary::collect(
-        daemon.metrics(),
-        &daemon.fleet().desired(),
-        &sla,
-        daemon.uptime(),
-    );
-    daemon.shutdown().await?;
+    let desired = daemon.fleet().desired();
+    let metrics = Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await?;
+    let active = finished
+        .drain
+        .as_ref()
+        .map_or_else(|| metrics.users_active.get(), |d| d.active);
+    let summary = Summary::collect(&metrics, &desired, &sla, finished.run_time, active);
     print!("{}", summary.render());
     if let Some(path) = &args.summary_out {
         let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;

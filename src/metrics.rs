@@ -71,6 +71,39 @@ label_enum! {
     }
 }
 
+impl DisconnectReason {
+    /// Whether the fleet did not choose this end (ramp-down, shutdown, churn and room
+    /// changes are its own choices).
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            DisconnectReason::ClientClose | DisconnectReason::Churn | DisconnectReason::RoomChange
+        )
+    }
+}
+
+label_enum! {
+    /// The service levels an SLA can set (`wsfleet_sla_threshold{slo}`).
+    Slo {
+        P99Rtt => "p99_rtt_seconds",
+        P99Delivery => "p99_delivery_seconds",
+        P99Connect => "p99_connect_seconds",
+        ErrorRate => "error_rate",
+        MinConnectedRatio => "min_connected_ratio",
+    }
+}
+
+impl Slo {
+    /// Whether `observed` breaks `threshold`: a floor for the connected ratio, a ceiling for
+    /// the rest.
+    pub fn breached(self, observed: f64, threshold: f64) -> bool {
+        match self {
+            Slo::MinConnectedRatio => observed < threshold,
+            _ => observed > threshold,
+        }
+    }
+}
+
 label_enum! {
     /// Who changed the desired load (`wsfleet_load_changes_total{source}`).
     Source {
@@ -118,6 +151,8 @@ pub struct Metrics {
     pub event_loop_lag: Histogram,
     pub fds_available: IntGauge,
     pub generator_saturated: IntGauge,
+    /// The last sample of each kind of failure, and their rate-limited log lines.
+    pub failures: crate::failures::Failures,
 }
 
 impl Metrics {
@@ -276,6 +311,7 @@ impl Metrics {
                 "wsfleet_generator_saturated",
                 "1 when the generator is overloaded (loop lag or file descriptors) and stops adding users.",
             ),
+            failures: crate::failures::Failures::default(),
             rtt_window: LatencyWindow::new(window),
             connect_window: LatencyWindow::new(window),
             delivery_window: LatencyWindow::new(window),
@@ -330,6 +366,16 @@ impl Metrics {
             deliveries_received: self.deliveries_received.get(),
             frames_invalid: self.frames_invalid.get(),
             frames_unmatched: self.frames_unmatched.get(),
+        }
+    }
+
+    /// Exports the SLA's thresholds (only those it sets) as `wsfleet_sla_threshold{slo}`.
+    pub fn set_sla_thresholds(&self, sla: &crate::config::Sla) {
+        self.sla_threshold.reset();
+        for (slo, threshold) in sla.thresholds() {
+            self.sla_threshold
+                .with_label_values(&[slo.as_str()])
+                .set(threshold);
         }
     }
 

@@ -1,104 +1,276 @@
 //! The connect-rate limiter shared by every user of the fleet.
 //!
-//! Every connection attempt — ramp-up, reconnect after a failure — takes the next free slot,
+//! Every connection attempt — ramp-up, reconnect after a failure — first acquires a permit,
 //! so attempts never exceed the configured rate, even when the whole fleet reconnects at once.
 //!
+//! Waiters queue in a FIFO semaphore; one granting task hands out permits at the rate, and
+//! only while someone waits. A waiter holds nothing until it is granted: one that gives up
+//! (the fleet paused, the user was ramped down or shut down) drops out of the queue and costs
+//! nothing, and the next waiter gets the next slot. Each waiter is woken exactly once.
+//!
 //! Why not `governor`: its `until_ready` has every waiter re-check the bucket when a cell frees
-//! up, which with 20k users queued behind a dead server is 20k wake-ups per connect. Here each
-//! waiter reserves one slot and sleeps exactly once, and the rate can change while it runs.
+//! up, which with 20k users queued behind a dead server is 20k wake-ups per connect. Why not a
+//! reserved slot per waiter (this module's first design): a reservation made before waiting
+//! outlives the decision it was made for — pausing mid-ramp still connected every user that
+//! held one, and cancelled reservations left phantom slots that later connects queued behind.
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::clock;
+
+/// The rate limiter; its granting task ends when it is dropped.
 #[derive(Debug)]
 pub struct Pacer {
-    state: Mutex<Slots>,
+    shared: Arc<Shared>,
+    _stop: DropGuard,
 }
 
 #[derive(Debug)]
-struct Slots {
-    spacing: Duration,
-    next_free: Instant,
+struct Shared {
+    permits: Semaphore,
+    /// Users inside [`Pacer::acquire`] right now.
+    waiting: AtomicUsize,
+    /// Signalled when someone starts waiting or the rate changes.
+    wake: Notify,
+    spacing: Mutex<Duration>,
 }
 
 impl Pacer {
-    /// A pacer handing out `per_second` slots per second (must be positive and finite).
+    /// A pacer handing out `per_second` permits per second (positive and finite); it must be
+    /// created inside a tokio runtime, which runs its granting task.
     pub fn new(per_second: f64) -> Self {
+        let shared = Arc::new(Shared {
+            permits: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+            wake: Notify::new(),
+            spacing: Mutex::new(spacing(per_second)),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(grant(Arc::clone(&shared), stop.clone()));
         Self {
-            state: Mutex::new(Slots {
-                spacing: spacing(per_second),
-                next_free: Instant::now(),
-            }),
+            shared,
+            _stop: stop.drop_guard(),
         }
     }
 
-    /// Changes the rate for slots reserved from now on.
+    /// Changes the rate; the next permit follows the new spacing from the last one granted.
     pub fn set_rate(&self, per_second: f64) {
-        let mut slots = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let old_spacing = slots.spacing;
-        slots.spacing = spacing(per_second);
-        // Slots already promised keep their times; the next one follows the new spacing.
-        slots.next_free = slots
-            .next_free
-            .checked_sub(old_spacing)
-            .unwrap_or(slots.next_free)
-            .max(Instant::now())
-            + slots.spacing;
+        *self
+            .shared
+            .spacing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = spacing(per_second);
+        self.shared.wake.notify_one();
     }
 
-    /// Reserves the next free slot and returns when it starts.
-    pub fn reserve(&self) -> Instant {
-        let now = Instant::now();
-        let mut slots = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.next_free.max(now);
-        slots.next_free = slot + slots.spacing;
-        slot
+    /// Waits for a permit to connect. Dropping the future gives up the place in the queue.
+    pub async fn acquire(&self) {
+        let _waiting = Waiting::enter(&self.shared);
+        // The semaphore is never closed; should it ever be, going ahead is the safe failure.
+        if let Ok(permit) = self.shared.permits.acquire().await {
+            permit.forget();
+        }
     }
 
-    /// Waits for the next free slot.
-    pub async fn wait(&self) {
-        tokio::time::sleep_until(self.reserve()).await;
+    /// Users waiting for a permit.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a waiter for as long as it waits (including when its future is dropped).
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        shared.wake.notify_one();
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Grants permits at the rate while anyone waits; sleeps (no timer) while nobody does.
+async fn grant(shared: Arc<Shared>, stop: CancellationToken) {
+    let spacing = || *shared.spacing.lock().unwrap_or_else(|e| e.into_inner());
+    // When the last permit was granted; the next is due one spacing later.
+    let mut last: Option<Instant> = None;
+    let demand = || {
+        shared
+            .waiting
+            .load(Ordering::Relaxed)
+            .saturating_sub(shared.permits.available_permits())
+    };
+    loop {
+        if demand() == 0 {
+            if shared.waiting.load(Ordering::Relaxed) == 0 {
+                // Granted to a waiter that gave up: nobody may inherit it as a burst.
+                shared
+                    .permits
+                    .forget_permits(shared.permits.available_permits());
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.wake.notified() => {}
+            }
+            // An idle pacer banks nothing: after a quiet spell the next permit is due now.
+            if let (Some(at), Some(floor)) = (last, Instant::now().checked_sub(spacing())) {
+                last = Some(at.max(floor));
+            }
+            continue;
+        }
+        let gap = spacing();
+        let due = last.map_or_else(Instant::now, |at| clock::later(at, gap));
+        if due > Instant::now() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sleep_until(due) => {}
+                // A new rate or a new waiter: look again.
+                _ = shared.wake.notified() => continue,
+            }
+        }
+        // Slots that fell due while the task slept (rates above the timer's 1 ms resolution
+        // are granted in batches), never more than are wanted.
+        // Waiters may have given up while this task slept.
+        let demand = demand();
+        if demand == 0 {
+            continue;
+        }
+        let behind = Instant::now().saturating_duration_since(due);
+        let slots = 1 + (behind.as_nanos() / gap.as_nanos().max(1)).min(1 << 20) as usize;
+        let granted = slots.min(demand);
+        shared.permits.add_permits(granted);
+        let extra = u32::try_from(granted - 1).unwrap_or(u32::MAX);
+        last = Some(clock::later(due, gap.saturating_mul(extra)));
     }
 }
 
 fn spacing(per_second: f64) -> Duration {
-    Duration::from_secs_f64(1.0 / per_second)
+    Duration::try_from_secs_f64(1.0 / per_second).unwrap_or(Duration::from_secs(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn slots_are_spaced_by_the_rate() {
-        let pacer = Pacer::new(10.0);
+    /// Spawns `n` waiters; each reports (its number, when it got its permit).
+    fn waiters(
+        pacer: &Arc<Pacer>,
+        n: usize,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        tokio::sync::mpsc::UnboundedReceiver<(usize, Duration)>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
-        let slots: Vec<_> = (0..5).map(|_| pacer.reserve() - start).collect();
+        let handles = (0..n)
+            .map(|i| {
+                let (pacer, tx) = (Arc::clone(pacer), tx.clone());
+                tokio::spawn(async move {
+                    pacer.acquire().await;
+                    let _ = tx.send((i, start.elapsed()));
+                })
+            })
+            .collect();
+        (handles, rx)
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_are_spaced_by_the_rate_in_arrival_order() {
+        let pacer = Arc::new(Pacer::new(10.0));
+        let (_handles, mut got) = waiters(&pacer, 5);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(got.recv().await.expect("a permit"));
+        }
+        let expected: Vec<_> = (0..5)
+            .map(|i| (i, Duration::from_millis(100 * i as u64)))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pacer_does_not_bank_permits() {
+        let pacer = Arc::new(Pacer::new(10.0));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (_handles, mut got) = waiters(&pacer, 3);
+        let times: Vec<_> = [
+            got.recv().await.expect("1"),
+            got.recv().await.expect("2"),
+            got.recv().await.expect("3"),
+        ]
+        .iter()
+        .map(|(_, at)| *at)
+        .collect();
         assert_eq!(
-            slots,
-            (0..5)
-                .map(|i| Duration::from_millis(100 * i))
-                .collect::<Vec<_>>()
+            times,
+            [0, 100, 200].map(Duration::from_millis),
+            "one at once, then at the rate"
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_pacer_does_not_bank_slots() {
-        let pacer = Pacer::new(10.0);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        let now = Instant::now();
-        assert_eq!(pacer.reserve(), now);
-        assert_eq!(pacer.reserve(), now + Duration::from_millis(100));
+    async fn cancelled_waiters_cost_nothing() {
+        // One permit a second, ten waiters; nine give up (paused, ramped down): the last one
+        // is next in line, not behind nine phantom slots.
+        let pacer = Arc::new(Pacer::new(1.0));
+        let (handles, mut got) = waiters(&pacer, 10);
+        assert_eq!(got.recv().await, Some((0, Duration::ZERO)));
+        settle().await;
+        for handle in &handles[1..9] {
+            handle.abort();
+        }
+        settle().await;
+        assert_eq!(pacer.waiting(), 1);
+        assert_eq!(got.recv().await, Some((9, Duration::from_secs(1))));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_new_rate_applies_to_the_next_slot() {
-        let pacer = Pacer::new(1.0);
-        let start = Instant::now();
-        assert_eq!(pacer.reserve(), start);
+    async fn nobody_waiting_means_no_permits_are_handed_out() {
+        let pacer = Arc::new(Pacer::new(100.0));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(pacer.shared.permits.available_permits(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_applies_to_the_next_permit() {
+        let pacer = Arc::new(Pacer::new(1.0));
+        let (_handles, mut got) = waiters(&pacer, 2);
+        assert_eq!(got.recv().await, Some((0, Duration::ZERO)));
+        settle().await;
         pacer.set_rate(100.0);
-        assert_eq!(pacer.reserve(), start + Duration::from_millis(10));
+        assert_eq!(got.recv().await, Some((1, Duration::from_millis(10))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn high_rates_are_granted_in_batches_without_exceeding_the_rate() {
+        // 100k/s is a permit every 10 µs, far below the timer's 1 ms resolution.
+        let pacer = Arc::new(Pacer::new(100_000.0));
+        let (_handles, mut got) = waiters(&pacer, 1000);
+        let mut last = Duration::ZERO;
+        for _ in 0..1000 {
+            last = got.recv().await.expect("a permit").1;
+        }
+        assert!(last >= Duration::from_micros(9_990), "{last:?}");
+        assert!(last <= Duration::from_millis(12), "{last:?}");
     }
 }

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::clock;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::load::LoadPatch;
+use crate::load::{LoadError, LoadPatch, MAX_SPAN, check_duration};
 
 /// Most stages one profile may have.
 pub const MAX_STAGES: usize = 1000;
@@ -24,56 +26,61 @@ pub struct ProfileSpec {
     pub ramp: Option<Ramp>,
 }
 
-/// One stage: the load to apply (fields as in `PATCH /api/v1/load`) and how long to hold it.
+/// One stage: the load to apply (any field of `PATCH /api/v1/load`) and how long to hold it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawStage")]
 pub struct Stage {
+    /// How long the stage lasts: 1ms..30 days.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, example = "15m")]
     pub duration: Duration,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_rate: Option<f64>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>, example = "1s")]
-    pub message_interval: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_size: Option<usize>,
+    /// The load of this stage; fields not given keep their value.
+    #[serde(flatten)]
+    pub load: LoadPatch,
+}
+
+/// A stage as written: serde cannot refuse unknown fields through `flatten`, so the load
+/// part is collected and read as a [`LoadPatch`], which does.
+#[derive(Deserialize)]
+struct RawStage {
+    #[serde(with = "humantime_serde")]
+    duration: Duration,
+    #[serde(flatten)]
+    load: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TryFrom<RawStage> for Stage {
+    type Error = String;
+
+    fn try_from(raw: RawStage) -> Result<Self, Self::Error> {
+        let load = LoadPatch::deserialize(serde_json::Value::Object(raw.load))
+            .map_err(|err| err.to_string())?;
+        Ok(Stage {
+            duration: raw.duration,
+            load,
+        })
+    }
 }
 
 /// Users going linearly from `from` to `to` over `over`, updated every second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ramp {
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub from: u32,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub to: u32,
+    /// 1ms..30 days.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, example = "10m")]
     pub over: Duration,
 }
 
-impl Stage {
-    pub fn patch(&self) -> LoadPatch {
-        LoadPatch {
-            users: self.users,
-            connect_rate: self.connect_rate,
-            message_interval: self.message_interval,
-            payload_size: self.payload_size,
-            ..LoadPatch::default()
-        }
-    }
-}
-
 impl ProfileSpec {
-    /// Checks the shape; the load values are checked as each stage is applied and, up front,
-    /// by the supervisor against the current load and caps.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, problem: &str| Err((field.to_string(), problem.to_string()));
+    /// Checks the shape and the durations; the load values are checked, up front, by the
+    /// supervisor against the current load and caps.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let err = |field: &str, problem: &str| Err(LoadError::new(field, problem));
         match (&self.ramp, self.stages.is_empty()) {
             (Some(_), false) => return err("stages", "give either `stages` or `ramp`, not both"),
             (None, true) => {
@@ -87,15 +94,14 @@ impl ProfileSpec {
         if self.stages.len() > MAX_STAGES {
             return err("stages", &format!("at most {MAX_STAGES} stages"));
         }
+        let span = |field: &str, value| {
+            check_duration(field, value, Duration::from_millis(1), MAX_SPAN, None)
+        };
         for (i, stage) in self.stages.iter().enumerate() {
-            if stage.duration.is_zero() {
-                return err(&format!("stages[{i}].duration"), "must be greater than 0");
-            }
+            span(&format!("stages[{i}].duration"), stage.duration)?;
         }
-        if let Some(ramp) = &self.ramp
-            && ramp.over.is_zero()
-        {
-            return err("ramp.over", "must be greater than 0");
+        if let Some(ramp) = &self.ramp {
+            span("ramp.over", ramp.over)?;
         }
         Ok(())
     }
@@ -109,7 +115,7 @@ impl ProfileSpec {
                     ..LoadPatch::default()
                 })
                 .to_vec(),
-            None => self.stages.iter().map(Stage::patch).collect(),
+            None => self.stages.iter().map(|s| s.load.clone()).collect(),
         }
     }
 
@@ -129,11 +135,19 @@ impl ProfileSpec {
     }
 }
 
+/// Whether a profile is being followed, ran to its end, or was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileState {
+    Running,
+    Completed,
+    Cancelled,
+}
+
 /// Where a profile stands, as the status API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ProfileStatus {
-    /// `running`, `completed` or `cancelled`.
-    pub state: String,
+    pub state: ProfileState,
     /// Current stage, from 1 (a ramp has one stage); 0 once no longer running.
     pub stage: u32,
     pub stages: u32,
@@ -183,7 +197,7 @@ impl Running {
             if self.done {
                 return None;
             }
-            let end = self.started + ramp.over;
+            let end = clock::later(self.started, ramp.over);
             let elapsed = now.saturating_duration_since(self.started);
             let fraction = (elapsed.as_secs_f64() / ramp.over.as_secs_f64()).min(1.0);
             let span = f64::from(ramp.to) - f64::from(ramp.from);
@@ -194,7 +208,7 @@ impl Running {
             self.next_at = if self.done {
                 now
             } else {
-                (now + RAMP_STEP).min(end)
+                clock::later(now, RAMP_STEP).min(end)
             };
             return Some(Step {
                 patch: LoadPatch {
@@ -207,17 +221,17 @@ impl Running {
         let next = self.stage.map_or(0, |s| s + 1);
         let stage = self.spec.stages.get(next)?;
         self.stage = Some(next);
-        self.next_at = self.next_at.max(self.started) + stage.duration;
+        self.next_at = clock::later(self.next_at.max(self.started), stage.duration);
         Some(Step {
-            patch: stage.patch(),
+            patch: stage.load.clone(),
             stage: next as u32 + 1,
         })
     }
 
-    pub fn status(&self, state: &str, now: Instant) -> ProfileStatus {
+    pub fn status(&self, state: ProfileState, now: Instant) -> ProfileStatus {
         ProfileStatus {
-            state: state.to_string(),
-            stage: if state == "running" {
+            state,
+            stage: if state == ProfileState::Running {
                 self.stage.map_or(0, |s| s as u32 + 1)
             } else {
                 0
@@ -240,10 +254,10 @@ mod tests {
                 .iter()
                 .map(|&u| Stage {
                     duration: Duration::from_secs(10),
-                    users: Some(u),
-                    connect_rate: None,
-                    message_interval: None,
-                    payload_size: None,
+                    load: LoadPatch {
+                        users: Some(u),
+                        ..LoadPatch::default()
+                    },
                 })
                 .collect(),
             ramp: None,
@@ -289,6 +303,19 @@ mod tests {
     }
 
     #[test]
+    fn stages_take_every_load_field_and_refuse_unknown_ones() {
+        let stage: Stage = serde_json::from_str(
+            r#"{"duration": "1m", "users": 5, "heartbeat_interval": "2s", "room_size": 4}"#,
+        )
+        .expect("every live field");
+        assert_eq!(stage.load.room_size, Some(4));
+        assert_eq!(stage.load.heartbeat_interval, Some(Duration::from_secs(2)));
+        let err = serde_json::from_str::<Stage>(r#"{"duration": "1m", "userz": 5}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("userz"), "{err}");
+    }
+
+    #[test]
     fn shapes_are_validated() {
         assert!(
             ProfileSpec {
@@ -304,9 +331,19 @@ mod tests {
             to: 2,
             over: Duration::from_secs(1),
         });
-        assert_eq!(both.validate().expect_err("both").0, "stages");
+        assert_eq!(both.validate().expect_err("both").field, "stages");
         let mut zero = stages(&[1]);
         zero.stages[0].duration = Duration::ZERO;
-        assert_eq!(zero.validate().expect_err("zero").0, "stages[0].duration");
+        assert_eq!(
+            zero.validate().expect_err("zero").field,
+            "stages[0].duration"
+        );
+        let mut endless = stages(&[1]);
+        endless.ramp = None;
+        endless.stages[0].duration = Duration::from_secs(u64::MAX / 2);
+        assert_eq!(
+            endless.validate().expect_err("too long").field,
+            "stages[0].duration"
+        );
     }
 }

@@ -20,9 +20,11 @@ use url::Url;
 
 use crate::backoff;
 use crate::config::{Config, Heartbeat, Lifetime, Reconnect, Schedule};
+use crate::failures::Failure;
 use crate::load::Desired;
 use crate::metrics::{DisconnectReason, Metrics};
 use crate::pacer::Pacer;
+use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
 
 /// What every user of a fleet shares, read-only.
@@ -42,12 +44,15 @@ pub struct Context {
     /// Built once: a TLS config per connect would reload the root store every time.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<Metrics>,
+    /// Connect permits at `connect_rate`; the supervisor sets the rate.
     pub pacer: Pacer,
+    /// What each user publishes to the others (sequences sent, connected or not).
+    pub roster: Roster,
+    /// Conversations whose books are not settled; the drain waits for none.
+    pub books: Books,
     /// Local addresses connections are made from, in turn; empty = the system's choice.
     pub source_addresses: Vec<std::net::IpAddr>,
     next_source: std::sync::atomic::AtomicUsize,
-    /// True while the generator is saturated: no new connections then.
-    pub saturated: watch::Receiver<bool>,
 }
 
 impl Context {
@@ -56,7 +61,6 @@ impl Context {
         target: Url,
         scenario: Scenario,
         metrics: Arc<Metrics>,
-        saturated: watch::Receiver<bool>,
         tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     ) -> Context {
         Context {
@@ -74,9 +78,10 @@ impl Context {
             ws_config: ws_config(),
             metrics,
             pacer: Pacer::new(config.connect_rate),
+            roster: Roster::default(),
+            books: Books::default(),
             source_addresses: config.source_addresses.clone(),
             next_source: std::sync::atomic::AtomicUsize::new(0),
-            saturated,
         }
     }
 }
@@ -111,9 +116,9 @@ pub struct User {
     pub ctx: Arc<Context>,
     pub desired: watch::Receiver<Desired>,
     pub cancel: CancellationToken,
-    /// Sequence of the last message sent; it carries on across reconnects, so receivers can
-    /// tell a message the server lost from one never sent.
-    pub seq: u64,
+    /// This user's public state: its sequence carries on across reconnects (and respawns), so
+    /// receivers can tell a message the server lost from one never sent.
+    pub slot: Arc<Slot>,
 }
 
 impl User {
@@ -123,57 +128,57 @@ impl User {
         desired: watch::Receiver<Desired>,
         cancel: CancellationToken,
     ) -> User {
+        let slot = ctx.roster.slot(id);
         User {
             id,
             ctx,
             desired,
             cancel,
-            seq: 0,
+            slot,
         }
     }
 
-    /// Keeps this user connected until its token is cancelled.
+    /// Keeps this user connected until its token is cancelled or the fleet drains.
     pub async fn run(mut self) {
         let mut failures: u32 = 0;
-        loop {
-            // Paused or saturated: no new connections (and no reconnects) until that ends.
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = self.desired.wait_for(|d| !d.paused) => {}
-            }
-            let mut saturated = self.ctx.saturated.clone();
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = saturated.wait_for(|s| !s) => {}
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = self.ctx.pacer.wait() => {}
-            }
+        while self.admit().await {
             let room_size = self.desired.borrow().load.room_size;
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 attempt = Box::pin(connect::open(&self.ctx, self.id, room_size)) => attempt,
             };
-            let metrics = Arc::clone(&self.ctx.metrics);
+            let ctx = Arc::clone(&self.ctx);
             match attempt {
                 Ok((socket, identity)) => {
                     failures = 0;
-                    metrics.users_active.inc();
-                    let reason = Box::pin(conversation::run(&mut self, socket, identity)).await;
-                    metrics.users_active.dec();
-                    metrics.disconnect(reason).inc();
-                    tracing::debug!(user = self.id, reason = reason.as_str(), "disconnected");
-                    match reason {
+                    ctx.metrics.users_active.inc();
+                    self.slot.set_connected(true);
+                    let ended = Box::pin(conversation::run(&mut self, socket, identity)).await;
+                    self.slot.set_connected(false);
+                    ctx.metrics.users_active.dec();
+                    ctx.metrics.disconnect(ended.reason).inc();
+                    tracing::debug!(
+                        user = self.id,
+                        reason = ended.reason.as_str(),
+                        "disconnected"
+                    );
+                    if let Some(detail) = &ended.detail {
+                        ctx.metrics
+                            .failures
+                            .record(Failure::Disconnect(ended.reason), detail);
+                    }
+                    match ended.reason {
                         DisconnectReason::ClientClose => return,
                         // Planned: reconnect at once (through the pacer), no backoff.
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
                         _ => {}
                     }
                 }
-                Err(result) => {
-                    metrics.connect_result(result).inc();
-                    tracing::debug!(user = self.id, result = result.as_str(), "connect failed");
+                Err(failure) => {
+                    ctx.metrics.connect_result(failure.result).inc();
+                    ctx.metrics
+                        .failures
+                        .record(Failure::Connect(failure.result), &failure.detail);
                 }
             }
             failures = failures.saturating_add(1);
@@ -183,5 +188,148 @@ impl User {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Waits until this user may connect and has a connect permit. Decisions are taken when
+    /// the permit is granted, not before: pausing, saturation or a drain sends a waiting user
+    /// back to wait (its place in the pacer's queue given up, at no cost). False when the user
+    /// is to end: cancelled (ramp-down, shutdown) or the fleet drains.
+    async fn admit(&mut self) -> bool {
+        loop {
+            let allowed = tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                desired = self.desired.wait_for(|d| d.may_connect() || d.draining) => {
+                    desired.map(|d| !d.draining).unwrap_or(false)
+                }
+            };
+            if !allowed {
+                return false;
+            }
+            let granted = tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = self.ctx.pacer.acquire() => true,
+                _ = self.desired.wait_for(|d| !d.may_connect()) => false,
+            };
+            if granted && self.desired.borrow().may_connect() {
+                return true;
+            }
+        }
+    }
+}
+
+/// A context whose users would connect to a closed port, for tests of what happens before.
+#[cfg(test)]
+pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
+    let config = Config::parse(&format!("connect_rate: {connect_rate}")).expect("valid");
+    Arc::new(Context::new(
+        &config,
+        Url::parse("ws://127.0.0.1:1/ws").expect("url"),
+        config.compile_scenario().expect("scenario"),
+        Arc::new(Metrics::new()),
+        Vec::new(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Load;
+    use tokio::time::Instant;
+
+    use super::test_context as context;
+
+    /// `n` users waiting to be admitted; each reports when it was (its id and the time).
+    fn admissions(
+        ctx: &Arc<Context>,
+        desired: &watch::Sender<Desired>,
+        n: u32,
+    ) -> (
+        Vec<CancellationToken>,
+        tokio::sync::mpsc::UnboundedReceiver<(u32, Duration)>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let cancels = (0..n)
+            .map(|id| {
+                let cancel = CancellationToken::new();
+                let mut user = User::new(id, Arc::clone(ctx), desired.subscribe(), cancel.clone());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if user.admit().await {
+                        let _ = tx.send((id, start.elapsed()));
+                    }
+                });
+                cancel
+            })
+            .collect();
+        (cancels, rx)
+    }
+
+    fn load() -> Load {
+        Config::embedded_default().load()
+    }
+
+    async fn admitted_within(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u32, Duration)>,
+        span: Duration,
+    ) -> Vec<(u32, Duration)> {
+        let deadline = Instant::now() + span;
+        let mut got = Vec::new();
+        while let Ok(Some(admitted)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            got.push(admitted);
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pausing_mid_ramp_stops_admissions_at_once_and_resuming_goes_on_at_the_rate() {
+        let ctx = context(10.0);
+        let (desired, _) = watch::channel(Desired::new(load()));
+        let (_cancels, mut rx) = admissions(&ctx, &desired, 100);
+        let before = admitted_within(&mut rx, Duration::from_millis(350)).await;
+        assert_eq!(before.len(), 4, "0, 100, 200 and 300 ms: {before:?}");
+        desired.send_modify(|d| d.paused = true);
+        let paused = admitted_within(&mut rx, Duration::from_secs(10)).await;
+        assert_eq!(paused, [], "nobody connects while paused");
+        desired.send_modify(|d| d.paused = false);
+        let resumed = admitted_within(&mut rx, Duration::from_millis(250)).await;
+        let times: Vec<_> = resumed.iter().map(|(_, at)| *at).collect();
+        assert_eq!(
+            times,
+            [10_350, 10_450, 10_550].map(Duration::from_millis),
+            "from the resume, at the rate, with no burst for the time paused"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saturation_and_a_drain_stop_admissions_cancelled_users_leave_at_once() {
+        let ctx = context(10.0);
+        let (desired, _) = watch::channel(Desired {
+            saturated: true,
+            ..Desired::new(load())
+        });
+        let (cancels, mut rx) = admissions(&ctx, &desired, 10);
+        assert_eq!(admitted_within(&mut rx, Duration::from_secs(5)).await, []);
+        desired.send_modify(|d| d.saturated = false);
+        let first = admitted_within(&mut rx, Duration::from_millis(150)).await;
+        assert_eq!(first.len(), 2, "{first:?}");
+        // Ramp-down or shutdown: cancelled users give their place up and never connect.
+        for cancel in &cancels[5..] {
+            cancel.cancel();
+        }
+        let mut rest: Vec<u32> = admitted_within(&mut rx, Duration::from_secs(5))
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        rest.sort();
+        let expected: Vec<u32> = (0..5)
+            .filter(|id| first.iter().all(|(f, _)| f != id))
+            .collect();
+        assert_eq!(rest, expected);
+        let (_more, mut rx) = admissions(&ctx, &desired, 10);
+        desired.send_modify(|d| d.draining = true);
+        assert_eq!(admitted_within(&mut rx, Duration::from_secs(5)).await, []);
+        assert_eq!(ctx.pacer.waiting(), 0, "a drain ends every waiter");
     }
 }

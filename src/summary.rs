@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Sla;
 use crate::load::Desired;
-use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Metrics, Quantiles};
+use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Metrics, Quantiles, Slo};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -66,8 +66,17 @@ pub struct SloResult {
 }
 
 impl Summary {
-    /// Reads the run's numbers; call it before shutdown closes the users.
-    pub fn collect(metrics: &Metrics, desired: &Desired, sla: &Sla, elapsed: Duration) -> Summary {
+    /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
+    /// `elapsed` is how long the load ran, `active` the users connected at its end.
+    ///
+    /// [`Daemon::finish`]: crate::daemon::Daemon::finish
+    pub fn collect(
+        metrics: &Metrics,
+        desired: &Desired,
+        sla: &Sla,
+        elapsed: Duration,
+        active: i64,
+    ) -> Summary {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let attempts = metrics.connect_attempts();
         let errors: BTreeMap<_, _> = ConnectResult::ALL
@@ -76,7 +85,6 @@ impl Summary {
             .map(|&r| (r.as_str(), metrics.connect_result(r).get()))
             .collect();
         let failed: u64 = errors.values().sum();
-        let active = metrics.users_active.get();
         let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
         let counts = metrics.message_counts();
         let sent = counts.sent;
@@ -109,22 +117,17 @@ impl Summary {
             .into_iter()
             .map(|(slo, threshold)| {
                 let observed = match slo {
-                    "p99_rtt_seconds" => latency.message_rtt.p99,
-                    "p99_delivery_seconds" => latency.delivery.p99,
-                    "p99_connect_seconds" => latency.connect.p99,
-                    "error_rate" => error_rate,
-                    _ => users.connected_ratio,
-                };
-                let breached = if slo == "min_connected_ratio" {
-                    observed < threshold
-                } else {
-                    observed > threshold
+                    Slo::P99Rtt => latency.message_rtt.p99,
+                    Slo::P99Delivery => latency.delivery.p99,
+                    Slo::P99Connect => latency.connect.p99,
+                    Slo::ErrorRate => error_rate,
+                    Slo::MinConnectedRatio => users.connected_ratio,
                 };
                 SloResult {
-                    slo,
+                    slo: slo.as_str(),
+                    breached: slo.breached(observed, threshold),
                     threshold,
                     observed,
-                    breached,
                 }
             })
             .collect();

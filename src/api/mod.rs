@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use crate::config::Sla;
 use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::Metrics;
+use crate::reload::ReloadError;
 
 pub use control::Status;
 
@@ -51,7 +52,7 @@ pub struct ApiState {
     /// Bearer token guarding `/api` and `/v1`; `None` leaves them open.
     pub token: Option<Arc<str>>,
     /// Re-reads the config file; present when the daemon was started with one.
-    pub reload: Option<Arc<crate::daemon::Reloader>>,
+    pub reload: Option<Arc<crate::reload::Reloader>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -188,8 +189,20 @@ impl From<FleetError> for ApiError {
                 let field = err.field.clone();
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).field(field)
             }
+            FleetError::Draining => ApiError::new(StatusCode::CONFLICT, err.to_string()),
             FleetError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            }
+        }
+    }
+}
+
+impl From<ReloadError> for ApiError {
+    fn from(err: ReloadError) -> Self {
+        match err {
+            ReloadError::Fleet(err) => err.into(),
+            ReloadError::Config(err) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
             }
         }
     }

@@ -362,11 +362,14 @@ impl Scenario {
                         "a step needs `send`, `expect`, or both".into(),
                     ));
                 }
-                if step.timeout.is_zero() {
-                    return Err(at(format!("login[{i}].timeout"))(
-                        "must be greater than 0".into(),
-                    ));
-                }
+                crate::load::check_duration(
+                    "timeout",
+                    step.timeout,
+                    Duration::from_millis(1),
+                    crate::load::MAX_TIMEOUT,
+                    None,
+                )
+                .map_err(|err| at(format!("login[{i}].timeout"))(err.problem))?;
                 Ok(Step {
                     send: step
                         .send
@@ -441,16 +444,10 @@ impl Scenario {
 
     /// The identity of user number `user` when rooms hold `room_size` users.
     pub fn identity(&self, user: u32, room_size: u32) -> Identity {
-        let row = (!self.credentials.rows.is_empty())
-            .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()]);
-        let mut custom: Vec<String> = row.cloned().unwrap_or_default();
-        let user_id = match (row, self.user_id_column) {
-            (Some(row), Some(col)) => row[col].clone(),
-            _ => format!("u{user}"),
-        };
+        let mut custom: Vec<String> = self.credentials_row(user).cloned().unwrap_or_default();
         let mut identity = Identity {
             user,
-            user_id,
+            user_id: self.user_id(user),
             room: room_name(user, room_size),
             custom: Vec::new(),
         };
@@ -464,6 +461,28 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    fn credentials_row(&self, user: u32) -> Option<&Vec<String>> {
+        (!self.credentials.rows.is_empty())
+            .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()])
+    }
+
+    /// The id user number `user` goes by (`{{user_id}}`): `u{user}`, or its credentials row's.
+    pub fn user_id(&self, user: u32) -> String {
+        match (self.credentials_row(user), self.user_id_column) {
+            (Some(row), Some(col)) => row[col].clone(),
+            _ => format!("u{user}"),
+        }
+    }
+}
+
+/// The users of user `user`'s room among the first `users` users.
+pub fn room_range(user: u32, users: u32, room_size: u32) -> std::ops::Range<u32> {
+    let room_size = room_size.max(1);
+    let first = user / room_size * room_size;
+    first..first.saturating_add(room_size).min(users.max(first))
+}
+
 /// The room of user `user` when rooms hold `room_size` users.
 pub fn room_name(user: u32, room_size: u32) -> String {
     format!("room-{}", user / room_size.max(1))
@@ -471,9 +490,8 @@ pub fn room_name(user: u32, room_size: u32) -> String {
 
 /// Members of user `user`'s room among the first `users` users.
 pub fn room_members(user: u32, users: u32, room_size: u32) -> u32 {
-    let room_size = room_size.max(1);
-    let first = user / room_size * room_size;
-    users.saturating_sub(first).min(room_size)
+    let range = room_range(user, users, room_size);
+    range.end - range.start
 }
 
 fn read_credentials(path: &Path) -> Result<Credentials, String> {

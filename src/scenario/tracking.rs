@@ -1,11 +1,19 @@
 //! Sequence tracking of room deliveries, per (sender, receiver): what is new, duplicated,
 //! reordered — and lost, which is never a guess.
 //!
-//! A receiver's first delivery from a sender sets the baseline: earlier messages were sent
-//! before it joined (or while it was away) and are not expected. After that, a missing
-//! sequence is a *gap*; it counts as lost only once a later sequence has arrived and the gap
-//! is older than the grace period, or when the receiving session ends. A gap filled in time
-//! counts as reordered, not lost.
+//! The baseline: every sender lives in this process, so when a receiver joins its room it
+//! reads each member's last sent sequence ([`Tracker::expect_from`]); what they send after it
+//! is expected, what they sent before is not. A sender the receiver did not know of at its
+//! join (one added to the room later) is baselined by its first delivery instead.
+//!
+//! After the baseline, a missing sequence is a *gap*; it counts as lost once a later sequence
+//! has arrived and the gap is older than the grace period, or when the receiving session ends.
+//! A gap filled in time counts as reordered, not lost.
+//!
+//! The tail: a message whose copy to this receiver was the last one dropped is followed by no
+//! later sequence, so no gap ever shows it. At the end of a run each receiver learns every
+//! member's last sent sequence ([`Tracker::expect_until`]); what has not arrived a grace
+//! period later, or when the session ends, is lost too.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -31,11 +39,30 @@ pub enum Delivery {
 #[derive(Debug)]
 struct Sender {
     baseline: u64,
+    /// The sender's last sent sequence, once the end of the run announced it (0 before).
+    until: u64,
     highest: u64,
     /// Bit i set: sequence `highest - i` was received.
     seen: u128,
     /// Missing sequences and when they were found missing, oldest first.
     gaps: VecDeque<(u64, Instant)>,
+}
+
+impl Sender {
+    /// Counts the announced sequences that never arrived as lost; returns how many.
+    fn give_up_tail(&mut self) -> u64 {
+        let missing = self.until.saturating_sub(self.highest);
+        if missing > 0 {
+            // As if they had arrived unseen: late copies are then reordered, not new.
+            self.seen = if missing >= 128 {
+                0
+            } else {
+                self.seen << missing
+            };
+            self.highest = self.until;
+        }
+        missing
+    }
 }
 
 /// One receiving session's view of every sender it hears.
@@ -45,6 +72,8 @@ pub struct Tracker {
     senders: HashMap<Box<str>, Sender>,
     /// Gaps that became losses and have not been collected by [`Tracker::take_lost`].
     lost: u64,
+    /// When the senders' final sequences were announced: the tail's grace runs from then.
+    tail_since: Option<Instant>,
 }
 
 impl Tracker {
@@ -53,7 +82,56 @@ impl Tracker {
             grace,
             senders: HashMap::new(),
             lost: 0,
+            tail_since: None,
         }
+    }
+
+    /// Expects from `sender` every sequence after `sent`, its last one when this receiver
+    /// joined. A sender already heard keeps its baseline.
+    pub fn expect_from(&mut self, sender: &str, sent: u64) {
+        if self.senders.contains_key(sender) {
+            return;
+        }
+        self.senders.insert(
+            sender.into(),
+            Sender {
+                baseline: sent + 1,
+                until: 0,
+                highest: sent,
+                // Everything up to the baseline counts as seen; it is below the baseline anyway.
+                seen: u128::MAX,
+                gaps: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Expects `sender`'s messages up to `sent`, its final sequence. Only senders with a
+    /// baseline are judged: for the others this receiver cannot tell what it should have had.
+    pub fn expect_until(&mut self, sender: &str, sent: u64, now: Instant) {
+        if let Some(track) = self.senders.get_mut(sender) {
+            track.until = track.until.max(sent);
+            self.tail_since.get_or_insert(now);
+        }
+    }
+
+    /// Whether nothing is awaited: no open gap, every announced final sequence arrived.
+    pub fn is_settled(&self) -> bool {
+        self.senders
+            .values()
+            .all(|t| t.gaps.is_empty() && t.until <= t.highest)
+    }
+
+    /// When the next open gap or tail turns into a loss, if any is open.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let tail = self
+            .tail_since
+            .filter(|_| self.senders.values().any(|t| t.until > t.highest));
+        self.senders
+            .values()
+            .filter_map(|t| t.gaps.front().map(|&(_, found)| found))
+            .chain(tail)
+            .min()
+            .map(|since| crate::clock::later(since, self.grace))
     }
 
     /// Records one delivery of `seq` from `sender`.
@@ -63,6 +141,7 @@ impl Tracker {
                 sender.into(),
                 Sender {
                     baseline: seq,
+                    until: 0,
                     highest: seq,
                     seen: 1,
                     gaps: VecDeque::new(),
@@ -114,8 +193,11 @@ impl Tracker {
         Delivery::Reordered
     }
 
-    /// Turns gaps older than the grace period into losses.
+    /// Turns gaps and tails older than the grace period into losses.
     pub fn expire(&mut self, now: Instant) {
+        let tail_due = self
+            .tail_since
+            .is_some_and(|since| now.duration_since(since) >= self.grace);
         for track in self.senders.values_mut() {
             while let Some(&(_, found)) = track.gaps.front() {
                 if now.duration_since(found) < self.grace {
@@ -124,14 +206,18 @@ impl Tracker {
                 track.gaps.pop_front();
                 self.lost += 1;
             }
+            if tail_due {
+                self.lost += track.give_up_tail();
+            }
         }
     }
 
-    /// Ends tracking (the session is over): every open gap is lost.
+    /// Ends tracking (the session is over): every open gap and missing tail is lost.
     pub fn finish(&mut self) {
         for track in self.senders.values_mut() {
             self.lost += track.gaps.len() as u64;
             track.gaps.clear();
+            self.lost += track.give_up_tail();
         }
     }
 
@@ -217,6 +303,62 @@ mod tests {
         feed(&mut t, &[1, 4], now);
         t.finish();
         assert_eq!(t.take_lost(), 2);
+    }
+
+    #[test]
+    fn messages_sent_after_the_join_are_expected_from_the_first() {
+        let now = Instant::now();
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", 10);
+        assert_eq!(t.observe("a", 10, now), Delivery::Untracked, "sent before");
+        // 11 and 12 were dropped: the first delivery no longer hides them.
+        assert_eq!(t.observe("a", 13, now), Delivery::New);
+        t.finish();
+        assert_eq!(t.take_lost(), 2);
+    }
+
+    #[test]
+    fn a_dropped_last_message_is_lost_once_the_final_sequence_is_known() {
+        let start = Instant::now();
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", 0);
+        t.expect_from("b", 0);
+        feed(&mut t, &[1, 2], start);
+        t.observe("b", 1, start);
+        // Final sequences: a sent 4 (3 and 4 missing so far), b sent 1 (complete).
+        t.expect_until("a", 4, start);
+        t.expect_until("b", 1, start);
+        assert!(!t.is_settled());
+        assert_eq!(t.next_expiry(), Some(start + GRACE));
+        assert_eq!(
+            t.observe("a", 3, start),
+            Delivery::New,
+            "in flight, not reordered"
+        );
+        t.expire(start + GRACE);
+        assert_eq!(t.take_lost(), 1, "4 never came");
+        assert!(t.is_settled());
+        assert_eq!(t.next_expiry(), None);
+        assert_eq!(
+            t.observe("a", 4, start + GRACE),
+            Delivery::Reordered,
+            "too late"
+        );
+    }
+
+    #[test]
+    fn a_session_that_ends_loses_its_missing_tail() {
+        let now = Instant::now();
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", 5);
+        t.expect_until("a", 8, now);
+        t.expect_until("stranger", 8, now);
+        t.finish();
+        assert_eq!(
+            t.take_lost(),
+            3,
+            "6, 7, 8; a sender never baselined is not judged"
+        );
     }
 
     #[test]

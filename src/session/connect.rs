@@ -10,6 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
@@ -17,11 +18,34 @@ use super::Context;
 use super::conversation::close;
 use super::upgrade::{self, Stream};
 use crate::clock;
+use crate::failures::truncate;
 use crate::metrics::ConnectResult;
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
 
 pub type Socket = WebSocketStream<Stream>;
+
+/// A failed connection attempt: the counted result and what exactly happened, for a person.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    pub result: ConnectResult,
+    pub detail: String,
+}
+
+impl ConnectFailure {
+    pub fn new(result: ConnectResult, detail: impl Into<String>) -> Self {
+        Self {
+            result,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<ConnectResult> for ConnectFailure {
+    fn from(result: ConnectResult) -> Self {
+        Self::new(result, result.as_str())
+    }
+}
 
 /// A rustls client config with the webpki roots and `extra_roots`, when the target (or a URL
 /// template) may be wss.
@@ -59,7 +83,7 @@ pub async fn open(
     ctx: &Context,
     user: u32,
     room_size: u32,
-) -> Result<(Socket, Identity), ConnectResult> {
+) -> Result<(Socket, Identity), ConnectFailure> {
     let identity = ctx.scenario.identity(user, room_size);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
@@ -68,19 +92,32 @@ pub async fn open(
             clock::now_micros(),
             0,
         )))
-        .map_err(|_| ConnectResult::Protocol)?,
+        .map_err(|err| {
+            ConnectFailure::new(
+                ConnectResult::Protocol,
+                format!("the url template gives no URL: {err}"),
+            )
+        })?,
         None => ctx.target.clone(),
     };
     let started = Instant::now();
     let mut socket = timeout(ctx.connect_timeout, handshake(ctx, &url, &identity))
         .await
-        .map_err(|_| ConnectResult::Timeout)??;
+        .map_err(|_| {
+            ConnectFailure::new(
+                ConnectResult::Timeout,
+                format!(
+                    "no WebSocket from {url} within connect_timeout ({})",
+                    humantime::format_duration(ctx.connect_timeout)
+                ),
+            )
+        })??;
     ctx.metrics.record_connect(started.elapsed());
 
     let login_started = Instant::now();
-    if let Err(result) = login(ctx, &mut socket, &identity).await {
+    if let Err(detail) = login(ctx, &mut socket, &identity).await {
         close(&mut socket).await;
-        return Err(result);
+        return Err(ConnectFailure::new(ConnectResult::Login, detail));
     }
     if !ctx.scenario.login.is_empty() {
         ctx.metrics
@@ -91,20 +128,29 @@ pub async fn open(
     Ok((socket, identity))
 }
 
-async fn handshake(ctx: &Context, url: &Url, identity: &Identity) -> Result<Socket, ConnectResult> {
+async fn handshake(
+    ctx: &Context,
+    url: &Url,
+    identity: &Identity,
+) -> Result<Socket, ConnectFailure> {
     let host = url.host_str().ok_or(ConnectResult::Dns)?;
     let port = url.port_or_known_default().ok_or(ConnectResult::Protocol)?;
     let addr = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|_| ConnectResult::Dns)?
+            .map_err(|err| {
+                ConnectFailure::new(ConnectResult::Dns, format!("cannot resolve {host}: {err}"))
+            })?
             .next()
-            .ok_or(ConnectResult::Dns)?,
+            .ok_or_else(|| {
+                ConnectFailure::new(ConnectResult::Dns, format!("{host} resolves to no address"))
+            })?,
     };
     let tcp = tcp_connect(addr, ctx.source_address()).await?;
     // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
-    tcp.set_nodelay(true).map_err(|err| io_failure(&err))?;
+    tcp.set_nodelay(true)
+        .map_err(|err| io_failure(&err, "setting TCP_NODELAY"))?;
     let mut stream = upgrade::secure(tcp, url, ctx.tls.as_ref()).await?;
     let headers: Vec<(String, String)> = ctx
         .scenario
@@ -125,13 +171,12 @@ async fn handshake(ctx: &Context, url: &Url, identity: &Identity) -> Result<Sock
     .await)
 }
 
-/// Runs the login steps: send, then wait for the expected reply, ignoring other frames.
-async fn login(
-    ctx: &Context,
-    socket: &mut Socket,
-    identity: &Identity,
-) -> Result<(), ConnectResult> {
-    for step in &ctx.scenario.login {
+/// Runs the login steps: send, then wait for the expected reply, ignoring other frames. The
+/// error says which step failed and how, with the last frame that did not match.
+async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Result<(), String> {
+    for (i, step) in ctx.scenario.login.iter().enumerate() {
+        let step_no = i + 1;
+        let mut unmatched: Option<String> = None;
         let exchange = async {
             if let Some(send) = &step.send {
                 let text =
@@ -140,7 +185,7 @@ async fn login(
                 socket
                     .send(Message::text(text))
                     .await
-                    .map_err(|_| ConnectResult::Login)?;
+                    .map_err(|err| format!("login step {step_no}: sending failed: {err}"))?;
             }
             let Some(expect) = &step.expect else {
                 return Ok(());
@@ -152,46 +197,90 @@ async fn login(
                         if expect.matches(&Frame::new(&text)) {
                             return Ok(());
                         }
+                        unmatched = Some(truncate(&text, 200).to_string());
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        return Err(ConnectResult::Login);
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(format!(
+                            "login step {step_no}: the server closed the connection ({})",
+                            describe_close(frame.as_ref())
+                        ));
+                    }
+                    Some(Err(err)) => return Err(format!("login step {step_no}: {err}")),
+                    None => {
+                        return Err(format!(
+                            "login step {step_no}: the connection ended without a close frame"
+                        ));
                     }
                     Some(Ok(_)) => {}
                 }
             }
         };
-        timeout(step.timeout, exchange)
-            .await
-            .map_err(|_| ConnectResult::Login)??;
+        match timeout(step.timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(format!(
+                    "login step {step_no}: no matching frame within {}; last frame that did not match: {}",
+                    humantime::format_duration(step.timeout),
+                    unmatched.as_deref().unwrap_or("(none)")
+                ));
+            }
+        }
     }
     Ok(())
 }
 
+/// `1008 "policy violation"`, or `no close frame`.
+pub fn describe_close(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(frame) => format!(
+            "close code {} \"{}\"",
+            u16::from(frame.code),
+            truncate(&frame.reason, 120)
+        ),
+        None => "no close code".into(),
+    }
+}
+
 /// TCP connect, from `source` if given (bound before connecting).
-async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ConnectResult> {
+async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, ConnectFailure> {
+    let connecting = format!("connecting to {addr}");
     let Some(source) = source else {
         return TcpStream::connect(addr)
             .await
-            .map_err(|err| io_failure(&err));
+            .map_err(|err| io_failure(&err, &connecting));
     };
     let socket = match source {
         IpAddr::V4(_) => TcpSocket::new_v4(),
         IpAddr::V6(_) => TcpSocket::new_v6(),
     }
-    .map_err(|err| io_failure(&err))?;
+    .map_err(|err| io_failure(&err, "opening a socket"))?;
     // Binding to port 0 picks an ephemeral port now; when none is left, that is the error.
     socket
         .bind(SocketAddr::new(source, 0))
         .map_err(|err| match err.kind() {
             std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable => {
-                ConnectResult::PortsExhausted
+                ConnectFailure::new(
+                    ConnectResult::PortsExhausted,
+                    format!("no free local port on {source}: {err}"),
+                )
             }
-            _ => io_failure(&err),
+            _ => io_failure(&err, &format!("binding to {source}")),
         })?;
-    socket.connect(addr).await.map_err(|err| io_failure(&err))
+    socket
+        .connect(addr)
+        .await
+        .map_err(|err| io_failure(&err, &connecting))
 }
 
-pub(super) fn io_failure(err: &std::io::Error) -> ConnectResult {
+/// An I/O error while `doing` something, classified.
+pub(super) fn io_failure(err: &std::io::Error, doing: &str) -> ConnectFailure {
+    ConnectFailure::new(io_result(err), format!("{doing}: {err}"))
+}
+
+fn io_result(err: &std::io::Error) -> ConnectResult {
     use std::io::ErrorKind;
     match err.kind() {
         ErrorKind::ConnectionRefused => ConnectResult::Refused,

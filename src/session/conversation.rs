@@ -11,7 +11,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::connect::Socket;
+use super::connect::{Socket, describe_close};
 use super::{Context, User};
 use crate::clock;
 use crate::config::Schedule;
@@ -19,17 +19,39 @@ use crate::metrics::DisconnectReason;
 use crate::scenario::matcher::Frame;
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
-use crate::scenario::{Identity, MessagePlan, room_members, room_name};
+use crate::scenario::{Identity, MessagePlan, room_members, room_name, room_range};
 
 /// How long a user waits for the server's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Talks over one connection until it ends, and says why it ended.
-pub async fn run(user: &mut User, mut socket: Socket, identity: Identity) -> DisconnectReason {
+/// How a connection ended: the counted reason, and for failures what exactly happened.
+pub struct Ended {
+    pub reason: DisconnectReason,
+    pub detail: Option<String>,
+}
+
+impl Ended {
+    fn planned(reason: DisconnectReason) -> Ended {
+        Ended {
+            reason,
+            detail: None,
+        }
+    }
+
+    fn failed(reason: DisconnectReason, detail: impl Into<String>) -> Ended {
+        Ended {
+            reason,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Talks over one connection until it ends, settles its books, and says why it ended.
+pub async fn run(user: &mut User, mut socket: Socket, identity: Identity) -> Ended {
     let mut talk = Conversation::new(user, identity);
-    let reason = talk.run(user, &mut socket).await;
-    talk.finish(&user.ctx, reason);
-    reason
+    let ended = talk.run(user, &mut socket).await;
+    talk.finish(user, ended.reason);
+    ended
 }
 
 /// State of one connection; dropped when it ends.
@@ -40,12 +62,36 @@ struct Conversation {
     pending: VecDeque<(u64, Instant)>,
     tracker: Tracker,
     ping_sent: Option<Instant>,
+    /// The users of this user's room when it joined: the senders whose messages it expects.
+    members: std::ops::Range<u32>,
+    /// The fleet is draining: nothing is sent, and the books are settled.
+    draining: bool,
+    /// This conversation's books were closed in [`Books`](crate::roster::Books).
+    settled: bool,
 }
 
 impl Conversation {
     fn new(user: &User, identity: Identity) -> Conversation {
         let ctx = &user.ctx;
         let desired = user.desired.borrow();
+        let tracks_deliveries = ctx
+            .scenario
+            .message
+            .as_ref()
+            .is_some_and(|m| m.delivery.is_some());
+        let members = if tracks_deliveries {
+            room_range(user.id, desired.load.users, desired.load.room_size)
+        } else {
+            0..0
+        };
+        let mut tracker = Tracker::new(ctx.loss_grace);
+        // Joined: what the room's members send from now on is expected here.
+        for (member, sent) in members.clone().zip(ctx.roster.sent(members.clone())) {
+            if member != user.id {
+                tracker.expect_from(&ctx.scenario.user_id(member), sent);
+            }
+        }
+        ctx.books.open();
         Conversation {
             identity,
             timers: Timers::start(
@@ -54,19 +100,22 @@ impl Conversation {
                 desired.load.heartbeat_interval,
             ),
             pending: VecDeque::new(),
-            tracker: Tracker::new(ctx.loss_grace),
+            tracker,
             ping_sent: None,
+            members,
+            draining: false,
+            settled: false,
         }
     }
 
-    async fn run(&mut self, user: &mut User, socket: &mut Socket) -> DisconnectReason {
+    async fn run(&mut self, user: &mut User, socket: &mut Socket) -> Ended {
         let ctx = std::sync::Arc::clone(&user.ctx);
         let metrics = &ctx.metrics;
         // Created once per connection, not per frame: re-creating them on every loop turn
         // re-registers a timer and takes the watch channel's lock, which every user shares.
         let cancelled = user.cancel.clone().cancelled_owned();
         tokio::pin!(cancelled);
-        let mut changes = WatchStream::from_changes(user.desired.clone());
+        let mut changes = WatchStream::new(user.desired.clone());
         let sleep = sleep_until(self.timers.earliest());
         tokio::pin!(sleep);
         loop {
@@ -78,20 +127,28 @@ impl Conversation {
                 biased;
                 _ = &mut cancelled => {
                     close(socket).await;
-                    return DisconnectReason::ClientClose;
+                    return Ended::planned(DisconnectReason::ClientClose);
                 }
                 Some(desired) = changes.next() => {
                     if room_name(user.id, desired.load.room_size) != self.identity.room {
                         // Rooms were regrouped: rejoin as the server expects, by reconnecting.
                         close(socket).await;
-                        return DisconnectReason::RoomChange;
+                        return Ended::planned(DisconnectReason::RoomChange);
                     }
                     self.timers.set_message_interval(sending_interval(&ctx, &desired));
                     self.timers.set_heartbeat_interval(desired.load.heartbeat_interval);
+                    if desired.draining && !self.draining {
+                        self.start_drain(&ctx);
+                    }
                 }
                 frame = socket.next() => {
                     let frame = match frame {
-                        None => return DisconnectReason::Reset,
+                        None => {
+                            return Ended::failed(
+                                DisconnectReason::Reset,
+                                "the connection ended without a close frame",
+                            );
+                        }
                         Some(Err(err)) => return failure(&err),
                         Some(Ok(frame)) => frame,
                     };
@@ -100,6 +157,7 @@ impl Conversation {
                             metrics.messages_received.inc();
                             metrics.bytes_received.inc_by(text.len() as u64);
                             self.on_text(&ctx, &text);
+                            self.check_settled(&ctx);
                         }
                         Message::Binary(data) => {
                             metrics.messages_received.inc();
@@ -107,30 +165,82 @@ impl Conversation {
                             metrics.frames_unmatched.inc();
                         }
                         Message::Pong(data) => self.on_pong(&ctx, &data),
-                        Message::Close(_) => return DisconnectReason::ServerClose,
+                        Message::Close(frame) => {
+                            return Ended::failed(
+                                DisconnectReason::ServerClose,
+                                format!(
+                                    "the server closed the connection ({})",
+                                    describe_close(frame.as_ref())
+                                ),
+                            );
+                        }
                         Message::Ping(_) | Message::Frame(_) => {}
                     }
                 }
                 _ = &mut sleep => {
                     let now = Instant::now();
                     if self.timers.pong_deadline.is_some_and(|d| now >= d) {
-                        return DisconnectReason::HeartbeatTimeout;
+                        return Ended::failed(
+                            DisconnectReason::HeartbeatTimeout,
+                            format!(
+                                "no heartbeat reply within heartbeat.timeout ({})",
+                                humantime::format_duration(ctx.heartbeat.timeout)
+                            ),
+                        );
                     }
                     if self.timers.churn_at.is_some_and(|d| now >= d) {
                         close(socket).await;
-                        return DisconnectReason::Churn;
+                        return Ended::planned(DisconnectReason::Churn);
                     }
                     if self.timers.ping_due(now, ctx.heartbeat.timeout)
-                        && let Err(reason) = self.ping(&ctx, user, socket, now).await {
-                            return reason;
+                        && let Err(ended) = self.ping(&ctx, user, socket, now).await {
+                            return ended;
                         }
                     if let Some(scheduled) = self.timers.send_due(now, ctx.schedule)
-                        && let Err(reason) = self.send(&ctx, user, socket, scheduled).await {
-                            return reason;
+                        && let Err(ended) = self.send(&ctx, user, socket, scheduled).await {
+                            return ended;
                         }
                     self.sweep(&ctx, now);
                 }
             }
+        }
+    }
+
+    /// The run is ending: sending has stopped everywhere. Expect every room member's messages
+    /// up to its last one, and settle as soon as nothing is outstanding.
+    fn start_drain(&mut self, ctx: &Context) {
+        self.draining = true;
+        self.announce_final_sequences(ctx, Instant::now());
+        self.schedule_settling(ctx);
+        self.check_settled(ctx);
+    }
+
+    fn announce_final_sequences(&mut self, ctx: &Context, now: Instant) {
+        let members = self.members.clone();
+        for (member, sent) in members.clone().zip(ctx.roster.sent(members)) {
+            if member != self.identity.user {
+                self.tracker
+                    .expect_until(&ctx.scenario.user_id(member), sent, now);
+            }
+        }
+    }
+
+    /// While draining, wake exactly when the next ack times out or gap expires.
+    fn schedule_settling(&mut self, ctx: &Context) {
+        let ack = self
+            .pending
+            .front()
+            .map(|&(_, scheduled)| clock::later(scheduled, ctx.ack_timeout));
+        if let Some(next) = ack.into_iter().chain(self.tracker.next_expiry()).min() {
+            self.timers.next_sweep = next;
+        }
+    }
+
+    /// Closes this conversation's books once nothing it awaits is outstanding (draining only).
+    fn check_settled(&mut self, ctx: &Context) {
+        if self.draining && !self.settled && self.pending.is_empty() && self.tracker.is_settled() {
+            self.settled = true;
+            ctx.books.close();
         }
     }
 
@@ -140,7 +250,7 @@ impl Conversation {
         user: &User,
         socket: &mut Socket,
         now: Instant,
-    ) -> Result<(), DisconnectReason> {
+    ) -> Result<(), Ended> {
         let stamp = clock::micros_at(now.into_std());
         let frame = match &ctx.scenario.heartbeat {
             Some(app) => {
@@ -162,11 +272,11 @@ impl Conversation {
         user: &mut User,
         socket: &mut Socket,
         scheduled: Instant,
-    ) -> Result<(), DisconnectReason> {
+    ) -> Result<(), Ended> {
         let Some(plan) = &ctx.scenario.message else {
             return Ok(());
         };
-        user.seq += 1;
+        let seq = user.slot.next_seq();
         let ts = clock::micros_at(scheduled.into_std());
         // One read of the shared desired state per message.
         let (payload_size, users, room_size) = {
@@ -179,12 +289,13 @@ impl Conversation {
         };
         let text = plan.send.render(&self.identity.values(
             ctx.target.as_str(),
-            user.seq,
+            seq,
             ts,
             payload_size,
         ));
         let size = text.len() as u64;
         write(ctx, socket, Message::text(text)).await?;
+        user.slot.mark_sent(seq);
         let metrics = &ctx.metrics;
         metrics.messages_sent.inc();
         metrics.bytes_sent.inc_by(size);
@@ -192,7 +303,7 @@ impl Conversation {
             .send_lag
             .observe((Instant::now() - scheduled).as_secs_f64());
         if plan.ack.is_some() {
-            self.pending.push_back((user.seq, scheduled));
+            self.pending.push_back((seq, scheduled));
         }
         if plan.delivery.is_some() {
             let others = room_members(user.id, users, room_size).saturating_sub(1);
@@ -303,20 +414,38 @@ impl Conversation {
         }
         self.tracker.expire(now);
         ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
+        if self.draining {
+            self.schedule_settling(ctx);
+            self.check_settled(ctx);
+        }
     }
 
     /// Settles the books when the connection ends: open delivery gaps are lost; messages the
-    /// server will now never ack are timeouts unless we chose to leave.
-    fn finish(&mut self, ctx: &Context, reason: DisconnectReason) {
+    /// server will now never ack are timeouts unless we chose to leave mid-run (ramp-down,
+    /// churn, room change). At the end of a drain everything still awaited counts: the
+    /// senders' final sequences are read once more (every sender has stopped by now), so a
+    /// dropped last message is lost, and unanswered acks are timeouts.
+    fn finish(&mut self, user: &User, reason: DisconnectReason) {
+        let ctx = &user.ctx;
+        let drained = user.desired.borrow().draining;
+        if drained {
+            self.announce_final_sequences(ctx, Instant::now());
+        }
         self.tracker.finish();
         ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
-        if !matches!(
+        let left_by_choice = matches!(
             reason,
-            DisconnectReason::ClientClose | DisconnectReason::Churn
-        ) {
+            DisconnectReason::ClientClose | DisconnectReason::Churn | DisconnectReason::RoomChange
+        );
+        if drained || !left_by_choice {
             ctx.metrics
                 .message_timeouts
                 .inc_by(self.pending.len() as u64);
+        }
+        self.pending.clear();
+        if !self.settled {
+            self.settled = true;
+            ctx.books.close();
         }
     }
 }
@@ -334,9 +463,9 @@ struct Timers {
     heartbeat_interval: Duration,
 }
 
-/// Messages go out only with a message flow in the scenario and while not paused.
+/// Messages go out only with a message flow in the scenario, while not paused or draining.
 fn sending_interval(ctx: &Context, desired: &crate::load::Desired) -> Duration {
-    if desired.paused || ctx.scenario.message.is_none() {
+    if !desired.may_send() || ctx.scenario.message.is_none() {
         Duration::ZERO
     } else {
         desired.load.message_interval
@@ -346,7 +475,7 @@ fn sending_interval(ctx: &Context, desired: &crate::load::Desired) -> Duration {
 /// A random point within the first period, so a fleet that connected together does not tick
 /// together; `None` for a zero period (off).
 fn random_phase(now: Instant, period: Duration) -> Option<Instant> {
-    (!period.is_zero()).then(|| now + period.mul_f64(rand::rng().random::<f64>()))
+    (!period.is_zero()).then(|| clock::later(now, period.mul_f64(rand::rng().random::<f64>())))
 }
 
 impl Timers {
@@ -358,11 +487,11 @@ impl Timers {
             next_ping: random_phase(now, heartbeat_interval),
             pong_deadline: None,
             next_send: random_phase(now, message_interval),
-            next_sweep: now + sweep_every,
+            next_sweep: clock::later(now, sweep_every),
             sweep_every,
             churn_at: ctx.lifetime.as_ref().map(|l| {
                 let spread = l.max.saturating_sub(l.min);
-                now + l.min + spread.mul_f64(rand::rng().random::<f64>())
+                clock::later(now, l.min + spread.mul_f64(rand::rng().random::<f64>()))
             }),
             message_interval,
             heartbeat_interval,
@@ -386,9 +515,10 @@ impl Timers {
         let Some(due) = self.next_ping.filter(|&t| now >= t) else {
             return false;
         };
-        self.next_ping = Some(due + self.heartbeat_interval);
+        self.next_ping = Some(clock::later(due, self.heartbeat_interval));
         // One outstanding ping at a time: its deadline is what a missed reply is judged by.
-        self.pong_deadline.get_or_insert(now + reply_timeout);
+        self.pong_deadline
+            .get_or_insert(clock::later(now, reply_timeout));
         self.postpone_sweep(now);
         true
     }
@@ -405,14 +535,14 @@ impl Timers {
                 .message_interval
                 .mul_f64(-(1.0 - rand::rng().random::<f64>()).ln()),
         };
-        self.next_send = Some(due + gap);
+        self.next_send = Some(clock::later(due, gap));
         self.postpone_sweep(now);
         Some(due)
     }
 
     /// Every wake-up sweeps, so the fallback only fires on quiet connections.
     fn postpone_sweep(&mut self, now: Instant) {
-        self.next_sweep = now + self.sweep_every;
+        self.next_sweep = clock::later(now, self.sweep_every);
     }
 
     /// A new message interval (0 stops sending). Resuming starts a fresh schedule: the time
@@ -443,16 +573,22 @@ fn reschedule(next: Option<Instant>, period: Duration) -> Option<Instant> {
         return None;
     }
     match next {
-        Some(next) => Some(next.min(now + period)),
+        Some(next) => Some(next.min(clock::later(now, period))),
         None => random_phase(now, period),
     }
 }
 
-async fn write(ctx: &Context, socket: &mut Socket, frame: Message) -> Result<(), DisconnectReason> {
+async fn write(ctx: &Context, socket: &mut Socket, frame: Message) -> Result<(), Ended> {
     match timeout(ctx.write_timeout, socket.send(frame)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(failure(&err)),
-        Err(_) => Err(DisconnectReason::SendTimeout),
+        Err(_) => Err(Ended::failed(
+            DisconnectReason::SendTimeout,
+            format!(
+                "a frame could not be written within {} (the server stopped reading)",
+                humantime::format_duration(ctx.write_timeout)
+            ),
+        )),
     }
 }
 
@@ -470,13 +606,14 @@ pub async fn close(socket: &mut Socket) {
     .await;
 }
 
-fn failure(err: &tungstenite::Error) -> DisconnectReason {
-    match err {
+fn failure(err: &tungstenite::Error) -> Ended {
+    let reason = match err {
         tungstenite::Error::Io(_)
         | tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed => DisconnectReason::Reset,
         _ => DisconnectReason::Protocol,
-    }
+    };
+    Ended::failed(reason, err.to_string())
 }
 
 #[cfg(test)]

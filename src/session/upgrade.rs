@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use url::Url;
 
+use super::connect::{ConnectFailure, io_failure};
 use crate::metrics::ConnectResult;
 
 /// Largest upgrade response accepted (headers included).
@@ -72,7 +73,7 @@ pub async fn secure(
     tcp: TcpStream,
     url: &Url,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Stream, ConnectResult> {
+) -> Result<Stream, ConnectFailure> {
     if url.scheme() != "wss" {
         return Ok(Stream::Plain(tcp));
     }
@@ -81,12 +82,16 @@ pub async fn secure(
         .host_str()
         .ok_or(ConnectResult::Dns)?
         .trim_matches(['[', ']']);
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|_| ConnectResult::Tls)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|err| {
+        ConnectFailure::new(
+            ConnectResult::Tls,
+            format!("`{host}` is no TLS server name: {err}"),
+        )
+    })?;
     let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
         .connect(name, tcp)
         .await
-        .map_err(|_| ConnectResult::Tls)?;
+        .map_err(|err| ConnectFailure::new(ConnectResult::Tls, format!("TLS with {url}: {err}")))?;
     Ok(Stream::Tls(Box::new(stream)))
 }
 
@@ -96,13 +101,13 @@ pub async fn upgrade(
     stream: &mut Stream,
     url: &Url,
     headers: &[(String, String)],
-) -> Result<Vec<u8>, ConnectResult> {
+) -> Result<Vec<u8>, ConnectFailure> {
     let key = generate_key();
     let request = request(url, &key, headers)?;
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| super::connect::io_failure(&e))?;
+        .map_err(|e| io_failure(&e, "sending the upgrade request"))?;
 
     let mut response = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
@@ -110,20 +115,38 @@ pub async fn upgrade(
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| super::connect::io_failure(&e))?;
+            .map_err(|e| io_failure(&e, "reading the upgrade answer"))?;
         if n == 0 {
-            return Err(ConnectResult::Protocol);
+            return Err(ConnectFailure::new(
+                ConnectResult::Protocol,
+                format!("{url} closed the connection instead of answering the upgrade"),
+            ));
         }
         response.extend_from_slice(&chunk[..n]);
         let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Response::new(&mut parsed_headers);
         match parsed.parse(&response) {
             Ok(httparse::Status::Complete(end)) => {
-                check(&parsed, &key)?;
+                check(&parsed, &key).map_err(|result| {
+                    let detail = match result {
+                        ConnectResult::HttpStatus => format!(
+                            "HTTP {} {} for {url}",
+                            parsed.code.unwrap_or(0),
+                            parsed.reason.unwrap_or("")
+                        ),
+                        _ => format!("{url} answered the upgrade without a valid WebSocket accept"),
+                    };
+                    ConnectFailure::new(result, detail)
+                })?;
                 return Ok(response[end..].to_vec());
             }
             Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE => {}
-            _ => return Err(ConnectResult::Protocol),
+            _ => {
+                return Err(ConnectFailure::new(
+                    ConnectResult::Protocol,
+                    format!("{url} answered the upgrade with no valid HTTP response"),
+                ));
+            }
         }
     }
 }

@@ -251,10 +251,12 @@ pub fn histogram_quantile(scrape: &Scrape, name: &str, q: f64) -> f64 {
         .map_or(f64::NAN, |b| b.0)
 }
 
-/// `wsfleet` run as a real process; its API address is read from its log. Killed on drop.
+/// `wsfleet` run as a real process; its API address is read from its log, which is kept.
+/// Killed on drop.
 pub struct DaemonProcess {
     pub api: SocketAddr,
     child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl DaemonProcess {
@@ -269,10 +271,13 @@ impl DaemonProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             // Keep draining so the child never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("listening on http://").nth(1)
                     && let (Some(tx), Ok(addr)) =
                         (addr_tx.take(), addr.trim().parse::<SocketAddr>())
@@ -285,7 +290,34 @@ impl DaemonProcess {
             .await
             .expect("the daemon logs its API address within 30 s")
             .expect("the daemon exited before listening");
-        DaemonProcess { api, child }
+        DaemonProcess { api, child, log }
+    }
+
+    /// How many log lines so far contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
+    /// Waits (at most `seconds`) for a log line containing every one of `needles`; returns it.
+    pub async fn wait_log(&self, needles: &[&str], seconds: u64) -> String {
+        let find = || {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+                .cloned()
+        };
+        wait_for(&format!("a log line with {needles:?}"), seconds, || async {
+            find().is_some()
+        })
+        .await;
+        find().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -317,4 +349,40 @@ impl Drop for DaemonProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `program` from PATH. Without it, a test fails in CI (`CI` set: CI installs everything) and
+/// elsewhere says loudly that it is skipped.
+pub fn tool(program: &str, what: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        missing(what);
+    }
+    found
+}
+
+/// Whether this process runs as root (network namespaces, `tc`); if not, see [`tool`].
+pub fn root(what: &str) -> bool {
+    let uid0 = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !uid0 {
+        missing(&format!("root ({what})"));
+    }
+    uid0
+}
+
+fn missing(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide {what}, and runs this test"
+    );
+    eprintln!("SKIPPED: this test needs {what}, which this machine lacks; CI runs it");
 }

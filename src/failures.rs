@@ -1,0 +1,183 @@
+//! Failures a person must see, not only count: each failed connect and each disconnect the
+//! fleet did not choose keeps its last sample (what exactly happened, and when) for the status
+//! API, and is logged at most once per reason per [`LOG_EVERY`], with how many happened since
+//! the last line — so a wrong path or a dead server shows in the terminal within seconds
+//! without flooding it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::metrics::{ConnectResult, DisconnectReason};
+
+/// At most one log line per reason this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Samples are cut to this many bytes: a server's answer is not ours to store whole.
+const MAX_DETAIL: usize = 300;
+
+/// What failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    Connect(ConnectResult),
+    Disconnect(DisconnectReason),
+}
+
+impl Failure {
+    /// `connect.http_status`, `disconnect.server_close`, ...
+    pub fn name(self) -> String {
+        match self {
+            Failure::Connect(result) => format!("connect.{}", result.as_str()),
+            Failure::Disconnect(reason) => format!("disconnect.{}", reason.as_str()),
+        }
+    }
+}
+
+/// The last failure of one kind, as `/api/v1/status` shows it under `errors`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Sample {
+    /// Failures of this kind since the start.
+    pub count: u64,
+    /// The last one, e.g. `HTTP 404 Not Found for ws://127.0.0.1:9001/nope`.
+    pub last: String,
+    /// When the last one happened (RFC 3339, UTC).
+    pub last_at: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    count: u64,
+    /// Failures since the last log line.
+    unlogged: u64,
+    last: String,
+    last_at: SystemTime,
+    logged_at: Option<Instant>,
+}
+
+/// The record of failures; shared by every user.
+#[derive(Debug, Default)]
+pub struct Failures {
+    entries: Mutex<HashMap<Failure, Entry>>,
+}
+
+impl Failures {
+    /// Records one failure; `detail` is only rendered when it is kept.
+    pub fn record(&self, failure: Failure, detail: &str) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(failure).or_insert_with(|| Entry {
+            count: 0,
+            unlogged: 0,
+            last: String::new(),
+            last_at: SystemTime::now(),
+            logged_at: None,
+        });
+        entry.count += 1;
+        entry.unlogged += 1;
+        entry.last.clear();
+        entry.last.push_str(truncate(detail, MAX_DETAIL));
+        entry.last_at = SystemTime::now();
+        if entry
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
+        {
+            return;
+        }
+        entry.logged_at = Some(now);
+        let (since_last, total) = (std::mem::take(&mut entry.unlogged), entry.count);
+        let last = entry.last.clone();
+        drop(entries);
+        match failure {
+            Failure::Connect(result) => tracing::warn!(
+                result = result.as_str(),
+                since_last,
+                total,
+                "connect failed: {last}"
+            ),
+            Failure::Disconnect(reason) => tracing::warn!(
+                reason = reason.as_str(),
+                since_last,
+                total,
+                "disconnected: {last}"
+            ),
+        }
+    }
+
+    /// The last sample of every kind of failure seen, by name.
+    pub fn samples(&self) -> BTreeMap<String, Sample> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .map(|(failure, entry)| {
+                (
+                    failure.name(),
+                    Sample {
+                        count: entry.count,
+                        last: entry.last.clone(),
+                        last_at: humantime::format_rfc3339_seconds(entry.last_at).to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_keep_the_last_detail_and_the_count() {
+        let failures = Failures::default();
+        let kind = Failure::Connect(ConnectResult::HttpStatus);
+        failures.record(kind, "HTTP 404 Not Found for ws://a/x");
+        failures.record(kind, "HTTP 404 Not Found for ws://a/y");
+        let samples = failures.samples();
+        let sample = &samples["connect.http_status"];
+        assert_eq!(sample.count, 2);
+        assert_eq!(sample.last, "HTTP 404 Not Found for ws://a/y");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reason_is_logged_at_most_once_per_period_with_what_it_missed() {
+        let failures = Failures::default();
+        let kind = Failure::Disconnect(DisconnectReason::Reset);
+        failures.record(kind, "reset");
+        let logged = |f: &Failures| {
+            f.entries.lock().expect("lock")[&kind]
+                .logged_at
+                .expect("logged")
+        };
+        let first = logged(&failures);
+        for _ in 0..5 {
+            failures.record(kind, "reset");
+        }
+        assert_eq!(logged(&failures), first, "quiet within the period");
+        assert_eq!(failures.entries.lock().expect("lock")[&kind].unlogged, 5);
+        tokio::time::advance(LOG_EVERY).await;
+        failures.record(kind, "reset");
+        assert!(logged(&failures) > first);
+        assert_eq!(failures.entries.lock().expect("lock")[&kind].unlogged, 0);
+    }
+
+    #[test]
+    fn details_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,134 @@
+//! Hot reload: re-reads the config file (on SIGHUP, a change of the file, or
+//! `POST /api/v1/reload`) and hands its live part to the supervisor like a PATCH. An invalid
+//! file changes nothing; fields that only take effect on restart are named in the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::Watcher;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::fleet::{FleetError, FleetHandle, Origin};
+use crate::load::{Load, LoadPatch};
+use crate::metrics::{Metrics, Source};
+
+/// Quiet time after a file-change event before reloading: editors write in several steps.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("config field {0}")]
+    Fleet(#[from] FleetError),
+}
+
+/// Re-reads one config file; counted in `wsfleet_config_reloads_total{result}`.
+pub struct Reloader {
+    path: PathBuf,
+    /// The config as last applied, to tell which changes need a restart.
+    running: Mutex<Config>,
+    fleet: FleetHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, running: Config, fleet: FleetHandle, metrics: Arc<Metrics>) -> Self {
+        Self {
+            path,
+            running: Mutex::new(running),
+            fleet,
+            metrics,
+        }
+    }
+
+    pub async fn reload(&self, who: &str) -> Result<Load, ReloadError> {
+        let result = self.try_reload(who).await;
+        let label = if result.is_ok() { "ok" } else { "rejected" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(load) => tracing::info!(path = %self.path.display(), who, ?load, "config reloaded"),
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), who, error = %err, "config reload rejected; load unchanged")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self, who: &str) -> Result<Load, ReloadError> {
+        let next = Config::from_file(&self.path)?;
+        let updated = self
+            .fleet
+            .update(
+                LoadPatch::from(&next.load()),
+                Origin::new(Source::Reload, who),
+            )
+            .await?;
+        self.metrics.set_sla_thresholds(&next.sla);
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let restart_only = running.restart_only_changes(&next);
+        if !restart_only.is_empty() {
+            tracing::warn!(
+                fields = %restart_only.join(", "),
+                "the reloaded config changes fields that only take effect on restart"
+            );
+        }
+        *running = next;
+        Ok(updated.load)
+    }
+
+    /// Reloads on SIGHUP and whenever the config file changes, until `shutdown`.
+    ///
+    /// The directory is watched, not the file: editors replace files rather than write into
+    /// them, and Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink.
+    pub fn watch(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+        let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+        let file_name = self.path.file_name().map(ToOwned::to_owned);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                let ours = event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == file_name.as_deref());
+                if ours && (event.kind.is_modify() || event.kind.is_create()) {
+                    let _ = events_tx.try_send(());
+                }
+            })
+            .context("starting the config file watcher")?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", dir.display()))?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as this task
+            loop {
+                let who = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = hangup.recv() => "SIGHUP",
+                    Some(()) = events.recv() => {
+                        // Let the writer finish; several events in a row make one reload.
+                        tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                        while events.try_recv().is_ok() {}
+                        "file change"
+                    }
+                };
+                let _ = self.reload(who).await;
+            }
+        }))
+    }
+}

@@ -1,0 +1,143 @@
+//! What each user publishes about itself to the rest of the fleet: the sequence of the last
+//! message it sent, and whether it is connected. Every sender lives in this process, so a
+//! receiver can tell exactly which room messages it should have had: those its room's members
+//! sent between its join and the end of the run (see [`crate::scenario::tracking`]).
+//!
+//! The supervisor grows the roster as it spawns users and never shrinks it, so a user ramped
+//! down and spawned again continues its sequence and receivers never see it restart.
+//!
+//! [`Books`] counts the conversations whose books are still open, for the drain at the end of
+//! a run: it waits until every connected user has had its acks and deliveries (or given up on
+//! them after their timeouts).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
+
+/// Conversations with open books: each counts from its start until it ends or, during a
+/// drain, until nothing it awaits is outstanding.
+#[derive(Debug, Default)]
+pub struct Books {
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Books {
+    pub fn open(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called once per [`Books::open`].
+    pub fn close(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    pub fn unsettled(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Returns once no conversation has open books.
+    pub async fn settled(&self) {
+        loop {
+            let closed = self.all_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.unsettled() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// One user's public state. Only that user's task writes it.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Last sequence number taken for a message (whether or not its write succeeded).
+    issued: AtomicU64,
+    /// Last sequence number written to the socket successfully.
+    sent: AtomicU64,
+    /// Connected and logged in: closing it is a ramp-down step; otherwise it goes at once.
+    connected: AtomicBool,
+}
+
+impl Slot {
+    /// The sequence number of the next message.
+    pub fn next_seq(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Message `seq` left through the socket.
+    pub fn mark_sent(&self, seq: u64) {
+        self.sent.store(seq, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Every user's [`Slot`], by user number.
+#[derive(Debug, Default)]
+pub struct Roster {
+    slots: RwLock<Vec<Arc<Slot>>>,
+}
+
+impl Roster {
+    /// The slot of user `user`, created (with every slot below it) if new.
+    pub fn slot(&self, user: u32) -> Arc<Slot> {
+        let index = user as usize;
+        if let Some(slot) = self
+            .slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+        {
+            return Arc::clone(slot);
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        while slots.len() <= index {
+            slots.push(Arc::default());
+        }
+        Arc::clone(&slots[index])
+    }
+
+    /// The last sequence sent by each user in `users` (0 for users never spawned).
+    pub fn sent(&self, users: std::ops::Range<u32>) -> Vec<u64> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        users
+            .map(|user| slots.get(user as usize).map_or(0, |slot| slot.sent()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_respawned_user_continues_its_sequence() {
+        let roster = Roster::default();
+        let first = roster.slot(3);
+        for _ in 0..5 {
+            let seq = first.next_seq();
+            first.mark_sent(seq);
+        }
+        drop(first);
+        let again = roster.slot(3);
+        assert_eq!(again.next_seq(), 6);
+        assert_eq!(roster.sent(2..5), vec![0, 5, 0]);
+        assert_eq!(roster.sent(10..12), vec![0, 0], "never spawned");
+    }
+}
