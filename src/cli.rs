@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::{Config, ConfigError};
+use crate::shard::Shard;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +69,11 @@ pub struct CtlArgs {
         default_value = "http://127.0.0.1:9750"
     )]
     pub endpoint: Url,
+    /// Steer every instance of a sharded fleet at once: ADDR,ADDR,... or a DNS name (a
+    /// headless Service) that resolves to every pod, with the port of --endpoint unless given.
+    /// Load values stay fleet-wide; each instance applies its share.
+    #[arg(long, value_name = "ADDRS|DNS-NAME", env = "WSFLEET_FLEET")]
+    pub fleet: Option<String>,
     /// Bearer token, if the daemon requires one.
     #[arg(
         long,
@@ -124,6 +130,9 @@ pub struct FleetArgs {
     /// Address of the control API and /metrics.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// This instance's shard of the fleet, INDEX/COUNT (e.g. 3/10); the load stays fleet-wide.
+    #[arg(long, value_name = "I/N", env = "WSFLEET_SHARD", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +171,12 @@ impl FleetArgs {
         }
         if let Some(listen) = self.listen {
             set("listen", Value::String(listen.to_string()));
+        }
+        if let Some(shard) = self.shard {
+            let mut spec = serde_norway::Mapping::new();
+            spec.insert("index".into(), Value::Number(shard.index.into()));
+            spec.insert("count".into(), Value::Number(shard.count.into()));
+            set("shard", Value::Mapping(spec));
         }
         Config::read(self.config.as_deref(), overrides)
     }

@@ -13,6 +13,7 @@ use url::Url;
 use crate::load::{Limits, Load, LoadError, MAX_SPAN, MAX_TIMEOUT, check_duration};
 use crate::metrics::Slo;
 use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
+use crate::shard::Shard;
 
 /// Most file descriptors `self_health.min_fds_available` may ask to keep free.
 const MAX_FDS_SETTING: u64 = 1 << 30;
@@ -102,6 +103,11 @@ pub struct Config {
     /// each gives another ~28k ephemeral ports towards one target address and port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_addresses: Vec<std::net::IpAddr>,
+    /// This instance's part of a sharded fleet: `{index, count}`; with only `count`, the index
+    /// comes from `WSFLEET_SHARD_INDEX` or the ordinal of a StatefulSet pod name (`HOSTNAME`
+    /// `wsfleet-3` is index 3). The load stays fleet-wide; each shard runs its share.
+    #[serde(default, skip_serializing_if = "ShardSpec::is_single")]
+    pub shard: ShardSpec,
     /// When the generator counts itself as saturated (and stops adding users).
     #[serde(default)]
     pub self_health: crate::health::HealthConfig,
@@ -111,6 +117,35 @@ pub struct Config {
     /// The file this config was read from, if any (what a reload re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `shard:` in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for ShardSpec {
+    fn default() -> Self {
+        ShardSpec {
+            index: None,
+            count: 1,
+        }
+    }
+}
+
+impl ShardSpec {
+    fn is_single(&self) -> bool {
+        self == &ShardSpec::default()
+    }
 }
 
 /// Control API settings.
@@ -472,6 +507,40 @@ impl Config {
         Config::parse("").expect("the empty config is valid")
     }
 
+    /// This instance's shard: `shard.index`, else `WSFLEET_SHARD_INDEX`, else the ordinal of
+    /// the pod name in `HOSTNAME` (a StatefulSet's `wsfleet-3`); index 0 of 1 when unsharded.
+    pub fn shard(&self) -> Result<Shard, ConfigError> {
+        let invalid = |problem: String| ConfigError::Invalid {
+            field: "shard",
+            problem,
+        };
+        let count = self.shard.count;
+        let index = match self.shard.index {
+            Some(index) => index,
+            None if count == 1 => 0,
+            None => {
+                let from_env = std::env::var("WSFLEET_SHARD_INDEX").ok();
+                let from_pod = std::env::var("HOSTNAME")
+                    .ok()
+                    .and_then(|name| Shard::ordinal_of(&name));
+                match (from_env, from_pod) {
+                    (Some(text), _) => text.trim().parse().map_err(|_| {
+                        invalid(format!(
+                            "WSFLEET_SHARD_INDEX must be a number, got `{text}`"
+                        ))
+                    })?,
+                    (None, Some(ordinal)) => ordinal,
+                    (None, None) => {
+                        return Err(invalid(format!(
+                            "count is {count} but no index: set shard.index, --shard I/{count}, WSFLEET_SHARD_INDEX, or run as a StatefulSet pod (HOSTNAME wsfleet-N)"
+                        )));
+                    }
+                }
+            }
+        };
+        Shard::new(index, count).map_err(invalid)
+    }
+
     /// How long the end-of-run drain may take: `drain_timeout`, or by default one ack timeout
     /// or loss grace (whichever is longer) and a second.
     pub fn drain_timeout(&self) -> Duration {
@@ -599,6 +668,7 @@ impl Config {
             validate_target(target)?;
         }
         self.limits.validate()?;
+        self.shard()?;
         let load = self.load().validate()?;
         self.limits.check(&load)?;
         self.api_token()?;

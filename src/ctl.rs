@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use url::Url;
+
 use crate::cli::{CtlAction, CtlArgs};
 
 /// Why a `ctl` call failed; the exit code tells usage mistakes from failed calls.
@@ -15,33 +17,115 @@ pub enum CtlError {
     Failed(String),
 }
 
-/// Runs one `ctl` action and returns what to print.
+/// Runs one `ctl` action (on one instance, or on every instance with `--fleet`) and returns
+/// what to print.
 pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(|err| CtlError::Failed(format!("cannot build an HTTP client: {err}")))?;
-    let url = |path: &str| {
-        args.endpoint
-            .join(path)
-            .map_err(|err| CtlError::Usage(format!("--endpoint {}: {err}", args.endpoint)))
+    let body = request_body(&args.action)?;
+    let Some(fleet) = &args.fleet else {
+        let answer = call(&client, args, &args.endpoint, body.as_ref()).await?;
+        return Ok(describe(args, &answer));
     };
-    let request = match &args.action {
-        CtlAction::Status => client.get(url("/api/v1/status")?),
-        CtlAction::Set { changes } => client
-            .patch(url("/api/v1/load")?)
-            .json(&parse_changes(changes)?),
-        CtlAction::Pause => client.post(url("/api/v1/pause")?),
-        CtlAction::Resume => client.post(url("/api/v1/resume")?),
+    let endpoints = resolve_fleet(fleet, &args.endpoint).await?;
+    let body = match (&args.action, body) {
+        (CtlAction::Profile { .. }, Some(spec)) => {
+            Some(in_step(&client, args, &endpoints, spec).await)
+        }
+        (_, body) => body,
+    };
+    let answers = futures_util::future::join_all(
+        endpoints
+            .iter()
+            .map(|endpoint| call(&client, args, endpoint, body.as_ref())),
+    )
+    .await;
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    let report = if args.json {
+        let by_instance: Map<String, Value> = endpoints
+            .iter()
+            .zip(&answers)
+            .map(|(endpoint, answer)| {
+                let value = match answer {
+                    Ok(body) => body.clone(),
+                    Err(err) => serde_json::json!({"error": err.to_string()}),
+                };
+                (instance(endpoint), value)
+            })
+            .collect();
+        format!("{:#}", Value::Object(by_instance))
+    } else {
+        let mut lines: Vec<String> = endpoints
+            .iter()
+            .zip(&answers)
+            .map(|(endpoint, answer)| match answer {
+                Ok(body) => format!(
+                    "{}  ok      {}",
+                    instance(endpoint),
+                    describe_line(args, body)
+                ),
+                Err(err) => format!("{}  FAILED  {err}", instance(endpoint)),
+            })
+            .collect();
+        lines.push(format!(
+            "{} of {} instances {}",
+            endpoints.len() - failed,
+            endpoints.len(),
+            if failed == 0 {
+                "done".to_string()
+            } else {
+                "done; run the same command again to retry the others (it is idempotent)".into()
+            }
+        ));
+        lines.join("\n")
+    };
+    if failed > 0 {
+        return Err(CtlError::Failed(report));
+    }
+    Ok(report)
+}
+
+/// The JSON body of an action, if it has one.
+fn request_body(action: &CtlAction) -> Result<Option<Value>, CtlError> {
+    Ok(match action {
+        CtlAction::Set { changes } => Some(parse_changes(changes)?),
         CtlAction::Profile { file } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|err| CtlError::Usage(format!("cannot read {}: {err}", file.display())))?;
             let profile: Value = serde_norway::from_str(&text).map_err(|err| {
                 CtlError::Usage(format!("{}: not YAML or JSON: {err}", file.display()))
             })?;
-            client.put(url("/api/v1/profile")?).json(&profile)
+            Some(profile)
         }
+        CtlAction::Status | CtlAction::Pause | CtlAction::Resume | CtlAction::Reload => None,
+    })
+}
+
+/// One call of the action to one instance; the answer's JSON, or what went wrong.
+async fn call(
+    client: &reqwest::Client,
+    args: &CtlArgs,
+    endpoint: &Url,
+    body: Option<&Value>,
+) -> Result<Value, CtlError> {
+    let url = |path: &str| {
+        endpoint
+            .join(path)
+            .map_err(|err| CtlError::Usage(format!("--endpoint {endpoint}: {err}")))
+    };
+    let request = match &args.action {
+        CtlAction::Status => client.get(url("/api/v1/status")?),
+        CtlAction::Set { .. } => client.patch(url("/api/v1/load")?),
+        CtlAction::Pause => client.post(url("/api/v1/pause")?),
+        CtlAction::Resume => client.post(url("/api/v1/resume")?),
+        CtlAction::Profile { .. } => client.put(url("/api/v1/profile")?),
         CtlAction::Reload => client.post(url("/api/v1/reload")?),
+    };
+    let request = match body {
+        Some(body) => request.json(body),
+        None => request,
     };
     let request = match &args.token {
         Some(token) => request.bearer_auth(token),
@@ -50,7 +134,7 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     let response = request
         .send()
         .await
-        .map_err(|err| CtlError::Failed(format!("cannot reach {}: {err}", args.endpoint)))?;
+        .map_err(|err| CtlError::Failed(format!("cannot reach {endpoint}: {err}")))?;
     let status = response.status();
     let body: Value = response
         .json()
@@ -60,27 +144,132 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
         let message = body["error"].as_str().unwrap_or("no message");
         return Err(CtlError::Failed(format!("{status}: {message}")));
     }
-    if args.json {
-        return Ok(format!("{body:#}"));
+    Ok(body)
+}
+
+/// A profile for every instance, with one start time so they run in step: the start of an
+/// instance already following the same profile (a retried command joins it), else a moment
+/// from now.
+async fn in_step(
+    client: &reqwest::Client,
+    args: &CtlArgs,
+    endpoints: &[Url],
+    mut spec: Value,
+) -> Value {
+    if spec.get("start_at").is_some() {
+        return spec;
     }
-    Ok(match &args.action {
-        CtlAction::Status => describe_status(&body),
+    let status = CtlArgs {
+        action: CtlAction::Status,
+        ..args.clone()
+    };
+    let running = futures_util::future::join_all(
+        endpoints
+            .iter()
+            .map(|endpoint| call(client, &status, endpoint, None)),
+    )
+    .await;
+    let same = running.iter().flatten().find_map(|status| {
+        let profile = &status["profile"];
+        let mut running_spec = profile["spec"].clone();
+        running_spec.as_object_mut()?.remove("start_at");
+        (profile["state"] == "running" && running_spec == spec).then(|| profile["start_at"].clone())
+    });
+    let start_at = same.unwrap_or_else(|| {
+        let soon = std::time::SystemTime::now() + PROFILE_LEAD;
+        Value::String(humantime::format_rfc3339_millis(soon).to_string())
+    });
+    if let Some(object) = spec.as_object_mut() {
+        object.insert("start_at".into(), start_at);
+    }
+    spec
+}
+
+/// Time given to every instance to receive a fleet-wide profile before it starts.
+const PROFILE_LEAD: Duration = Duration::from_secs(2);
+
+/// Every instance's control API: `ADDR,ADDR,...` or DNS names resolving to each pod.
+async fn resolve_fleet(spec: &str, endpoint: &Url) -> Result<Vec<Url>, CtlError> {
+    let default_port = endpoint.port_or_known_default().unwrap_or(9750);
+    let mut addrs = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let found: Vec<std::net::SocketAddr> = match item.parse::<std::net::SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => {
+                let with_port = item
+                    .rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+                let target = if with_port {
+                    item.to_string()
+                } else {
+                    format!("{item}:{default_port}")
+                };
+                tokio::net::lookup_host(target)
+                    .await
+                    .map_err(|err| {
+                        CtlError::Usage(format!("--fleet `{item}`: cannot resolve: {err}"))
+                    })?
+                    .collect()
+            }
+        };
+        addrs.extend(found);
+    }
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(CtlError::Usage(format!("--fleet `{spec}`: no instance")));
+    }
+    addrs
+        .into_iter()
+        .map(|addr| {
+            Url::parse(&format!("{}://{addr}/", endpoint.scheme()))
+                .map_err(|err| CtlError::Usage(format!("--fleet {addr}: {err}")))
+        })
+        .collect()
+}
+
+fn instance(endpoint: &Url) -> String {
+    endpoint.authority().to_string()
+}
+
+/// What to print for one instance's answer.
+fn describe(args: &CtlArgs, body: &Value) -> String {
+    if args.json {
+        return format!("{body:#}");
+    }
+    match &args.action {
+        CtlAction::Status => describe_status(body),
+        _ => describe_line(args, body),
+    }
+}
+
+fn describe_line(args: &CtlArgs, body: &Value) -> String {
+    match &args.action {
+        CtlAction::Status => format!(
+            "shard {}/{}  users {} active of {} (fleet {})",
+            body["shard"]["index"],
+            body["shard"]["count"],
+            body["users"]["active"],
+            body["users"]["desired"],
+            body["users"]["fleet_desired"]
+        ),
         CtlAction::Pause | CtlAction::Resume => format!("paused: {}", body["paused"]),
         CtlAction::Profile { .. } => format!(
-            "profile {}: stage {} of {}, {:.0} s in total",
+            "profile {}: stage {} of {}, {:.0} s in total, from {}",
             body["state"].as_str().unwrap_or("?"),
             body["stage"],
             body["stages"],
-            body["total_seconds"].as_f64().unwrap_or(0.0)
+            body["total_seconds"].as_f64().unwrap_or(0.0),
+            body["start_at"].as_str().unwrap_or("?")
         ),
         CtlAction::Set { .. } | CtlAction::Reload => {
-            let mut out = describe_load(&body);
+            let mut out = describe_load(body);
             if body.get("profile_cancelled").is_some() {
-                out.push_str("\n(the running profile was cancelled)");
+                out.push_str(" (the running profile was cancelled)");
             }
             out
         }
-    })
+    }
 }
 
 /// `users=5000 message_interval=1s` -> `{"users": 5000, "message_interval": "1s"}`; numbers

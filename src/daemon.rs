@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::fleet::{DrainReport, Fleet, FleetHandle};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::runtimes::Runtimes;
 use crate::session::Context;
-use crate::shards::Shards;
 use crate::target;
 
 /// A started daemon. Dropping it does not stop it: call [`Daemon::shutdown`] (or
@@ -75,12 +75,12 @@ impl Daemon {
         let token = config.api_token()?;
         let metrics = Arc::new(Metrics::with_window(config.status_window));
         metrics.set_sla_thresholds(&config.sla);
-        let shards =
-            Arc::new(Shards::start_for(config.threads).context("starting the user runtimes")?);
+        let runtimes =
+            Arc::new(Runtimes::start_for(config.threads).context("starting the user runtimes")?);
         let (saturated, health, health_task) = crate::health::spawn(
             config.self_health.clone(),
             Arc::clone(&metrics),
-            &shards,
+            &runtimes,
             shutdown.clone(),
         );
         core.add("health probe", health_task);
@@ -95,7 +95,7 @@ impl Daemon {
             ctx,
             config.load(),
             config.limits.clone(),
-            Arc::clone(&shards),
+            Arc::clone(&runtimes),
             saturated,
             shutdown.child_token(),
             config.shutdown_timeout,
@@ -162,7 +162,7 @@ impl Daemon {
             }
             tracing::info!("shutting down: closing every user");
             let fleet_stopped = core.join(FLEET_TASK).await;
-            drop(shards);
+            drop(runtimes);
             // Users are closed; only now stop the API (so /metrics shows the end) and the target
             // (so it answered the users' close frames).
             api_shutdown.cancel();

@@ -24,8 +24,9 @@ use crate::load::{Desired, Limits, Load, LoadError, LoadPatch};
 use crate::metrics::Source;
 use crate::profile::{ProfileSpec, ProfileState, ProfileStatus, Running};
 use crate::roster::Slot;
+use crate::runtimes::Runtimes;
 use crate::session::{Context, User};
-use crate::shards::Shards;
+use crate::shard::Shard;
 
 /// Shortest pause between two ramp-down steps: closes are batched at high rates.
 const RAMP_DOWN_TICK: Duration = Duration::from_millis(10);
@@ -113,6 +114,7 @@ pub struct FleetHandle {
     commands: mpsc::Sender<Command>,
     desired: watch::Receiver<Desired>,
     limits: Limits,
+    shard: Shard,
 }
 
 impl FleetHandle {
@@ -124,6 +126,17 @@ impl FleetHandle {
     /// The caps every change is checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// This instance's part of the fleet.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// This instance's share of the desired users.
+    pub fn local_users(&self) -> u32 {
+        let desired = self.desired.borrow();
+        self.shard.users(desired.load.users, desired.load.room_size)
     }
 
     async fn ask<T>(
@@ -211,7 +224,7 @@ pub struct Fleet {
     ctx: Arc<Context>,
     desired: watch::Sender<Desired>,
     limits: Limits,
-    shards: Arc<Shards>,
+    runtimes: Arc<Runtimes>,
     users: Vec<Member>,
     /// Whether the generator is saturated, from the health probe.
     saturated: watch::Receiver<bool>,
@@ -234,7 +247,7 @@ impl Fleet {
         ctx: Arc<Context>,
         load: Load,
         limits: Limits,
-        shards: Arc<Shards>,
+        runtimes: Arc<Runtimes>,
         saturated: watch::Receiver<bool>,
         shutdown: CancellationToken,
         shutdown_timeout: Duration,
@@ -244,11 +257,14 @@ impl Fleet {
             ..Desired::new(load)
         });
         let (commands, inbox) = mpsc::channel(64);
+        let shard = ctx.shard;
+        ctx.metrics.shard_index.set(i64::from(shard.index));
+        ctx.metrics.shard_count.set(i64::from(shard.count));
         let fleet = Fleet {
             ctx,
             desired: desired_tx,
             limits: limits.clone(),
-            shards,
+            runtimes,
             users: Vec::new(),
             saturated,
             tracker: TaskTracker::new(),
@@ -266,6 +282,7 @@ impl Fleet {
                 commands,
                 desired: desired_rx,
                 limits,
+                shard,
             },
             task,
         )
@@ -423,8 +440,9 @@ impl Fleet {
         let _ = drain.reply.send(Ok(report));
     }
 
+    /// This instance's share of the desired users.
     fn desired_users(&self) -> usize {
-        self.desired.borrow().load.users as usize
+        self.ctx.local_users(&self.desired.borrow().load) as usize
     }
 
     /// Validates and applies a patch, logging who changed what from what to what.
@@ -433,7 +451,9 @@ impl Fleet {
         let next = current.load.apply(patch)?;
         self.limits.check(&next)?;
         if next.connect_rate != current.load.connect_rate {
-            self.ctx.pacer.set_rate(next.connect_rate);
+            self.ctx
+                .pacer
+                .set_rate(self.ctx.shard.rate(next.connect_rate));
         }
         tracing::info!(
             source = origin.source.as_str(),
@@ -476,12 +496,20 @@ impl Fleet {
     fn publish_gauges(&self) {
         let desired = self.desired.borrow();
         let metrics = &self.ctx.metrics;
-        metrics.users_target.set(i64::from(desired.load.users));
+        let share = self.ctx.local_users(&desired.load);
+        metrics.users_target.set(i64::from(share));
+        metrics
+            .fleet_users_target
+            .set(i64::from(desired.load.users));
         metrics.paused.set(i64::from(desired.paused));
         metrics.message_rate_target.set(if desired.paused {
             0.0
         } else {
-            desired.load.message_rate()
+            Load {
+                users: share,
+                ..desired.load.clone()
+            }
+            .message_rate()
         });
     }
 
@@ -491,6 +519,13 @@ impl Fleet {
         origin: &Origin,
     ) -> Result<ProfileStatus, LoadError> {
         spec.validate()?;
+        // The same profile from the same start again (a retried fleet-wide call): as it is.
+        if spec.start_at.is_some()
+            && let Some(running) = &self.profile
+            && running.spec() == &spec
+        {
+            return Ok(running.status(ProfileState::Running, Instant::now()));
+        }
         // Check every stage up front, so a profile cannot fail halfway through.
         let mut load = self.desired.borrow().load.clone();
         let prefix = |i: usize| {
@@ -591,7 +626,7 @@ impl Fleet {
             cancel.clone(),
         );
         let slot = Arc::clone(&user.slot);
-        self.tracker.spawn_on(user.run(), self.shards.next());
+        self.tracker.spawn_on(user.run(), self.runtimes.next());
         Member { cancel, slot }
     }
 
@@ -616,7 +651,7 @@ impl Fleet {
     /// second; the unconnected ones go for free.
     fn close_some(&mut self) {
         let now = Instant::now();
-        let rate = self.desired.borrow().load.connect_rate;
+        let rate = self.ctx.shard.rate(self.desired.borrow().load.connect_rate);
         let elapsed = now.duration_since(self.last_close).min(RAMP_DOWN_TICK * 10);
         self.last_close = now;
         self.close_allowance += rate * elapsed.as_secs_f64();
@@ -686,7 +721,7 @@ mod tests {
             ctx,
             desired,
             limits: Limits::default(),
-            shards: Arc::new(Shards::start(1).expect("a runtime")),
+            runtimes: Arc::new(Runtimes::start(1).expect("a runtime")),
             users,
             saturated,
             tracker: TaskTracker::new(),

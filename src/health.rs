@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
-use crate::shards::Shards;
+use crate::runtimes::Runtimes;
 
 /// How often the lag probe ticks.
 const TICK: Duration = Duration::from_millis(100);
@@ -70,7 +70,7 @@ pub struct Health {
 pub fn spawn(
     config: HealthConfig,
     metrics: Arc<Metrics>,
-    shards: &Shards,
+    runtimes: &Runtimes,
     shutdown: CancellationToken,
 ) -> (
     watch::Receiver<bool>,
@@ -92,14 +92,14 @@ pub fn spawn(
     let (saturated_tx, saturated_rx) = watch::channel(starved(fds_at_start).is_some());
     let health = Arc::new(Mutex::new(Health::default()));
     let (samples_tx, mut samples) = tokio::sync::mpsc::channel(1024);
-    for handle in shards.handles() {
+    for handle in runtimes.handles() {
         handle.spawn(probe(
             samples_tx.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
     }
-    let window = RECENT * shards.handles().len();
+    let window = RECENT * runtimes.handles().len();
     let shared = Arc::clone(&health);
     let task = tokio::spawn(async move {
         let mut recent: VecDeque<Duration> = VecDeque::with_capacity(window);

@@ -106,14 +106,14 @@ async fn run_daemon(
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let desired = daemon.fleet().desired();
+    let desired = daemon.fleet().local_users();
     let metrics = Arc::clone(daemon.metrics());
     let finished = daemon.finish().await?;
     let active = finished
         .drain
         .as_ref()
         .map_or_else(|| metrics.users_active.get(), |d| d.active);
-    let summary = Summary::collect(&metrics, &desired, &sla, finished.run_time, active);
+    let summary = Summary::collect(&metrics, desired, &sla, finished.run_time, active);
     print!("{}", summary.render());
     if let Some(path) = &args.summary_out {
         let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;

@@ -118,6 +118,9 @@ label_enum! {
 pub struct Metrics {
     registry: Registry,
     pub users_target: IntGauge,
+    pub fleet_users_target: IntGauge,
+    pub shard_index: IntGauge,
+    pub shard_count: IntGauge,
     pub users_active: IntGauge,
     connects: Vec<IntCounter>,
     pub connect_duration: Histogram,
@@ -186,7 +189,19 @@ impl Metrics {
             ))
             .expect("process collector registers once");
         let metrics = Metrics {
-            users_target: reg.gauge("wsfleet_users_target", "Users the fleet should hold."),
+            users_target: reg.gauge(
+                "wsfleet_users_target",
+                "Users this instance should hold (its shard's share of the fleet).",
+            ),
+            fleet_users_target: reg.gauge(
+                "wsfleet_fleet_users_target",
+                "Users the whole fleet (every shard) should hold.",
+            ),
+            shard_index: reg.gauge("wsfleet_shard_index", "This instance's shard, from 0."),
+            shard_count: reg.gauge(
+                "wsfleet_shard_count",
+                "Instances (shards) the fleet is split into.",
+            ),
             users_active: reg.gauge(
                 "wsfleet_users_active",
                 "Users connected right now (handshake done).",

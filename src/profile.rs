@@ -1,7 +1,7 @@
 //! Load profiles: a list of stages (the classic stepped soak) or a linear ramp of users,
 //! followed by the supervisor over time. A profile is only a schedule of load patches.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +11,8 @@ use utoipa::ToSchema;
 
 use crate::load::{LoadError, LoadPatch, MAX_SPAN, check_duration};
 
+/// How far from now a profile's `start_at` may be.
+pub const MAX_START_OFFSET: Duration = Duration::from_secs(24 * 3600);
 /// Most stages one profile may have.
 pub const MAX_STAGES: usize = 1000;
 /// How often a ramp updates the user count.
@@ -24,6 +26,16 @@ pub struct ProfileSpec {
     pub stages: Vec<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<Ramp>,
+    /// When the profile starts, wall clock (RFC 3339), within a day of now; default: at once.
+    /// Instances given the same `start_at` run the same stage at the same time, whenever each
+    /// got the request; the same profile with the same `start_at` again changes nothing.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "2026-11-23T14:00:00Z")]
+    pub start_at: Option<SystemTime>,
 }
 
 /// One stage: the load to apply (any field of `PATCH /api/v1/load`) and how long to hold it.
@@ -103,6 +115,22 @@ impl ProfileSpec {
         if let Some(ramp) = &self.ramp {
             span("ramp.over", ramp.over)?;
         }
+        if let Some(start_at) = self.start_at {
+            let now = SystemTime::now();
+            let off = start_at
+                .duration_since(now)
+                .unwrap_or_else(|past| past.duration());
+            if off > MAX_START_OFFSET {
+                return err(
+                    "start_at",
+                    &format!(
+                        "must be within a day of now ({}), got {}",
+                        humantime::format_rfc3339_seconds(now),
+                        humantime::format_rfc3339_seconds(start_at)
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -153,6 +181,8 @@ pub struct ProfileStatus {
     pub stages: u32,
     pub elapsed_seconds: f64,
     pub total_seconds: f64,
+    /// When the profile started (or starts), wall clock, RFC 3339.
+    pub start_at: String,
     pub spec: ProfileSpec,
 }
 
@@ -161,6 +191,8 @@ pub struct ProfileStatus {
 pub struct Running {
     spec: ProfileSpec,
     started: Instant,
+    /// `started` on the wall clock, for the status (and instances that join in step).
+    started_at: SystemTime,
     /// Index of the stage in force; `None` before the first is applied.
     stage: Option<usize>,
     next_at: Instant,
@@ -176,14 +208,30 @@ pub struct Step {
 }
 
 impl Running {
+    /// Starts following `spec` from its `start_at` (which may be a little in the past or the
+    /// future), or from `now`.
     pub fn start(spec: ProfileSpec, now: Instant) -> Running {
+        let wall_now = SystemTime::now();
+        let (started, started_at) = match spec.start_at {
+            Some(at) => match at.duration_since(wall_now) {
+                Ok(ahead) => (clock::later(now, ahead), at),
+                Err(behind) => (now.checked_sub(behind.duration()).unwrap_or(now), at),
+            },
+            None => (now, wall_now),
+        };
         Running {
             spec,
-            started: now,
+            started,
+            started_at,
             stage: None,
-            next_at: now,
+            next_at: started,
             done: false,
         }
+    }
+
+    /// The spec being followed.
+    pub fn spec(&self) -> &ProfileSpec {
+        &self.spec
     }
 
     /// When [`Running::advance`] must be called next.
@@ -218,10 +266,17 @@ impl Running {
                 stage: 1,
             });
         }
-        let next = self.stage.map_or(0, |s| s + 1);
-        let stage = self.spec.stages.get(next)?;
+        let mut next = self.stage.map_or(0, |s| s + 1);
+        let mut stage = self.spec.stages.get(next)?;
+        let mut ends = clock::later(self.next_at.max(self.started), stage.duration);
+        // Joined late (a start_at in the past): stages already over are skipped, not replayed.
+        while ends <= now {
+            next += 1;
+            stage = self.spec.stages.get(next)?;
+            ends = clock::later(ends, stage.duration);
+        }
         self.stage = Some(next);
-        self.next_at = clock::later(self.next_at.max(self.started), stage.duration);
+        self.next_at = ends;
         Some(Step {
             patch: stage.load.clone(),
             stage: next as u32 + 1,
@@ -238,6 +293,7 @@ impl Running {
             },
             stages: self.spec.stage_count() as u32,
             elapsed_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
+            start_at: humantime::format_rfc3339_millis(self.started_at).to_string(),
             total_seconds: self.spec.total().as_secs_f64(),
             spec: self.spec.clone(),
         }
@@ -261,6 +317,7 @@ mod tests {
                 })
                 .collect(),
             ramp: None,
+            start_at: None,
         }
     }
 
@@ -284,6 +341,32 @@ mod tests {
     }
 
     #[test]
+    fn a_late_start_joins_the_stage_in_force() {
+        let now = Instant::now();
+        let mut spec = stages(&[1, 5, 10]);
+        // Started 15 s ago elsewhere: stage 2 (10..20 s) is in force, 5 s are left of it.
+        spec.start_at = Some(SystemTime::now() - Duration::from_secs(15));
+        let mut p = Running::start(spec, now);
+        let step = p.advance(now).expect("a stage");
+        assert_eq!((step.stage, step.patch.users), (2, Some(5)));
+        let left = p.next_at() - now;
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_millis(4900),
+            "{left:?}"
+        );
+        let mut ahead = stages(&[1]);
+        ahead.start_at = Some(SystemTime::now() + Duration::from_secs(3));
+        let p = Running::start(ahead, now);
+        assert!(
+            p.next_at() - now > Duration::from_millis(2900),
+            "waits for its start"
+        );
+        let mut far = stages(&[1]);
+        far.start_at = Some(SystemTime::now() + Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(far.validate().expect_err("too far").field, "start_at");
+    }
+
+    #[test]
     fn a_ramp_moves_users_linearly() {
         let start = Instant::now();
         let spec = ProfileSpec {
@@ -293,6 +376,7 @@ mod tests {
                 to: 200,
                 over: Duration::from_secs(10),
             }),
+            start_at: None,
         };
         let mut p = Running::start(spec, start);
         let users = |step: Option<Step>| step.and_then(|s| s.patch.users);
@@ -320,7 +404,8 @@ mod tests {
         assert!(
             ProfileSpec {
                 stages: vec![],
-                ramp: None
+                ramp: None,
+                start_at: None,
             }
             .validate()
             .is_err()

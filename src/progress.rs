@@ -110,7 +110,7 @@ pub fn spawn(
             let now = Counters::read(&metrics);
             let gauges = Gauges {
                 active: metrics.users_active.get(),
-                desired: fleet.desired().load.users,
+                desired: fleet.local_users(),
                 rtt_p99: metrics.rtt_window.quantiles().p99,
                 delivery_p99: metrics.delivery_window.quantiles().p99,
             };

@@ -33,6 +33,8 @@ pub struct Reloader {
     path: PathBuf,
     /// The config as last applied, to tell which changes need a restart.
     running: Mutex<Config>,
+    /// The file's text as last read, so a file event that changed nothing reloads nothing.
+    last_text: Mutex<Option<String>>,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
 }
@@ -40,6 +42,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(path: PathBuf, running: Config, fleet: FleetHandle, metrics: Arc<Metrics>) -> Self {
         Self {
+            last_text: Mutex::new(std::fs::read_to_string(&path).ok()),
             path,
             running: Mutex::new(running),
             fleet,
@@ -48,6 +51,8 @@ impl Reloader {
     }
 
     pub async fn reload(&self, who: &str) -> Result<Load, ReloadError> {
+        // What is read now is what the watcher compares its next event with.
+        self.file_changed();
         let result = self.try_reload(who).await;
         let label = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics
@@ -85,21 +90,29 @@ impl Reloader {
         Ok(updated.load)
     }
 
+    /// Whether the file's text differs from when it was last read (and remembers it).
+    fn file_changed(&self) -> bool {
+        let text = std::fs::read_to_string(&self.path).ok();
+        let mut last = self.last_text.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == text {
+            return false;
+        }
+        *last = text;
+        true
+    }
+
     /// Reloads on SIGHUP and whenever the config file changes, until `shutdown`.
     ///
-    /// The directory is watched, not the file: editors replace files rather than write into
-    /// them, and Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink.
+    /// The directory is watched, not the file, and any event in it makes the file be read
+    /// again (and reloaded if its text changed): editors replace files rather than write into
+    /// them, and Kubernetes updates a mounted ConfigMap by swapping the `..data` symlink the
+    /// file points through — an event that never names the file itself.
     pub fn watch(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-        let file_name = self.path.file_name().map(ToOwned::to_owned);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
-                let ours = event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == file_name.as_deref());
-                if ours && (event.kind.is_modify() || event.kind.is_create()) {
+                if !event.kind.is_access() {
                     let _ = events_tx.try_send(());
                 }
             })
@@ -124,6 +137,9 @@ impl Reloader {
                         // Let the writer finish; several events in a row make one reload.
                         tokio::time::sleep(RELOAD_DEBOUNCE).await;
                         while events.try_recv().is_ok() {}
+                        if !self.file_changed() {
+                            continue;
+                        }
                         "file change"
                     }
                 };

@@ -21,15 +21,18 @@ use url::Url;
 use crate::backoff;
 use crate::config::{Config, Heartbeat, Lifetime, Reconnect, Schedule};
 use crate::failures::Failure;
-use crate::load::Desired;
+use crate::load::{Desired, Load};
 use crate::metrics::{DisconnectReason, Metrics};
 use crate::pacer::Pacer;
 use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
+use crate::shard::Shard;
 
 /// What every user of a fleet shares, read-only.
 pub struct Context {
     pub target: Url,
+    /// This instance's part of the fleet: users are local ids, identities fleet-wide.
+    pub shard: Shard,
     pub scenario: Scenario,
     pub connect_timeout: Duration,
     /// Bound on one frame write; a server that stops reading must not freeze a user.
@@ -63,7 +66,9 @@ impl Context {
         metrics: Arc<Metrics>,
         tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     ) -> Context {
+        let shard = config.shard().unwrap_or_default();
         Context {
+            shard,
             tls: connect::tls_config(&target, scenario.url.is_some(), tls_roots),
             target,
             scenario,
@@ -77,7 +82,7 @@ impl Context {
             lifetime: config.lifetime.clone(),
             ws_config: ws_config(),
             metrics,
-            pacer: Pacer::new(config.connect_rate),
+            pacer: Pacer::new(shard.rate(config.connect_rate)),
             roster: Roster::default(),
             books: Books::default(),
             source_addresses: config.source_addresses.clone(),
@@ -87,6 +92,16 @@ impl Context {
 }
 
 impl Context {
+    /// The fleet-wide id of this instance's user `local`, in rooms of `room_size`.
+    pub fn global_id(&self, local: u32, room_size: u32) -> u32 {
+        self.shard.global(local, room_size)
+    }
+
+    /// This instance's share of the users of `load`.
+    pub fn local_users(&self, load: &Load) -> u32 {
+        self.shard.users(load.users, load.room_size)
+    }
+
     /// The next source address, round-robin.
     pub fn source_address(&self) -> Option<std::net::IpAddr> {
         if self.source_addresses.is_empty() {
@@ -112,6 +127,8 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// One simulated user.
 pub struct User {
+    /// This instance's number for the user (dense from 0); its identity uses the fleet-wide
+    /// id ([`Context::global_id`]).
     pub id: u32,
     pub ctx: Arc<Context>,
     pub desired: watch::Receiver<Desired>,
@@ -233,7 +250,6 @@ pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::Load;
     use tokio::time::Instant;
 
     use super::test_context as context;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Sla;
-use crate::load::Desired;
 use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Metrics, Quantiles, Slo};
 
 #[derive(Debug, Serialize)]
@@ -67,12 +66,13 @@ pub struct SloResult {
 
 impl Summary {
     /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
-    /// `elapsed` is how long the load ran, `active` the users connected at its end.
+    /// `desired` is this instance's share of the users, `elapsed` how long the load ran,
+    /// `active` the users connected at its end.
     ///
     /// [`Daemon::finish`]: crate::daemon::Daemon::finish
     pub fn collect(
         metrics: &Metrics,
-        desired: &Desired,
+        desired: u32,
         sla: &Sla,
         elapsed: Duration,
         active: i64,
@@ -108,9 +108,9 @@ impl Summary {
             delivery: metrics.delivery_window.total(),
         };
         let users = Users {
-            desired: desired.load.users,
+            desired,
             active,
-            connected_ratio: ratio(active as f64, f64::from(desired.load.users), 1.0),
+            connected_ratio: ratio(active as f64, f64::from(desired), 1.0),
         };
         let slos: Vec<SloResult> = sla
             .thresholds()

@@ -759,3 +759,125 @@ mod fuzz {
         });
     }
 }
+
+/// Kubernetes updates a mounted ConfigMap by swapping the `..data` symlink the file points
+/// through; no event names the file itself. The reload must see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_symlink_swap_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |users: u32| {
+        format!(
+            "target: {}\nusers: {users}\nconnect_rate: 500\nscenario: idle\n",
+            target.ws_url()
+        )
+    };
+    // The layout kubelet makes: fleet.yaml -> ..data/fleet.yaml, ..data -> ..<timestamp>.
+    let first = dir.path().join("..2026_11_23_10_00_00.1");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::write(first.join("fleet.yaml"), yaml(4)).unwrap();
+    symlink("..2026_11_23_10_00_00.1", dir.path().join("..data")).unwrap();
+    symlink("..data/fleet.yaml", dir.path().join("fleet.yaml")).unwrap();
+    let config = wsfleet::config::Config::from_file(&dir.path().join("fleet.yaml")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daemon = wsfleet::daemon::Daemon::start(
+        config,
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let api = daemon.addr();
+    wait_active(api, 4.0, 30).await;
+
+    let second = dir.path().join("..2026_11_23_10_05_00.2");
+    std::fs::create_dir(&second).unwrap();
+    std::fs::write(second.join("fleet.yaml"), yaml(7)).unwrap();
+    symlink("..2026_11_23_10_05_00.2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(&first).unwrap();
+
+    wait_active(api, 7.0, 30).await;
+    assert_eq!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_config_reloads_total{result="ok"}"#),
+        1.0,
+        "one swap, one reload"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// `ctl --fleet` applies one fleet-wide change to every instance, says per instance what
+/// happened, fails (exit 1) when one did not, and can be re-run safely; a profile runs in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_fleet_steers_every_instance_as_one() {
+    let target = Target::start().await;
+    let yaml = |index: u32| {
+        format!(
+            "target: {}\nusers: 20\nconnect_rate: 500\nscenario: idle\nshard: {{index: {index}, count: 2}}\n",
+            target.ws_url()
+        )
+    };
+    let a = start_daemon(&yaml(0)).await;
+    let b = start_daemon(&yaml(1)).await;
+    let dead = free_addr();
+    let ctl = |fleet: String, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["ctl", "--fleet", &fleet])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let both = format!("{},{}", a.addr(), b.addr());
+    let (code, out) = ctl(both.clone(), &["set", "users=40"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 of 2 instances done"), "{out}");
+    wait_active(a.addr(), 20.0, 30).await;
+    wait_active(b.addr(), 20.0, 30).await;
+
+    // One instance unreachable: reported, exit 1; the others applied.
+    let (code, out) = ctl(format!("{both},{dead}"), &["set", "users=60"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("{dead}  FAILED")) && out.contains("2 of 3"),
+        "{out}"
+    );
+    assert_eq!(load(a.addr(), None).await["users"], 60);
+    // The same command again: idempotent for those that had it.
+    let (code, out) = ctl(both.clone(), &["set", "users=60"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(load(b.addr(), None).await["users"], 60);
+
+    // A profile: one start time for all; the same command again changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.yaml");
+    std::fs::write(&profile, "stages: [{users: 20, duration: 1h}]\n").unwrap();
+    let (code, out) = ctl(both.clone(), &["profile", profile.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let start_of = |s: Value| s["profile"]["start_at"].as_str().unwrap().to_string();
+    let (start_a, start_b) = (
+        start_of(status(a.addr()).await),
+        start_of(status(b.addr()).await),
+    );
+    assert_eq!(start_a, start_b, "in step");
+    let (code, out) = ctl(both, &["profile", profile.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        start_of(status(a.addr()).await),
+        start_a,
+        "re-running keeps the start"
+    );
+    wait_for("the profile's first stage on both", 10, || async {
+        load(a.addr(), None).await["users"] == 20 && load(b.addr(), None).await["users"] == 20
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -449,3 +449,84 @@ async fn a_silent_server_shows_its_timeouts() {
     daemon.shutdown().await.unwrap();
     held.abort();
 }
+
+/// Two shards of one fleet against one server: their users add up to the fleet-wide count, and
+/// each holds whole rooms — every delivery a member expects comes from its own process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_split_the_fleet_by_whole_rooms() {
+    let target = Target::start().await;
+    let yaml = |index: u32| {
+        format!(
+            "target: {}\nusers: 25\nconnect_rate: 500\nmessage_interval: 0s\nloss_grace: 500ms\n\
+             shard: {{index: {index}, count: 2}}\n",
+            target.ws_url()
+        )
+    };
+    let a = start_daemon(&yaml(0)).await;
+    let b = start_daemon(&yaml(1)).await;
+    // Rooms of 10: rooms 0 and 2 (5 users) on shard 0, room 1 on shard 1.
+    wait_active(a.addr(), 15.0, 30).await;
+    wait_active(b.addr(), 10.0, 30).await;
+    let s = status(b.addr()).await;
+    assert_eq!(s["shard"], serde_json::json!({"index": 1, "count": 2}));
+    assert_eq!(
+        (
+            s["users"]["desired"].as_u64(),
+            s["users"]["fleet_desired"].as_u64()
+        ),
+        (Some(10), Some(25))
+    );
+    assert_eq!(
+        scrape(a.addr()).await.get("wsfleet_fleet_users_target"),
+        25.0
+    );
+    for api in [a.addr(), b.addr()] {
+        assert_eq!(
+            patch_load(api, serde_json::json!({"message_interval": "100ms"}))
+                .await
+                .status(),
+            200
+        );
+    }
+    wait_for("deliveries on both shards", 30, || async {
+        scrape(a.addr())
+            .await
+            .get("wsfleet_deliveries_received_total")
+            >= 500.0
+            && scrape(b.addr())
+                .await
+                .get("wsfleet_deliveries_received_total")
+                >= 500.0
+    })
+    .await;
+    for api in [a.addr(), b.addr()] {
+        assert_eq!(
+            patch_load(api, serde_json::json!({"message_interval": "0s"}))
+                .await
+                .status(),
+            200
+        );
+    }
+    for api in [a.addr(), b.addr()] {
+        wait_for(
+            "every expected delivery, from the same process",
+            30,
+            || async {
+                let m = scrape(api).await;
+                m.get("wsfleet_deliveries_received_total")
+                    == m.get("wsfleet_deliveries_expected_total")
+            },
+        )
+        .await;
+        assert_eq!(scrape(api).await.get("wsfleet_messages_lost_total"), 0.0);
+    }
+    assert_eq!(
+        target
+            .metrics()
+            .await
+            .get(r#"wsfleet_target_logins_total{result="ok"}"#),
+        25.0
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

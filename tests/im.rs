@@ -451,14 +451,14 @@ async fn the_verdict_after_the_drain_counts_every_drop_and_duplicate_of_the_targ
     })
     .await;
     let metrics = std::sync::Arc::clone(daemon.metrics());
-    let desired = daemon.fleet().desired();
+    let desired = daemon.fleet().local_users();
     let finished = daemon.finish().await.unwrap();
     let drain = finished.drain.expect("the fleet drained");
     assert!(drain.settled, "{drain:?}");
     assert_eq!(drain.active, 100);
     let summary = wsfleet::summary::Summary::collect(
         &metrics,
-        &desired,
+        desired,
         &sla,
         finished.run_time,
         drain.active,

@@ -15,6 +15,7 @@ use crate::fleet::Origin;
 use crate::load::{Limits, Load, LoadPatch};
 use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Quantiles, Source};
 use crate::profile::{ProfileSpec, ProfileStatus};
+use crate::shard::Shard;
 
 /// `GET /api/v1/status`: desired against reached, totals, and recent latency quantiles.
 #[derive(Debug, Serialize, ToSchema)]
@@ -22,6 +23,8 @@ pub struct Status {
     pub target: String,
     pub uptime_seconds: f64,
     pub paused: bool,
+    /// This instance's part of the fleet (index 0 of 1 when not sharded).
+    pub shard: Shard,
     /// Whether the generator itself is healthy enough for its numbers to be trusted.
     pub generator: crate::health::Health,
     pub users: UsersStatus,
@@ -46,7 +49,10 @@ pub struct Status {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsersStatus {
+    /// This instance's share of the fleet-wide desired users.
     pub desired: u32,
+    /// Users the whole fleet (every shard) should hold.
+    pub fleet_desired: u32,
     pub active: i64,
 }
 
@@ -76,6 +82,7 @@ pub struct LatencyStatus {
 pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let m = &state.metrics;
     let desired = state.fleet.desired();
+    let share = state.fleet.local_users();
     let load = desired.load;
     let active = m.users_active.get();
     let generator = state
@@ -92,16 +99,18 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         target: state.target.to_string(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         paused: desired.paused,
+        shard: state.fleet.shard(),
         generator,
         users: UsersStatus {
-            desired: load.users,
+            desired: share,
+            fleet_desired: load.users,
             active,
         },
         reached: Reached {
-            connected_ratio: if load.users == 0 {
+            connected_ratio: if share == 0 {
                 1.0
             } else {
-                active as f64 / f64::from(load.users)
+                active as f64 / f64::from(share)
             },
             message_rate_target: m.message_rate_target.get(),
         },

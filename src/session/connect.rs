@@ -78,13 +78,16 @@ pub fn tls_config(
     Some(Arc::new(config))
 }
 
-/// Connects and logs user `user` in. The handshake time is recorded on success.
+/// Connects and logs this instance's user `local` in. The handshake time is recorded on
+/// success.
 pub async fn open(
     ctx: &Context,
-    user: u32,
+    local: u32,
     room_size: u32,
 ) -> Result<(Socket, Identity), ConnectFailure> {
-    let identity = ctx.scenario.identity(user, room_size);
+    let identity = ctx
+        .scenario
+        .identity(ctx.global_id(local, room_size), room_size);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
             ctx.target.as_str(),

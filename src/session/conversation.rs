@@ -62,7 +62,10 @@ struct Conversation {
     pending: VecDeque<(u64, Instant)>,
     tracker: Tracker,
     ping_sent: Option<Instant>,
-    /// The users of this user's room when it joined: the senders whose messages it expects.
+    /// This user's local id, and the room size it joined with.
+    local: u32,
+    room_size: u32,
+    /// The users of this user's room when it joined (local ids): the senders it expects.
     members: std::ops::Range<u32>,
     /// The fleet is draining: nothing is sent, and the books are settled.
     draining: bool,
@@ -79,8 +82,10 @@ impl Conversation {
             .message
             .as_ref()
             .is_some_and(|m| m.delivery.is_some());
+        let room_size = desired.load.room_size;
+        // Local ids: a shard holds whole rooms, numbered room by room.
         let members = if tracks_deliveries {
-            room_range(user.id, desired.load.users, desired.load.room_size)
+            room_range(user.id, ctx.local_users(&desired.load), room_size)
         } else {
             0..0
         };
@@ -88,7 +93,8 @@ impl Conversation {
         // Joined: what the room's members send from now on is expected here.
         for (member, sent) in members.clone().zip(ctx.roster.sent(members.clone())) {
             if member != user.id {
-                tracker.expect_from(&ctx.scenario.user_id(member), sent);
+                let id = ctx.scenario.user_id(ctx.global_id(member, room_size));
+                tracker.expect_from(&id, sent);
             }
         }
         ctx.books.open();
@@ -102,6 +108,8 @@ impl Conversation {
             pending: VecDeque::new(),
             tracker,
             ping_sent: None,
+            local: user.id,
+            room_size,
             members,
             draining: false,
             settled: false,
@@ -130,7 +138,8 @@ impl Conversation {
                     return Ended::planned(DisconnectReason::ClientClose);
                 }
                 Some(desired) = changes.next() => {
-                    if room_name(user.id, desired.load.room_size) != self.identity.room {
+                    let room_size = desired.load.room_size;
+                    if room_name(ctx.global_id(user.id, room_size), room_size) != self.identity.room {
                         // Rooms were regrouped: rejoin as the server expects, by reconnecting.
                         close(socket).await;
                         return Ended::planned(DisconnectReason::RoomChange);
@@ -218,9 +227,9 @@ impl Conversation {
     fn announce_final_sequences(&mut self, ctx: &Context, now: Instant) {
         let members = self.members.clone();
         for (member, sent) in members.clone().zip(ctx.roster.sent(members)) {
-            if member != self.identity.user {
-                self.tracker
-                    .expect_until(&ctx.scenario.user_id(member), sent, now);
+            if member != self.local {
+                let id = ctx.scenario.user_id(ctx.global_id(member, self.room_size));
+                self.tracker.expect_until(&id, sent, now);
             }
         }
     }
@@ -283,7 +292,7 @@ impl Conversation {
             let desired = user.desired.borrow();
             (
                 desired.load.payload_size,
-                desired.load.users,
+                ctx.local_users(&desired.load),
                 desired.load.room_size,
             )
         };

@@ -10,22 +10,22 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 /// The runtimes users are spread over; they stop when this is dropped.
-pub struct Shards {
+pub struct Runtimes {
     handles: Vec<Handle>,
     next: AtomicUsize,
     stop: CancellationToken,
 }
 
-impl Shards {
+impl Runtimes {
     /// Starts `count` runtimes (at least one).
-    pub fn start(count: usize) -> std::io::Result<Shards> {
+    pub fn start(count: usize) -> std::io::Result<Runtimes> {
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         for index in 0..count.max(1) {
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
             let stop = stop.clone();
             thread::Builder::new()
-                .name(format!("wsfleet-shard-{index}"))
+                .name(format!("wsfleet-runtime-{index}"))
                 .spawn(move || {
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -45,7 +45,7 @@ impl Shards {
                 .map_err(|_| std::io::Error::other("a shard thread died while starting"))??;
             handles.push(handle);
         }
-        Ok(Shards {
+        Ok(Runtimes {
             handles,
             next: AtomicUsize::new(0),
             stop,
@@ -53,8 +53,8 @@ impl Shards {
     }
 
     /// `threads` runtimes, or one per available core.
-    pub fn start_for(threads: Option<usize>) -> std::io::Result<Shards> {
-        Shards::start(
+    pub fn start_for(threads: Option<usize>) -> std::io::Result<Runtimes> {
+        Runtimes::start(
             threads.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get())),
         )
     }
@@ -69,7 +69,7 @@ impl Shards {
     }
 }
 
-impl Drop for Shards {
+impl Drop for Runtimes {
     fn drop(&mut self) {
         self.stop.cancel();
     }
