@@ -43,6 +43,10 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     )
     .await;
     let failed = answers.iter().filter(|a| a.is_err()).count();
+    let fleet_view = match &args.action {
+        CtlAction::Status => Some(fleet_status(&client, args, &endpoints, &answers).await),
+        _ => None,
+    };
     let report = if args.json {
         let by_instance: Map<String, Value> = endpoints
             .iter()
@@ -55,7 +59,12 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 (instance(endpoint), value)
             })
             .collect();
-        format!("{:#}", Value::Object(by_instance))
+        let mut out = Map::new();
+        out.insert("instances".into(), Value::Object(by_instance));
+        if let Some(fleet) = &fleet_view {
+            out.insert("fleet".into(), fleet.clone());
+        }
+        format!("{:#}", Value::Object(out))
     } else {
         let mut lines: Vec<String> = endpoints
             .iter()
@@ -69,6 +78,9 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 Err(err) => format!("{}  FAILED  {err}", instance(endpoint)),
             })
             .collect();
+        if let Some(fleet) = &fleet_view {
+            lines.push(describe_fleet(fleet));
+        }
         lines.push(format!(
             "{} of {} instances {}",
             endpoints.len() - failed,
@@ -145,6 +157,71 @@ async fn call(
         return Err(CtlError::Failed(format!("{status}: {message}")));
     }
     Ok(body)
+}
+
+/// The fleet as a whole from every instance's status and its latency histograms: users
+/// summed, and quantiles of the union of every shard's samples (exact, not averaged).
+async fn fleet_status(
+    client: &reqwest::Client,
+    args: &CtlArgs,
+    endpoints: &[Url],
+    statuses: &[Result<Value, CtlError>],
+) -> Value {
+    let sum = |pointer: &str| -> u64 {
+        statuses
+            .iter()
+            .flatten()
+            .filter_map(|s| s.pointer(pointer)?.as_u64())
+            .sum()
+    };
+    let fleet_desired = statuses
+        .iter()
+        .flatten()
+        .filter_map(|s| s.pointer("/users/fleet_desired")?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let histograms = futures_util::future::join_all(endpoints.iter().map(|endpoint| async move {
+        let url = endpoint.join("/api/v1/histograms").ok()?;
+        let request = client.get(url);
+        let request = match &args.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        request.send().await.ok()?.json::<Value>().await.ok()
+    }))
+    .await;
+    let merged = |name: &str| {
+        let encoded: Vec<&str> = histograms
+            .iter()
+            .flatten()
+            .filter_map(|h| h[name].as_str())
+            .collect();
+        crate::metrics::merged_quantiles(encoded)
+            .map_or(Value::Null, |q| serde_json::to_value(q).unwrap_or_default())
+    };
+    serde_json::json!({
+        "instances_answering": statuses.iter().flatten().count(),
+        "users": {"active": sum("/users/active"), "desired": sum("/users/desired"), "fleet_desired": fleet_desired},
+        "latency_since_start": {"message_rtt": merged("message_rtt"), "delivery": merged("delivery"), "connect": merged("connect")},
+    })
+}
+
+fn describe_fleet(fleet: &Value) -> String {
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
+    };
+    let latency = &fleet["latency_since_start"];
+    format!(
+        "fleet: users {} active of {} (shards' shares {}); since start, all shards' samples: rtt p50 {} p99 {}, delivery p50 {} p99 {}",
+        fleet["users"]["active"],
+        fleet["users"]["fleet_desired"],
+        fleet["users"]["desired"],
+        ms(&latency["message_rtt"]["p50"]),
+        ms(&latency["message_rtt"]["p99"]),
+        ms(&latency["delivery"]["p50"]),
+        ms(&latency["delivery"]["p99"]),
+    )
 }
 
 /// A profile for every instance, with one start time so they run in step: the start of an

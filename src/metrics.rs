@@ -530,6 +530,37 @@ impl LatencyWindow {
         quantiles_of(&self.lock_rotated().total)
     }
 
+    /// Everything recorded since start (microseconds), HdrHistogram's V2 encoding in base64:
+    /// what another process needs to merge this instance's samples exactly with its own.
+    pub fn total_encoded(&self) -> String {
+        use base64::Engine as _;
+        use hdrhistogram::serialization::Serializer as _;
+        let total = self.lock_rotated().total.clone();
+        let mut bytes = Vec::new();
+        // Writing into a Vec cannot fail; an empty string would read as "no samples".
+        let _ = hdrhistogram::serialization::V2Serializer::new().serialize(&total, &mut bytes);
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+/// Exact quantiles of the union of several instances' samples, from their
+/// [`LatencyWindow::total_encoded`] histograms; `None` if one does not decode.
+pub fn merged_quantiles<'a>(encoded: impl IntoIterator<Item = &'a str>) -> Option<Quantiles> {
+    use base64::Engine as _;
+    let mut union = new_hdr();
+    for text in encoded {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        let one: Hdr<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .ok()?;
+        union.add(&one).ok()?;
+    }
+    Some(quantiles_of(&union))
+}
+
+impl LatencyWindow {
     fn lock_rotated(&self) -> std::sync::MutexGuard<'_, WindowState> {
         // A poisoned lock only means a panic elsewhere mid-record; the histogram is still usable.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -583,6 +614,25 @@ mod tests {
         assert_eq!(q.count, 1000);
         assert!((q.p50 - 0.5).abs() < 0.001, "{q:?}");
         assert!((q.p99 - 0.99).abs() < 0.001, "{q:?}");
+    }
+
+    #[test]
+    fn encoded_histograms_merge_into_the_exact_union() {
+        let (a, b) = (
+            LatencyWindow::new(Duration::from_secs(3600)),
+            LatencyWindow::new(Duration::from_secs(3600)),
+        );
+        for ms in 1..=500 {
+            a.record(Duration::from_millis(ms));
+        }
+        for ms in 501..=1000 {
+            b.record(Duration::from_millis(ms));
+        }
+        let union = merged_quantiles([a.total_encoded().as_str(), b.total_encoded().as_str()])
+            .expect("decodes");
+        assert_eq!(union.count, 1000);
+        assert!((union.p99 - 0.99).abs() < 0.001, "{union:?}");
+        assert!(merged_quantiles(["not base64!"]).is_none());
     }
 
     #[test]

@@ -285,3 +285,27 @@ pub async fn reload(State(state): State<ApiState>, caller: Caller) -> Result<Jso
     };
     Ok(Json(reload.reload(&caller.0.0).await?))
 }
+
+/// `GET /api/v1/histograms`: every latency sample since the start, encoded so that another
+/// process (`wsfleet ctl --fleet status`) can merge the shards' samples into exact fleet-wide
+/// quantiles.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Histograms {
+    /// Message round trips, microseconds: HdrHistogram V2 encoding, base64.
+    pub message_rtt: String,
+    /// Room delivery latency, the same encoding.
+    pub delivery: String,
+    /// Handshakes, the same encoding.
+    pub connect: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/histograms", tag = "status",
+    responses((status = 200, body = Histograms), (status = 401, body = ErrorBody)))]
+pub async fn histograms(State(state): State<ApiState>) -> Json<Histograms> {
+    let m = &state.metrics;
+    Json(Histograms {
+        message_rtt: m.rtt_window.total_encoded(),
+        delivery: m.delivery_window.total_encoded(),
+        connect: m.connect_window.total_encoded(),
+    })
+}

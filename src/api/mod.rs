@@ -58,6 +58,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
         .route("/api/v1/status", get(control::status))
+        .route("/api/v1/histograms", get(control::histograms))
         .route(
             "/api/v1/load",
             get(control::get_load).patch(control::patch_load),
@@ -224,6 +225,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ),
     paths(
         control::status,
+        control::histograms,
         control::get_load,
         control::patch_load,
         control::pause,
