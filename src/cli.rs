@@ -130,6 +130,10 @@ pub struct FleetArgs {
     /// Address of the control API and /metrics.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Local address to connect from (repeat for several, used round-robin); replaces
+    /// `source_addresses` of the config.
+    #[arg(long = "source-address", value_name = "IP")]
+    pub source_addresses: Vec<std::net::IpAddr>,
     /// This instance's shard of the fleet, INDEX/COUNT (e.g. 3/10); the load stays fleet-wide.
     #[arg(long, value_name = "I/N", env = "WSFLEET_SHARD", value_parser = Shard::parse)]
     pub shard: Option<Shard>,
@@ -171,6 +175,14 @@ impl FleetArgs {
         }
         if let Some(listen) = self.listen {
             set("listen", Value::String(listen.to_string()));
+        }
+        if !self.source_addresses.is_empty() {
+            let addresses = self
+                .source_addresses
+                .iter()
+                .map(|ip| Value::String(ip.to_string()))
+                .collect();
+            set("source_addresses", Value::Sequence(addresses));
         }
         if let Some(shard) = self.shard {
             let mut spec = serde_norway::Mapping::new();

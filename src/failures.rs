@@ -64,7 +64,8 @@ pub struct Failures {
 }
 
 impl Failures {
-    /// Records one failure; `detail` is only rendered when it is kept.
+    /// Records one failure and what exactly happened; logs it unless its kind was logged
+    /// less than [`LOG_EVERY`] ago.
     pub fn record(&self, failure: Failure, detail: &str) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -414,6 +414,9 @@ impl Conversation {
 
     /// Expires acks past their timeout and delivery gaps past their grace period.
     fn sweep(&mut self, ctx: &Context, now: Instant) {
+        // The fallback wake-up is one period after the last sweep: were it left in the past,
+        // a quiet connection (heartbeat and messages rarer than the period) would spin.
+        self.timers.postpone_sweep(now);
         while let Some(&(_, scheduled)) = self.pending.front() {
             if now.duration_since(scheduled) < ctx.ack_timeout {
                 break;
@@ -528,7 +531,6 @@ impl Timers {
         // One outstanding ping at a time: its deadline is what a missed reply is judged by.
         self.pong_deadline
             .get_or_insert(clock::later(now, reply_timeout));
-        self.postpone_sweep(now);
         true
     }
 
@@ -545,11 +547,11 @@ impl Timers {
                 .mul_f64(-(1.0 - rand::rng().random::<f64>()).ln()),
         };
         self.next_send = Some(clock::later(due, gap));
-        self.postpone_sweep(now);
         Some(due)
     }
 
-    /// Every wake-up sweeps, so the fallback only fires on quiet connections.
+    /// Every wake-up sweeps ([`Conversation::sweep`]), so the fallback only fires on quiet
+    /// connections.
     fn postpone_sweep(&mut self, now: Instant) {
         self.next_sweep = clock::later(now, self.sweep_every);
     }
@@ -682,6 +684,37 @@ mod tests {
         assert!(t.ping_due(second, timeout));
         assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
         assert_eq!(t.earliest(), first + Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_sweeps_once_per_period_not_in_a_loop() {
+        let ctx = super::super::test_context(100.0);
+        let load = crate::load::Load {
+            message_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            ..crate::config::Config::embedded_default().load()
+        };
+        let (desired, _) = tokio::sync::watch::channel(crate::load::Desired::new(load));
+        let user = User::new(
+            0,
+            std::sync::Arc::clone(&ctx),
+            desired.subscribe(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let mut talk = Conversation::new(&user, ctx.scenario.identity(0, 10));
+        // Heartbeat and messages far off: only the sweep fallback wakes this connection.
+        talk.timers.next_ping = Some(Instant::now() + Duration::from_secs(600));
+        talk.timers.next_send = None;
+        tokio::time::advance(talk.timers.sweep_every).await;
+        let now = Instant::now();
+        assert_eq!(talk.timers.earliest(), now, "the fallback is due");
+        talk.sweep(&ctx, now);
+        assert_eq!(
+            talk.timers.earliest(),
+            now + talk.timers.sweep_every,
+            "one period later, not again at once"
+        );
+        talk.finish(&user, DisconnectReason::ClientClose);
     }
 
     #[tokio::test(start_paused = true)]
