@@ -11,17 +11,10 @@ cd "$(dirname "$0")/.."
 users=${USERS:-45000}
 hold=${HOLD:-60}
 cargo build --release --quiet
-bin=target/release/wsfleet
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pt=$(port); pw=$(port)
+E2E_NAME=fleet-scale WSFLEET=target/release/wsfleet
+. scripts/e2e-lib.sh
+bin=$wsfleet
+pt=$(free_port); pw=$(free_port)
 apis=(127.0.1.1:$pw 127.0.1.2:$pw 127.0.1.3:$pw)
 fleet=$(IFS=,; echo "${apis[*]}")
 cat > "$work/fleet.yaml" <<YAML

@@ -1,16 +1,20 @@
-# Shared by the end-to-end scripts (stack-e2e, fleet-e2e): installing Prometheus, processes
-# stopped on exit, bounded waits, Prometheus queries. Source it after setting E2E_NAME.
+# Shared by the end-to-end scripts and benchmarks (stack-e2e, fleet-e2e, bench/fleet-scale.sh):
+# processes stopped on exit, bounded waits, free ports, Prometheus (installed on demand) and
+# its queries. Source it after setting E2E_NAME (and WSFLEET for another binary than the
+# debug build).
 # shellcheck shell=bash
 
-wsfleet="${CARGO_TARGET_DIR:-target}/debug/wsfleet"
+wsfleet="${WSFLEET:-${CARGO_TARGET_DIR:-target}/debug/wsfleet}"
 [ -x "$wsfleet" ] || cargo build
 
-if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
-  echo "$E2E_NAME: installing prometheus and prometheus-alertmanager from Debian"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager >/dev/null
-fi
+need_prometheus() {
+  if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+    echo "$E2E_NAME: installing prometheus and prometheus-alertmanager from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      prometheus prometheus-alertmanager >/dev/null
+  fi
+}
 
 work=$(mktemp -d)
 pids=()

@@ -366,16 +366,21 @@ fn parse_changes(changes: &[String]) -> Result<Value, CtlError> {
     Ok(Value::Object(patch))
 }
 
+/// `users 5000  connect_rate 200 ...`: every field of the load, as the API names it (so a new
+/// live field shows without a change here).
 fn describe_load(load: &Value) -> String {
-    format!(
-        "users {}  connect_rate {}/s  message_interval {}  payload_size {}  heartbeat_interval {}  room_size {}",
-        load["users"],
-        load["connect_rate"],
-        load["message_interval"],
-        load["payload_size"],
-        load["heartbeat_interval"],
-        load["room_size"]
-    )
+    let Some(fields) = load.as_object() else {
+        return load.to_string();
+    };
+    fields
+        .iter()
+        .filter(|(name, _)| *name != "profile_cancelled")
+        .map(|(name, value)| match value.as_str() {
+            Some(text) => format!("{name} {text}"),
+            None => format!("{name} {value}"),
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 fn describe_status(s: &Value) -> String {
