@@ -5,6 +5,7 @@
 
 pub mod json;
 pub mod matcher;
+pub mod reading;
 pub mod template;
 pub mod tracking;
 
@@ -277,6 +278,8 @@ pub struct Scenario {
     pub login: Vec<Step>,
     pub heartbeat: Option<AppHeartbeat>,
     pub message: Option<MessagePlan>,
+    /// The receive side: what each frame means, read in one walk.
+    pub reading: reading::Reading,
     pub room_size: u32,
 }
 
@@ -429,6 +432,8 @@ impl Scenario {
         if spec.room_size == 0 {
             return Err(at("room_size")("must be at least 1".into()));
         }
+        let reading = reading::Reading::compile(heartbeat.as_ref(), message.as_ref())
+            .map_err(at("message"))?;
         Ok(Scenario {
             url,
             headers,
@@ -438,6 +443,7 @@ impl Scenario {
             login,
             heartbeat,
             message,
+            reading,
             room_size: spec.room_size,
         })
     }

@@ -16,10 +16,10 @@ use super::{Context, User};
 use crate::clock;
 use crate::config::Schedule;
 use crate::metrics::DisconnectReason;
-use crate::scenario::matcher::Frame;
+use crate::scenario::reading::Meaning;
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
-use crate::scenario::{Identity, MessagePlan, room_members, room_name, room_range};
+use crate::scenario::{Identity, room_members, room_name, room_range};
 
 /// How long a user waits for the server's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -337,36 +337,21 @@ impl Conversation {
         self.timers.pong_deadline = None;
     }
 
-    /// Classifies a text frame: heartbeat reply, ack of our message, room delivery, or other.
+    /// Classifies a text frame — heartbeat reply, ack of our message, room delivery, or
+    /// other — from one walk of it.
     fn on_text(&mut self, ctx: &Context, text: &str) {
-        let frame = Frame::new(text);
         let metrics = &ctx.metrics;
-        if let Some(app) = &ctx.scenario.heartbeat
-            && app.expect.matches(&frame)
-        {
-            self.heartbeat_answered(ctx);
-            return;
+        match ctx.scenario.reading.read(text) {
+            Meaning::HeartbeatReply => self.heartbeat_answered(ctx),
+            Meaning::Ack { id: Some(id) } => self.on_ack(ctx, &id),
+            Meaning::Delivery {
+                sender: Some(sender),
+                seq: Some(seq),
+                ts: Some(ts),
+            } => self.on_delivery(ctx, &sender, seq, ts),
+            Meaning::Ack { .. } | Meaning::Delivery { .. } => metrics.frames_invalid.inc(),
+            Meaning::Other => metrics.frames_unmatched.inc(),
         }
-        let Some(plan) = &ctx.scenario.message else {
-            metrics.frames_unmatched.inc();
-            return;
-        };
-        if let Some(ack) = &plan.ack
-            && ack.matcher.matches(&frame)
-        {
-            match frame.text_at(&ack.id) {
-                Some(id) => self.on_ack(ctx, &id),
-                None => metrics.frames_invalid.inc(),
-            }
-            return;
-        }
-        if let Some(delivery) = &plan.delivery
-            && delivery.matcher.matches(&frame)
-        {
-            self.on_delivery(ctx, plan, &frame);
-            return;
-        }
-        metrics.frames_unmatched.inc();
     }
 
     fn on_ack(&mut self, ctx: &Context, id: &str) {
@@ -383,24 +368,13 @@ impl Conversation {
         }
     }
 
-    fn on_delivery(&mut self, ctx: &Context, plan: &MessagePlan, frame: &Frame<'_>) {
-        let Some(delivery) = &plan.delivery else {
-            return;
-        };
+    fn on_delivery(&mut self, ctx: &Context, sender: &str, seq: u64, ts: u64) {
         let metrics = &ctx.metrics;
-        let (Some(sender), Some(seq), Some(ts)) = (
-            frame.text_at(&delivery.sender),
-            frame.u64_at(&delivery.seq),
-            frame.u64_at(&delivery.ts),
-        ) else {
-            metrics.frames_invalid.inc();
-            return;
-        };
         if sender == self.identity.user_id {
             return; // the server echoed our own message to us; not a delivery
         }
         metrics.record_delivery(clock::since_micros(ts));
-        match self.tracker.observe(&sender, seq, Instant::now()) {
+        match self.tracker.observe(sender, seq, Instant::now()) {
             Delivery::New => metrics.deliveries_received.inc(),
             Delivery::Reordered => {
                 metrics.deliveries_received.inc();
