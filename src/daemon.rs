@@ -77,6 +77,9 @@ impl Daemon {
         metrics.set_sla_thresholds(&config.sla);
         let runtimes =
             Arc::new(Runtimes::start_for(config.threads).context("starting the user runtimes")?);
+        // Per-message measurements are buffered per user thread, flushed by the health probe.
+        let adopting = Arc::clone(&metrics);
+        runtimes.on_each(move || adopting.adopt_thread()).await;
         let (saturated, health, health_task) = crate::health::spawn(
             config.self_health.clone(),
             Arc::clone(&metrics),
@@ -149,6 +152,7 @@ impl Daemon {
         .with_graceful_shutdown(api_shutdown.clone().cancelled_owned());
         core.add("API server", tokio::spawn(server.into_future()));
         let stopping = shutdown.clone();
+        let final_metrics = Arc::clone(&metrics);
         let task = tokio::spawn(async move {
             let fault = tokio::select! {
                 // First: once shutdown is asked for, tasks ending is what is meant to happen.
@@ -162,6 +166,9 @@ impl Daemon {
             }
             tracing::info!("shutting down: closing every user");
             let fleet_stopped = core.join(FLEET_TASK).await;
+            // What the users measured last is still in their threads' buffers.
+            let flushing = Arc::clone(&final_metrics);
+            runtimes.on_each(move || flushing.flush_thread()).await;
             drop(runtimes);
             // Users are closed; only now stop the API (so /metrics shows the end) and the target
             // (so it answered the users' close frames).

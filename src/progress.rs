@@ -44,7 +44,7 @@ impl Counters {
             });
         Counters {
             attempts: metrics.connect_attempts(),
-            sent: metrics.messages_sent.get(),
+            sent: metrics.total(crate::metrics::Count::Sent),
             errors: connects.chain(disconnects).collect(),
         }
     }

@@ -67,6 +67,18 @@ impl Runtimes {
     pub fn handles(&self) -> &[Handle] {
         &self.handles
     }
+
+    /// Runs `f` once on every runtime thread and waits until all have.
+    pub async fn on_each<F>(&self, f: F)
+    where
+        F: Fn() + Clone + Send + 'static,
+    {
+        for handle in &self.handles {
+            let f = f.clone();
+            // A runtime that is gone has nothing left to run it for.
+            let _ = handle.spawn(async move { f() }).await;
+        }
+    }
 }
 
 impl Drop for Runtimes {

@@ -19,7 +19,7 @@ use super::conversation::close;
 use super::upgrade::{self, Stream};
 use crate::clock;
 use crate::failures::truncate;
-use crate::metrics::ConnectResult;
+use crate::metrics::{ConnectResult, Count, Latency};
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
 
@@ -115,7 +115,7 @@ pub async fn open(
                 ),
             )
         })??;
-    ctx.metrics.record_connect(started.elapsed());
+    ctx.metrics.observe(Latency::Connect, started.elapsed());
 
     let login_started = Instant::now();
     if let Err(detail) = login(ctx, &mut socket, &identity).await {
@@ -184,7 +184,7 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
             if let Some(send) = &step.send {
                 let text =
                     send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
-                ctx.metrics.bytes_sent.inc_by(text.len() as u64);
+                ctx.metrics.add(Count::BytesSent, text.len() as u64);
                 socket
                     .send(Message::text(text))
                     .await
@@ -196,7 +196,7 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
             loop {
                 match socket.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        ctx.metrics.bytes_received.inc_by(text.len() as u64);
+                        ctx.metrics.add(Count::BytesReceived, text.len() as u64);
                         if expect.matches(&Frame::new(&text)) {
                             return Ok(());
                         }

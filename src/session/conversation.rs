@@ -15,7 +15,7 @@ use super::connect::{Socket, describe_close};
 use super::{Context, User};
 use crate::clock;
 use crate::config::Schedule;
-use crate::metrics::DisconnectReason;
+use crate::metrics::{Count, DisconnectReason, Latency};
 use crate::scenario::reading::Meaning;
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
@@ -163,15 +163,15 @@ impl Conversation {
                     };
                     match frame {
                         Message::Text(text) => {
-                            metrics.messages_received.inc();
-                            metrics.bytes_received.inc_by(text.len() as u64);
+                            metrics.add(Count::Received, 1);
+                            metrics.add(Count::BytesReceived, text.len() as u64);
                             self.on_text(&ctx, &text);
                             self.check_settled(&ctx);
                         }
                         Message::Binary(data) => {
-                            metrics.messages_received.inc();
-                            metrics.bytes_received.inc_by(data.len() as u64);
-                            metrics.frames_unmatched.inc();
+                            metrics.add(Count::Received, 1);
+                            metrics.add(Count::BytesReceived, data.len() as u64);
+                            metrics.add(Count::FramesUnmatched, 1);
                         }
                         Message::Pong(data) => self.on_pong(&ctx, &data),
                         Message::Close(frame) => {
@@ -306,17 +306,18 @@ impl Conversation {
         write(ctx, socket, Message::text(text)).await?;
         user.slot.mark_sent(seq);
         let metrics = &ctx.metrics;
-        metrics.messages_sent.inc();
-        metrics.bytes_sent.inc_by(size);
-        metrics
-            .send_lag
-            .observe((Instant::now() - scheduled).as_secs_f64());
+        metrics.add(Count::Sent, 1);
+        metrics.add(Count::BytesSent, size);
+        metrics.observe(
+            Latency::SendLag,
+            Instant::now().saturating_duration_since(scheduled),
+        );
         if plan.ack.is_some() {
             self.pending.push_back((seq, scheduled));
         }
         if plan.delivery.is_some() {
             let others = room_members(user.id, users, room_size).saturating_sub(1);
-            metrics.deliveries_expected.inc_by(u64::from(others));
+            metrics.add(Count::DeliveriesExpected, u64::from(others));
         }
         Ok(())
     }
@@ -330,9 +331,7 @@ impl Conversation {
 
     fn heartbeat_answered(&mut self, ctx: &Context) {
         if let Some(sent) = self.ping_sent.take() {
-            ctx.metrics
-                .heartbeat_rtt
-                .observe(sent.elapsed().as_secs_f64());
+            ctx.metrics.observe(Latency::Heartbeat, sent.elapsed());
         }
         self.timers.pong_deadline = None;
     }
@@ -349,22 +348,22 @@ impl Conversation {
                 seq: Some(seq),
                 ts: Some(ts),
             } => self.on_delivery(ctx, &sender, seq, ts),
-            Meaning::Ack { .. } | Meaning::Delivery { .. } => metrics.frames_invalid.inc(),
-            Meaning::Other => metrics.frames_unmatched.inc(),
+            Meaning::Ack { .. } | Meaning::Delivery { .. } => metrics.add(Count::FramesInvalid, 1),
+            Meaning::Other => metrics.add(Count::FramesUnmatched, 1),
         }
     }
 
     fn on_ack(&mut self, ctx: &Context, id: &str) {
         let Some(seq) = seq_of_msg_id(id, &self.identity.user_id) else {
             // Someone else's id: servers that fan acks out to the room are not our concern.
-            ctx.metrics.frames_unmatched.inc();
+            ctx.metrics.add(Count::FramesUnmatched, 1);
             return;
         };
         // Acks come mostly in order, so the match is nearly always at the front.
         if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq)
             && let Some((_, scheduled)) = self.pending.remove(at)
         {
-            ctx.metrics.record_rtt(scheduled.elapsed());
+            ctx.metrics.observe(Latency::Rtt, scheduled.elapsed());
         }
     }
 
@@ -373,17 +372,17 @@ impl Conversation {
         if sender == self.identity.user_id {
             return; // the server echoed our own message to us; not a delivery
         }
-        metrics.record_delivery(clock::since_micros(ts));
+        metrics.observe(Latency::Delivery, clock::since_micros(ts));
         match self.tracker.observe(sender, seq, Instant::now()) {
-            Delivery::New => metrics.deliveries_received.inc(),
+            Delivery::New => metrics.add(Count::DeliveriesReceived, 1),
             Delivery::Reordered => {
-                metrics.deliveries_received.inc();
-                metrics.messages_reordered.inc();
+                metrics.add(Count::DeliveriesReceived, 1);
+                metrics.add(Count::Reordered, 1);
             }
-            Delivery::Duplicate => metrics.messages_duplicated.inc(),
+            Delivery::Duplicate => metrics.add(Count::Duplicated, 1),
             Delivery::Untracked => {}
         }
-        metrics.messages_lost.inc_by(self.tracker.take_lost());
+        metrics.add(Count::Lost, self.tracker.take_lost());
     }
 
     /// Expires acks past their timeout and delivery gaps past their grace period.
@@ -396,10 +395,10 @@ impl Conversation {
                 break;
             }
             self.pending.pop_front();
-            ctx.metrics.message_timeouts.inc();
+            ctx.metrics.add(Count::AckTimeouts, 1);
         }
         self.tracker.expire(now);
-        ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
+        ctx.metrics.add(Count::Lost, self.tracker.take_lost());
         if self.draining {
             self.schedule_settling(ctx);
             self.check_settled(ctx);
@@ -418,15 +417,14 @@ impl Conversation {
             self.announce_final_sequences(ctx, Instant::now());
         }
         self.tracker.finish();
-        ctx.metrics.messages_lost.inc_by(self.tracker.take_lost());
+        ctx.metrics.add(Count::Lost, self.tracker.take_lost());
         let left_by_choice = matches!(
             reason,
             DisconnectReason::ClientClose | DisconnectReason::Churn | DisconnectReason::RoomChange
         );
         if drained || !left_by_choice {
             ctx.metrics
-                .message_timeouts
-                .inc_by(self.pending.len() as u64);
+                .add(Count::AckTimeouts, self.pending.len() as u64);
         }
         self.pending.clear();
         if !self.settled {

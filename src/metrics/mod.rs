@@ -4,6 +4,10 @@
 //! Label values come from closed enums ([`ConnectResult`], [`DisconnectReason`]); their series
 //! are created up front so every one of them exists (at 0) from the first scrape.
 
+mod local;
+
+pub use local::{Count, Latency};
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -350,28 +354,47 @@ impl Metrics {
         &self.disconnects[reason as usize]
     }
 
-    /// Records a successful handshake of the given duration.
-    pub fn record_connect(&self, took: Duration) {
-        self.connect_duration.observe(took.as_secs_f64());
-        self.connect_window.record(took);
+    /// The shared collector of a per-message counter.
+    fn counter(&self, count: Count) -> &IntCounter {
+        match count {
+            Count::Sent => &self.messages_sent,
+            Count::Received => &self.messages_received,
+            Count::BytesSent => &self.bytes_sent,
+            Count::BytesReceived => &self.bytes_received,
+            Count::DeliveriesExpected => &self.deliveries_expected,
+            Count::DeliveriesReceived => &self.deliveries_received,
+            Count::Lost => &self.messages_lost,
+            Count::Duplicated => &self.messages_duplicated,
+            Count::Reordered => &self.messages_reordered,
+            Count::AckTimeouts => &self.message_timeouts,
+            Count::FramesInvalid => &self.frames_invalid,
+            Count::FramesUnmatched => &self.frames_unmatched,
+        }
     }
 
-    /// Records the round trip of one message.
-    pub fn record_rtt(&self, rtt: Duration) {
-        self.message_rtt.observe(rtt.as_secs_f64());
-        self.rtt_window.record(rtt);
+    fn histogram(&self, latency: Latency) -> &Histogram {
+        match latency {
+            Latency::Rtt => &self.message_rtt,
+            Latency::Delivery => &self.delivery_latency,
+            Latency::Connect => &self.connect_duration,
+            Latency::Heartbeat => &self.heartbeat_rtt,
+            Latency::SendLag => &self.send_lag,
+        }
     }
 
-    /// Records the end-to-end latency of one room delivery.
-    pub fn record_delivery(&self, latency: Duration) {
-        self.delivery_latency.observe(latency.as_secs_f64());
-        self.delivery_window.record(latency);
+    fn window(&self, latency: Latency) -> Option<&LatencyWindow> {
+        match latency {
+            Latency::Rtt => Some(&self.rtt_window),
+            Latency::Delivery => Some(&self.delivery_window),
+            Latency::Connect => Some(&self.connect_window),
+            Latency::Heartbeat | Latency::SendLag => None,
+        }
     }
 
     /// The message counters, as the status API and the run summary show them.
     pub fn message_counts(&self) -> MessageCounts {
         MessageCounts {
-            sent: self.messages_sent.get(),
+            sent: self.total(Count::Sent),
             received: self.messages_received.get(),
             ack_timeouts: self.message_timeouts.get(),
             lost: self.messages_lost.get(),
@@ -494,6 +517,11 @@ fn quantiles_of(hdr: &Hdr<u64>) -> Quantiles {
     }
 }
 
+/// A sample as the windows store it: microseconds, at least 1.
+fn micros(value: Duration) -> u64 {
+    u64::try_from(value.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Microsecond resolution up to one hour, three significant digits.
 fn new_hdr() -> Hdr<u64> {
     Hdr::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
@@ -513,10 +541,18 @@ impl LatencyWindow {
     }
 
     pub fn record(&self, value: Duration) {
-        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = micros(value);
         let mut state = self.lock_rotated();
         state.current.saturating_record(micros);
         state.total.saturating_record(micros);
+    }
+
+    /// Adds a batch of samples recorded elsewhere (a user thread's buffer).
+    pub fn merge(&self, samples: &Hdr<u64>) {
+        let mut state = self.lock_rotated();
+        // Same bounds on both sides: adding cannot fail; were it to, the batch is dropped.
+        let _ = state.current.add(samples);
+        let _ = state.total.add(samples);
     }
 
     /// Quantiles of the last complete window, or of the current one before the first ends.
