@@ -881,3 +881,36 @@ async fn ctl_fleet_steers_every_instance_as_one() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A CPU profile of the running daemon, in pprof's protobuf: it decodes, holds samples, and
+/// names wsfleet's own functions; bad durations are refused; the token guards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_of_the_running_daemon_is_served_as_pprof() {
+    use pprof::protos::Message as _;
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", true).await;
+    let api = daemon.addr();
+    wait_active(api, 10.0, 30).await;
+    let get = |query: &'static str, token: Option<&'static str>| async move {
+        let request = http().get(format!("http://{api}/debug/pprof/profile{query}"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        request.send().await.unwrap()
+    };
+    assert_eq!(get("?seconds=1", None).await.status(), 401);
+    assert_eq!(get("?seconds=0", Some(TOKEN)).await.status(), 422);
+    assert_eq!(get("?seconds=3600", Some(TOKEN)).await.status(), 422);
+    assert_eq!(get("?seconds=soon", Some(TOKEN)).await.status(), 400);
+    let response = get("?seconds=1", Some(TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let profile = pprof::protos::Profile::decode(bytes.as_ref()).expect("pprof protobuf");
+    assert!(!profile.sample.is_empty(), "samples were taken");
+    assert!(
+        profile.string_table.iter().any(|s| s.contains("wsfleet")),
+        "wsfleet's own frames are named"
+    );
+    daemon.shutdown().await.unwrap();
+}

@@ -5,6 +5,7 @@
 //! With a bearer token configured, every `/api` and `/v1` call must carry it.
 
 mod control;
+mod debug;
 mod k6;
 
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ pub use control::Status;
 /// Largest request body accepted: load patches and profiles are a few kilobytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const PROFILE_TIMEOUT: Duration = Duration::from_secs(debug::MAX_PROFILE_SECONDS + 10);
+
+fn timeout(limit: Duration) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limit)
+}
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -74,19 +80,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/reload", post(control::reload))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
+        .route_layer(timeout(REQUEST_TIMEOUT))
+        // A profile takes as long as it was asked to: its own, longer bound.
+        .route(
+            "/debug/pprof/profile",
+            get(debug::profile).layer(timeout(PROFILE_TIMEOUT)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route_layer(timeout(REQUEST_TIMEOUT))
         .merge(guarded)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(middleware::from_fn(identify))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -236,6 +245,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         control::reload,
         k6::get_status,
         k6::patch_status,
+        debug::profile,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []), ())

@@ -1,0 +1,100 @@
+//! `GET /debug/pprof/profile?seconds=N`: a CPU profile of the running daemon in pprof's
+//! protobuf format, which `go tool pprof` and flamegraph tools read — the way users of the Go
+//! tools in this field find a generator's hot spots. Sampled at 99 Hz for N seconds (1–60,
+//! default 10), one profile at a time, behind the API token when one is set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiError, ErrorBody};
+
+/// Longest profile one request may ask for.
+pub const MAX_PROFILE_SECONDS: u64 = 60;
+const DEFAULT_PROFILE_SECONDS: u64 = 10;
+const SAMPLES_PER_SECOND: i32 = 99;
+
+/// Only one profiler can run in a process.
+static PROFILING: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProfileQuery {
+    /// How long to sample, 1–60 (default 10).
+    #[param(minimum = 1, maximum = 60)]
+    seconds: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/debug/pprof/profile", tag = "debug", params(ProfileQuery),
+    responses((status = 200, description = "pprof protobuf", content_type = "application/octet-stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "a profile is already being taken", body = ErrorBody),
+        (status = 422, description = "seconds out of range", body = ErrorBody)))]
+pub async fn profile(
+    query: Result<Query<ProfileQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let seconds = query.seconds.unwrap_or(DEFAULT_PROFILE_SECONDS);
+    if !(1..=MAX_PROFILE_SECONDS).contains(&seconds) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("seconds must be between 1 and {MAX_PROFILE_SECONDS}, got {seconds}"),
+        )
+        .field("seconds"));
+    }
+    if PROFILING.swap(true, Ordering::AcqRel) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a profile is already being taken; try again when it is done",
+        ));
+    }
+    let taken = tokio::task::spawn_blocking(move || take(Duration::from_secs(seconds))).await;
+    PROFILING.store(false, Ordering::Release);
+    match taken {
+        Ok(Ok(bytes)) => Ok((
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"wsfleet-cpu.pb\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response()),
+        Ok(Err(err)) => {
+            tracing::error!(%err, "taking a CPU profile failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "taking a CPU profile failed",
+            ))
+        }
+        Err(err) => {
+            tracing::error!(%err, "the profiler task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "taking a CPU profile failed",
+            ))
+        }
+    }
+}
+
+/// Samples the whole process for `span` (on a blocking thread: the profiler is not `Send`).
+fn take(span: Duration) -> Result<Vec<u8>, pprof::Error> {
+    use pprof::protos::Message as _;
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(SAMPLES_PER_SECOND)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()?;
+    // The profile's length, not a wait for an event: samples are taken meanwhile.
+    std::thread::sleep(span);
+    let profile = guard.report().build()?.pprof()?;
+    Ok(profile.encode_to_vec())
+}
