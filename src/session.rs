@@ -5,10 +5,17 @@
 //! few words while idle: the connect and conversation futures are boxed (their large state
 //! lives on the heap only while in use), all timers share one `sleep_until` on the earliest
 //! deadline, and socket buffers are sized in [`ws_config`].
+//!
+//! Parts, each depending only on those before it: `wire` (the socket type, connect failures,
+//! a polite close), `upgrade` (TLS and the HTTP upgrade), `connect` (an attempt: TCP, upgrade,
+//! login), `conversation` (one connection's protocol state, a state machine with no I/O) and
+//! `talk` (the loop that drives a conversation over any `Sink + Stream`).
 
 mod connect;
 mod conversation;
+mod talk;
 mod upgrade;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,7 +177,7 @@ impl User {
                     failures = 0;
                     ctx.metrics.users_active.inc();
                     self.slot.set_connected(true);
-                    let ended = Box::pin(conversation::run(&mut self, socket, identity)).await;
+                    let ended = Box::pin(talk::run(&mut self, socket, identity)).await;
                     self.slot.set_connected(false);
                     ctx.metrics.users_active.dec();
                     ctx.metrics.disconnect(ended.reason).inc();
@@ -237,7 +244,13 @@ impl User {
 /// A context whose users would connect to a closed port, for tests of what happens before.
 #[cfg(test)]
 pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
-    let config = Config::parse(&format!("connect_rate: {connect_rate}")).expect("valid");
+    test_context_with(&format!("connect_rate: {connect_rate}"))
+}
+
+/// [`test_context`] from a config of its own.
+#[cfg(test)]
+pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
+    let config = Config::parse(yaml).expect("valid");
     Arc::new(Context::new(
         &config,
         Url::parse("ws://127.0.0.1:1/ws").expect("url"),

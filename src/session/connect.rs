@@ -10,42 +10,17 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
 use super::Context;
-use super::conversation::close;
-use super::upgrade::{self, Stream};
+use super::upgrade;
+use super::wire::{ConnectFailure, Socket, close, describe_close, io_failure};
 use crate::clock;
 use crate::failures::truncate;
 use crate::metrics::{ConnectResult, Count, Latency};
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
-
-pub type Socket = WebSocketStream<Stream>;
-
-/// A failed connection attempt: the counted result and what exactly happened, for a person.
-#[derive(Debug)]
-pub struct ConnectFailure {
-    pub result: ConnectResult,
-    pub detail: String,
-}
-
-impl ConnectFailure {
-    pub fn new(result: ConnectResult, detail: impl Into<String>) -> Self {
-        Self {
-            result,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl From<ConnectResult> for ConnectFailure {
-    fn from(result: ConnectResult) -> Self {
-        Self::new(result, result.as_str())
-    }
-}
 
 /// A rustls client config with the webpki roots and `extra_roots`, when the target (or a URL
 /// template) may be wss.
@@ -232,18 +207,6 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
     Ok(())
 }
 
-/// `1008 "policy violation"`, or `no close frame`.
-pub fn describe_close(frame: Option<&CloseFrame>) -> String {
-    match frame {
-        Some(frame) => format!(
-            "close code {} \"{}\"",
-            u16::from(frame.code),
-            truncate(&frame.reason, 120)
-        ),
-        None => "no close code".into(),
-    }
-}
-
 /// TCP connect, from `source` if given (bound before connecting).
 async fn tcp_connect(
     addr: SocketAddr,
@@ -276,26 +239,4 @@ async fn tcp_connect(
         .connect(addr)
         .await
         .map_err(|err| io_failure(&err, &connecting))
-}
-
-/// An I/O error while `doing` something, classified.
-pub(super) fn io_failure(err: &std::io::Error, doing: &str) -> ConnectFailure {
-    ConnectFailure::new(io_result(err), format!("{doing}: {err}"))
-}
-
-fn io_result(err: &std::io::Error) -> ConnectResult {
-    use std::io::ErrorKind;
-    match err.kind() {
-        ErrorKind::ConnectionRefused => ConnectResult::Refused,
-        // connect() without a free ephemeral port for this destination.
-        ErrorKind::AddrNotAvailable => ConnectResult::PortsExhausted,
-        ErrorKind::TimedOut => ConnectResult::Timeout,
-        _ if is_tls_error(err) => ConnectResult::Tls,
-        _ => ConnectResult::Io,
-    }
-}
-
-fn is_tls_error(err: &std::io::Error) -> bool {
-    err.get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }

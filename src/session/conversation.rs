@@ -1,63 +1,90 @@
-//! The life of one connection after login: heartbeat, the send schedule, and what each server
-//! frame means (heartbeat reply, ack, room delivery), until the connection ends.
+//! The life of one connection after login, as a plain state machine: server frames, ticks and
+//! changes of the desired load go in; frames to send, the next deadline and how the
+//! connection ended come out. It owns the heartbeat and send schedule, pending acks, delivery
+//! tracking, churn and the drain's books — and no socket: the driver in
+//! [`talk`](super::talk) does the I/O, and the tests here run on tokio's paused clock alone.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
-use tokio::time::{Instant, sleep_until, timeout};
-use tokio_stream::wrappers::WatchStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
-use super::connect::{Socket, describe_close};
+use super::wire::describe_close;
 use super::{Context, User};
 use crate::clock;
 use crate::config::Schedule;
+use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason, Latency};
+use crate::roster::Slot;
 use crate::scenario::reading::Meaning;
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
 use crate::scenario::{Identity, room_members, room_name, room_range};
 
-/// How long a user waits for the server's answer to its close frame.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most messages one tick hands out: a backlog goes out in batches, with reads between them.
+const MAX_SENDS_PER_TICK: usize = 64;
 
 /// How a connection ended: the counted reason, and for failures what exactly happened.
+#[derive(Debug, PartialEq)]
 pub struct Ended {
     pub reason: DisconnectReason,
     pub detail: Option<String>,
 }
 
 impl Ended {
-    fn planned(reason: DisconnectReason) -> Ended {
+    pub fn planned(reason: DisconnectReason) -> Ended {
         Ended {
             reason,
             detail: None,
         }
     }
 
-    fn failed(reason: DisconnectReason, detail: impl Into<String>) -> Ended {
+    pub fn failed(reason: DisconnectReason, detail: impl Into<String>) -> Ended {
         Ended {
             reason,
             detail: Some(detail.into()),
         }
     }
+
+    /// Whether we chose to end it (and so owe the server a close frame).
+    pub fn is_planned(&self) -> bool {
+        self.detail.is_none()
+    }
 }
 
-/// Talks over one connection until it ends, settles its books, and says why it ended.
-pub async fn run(user: &mut User, mut socket: Socket, identity: Identity) -> Ended {
-    let mut talk = Conversation::new(user, identity);
-    let ended = talk.run(user, &mut socket).await;
-    talk.finish(user, ended.reason);
-    ended
+/// A frame the driver must write.
+#[derive(Debug, PartialEq)]
+pub enum Outbound {
+    /// A heartbeat: a WebSocket ping or the scenario's app frame.
+    Heartbeat(Message),
+    /// A scheduled message; once written, report it with [`Conversation::sent`].
+    Message {
+        frame: Message,
+        seq: u64,
+        scheduled: Instant,
+    },
+}
+
+/// The part of the desired load a connection uses, copied when it changes (so sending reads
+/// no shared state).
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    payload_size: usize,
+    /// This instance's users, for the size of this user's room.
+    local_users: u32,
+    room_size: u32,
 }
 
 /// State of one connection; dropped when it ends.
-struct Conversation {
+pub struct Conversation {
+    ctx: Arc<Context>,
+    slot: Arc<Slot>,
     identity: Identity,
     timers: Timers,
+    share: Share,
     /// Messages awaiting their ack: sequence and scheduled send time, oldest first.
     pending: VecDeque<(u64, Instant)>,
     tracker: Tracker,
@@ -74,157 +101,212 @@ struct Conversation {
 }
 
 impl Conversation {
-    fn new(user: &User, identity: Identity) -> Conversation {
-        let ctx = &user.ctx;
-        let desired = user.desired.borrow();
+    /// A connection of `user`, just logged in as `identity`: its room's members are expected
+    /// from now on.
+    pub fn new(user: &User, identity: Identity) -> Conversation {
+        let ctx = Arc::clone(&user.ctx);
+        let desired = user.desired.borrow().clone();
         let tracks_deliveries = ctx
             .scenario
             .message
             .as_ref()
             .is_some_and(|m| m.delivery.is_some());
-        let room_size = desired.load.room_size;
+        let share = Share::of(&ctx, &desired);
         // Local ids: a shard holds whole rooms, numbered room by room.
         let members = if tracks_deliveries {
-            room_range(user.id, ctx.local_users(&desired.load), room_size)
+            room_range(user.id, share.local_users, share.room_size)
         } else {
             0..0
         };
         let mut tracker = Tracker::new(ctx.loss_grace);
-        // Joined: what the room's members send from now on is expected here.
         for (member, sent) in members.clone().zip(ctx.roster.sent(members.clone())) {
             if member != user.id {
-                let id = ctx.scenario.user_id(ctx.global_id(member, room_size));
+                let id = ctx.scenario.user_id(ctx.global_id(member, share.room_size));
                 tracker.expect_from(&id, sent);
             }
         }
         ctx.books.open();
-        Conversation {
-            identity,
+        let mut talk = Conversation {
             timers: Timers::start(
-                ctx,
-                sending_interval(ctx, &desired),
+                &ctx,
+                sending_interval(&ctx, &desired),
                 desired.load.heartbeat_interval,
             ),
+            slot: Arc::clone(&user.slot),
+            identity,
+            share,
             pending: VecDeque::new(),
             tracker,
             ping_sent: None,
             local: user.id,
-            room_size,
+            room_size: share.room_size,
             members,
             draining: false,
             settled: false,
+            ctx,
+        };
+        if desired.draining {
+            talk.start_drain();
+        }
+        talk
+    }
+
+    /// When [`Conversation::on_tick`] is due next.
+    pub fn deadline(&self) -> Instant {
+        self.timers.earliest()
+    }
+
+    /// The desired load changed. A user whose room changed must rejoin: it ends (planned).
+    pub fn on_desired(&mut self, desired: &Desired) -> Result<(), Ended> {
+        let ctx = Arc::clone(&self.ctx);
+        let room_size = desired.load.room_size;
+        if room_name(ctx.global_id(self.local, room_size), room_size) != self.identity.room {
+            return Err(Ended::planned(DisconnectReason::RoomChange));
+        }
+        self.share = Share::of(&ctx, desired);
+        self.timers
+            .set_message_interval(sending_interval(&ctx, desired));
+        self.timers
+            .set_heartbeat_interval(desired.load.heartbeat_interval);
+        if desired.draining && !self.draining {
+            self.start_drain();
+        }
+        Ok(())
+    }
+
+    /// A frame from the server.
+    pub fn on_frame(&mut self, frame: &Message) -> Result<(), Ended> {
+        let ctx = Arc::clone(&self.ctx);
+        let metrics = &ctx.metrics;
+        match frame {
+            Message::Text(text) => {
+                metrics.add(Count::Received, 1);
+                metrics.add(Count::BytesReceived, text.len() as u64);
+                self.on_text(text);
+                self.check_settled();
+            }
+            Message::Binary(data) => {
+                metrics.add(Count::Received, 1);
+                metrics.add(Count::BytesReceived, data.len() as u64);
+                metrics.add(Count::FramesUnmatched, 1);
+            }
+            Message::Pong(data) => self.on_pong(data),
+            Message::Close(frame) => {
+                return Err(Ended::failed(
+                    DisconnectReason::ServerClose,
+                    format!(
+                        "the server closed the connection ({})",
+                        describe_close(frame.as_ref())
+                    ),
+                ));
+            }
+            Message::Ping(_) | Message::Frame(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Time has come (see [`Conversation::deadline`]): ends the connection on a missed
+    /// heartbeat or at its churn time, queues what is due to be sent into `out`, expires acks
+    /// and gaps.
+    pub fn on_tick(&mut self, now: Instant, out: &mut VecDeque<Outbound>) -> Result<(), Ended> {
+        let ctx = Arc::clone(&self.ctx);
+        if self.timers.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(Ended::failed(
+                DisconnectReason::HeartbeatTimeout,
+                format!(
+                    "no heartbeat reply within heartbeat.timeout ({})",
+                    humantime::format_duration(ctx.heartbeat.timeout)
+                ),
+            ));
+        }
+        if self.timers.churn_at.is_some_and(|d| now >= d) {
+            return Err(Ended::planned(DisconnectReason::Churn));
+        }
+        if self.timers.ping_due(now, ctx.heartbeat.timeout) {
+            out.push_back(Outbound::Heartbeat(self.heartbeat(now)));
+        }
+        for _ in 0..MAX_SENDS_PER_TICK {
+            let Some(scheduled) = self.timers.send_due(now, ctx.schedule) else {
+                break;
+            };
+            if let Some(message) = self.message(scheduled) {
+                out.push_back(message);
+            }
+        }
+        self.sweep(now);
+        Ok(())
+    }
+
+    /// Message `seq`, scheduled for `scheduled`, left through the socket.
+    pub fn sent(&mut self, seq: u64, scheduled: Instant, size: usize) {
+        let ctx = Arc::clone(&self.ctx);
+        let Some(plan) = &ctx.scenario.message else {
+            return;
+        };
+        self.slot.mark_sent(seq);
+        let metrics = &ctx.metrics;
+        metrics.add(Count::Sent, 1);
+        metrics.add(Count::BytesSent, size as u64);
+        metrics.observe(
+            Latency::SendLag,
+            Instant::now().saturating_duration_since(scheduled),
+        );
+        if plan.ack.is_some() {
+            self.pending.push_back((seq, scheduled));
+        }
+        if plan.delivery.is_some() {
+            let others = room_members(self.local, self.share.local_users, self.share.room_size)
+                .saturating_sub(1);
+            metrics.add(Count::DeliveriesExpected, u64::from(others));
         }
     }
 
-    async fn run(&mut self, user: &mut User, socket: &mut Socket) -> Ended {
-        let ctx = std::sync::Arc::clone(&user.ctx);
-        let metrics = &ctx.metrics;
-        // Created once per connection, not per frame: re-creating them on every loop turn
-        // re-registers a timer and takes the watch channel's lock, which every user shares.
-        let cancelled = user.cancel.clone().cancelled_owned();
-        tokio::pin!(cancelled);
-        let mut changes = WatchStream::new(user.desired.clone());
-        let sleep = sleep_until(self.timers.earliest());
-        tokio::pin!(sleep);
-        loop {
-            let wake = self.timers.earliest();
-            if sleep.deadline() != wake {
-                sleep.as_mut().reset(wake);
+    fn heartbeat(&mut self, now: Instant) -> Message {
+        let ctx = &self.ctx;
+        let stamp = clock::micros_at(now.into_std());
+        self.ping_sent.get_or_insert(now);
+        match &ctx.scenario.heartbeat {
+            Some(app) => {
+                let values =
+                    self.identity
+                        .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
+                Message::text(app.send.render(&values))
             }
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => {
-                    close(socket).await;
-                    return Ended::planned(DisconnectReason::ClientClose);
-                }
-                Some(desired) = changes.next() => {
-                    let room_size = desired.load.room_size;
-                    if room_name(ctx.global_id(user.id, room_size), room_size) != self.identity.room {
-                        // Rooms were regrouped: rejoin as the server expects, by reconnecting.
-                        close(socket).await;
-                        return Ended::planned(DisconnectReason::RoomChange);
-                    }
-                    self.timers.set_message_interval(sending_interval(&ctx, &desired));
-                    self.timers.set_heartbeat_interval(desired.load.heartbeat_interval);
-                    if desired.draining && !self.draining {
-                        self.start_drain(&ctx);
-                    }
-                }
-                frame = socket.next() => {
-                    let frame = match frame {
-                        None => {
-                            return Ended::failed(
-                                DisconnectReason::Reset,
-                                "the connection ended without a close frame",
-                            );
-                        }
-                        Some(Err(err)) => return failure(&err),
-                        Some(Ok(frame)) => frame,
-                    };
-                    match frame {
-                        Message::Text(text) => {
-                            metrics.add(Count::Received, 1);
-                            metrics.add(Count::BytesReceived, text.len() as u64);
-                            self.on_text(&ctx, &text);
-                            self.check_settled(&ctx);
-                        }
-                        Message::Binary(data) => {
-                            metrics.add(Count::Received, 1);
-                            metrics.add(Count::BytesReceived, data.len() as u64);
-                            metrics.add(Count::FramesUnmatched, 1);
-                        }
-                        Message::Pong(data) => self.on_pong(&ctx, &data),
-                        Message::Close(frame) => {
-                            return Ended::failed(
-                                DisconnectReason::ServerClose,
-                                format!(
-                                    "the server closed the connection ({})",
-                                    describe_close(frame.as_ref())
-                                ),
-                            );
-                        }
-                        Message::Ping(_) | Message::Frame(_) => {}
-                    }
-                }
-                _ = &mut sleep => {
-                    let now = Instant::now();
-                    if self.timers.pong_deadline.is_some_and(|d| now >= d) {
-                        return Ended::failed(
-                            DisconnectReason::HeartbeatTimeout,
-                            format!(
-                                "no heartbeat reply within heartbeat.timeout ({})",
-                                humantime::format_duration(ctx.heartbeat.timeout)
-                            ),
-                        );
-                    }
-                    if self.timers.churn_at.is_some_and(|d| now >= d) {
-                        close(socket).await;
-                        return Ended::planned(DisconnectReason::Churn);
-                    }
-                    if self.timers.ping_due(now, ctx.heartbeat.timeout)
-                        && let Err(ended) = self.ping(&ctx, user, socket, now).await {
-                            return ended;
-                        }
-                    if let Some(scheduled) = self.timers.send_due(now, ctx.schedule)
-                        && let Err(ended) = self.send(&ctx, user, socket, scheduled).await {
-                            return ended;
-                        }
-                    self.sweep(&ctx, now);
-                }
-            }
+            None => Message::Ping(stamp.to_be_bytes().to_vec().into()),
         }
+    }
+
+    /// The message scheduled for `scheduled`, with the next sequence number; none without a
+    /// message flow in the scenario.
+    fn message(&mut self, scheduled: Instant) -> Option<Outbound> {
+        let ctx = &self.ctx;
+        let plan = ctx.scenario.message.as_ref()?;
+        let seq = self.slot.next_seq();
+        let ts = clock::micros_at(scheduled.into_std());
+        let text = plan.send.render(&self.identity.values(
+            ctx.target.as_str(),
+            seq,
+            ts,
+            self.share.payload_size,
+        ));
+        Some(Outbound::Message {
+            frame: Message::text(text),
+            seq,
+            scheduled,
+        })
     }
 
     /// The run is ending: sending has stopped everywhere. Expect every room member's messages
     /// up to its last one, and settle as soon as nothing is outstanding.
-    fn start_drain(&mut self, ctx: &Context) {
+    fn start_drain(&mut self) {
         self.draining = true;
-        self.announce_final_sequences(ctx, Instant::now());
-        self.schedule_settling(ctx);
-        self.check_settled(ctx);
+        self.announce_final_sequences(Instant::now());
+        self.schedule_settling();
+        self.check_settled();
     }
 
-    fn announce_final_sequences(&mut self, ctx: &Context, now: Instant) {
+    fn announce_final_sequences(&mut self, now: Instant) {
+        let ctx = &self.ctx;
         let members = self.members.clone();
         for (member, sent) in members.clone().zip(ctx.roster.sent(members)) {
             if member != self.local {
@@ -235,140 +317,72 @@ impl Conversation {
     }
 
     /// While draining, wake exactly when the next ack times out or gap expires.
-    fn schedule_settling(&mut self, ctx: &Context) {
+    fn schedule_settling(&mut self) {
         let ack = self
             .pending
             .front()
-            .map(|&(_, scheduled)| clock::later(scheduled, ctx.ack_timeout));
+            .map(|&(_, scheduled)| clock::later(scheduled, self.ctx.ack_timeout));
         if let Some(next) = ack.into_iter().chain(self.tracker.next_expiry()).min() {
             self.timers.next_sweep = next;
         }
     }
 
     /// Closes this conversation's books once nothing it awaits is outstanding (draining only).
-    fn check_settled(&mut self, ctx: &Context) {
+    fn check_settled(&mut self) {
         if self.draining && !self.settled && self.pending.is_empty() && self.tracker.is_settled() {
             self.settled = true;
-            ctx.books.close();
+            self.ctx.books.close();
         }
     }
 
-    async fn ping(
-        &mut self,
-        ctx: &Context,
-        user: &User,
-        socket: &mut Socket,
-        now: Instant,
-    ) -> Result<(), Ended> {
-        let stamp = clock::micros_at(now.into_std());
-        let frame = match &ctx.scenario.heartbeat {
-            Some(app) => {
-                let payload_size = user.desired.borrow().load.payload_size;
-                let values = self
-                    .identity
-                    .values(ctx.target.as_str(), 0, stamp, payload_size);
-                Message::text(app.send.render(&values))
-            }
-            None => Message::Ping(stamp.to_be_bytes().to_vec().into()),
-        };
-        self.ping_sent.get_or_insert(now);
-        write(ctx, socket, frame).await
-    }
-
-    async fn send(
-        &mut self,
-        ctx: &Context,
-        user: &mut User,
-        socket: &mut Socket,
-        scheduled: Instant,
-    ) -> Result<(), Ended> {
-        let Some(plan) = &ctx.scenario.message else {
-            return Ok(());
-        };
-        let seq = user.slot.next_seq();
-        let ts = clock::micros_at(scheduled.into_std());
-        // One read of the shared desired state per message.
-        let (payload_size, users, room_size) = {
-            let desired = user.desired.borrow();
-            (
-                desired.load.payload_size,
-                ctx.local_users(&desired.load),
-                desired.load.room_size,
-            )
-        };
-        let text = plan.send.render(&self.identity.values(
-            ctx.target.as_str(),
-            seq,
-            ts,
-            payload_size,
-        ));
-        let size = text.len() as u64;
-        write(ctx, socket, Message::text(text)).await?;
-        user.slot.mark_sent(seq);
-        let metrics = &ctx.metrics;
-        metrics.add(Count::Sent, 1);
-        metrics.add(Count::BytesSent, size);
-        metrics.observe(
-            Latency::SendLag,
-            Instant::now().saturating_duration_since(scheduled),
-        );
-        if plan.ack.is_some() {
-            self.pending.push_back((seq, scheduled));
-        }
-        if plan.delivery.is_some() {
-            let others = room_members(user.id, users, room_size).saturating_sub(1);
-            metrics.add(Count::DeliveriesExpected, u64::from(others));
-        }
-        Ok(())
-    }
-
-    fn on_pong(&mut self, ctx: &Context, data: &[u8]) {
+    fn on_pong(&mut self, data: &[u8]) {
         // Unsolicited pongs are allowed (RFC 6455 5.5.3); only ours carry an 8-byte stamp.
-        if ctx.scenario.heartbeat.is_none() && data.len() == 8 {
-            self.heartbeat_answered(ctx);
+        if self.ctx.scenario.heartbeat.is_none() && data.len() == 8 {
+            self.heartbeat_answered();
         }
     }
 
-    fn heartbeat_answered(&mut self, ctx: &Context) {
+    fn heartbeat_answered(&mut self) {
         if let Some(sent) = self.ping_sent.take() {
-            ctx.metrics.observe(Latency::Heartbeat, sent.elapsed());
+            self.ctx.metrics.observe(Latency::Heartbeat, sent.elapsed());
         }
         self.timers.pong_deadline = None;
     }
 
     /// Classifies a text frame — heartbeat reply, ack of our message, room delivery, or
     /// other — from one walk of it.
-    fn on_text(&mut self, ctx: &Context, text: &str) {
+    fn on_text(&mut self, text: &str) {
+        let ctx = Arc::clone(&self.ctx);
         let metrics = &ctx.metrics;
         match ctx.scenario.reading.read(text) {
-            Meaning::HeartbeatReply => self.heartbeat_answered(ctx),
-            Meaning::Ack { id: Some(id) } => self.on_ack(ctx, &id),
+            Meaning::HeartbeatReply => self.heartbeat_answered(),
+            Meaning::Ack { id: Some(id) } => self.on_ack(&id),
             Meaning::Delivery {
                 sender: Some(sender),
                 seq: Some(seq),
                 ts: Some(ts),
-            } => self.on_delivery(ctx, &sender, seq, ts),
+            } => self.on_delivery(&sender, seq, ts),
             Meaning::Ack { .. } | Meaning::Delivery { .. } => metrics.add(Count::FramesInvalid, 1),
             Meaning::Other => metrics.add(Count::FramesUnmatched, 1),
         }
     }
 
-    fn on_ack(&mut self, ctx: &Context, id: &str) {
+    fn on_ack(&mut self, id: &str) {
         let Some(seq) = seq_of_msg_id(id, &self.identity.user_id) else {
             // Someone else's id: servers that fan acks out to the room are not our concern.
-            ctx.metrics.add(Count::FramesUnmatched, 1);
+            self.ctx.metrics.add(Count::FramesUnmatched, 1);
             return;
         };
         // Acks come mostly in order, so the match is nearly always at the front.
         if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq)
             && let Some((_, scheduled)) = self.pending.remove(at)
         {
-            ctx.metrics.observe(Latency::Rtt, scheduled.elapsed());
+            self.ctx.metrics.observe(Latency::Rtt, scheduled.elapsed());
         }
     }
 
-    fn on_delivery(&mut self, ctx: &Context, sender: &str, seq: u64, ts: u64) {
-        let metrics = &ctx.metrics;
+    fn on_delivery(&mut self, sender: &str, seq: u64, ts: u64) {
+        let metrics = &self.ctx.metrics;
         if sender == self.identity.user_id {
             return; // the server echoed our own message to us; not a delivery
         }
@@ -386,50 +400,55 @@ impl Conversation {
     }
 
     /// Expires acks past their timeout and delivery gaps past their grace period.
-    fn sweep(&mut self, ctx: &Context, now: Instant) {
+    fn sweep(&mut self, now: Instant) {
         // The fallback wake-up is one period after the last sweep: were it left in the past,
         // a quiet connection (heartbeat and messages rarer than the period) would spin.
         self.timers.postpone_sweep(now);
+        let metrics = &self.ctx.metrics;
         while let Some(&(_, scheduled)) = self.pending.front() {
-            if now.duration_since(scheduled) < ctx.ack_timeout {
+            if now.duration_since(scheduled) < self.ctx.ack_timeout {
                 break;
             }
             self.pending.pop_front();
-            ctx.metrics.add(Count::AckTimeouts, 1);
+            metrics.add(Count::AckTimeouts, 1);
         }
         self.tracker.expire(now);
-        ctx.metrics.add(Count::Lost, self.tracker.take_lost());
+        metrics.add(Count::Lost, self.tracker.take_lost());
         if self.draining {
-            self.schedule_settling(ctx);
-            self.check_settled(ctx);
+            self.schedule_settling();
+            self.check_settled();
         }
     }
 
     /// Settles the books when the connection ends: open delivery gaps are lost; messages the
     /// server will now never ack are timeouts unless we chose to leave mid-run (ramp-down,
-    /// churn, room change). At the end of a drain everything still awaited counts: the
-    /// senders' final sequences are read once more (every sender has stopped by now), so a
-    /// dropped last message is lost, and unanswered acks are timeouts.
-    fn finish(&mut self, user: &User, reason: DisconnectReason) {
-        let ctx = &user.ctx;
-        let drained = user.desired.borrow().draining;
+    /// churn, room change). At the end of a drain (`drained`) everything still awaited
+    /// counts: the senders' final sequences are read once more (every sender has stopped by
+    /// now), so a dropped last message is lost, and unanswered acks are timeouts.
+    pub fn finish(&mut self, drained: bool, reason: DisconnectReason) {
         if drained {
-            self.announce_final_sequences(ctx, Instant::now());
+            self.announce_final_sequences(Instant::now());
         }
+        let metrics = &self.ctx.metrics;
         self.tracker.finish();
-        ctx.metrics.add(Count::Lost, self.tracker.take_lost());
-        let left_by_choice = matches!(
-            reason,
-            DisconnectReason::ClientClose | DisconnectReason::Churn | DisconnectReason::RoomChange
-        );
-        if drained || !left_by_choice {
-            ctx.metrics
-                .add(Count::AckTimeouts, self.pending.len() as u64);
+        metrics.add(Count::Lost, self.tracker.take_lost());
+        if drained || reason.is_failure() {
+            metrics.add(Count::AckTimeouts, self.pending.len() as u64);
         }
         self.pending.clear();
         if !self.settled {
             self.settled = true;
-            ctx.books.close();
+            self.ctx.books.close();
+        }
+    }
+}
+
+impl Share {
+    fn of(ctx: &Context, desired: &Desired) -> Share {
+        Share {
+            payload_size: desired.load.payload_size,
+            local_users: ctx.local_users(&desired.load),
+            room_size: desired.load.room_size,
         }
     }
 }
@@ -561,44 +580,6 @@ fn reschedule(next: Option<Instant>, period: Duration) -> Option<Instant> {
     }
 }
 
-async fn write(ctx: &Context, socket: &mut Socket, frame: Message) -> Result<(), Ended> {
-    match timeout(ctx.write_timeout, socket.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(failure(&err)),
-        Err(_) => Err(Ended::failed(
-            DisconnectReason::SendTimeout,
-            format!(
-                "a frame could not be written within {} (the server stopped reading)",
-                humantime::format_duration(ctx.write_timeout)
-            ),
-        )),
-    }
-}
-
-/// Sends a close frame and waits (bounded) for the server to answer it.
-pub async fn close(socket: &mut Socket) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let _ = timeout(CLOSE_TIMEOUT, async {
-        if socket.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = socket.next().await {}
-        }
-    })
-    .await;
-}
-
-fn failure(err: &tungstenite::Error) -> Ended {
-    let reason = match err {
-        tungstenite::Error::Io(_)
-        | tungstenite::Error::ConnectionClosed
-        | tungstenite::Error::AlreadyClosed => DisconnectReason::Reset,
-        _ => DisconnectReason::Protocol,
-    };
-    Ended::failed(reason, err.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,35 +639,227 @@ mod tests {
         assert_eq!(t.earliest(), first + Duration::from_millis(500));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_connection_sweeps_once_per_period_not_in_a_loop() {
-        let ctx = super::super::test_context(100.0);
-        let load = crate::load::Load {
-            message_interval: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(30),
-            ..crate::config::Config::embedded_default().load()
-        };
-        let (desired, _) = tokio::sync::watch::channel(crate::load::Desired::new(load));
+    /// A conversation of user `id` (im scenario) under `yaml`, with `load` applied; its
+    /// heartbeat and send schedule start as the test sets them.
+    fn conversation(
+        yaml: &str,
+        id: u32,
+        load: impl FnOnce(&mut crate::load::Load),
+    ) -> (
+        Arc<Context>,
+        tokio::sync::watch::Sender<Desired>,
+        User,
+        Conversation,
+    ) {
+        let ctx = super::super::test_context_with(yaml);
+        let mut initial = crate::config::Config::parse(yaml).expect("valid").load();
+        load(&mut initial);
+        let (desired, _) = tokio::sync::watch::channel(Desired::new(initial));
         let user = User::new(
-            0,
-            std::sync::Arc::clone(&ctx),
+            id,
+            Arc::clone(&ctx),
             desired.subscribe(),
             tokio_util::sync::CancellationToken::new(),
         );
-        let mut talk = Conversation::new(&user, ctx.scenario.identity(0, 10));
+        let mut talk = Conversation::new(&user, ctx.scenario.identity(id, 10));
+        talk.timers.next_ping = None;
+        talk.timers.next_send = None;
+        (ctx, desired, user, talk)
+    }
+
+    fn scheduled_messages(out: &VecDeque<Outbound>) -> Vec<Instant> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outbound::Message { scheduled, .. } => Some(*scheduled),
+                Outbound::Heartbeat(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_connection_hands_out_its_backlog_each_with_its_scheduled_time() {
+        let (ctx, _desired, _user, mut talk) = conversation("message_interval: 100ms", 0, |_| {});
+        let start = Instant::now();
+        talk.timers.next_send = Some(start);
+        // The generator stalled for 350 ms: four messages are due, stamped with their slots.
+        tokio::time::advance(Duration::from_millis(350)).await;
+        let mut out = VecDeque::new();
+        talk.on_tick(Instant::now(), &mut out)
+            .expect("still connected");
+        let expected: Vec<Instant> = (0..4)
+            .map(|i| start + Duration::from_millis(100 * i))
+            .collect();
+        assert_eq!(scheduled_messages(&out), expected);
+        for outbound in out.drain(..) {
+            if let Outbound::Message {
+                frame,
+                seq,
+                scheduled,
+            } = outbound
+            {
+                talk.sent(seq, scheduled, frame.len());
+            }
+        }
+        assert_eq!(ctx.metrics.total(Count::Sent), 4);
+        // The oldest left 350 ms late: the send lag says so.
+        assert_eq!(ctx.metrics.send_lag.get_sample_count(), 4);
+        assert!((ctx.metrics.send_lag.get_sample_sum() - (0.35 + 0.25 + 0.15 + 0.05)).abs() < 1e-6);
+        assert_eq!(
+            talk.deadline(),
+            start + Duration::from_millis(400),
+            "the schedule holds"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_message_times_out_after_ack_timeout_and_an_answered_one_does_not() {
+        let (ctx, _desired, _user, mut talk) =
+            conversation("message_interval: 1s\nack_timeout: 2s", 0, |_| {});
+        talk.timers.next_send = Some(Instant::now());
+        let mut out = VecDeque::new();
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        let Some(Outbound::Message {
+            frame,
+            seq,
+            scheduled,
+        }) = out.pop_front()
+        else {
+            panic!("a message is due: {out:?}");
+        };
+        talk.sent(seq, scheduled, frame.len());
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "not yet");
+        // The second message (due at 1 s) is acked; the first is not.
+        let Some(Outbound::Message {
+            frame,
+            seq: second,
+            scheduled,
+        }) = out.pop_front()
+        else {
+            panic!("the second message: {out:?}");
+        };
+        talk.sent(second, scheduled, frame.len());
+        let ack = format!(r#"{{"type":"ack","id":"u0-{second}"}}"#);
+        talk.on_frame(&Message::text(ack)).expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        assert_eq!(
+            ctx.metrics.total(Count::AckTimeouts),
+            1,
+            "the first, at 2 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_heartbeat_ends_the_connection_after_its_timeout_a_reply_clears_it() {
+        let yaml = "heartbeat: {interval: 1s, timeout: 500ms}\nmessage_interval: 0s";
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
+        talk.timers.next_ping = Some(Instant::now());
+        let mut out = VecDeque::new();
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        assert!(
+            matches!(out.pop_front(), Some(Outbound::Heartbeat(Message::Text(_)))),
+            "the im app ping"
+        );
+        // A reply clears the deadline: the next ping at 1 s starts a new one.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        talk.on_frame(&Message::text(r#"{"type":"pong","ts":1}"#))
+            .expect("connected");
+        tokio::time::advance(Duration::from_millis(800)).await;
+        talk.on_tick(Instant::now(), &mut out)
+            .expect("the reply came in time");
+        assert_eq!(out.len(), 1, "the next ping");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        talk.on_tick(Instant::now(), &mut out)
+            .expect("still within the timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let ended = talk
+            .on_tick(Instant::now(), &mut out)
+            .expect_err("no reply");
+        assert_eq!(ended.reason, DisconnectReason::HeartbeatTimeout);
+        assert!(!ended.is_planned());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn churn_ends_the_connection_by_choice_at_its_lifetime() {
+        let yaml = "lifetime: {min: 2s, max: 2s}\nmessage_interval: 0s\nheartbeat: {interval: 0s}";
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
+        let mut out = VecDeque::new();
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        talk.on_tick(Instant::now(), &mut out).expect("not yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            talk.on_tick(Instant::now(), &mut out),
+            Err(Ended::planned(DisconnectReason::Churn))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_room_change_ends_by_choice_and_abandons_pending_acks() {
+        // User 7 is in room-0 with rooms of 10, in room-1 with rooms of 5.
+        let (ctx, desired, _user, mut talk) =
+            conversation("message_interval: 1s\nusers: 20", 7, |_| {});
+        talk.timers.next_send = Some(Instant::now());
+        let mut out = VecDeque::new();
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        if let Some(Outbound::Message {
+            frame,
+            seq,
+            scheduled,
+        }) = out.pop_front()
+        {
+            talk.sent(seq, scheduled, frame.len());
+        }
+        let mut same_room = desired.borrow().clone();
+        same_room.load.payload_size = 10;
+        assert_eq!(
+            talk.on_desired(&same_room),
+            Ok(()),
+            "other changes keep the connection"
+        );
+        let mut regrouped = desired.borrow().clone();
+        regrouped.load.room_size = 5;
+        let ended = talk.on_desired(&regrouped).expect_err("rooms regrouped");
+        assert_eq!(ended, Ended::planned(DisconnectReason::RoomChange));
+        talk.finish(false, ended.reason);
+        assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "left by choice");
+        // The same pending ack, the server hanging up: a timeout.
+        let (ctx, _desired, _user, mut talk) =
+            conversation("message_interval: 1s\nusers: 20", 7, |_| {});
+        talk.timers.next_send = Some(Instant::now());
+        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        if let Some(Outbound::Message {
+            frame,
+            seq,
+            scheduled,
+        }) = out.pop_front()
+        {
+            talk.sent(seq, scheduled, frame.len());
+        }
+        let ended = talk
+            .on_frame(&Message::Close(None))
+            .expect_err("the server closed");
+        talk.finish(false, ended.reason);
+        assert_eq!(ctx.metrics.total(Count::AckTimeouts), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_sweeps_once_per_period_not_in_a_loop() {
+        let yaml = "message_interval: 30s\nheartbeat: {interval: 30s}";
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
         // Heartbeat and messages far off: only the sweep fallback wakes this connection.
         talk.timers.next_ping = Some(Instant::now() + Duration::from_secs(600));
-        talk.timers.next_send = None;
         tokio::time::advance(talk.timers.sweep_every).await;
         let now = Instant::now();
-        assert_eq!(talk.timers.earliest(), now, "the fallback is due");
-        talk.sweep(&ctx, now);
+        assert_eq!(talk.deadline(), now, "the fallback is due");
+        talk.on_tick(now, &mut VecDeque::new()).expect("connected");
         assert_eq!(
-            talk.timers.earliest(),
+            talk.deadline(),
             now + talk.timers.sweep_every,
             "one period later, not again at once"
         );
-        talk.finish(&user, DisconnectReason::ClientClose);
     }
 
     #[tokio::test(start_paused = true)]

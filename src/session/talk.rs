@@ -1,0 +1,131 @@
+//! The driver of a [`Conversation`]: a thin loop that feeds it the socket's frames, the
+//! desired load's changes and its own deadlines, and writes what it hands out. Generic over
+//! any `Sink + Stream` of WebSocket messages, so the protocol state knows no socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_stream::wrappers::WatchStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::conversation::{Conversation, Ended, Outbound};
+use super::wire::close;
+use super::{Context, User};
+use crate::metrics::DisconnectReason;
+use crate::scenario::Identity;
+
+/// Talks over one connection until it ends, settles its books, and says why it ended.
+pub async fn run<S>(user: &mut User, mut socket: S, identity: Identity) -> Ended
+where
+    S: Sink<Message, Error = tungstenite::Error>
+        + Stream<Item = Result<Message, tungstenite::Error>>
+        + Unpin,
+{
+    let mut talk = Conversation::new(user, identity);
+    let ended = drive(user, &mut talk, &mut socket).await;
+    talk.finish(user.desired.borrow().draining, ended.reason);
+    ended
+}
+
+async fn drive<S>(user: &User, talk: &mut Conversation, socket: &mut S) -> Ended
+where
+    S: Sink<Message, Error = tungstenite::Error>
+        + Stream<Item = Result<Message, tungstenite::Error>>
+        + Unpin,
+{
+    let ctx = Arc::clone(&user.ctx);
+    // Created once per connection, not per frame: re-creating them on every loop turn
+    // re-registers a timer and takes the watch channel's lock, which every user shares.
+    let cancelled = user.cancel.clone().cancelled_owned();
+    tokio::pin!(cancelled);
+    let mut changes = WatchStream::from_changes(user.desired.clone());
+    let sleep = sleep_until(talk.deadline());
+    tokio::pin!(sleep);
+    let mut out = VecDeque::new();
+    let ended = loop {
+        let wake = talk.deadline();
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
+        }
+        let step = tokio::select! {
+            biased;
+            _ = &mut cancelled => Err(Ended::planned(DisconnectReason::ClientClose)),
+            Some(desired) = changes.next() => talk.on_desired(&desired),
+            frame = socket.next() => match frame {
+                None => Err(Ended::failed(
+                    DisconnectReason::Reset,
+                    "the connection ended without a close frame",
+                )),
+                Some(Err(err)) => Err(failure(&err)),
+                Some(Ok(frame)) => talk.on_frame(&frame),
+            },
+            _ = &mut sleep => talk.on_tick(Instant::now(), &mut out),
+        };
+        if let Err(ended) = step {
+            break ended;
+        }
+        if let Err(ended) = flush(&ctx, talk, socket, &mut out).await {
+            break ended;
+        }
+    };
+    if ended.is_planned() {
+        close(socket).await;
+    }
+    ended
+}
+
+/// Writes what the conversation handed out, in order.
+async fn flush<S>(
+    ctx: &Context,
+    talk: &mut Conversation,
+    socket: &mut S,
+    out: &mut VecDeque<Outbound>,
+) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    while let Some(outbound) = out.pop_front() {
+        match outbound {
+            Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
+            Outbound::Message {
+                frame,
+                seq,
+                scheduled,
+            } => {
+                let size = frame.len();
+                write(ctx, socket, frame).await?;
+                talk.sent(seq, scheduled, size);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write<S>(ctx: &Context, socket: &mut S, frame: Message) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    match timeout(ctx.write_timeout, socket.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(failure(&err)),
+        Err(_) => Err(Ended::failed(
+            DisconnectReason::SendTimeout,
+            format!(
+                "a frame could not be written within {} (the server stopped reading)",
+                humantime::format_duration(ctx.write_timeout)
+            ),
+        )),
+    }
+}
+
+fn failure(err: &tungstenite::Error) -> Ended {
+    let reason = match err {
+        tungstenite::Error::Io(_)
+        | tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed => DisconnectReason::Reset,
+        _ => DisconnectReason::Protocol,
+    };
+    Ended::failed(reason, err.to_string())
+}
