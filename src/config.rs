@@ -94,7 +94,8 @@ pub struct Config {
     /// TLS for `wss://` targets.
     #[serde(default, skip_serializing_if = "TlsConfig::is_default")]
     pub tls: TlsConfig,
-    /// Threads running users (each a single-threaded runtime); default: one per core. Fewer
+    /// Threads running users (each a single-threaded runtime); default: one per core but one
+    /// (at least one), see [`crate::runtimes::default_threads`]. Fewer
     /// threads batch more socket events per wake-up: on a machine shared with the server under
     /// test, 1 thread spent ~1.4 CPU-s per 100k echoed messages where 2 spent ~2.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
