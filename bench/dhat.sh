@@ -30,7 +30,7 @@ YAML
   python3 - "$work/dhat.json" "$work/summary.json" <<'PY'
 import json, sys
 dhat = json.load(open(sys.argv[1]))
-blocks = sum(pp["tb"] for pp in dhat["pps"])
+blocks = sum(pp["tbk"] for pp in dhat["pps"])
 summary = json.load(open(sys.argv[2]))
 print(blocks, summary["messages"]["sent"] + summary["messages"]["received"])
 PY
