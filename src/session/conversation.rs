@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+
 use std::time::Duration;
 
 use rand::RngExt;
@@ -78,12 +79,21 @@ struct Share {
     room_size: u32,
 }
 
+/// What the last tick made due and has not been handed out yet.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    at: Instant,
+    heartbeat: bool,
+    sends_left: usize,
+}
+
 /// State of one connection; dropped when it ends.
 pub struct Conversation {
     ctx: Arc<Context>,
     slot: Arc<Slot>,
     identity: Identity,
     timers: Timers,
+    due: Due,
     share: Share,
     /// Messages awaiting their ack: sequence and scheduled send time, oldest first.
     pending: VecDeque<(u64, Instant)>,
@@ -134,6 +144,11 @@ impl Conversation {
             ),
             slot: Arc::clone(&user.slot),
             identity,
+            due: Due {
+                at: Instant::now(),
+                heartbeat: false,
+                sends_left: 0,
+            },
             share,
             pending: VecDeque::new(),
             tracker,
@@ -206,9 +221,9 @@ impl Conversation {
     }
 
     /// Time has come (see [`Conversation::deadline`]): ends the connection on a missed
-    /// heartbeat or at its churn time, queues what is due to be sent into `out`, expires acks
-    /// and gaps.
-    pub fn on_tick(&mut self, now: Instant, out: &mut VecDeque<Outbound>) -> Result<(), Ended> {
+    /// heartbeat or at its churn time, expires acks and gaps, and makes what is due to be sent
+    /// available from [`Conversation::next_outbound`].
+    pub fn on_tick(&mut self, now: Instant) -> Result<(), Ended> {
         let ctx = Arc::clone(&self.ctx);
         if self.timers.pong_deadline.is_some_and(|d| now >= d) {
             return Err(Ended::failed(
@@ -222,19 +237,29 @@ impl Conversation {
         if self.timers.churn_at.is_some_and(|d| now >= d) {
             return Err(Ended::planned(DisconnectReason::Churn));
         }
-        if self.timers.ping_due(now, ctx.heartbeat.timeout) {
-            out.push_back(Outbound::Heartbeat(self.heartbeat(now)));
+        self.sweep(now);
+        self.due = Due {
+            at: now,
+            heartbeat: self.timers.ping_due(now, ctx.heartbeat.timeout),
+            sends_left: MAX_SENDS_PER_TICK,
+        };
+        Ok(())
+    }
+
+    /// The next frame the last tick made due, if any: the heartbeat first, then the messages
+    /// in schedule order. Handed out one at a time, so a connection keeps no buffer of them.
+    pub fn next_outbound(&mut self) -> Option<Outbound> {
+        if std::mem::take(&mut self.due.heartbeat) {
+            return Some(Outbound::Heartbeat(self.heartbeat(self.due.at)));
         }
-        for _ in 0..MAX_SENDS_PER_TICK {
-            let Some(scheduled) = self.timers.send_due(now, ctx.schedule) else {
-                break;
-            };
+        while self.due.sends_left > 0 {
+            self.due.sends_left -= 1;
+            let scheduled = self.timers.send_due(self.due.at, self.ctx.schedule)?;
             if let Some(message) = self.message(scheduled) {
-                out.push_back(message);
+                return Some(message);
             }
         }
-        self.sweep(now);
-        Ok(())
+        None
     }
 
     /// Message `seq`, scheduled for `scheduled`, left through the socket.
@@ -639,12 +664,11 @@ mod tests {
         assert_eq!(t.earliest(), first + Duration::from_millis(500));
     }
 
-    /// A conversation of user `id` (im scenario) under `yaml`, with `load` applied; its
-    /// heartbeat and send schedule start as the test sets them.
+    /// A conversation of user `id` (im scenario) under `yaml`; its heartbeat and send schedule
+    /// start as the test sets them.
     fn conversation(
         yaml: &str,
         id: u32,
-        load: impl FnOnce(&mut crate::load::Load),
     ) -> (
         Arc<Context>,
         tokio::sync::watch::Sender<Desired>,
@@ -652,8 +676,7 @@ mod tests {
         Conversation,
     ) {
         let ctx = super::super::test_context_with(yaml);
-        let mut initial = crate::config::Config::parse(yaml).expect("valid").load();
-        load(&mut initial);
+        let initial = crate::config::Config::parse(yaml).expect("valid").load();
         let (desired, _) = tokio::sync::watch::channel(Desired::new(initial));
         let user = User::new(
             id,
@@ -667,6 +690,29 @@ mod tests {
         (ctx, desired, user, talk)
     }
 
+    /// Ticks and collects every frame the tick made due.
+    fn tick(talk: &mut Conversation, now: Instant) -> Result<VecDeque<Outbound>, Ended> {
+        talk.on_tick(now)?;
+        Ok(std::iter::from_fn(|| talk.next_outbound()).collect())
+    }
+
+    /// Makes a message due now, ticks, and reports it written; returns its sequence.
+    fn send_one(talk: &mut Conversation) -> u64 {
+        talk.timers.next_send = Some(Instant::now());
+        let mut out = tick(talk, Instant::now()).expect("connected");
+        match out.pop_front() {
+            Some(Outbound::Message {
+                frame,
+                seq,
+                scheduled,
+            }) => {
+                talk.sent(seq, scheduled, frame.len());
+                seq
+            }
+            other => panic!("a message is due: {other:?}"),
+        }
+    }
+
     fn scheduled_messages(out: &VecDeque<Outbound>) -> Vec<Instant> {
         out.iter()
             .filter_map(|o| match o {
@@ -678,13 +724,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_connection_hands_out_its_backlog_each_with_its_scheduled_time() {
-        let (ctx, _desired, _user, mut talk) = conversation("message_interval: 100ms", 0, |_| {});
+        let (ctx, _desired, _user, mut talk) = conversation("message_interval: 100ms", 0);
         let start = Instant::now();
         talk.timers.next_send = Some(start);
         // The generator stalled for 350 ms: four messages are due, stamped with their slots.
         tokio::time::advance(Duration::from_millis(350)).await;
         let mut out = VecDeque::new();
-        talk.on_tick(Instant::now(), &mut out)
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
             .expect("still connected");
         let expected: Vec<Instant> = (0..4)
             .map(|i| start + Duration::from_millis(100 * i))
@@ -714,21 +761,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_message_times_out_after_ack_timeout_and_an_answered_one_does_not() {
         let (ctx, _desired, _user, mut talk) =
-            conversation("message_interval: 1s\nack_timeout: 2s", 0, |_| {});
-        talk.timers.next_send = Some(Instant::now());
+            conversation("message_interval: 1s\nack_timeout: 2s", 0);
+        send_one(&mut talk);
         let mut out = VecDeque::new();
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
-        let Some(Outbound::Message {
-            frame,
-            seq,
-            scheduled,
-        }) = out.pop_front()
-        else {
-            panic!("a message is due: {out:?}");
-        };
-        talk.sent(seq, scheduled, frame.len());
         tokio::time::advance(Duration::from_millis(1999)).await;
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
+            .expect("connected");
         assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "not yet");
         // The second message (due at 1 s) is acked; the first is not.
         let Some(Outbound::Message {
@@ -744,7 +783,9 @@ mod tests {
         talk.on_frame(&Message::text(ack)).expect("connected");
         assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
+            .expect("connected");
         assert_eq!(
             ctx.metrics.total(Count::AckTimeouts),
             1,
@@ -755,10 +796,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_missed_heartbeat_ends_the_connection_after_its_timeout_a_reply_clears_it() {
         let yaml = "heartbeat: {interval: 1s, timeout: 500ms}\nmessage_interval: 0s";
-        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         talk.timers.next_ping = Some(Instant::now());
         let mut out = VecDeque::new();
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
+            .expect("connected");
         assert!(
             matches!(out.pop_front(), Some(Outbound::Heartbeat(Message::Text(_)))),
             "the im app ping"
@@ -768,16 +811,16 @@ mod tests {
         talk.on_frame(&Message::text(r#"{"type":"pong","ts":1}"#))
             .expect("connected");
         tokio::time::advance(Duration::from_millis(800)).await;
-        talk.on_tick(Instant::now(), &mut out)
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
             .expect("the reply came in time");
         assert_eq!(out.len(), 1, "the next ping");
         tokio::time::advance(Duration::from_millis(499)).await;
-        talk.on_tick(Instant::now(), &mut out)
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
             .expect("still within the timeout");
         tokio::time::advance(Duration::from_millis(1)).await;
-        let ended = talk
-            .on_tick(Instant::now(), &mut out)
-            .expect_err("no reply");
+        let ended = talk.on_tick(Instant::now()).expect_err("no reply");
         assert_eq!(ended.reason, DisconnectReason::HeartbeatTimeout);
         assert!(!ended.is_planned());
     }
@@ -785,13 +828,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn churn_ends_the_connection_by_choice_at_its_lifetime() {
         let yaml = "lifetime: {min: 2s, max: 2s}\nmessage_interval: 0s\nheartbeat: {interval: 0s}";
-        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         let mut out = VecDeque::new();
         tokio::time::advance(Duration::from_millis(1999)).await;
-        talk.on_tick(Instant::now(), &mut out).expect("not yet");
+        tick(&mut talk, Instant::now())
+            .map(|more| out.extend(more))
+            .expect("not yet");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
-            talk.on_tick(Instant::now(), &mut out),
+            talk.on_tick(Instant::now()),
             Err(Ended::planned(DisconnectReason::Churn))
         );
     }
@@ -799,19 +844,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_room_change_ends_by_choice_and_abandons_pending_acks() {
         // User 7 is in room-0 with rooms of 10, in room-1 with rooms of 5.
-        let (ctx, desired, _user, mut talk) =
-            conversation("message_interval: 1s\nusers: 20", 7, |_| {});
-        talk.timers.next_send = Some(Instant::now());
-        let mut out = VecDeque::new();
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
-        if let Some(Outbound::Message {
-            frame,
-            seq,
-            scheduled,
-        }) = out.pop_front()
-        {
-            talk.sent(seq, scheduled, frame.len());
-        }
+        let (ctx, desired, _user, mut talk) = conversation("message_interval: 1s\nusers: 20", 7);
+        send_one(&mut talk);
         let mut same_room = desired.borrow().clone();
         same_room.load.payload_size = 10;
         assert_eq!(
@@ -826,18 +860,8 @@ mod tests {
         talk.finish(false, ended.reason);
         assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "left by choice");
         // The same pending ack, the server hanging up: a timeout.
-        let (ctx, _desired, _user, mut talk) =
-            conversation("message_interval: 1s\nusers: 20", 7, |_| {});
-        talk.timers.next_send = Some(Instant::now());
-        talk.on_tick(Instant::now(), &mut out).expect("connected");
-        if let Some(Outbound::Message {
-            frame,
-            seq,
-            scheduled,
-        }) = out.pop_front()
-        {
-            talk.sent(seq, scheduled, frame.len());
-        }
+        let (ctx, _desired, _user, mut talk) = conversation("message_interval: 1s\nusers: 20", 7);
+        send_one(&mut talk);
         let ended = talk
             .on_frame(&Message::Close(None))
             .expect_err("the server closed");
@@ -848,13 +872,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_sweeps_once_per_period_not_in_a_loop() {
         let yaml = "message_interval: 30s\nheartbeat: {interval: 30s}";
-        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0, |_| {});
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         // Heartbeat and messages far off: only the sweep fallback wakes this connection.
         talk.timers.next_ping = Some(Instant::now() + Duration::from_secs(600));
         tokio::time::advance(talk.timers.sweep_every).await;
         let now = Instant::now();
         assert_eq!(talk.deadline(), now, "the fallback is due");
-        talk.on_tick(now, &mut VecDeque::new()).expect("connected");
+        tick(&mut talk, now).expect("connected");
         assert_eq!(
             talk.deadline(),
             now + talk.timers.sweep_every,

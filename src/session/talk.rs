@@ -2,7 +2,6 @@
 //! desired load's changes and its own deadlines, and writes what it hands out. Generic over
 //! any `Sink + Stream` of WebSocket messages, so the protocol state knows no socket.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -43,7 +42,6 @@ where
     let mut changes = WatchStream::from_changes(user.desired.clone());
     let sleep = sleep_until(talk.deadline());
     tokio::pin!(sleep);
-    let mut out = VecDeque::new();
     let ended = loop {
         let wake = talk.deadline();
         if sleep.deadline() != wake {
@@ -61,12 +59,12 @@ where
                 Some(Err(err)) => Err(failure(&err)),
                 Some(Ok(frame)) => talk.on_frame(&frame),
             },
-            _ = &mut sleep => talk.on_tick(Instant::now(), &mut out),
+            _ = &mut sleep => talk.on_tick(Instant::now()),
         };
         if let Err(ended) = step {
             break ended;
         }
-        if let Err(ended) = flush(&ctx, talk, socket, &mut out).await {
+        if let Err(ended) = flush(&ctx, talk, socket).await {
             break ended;
         }
     };
@@ -76,17 +74,12 @@ where
     ended
 }
 
-/// Writes what the conversation handed out, in order.
-async fn flush<S>(
-    ctx: &Context,
-    talk: &mut Conversation,
-    socket: &mut S,
-    out: &mut VecDeque<Outbound>,
-) -> Result<(), Ended>
+/// Writes what the conversation has due, in order.
+async fn flush<S>(ctx: &Context, talk: &mut Conversation, socket: &mut S) -> Result<(), Ended>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    while let Some(outbound) = out.pop_front() {
+    while let Some(outbound) = talk.next_outbound() {
         match outbound {
             Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
             Outbound::Message {
