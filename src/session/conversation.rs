@@ -191,16 +191,19 @@ impl Conversation {
 
     /// A frame from the server.
     pub fn on_frame(&mut self, frame: &Message) -> Result<(), Ended> {
-        let ctx = Arc::clone(&self.ctx);
-        let metrics = &ctx.metrics;
+        // No clone of the shared context per frame: its refcount is a cache line every user
+        // thread shares.
         match frame {
             Message::Text(text) => {
-                metrics.add(Count::Received, 1);
-                metrics.add(Count::BytesReceived, text.len() as u64);
+                self.ctx.metrics.add(Count::Received, 1);
+                self.ctx
+                    .metrics
+                    .add(Count::BytesReceived, text.len() as u64);
                 self.on_text(text);
                 self.check_settled();
             }
             Message::Binary(data) => {
+                let metrics = &self.ctx.metrics;
                 metrics.add(Count::Received, 1);
                 metrics.add(Count::BytesReceived, data.len() as u64);
                 metrics.add(Count::FramesUnmatched, 1);
@@ -224,13 +227,13 @@ impl Conversation {
     /// heartbeat or at its churn time, expires acks and gaps, and makes what is due to be sent
     /// available from [`Conversation::next_outbound`].
     pub fn on_tick(&mut self, now: Instant) -> Result<(), Ended> {
-        let ctx = Arc::clone(&self.ctx);
+        let reply_timeout = self.ctx.heartbeat.timeout;
         if self.timers.pong_deadline.is_some_and(|d| now >= d) {
             return Err(Ended::failed(
                 DisconnectReason::HeartbeatTimeout,
                 format!(
                     "no heartbeat reply within heartbeat.timeout ({})",
-                    humantime::format_duration(ctx.heartbeat.timeout)
+                    humantime::format_duration(reply_timeout)
                 ),
             ));
         }
@@ -240,7 +243,7 @@ impl Conversation {
         self.sweep(now);
         self.due = Due {
             at: now,
-            heartbeat: self.timers.ping_due(now, ctx.heartbeat.timeout),
+            heartbeat: self.timers.ping_due(now, reply_timeout),
             sends_left: MAX_SENDS_PER_TICK,
         };
         Ok(())
@@ -264,12 +267,11 @@ impl Conversation {
 
     /// Message `seq`, scheduled for `scheduled`, left through the socket.
     pub fn sent(&mut self, seq: u64, scheduled: Instant, size: usize) {
-        let ctx = Arc::clone(&self.ctx);
-        let Some(plan) = &ctx.scenario.message else {
+        let Some(plan) = &self.ctx.scenario.message else {
             return;
         };
         self.slot.mark_sent(seq);
-        let metrics = &ctx.metrics;
+        let metrics = &self.ctx.metrics;
         metrics.add(Count::Sent, 1);
         metrics.add(Count::BytesSent, size as u64);
         metrics.observe(
@@ -377,9 +379,9 @@ impl Conversation {
     /// Classifies a text frame — heartbeat reply, ack of our message, room delivery, or
     /// other — from one walk of it.
     fn on_text(&mut self, text: &str) {
-        let ctx = Arc::clone(&self.ctx);
-        let metrics = &ctx.metrics;
-        match ctx.scenario.reading.read(text) {
+        // What the frame means borrows the frame, not the context.
+        let meaning = self.ctx.scenario.reading.read(text);
+        match meaning {
             Meaning::HeartbeatReply => self.heartbeat_answered(),
             Meaning::Ack { id: Some(id) } => self.on_ack(&id),
             Meaning::Delivery {
@@ -387,8 +389,10 @@ impl Conversation {
                 seq: Some(seq),
                 ts: Some(ts),
             } => self.on_delivery(&sender, seq, ts),
-            Meaning::Ack { .. } | Meaning::Delivery { .. } => metrics.add(Count::FramesInvalid, 1),
-            Meaning::Other => metrics.add(Count::FramesUnmatched, 1),
+            Meaning::Ack { .. } | Meaning::Delivery { .. } => {
+                self.ctx.metrics.add(Count::FramesInvalid, 1)
+            }
+            Meaning::Other => self.ctx.metrics.add(Count::FramesUnmatched, 1),
         }
     }
 
