@@ -44,6 +44,7 @@ PEERS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--peers=")),
     sys.argv[sys.argv.index("--peers") + 1] if "--peers" in sys.argv else "k6,artillery")
 PEERS = [p for p in PEERS.split(",") if p]
 HOLD, LAST = (5, 10) if QUICK else (15, 60)
+HOLD, LAST = (int(os.environ.get("HOLD", HOLD)), int(os.environ.get("LAST", LAST)))
 ECHO_USERS, ECHO_RATE, ECHO_SECONDS = 200, 50, (15 if QUICK else 60)
 STORM = 2000
 # The machine's 2 cores are shared with the target: one user thread wakes less and batches more

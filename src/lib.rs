@@ -12,7 +12,8 @@
 //! - [`session`]: one simulated user: connect, log in, heartbeat, send, receive, reconnect.
 //! - [`scenario`]: what users say and expect, as data: templates, matchers, sequence tracking.
 //! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
-//! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows.
+//! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
+//!   allocator's own figures and heap profile.
 //! - [`api`]: the HTTP control API and `/metrics`.
 //! - [`daemon`]: wires the parts together and runs them until shutdown.
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod failures;
 pub mod fleet;
 pub mod health;
+pub mod heap;
 pub mod load;
 pub mod metrics;
 pub mod pacer;

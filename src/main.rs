@@ -18,6 +18,11 @@ use wsfleet::daemon::Daemon;
 use wsfleet::summary::Summary;
 use wsfleet::target;
 
+/// jemalloc: its heap profile and statistics are served (`wsfleet::heap`), and it holds idle
+/// connections in no more memory than glibc's malloc (README "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EXIT_INVALID_INPUT: u8 = 2;
 const EXIT_SLA_BREACHED: u8 = 3;
 

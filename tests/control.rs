@@ -14,6 +14,10 @@ use tokio::time::Instant;
 
 const TOKEN: &str = "t0ps3cret";
 
+// The binary's allocator, so the heap endpoint and gauges have something to show here too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A daemon against an in-process target, with caps, and optionally a bearer token.
 async fn daemon_with(
     target: &Target,
@@ -911,6 +915,40 @@ async fn a_cpu_profile_of_the_running_daemon_is_served_as_pprof() {
     assert!(
         profile.string_table.iter().any(|s| s.contains("wsfleet")),
         "wsfleet's own frames are named"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// The in-use heap of the running daemon, as gzipped pprof: it decodes and holds samples; the
+/// allocator's figures are on /metrics; the token guards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heap_profile_of_the_running_daemon_is_served_as_pprof() {
+    use pprof::protos::Message as _;
+    use std::io::Read as _;
+    let target = Target::start().await;
+    let (daemon, _dir) = daemon_with(&target, "", true).await;
+    let api = daemon.addr();
+    wait_active(api, 10.0, 30).await;
+    let url = format!("http://{api}/debug/pprof/heap");
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 401);
+    let response = http().get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(response.bytes().await.unwrap().as_ref())
+        .read_to_end(&mut bytes)
+        .expect("gzip");
+    let profile = pprof::protos::Profile::decode(bytes.as_slice()).expect("pprof protobuf");
+    assert!(!profile.sample.is_empty(), "live allocations were sampled");
+    assert!(
+        profile.string_table.iter().any(|s| s == "inuse_space"),
+        "an in-use profile"
+    );
+    let scrape = scrape(api).await;
+    let allocated = scrape.get("wsfleet_heap_allocated_bytes");
+    let resident = scrape.get("wsfleet_heap_resident_bytes");
+    assert!(
+        allocated > 0.0 && resident >= allocated,
+        "{allocated} / {resident}"
     );
     daemon.shutdown().await.unwrap();
 }

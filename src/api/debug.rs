@@ -1,7 +1,11 @@
-//! `GET /debug/pprof/profile?seconds=N`: a CPU profile of the running daemon in pprof's
-//! protobuf format, which `go tool pprof` and flamegraph tools read — the way users of the Go
-//! tools in this field find a generator's hot spots. Sampled at 99 Hz for N seconds (1–60,
-//! default 10), one profile at a time, behind the API token when one is set.
+//! Profiles of the running daemon in pprof's protobuf format, which `go tool pprof` and
+//! flamegraph tools read — the way users of the Go tools in this field find a generator's hot
+//! spots. Both sit behind the API token when one is set.
+//!
+//! - `GET /debug/pprof/profile?seconds=N`: CPU, sampled at 99 Hz for N seconds (1–60, default
+//!   10), one profile at a time.
+//! - `GET /debug/pprof/heap`: the in-use heap, sampled by the allocator since start
+//!   ([`crate::heap`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -57,33 +61,47 @@ pub async fn profile(
     }
     let taken = tokio::task::spawn_blocking(move || take(Duration::from_secs(seconds))).await;
     PROFILING.store(false, Ordering::Release);
-    match taken {
-        Ok(Ok(bytes)) => Ok((
-            [
-                (header::CONTENT_TYPE, "application/octet-stream"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"wsfleet-cpu.pb\"",
-                ),
-            ],
-            bytes,
-        )
-            .into_response()),
-        Ok(Err(err)) => {
-            tracing::error!(%err, "taking a CPU profile failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "taking a CPU profile failed",
-            ))
+    download("CPU", "wsfleet-cpu.pb", taken)
+}
+
+#[utoipa::path(get, path = "/debug/pprof/heap", tag = "debug",
+    responses((status = 200, description = "pprof protobuf, gzipped", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody),
+        (status = 500, description = "the allocator could not dump its profile", body = ErrorBody)))]
+pub async fn heap() -> Result<Response, ApiError> {
+    download(
+        "heap",
+        "wsfleet-heap.pb.gz",
+        tokio::task::spawn_blocking(crate::heap::profile).await,
+    )
+}
+
+/// A finished profile as a file download, or the failure logged and answered with a 500.
+fn download<E: std::fmt::Display>(
+    kind: &str,
+    file_name: &str,
+    taken: Result<Result<Vec<u8>, E>, tokio::task::JoinError>,
+) -> Result<Response, ApiError> {
+    let failure = match taken {
+        Ok(Ok(bytes)) => {
+            let disposition = format!("attachment; filename=\"{file_name}\"");
+            return Ok((
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                bytes,
+            )
+                .into_response());
         }
-        Err(err) => {
-            tracing::error!(%err, "the profiler task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "taking a CPU profile failed",
-            ))
-        }
-    }
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => format!("the profiler task failed: {err}"),
+    };
+    tracing::error!(err = %failure, "taking a {kind} profile failed");
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("taking a {kind} profile failed"),
+    ))
 }
 
 /// Samples the whole process for `span` (on a blocking thread: the profiler is not `Send`).

@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
         .route_layer(timeout(REQUEST_TIMEOUT))
         // A profile takes as long as it was asked to: its own, longer bound.
+        .route("/debug/pprof/heap", get(debug::heap))
         .route(
             "/debug/pprof/profile",
             get(debug::profile).layer(timeout(PROFILE_TIMEOUT)),
@@ -246,6 +247,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         k6::get_status,
         k6::patch_status,
         debug::profile,
+        debug::heap,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []), ())

@@ -192,6 +192,9 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector registers once");
+        registry
+            .register(Box::new(crate::heap::HeapCollector::new()))
+            .expect("heap collector registers once");
         let metrics = Metrics {
             users_target: reg.gauge(
                 "wsfleet_users_target",
