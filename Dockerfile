@@ -1,6 +1,9 @@
 # wsfleet: build with the Rust toolchain, run from a small Debian base as a non-root user.
 FROM rust:1.88-slim-bookworm AS build
+# make: jemalloc (the allocator) is built from source.
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY .cargo ./.cargo
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 RUN cargo build --release --locked --bin wsfleet
