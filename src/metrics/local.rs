@@ -29,10 +29,11 @@ pub enum Count {
     AckTimeouts,
     FramesInvalid,
     FramesUnmatched,
+    Replies,
 }
 
 impl Count {
-    pub const ALL: [Count; 12] = [
+    pub const ALL: [Count; 13] = [
         Count::Sent,
         Count::Received,
         Count::BytesSent,
@@ -45,6 +46,7 @@ impl Count {
         Count::AckTimeouts,
         Count::FramesInvalid,
         Count::FramesUnmatched,
+        Count::Replies,
     ];
 }
 

@@ -138,6 +138,7 @@ pub struct Metrics {
     pub bytes_received: IntCounter,
     pub frames_invalid: IntCounter,
     pub frames_unmatched: IntCounter,
+    pub replies: IntCounter,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
     pub message_timeouts: IntCounter,
@@ -258,6 +259,10 @@ impl Metrics {
                 "wsfleet_frames_unmatched_total",
                 "Server frames that matched nothing the scenario expects (presence, banners, ...).",
             ),
+            replies: reg.counter(
+                "wsfleet_replies_total",
+                "Frames sent to answer the server's own frames (the scenario's `replies`, e.g. Socket.IO's pong).",
+            ),
             login_duration: reg.histogram(
                 "wsfleet_login_duration_seconds",
                 "Time from the upgrade to the last login step's expected reply.",
@@ -372,6 +377,7 @@ impl Metrics {
             Count::AckTimeouts => &self.message_timeouts,
             Count::FramesInvalid => &self.frames_invalid,
             Count::FramesUnmatched => &self.frames_unmatched,
+            Count::Replies => &self.replies,
         }
     }
 
@@ -407,6 +413,7 @@ impl Metrics {
             deliveries_received: self.deliveries_received.get(),
             frames_invalid: self.frames_invalid.get(),
             frames_unmatched: self.frames_unmatched.get(),
+            replies: self.replies.get(),
         }
     }
 
@@ -477,6 +484,7 @@ pub struct MessageCounts {
     pub deliveries_received: u64,
     pub frames_invalid: u64,
     pub frames_unmatched: u64,
+    pub replies: u64,
 }
 
 /// Quantiles of one window, in seconds.

@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use json::Pointer;
 use matcher::{Matcher, MatcherSpec};
 use template::{Template, Values};
 
@@ -25,6 +24,10 @@ use template::{Template, Values};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioSpec {
+    /// A built-in scenario this one starts from: what is given here replaces the built-in's
+    /// part (`vars` are merged, name by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
     /// Connect URL template; default: the `target` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -44,6 +47,9 @@ pub struct ScenarioSpec {
     /// Application-level heartbeat; without it, WebSocket pings are the heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<AppHeartbeatSpec>,
+    /// Frames answered whenever they arrive (a server's own heartbeat: Socket.IO's `2` → `3`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replies: Vec<ReplySpec>,
     /// The message flow; without it, users send nothing (idle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<MessageSpec>,
@@ -59,6 +65,9 @@ pub struct StepSpec {
     pub send: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<MatcherSpec>,
+    /// A frame that fails the step at once (a login refused), instead of waiting it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<MatcherSpec>,
     #[serde(default = "default_step_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -84,12 +93,28 @@ pub struct MessageSpec {
     pub delivery: Option<DeliverySpec>,
 }
 
+/// How the server's ack names the message: `id` (where our `{{msg_id}}` is), `seq` (where our
+/// `{{seq}}` is, as in Socket.IO's ack ids), or neither (acks come in order, one per message).
+/// Each is a JSON pointer (`/id`), a capture of the regex (`$n`) or a pointer into one
+/// (`$body/id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckSpec {
     #[serde(rename = "match")]
     pub matcher: MatcherSpec,
-    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<String>,
+}
+
+/// When a frame matches, send `send` (a template that may use the regex's named captures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplySpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    pub send: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,16 +140,18 @@ pub enum Builtin {
     Im,
     Echo,
     Idle,
+    Socketio,
 }
 
 impl Builtin {
-    pub const NAMES: &[&str] = &["im", "echo", "idle"];
+    pub const NAMES: &[&str] = &["im", "echo", "idle", "socketio"];
 
     pub fn from_name(name: &str) -> Option<Builtin> {
         Some(match name {
             "im" => Builtin::Im,
             "echo" => Builtin::Echo,
             "idle" => Builtin::Idle,
+            "socketio" => Builtin::Socketio,
             _ => return None,
         })
     }
@@ -134,6 +161,7 @@ impl Builtin {
             Builtin::Im => "im",
             Builtin::Echo => "echo",
             Builtin::Idle => "idle",
+            Builtin::Socketio => "socketio",
         }
     }
 
@@ -142,6 +170,7 @@ impl Builtin {
             Builtin::Im => include_str!("builtin/im.yaml"),
             Builtin::Echo => include_str!("builtin/echo.yaml"),
             Builtin::Idle => include_str!("builtin/idle.yaml"),
+            Builtin::Socketio => include_str!("builtin/socketio.yaml"),
         };
         serde_norway::from_str(yaml).expect("built-in scenarios parse")
     }
@@ -161,10 +190,11 @@ impl Default for ScenarioChoice {
 }
 
 impl ScenarioChoice {
+    /// The full description: a built-in's, or the config's over the built-in it extends.
     pub fn spec(&self) -> ScenarioSpec {
         match self {
             ScenarioChoice::Builtin(builtin) => builtin.spec(),
-            ScenarioChoice::Custom(spec) => (**spec).clone(),
+            ScenarioChoice::Custom(spec) => spec.resolved(),
         }
     }
 
@@ -224,11 +254,49 @@ fn at(field: impl Into<String>) -> impl FnOnce(String) -> ScenarioError {
     move |problem| ScenarioError { field, problem }
 }
 
+impl ScenarioSpec {
+    /// This spec over the built-in it `extends`, if any: every part given here replaces the
+    /// built-in's, and `vars` merge name by name. An unknown built-in is left in place for
+    /// [`Scenario::compile`] to reject.
+    fn resolved(&self) -> ScenarioSpec {
+        let Some(base) = self.extends.as_deref().and_then(Builtin::from_name) else {
+            return self.clone();
+        };
+        let base = base.spec();
+        let mut vars = base.vars;
+        vars.extend(self.vars.clone());
+        let or = |mine: &Vec<StepSpec>, theirs: Vec<StepSpec>| {
+            if mine.is_empty() { theirs } else { mine.clone() }
+        };
+        ScenarioSpec {
+            extends: None,
+            url: self.url.clone().or(base.url),
+            headers: if self.headers.is_empty() {
+                base.headers
+            } else {
+                self.headers.clone()
+            },
+            credentials: self.credentials.clone().or(base.credentials),
+            vars,
+            login: or(&self.login, base.login),
+            heartbeat: self.heartbeat.clone().or(base.heartbeat),
+            replies: if self.replies.is_empty() {
+                base.replies
+            } else {
+                self.replies.clone()
+            },
+            message: self.message.clone().or(base.message),
+            room_size: self.room_size,
+        }
+    }
+}
+
 /// One login step, compiled.
 #[derive(Debug, Clone)]
 pub struct Step {
     pub send: Option<Template>,
     pub expect: Option<Matcher>,
+    pub reject: Option<Matcher>,
     pub timeout: Duration,
 }
 
@@ -238,18 +306,35 @@ pub struct AppHeartbeat {
     pub expect: Matcher,
 }
 
+/// Field references (`/pointer`, `$capture`, `$capture/pointer`) are resolved by
+/// [`reading::Reading::compile`].
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub matcher: Matcher,
-    pub id: Pointer,
+    pub key: AckKey,
+}
+
+/// What an ack carries to name the message it answers.
+#[derive(Debug, Clone)]
+pub enum AckKey {
+    Id(String),
+    Seq(String),
+    Oldest,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryPlan {
     pub matcher: Matcher,
-    pub sender: Pointer,
-    pub seq: Pointer,
-    pub ts: Pointer,
+    pub sender: String,
+    pub seq: String,
+    pub ts: String,
+}
+
+/// A compiled reply rule.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub matcher: Matcher,
+    pub send: Template,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +401,12 @@ impl Identity {
 impl Scenario {
     /// Compiles a spec; relative credential paths are read from `base_dir`.
     pub fn compile(spec: &ScenarioSpec, base_dir: &Path) -> Result<Scenario, ScenarioError> {
+        if let Some(name) = &spec.extends {
+            return Err(at("extends")(format!(
+                "unknown built-in scenario `{name}`; built-ins are {}",
+                Builtin::NAMES.join(", ")
+            )));
+        }
         let credentials = match &spec.credentials {
             Some(path) => read_credentials(&base_dir.join(path)).map_err(at("credentials"))?,
             None => Credentials::default(),
@@ -338,7 +429,6 @@ impl Scenario {
         let compile =
             |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
         let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
-        let pointer = |field: String, p: &str| Pointer::parse(p).map_err(at(field));
 
         let url = spec
             .url
@@ -384,6 +474,11 @@ impl Scenario {
                         .as_ref()
                         .map(|m| matcher(format!("login[{i}].expect"), m))
                         .transpose()?,
+                    reject: step
+                        .reject
+                        .as_ref()
+                        .map(|m| matcher(format!("login[{i}].reject"), m))
+                        .transpose()?,
                     timeout: step.timeout,
                 })
             })
@@ -410,7 +505,17 @@ impl Scenario {
                         .map(|a| {
                             Ok(Ack {
                                 matcher: matcher("message.ack.match".into(), &a.matcher)?,
-                                id: pointer("message.ack.id".into(), &a.id)?,
+                                key: match (&a.id, &a.seq) {
+                                    (Some(id), None) => AckKey::Id(id.clone()),
+                                    (None, Some(seq)) => AckKey::Seq(seq.clone()),
+                                    (None, None) => AckKey::Oldest,
+                                    (Some(_), Some(_)) => {
+                                        return Err(at("message.ack")(
+                                            "give `id` or `seq` (or neither, for acks in order), not both"
+                                                .into(),
+                                        ));
+                                    }
+                                },
                             })
                         })
                         .transpose()?,
@@ -420,9 +525,9 @@ impl Scenario {
                         .map(|d| {
                             Ok(DeliveryPlan {
                                 matcher: matcher("message.delivery.match".into(), &d.matcher)?,
-                                sender: pointer("message.delivery.sender".into(), &d.sender)?,
-                                seq: pointer("message.delivery.seq".into(), &d.seq)?,
-                                ts: pointer("message.delivery.ts".into(), &d.ts)?,
+                                sender: d.sender.clone(),
+                                seq: d.seq.clone(),
+                                ts: d.ts.clone(),
                             })
                         })
                         .transpose()?,
@@ -432,8 +537,27 @@ impl Scenario {
         if spec.room_size == 0 {
             return Err(at("room_size")("must be at least 1".into()));
         }
-        let reading = reading::Reading::compile(heartbeat.as_ref(), message.as_ref())
-            .map_err(at("message"))?;
+        let replies = spec
+            .replies
+            .iter()
+            .enumerate()
+            .map(|(i, reply)| {
+                let matcher = matcher(format!("replies[{i}].match"), &reply.matcher)?;
+                // A reply may use the named captures of its regex, after the scenario's vars.
+                let mut names = custom.clone();
+                if let Matcher::Regex(regex) = &matcher {
+                    names.extend(regex.capture_names().flatten().map(str::to_string));
+                }
+                let send = Template::compile(&reply.send, &names)
+                    .map_err(at(format!("replies[{i}].send")))?;
+                Ok(Reply { matcher, send })
+            })
+            .collect::<Result<Vec<_>, ScenarioError>>()?;
+        let reading = reading::Reading::compile(heartbeat.as_ref(), message.as_ref(), &replies)
+            .map_err(|problem| match problem.split_once(": ") {
+                Some((field, problem)) => at(field)(problem.to_string()),
+                None => at("message")(problem),
+            })?;
         Ok(Scenario {
             url,
             headers,

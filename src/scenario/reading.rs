@@ -1,41 +1,93 @@
-//! What a conversation reads from each received text frame: which of the scenario's
-//! expectations it meets — heartbeat reply, ack of our message, room delivery, in that order —
-//! and the fields it carries, all from one walk of the frame ([`Fields`]) however many
-//! matchers and pointers look at it, with nothing allocated for ordinary frames.
+//! What a conversation reads from each received frame: which of the scenario's expectations
+//! it meets — heartbeat reply, ack of our message, room delivery, in that order — the fields it
+//! carries, and whether a reply rule answers it.
+//!
+//! A field is found by a JSON pointer into the frame (`/id`), by a named capture of the rule's
+//! regex (`$id`), or by a JSON pointer into such a capture (`$body/from`: a Socket.IO event's
+//! payload after its `42["chat",` prefix). JSON pointers into the whole frame are read in one
+//! walk ([`Fields`]) however many matchers and pointers look at it, and nothing is allocated
+//! for ordinary JSON frames; a regex rule that matches costs one capture search.
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::json::{FieldValues, Fields, Found};
+use super::json::{FieldValues, Fields, Found, Pointer};
 use super::matcher::Matcher;
-use super::{AppHeartbeat, MessagePlan};
+use super::template::{Template, Values};
+use super::{AckKey, AppHeartbeat, MessagePlan, Reply};
 
 /// The receive side of a scenario, compiled once.
 #[derive(Debug, Clone, Default)]
 pub struct Reading {
+    /// Pointers into the whole frame, read in one walk.
     fields: Fields,
-    heartbeat: Option<Test>,
-    ack: Option<(Test, usize)>,
-    /// The test, then the indexes of sender, sequence and timestamp.
-    delivery: Option<(Test, [usize; 3])>,
+    heartbeat: Option<Rule<0>>,
+    ack: Option<(Rule<1>, AckRead)>,
+    /// Sender, sequence, timestamp.
+    delivery: Option<Rule<3>>,
+    replies: Vec<(Test, Template)>,
+}
+
+/// How an ack names the message it acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AckRead {
+    /// By our message id (`{{msg_id}}`).
+    Id,
+    /// By our sequence number (`{{seq}}`), as Socket.IO ack ids do.
+    Seq,
+    /// By nothing: acks come in order, each answers the oldest pending message.
+    Oldest,
+}
+
+/// A matcher and the `N` fields read when it matches.
+#[derive(Debug, Clone)]
+struct Rule<const N: usize> {
+    test: Test,
+    sources: [Source; N],
 }
 
 /// A matcher, as a test of the walked fields (or of the raw text, for a regex).
 #[derive(Debug, Clone)]
 enum Test {
-    Field { index: usize, equals: Option<Value> },
-    Regex(regex::Regex),
+    Field {
+        index: usize,
+        equals: Option<Value>,
+    },
+    Regex {
+        regex: regex::Regex,
+        /// JSON pointers into captures: by capture group, the pointers read from it.
+        inside: Vec<(usize, Fields)>,
+    },
+}
+
+/// Where one field comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Nothing: the rule reads no field here.
+    Nowhere,
+    /// The whole frame's field at this index of [`Reading::fields`].
+    Frame(usize),
+    /// A capture group of the rule's regex, as text.
+    Capture(usize),
+    /// A field inside a capture: `inside[slot]`'s field `index`.
+    InCapture { slot: usize, index: usize },
+}
+
+/// One received frame, read.
+#[derive(Debug)]
+pub struct Read<'a> {
+    pub meaning: Meaning<'a>,
+    /// The reply rule that answers the frame, if any (whatever it means otherwise).
+    pub reply: Option<ReplyDue<'a>>,
 }
 
 /// What one received frame is.
 #[derive(Debug, PartialEq)]
 pub enum Meaning<'a> {
     HeartbeatReply,
-    /// The ack of one of our messages, with its id if readable.
-    Ack {
-        id: Option<Cow<'a, str>>,
-    },
+    /// The ack of one of our messages, by what it names.
+    Ack(Acked<'a>),
     /// A room delivery, with what could be read of it.
     Delivery {
         sender: Option<Cow<'a, str>>,
@@ -46,86 +98,273 @@ pub enum Meaning<'a> {
     Other,
 }
 
+/// Which of our messages an ack answers.
+#[derive(Debug, PartialEq)]
+pub enum Acked<'a> {
+    Id(Cow<'a, str>),
+    Seq(u64),
+    Oldest,
+    /// The ack matched but its id or sequence could not be read.
+    Unreadable,
+}
+
+/// A reply rule that matched a frame, with what its template may use.
+#[derive(Debug)]
+pub struct ReplyDue<'a> {
+    rule: usize,
+    captures: Option<regex::Captures<'a>>,
+}
+
 impl Reading {
     pub fn compile(
         heartbeat: Option<&AppHeartbeat>,
         message: Option<&MessagePlan>,
+        replies: &[Reply],
     ) -> Result<Reading, String> {
         let mut fields = Fields::default();
         let heartbeat = heartbeat
-            .map(|hb| Test::of(&hb.expect, &mut fields))
-            .transpose()?;
+            .map(|hb| Rule::compile(&hb.expect, [], &mut fields))
+            .transpose()
+            .map_err(|err| format!("heartbeat.expect: {err}"))?;
         let ack = message
             .and_then(|m| m.ack.as_ref())
             .map(|ack| {
-                Ok::<_, String>((Test::of(&ack.matcher, &mut fields)?, fields.add(&ack.id)?))
+                let (read, field) = match &ack.key {
+                    AckKey::Id(field) => (AckRead::Id, field.as_str()),
+                    AckKey::Seq(field) => (AckRead::Seq, field.as_str()),
+                    AckKey::Oldest => (AckRead::Oldest, ""),
+                };
+                Ok::<_, String>((Rule::compile(&ack.matcher, [field], &mut fields)?, read))
             })
-            .transpose()?;
+            .transpose()
+            .map_err(|err| format!("message.ack: {err}"))?;
         let delivery = message
             .and_then(|m| m.delivery.as_ref())
             .map(|d| {
-                Ok::<_, String>((
-                    Test::of(&d.matcher, &mut fields)?,
-                    [
-                        fields.add(&d.sender)?,
-                        fields.add(&d.seq)?,
-                        fields.add(&d.ts)?,
-                    ],
-                ))
+                Rule::compile(
+                    &d.matcher,
+                    [d.sender.as_str(), d.seq.as_str(), d.ts.as_str()],
+                    &mut fields,
+                )
             })
-            .transpose()?;
+            .transpose()
+            .map_err(|err| format!("message.delivery: {err}"))?;
+        let replies = replies
+            .iter()
+            .enumerate()
+            .map(|(i, reply)| {
+                let rule = Rule::compile(&reply.matcher, [], &mut fields)
+                    .map_err(|err| format!("replies[{i}].match: {err}"))?;
+                Ok((rule.test, reply.send.clone()))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Reading {
             fields,
             heartbeat,
             ack,
             delivery,
+            replies,
         })
     }
 
-    /// Reads one frame (one walk, if any test needs a field).
-    pub fn read<'a>(&self, text: &'a str) -> Meaning<'a> {
+    /// Reads one frame: what it means, and the reply rule that answers it, if any (one walk
+    /// of it, if any test needs a field of the whole frame).
+    pub fn read<'a>(&self, text: &'a str) -> Read<'a> {
         let mut values = self.fields.read(text);
-        if self
-            .heartbeat
-            .as_ref()
-            .is_some_and(|test| test.passes(text, &values))
+        let reply = self.reply_to(text, &values);
+        Read {
+            meaning: self.meaning(text, &mut values),
+            reply,
+        }
+    }
+
+    fn meaning<'a>(&self, text: &'a str, values: &mut FieldValues<'a>) -> Meaning<'a> {
+        if let Some(rule) = &self.heartbeat
+            && rule.read(text, values).is_some()
         {
             return Meaning::HeartbeatReply;
         }
-        if let Some((test, id)) = &self.ack
-            && test.passes(text, &values)
+        if let Some((rule, how)) = &self.ack
+            && let Some([key]) = rule.read(text, values)
         {
-            return Meaning::Ack {
-                id: values.take(*id).and_then(Found::text),
-            };
+            return Meaning::Ack(match how {
+                AckRead::Oldest => Acked::Oldest,
+                AckRead::Id => key
+                    .and_then(Found::text)
+                    .map_or(Acked::Unreadable, Acked::Id),
+                AckRead::Seq => key
+                    .as_ref()
+                    .and_then(Found::as_u64)
+                    .map_or(Acked::Unreadable, Acked::Seq),
+            });
         }
-        if let Some((test, [sender, seq, ts])) = &self.delivery
-            && test.passes(text, &values)
+        if let Some(rule) = &self.delivery
+            && let Some([sender, seq, ts]) = rule.read(text, values)
         {
             return Meaning::Delivery {
-                sender: values.take(*sender).and_then(Found::text),
-                seq: values.get(*seq).and_then(Found::as_u64),
-                ts: values.get(*ts).and_then(Found::as_u64),
+                sender: sender.and_then(Found::text),
+                seq: seq.as_ref().and_then(Found::as_u64),
+                ts: ts.as_ref().and_then(Found::as_u64),
             };
         }
         Meaning::Other
     }
+
+    /// The first reply rule that answers `text`, if any.
+    fn reply_to<'a>(&self, text: &'a str, values: &FieldValues<'a>) -> Option<ReplyDue<'a>> {
+        self.replies
+            .iter()
+            .enumerate()
+            .find_map(|(rule, (test, _))| match test {
+                Test::Regex { regex, .. } => regex.captures(text).map(|captures| ReplyDue {
+                    rule,
+                    captures: Some(captures),
+                }),
+                Test::Field { .. } => test.passes_field(values).then_some(ReplyDue {
+                    rule,
+                    captures: None,
+                }),
+            })
+    }
+
+    /// The reply's frame: its template rendered with the user's values and, after the
+    /// scenario's own variables, the named captures of its regex.
+    pub fn render_reply(&self, due: &ReplyDue<'_>, values: &Values<'_>) -> String {
+        let (test, template) = &self.replies[due.rule];
+        let (Some(captures), Test::Regex { regex, .. }) = (&due.captures, test) else {
+            return template.render(values);
+        };
+        let mut custom = values.custom.to_vec();
+        custom.extend(
+            regex
+                .capture_names()
+                .flatten()
+                .map(|name| captures.name(name).map_or("", |m| m.as_str()).to_string()),
+        );
+        template.render(&Values {
+            custom: &custom,
+            ..*values
+        })
+    }
 }
 
-impl Test {
-    fn of(matcher: &Matcher, fields: &mut Fields) -> Result<Test, String> {
-        Ok(match matcher {
+impl<const N: usize> Rule<N> {
+    /// A matcher and its field references: `/pointer`, `$capture` or `$capture/pointer`; an
+    /// empty reference reads nothing.
+    fn compile(
+        matcher: &Matcher,
+        refs: [&str; N],
+        fields: &mut Fields,
+    ) -> Result<Rule<N>, String> {
+        let mut test = match matcher {
             Matcher::Json { pointer, equals } => Test::Field {
                 index: fields.add(pointer)?,
                 equals: equals.clone(),
             },
-            Matcher::Regex(regex) => Test::Regex(regex.clone()),
-        })
+            Matcher::Regex(regex) => Test::Regex {
+                regex: regex.clone(),
+                inside: Vec::new(),
+            },
+        };
+        let mut sources = [Source::Nowhere; N];
+        for (source, reference) in sources.iter_mut().zip(refs) {
+            *source = test.source(reference, fields)?;
+        }
+        Ok(Rule { test, sources })
     }
 
-    fn passes(&self, text: &str, values: &FieldValues<'_>) -> bool {
+    /// The rule's fields if its test passes (each `None` when absent).
+    fn read<'a>(
+        &self,
+        text: &'a str,
+        frame: &mut FieldValues<'a>,
+    ) -> Option<[Option<Found<'a>>; N]> {
+        let Test::Regex { regex, inside } = &self.test else {
+            return self.test.passes_field(frame).then(|| {
+                self.sources.map(|source| match source {
+                    Source::Frame(index) => frame.take(index),
+                    _ => None,
+                })
+            });
+        };
+        let reads_captures = self
+            .sources
+            .iter()
+            .any(|s| matches!(s, Source::Capture(_) | Source::InCapture { .. }));
+        if !reads_captures {
+            return regex
+                .is_match(text)
+                .then(|| self.sources.map(|source| take_frame(source, frame)));
+        }
+        let captures = regex.captures(text)?;
+        let mut within: Vec<FieldValues<'a>> = inside
+            .iter()
+            .map(|(group, fields)| {
+                captures
+                    .get(*group)
+                    .map(|m| fields.read(m.as_str()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        Some(self.sources.map(|source| match source {
+            Source::Capture(group) => captures
+                .get(group)
+                .map(|m| Found::Str(Cow::Borrowed(m.as_str()))),
+            Source::InCapture { slot, index } => within[slot].take(index),
+            other => take_frame(other, frame),
+        }))
+    }
+}
+
+fn take_frame<'a>(source: Source, frame: &mut FieldValues<'a>) -> Option<Found<'a>> {
+    match source {
+        Source::Frame(index) => frame.take(index),
+        _ => None,
+    }
+}
+
+impl Test {
+    /// Where a field reference reads from, checked against this test.
+    fn source(&mut self, reference: &str, fields: &mut Fields) -> Result<Source, String> {
+        if reference.is_empty() {
+            return Ok(Source::Nowhere);
+        }
+        let Some(capture) = reference.strip_prefix('$') else {
+            return Ok(Source::Frame(fields.add(&Pointer::parse(reference)?)?));
+        };
+        let (name, pointer) = match capture.find('/') {
+            Some(at) => (&capture[..at], Some(&capture[at..])),
+            None => (capture, None),
+        };
+        let Test::Regex { regex, inside } = self else {
+            return Err(format!(
+                "`{reference}` reads a regex capture, but the matcher is not a regex"
+            ));
+        };
+        let group = regex
+            .capture_names()
+            .position(|n| n == Some(name))
+            .ok_or_else(|| {
+                format!("`{reference}`: the matcher's regex has no capture named `{name}`")
+            })?;
+        let Some(pointer) = pointer else {
+            return Ok(Source::Capture(group));
+        };
+        let pointer = Pointer::parse(pointer)?;
+        let slot = match inside.iter().position(|(g, _)| *g == group) {
+            Some(slot) => slot,
+            None => {
+                inside.push((group, Fields::default()));
+                inside.len() - 1
+            }
+        };
+        let index = inside[slot].1.add(&pointer)?;
+        Ok(Source::InCapture { slot, index })
+    }
+
+    fn passes_field(&self, values: &FieldValues<'_>) -> bool {
         match self {
-            Test::Regex(regex) => regex.is_match(text),
+            Test::Regex { .. } => false,
             Test::Field { index, equals } => match (values.get(*index), equals) {
                 (None, _) => false,
                 (Some(_), None) => true,
@@ -138,29 +377,41 @@ impl Test {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Builtin, Scenario};
+    use crate::scenario::{Builtin, Identity, Scenario, ScenarioSpec};
 
-    fn im() -> Reading {
-        Scenario::compile(&Builtin::Im.spec(), std::path::Path::new("."))
+    fn reading_of(builtin: Builtin) -> Reading {
+        Scenario::compile(&builtin.spec(), std::path::Path::new("."))
             .expect("built-in")
             .reading
     }
 
+    fn reading(yaml: &str) -> Result<Reading, String> {
+        let spec: ScenarioSpec = serde_norway::from_str(yaml).expect("parses");
+        Scenario::compile(&spec, std::path::Path::new("."))
+            .map(|s| s.reading)
+            .map_err(|e| e.to_string())
+    }
+
+    fn user0(custom: usize) -> Identity {
+        Identity {
+            user: 0,
+            user_id: "u0".into(),
+            room: "room-0".into(),
+            custom: vec![String::new(); custom],
+        }
+    }
+
     #[test]
     fn the_im_protocol_is_read_in_one_walk() {
-        let reading = im();
+        let reading = reading_of(Builtin::Im);
+        let meaning = |text| reading.read(text).meaning;
+        assert_eq!(meaning(r#"{"type":"pong","ts":5}"#), Meaning::HeartbeatReply);
         assert_eq!(
-            reading.read(r#"{"type":"pong","ts":5}"#),
-            Meaning::HeartbeatReply
+            meaning(r#"{"type":"ack","id":"u3-7"}"#),
+            Meaning::Ack(Acked::Id("u3-7".into()))
         );
         assert_eq!(
-            reading.read(r#"{"type":"ack","id":"u3-7"}"#),
-            Meaning::Ack {
-                id: Some("u3-7".into())
-            }
-        );
-        assert_eq!(
-            reading.read(r#"{"type":"deliver","from":"u1","seq":9,"ts":"123","body":"x"}"#),
+            meaning(r#"{"type":"deliver","from":"u1","seq":9,"ts":"123","body":"x"}"#),
             Meaning::Delivery {
                 sender: Some("u1".into()),
                 seq: Some(9),
@@ -168,7 +419,7 @@ mod tests {
             }
         );
         assert_eq!(
-            reading.read(r#"{"type":"deliver","seq":9}"#),
+            meaning(r#"{"type":"deliver","seq":9}"#),
             Meaning::Delivery {
                 sender: None,
                 seq: Some(9),
@@ -176,7 +427,85 @@ mod tests {
             },
             "matched but incomplete: the caller counts it invalid"
         );
-        assert_eq!(reading.read(r#"{"type":"joined"}"#), Meaning::Other);
-        assert_eq!(reading.read("not json"), Meaning::Other);
+        assert_eq!(meaning(r#"{"type":"joined"}"#), Meaning::Other);
+        assert_eq!(meaning("not json"), Meaning::Other);
+        assert!(reading.read(r#"{"type":"ping"}"#).reply.is_none(), "no replies in im");
+    }
+
+    #[test]
+    fn socket_io_frames_are_read_through_captures() {
+        let reading = reading_of(Builtin::Socketio);
+        let meaning = |text| reading.read(text).meaning;
+        assert_eq!(meaning(r#"4317[{"ok":true}]"#), Meaning::Ack(Acked::Seq(17)));
+        assert_eq!(
+            meaning(r#"42["chat",{"from":"u4","seq":3,"ts":1700000000000000,"body":"xx"}]"#),
+            Meaning::Delivery {
+                sender: Some("u4".into()),
+                seq: Some(3),
+                ts: Some(1_700_000_000_000_000)
+            }
+        );
+        assert_eq!(meaning(r#"42["other",{}]"#), Meaning::Other);
+        let ping = reading.read("2");
+        assert_eq!(ping.meaning, Meaning::Other, "a ping is not ours");
+        let due = ping.reply.expect("the Engine.IO ping is answered");
+        let identity = user0(8);
+        assert_eq!(reading.render_reply(&due, &identity.values("", 0, 0, 0)), "3");
+        assert!(reading.read("3").reply.is_none());
+    }
+
+    #[test]
+    fn replies_render_captures_and_acks_may_carry_no_id() {
+        let reading = reading(
+            "replies:\n  - match: {regex: '^PING (?P<token>\\w+)$'}\n    send: 'PONG {{token}} from {{user_id}}'\n\
+             message:\n  send: 'PUB {{seq}}'\n  ack: {match: {regex: '^\\+OK$'}}\n",
+        )
+        .expect("valid");
+        let due = reading.read("PING abc").reply.expect("matches");
+        assert_eq!(
+            reading.render_reply(&due, &user0(0).values("", 0, 0, 0)),
+            "PONG abc from u0"
+        );
+        assert_eq!(reading.read("+OK").meaning, Meaning::Ack(Acked::Oldest));
+        assert_eq!(reading.read("-ERR").meaning, Meaning::Other);
+    }
+
+    #[test]
+    fn capture_references_are_checked_when_the_scenario_compiles() {
+        let err = reading(
+            "message:\n  send: x\n  ack: {match: {regex: '^ack (?P<n>\\d+)'}, seq: $id}\n",
+        )
+        .expect_err("no such capture");
+        assert!(
+            err.contains("scenario.message") && err.contains("no capture named `id`"),
+            "{err}"
+        );
+        let err = reading("message:\n  send: x\n  ack: {match: {pointer: /type}, id: $id}\n")
+            .expect_err("not a regex");
+        assert!(err.contains("not a regex"), "{err}");
+        let err =
+            reading("message:\n  send: x\n  ack: {match: {pointer: /t}, id: /a, seq: /b}\n")
+                .expect_err("both");
+        assert!(err.contains("`id` or `seq`"), "{err}");
+        let err = reading("replies: [{match: {regex: '^PING'}, send: '{{nope}}'}]\n")
+            .expect_err("unknown var");
+        assert!(err.contains("scenario.replies[0].send"), "{err}");
+    }
+
+    #[test]
+    fn a_capture_can_be_read_as_json() {
+        let reading = reading(
+            "message:\n  send: x\n  delivery:\n    match: {regex: '^MSG (?P<sender>\\S+) (?P<body>\\{.*\\})$'}\n    \
+             sender: $sender\n    seq: $body/n\n    ts: $body/t\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            reading.read(r#"MSG alice {"n":4,"t":"99"}"#).meaning,
+            Meaning::Delivery {
+                sender: Some("alice".into()),
+                seq: Some(4),
+                ts: Some(99)
+            }
+        );
     }
 }

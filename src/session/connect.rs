@@ -169,14 +169,35 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
                 return Ok(());
             };
             loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        ctx.metrics.add(Count::BytesReceived, text.len() as u64);
-                        if expect.matches(&Frame::new(&text)) {
-                            return Ok(());
-                        }
-                        unmatched = Some(truncate(&text, 200).to_string());
+                let frame = socket.next().await;
+                let data = match &frame {
+                    Some(Ok(Message::Text(text))) => Some(text.as_bytes()),
+                    Some(Ok(Message::Binary(data))) => Some(data.as_ref()),
+                    _ => None,
+                };
+                // Text protocols may arrive in binary frames; other binary frames are skipped.
+                if let Some(data) = data {
+                    ctx.metrics.add(Count::BytesReceived, data.len() as u64);
+                    let Ok(text) = std::str::from_utf8(data) else {
+                        continue;
+                    };
+                    let frame = Frame::new(text);
+                    if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
+                        return Err(format!(
+                            "login step {step_no}: refused by the server: {}",
+                            truncate(text, 200)
+                        ));
                     }
+                    if expect.matches(&frame) {
+                        return Ok(());
+                    }
+                    reply(ctx, socket, identity, text)
+                        .await
+                        .map_err(|err| format!("login step {step_no}: {err}"))?;
+                    unmatched = Some(truncate(text, 200).to_string());
+                    continue;
+                }
+                match frame {
                     Some(Ok(Message::Close(frame))) => {
                         return Err(format!(
                             "login step {step_no}: the server closed the connection ({})",
@@ -204,6 +225,27 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
             }
         }
     }
+    Ok(())
+}
+
+/// Answers `text` if one of the scenario's reply rules matches it (a server may ping while a
+/// user logs in).
+async fn reply(
+    ctx: &Context,
+    socket: &mut Socket,
+    identity: &Identity,
+    text: &str,
+) -> Result<(), String> {
+    let reading = &ctx.scenario.reading;
+    let Some(due) = reading.read(text).reply else {
+        return Ok(());
+    };
+    let values = identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0);
+    socket
+        .send(Message::text(reading.render_reply(&due, &values)))
+        .await
+        .map_err(|err| format!("sending a reply failed: {err}"))?;
+    ctx.metrics.add(Count::Replies, 1);
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use crate::config::Schedule;
 use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason, Latency};
 use crate::roster::Slot;
-use crate::scenario::reading::Meaning;
+use crate::scenario::reading::{Acked, Meaning};
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
 use crate::scenario::{Identity, room_members, room_name, room_range};
@@ -59,6 +59,8 @@ impl Ended {
 /// A frame the driver must write.
 #[derive(Debug, PartialEq)]
 pub enum Outbound {
+    /// The answer to a server frame (the scenario's `replies`), written before anything else.
+    Reply(Message),
     /// A heartbeat: a WebSocket ping or the scenario's app frame.
     Heartbeat(Message),
     /// A scheduled message; once written, report it with [`Conversation::sent`].
@@ -99,6 +101,9 @@ pub struct Conversation {
     pending: VecDeque<(u64, Instant)>,
     tracker: Tracker,
     ping_sent: Option<Instant>,
+    /// The answer to the last frame, if a reply rule matched it (the driver writes it before
+    /// reading again, so one is enough).
+    reply: Option<String>,
     /// This user's local id, and the room size it joined with.
     local: u32,
     room_size: u32,
@@ -153,6 +158,7 @@ impl Conversation {
             pending: VecDeque::new(),
             tracker,
             ping_sent: None,
+            reply: None,
             local: user.id,
             room_size: share.room_size,
             members,
@@ -194,20 +200,8 @@ impl Conversation {
         // No clone of the shared context per frame: its refcount is a cache line every user
         // thread shares.
         match frame {
-            Message::Text(text) => {
-                self.ctx.metrics.add(Count::Received, 1);
-                self.ctx
-                    .metrics
-                    .add(Count::BytesReceived, text.len() as u64);
-                self.on_text(text);
-                self.check_settled();
-            }
-            Message::Binary(data) => {
-                let metrics = &self.ctx.metrics;
-                metrics.add(Count::Received, 1);
-                metrics.add(Count::BytesReceived, data.len() as u64);
-                metrics.add(Count::FramesUnmatched, 1);
-            }
+            Message::Text(text) => self.on_data(text.as_bytes()),
+            Message::Binary(data) => self.on_data(data),
             Message::Pong(data) => self.on_pong(data),
             Message::Close(frame) => {
                 return Err(Ended::failed(
@@ -252,6 +246,9 @@ impl Conversation {
     /// The next frame the last tick made due, if any: the heartbeat first, then the messages
     /// in schedule order. Handed out one at a time, so a connection keeps no buffer of them.
     pub fn next_outbound(&mut self) -> Option<Outbound> {
+        if let Some(reply) = self.reply.take() {
+            return Some(Outbound::Reply(Message::text(reply)));
+        }
         if std::mem::take(&mut self.due.heartbeat) {
             return Some(Outbound::Heartbeat(self.heartbeat(self.due.at)));
         }
@@ -376,36 +373,64 @@ impl Conversation {
         self.timers.pong_deadline = None;
     }
 
+    /// A data frame, text or binary: text protocols whose frames arrive as binary WebSocket
+    /// frames are read as text; other binary frames are counted unmatched.
+    fn on_data(&mut self, data: &[u8]) {
+        let metrics = &self.ctx.metrics;
+        metrics.add(Count::Received, 1);
+        metrics.add(Count::BytesReceived, data.len() as u64);
+        match std::str::from_utf8(data) {
+            Ok(text) => self.on_text(text),
+            Err(_) => metrics.add(Count::FramesUnmatched, 1),
+        }
+        self.check_settled();
+    }
+
     /// Classifies a text frame — heartbeat reply, ack of our message, room delivery, or
-    /// other — from one walk of it.
+    /// other — from one walk of it, and prepares the reply a reply rule gives it.
     fn on_text(&mut self, text: &str) {
         // What the frame means borrows the frame, not the context.
-        let meaning = self.ctx.scenario.reading.read(text);
-        match meaning {
+        let reading = &self.ctx.scenario.reading;
+        let read = reading.read(text);
+        let replied = read.reply.is_some();
+        if let Some(due) = &read.reply {
+            let ctx = &self.ctx;
+            let stamp = clock::now_micros();
+            let values = self
+                .identity
+                .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
+            self.reply = Some(reading.render_reply(due, &values));
+        }
+        match read.meaning {
             Meaning::HeartbeatReply => self.heartbeat_answered(),
-            Meaning::Ack { id: Some(id) } => self.on_ack(&id),
+            Meaning::Ack(Acked::Id(id)) => match seq_of_msg_id(&id, &self.identity.user_id) {
+                Some(seq) => self.on_ack(Some(seq)),
+                // Someone else's id: servers that fan acks out to the room are not our concern.
+                None => self.ctx.metrics.add(Count::FramesUnmatched, 1),
+            },
+            Meaning::Ack(Acked::Seq(seq)) => self.on_ack(Some(seq)),
+            Meaning::Ack(Acked::Oldest) => self.on_ack(None),
             Meaning::Delivery {
                 sender: Some(sender),
                 seq: Some(seq),
                 ts: Some(ts),
             } => self.on_delivery(&sender, seq, ts),
-            Meaning::Ack { .. } | Meaning::Delivery { .. } => {
+            Meaning::Ack(Acked::Unreadable) | Meaning::Delivery { .. } => {
                 self.ctx.metrics.add(Count::FramesInvalid, 1)
             }
+            Meaning::Other if replied => {}
             Meaning::Other => self.ctx.metrics.add(Count::FramesUnmatched, 1),
         }
     }
 
-    fn on_ack(&mut self, id: &str) {
-        let Some(seq) = seq_of_msg_id(id, &self.identity.user_id) else {
-            // Someone else's id: servers that fan acks out to the room are not our concern.
-            self.ctx.metrics.add(Count::FramesUnmatched, 1);
-            return;
-        };
+    /// The ack of message `seq`, or of the oldest pending one when acks carry no id.
+    fn on_ack(&mut self, seq: Option<u64>) {
         // Acks come mostly in order, so the match is nearly always at the front.
-        if let Some(at) = self.pending.iter().position(|&(s, _)| s == seq)
-            && let Some((_, scheduled)) = self.pending.remove(at)
-        {
+        let at = match seq {
+            Some(seq) => self.pending.iter().position(|&(s, _)| s == seq),
+            None => (!self.pending.is_empty()).then_some(0),
+        };
+        if let Some((_, scheduled)) = at.and_then(|at| self.pending.remove(at)) {
             self.ctx.metrics.observe(Latency::Rtt, scheduled.elapsed());
         }
     }
@@ -721,7 +746,7 @@ mod tests {
         out.iter()
             .filter_map(|o| match o {
                 Outbound::Message { scheduled, .. } => Some(*scheduled),
-                Outbound::Heartbeat(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -795,6 +820,51 @@ mod tests {
             1,
             "the first, at 2 s"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_io_ping_is_answered_first_and_acks_name_our_sequence() {
+        let (ctx, _desired, _user, mut talk) =
+            conversation("scenario: socketio
+message_interval: 1s", 0);
+        let seq = send_one(&mut talk);
+        talk.on_frame(&Message::text("2")).expect("connected");
+        talk.timers.next_send = Some(Instant::now());
+        let out = tick(&mut talk, Instant::now()).expect("connected");
+        assert_eq!(
+            out.front(),
+            Some(&Outbound::Reply(Message::text("3"))),
+            "the pong goes before anything else: {out:?}"
+        );
+        assert_eq!(ctx.metrics.total(Count::FramesUnmatched), 0, "a ping we answer is expected");
+        // The ack id is our sequence; another number acknowledges nothing of ours.
+        talk.on_frame(&Message::text(format!("43{}[]", seq + 100)))
+            .expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 0);
+        talk.on_frame(&Message::text(format!("43{seq}[{{\"ok\":true}}]")))
+            .expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_without_an_id_answer_the_oldest_message_and_binary_text_is_read() {
+        let yaml = "message_interval: 1s
+scenario:
+  message:
+    send: 'PUB {{seq}}'
+    ack: {match: {regex: '^\\+OK$'}}
+";
+        let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        send_one(&mut talk);
+        send_one(&mut talk);
+        talk.on_frame(&Message::binary(b"+OK".to_vec())).expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
+        assert_eq!(talk.pending.len(), 1, "the oldest was answered");
+        talk.on_frame(&Message::binary(vec![0xff, 0xfe])).expect("connected");
+        assert_eq!(ctx.metrics.total(Count::FramesUnmatched), 1, "not text: unmatched");
+        talk.on_frame(&Message::text("+OK")).expect("connected");
+        talk.on_frame(&Message::text("+OK")).expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 2, "nothing left to answer");
     }
 
     #[tokio::test(start_paused = true)]

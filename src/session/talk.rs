@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::conversation::{Conversation, Ended, Outbound};
 use super::wire::close;
 use super::{Context, User};
-use crate::metrics::DisconnectReason;
+use crate::metrics::{Count, DisconnectReason};
 use crate::scenario::Identity;
 
 /// Talks over one connection until it ends, settles its books, and says why it ended.
@@ -82,6 +82,10 @@ where
     while let Some(outbound) = talk.next_outbound() {
         match outbound {
             Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
+            Outbound::Reply(frame) => {
+                write(ctx, socket, frame).await?;
+                ctx.metrics.add(Count::Replies, 1);
+            }
             Outbound::Message {
                 frame,
                 seq,
