@@ -266,7 +266,11 @@ impl ScenarioSpec {
         let mut vars = base.vars;
         vars.extend(self.vars.clone());
         let or = |mine: &Vec<StepSpec>, theirs: Vec<StepSpec>| {
-            if mine.is_empty() { theirs } else { mine.clone() }
+            if mine.is_empty() {
+                theirs
+            } else {
+                mine.clone()
+            }
         };
         ScenarioSpec {
             extends: None,

@@ -251,11 +251,7 @@ impl Reading {
 impl<const N: usize> Rule<N> {
     /// A matcher and its field references: `/pointer`, `$capture` or `$capture/pointer`; an
     /// empty reference reads nothing.
-    fn compile(
-        matcher: &Matcher,
-        refs: [&str; N],
-        fields: &mut Fields,
-    ) -> Result<Rule<N>, String> {
+    fn compile(matcher: &Matcher, refs: [&str; N], fields: &mut Fields) -> Result<Rule<N>, String> {
         let mut test = match matcher {
             Matcher::Json { pointer, equals } => Test::Field {
                 index: fields.add(pointer)?,
@@ -306,12 +302,14 @@ impl<const N: usize> Rule<N> {
                     .unwrap_or_default()
             })
             .collect();
-        Some(self.sources.map(|source| match source {
-            Source::Capture(group) => captures
-                .get(group)
-                .map(|m| Found::Str(Cow::Borrowed(m.as_str()))),
-            Source::InCapture { slot, index } => within[slot].take(index),
-            other => take_frame(other, frame),
+        Some(self.sources.map(|source| {
+            match source {
+                Source::Capture(group) => captures
+                    .get(group)
+                    .map(|m| Found::Str(Cow::Borrowed(m.as_str()))),
+                Source::InCapture { slot, index } => within[slot].take(index),
+                other => take_frame(other, frame),
+            }
         }))
     }
 }
@@ -405,7 +403,10 @@ mod tests {
     fn the_im_protocol_is_read_in_one_walk() {
         let reading = reading_of(Builtin::Im);
         let meaning = |text| reading.read(text).meaning;
-        assert_eq!(meaning(r#"{"type":"pong","ts":5}"#), Meaning::HeartbeatReply);
+        assert_eq!(
+            meaning(r#"{"type":"pong","ts":5}"#),
+            Meaning::HeartbeatReply
+        );
         assert_eq!(
             meaning(r#"{"type":"ack","id":"u3-7"}"#),
             Meaning::Ack(Acked::Id("u3-7".into()))
@@ -429,14 +430,20 @@ mod tests {
         );
         assert_eq!(meaning(r#"{"type":"joined"}"#), Meaning::Other);
         assert_eq!(meaning("not json"), Meaning::Other);
-        assert!(reading.read(r#"{"type":"ping"}"#).reply.is_none(), "no replies in im");
+        assert!(
+            reading.read(r#"{"type":"ping"}"#).reply.is_none(),
+            "no replies in im"
+        );
     }
 
     #[test]
     fn socket_io_frames_are_read_through_captures() {
         let reading = reading_of(Builtin::Socketio);
         let meaning = |text| reading.read(text).meaning;
-        assert_eq!(meaning(r#"4317[{"ok":true}]"#), Meaning::Ack(Acked::Seq(17)));
+        assert_eq!(
+            meaning(r#"4317[{"ok":true}]"#),
+            Meaning::Ack(Acked::Seq(17))
+        );
         assert_eq!(
             meaning(r#"42["chat",{"from":"u4","seq":3,"ts":1700000000000000,"body":"xx"}]"#),
             Meaning::Delivery {
@@ -450,7 +457,10 @@ mod tests {
         assert_eq!(ping.meaning, Meaning::Other, "a ping is not ours");
         let due = ping.reply.expect("the Engine.IO ping is answered");
         let identity = user0(8);
-        assert_eq!(reading.render_reply(&due, &identity.values("", 0, 0, 0)), "3");
+        assert_eq!(
+            reading.render_reply(&due, &identity.values("", 0, 0, 0)),
+            "3"
+        );
         assert!(reading.read("3").reply.is_none());
     }
 
@@ -472,10 +482,9 @@ mod tests {
 
     #[test]
     fn capture_references_are_checked_when_the_scenario_compiles() {
-        let err = reading(
-            "message:\n  send: x\n  ack: {match: {regex: '^ack (?P<n>\\d+)'}, seq: $id}\n",
-        )
-        .expect_err("no such capture");
+        let err =
+            reading("message:\n  send: x\n  ack: {match: {regex: '^ack (?P<n>\\d+)'}, seq: $id}\n")
+                .expect_err("no such capture");
         assert!(
             err.contains("scenario.message") && err.contains("no capture named `id`"),
             "{err}"
@@ -483,9 +492,8 @@ mod tests {
         let err = reading("message:\n  send: x\n  ack: {match: {pointer: /type}, id: $id}\n")
             .expect_err("not a regex");
         assert!(err.contains("not a regex"), "{err}");
-        let err =
-            reading("message:\n  send: x\n  ack: {match: {pointer: /t}, id: /a, seq: /b}\n")
-                .expect_err("both");
+        let err = reading("message:\n  send: x\n  ack: {match: {pointer: /t}, id: /a, seq: /b}\n")
+            .expect_err("both");
         assert!(err.contains("`id` or `seq`"), "{err}");
         let err = reading("replies: [{match: {regex: '^PING'}, send: '{{nope}}'}]\n")
             .expect_err("unknown var");

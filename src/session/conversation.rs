@@ -396,9 +396,9 @@ impl Conversation {
         if let Some(due) = &read.reply {
             let ctx = &self.ctx;
             let stamp = clock::now_micros();
-            let values = self
-                .identity
-                .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
+            let values =
+                self.identity
+                    .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
             self.reply = Some(reading.render_reply(due, &values));
         }
         match read.meaning {
@@ -824,9 +824,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_socket_io_ping_is_answered_first_and_acks_name_our_sequence() {
-        let (ctx, _desired, _user, mut talk) =
-            conversation("scenario: socketio
-message_interval: 1s", 0);
+        let (ctx, _desired, _user, mut talk) = conversation(
+            "scenario: socketio
+message_interval: 1s",
+            0,
+        );
         let seq = send_one(&mut talk);
         talk.on_frame(&Message::text("2")).expect("connected");
         talk.timers.next_send = Some(Instant::now());
@@ -836,7 +838,11 @@ message_interval: 1s", 0);
             Some(&Outbound::Reply(Message::text("3"))),
             "the pong goes before anything else: {out:?}"
         );
-        assert_eq!(ctx.metrics.total(Count::FramesUnmatched), 0, "a ping we answer is expected");
+        assert_eq!(
+            ctx.metrics.total(Count::FramesUnmatched),
+            0,
+            "a ping we answer is expected"
+        );
         // The ack id is our sequence; another number acknowledges nothing of ours.
         talk.on_frame(&Message::text(format!("43{}[]", seq + 100)))
             .expect("connected");
@@ -857,14 +863,24 @@ scenario:
         let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         send_one(&mut talk);
         send_one(&mut talk);
-        talk.on_frame(&Message::binary(b"+OK".to_vec())).expect("connected");
+        talk.on_frame(&Message::binary(b"+OK".to_vec()))
+            .expect("connected");
         assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
         assert_eq!(talk.pending.len(), 1, "the oldest was answered");
-        talk.on_frame(&Message::binary(vec![0xff, 0xfe])).expect("connected");
-        assert_eq!(ctx.metrics.total(Count::FramesUnmatched), 1, "not text: unmatched");
+        talk.on_frame(&Message::binary(vec![0xff, 0xfe]))
+            .expect("connected");
+        assert_eq!(
+            ctx.metrics.total(Count::FramesUnmatched),
+            1,
+            "not text: unmatched"
+        );
         talk.on_frame(&Message::text("+OK")).expect("connected");
         talk.on_frame(&Message::text("+OK")).expect("connected");
-        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 2, "nothing left to answer");
+        assert_eq!(
+            ctx.metrics.message_rtt.get_sample_count(),
+            2,
+            "nothing left to answer"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,224 @@
+//! The protocols real servers speak, against those real servers on loopback: Socket.IO 4
+//! (npm `socket.io`). `scripts/protocol-tools` installs them into `.test-tools/` (the README's
+//! test command runs it); without them these tests say loudly that they skipped.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use helpers::*;
+use serde_json::Value;
+
+/// `.test-tools/node_modules`, if `scripts/protocol-tools` installed it, and node.
+fn node_modules() -> Option<(PathBuf, PathBuf)> {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-tools/node_modules");
+    let node = tool("node", "Node.js (scripts/protocol-tools installs it)")?;
+    if !modules.join("socket.io").is_dir() {
+        tool(
+            "no-such-program-socket.io",
+            "npm's socket.io in .test-tools (scripts/protocol-tools installs it)",
+        );
+        return None;
+    }
+    Some((node, modules))
+}
+
+/// A Node.js server from a script written by the test; it prints `listening` when ready.
+/// Killed on drop.
+struct NodeServer {
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeServer {
+    fn start(script: &str, env: &[(&str, &str)]) -> Option<NodeServer> {
+        let (node, modules) = node_modules()?;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.js");
+        std::fs::write(&path, script).unwrap();
+        let addr = free_addr();
+        let mut child = Command::new(node)
+            .arg(&path)
+            .arg(addr.port().to_string())
+            .env("NODE_PATH", modules)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
+        assert_eq!(first.trim(), "listening", "the server did not start");
+        Some(NodeServer {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// The server's own counters (`GET /stats`).
+    async fn stats(&self) -> Value {
+        http()
+            .get(format!("http://{}/stats", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Socket.IO 4 chat server: auth by token, `join` with an ack, `chat` acked and broadcast
+/// to the sender's room (every DROP_EVERY-th message not broadcast, counted per receiver
+/// missed), pings every second with a one-second timeout; `/stats` counts what it saw.
+const SOCKET_IO_SERVER: &str = r#"
+const http = require("http");
+const { Server } = require("socket.io");
+const port = Number(process.argv[2]);
+const dropEvery = Number(process.env.DROP_EVERY || 0);
+const stats = { connections: 0, refused: 0, messages: 0, dropped_deliveries: 0, disconnects: {} };
+const server = http.createServer((req, res) => {
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify(stats));
+});
+const io = new Server(server, { pingInterval: 1000, pingTimeout: 1000 });
+io.use((socket, next) => {
+  if (socket.handshake.auth && socket.handshake.auth.token === "s3cret") return next();
+  stats.refused++;
+  next(new Error("unauthorized"));
+});
+io.on("connection", (socket) => {
+  stats.connections++;
+  socket.on("join", (room, ack) => { socket.join(room); if (typeof ack === "function") ack(); });
+  socket.on("chat", (msg, ack) => {
+    stats.messages++;
+    if (typeof ack === "function") ack({ ok: true });
+    if (dropEvery && stats.messages % dropEvery === 0) {
+      const members = io.sockets.adapter.rooms.get(msg.room);
+      stats.dropped_deliveries += members ? members.size - 1 : 0;
+      return;
+    }
+    socket.to(msg.room).emit("chat", msg);
+  });
+  socket.on("disconnect", (reason) => {
+    stats.disconnects[reason] = (stats.disconnects[reason] || 0) + 1;
+  });
+});
+server.listen(port, "127.0.0.1", () => console.log("listening"));
+"#;
+
+fn socket_io_config(server: &NodeServer, users: u32, token: &str) -> String {
+    format!(
+        "target: ws://{}/socket.io/?EIO=4&transport=websocket\nusers: {users}\nconnect_rate: 500\n\
+         message_interval: 200ms\nack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n\
+         scenario: {{extends: socketio, vars: {{token: {token}}}}}\n",
+        server.addr
+    )
+}
+
+/// Against the real Socket.IO server: users log in with their token and join their rooms,
+/// answer every Engine.IO ping (so the server, which drops a client after pingInterval +
+/// pingTimeout = 2 s without a pong, drops nobody over several such periods), and their acks
+/// and room deliveries are measured with no loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_users_stay_connected_and_are_measured_without_loss() {
+    let Some(server) = NodeServer::start(SOCKET_IO_SERVER, &[]) else {
+        return;
+    };
+    let daemon = start_daemon(&socket_io_config(&server, 20, "s3cret")).await;
+    let api = daemon.addr();
+    wait_active(api, 20.0, 30).await;
+    // Five pings each: 2.5 times the server's drop deadline.
+    wait_for("five Engine.IO pings answered per user", 30, || async {
+        scrape(api).await.get("wsfleet_replies_total") >= 100.0
+    })
+    .await;
+    let stats = server.stats().await;
+    assert_eq!(stats["connections"], 20, "{stats}");
+    assert_eq!(stats["disconnects"], serde_json::json!({}), "{stats}");
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.is_some_and(|d| d.settled));
+    let counts = metrics.message_counts();
+    assert!(counts.sent > 100, "{counts:?}");
+    assert!(
+        metrics.message_rtt.get_sample_count() > 100,
+        "ack RTT samples"
+    );
+    assert!(
+        metrics.delivery_latency.get_sample_count() > 500,
+        "delivery latency samples"
+    );
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+    assert_eq!(
+        counts.frames_unmatched, 0,
+        "every frame is understood: {counts:?}"
+    );
+    assert_eq!(
+        counts.deliveries_received, counts.deliveries_expected,
+        "{counts:?}"
+    );
+}
+
+/// Deliveries the server does not broadcast are counted lost, each receiver's miss once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_deliveries_the_server_drops_are_counted_lost() {
+    let Some(server) = NodeServer::start(SOCKET_IO_SERVER, &[("DROP_EVERY", "10")]) else {
+        return;
+    };
+    let daemon = start_daemon(&socket_io_config(&server, 20, "s3cret")).await;
+    wait_active(daemon.addr(), 20.0, 30).await;
+    wait_for("some deliveries dropped", 30, || async {
+        server.stats().await["dropped_deliveries"].as_f64().unwrap() >= 100.0
+    })
+    .await;
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.is_some_and(|d| d.settled));
+    let dropped = server.stats().await["dropped_deliveries"].as_u64().unwrap();
+    let counts = metrics.message_counts();
+    assert_eq!(counts.lost, dropped, "{counts:?}");
+    assert!(metrics.delivery_latency.get_sample_count() > 0);
+}
+
+/// A wrong token is refused by the server's middleware (CONNECT_ERROR): counted as a `login`
+/// failure at once, with nobody connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_socket_io_login_counts_as_a_login_failure() {
+    let Some(server) = NodeServer::start(SOCKET_IO_SERVER, &[]) else {
+        return;
+    };
+    let daemon = start_daemon(&socket_io_config(&server, 3, "wrong")).await;
+    let api = daemon.addr();
+    wait_for("three refused logins", 10, || async {
+        scrape(api)
+            .await
+            .get(r#"wsfleet_connects_total{result="login"}"#)
+            >= 3.0
+    })
+    .await;
+    let scrape = scrape(api).await;
+    assert_eq!(scrape.get("wsfleet_users_active"), 0.0);
+    assert_eq!(scrape.get(r#"wsfleet_connects_total{result="ok"}"#), 0.0);
+    assert!(server.stats().await["refused"].as_u64().unwrap() >= 3);
+    let errors = status(api).await["errors"].to_string();
+    assert!(errors.contains("refused by the server"), "{errors}");
+    daemon.shutdown().await.unwrap();
+}
