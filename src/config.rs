@@ -25,7 +25,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// WebSocket URL of the server under test (ws:// or wss://). Without one, `wsfleet run`
+    /// URL of the server under test: WebSocket (ws://, wss://) or a plain stream (tcp://,
+    /// tls://, cut into frames by the scenario's `framing`). Without one, `wsfleet run`
     /// starts the reference target in-process and points the fleet at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Url>,
@@ -91,7 +92,7 @@ pub struct Config {
     /// are exported as `wsfleet_sla_threshold{slo}` for alert rules and dashboards.
     #[serde(default)]
     pub sla: Sla,
-    /// TLS for `wss://` targets.
+    /// TLS for `wss://` and `tls://` targets.
     #[serde(default, skip_serializing_if = "TlsConfig::is_default")]
     pub tls: TlsConfig,
     /// Threads running users (each a single-threaded runtime); default: one per core but one
@@ -159,7 +160,7 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// TLS settings for `wss://` targets.
+/// TLS settings for `wss://` and `tls://` targets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -664,9 +665,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.compile_scenario()?;
+        let scenario = self.compile_scenario()?;
         if let Some(target) = &self.target {
             validate_target(target)?;
+            self.check_stream_target(target, &scenario)?;
         }
         self.limits.validate()?;
         self.shard()?;
@@ -753,9 +755,9 @@ impl Config {
 
 /// Checks that a target URL is one a WebSocket client can connect to.
 pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
-    let problem = if !matches!(target.scheme(), "ws" | "wss") {
+    let problem = if !matches!(target.scheme(), "ws" | "wss" | "tcp" | "tls") {
         format!(
-            "scheme must be ws:// or wss://, got `{}://` in {target}",
+            "scheme must be ws://, wss://, tcp:// or tls://, got `{}://` in {target}",
             target.scheme()
         )
     } else if target.host_str().is_none_or(str::is_empty) {
@@ -767,6 +769,31 @@ pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
         field: "target",
         problem,
     })
+}
+
+impl Config {
+    /// A plain-stream target (`tcp://`, `tls://`) needs a framing, and has no WebSocket pings
+    /// to be the heartbeat.
+    fn check_stream_target(&self, target: &Url, scenario: &Scenario) -> Result<(), ConfigError> {
+        if crate::session::is_websocket(target) || scenario.url.is_some() {
+            return Ok(());
+        }
+        let problem = if scenario.framing.is_none() {
+            format!(
+                "{target} is a plain stream: give the scenario a `framing` (newline or length_prefixed), or a codec that frames its packets (mqtt)"
+            )
+        } else if scenario.heartbeat.is_none() && !self.heartbeat.interval.is_zero() {
+            format!(
+                "{target} has no WebSocket pings: give the scenario an application heartbeat (scenario.heartbeat), or set heartbeat.interval: 0s"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid {
+            field: "target",
+            problem,
+        })
+    }
 }
 
 /// YAML text as a tree; an empty document is an empty mapping.

@@ -11,6 +11,8 @@
 //! - [`fleet`]: the supervisor actor that holds the number of users at the desired count.
 //! - [`session`]: one simulated user: connect, log in, heartbeat, send, receive, reconnect.
 //! - [`scenario`]: what users say and expect, as data: templates, matchers, sequence tracking.
+//! - [`codec`]: what the bytes of a frame mean (text, MQTT, ...) and how byte streams are cut
+//!   into frames.
 //! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
 //! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
 //!   allocator's own figures and heap profile.
@@ -23,6 +25,7 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -121,6 +121,11 @@ impl Context {
     }
 }
 
+/// `ws://` and `wss://` speak WebSocket; `tcp://` and `tls://` are plain streams.
+pub fn is_websocket(url: &url::Url) -> bool {
+    matches!(url.scheme(), "ws" | "wss")
+}
+
 /// Socket buffers sized for many mostly-idle connections: tungstenite's defaults reserve
 /// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users.
 pub fn ws_config() -> WebSocketConfig {

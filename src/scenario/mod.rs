@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::codec::framing::Framing;
+use crate::codec::{Codec, CodecSpec};
 use matcher::{Matcher, MatcherSpec};
 use template::{Template, Values};
 
@@ -56,6 +58,17 @@ pub struct ScenarioSpec {
     /// Users are grouped into rooms of this many members: user i is in room `room-{i / size}`.
     #[serde(default = "default_room_size")]
     pub room_size: u32,
+    /// What the bytes of a frame mean: `text` (default) or `mqtt`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub codec: CodecSpec,
+    /// How frames are cut from a plain TCP stream (`tcp://`, `tls://` targets): `newline` or
+    /// `{length_prefixed: {bytes: 1|2|4|varint, endian, includes_header}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framing: Option<Framing>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +78,8 @@ pub struct StepSpec {
     pub send: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<MatcherSpec>,
-    /// A frame that fails the step at once (a login refused), instead of waiting it out.
+    /// A frame that fails the step at once (a login refused) unless it matches `expect`,
+    /// instead of waiting the timeout out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<MatcherSpec>,
     #[serde(default = "default_step_timeout", with = "humantime_serde")]
@@ -141,10 +155,11 @@ pub enum Builtin {
     Echo,
     Idle,
     Socketio,
+    Mqtt,
 }
 
 impl Builtin {
-    pub const NAMES: &[&str] = &["im", "echo", "idle", "socketio"];
+    pub const NAMES: &[&str] = &["im", "echo", "idle", "socketio", "mqtt"];
 
     pub fn from_name(name: &str) -> Option<Builtin> {
         Some(match name {
@@ -152,6 +167,7 @@ impl Builtin {
             "echo" => Builtin::Echo,
             "idle" => Builtin::Idle,
             "socketio" => Builtin::Socketio,
+            "mqtt" => Builtin::Mqtt,
             _ => return None,
         })
     }
@@ -162,6 +178,7 @@ impl Builtin {
             Builtin::Echo => "echo",
             Builtin::Idle => "idle",
             Builtin::Socketio => "socketio",
+            Builtin::Mqtt => "mqtt",
         }
     }
 
@@ -171,6 +188,7 @@ impl Builtin {
             Builtin::Echo => include_str!("builtin/echo.yaml"),
             Builtin::Idle => include_str!("builtin/idle.yaml"),
             Builtin::Socketio => include_str!("builtin/socketio.yaml"),
+            Builtin::Mqtt => include_str!("builtin/mqtt.yaml"),
         };
         serde_norway::from_str(yaml).expect("built-in scenarios parse")
     }
@@ -291,6 +309,12 @@ impl ScenarioSpec {
             },
             message: self.message.clone().or(base.message),
             room_size: self.room_size,
+            codec: if self.codec == CodecSpec::default() {
+                base.codec
+            } else {
+                self.codec.clone()
+            },
+            framing: self.framing.or(base.framing),
         }
     }
 }
@@ -370,6 +394,10 @@ pub struct Scenario {
     /// The receive side: what each frame means, read in one walk.
     pub reading: reading::Reading,
     pub room_size: u32,
+    /// What frames mean, in bytes.
+    pub codec: Codec,
+    /// How frames are cut from a byte stream: the scenario's, or its codec's own.
+    pub framing: Option<Framing>,
 }
 
 /// Who a user is, for rendering its templates; made once per connection.
@@ -562,7 +590,16 @@ impl Scenario {
                 Some((field, problem)) => at(field)(problem.to_string()),
                 None => at("message")(problem),
             })?;
-        Ok(Scenario {
+        let codec = Codec::compile(&spec.codec).map_err(at("codec"))?;
+        let framing = match (spec.framing, codec.framing()) {
+            (Some(_), Some(_)) => {
+                return Err(at("framing")(
+                    "this codec frames its own packets; leave `framing` out".into(),
+                ));
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
+        let scenario = Scenario {
             url,
             headers,
             user_id_column: credentials.columns.iter().position(|c| c == "user_id"),
@@ -573,7 +610,45 @@ impl Scenario {
             message,
             reading,
             room_size: spec.room_size,
-        })
+            codec,
+            framing,
+        };
+        scenario.check_encoding(&replies)?;
+        Ok(scenario)
+    }
+
+    /// Every send template, rendered for user 0 (captures of replies as `1`), must encode:
+    /// a template the codec cannot encode is a config error, not a failure per user later.
+    fn check_encoding(&self, replies: &[Reply]) -> Result<(), ScenarioError> {
+        let identity = self.identity(0, self.room_size);
+        let values = identity.values("ws://127.0.0.1/", 1, 1, 1);
+        let check = |field: String, text: String| {
+            self.codec
+                .encode(text)
+                .map(drop)
+                .map_err(|err| at(field)(format!("the codec cannot encode it: {err}")))
+        };
+        for (i, step) in self.login.iter().enumerate() {
+            if let Some(send) = &step.send {
+                check(format!("login[{i}].send"), send.render(&values))?;
+            }
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            check("heartbeat.send".into(), heartbeat.send.render(&values))?;
+        }
+        if let Some(message) = &self.message {
+            check("message.send".into(), message.send.render(&values))?;
+        }
+        for (i, reply) in replies.iter().enumerate() {
+            let mut custom = identity.custom.clone();
+            custom.resize(custom.len() + 16, "1".into());
+            let values = Values {
+                custom: &custom,
+                ..identity.values("ws://127.0.0.1/", 1, 1, 1)
+            };
+            check(format!("replies[{i}].send"), reply.send.render(&values))?;
+        }
+        Ok(())
     }
 
     /// The identity of user number `user` when rooms hold `room_size` users.

@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
 use super::Context;
-use super::upgrade;
 use super::wire::{ConnectFailure, Socket, close, describe_close, io_failure};
+use super::{is_websocket, upgrade};
 use crate::clock;
 use crate::failures::truncate;
 use crate::metrics::{ConnectResult, Count, Latency};
@@ -23,13 +23,13 @@ use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
 
 /// A rustls client config with the webpki roots and `extra_roots`, when the target (or a URL
-/// template) may be wss.
+/// template) may be wss or tls.
 pub fn tls_config(
     target: &Url,
     templated: bool,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> Option<Arc<rustls::ClientConfig>> {
-    if target.scheme() != "wss" && !templated {
+    if !matches!(target.scheme(), "wss" | "tls") && !templated {
         return None;
     }
     let mut roots = rustls::RootCertStore {
@@ -130,6 +130,15 @@ async fn handshake(
     tcp.set_nodelay(true)
         .map_err(|err| io_failure(&err, "setting TCP_NODELAY"))?;
     let mut stream = upgrade::secure(tcp, url, ctx.tls.as_ref()).await?;
+    if !is_websocket(url) {
+        let framing = ctx.scenario.framing.ok_or_else(|| {
+            ConnectFailure::new(
+                ConnectResult::Protocol,
+                format!("{url} is a plain stream, and the scenario gives no `framing`"),
+            )
+        })?;
+        return Ok(Socket::stream(stream, framing));
+    }
     let headers: Vec<(String, String)> = ctx
         .scenario
         .headers
@@ -140,13 +149,14 @@ async fn handshake(
         })
         .collect();
     let early_frames = upgrade::upgrade(&mut stream, url, &headers).await?;
-    Ok(WebSocketStream::from_partially_read(
+    let ws = WebSocketStream::from_partially_read(
         stream,
         early_frames,
         Role::Client,
         Some(ctx.ws_config),
     )
-    .await)
+    .await;
+    Ok(Socket::websocket(ws, ctx.scenario.framing))
 }
 
 /// Runs the login steps: send, then wait for the expected reply, ignoring other frames. The
@@ -160,8 +170,13 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
                 let text =
                     send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
                 ctx.metrics.add(Count::BytesSent, text.len() as u64);
+                let frame = ctx
+                    .scenario
+                    .codec
+                    .encode(text)
+                    .map_err(|err| format!("login step {step_no}: cannot encode: {err}"))?;
                 socket
-                    .send(Message::text(text))
+                    .send(frame)
                     .await
                     .map_err(|err| format!("login step {step_no}: sending failed: {err}"))?;
             }
@@ -175,21 +190,22 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
                     Some(Ok(Message::Binary(data))) => Some(data.as_ref()),
                     _ => None,
                 };
-                // Text protocols may arrive in binary frames; other binary frames are skipped.
+                // Read through the codec; frames it cannot read are skipped.
                 if let Some(data) = data {
                     ctx.metrics.add(Count::BytesReceived, data.len() as u64);
-                    let Ok(text) = std::str::from_utf8(data) else {
+                    let Some(text) = ctx.scenario.codec.decode(data) else {
                         continue;
                     };
+                    let text = text.as_ref();
                     let frame = Frame::new(text);
+                    if expect.matches(&frame) {
+                        return Ok(());
+                    }
                     if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
                         return Err(format!(
                             "login step {step_no}: refused by the server: {}",
                             truncate(text, 200)
                         ));
-                    }
-                    if expect.matches(&frame) {
-                        return Ok(());
                     }
                     reply(ctx, socket, identity, text)
                         .await
@@ -241,8 +257,13 @@ async fn reply(
         return Ok(());
     };
     let values = identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0);
+    let frame = ctx
+        .scenario
+        .codec
+        .encode(reading.render_reply(&due, &values))
+        .map_err(|err| format!("cannot encode a reply: {err}"))?;
     socket
-        .send(Message::text(reading.render_reply(&due, &values)))
+        .send(frame)
         .await
         .map_err(|err| format!("sending a reply failed: {err}"))?;
     ctx.metrics.add(Count::Replies, 1);

@@ -243,23 +243,38 @@ impl Conversation {
         Ok(())
     }
 
-    /// The next frame the last tick made due, if any: the heartbeat first, then the messages
-    /// in schedule order. Handed out one at a time, so a connection keeps no buffer of them.
-    pub fn next_outbound(&mut self) -> Option<Outbound> {
+    /// The next frame due, if any: a reply to the last frame first, then the heartbeat the
+    /// last tick made due, then its messages in schedule order. Handed out one at a time, so a
+    /// connection keeps no buffer of them. A frame the codec cannot encode ends the
+    /// connection (the scenario's templates were checked at start, so this is rare).
+    pub fn next_outbound(&mut self) -> Result<Option<Outbound>, Ended> {
         if let Some(reply) = self.reply.take() {
-            return Some(Outbound::Reply(Message::text(reply)));
+            return self.encode(reply).map(|frame| Some(Outbound::Reply(frame)));
         }
         if std::mem::take(&mut self.due.heartbeat) {
-            return Some(Outbound::Heartbeat(self.heartbeat(self.due.at)));
+            return self
+                .heartbeat(self.due.at)
+                .map(|frame| Some(Outbound::Heartbeat(frame)));
         }
         while self.due.sends_left > 0 {
             self.due.sends_left -= 1;
-            let scheduled = self.timers.send_due(self.due.at, self.ctx.schedule)?;
-            if let Some(message) = self.message(scheduled) {
-                return Some(message);
+            let Some(scheduled) = self.timers.send_due(self.due.at, self.ctx.schedule) else {
+                break;
+            };
+            if let Some(message) = self.message(scheduled)? {
+                return Ok(Some(message));
             }
         }
-        None
+        Ok(None)
+    }
+
+    fn encode(&self, text: String) -> Result<Message, Ended> {
+        self.ctx.scenario.codec.encode(text).map_err(|err| {
+            Ended::failed(
+                DisconnectReason::Protocol,
+                format!("a frame could not be encoded: {err}"),
+            )
+        })
     }
 
     /// Message `seq`, scheduled for `scheduled`, left through the socket.
@@ -285,7 +300,7 @@ impl Conversation {
         }
     }
 
-    fn heartbeat(&mut self, now: Instant) -> Message {
+    fn heartbeat(&mut self, now: Instant) -> Result<Message, Ended> {
         let ctx = &self.ctx;
         let stamp = clock::micros_at(now.into_std());
         self.ping_sent.get_or_insert(now);
@@ -294,17 +309,19 @@ impl Conversation {
                 let values =
                     self.identity
                         .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
-                Message::text(app.send.render(&values))
+                self.encode(app.send.render(&values))
             }
-            None => Message::Ping(stamp.to_be_bytes().to_vec().into()),
+            None => Ok(Message::Ping(stamp.to_be_bytes().to_vec().into())),
         }
     }
 
     /// The message scheduled for `scheduled`, with the next sequence number; none without a
     /// message flow in the scenario.
-    fn message(&mut self, scheduled: Instant) -> Option<Outbound> {
+    fn message(&mut self, scheduled: Instant) -> Result<Option<Outbound>, Ended> {
         let ctx = &self.ctx;
-        let plan = ctx.scenario.message.as_ref()?;
+        let Some(plan) = ctx.scenario.message.as_ref() else {
+            return Ok(None);
+        };
         let seq = self.slot.next_seq();
         let ts = clock::micros_at(scheduled.into_std());
         let text = plan.send.render(&self.identity.values(
@@ -313,11 +330,11 @@ impl Conversation {
             ts,
             self.share.payload_size,
         ));
-        Some(Outbound::Message {
-            frame: Message::text(text),
+        Ok(Some(Outbound::Message {
+            frame: self.encode(text)?,
             seq,
             scheduled,
-        })
+        }))
     }
 
     /// The run is ending: sending has stopped everywhere. Expect every room member's messages
@@ -373,15 +390,17 @@ impl Conversation {
         self.timers.pong_deadline = None;
     }
 
-    /// A data frame, text or binary: text protocols whose frames arrive as binary WebSocket
-    /// frames are read as text; other binary frames are counted unmatched.
+    /// A data frame, text or binary, read through the scenario's codec (text protocols whose
+    /// frames arrive as binary WebSocket frames are read as text); a frame the codec cannot
+    /// read is counted unmatched.
     fn on_data(&mut self, data: &[u8]) {
         let metrics = &self.ctx.metrics;
         metrics.add(Count::Received, 1);
         metrics.add(Count::BytesReceived, data.len() as u64);
-        match std::str::from_utf8(data) {
-            Ok(text) => self.on_text(text),
-            Err(_) => metrics.add(Count::FramesUnmatched, 1),
+        // The text borrows the frame, not the context.
+        match self.ctx.scenario.codec.decode(data) {
+            Some(text) => self.on_text(&text),
+            None => self.ctx.metrics.add(Count::FramesUnmatched, 1),
         }
         self.check_settled();
     }
@@ -722,7 +741,11 @@ mod tests {
     /// Ticks and collects every frame the tick made due.
     fn tick(talk: &mut Conversation, now: Instant) -> Result<VecDeque<Outbound>, Ended> {
         talk.on_tick(now)?;
-        Ok(std::iter::from_fn(|| talk.next_outbound()).collect())
+        let mut out = VecDeque::new();
+        while let Some(outbound) = talk.next_outbound()? {
+            out.push_back(outbound);
+        }
+        Ok(out)
     }
 
     /// Makes a message due now, ticks, and reports it written; returns its sequence.

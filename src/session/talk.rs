@@ -79,7 +79,7 @@ async fn flush<S>(ctx: &Context, talk: &mut Conversation, socket: &mut S) -> Res
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    while let Some(outbound) = talk.next_outbound() {
+    while let Some(outbound) = talk.next_outbound()? {
         match outbound {
             Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
             Outbound::Reply(frame) => {
@@ -119,6 +119,10 @@ where
 
 fn failure(err: &tungstenite::Error) -> Ended {
     let reason = match err {
+        // A malformed frame on a raw stream (see `wire::Socket`).
+        tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            DisconnectReason::Protocol
+        }
         tungstenite::Error::Io(_)
         | tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed => DisconnectReason::Reset,

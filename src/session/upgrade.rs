@@ -24,7 +24,7 @@ pub async fn secure(
     url: &Url,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Stream, ConnectFailure> {
-    if url.scheme() != "wss" {
+    if !matches!(url.scheme(), "wss" | "tls") {
         return Ok(Stream::Plain(tcp));
     }
     let config = tls.ok_or(ConnectResult::Tls)?;

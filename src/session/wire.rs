@@ -1,13 +1,19 @@
-//! What the rest of `session` shares about the wire: the socket type, how a connection attempt
-//! fails (with a detail for a person), and closing a WebSocket politely. No protocol state
-//! lives here.
+//! What the rest of `session` shares about the wire: the socket — a WebSocket, or frames cut
+//! from a plain TCP/TLS stream, seen alike as WebSocket messages — how a connection attempt
+//! fails (with a detail for a person), and closing politely. No protocol state lives here.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, StreamExt, ready};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_util::codec::Framed;
+
+use crate::codec::framing::{Framing, FramingError, MAX_FRAME};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -22,7 +28,152 @@ use crate::metrics::ConnectResult;
 /// How long a user waits for the server's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub type Socket = WebSocketStream<Stream>;
+/// A user's connection, as a `Sink + Stream` of WebSocket messages whatever it runs over.
+pub struct Socket(Transport);
+
+enum Transport {
+    /// Each WebSocket message is a frame.
+    WebSocket(WebSocketStream<Stream>),
+    /// A framed byte stream carried in WebSocket messages (MQTT over WebSocket: a packet may
+    /// span messages, or share one): frames are cut again from the messages' bytes.
+    Recut {
+        ws: WebSocketStream<Stream>,
+        framing: Framing,
+        buffer: BytesMut,
+    },
+    /// Plain TCP or TLS, cut into frames by the scenario's framing (`tcp://`, `tls://`).
+    /// WebSocket control messages have no meaning here: pings are dropped, and a close
+    /// shuts the stream down.
+    Bytes {
+        framed: Framed<Stream, Framing>,
+        shutting_down: bool,
+    },
+}
+
+/// A raw stream's read buffer starts this small and grows only for big frames.
+const STREAM_READ_BUFFER: usize = 256;
+
+impl Socket {
+    /// A WebSocket; with `framing`, its messages carry a framed byte stream.
+    pub fn websocket(ws: WebSocketStream<Stream>, framing: Option<Framing>) -> Socket {
+        Socket(match framing {
+            None => Transport::WebSocket(ws),
+            Some(framing) => Transport::Recut {
+                ws,
+                framing,
+                buffer: BytesMut::new(),
+            },
+        })
+    }
+
+    /// A plain TCP or TLS stream cut by `framing`.
+    pub fn stream(stream: Stream, framing: Framing) -> Socket {
+        Socket(Transport::Bytes {
+            framed: Framed::with_capacity(stream, framing, STREAM_READ_BUFFER),
+            shutting_down: false,
+        })
+    }
+}
+
+/// A framing error, as the WebSocket errors the session handles: too long is a capacity
+/// error, malformed is invalid data (both end the connection as `protocol`).
+fn framing_failure(err: FramingError) -> WsError {
+    match err {
+        FramingError::TooLong(size) => WsError::Capacity(CapacityError::MessageTooLong {
+            size,
+            max_size: MAX_FRAME,
+        }),
+        FramingError::Malformed(detail) => WsError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed frame: {detail}"),
+        )),
+        FramingError::Io(err) => WsError::Io(err),
+    }
+}
+
+impl futures_util::Stream for Socket {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.get_mut().0 {
+            Transport::WebSocket(ws) => ws.poll_next_unpin(cx),
+            Transport::Recut {
+                ws,
+                framing,
+                buffer,
+            } => loop {
+                match framing.cut(buffer) {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(Message::Binary(frame)))),
+                    Ok(None) => {}
+                    Err(err) => return Poll::Ready(Some(Err(framing_failure(err)))),
+                }
+                match ready!(ws.poll_next_unpin(cx)) {
+                    Some(Ok(Message::Binary(data))) => buffer.extend_from_slice(&data),
+                    Some(Ok(Message::Text(text))) => buffer.extend_from_slice(text.as_bytes()),
+                    other => return Poll::Ready(other),
+                }
+            },
+            Transport::Bytes { framed, .. } => framed
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|frame| frame.map(Message::Binary).map_err(framing_failure))),
+        }
+    }
+}
+
+impl Sink<Message> for Socket {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.get_mut().0 {
+            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.poll_ready_unpin(cx),
+            Transport::Bytes { framed, .. } => {
+                SinkExt::<Bytes>::poll_ready_unpin(framed, cx).map_err(framing_failure)
+            }
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        match &mut self.get_mut().0 {
+            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.start_send_unpin(message),
+            Transport::Bytes {
+                framed,
+                shutting_down,
+            } => match message {
+                Message::Text(text) => framed.start_send_unpin(Bytes::from(text)),
+                Message::Binary(data) => framed.start_send_unpin(data),
+                Message::Close(_) => {
+                    *shutting_down = true;
+                    Ok(())
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            }
+            .map_err(framing_failure),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.get_mut().0 {
+            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.poll_flush_unpin(cx),
+            // A close sent on a raw stream is its shutdown (FIN), after what was written.
+            Transport::Bytes {
+                framed,
+                shutting_down: true,
+            } => SinkExt::<Bytes>::poll_close_unpin(framed, cx).map_err(framing_failure),
+            Transport::Bytes { framed, .. } => {
+                SinkExt::<Bytes>::poll_flush_unpin(framed, cx).map_err(framing_failure)
+            }
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.get_mut().0 {
+            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.poll_close_unpin(cx),
+            Transport::Bytes { framed, .. } => {
+                SinkExt::<Bytes>::poll_close_unpin(framed, cx).map_err(framing_failure)
+            }
+        }
+    }
+}
 
 /// A client connection, plain or TLS; the TLS session is boxed so plain sockets stay small.
 pub enum Stream {
