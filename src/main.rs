@@ -155,9 +155,13 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
         "reference target listening on http://{} (WebSocket at /ws)",
         listener.local_addr()?
     );
+    if let Some(tcp) = args.tcp_listen {
+        tracing::info!("reference target serving length-prefixed TCP on {tcp}");
+    }
     let options = target::TargetOptions {
         token: args.token,
         tls,
+        tcp: args.tcp_listen,
     };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)

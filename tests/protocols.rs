@@ -1,7 +1,8 @@
 //! The protocols real servers speak, against those real servers on loopback: Socket.IO 4
 //! (npm `socket.io`), MQTT 3.1.1 over TCP (Debian's `mosquitto`) and over WebSocket (npm
 //! `aedes` behind `ws`). `scripts/protocol-tools` installs them (the README's test command
-//! runs it); without them these tests say loudly that they skipped.
+//! runs it); without them these tests say loudly that they skipped. Plain TCP with a length
+//! prefix is tested against the reference target's TCP listener.
 
 #![allow(clippy::unwrap_used)]
 
@@ -408,4 +409,55 @@ async fn a_refused_mqtt_connect_counts_as_a_login_failure() {
     let errors = status(api).await["errors"].to_string();
     assert!(errors.contains("not_authorized"), "{errors}");
     daemon.shutdown().await.unwrap();
+}
+
+/// The reference target's IM protocol over plain TCP, 4-byte length-prefixed: the built-in
+/// `im` scenario with a framing. Measured like over WebSocket; the target's dropped
+/// deliveries are counted lost, exactly, once the books are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_im_protocol_over_length_prefixed_tcp_is_measured_and_its_drops_counted() {
+    let tcp = free_addr();
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        tcp: Some(tcp),
+        ..Default::default()
+    })
+    .await;
+    target.faults(serde_json::json!({"drop": 0.02})).await;
+    let yaml = format!(
+        "target: tcp://{tcp}\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
+         ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n\
+         scenario: {{extends: im, framing: {{length_prefixed: {{bytes: 4}}}}}}\n"
+    );
+    let counts = measured_run(start_daemon(&yaml).await, 20.0, 2000).await;
+    let dropped = target
+        .metrics()
+        .await
+        .get("wsfleet_target_deliveries_dropped_total");
+    assert!(dropped > 0.0);
+    assert_eq!(counts.lost as f64, dropped, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+}
+
+/// A `tcp://` target without a framing, or without an application heartbeat, is refused at
+/// start with what to do.
+#[test]
+fn a_plain_stream_target_needs_a_framing_and_an_app_heartbeat() {
+    let err = wsfleet::config::Config::parse("target: tcp://127.0.0.1:7000\nscenario: im\n")
+        .expect_err("no framing");
+    assert!(
+        err.to_string().contains("give the scenario a `framing`"),
+        "{err}"
+    );
+    let err = wsfleet::config::Config::parse(
+        "target: tcp://127.0.0.1:7000\nscenario: {extends: idle, framing: newline}\n",
+    )
+    .expect_err("no heartbeat");
+    assert!(err.to_string().contains("application heartbeat"), "{err}");
+    wsfleet::config::Config::parse(
+        "target: tcp://127.0.0.1:7000\nheartbeat: {interval: 0s}\nscenario: {extends: idle, framing: newline}\n",
+    )
+    .expect("no heartbeat asked for");
+    wsfleet::config::Config::parse("target: tcp://127.0.0.1:7000\nscenario: mqtt\n")
+        .expect("mqtt frames its own packets");
 }

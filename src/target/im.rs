@@ -1,12 +1,20 @@
 //! One IM connection on the target: login, join, message -> ack + room broadcast, ping ->
 //! pong; frames that are not commands are echoed back. Output goes through a per-connection
-//! queue so delivery delays and stalls never block reading.
+//! queue so delivery delays and stalls never block reading. The connection is any
+//! `Sink + Stream` of WebSocket messages: a WebSocket, or frames of a length-prefixed TCP
+//! stream ([`framed`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::codec::framing::Framing;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -94,7 +102,41 @@ struct Connection {
     rooms: Vec<String>,
 }
 
-pub async fn serve_connection(mut socket: WebSocket, state: Arc<Shared>, close: CancellationToken) {
+/// A TCP connection whose frames carry a 4-byte big-endian length prefix, as WebSocket
+/// messages (a frame that is UTF-8 is a text message); a close shuts it down.
+pub fn framed(
+    tcp: TcpStream,
+) -> impl Stream<Item = Result<Message, crate::codec::framing::FramingError>>
++ Sink<Message, Error = crate::codec::framing::FramingError>
++ Unpin {
+    Framed::new(tcp, Framing::LengthPrefixed(TCP_PREFIX))
+        .map(|frame| {
+            frame.map(|bytes| match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => Message::Binary(bytes),
+            })
+        })
+        .with_flat_map(|message: Message| {
+            let frame = match message {
+                Message::Text(text) => Some(Ok(Bytes::from(text))),
+                Message::Binary(data) => Some(Ok(data)),
+                _ => None,
+            };
+            futures_util::stream::iter(frame)
+        })
+}
+
+/// The framing of the target's TCP listener.
+pub const TCP_PREFIX: crate::codec::framing::LengthPrefix = crate::codec::framing::LengthPrefix {
+    bytes: crate::codec::framing::Width::Four,
+    endian: crate::codec::framing::Endian::Big,
+    includes_header: false,
+};
+
+pub async fn serve_connection<S, E>(mut socket: S, state: Arc<Shared>, close: CancellationToken)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+{
     let metrics = &state.metrics;
     metrics.connections.inc();
     metrics.connections_total.inc();
@@ -118,7 +160,7 @@ pub async fn serve_connection(mut socket: WebSocket, state: Arc<Shared>, close: 
                 let _ = socket.send(goodbye).await;
                 break;
             }
-            received = socket.recv() => {
+            received = socket.next() => {
                 let Some(Ok(message)) = received else { break };
                 metrics.frames_received.inc(kind(&message));
                 match message {

@@ -35,6 +35,9 @@ pub struct TargetOptions {
     pub token: Option<String>,
     /// If set, serve `wss://` (and https) with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// If set, also serve the IM protocol over plain TCP on this address, each frame with a
+    /// 4-byte big-endian length prefix (for `tcp://` targets).
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -250,6 +253,9 @@ pub async fn serve_with(
         stop.cancelled().await;
         closing.close_token().cancel();
     });
+    if let Some(addr) = state.options.tcp {
+        tokio::spawn(serve_tcp(bind(addr)?, Arc::clone(&state), shutdown.clone()));
+    }
     if let Some(config) = state.options.tls.clone() {
         let listener = tls::TlsListener {
             tcp: listener,
@@ -268,6 +274,32 @@ pub async fn serve_with(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// The IM protocol over length-prefixed TCP, until `shutdown`.
+async fn serve_tcp(listener: TcpListener, state: TargetState, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                let close = state.close_token();
+                tokio::spawn(im::serve_connection(
+                    im::framed(tcp),
+                    Arc::clone(&state),
+                    close,
+                ));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "accepting a TCP connection failed");
+                // Out of descriptors, say: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 async fn metrics(State(state): State<TargetState>) -> impl IntoResponse {
