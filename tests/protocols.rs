@@ -1,6 +1,7 @@
 //! The protocols real servers speak, against those real servers on loopback: Socket.IO 4
 //! (npm `socket.io`), MQTT 3.1.1 over TCP (Debian's `mosquitto`) and over WebSocket (npm
-//! `aedes` behind `ws`). `scripts/protocol-tools` installs them (the README's test command
+//! `aedes` behind `ws`), protobuf in binary frames (a server written here with npm's
+//! `protobufjs`). `scripts/protocol-tools` installs them (the README's test command
 //! runs it); without them these tests say loudly that they skipped. Plain TCP with a length
 //! prefix is tested against the reference target's TCP listener.
 
@@ -460,4 +461,83 @@ fn a_plain_stream_target_needs_a_framing_and_an_app_heartbeat() {
     .expect("no heartbeat asked for");
     wsfleet::config::Config::parse("target: tcp://127.0.0.1:7000\nscenario: mqtt\n")
         .expect("mqtt frames its own packets");
+}
+
+/// A chat server speaking `examples/proto/chat.proto` (protobufjs, independent of our codec):
+/// login, join, msg -> ack + deliver to the room (every DROP_EVERY-th not delivered, counted
+/// per receiver), ping -> pong; frames that are not an Envelope are counted.
+const PROTOBUF_SERVER: &str = r#"
+const http = require("http");
+const protobuf = require("protobufjs");
+const { WebSocketServer } = require("ws");
+const port = Number(process.argv[2]);
+const dropEvery = Number(process.env.DROP_EVERY || 0);
+const root = new protobuf.Root().loadSync(process.env.PROTO, { keepCase: true });
+const Envelope = root.lookupType("chat.Envelope");
+const send = (ws, body) => ws.send(Envelope.encode(Envelope.fromObject(body)).finish());
+const stats = { messages: 0, dropped_deliveries: 0, invalid: 0 };
+const rooms = new Map();
+const server = http.createServer((req, res) => {
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify(stats));
+});
+const wss = new WebSocketServer({ server });
+wss.on("connection", (ws) => {
+  let user = null, room = null;
+  ws.on("message", (data) => {
+    let env;
+    try { env = Envelope.decode(data); } catch (e) { stats.invalid++; return; }
+    if (env.login) { user = env.login.user; send(ws, { login_ok: { user } }); }
+    else if (env.join) {
+      room = env.join.room;
+      if (!rooms.has(room)) rooms.set(room, new Set());
+      rooms.get(room).add(ws);
+      send(ws, { joined: { room } });
+    } else if (env.msg) {
+      stats.messages++;
+      send(ws, { ack: { id: env.msg.id } });
+      const drop = dropEvery && stats.messages % dropEvery === 0;
+      const deliver = Object.assign({}, env.msg, { from: user });
+      for (const other of rooms.get(room) || []) {
+        if (other === ws) continue;
+        if (drop) stats.dropped_deliveries++; else send(other, { deliver });
+      }
+    } else if (env.ping) { send(ws, { pong: { ts: env.ping.ts } }); }
+  });
+  ws.on("close", () => { if (room) rooms.get(room).delete(ws); });
+});
+server.listen(port, "127.0.0.1", () => console.log("listening"));
+"#;
+
+/// Protobuf in binary frames, with `examples/protobuf-chat.yaml` itself (its target and load
+/// replaced): acks and deliveries measured, and what the server does not deliver counted lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_frames_are_measured_and_drops_counted() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let proto = examples.join("proto/chat.proto");
+    let Some(server) = NodeServer::start(
+        "protobufjs",
+        PROTOBUF_SERVER,
+        &[("DROP_EVERY", "7"), ("PROTO", proto.to_str().unwrap())],
+    ) else {
+        return;
+    };
+    let overrides: serde_norway::Mapping = serde_norway::from_str(&format!(
+        "target: ws://{}/ws\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
+         ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n",
+        server.addr
+    ))
+    .unwrap();
+    let config =
+        wsfleet::config::Config::read(Some(&examples.join("protobuf-chat.yaml")), overrides)
+            .unwrap();
+    let counts = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
+    let stats = server.stats().await;
+    let dropped = stats["dropped_deliveries"].as_u64().unwrap();
+    assert!(dropped > 0, "{stats}");
+    assert_eq!(stats["invalid"], 0, "every frame we sent decoded: {stats}");
+    assert_eq!(counts.lost, dropped, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
 }

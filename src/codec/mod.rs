@@ -5,9 +5,12 @@
 //!
 //! - `text` (default): frames are text; a binary frame that is UTF-8 is read as text.
 //! - `mqtt`: MQTT 3.1.1 packets, read and written as JSON ([`mqtt`]), framed as MQTT.
+//! - `{protobuf: {files, message}}`: protobuf messages from the user's `.proto` files, read and
+//!   written as their JSON ([`protobuf`]).
 
 pub mod framing;
 pub mod mqtt;
+pub mod protobuf;
 
 use std::borrow::Cow;
 
@@ -16,13 +19,53 @@ use tokio_tungstenite::tungstenite::Message;
 
 use framing::Framing;
 
-/// `scenario.codec` as a config gives it.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// `scenario.codec` as a config gives it: `text`, `mqtt`, or `{protobuf: {...}}` (a map, not a
+/// YAML tag).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(try_from = "serde_norway::Value")]
 pub enum CodecSpec {
     #[default]
     Text,
     Mqtt,
+    Protobuf(protobuf::ProtobufSpec),
+}
+
+impl TryFrom<serde_norway::Value> for CodecSpec {
+    type Error = String;
+    fn try_from(value: serde_norway::Value) -> Result<CodecSpec, String> {
+        use serde_norway::Value;
+        match &value {
+            Value::String(name) if name == "text" => return Ok(CodecSpec::Text),
+            Value::String(name) if name == "mqtt" => return Ok(CodecSpec::Mqtt),
+            Value::Mapping(map) if map.len() == 1 => {
+                if let Some(spec) = map.get("protobuf") {
+                    return serde_norway::from_value(spec.clone())
+                        .map(CodecSpec::Protobuf)
+                        .map_err(|err| format!("protobuf: {err}"));
+                }
+            }
+            _ => {}
+        }
+        Err(format!(
+            "codec must be `text`, `mqtt` or {{protobuf: {{files: [...], message: package.Type}}}}, got {}",
+            serde_norway::to_string(&value).unwrap_or_default().trim()
+        ))
+    }
+}
+
+impl Serialize for CodecSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            CodecSpec::Text => serializer.serialize_str("text"),
+            CodecSpec::Mqtt => serializer.serialize_str("mqtt"),
+            CodecSpec::Protobuf(spec) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("protobuf", spec)?;
+                map.end()
+            }
+        }
+    }
 }
 
 /// A compiled codec, shared read-only by every user.
@@ -31,20 +74,25 @@ pub enum Codec {
     #[default]
     Text,
     Mqtt,
+    Protobuf(Box<protobuf::Protobuf>),
 }
 
 impl Codec {
-    pub fn compile(spec: &CodecSpec) -> Result<Codec, String> {
+    /// Compiles a codec; `.proto` paths are relative to `base_dir`.
+    pub fn compile(spec: &CodecSpec, base_dir: &std::path::Path) -> Result<Codec, String> {
         Ok(match spec {
             CodecSpec::Text => Codec::Text,
             CodecSpec::Mqtt => Codec::Mqtt,
+            CodecSpec::Protobuf(spec) => {
+                Codec::Protobuf(Box::new(protobuf::Protobuf::compile(spec, base_dir)?))
+            }
         })
     }
 
     /// The framing this codec brings, if any (MQTT packets carry their own length).
     pub fn framing(&self) -> Option<Framing> {
         match self {
-            Codec::Text => None,
+            Codec::Text | Codec::Protobuf(_) => None,
             Codec::Mqtt => Some(Framing::Mqtt),
         }
     }
@@ -55,6 +103,7 @@ impl Codec {
         match self {
             Codec::Text => std::str::from_utf8(frame).ok().map(Cow::Borrowed),
             Codec::Mqtt => mqtt::decode(frame).ok().map(Cow::Owned),
+            Codec::Protobuf(codec) => codec.decode(frame).ok().map(Cow::Owned),
         }
     }
 
@@ -63,6 +112,7 @@ impl Codec {
         match self {
             Codec::Text => Ok(Message::text(text)),
             Codec::Mqtt => mqtt::encode(&text).map(Message::Binary),
+            Codec::Protobuf(codec) => codec.encode(&text).map(Message::Binary),
         }
     }
 }

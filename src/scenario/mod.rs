@@ -590,7 +590,7 @@ impl Scenario {
                 Some((field, problem)) => at(field)(problem.to_string()),
                 None => at("message")(problem),
             })?;
-        let codec = Codec::compile(&spec.codec).map_err(at("codec"))?;
+        let codec = Codec::compile(&spec.codec, base_dir).map_err(at("codec"))?;
         let framing = match (spec.framing, codec.framing()) {
             (Some(_), Some(_)) => {
                 return Err(at("framing")(

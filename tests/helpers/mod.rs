@@ -130,7 +130,7 @@ pub async fn start_daemon_from_file(path: &std::path::Path, yaml: &str) -> Daemo
     start_daemon_with(config).await
 }
 
-async fn start_daemon_with(config: Config) -> Daemon {
+pub async fn start_daemon_with(config: Config) -> Daemon {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Daemon::start(config, listener, CancellationToken::new())
         .await
