@@ -286,12 +286,12 @@ fn mqtt_config(target: &str, users: u32, extra: &str) -> String {
     )
 }
 
-/// Runs until `deliveries` room deliveries were measured, drains, and returns the counters.
+/// Runs until `deliveries` room deliveries were measured, drains, and returns the metrics.
 async fn measured_run(
     daemon: wsfleet::daemon::Daemon,
     users: f64,
     deliveries: u64,
-) -> wsfleet::metrics::MessageCounts {
+) -> std::sync::Arc<wsfleet::metrics::Metrics> {
     let api = daemon.addr();
     wait_active(api, users, 30).await;
     wait_for("room deliveries measured", 30, || async {
@@ -311,9 +311,9 @@ async fn measured_run(
     );
     assert!(
         metrics.heartbeat_rtt.get_sample_count() > 0,
-        "PINGREQ/PINGRESP heartbeats"
+        "app heartbeats (PINGREQ/PINGRESP, ping/pong)"
     );
-    metrics.message_counts()
+    metrics
 }
 
 /// MQTT over TCP against mosquitto: CONNECT, SUBSCRIBE to the room's topic, PUBLISH at QoS 1
@@ -324,11 +324,47 @@ async fn mqtt_over_tcp_against_mosquitto_is_measured_without_loss() {
         return;
     };
     let yaml = mqtt_config(&format!("tcp://{}", broker.addr), 20, "scenario: mqtt\n");
-    let counts = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
+    let metrics = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
+    let counts = metrics.message_counts();
     assert_eq!(counts.lost, 0, "{counts:?}");
     assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
     assert_eq!(counts.frames_invalid, 0, "{counts:?}");
     assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+}
+
+/// The same against mosquitto in MQTT 5, subscribing with no_local: the broker sends no
+/// one their own messages back, so every publish that arrives is a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_against_mosquitto_is_measured_without_loss() {
+    let Some(broker) = Mosquitto::start().await else {
+        return;
+    };
+    let scenario = r#"scenario:
+  extends: mqtt
+  codec: {mqtt: {version: 5}}
+  login:
+    - send: '{"type":"connect","client_id":"{{user_id}}","keep_alive":60}'
+      expect: {pointer: /code, equals: success}
+      reject: {pointer: /type, equals: connack}
+    - send: '{"type":"subscribe","pkid":1,"topic":"{{room}}","qos":0,"no_local":true}'
+      expect: {pointer: /type, equals: suback}
+"#;
+    let yaml = mqtt_config(&format!("tcp://{}", broker.addr), 20, scenario);
+    let metrics = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
+    let counts = metrics.message_counts();
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+    // Echoes of our own publishes would be one more frame per message sent; what arrives
+    // besides deliveries, PUBACKs and PINGRESPs is at most a few deliveries of messages sent
+    // before a receiver joined (not tracked).
+    let accounted =
+        counts.deliveries_received + counts.sent + metrics.heartbeat_rtt.get_sample_count();
+    let extra = counts.received.saturating_sub(accounted);
+    assert!(
+        extra < counts.sent / 4,
+        "no echo of our own messages: {extra} frames beyond deliveries, acks and heartbeats: {counts:?}"
+    );
 }
 
 /// An MQTT broker over WebSocket (subprotocol `mqtt`): aedes behind `ws`. It refuses a wrong
@@ -377,7 +413,8 @@ async fn mqtt_over_websocket_against_aedes_counts_what_the_broker_drops() {
         20,
         "scenario: mqtt\n",
     );
-    let counts = measured_run(start_daemon(&yaml).await, 20.0, 1000).await;
+    let metrics = measured_run(start_daemon(&yaml).await, 20.0, 1000).await;
+    let counts = metrics.message_counts();
     let stats = broker.stats().await;
     let dropped = stats["dropped_deliveries"].as_u64().unwrap();
     assert!(dropped > 0, "{stats} {counts:?}");
@@ -429,7 +466,8 @@ async fn the_im_protocol_over_length_prefixed_tcp_is_measured_and_its_drops_coun
          ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n\
          scenario: {{extends: im, framing: {{length_prefixed: {{bytes: 4}}}}}}\n"
     );
-    let counts = measured_run(start_daemon(&yaml).await, 20.0, 2000).await;
+    let metrics = measured_run(start_daemon(&yaml).await, 20.0, 2000).await;
+    let counts = metrics.message_counts();
     let dropped = target
         .metrics()
         .await
@@ -531,7 +569,8 @@ async fn protobuf_frames_are_measured_and_drops_counted() {
     let config =
         wsfleet::config::Config::read(Some(&examples.join("protobuf-chat.yaml")), overrides)
             .unwrap();
-    let counts = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
+    let metrics = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
+    let counts = metrics.message_counts();
     let stats = server.stats().await;
     let dropped = stats["dropped_deliveries"].as_u64().unwrap();
     assert!(dropped > 0, "{stats}");

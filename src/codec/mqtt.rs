@@ -1,5 +1,6 @@
-//! MQTT 3.1.1 packets as JSON, so a scenario describes MQTT with the same templates, matchers
-//! and pointers as any JSON protocol. The packet codec is rumqttc's `mqttbytes`.
+//! MQTT 3.1.1 and 5 packets as JSON, so a scenario describes MQTT with the same templates,
+//! matchers and pointers as any JSON protocol. The packet codecs are rumqttc's `mqttbytes`
+//! (v4 for 3.1.1, v5).
 //!
 //! Received packets read as (fields in this order):
 //! `{"type":"connack","code":"success","session_present":false}`,
@@ -7,22 +8,49 @@
 //! payload as JSON if it is JSON, else as a string), `{"type":"puback","pkid":7}`,
 //! `{"type":"suback","pkid":1,"codes":[0]}`, `{"type":"pingresp"}`, and so on.
 //! Packets to send are written the same way: `{"type":"connect","client_id":...}`,
-//! `{"type":"subscribe","pkid":1,"topic":...,"qos":0}`, `{"type":"publish",...}`,
-//! `{"type":"puback","pkid":...}`, `{"type":"pingreq"}`, `{"type":"disconnect"}`. A packet id
-//! may be any positive number: it is folded into 1..=65535.
+//! `{"type":"subscribe","pkid":1,"topic":...,"qos":0}` (MQTT 5: `"no_local":true` too),
+//! `{"type":"publish",...}`, `{"type":"puback","pkid":...}`, `{"type":"pingreq"}`,
+//! `{"type":"disconnect"}`. A packet id may be any positive number: it is folded into
+//! 1..=65535.
 
 use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, Subscribe, SubscribeReasonCode,
-    Unsubscribe,
-};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::framing::MAX_FRAME;
+
+/// The protocol version spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    V5,
+}
+
+impl Version {
+    /// As a config writes it: `3.1.1` (or 4) and 5.
+    pub fn parse(value: &serde_norway::Value) -> Result<Version, String> {
+        match value {
+            serde_norway::Value::Number(n) if n.as_u64() == Some(4) => Ok(Version::V311),
+            serde_norway::Value::Number(n) if n.as_u64() == Some(5) => Ok(Version::V5),
+            serde_norway::Value::String(s) if s == "3.1.1" || s == "4" => Ok(Version::V311),
+            serde_norway::Value::String(s) if s == "5" || s == "5.0" => Ok(Version::V5),
+            other => Err(format!(
+                "mqtt version must be 3.1.1 or 5, got {}",
+                serde_norway::to_string(other).unwrap_or_default().trim()
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
 
 /// A packet to send, as a scenario writes it.
 #[derive(Debug, Deserialize)]
@@ -44,6 +72,9 @@ enum Outgoing {
         topic: String,
         #[serde(default)]
         qos: u8,
+        /// MQTT 5: the broker does not send our own publishes back.
+        #[serde(default)]
+        no_local: bool,
     },
     Unsubscribe {
         pkid: u64,
@@ -73,150 +104,98 @@ fn yes() -> bool {
     true
 }
 
-/// The packet `text` describes, encoded.
-pub fn encode(text: &str) -> Result<Bytes, String> {
+/// The packet `text` describes, encoded for `version`.
+pub fn encode(text: &str, version: Version) -> Result<Bytes, String> {
     let outgoing: Outgoing = serde_json::from_str(text)
         .map_err(|err| format!("not an MQTT packet description: {err}"))?;
-    let packet = match outgoing {
-        Outgoing::Connect {
-            client_id,
-            keep_alive,
-            clean_session,
-            username,
-            password,
-        } => {
-            let mut connect = Connect::new(client_id);
-            connect.keep_alive = keep_alive;
-            connect.clean_session = clean_session;
-            if !username.is_empty() || !password.is_empty() {
-                connect.set_login(username, password);
-            }
-            Packet::Connect(connect)
-        }
-        Outgoing::Subscribe { pkid, topic, qos } => {
-            let mut subscribe = Subscribe::new(topic, qos_of(qos)?);
-            subscribe.pkid = packet_id(pkid)?;
-            Packet::Subscribe(subscribe)
-        }
-        Outgoing::Unsubscribe { pkid, topic } => {
-            let mut unsubscribe = Unsubscribe::new(topic);
-            unsubscribe.pkid = packet_id(pkid)?;
-            Packet::Unsubscribe(unsubscribe)
-        }
-        Outgoing::Publish {
-            topic,
-            qos,
-            pkid,
-            retain,
-            payload,
-        } => {
-            let payload = match payload {
-                Value::String(text) => text.into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            let qos = qos_of(qos)?;
-            let mut publish = Publish::new(topic, qos, payload);
-            publish.retain = retain;
-            if qos != QoS::AtMostOnce {
-                publish.pkid = packet_id(pkid)?;
-            }
-            Packet::Publish(publish)
-        }
-        Outgoing::Puback { pkid } => Packet::PubAck(PubAck::new(packet_id(pkid)?)),
-        Outgoing::Pingreq => Packet::PingReq,
-        Outgoing::Disconnect => Packet::Disconnect,
-    };
-    let mut out = BytesMut::with_capacity(packet.size());
-    packet
-        .write(&mut out, MAX_FRAME)
-        .map_err(|err| format!("encoding the MQTT packet failed: {err}"))?;
+    let mut out = BytesMut::new();
+    match version {
+        Version::V311 => v311::encode(outgoing, &mut out),
+        Version::V5 => v5::encode(outgoing, &mut out),
+    }
+    .map_err(|err| format!("encoding the MQTT {} packet failed: {err}", version.name()))?;
     Ok(out.freeze())
 }
 
 /// One whole packet as JSON, or why it is not one.
-pub fn decode(frame: &[u8]) -> Result<String, String> {
+pub fn decode(frame: &[u8], version: Version) -> Result<String, String> {
     let mut buffer = BytesMut::from(frame);
-    let packet = Packet::read(&mut buffer, MAX_FRAME).map_err(|err| err.to_string())?;
-    let mut out = String::with_capacity(64);
-    let text = |out: &mut String, kind: &str, pkid: u16| {
-        let _ = write!(out, r#"{{"type":"{kind}","pkid":{pkid}}}"#);
-    };
-    match packet {
-        Packet::ConnAck(ConnAck {
-            session_present,
-            code,
-        }) => {
-            let _ = write!(
-                out,
-                r#"{{"type":"connack","code":"{}","session_present":{session_present}}}"#,
-                return_code(code)
-            );
-        }
-        Packet::Publish(publish) => {
-            let _ = write!(
-                out,
-                r#"{{"type":"publish","topic":{},"qos":{},"pkid":{},"retain":{},"payload":"#,
-                Value::String(publish.topic),
-                publish.qos as u8,
-                publish.pkid,
-                publish.retain
-            );
-            match std::str::from_utf8(&publish.payload) {
-                Ok(payload) if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_ok() => {
-                    out.push_str(payload)
-                }
-                Ok(payload) => out.push_str(&Value::String(payload.to_string()).to_string()),
-                Err(_) => out.push_str(
-                    &Value::String(String::from_utf8_lossy(&publish.payload).into_owned())
-                        .to_string(),
-                ),
+    let mut view = View(String::with_capacity(64 + frame.len()));
+    match version {
+        Version::V311 => v311::decode(&mut buffer, &mut view),
+        Version::V5 => v5::decode(&mut buffer, &mut view),
+    }?;
+    Ok(view.0)
+}
+
+/// The JSON view of a received packet, written field by field in a fixed order (so a regex
+/// over it, as the built-in's reply rule is, can rely on the order).
+struct View(String);
+
+impl View {
+    fn connack(&mut self, code: impl std::fmt::Debug, session_present: bool) {
+        let _ = write!(
+            self.0,
+            r#"{{"type":"connack","code":"{}","session_present":{session_present}}}"#,
+            snake_case(&format!("{code:?}"))
+        );
+    }
+
+    fn publish(&mut self, topic: &[u8], qos: u8, pkid: u16, retain: bool, payload: &[u8]) {
+        let topic = Value::String(String::from_utf8_lossy(topic).into_owned());
+        let _ = write!(
+            self.0,
+            r#"{{"type":"publish","topic":{topic},"qos":{qos},"pkid":{pkid},"retain":{retain},"payload":"#
+        );
+        match std::str::from_utf8(payload) {
+            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                self.0.push_str(text)
             }
-            out.push('}');
+            _ => self.0.push_str(
+                &Value::String(String::from_utf8_lossy(payload).into_owned()).to_string(),
+            ),
         }
-        Packet::PubAck(ack) => text(&mut out, "puback", ack.pkid),
-        Packet::PubRec(ack) => text(&mut out, "pubrec", ack.pkid),
-        Packet::PubRel(ack) => text(&mut out, "pubrel", ack.pkid),
-        Packet::PubComp(ack) => text(&mut out, "pubcomp", ack.pkid),
-        Packet::UnsubAck(ack) => text(&mut out, "unsuback", ack.pkid),
-        Packet::SubAck(ack) => {
-            let codes: Vec<String> = ack
-                .return_codes
-                .iter()
-                .map(|code| match code {
-                    SubscribeReasonCode::Success(qos) => (*qos as u8).to_string(),
-                    SubscribeReasonCode::Failure => "128".into(),
-                })
-                .collect();
-            let _ = write!(
-                out,
-                r#"{{"type":"suback","pkid":{},"codes":[{}]}}"#,
-                ack.pkid,
-                codes.join(",")
-            );
-        }
-        Packet::PingResp => out.push_str(r#"{"type":"pingresp"}"#),
-        Packet::PingReq => out.push_str(r#"{"type":"pingreq"}"#),
-        Packet::Disconnect => out.push_str(r#"{"type":"disconnect"}"#),
-        Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
-            return Err("a client packet, sent by the server".into());
-        }
+        self.0.push('}');
     }
-    Ok(out)
-}
 
-fn return_code(code: ConnectReturnCode) -> &'static str {
-    match code {
-        ConnectReturnCode::Success => "success",
-        ConnectReturnCode::RefusedProtocolVersion => "refused_protocol_version",
-        ConnectReturnCode::BadClientId => "bad_client_id",
-        ConnectReturnCode::ServiceUnavailable => "service_unavailable",
-        ConnectReturnCode::BadUserNamePassword => "bad_user_name_or_password",
-        ConnectReturnCode::NotAuthorized => "not_authorized",
+    fn ack(&mut self, kind: &str, pkid: u16) {
+        let _ = write!(self.0, r#"{{"type":"{kind}","pkid":{pkid}}}"#);
+    }
+
+    fn suback(&mut self, pkid: u16, codes: impl Iterator<Item = u8>) {
+        let codes: Vec<String> = codes.map(|c| c.to_string()).collect();
+        let _ = write!(
+            self.0,
+            r#"{{"type":"suback","pkid":{pkid},"codes":[{}]}}"#,
+            codes.join(",")
+        );
+    }
+
+    fn bare(&mut self, kind: &str) {
+        let _ = write!(self.0, r#"{{"type":"{kind}"}}"#);
     }
 }
 
-fn qos_of(qos: u8) -> Result<QoS, String> {
-    rumqttc::mqttbytes::qos(qos).map_err(|_| format!("qos must be 0, 1 or 2, got {qos}"))
+/// `NotAuthorized` → `not_authorized`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn check_qos(qos: u8) -> Result<u8, String> {
+    (qos <= 2)
+        .then_some(qos)
+        .ok_or_else(|| format!("qos must be 0, 1 or 2, got {qos}"))
 }
 
 /// Any positive number, folded into MQTT's 1..=65535 (so `{{seq}}` serves as a packet id).
@@ -227,9 +206,231 @@ fn packet_id(n: u64) -> Result<u16, String> {
     Ok(((n - 1) % 65_535 + 1) as u16)
 }
 
+fn payload_bytes(payload: Value) -> Vec<u8> {
+    match payload {
+        Value::String(text) => text.into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+mod v311 {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{
+        Connect, Packet, PubAck, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
+    };
+
+    use super::{MAX_FRAME, Outgoing, View, check_qos, packet_id, payload_bytes};
+
+    fn qos(n: u8) -> Result<rumqttc::mqttbytes::QoS, String> {
+        rumqttc::mqttbytes::qos(check_qos(n)?).map_err(|err| err.to_string())
+    }
+
+    pub(super) fn encode(outgoing: Outgoing, out: &mut BytesMut) -> Result<(), String> {
+        let packet = match outgoing {
+            Outgoing::Connect {
+                client_id,
+                keep_alive,
+                clean_session,
+                username,
+                password,
+            } => {
+                let mut connect = Connect::new(client_id);
+                connect.keep_alive = keep_alive;
+                connect.clean_session = clean_session;
+                if !username.is_empty() || !password.is_empty() {
+                    connect.set_login(username, password);
+                }
+                Packet::Connect(connect)
+            }
+            Outgoing::Subscribe {
+                pkid,
+                topic,
+                qos: level,
+                no_local,
+            } => {
+                if no_local {
+                    return Err("no_local needs MQTT 5 (codec: {mqtt: {version: 5}})".into());
+                }
+                let mut subscribe = Subscribe::new(topic, qos(level)?);
+                subscribe.pkid = packet_id(pkid)?;
+                Packet::Subscribe(subscribe)
+            }
+            Outgoing::Unsubscribe { pkid, topic } => {
+                let mut unsubscribe = Unsubscribe::new(topic);
+                unsubscribe.pkid = packet_id(pkid)?;
+                Packet::Unsubscribe(unsubscribe)
+            }
+            Outgoing::Publish {
+                topic,
+                qos: level,
+                pkid,
+                retain,
+                payload,
+            } => {
+                let mut publish = Publish::new(topic, qos(level)?, payload_bytes(payload));
+                publish.retain = retain;
+                if level > 0 {
+                    publish.pkid = packet_id(pkid)?;
+                }
+                Packet::Publish(publish)
+            }
+            Outgoing::Puback { pkid } => Packet::PubAck(PubAck::new(packet_id(pkid)?)),
+            Outgoing::Pingreq => Packet::PingReq,
+            Outgoing::Disconnect => Packet::Disconnect,
+        };
+        packet
+            .write(out, MAX_FRAME)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    pub(super) fn decode(buffer: &mut BytesMut, view: &mut View) -> Result<(), String> {
+        match Packet::read(buffer, MAX_FRAME).map_err(|err| err.to_string())? {
+            Packet::ConnAck(ack) => view.connack(ack.code, ack.session_present),
+            Packet::Publish(p) => view.publish(
+                p.topic.as_bytes(),
+                p.qos as u8,
+                p.pkid,
+                p.retain,
+                &p.payload,
+            ),
+            Packet::PubAck(ack) => view.ack("puback", ack.pkid),
+            Packet::PubRec(ack) => view.ack("pubrec", ack.pkid),
+            Packet::PubRel(ack) => view.ack("pubrel", ack.pkid),
+            Packet::PubComp(ack) => view.ack("pubcomp", ack.pkid),
+            Packet::UnsubAck(ack) => view.ack("unsuback", ack.pkid),
+            Packet::SubAck(ack) => view.suback(
+                ack.pkid,
+                ack.return_codes.iter().map(|code| match code {
+                    SubscribeReasonCode::Success(qos) => *qos as u8,
+                    SubscribeReasonCode::Failure => 0x80,
+                }),
+            ),
+            Packet::PingResp => view.bare("pingresp"),
+            Packet::PingReq => view.bare("pingreq"),
+            Packet::Disconnect => view.bare("disconnect"),
+            Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+                return Err("a client packet, sent by the server".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+mod v5 {
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{
+        Connect, Disconnect, DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck,
+        PubAckReason, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
+    };
+
+    use super::{Outgoing, View, check_qos, packet_id, payload_bytes};
+
+    fn qos(n: u8) -> Result<rumqttc::v5::mqttbytes::QoS, String> {
+        rumqttc::v5::mqttbytes::qos(check_qos(n)?).ok_or_else(|| format!("qos {n}"))
+    }
+
+    const MAX: Option<u32> = Some(super::MAX_FRAME as u32);
+
+    pub(super) fn encode(outgoing: Outgoing, out: &mut BytesMut) -> Result<(), String> {
+        let packet = match outgoing {
+            Outgoing::Connect {
+                client_id,
+                keep_alive,
+                clean_session,
+                username,
+                password,
+            } => {
+                let connect = Connect {
+                    keep_alive,
+                    client_id,
+                    clean_start: clean_session,
+                    properties: None,
+                };
+                let login = (!username.is_empty() || !password.is_empty())
+                    .then(|| Login::new(username, password));
+                Packet::Connect(connect, None, login)
+            }
+            Outgoing::Subscribe {
+                pkid,
+                topic,
+                qos: level,
+                no_local,
+            } => {
+                let mut filter = Filter::new(topic, qos(level)?);
+                filter.nolocal = no_local;
+                let mut subscribe = Subscribe::new(filter, None);
+                subscribe.pkid = packet_id(pkid)?;
+                Packet::Subscribe(subscribe)
+            }
+            Outgoing::Unsubscribe { pkid, topic } => {
+                let mut unsubscribe = Unsubscribe::new(topic, None);
+                unsubscribe.pkid = packet_id(pkid)?;
+                Packet::Unsubscribe(unsubscribe)
+            }
+            Outgoing::Publish {
+                topic,
+                qos: level,
+                pkid,
+                retain,
+                payload,
+            } => {
+                let mut publish = Publish::new(topic, qos(level)?, payload_bytes(payload), None);
+                publish.retain = retain;
+                if level > 0 {
+                    publish.pkid = packet_id(pkid)?;
+                }
+                Packet::Publish(publish)
+            }
+            Outgoing::Puback { pkid } => Packet::PubAck(PubAck {
+                pkid: packet_id(pkid)?,
+                reason: PubAckReason::Success,
+                properties: None,
+            }),
+            Outgoing::Pingreq => Packet::PingReq(PingReq),
+            Outgoing::Disconnect => {
+                Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+            }
+        };
+        packet
+            .write(out, MAX)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    pub(super) fn decode(buffer: &mut BytesMut, view: &mut View) -> Result<(), String> {
+        match Packet::read(buffer, MAX).map_err(|err| err.to_string())? {
+            Packet::ConnAck(ack) => view.connack(ack.code, ack.session_present),
+            Packet::Publish(p) => view.publish(&p.topic, p.qos as u8, p.pkid, p.retain, &p.payload),
+            Packet::PubAck(ack) => view.ack("puback", ack.pkid),
+            Packet::PubRec(ack) => view.ack("pubrec", ack.pkid),
+            Packet::PubRel(ack) => view.ack("pubrel", ack.pkid),
+            Packet::PubComp(ack) => view.ack("pubcomp", ack.pkid),
+            Packet::UnsubAck(ack) => view.ack("unsuback", ack.pkid),
+            Packet::SubAck(ack) => view.suback(
+                ack.pkid,
+                ack.return_codes.iter().map(|code| match code {
+                    SubscribeReasonCode::Success(qos) => *qos as u8,
+                    _ => 0x80,
+                }),
+            ),
+            Packet::PingResp(_) => view.bare("pingresp"),
+            Packet::PingReq(_) => view.bare("pingreq"),
+            Packet::Disconnect(_) => view.bare("disconnect"),
+            Packet::Auth(_) => view.bare("auth"),
+            Packet::Connect(..) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+                return Err("a client packet, sent by the server".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish};
 
     fn read_back(bytes: &Bytes) -> Packet {
         Packet::read(&mut BytesMut::from(&bytes[..]), MAX_FRAME).expect("a packet")
@@ -239,6 +440,7 @@ mod tests {
     fn described_packets_encode_to_mqtt() {
         let connect = encode(
             r#"{"type":"connect","client_id":"u1","keep_alive":30,"username":"u1","password":"pw"}"#,
+            Version::V311,
         )
         .expect("encodes");
         let Packet::Connect(connect) = read_back(&connect) else {
@@ -248,6 +450,7 @@ mod tests {
         assert_eq!(connect.login.expect("login").username, "u1");
         let publish = encode(
             r#"{"type":"publish","topic":"room-0","qos":1,"pkid":65536,"payload":{"seq":3}}"#,
+            Version::V311,
         )
         .expect("encodes");
         let Packet::Publish(publish) = read_back(&publish) else {
@@ -256,7 +459,7 @@ mod tests {
         assert_eq!(publish.pkid, 1, "folded into 1..=65535");
         assert_eq!(&publish.payload[..], br#"{"seq":3}"#);
         assert!(matches!(
-            read_back(&encode(r#"{"type":"pingreq"}"#).expect("encodes")),
+            read_back(&encode(r#"{"type":"pingreq"}"#, Version::V311).expect("encodes")),
             Packet::PingReq
         ));
     }
@@ -274,7 +477,7 @@ mod tests {
             .write(&mut wire, MAX_FRAME)
             .expect("writes");
         assert_eq!(
-            decode(&wire).expect("decodes"),
+            decode(&wire, Version::V311).expect("decodes"),
             r#"{"type":"publish","topic":"room-0","qos":1,"pkid":4,"retain":false,"payload":{"from":"u2","seq":9}}"#
         );
         wire.clear();
@@ -282,7 +485,7 @@ mod tests {
             .write(&mut wire, MAX_FRAME)
             .expect("writes");
         assert_eq!(
-            decode(&wire).expect("decodes"),
+            decode(&wire, Version::V311).expect("decodes"),
             r#"{"type":"connack","code":"not_authorized","session_present":false}"#
         );
         wire.clear();
@@ -293,28 +496,66 @@ mod tests {
         ))
         .write(&mut wire, MAX_FRAME)
         .expect("writes");
-        let text = decode(&wire).expect("decodes");
+        let text = decode(&wire, Version::V311).expect("decodes");
         let value: Value = serde_json::from_str(&text).expect("always JSON");
         assert_eq!(value["payload"], "plain \"text\"");
     }
 
     #[test]
-    fn mistakes_are_named() {
+    fn mqtt_5_packets_round_trip_with_no_local() {
+        use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+        let subscribe = encode(
+            r#"{"type":"subscribe","pkid":1,"topic":"room-0","qos":1,"no_local":true}"#,
+            Version::V5,
+        )
+        .expect("encodes");
+        let Packet5::Subscribe(subscribe) =
+            Packet5::read(&mut BytesMut::from(&subscribe[..]), None).expect("a packet")
+        else {
+            panic!("a SUBSCRIBE");
+        };
+        assert!(subscribe.filters[0].nolocal);
+        let publish = encode(
+            r#"{"type":"publish","topic":"room-0","qos":1,"pkid":2,"payload":{"seq":1}}"#,
+            Version::V5,
+        )
+        .expect("encodes");
+        // A broker's copy of it reads as the 3.1.1 view does.
+        assert_eq!(
+            decode(&publish, Version::V5).expect("decodes"),
+            r#"{"type":"publish","topic":"room-0","qos":1,"pkid":2,"retain":false,"payload":{"seq":1}}"#
+        );
         assert!(
-            encode(r#"{"type":"publish","topic":"t","qos":3,"payload":""}"#)
+            encode(
+                r#"{"type":"subscribe","pkid":1,"topic":"t","no_local":true}"#,
+                Version::V311
+            )
+            .expect_err("3.1.1 has no no_local")
+            .contains("MQTT 5")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let v4 = |text| encode(text, Version::V311);
+        assert!(
+            v4(r#"{"type":"publish","topic":"t","qos":3,"payload":""}"#)
                 .expect_err("qos 3")
                 .contains("qos must be 0, 1 or 2")
         );
         assert!(
-            encode(r#"{"type":"publish","topic":"t","qos":1,"payload":""}"#)
+            v4(r#"{"type":"publish","topic":"t","qos":1,"payload":""}"#)
                 .expect_err("no pkid")
                 .contains("pkid")
         );
         assert!(
-            encode(r#"{"type":"hello"}"#)
+            v4(r#"{"type":"hello"}"#)
                 .expect_err("no such packet")
                 .contains("not an MQTT packet description")
         );
-        assert!(decode(&[0xf0, 0x00]).is_err(), "reserved packet type 15");
+        assert!(
+            decode(&[0xf0, 0x00], Version::V311).is_err(),
+            "reserved packet type 15"
+        );
     }
 }

@@ -58,7 +58,11 @@ pub struct ScenarioSpec {
     /// Users are grouped into rooms of this many members: user i is in room `room-{i / size}`.
     #[serde(default = "default_room_size")]
     pub room_size: u32,
-    /// What the bytes of a frame mean: `text` (default) or `mqtt`.
+    /// The built-in's vars, when this spec extends one: a credentials column of the same name
+    /// takes their place (the built-in's default gives way to the user's data).
+    #[serde(skip)]
+    pub inherited_vars: std::collections::BTreeSet<String>,
+    /// What the bytes of a frame mean: `text` (default), `mqtt`, or `{protobuf: {...}}`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub codec: CodecSpec,
     /// How frames are cut from a plain TCP stream (`tcp://`, `tls://` targets): `newline` or
@@ -274,13 +278,20 @@ fn at(field: impl Into<String>) -> impl FnOnce(String) -> ScenarioError {
 
 impl ScenarioSpec {
     /// This spec over the built-in it `extends`, if any: every part given here replaces the
-    /// built-in's, and `vars` merge name by name. An unknown built-in is left in place for
-    /// [`Scenario::compile`] to reject.
+    /// built-in's, and `vars` merge name by name (a credentials column replaces a built-in's
+    /// var of its name). An unknown built-in is left in place for [`Scenario::compile`] to
+    /// reject.
     fn resolved(&self) -> ScenarioSpec {
         let Some(base) = self.extends.as_deref().and_then(Builtin::from_name) else {
             return self.clone();
         };
         let base = base.spec();
+        let inherited_vars = base
+            .vars
+            .keys()
+            .filter(|name| !self.vars.contains_key(*name))
+            .cloned()
+            .collect();
         let mut vars = base.vars;
         vars.extend(self.vars.clone());
         let or = |mine: &Vec<StepSpec>, theirs: Vec<StepSpec>| {
@@ -292,6 +303,7 @@ impl ScenarioSpec {
         };
         ScenarioSpec {
             extends: None,
+            inherited_vars,
             url: self.url.clone().or(base.url),
             headers: if self.headers.is_empty() {
                 base.headers
@@ -446,6 +458,9 @@ impl Scenario {
         let mut custom = credentials.columns.clone();
         let mut vars = Vec::new();
         for (name, text) in &spec.vars {
+            if spec.inherited_vars.contains(name) && credentials.columns.contains(name) {
+                continue; // the user's column replaces the built-in's default
+            }
             if template::BUILTINS.contains(&name.as_str()) || custom.contains(name) {
                 return Err(at(format!("vars.{name}"))(format!(
                     "`{name}` is already a variable (built-in or credentials column)"
@@ -800,6 +815,36 @@ mod tests {
         assert_eq!(bob.user_id, "bob");
         let send = scenario.login[0].send.as_ref().expect("has send");
         assert_eq!(send.render(&bob.values("", 0, 0, 0)), "bob:tok-bob-pw2");
+    }
+
+    #[test]
+    fn an_extended_builtin_keeps_what_is_not_given_and_yields_vars_to_columns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("users.csv"), "user_id,token\nalice,t-a\n").expect("write");
+        let choice: ScenarioChoice = serde_norway::from_str(
+            "{extends: socketio, credentials: users.csv, vars: {event: message}, room_size: 4}",
+        )
+        .expect("parses");
+        let spec = choice.spec();
+        assert_eq!(spec.replies, Builtin::Socketio.spec().replies, "kept");
+        let scenario = Scenario::compile(&spec, dir.path()).expect("the token column wins");
+        let alice = scenario.identity(0, 4);
+        let send = scenario.login[1].send.as_ref().expect("CONNECT");
+        assert_eq!(
+            send.render(&alice.values("", 0, 0, 0)),
+            r#"40{"token":"t-a"}"#
+        );
+        let message = scenario.message.as_ref().expect("messages");
+        assert!(
+            message
+                .send
+                .render(&alice.values("", 1, 0, 0))
+                .contains(r#"["message","#),
+            "the event var was replaced"
+        );
+        let unknown: ScenarioChoice = serde_norway::from_str("{extends: chat}").expect("parses");
+        let err = Scenario::compile(&unknown.spec(), Path::new(".")).expect_err("no such built-in");
+        assert!(err.to_string().contains("scenario.extends"), "{err}");
     }
 
     #[test]
