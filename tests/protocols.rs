@@ -68,14 +68,7 @@ impl NodeServer {
 
     /// The server's own counters (`GET /stats`).
     async fn stats(&self) -> Value {
-        http()
-            .get(format!("http://{}/stats", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("http://{}/stats", self.addr)).await
     }
 }
 
@@ -206,6 +199,12 @@ async fn a_refused_socket_io_login_counts_as_a_login_failure() {
         return;
     };
     let daemon = start_daemon(&socket_io_config(&server, 3, "wrong")).await;
+    refused_logins(daemon, "refused by the server").await;
+    assert!(server.stats().await["refused"].as_u64().unwrap() >= 3);
+}
+
+/// Waits for three `login` failures with nobody connected, and `detail` in the error samples.
+async fn refused_logins(daemon: wsfleet::daemon::Daemon, detail: &str) {
     let api = daemon.addr();
     wait_for("three refused logins", 10, || async {
         scrape(api)
@@ -217,9 +216,8 @@ async fn a_refused_socket_io_login_counts_as_a_login_failure() {
     let scrape = scrape(api).await;
     assert_eq!(scrape.get("wsfleet_users_active"), 0.0);
     assert_eq!(scrape.get(r#"wsfleet_connects_total{result="ok"}"#), 0.0);
-    assert!(server.stats().await["refused"].as_u64().unwrap() >= 3);
     let errors = status(api).await["errors"].to_string();
-    assert!(errors.contains("refused by the server"), "{errors}");
+    assert!(errors.contains(detail), "{errors}");
     daemon.shutdown().await.unwrap();
 }
 
@@ -434,24 +432,14 @@ async fn a_refused_mqtt_connect_counts_as_a_login_failure() {
         3,
         "scenario: {extends: mqtt, vars: {username: bad, password: nope}}\n",
     );
-    let daemon = start_daemon(&yaml).await;
-    let api = daemon.addr();
-    wait_for("three refused logins", 10, || async {
-        scrape(api)
-            .await
-            .get(r#"wsfleet_connects_total{result="login"}"#)
-            >= 3.0
-    })
-    .await;
-    assert_eq!(scrape(api).await.get("wsfleet_users_active"), 0.0);
-    let errors = status(api).await["errors"].to_string();
-    assert!(errors.contains("not_authorized"), "{errors}");
-    daemon.shutdown().await.unwrap();
+    refused_logins(start_daemon(&yaml).await, "not_authorized").await;
+    assert!(broker.stats().await["refused"].as_u64().unwrap() >= 3);
 }
 
 /// The reference target's IM protocol over plain TCP, 4-byte length-prefixed: the built-in
-/// `im` scenario with a framing. Measured like over WebSocket; the target's dropped
-/// deliveries are counted lost, exactly, once the books are settled.
+/// `im` scenario with a framing. Measured like over WebSocket, without loss; then with the
+/// target dropping deliveries, what it dropped is counted lost, exactly, once the books are
+/// settled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_im_protocol_over_length_prefixed_tcp_is_measured_and_its_drops_counted() {
     let tcp = free_addr();
@@ -460,12 +448,10 @@ async fn the_im_protocol_over_length_prefixed_tcp_is_measured_and_its_drops_coun
         ..Default::default()
     })
     .await;
+    let yaml = tcp_config(&format!("tcp://{tcp}"), "");
+    let lossless = measured_run(start_daemon(&yaml).await, 20.0, 1000).await;
+    assert_eq!(lossless.message_counts().lost, 0);
     target.faults(serde_json::json!({"drop": 0.02})).await;
-    let yaml = format!(
-        "target: tcp://{tcp}\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
-         ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n\
-         scenario: {{extends: im, framing: {{length_prefixed: {{bytes: 4}}}}}}\n"
-    );
     let metrics = measured_run(start_daemon(&yaml).await, 20.0, 2000).await;
     let counts = metrics.message_counts();
     let dropped = target
@@ -476,6 +462,40 @@ async fn the_im_protocol_over_length_prefixed_tcp_is_measured_and_its_drops_coun
     assert_eq!(counts.lost as f64, dropped, "{counts:?}");
     assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
     assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+}
+
+fn tcp_config(target: &str, extra: &str) -> String {
+    format!(
+        "target: {target}\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
+         ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n\
+         scenario: {{extends: im, framing: {{length_prefixed: {{bytes: 4}}}}}}\n{extra}"
+    )
+}
+
+/// `tls://`: the same over TLS, the target's certificate trusted through `tls.ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_im_protocol_over_tls_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tcp = free_addr();
+    let _target = Target::start_with(wsfleet::target::TargetOptions {
+        tls: Some(wsfleet::target::server_config(&cert_path, &key_path).unwrap()),
+        tcp: Some(tcp),
+        ..Default::default()
+    })
+    .await;
+    let yaml = tcp_config(
+        &format!("tls://{tcp}"),
+        &format!("tls: {{ca_file: {}}}\n", cert_path.display()),
+    );
+    let counts = measured_run(start_daemon(&yaml).await, 20.0, 1000)
+        .await
+        .message_counts();
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
 }
 
 /// A `tcp://` target without a framing, or without an application heartbeat, is refused at
@@ -553,25 +573,38 @@ server.listen(port, "127.0.0.1", () => console.log("listening"));
 async fn protobuf_frames_are_measured_and_drops_counted() {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
     let proto = examples.join("proto/chat.proto");
-    let Some(server) = NodeServer::start(
-        "protobufjs",
-        PROTOBUF_SERVER,
-        &[("DROP_EVERY", "7"), ("PROTO", proto.to_str().unwrap())],
-    ) else {
+    let run = |drop_every: &'static str| {
+        let examples = examples.clone();
+        let proto = proto.clone();
+        async move {
+            let server = NodeServer::start(
+                "protobufjs",
+                PROTOBUF_SERVER,
+                &[
+                    ("DROP_EVERY", drop_every),
+                    ("PROTO", proto.to_str().unwrap()),
+                ],
+            )?;
+            let overrides: serde_norway::Mapping = serde_norway::from_str(&format!(
+                "target: ws://{}/ws\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
+                 ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n",
+                server.addr
+            ))
+            .unwrap();
+            let config = wsfleet::config::Config::read(
+                Some(&examples.join("protobuf-chat.yaml")),
+                overrides,
+            )
+            .unwrap();
+            let metrics = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
+            Some((server.stats().await, metrics.message_counts()))
+        }
+    };
+    let Some((_, lossless)) = run("0").await else {
         return;
     };
-    let overrides: serde_norway::Mapping = serde_norway::from_str(&format!(
-        "target: ws://{}/ws\nusers: 20\nconnect_rate: 500\nmessage_interval: 100ms\n\
-         ack_timeout: 2s\nloss_grace: 1s\nheartbeat: {{interval: 1s, timeout: 2s}}\n",
-        server.addr
-    ))
-    .unwrap();
-    let config =
-        wsfleet::config::Config::read(Some(&examples.join("protobuf-chat.yaml")), overrides)
-            .unwrap();
-    let metrics = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
-    let counts = metrics.message_counts();
-    let stats = server.stats().await;
+    assert_eq!(lossless.lost, 0, "{lossless:?}");
+    let (stats, counts) = run("7").await.unwrap();
     let dropped = stats["dropped_deliveries"].as_u64().unwrap();
     assert!(dropped > 0, "{stats}");
     assert_eq!(stats["invalid"], 0, "every frame we sent decoded: {stats}");

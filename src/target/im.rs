@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use crate::codec::framing::Framing;
@@ -102,10 +102,10 @@ struct Connection {
     rooms: Vec<String>,
 }
 
-/// A TCP connection whose frames carry a 4-byte big-endian length prefix, as WebSocket
-/// messages (a frame that is UTF-8 is a text message); a close shuts it down.
-pub fn framed(
-    tcp: TcpStream,
+/// A TCP (or TLS) connection whose frames carry a 4-byte big-endian length prefix, as
+/// WebSocket messages (a frame that is UTF-8 is a text message); a close shuts it down.
+pub fn framed<T: AsyncRead + AsyncWrite + Unpin>(
+    tcp: T,
 ) -> impl Stream<Item = Result<Message, crate::codec::framing::FramingError>>
 + Sink<Message, Error = crate::codec::framing::FramingError>
 + Unpin {

@@ -35,8 +35,9 @@ pub struct TargetOptions {
     pub token: Option<String>,
     /// If set, serve `wss://` (and https) with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// If set, also serve the IM protocol over plain TCP on this address, each frame with a
-    /// 4-byte big-endian length prefix (for `tcp://` targets).
+    /// If set, also serve the IM protocol over plain TCP on this address (TLS when `tls` is
+    /// set), each frame with a 4-byte big-endian length prefix (for `tcp://` and `tls://`
+    /// targets).
     pub tcp: Option<std::net::SocketAddr>,
 }
 
@@ -276,7 +277,7 @@ pub async fn serve_with(
         .await
 }
 
-/// The IM protocol over length-prefixed TCP, until `shutdown`.
+/// The IM protocol over length-prefixed TCP (or TLS), until `shutdown`.
 async fn serve_tcp(listener: TcpListener, state: TargetState, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
@@ -287,11 +288,24 @@ async fn serve_tcp(listener: TcpListener, state: TargetState, shutdown: Cancella
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
                 let close = state.close_token();
-                tokio::spawn(im::serve_connection(
-                    im::framed(tcp),
-                    Arc::clone(&state),
-                    close,
-                ));
+                let state = Arc::clone(&state);
+                match state.options.tls.clone() {
+                    // TLS too when the target serves wss://: a `tls://` target.
+                    Some(config) => {
+                        tokio::spawn(async move {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            match acceptor.accept(tcp).await {
+                                Ok(tls) => {
+                                    im::serve_connection(im::framed(tls), state, close).await
+                                }
+                                Err(err) => tracing::debug!(%err, "TLS handshake failed"),
+                            }
+                        });
+                    }
+                    None => {
+                        tokio::spawn(im::serve_connection(im::framed(tcp), state, close));
+                    }
+                }
             }
             Err(err) => {
                 tracing::warn!(%err, "accepting a TCP connection failed");

@@ -221,14 +221,12 @@ pub async fn patch_load(api: SocketAddr, body: serde_json::Value) -> reqwest::Re
 
 /// `GET /api/v1/status` as JSON.
 pub async fn status(api: SocketAddr) -> serde_json::Value {
-    http()
-        .get(format!("http://{api}/api/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&format!("http://{api}/api/v1/status")).await
+}
+
+/// A GET answered with JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The `q` quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
