@@ -79,6 +79,10 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub drain_timeout: Option<Duration>,
+    /// The longest message (WebSocket message, or frame of a plain stream) a user accepts, in
+    /// bytes; a longer one ends the connection as `protocol`. Bounds memory: users × this.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
     /// How often a one-line progress report is logged; 0s turns it off.
     #[serde(default = "default_progress_interval", with = "humantime_serde")]
     pub progress_interval: Duration,
@@ -359,6 +363,14 @@ fn default_status_window() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_max_message_size() -> usize {
+    256 * 1024
+}
+
+/// Bounds of `max_message_size`.
+pub const MESSAGE_SIZE_BOUNDS: std::ops::RangeInclusive<usize> =
+    1024..=crate::codec::framing::MAX_FRAME;
+
 fn default_progress_interval() -> Duration {
     Duration::from_secs(10)
 }
@@ -672,6 +684,17 @@ impl Config {
         }
         self.limits.validate()?;
         self.shard()?;
+        if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
+            return Err(ConfigError::Invalid {
+                field: "max_message_size",
+                problem: format!(
+                    "must be between {} and {} bytes, got {}",
+                    MESSAGE_SIZE_BOUNDS.start(),
+                    MESSAGE_SIZE_BOUNDS.end(),
+                    self.max_message_size
+                ),
+            });
+        }
         let load = self.load().validate()?;
         self.limits.check(&load)?;
         self.api_token()?;

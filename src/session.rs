@@ -51,6 +51,8 @@ pub struct Context {
     pub loss_grace: Duration,
     pub lifetime: Option<Lifetime>,
     pub ws_config: WebSocketConfig,
+    /// The longest message (or plain-stream frame) a user reads; longer ends the connection.
+    pub max_message_size: usize,
     /// Built once: a TLS config per connect would reload the root store every time.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<Metrics>,
@@ -87,7 +89,8 @@ impl Context {
             ack_timeout: config.ack_timeout,
             loss_grace: config.loss_grace,
             lifetime: config.lifetime.clone(),
-            ws_config: ws_config(),
+            ws_config: ws_config(config.max_message_size),
+            max_message_size: config.max_message_size,
             metrics,
             pacer: Pacer::new(shard.rate(config.connect_rate)),
             roster: Roster::default(),
@@ -127,14 +130,15 @@ pub fn is_websocket(url: &url::Url) -> bool {
 }
 
 /// Socket buffers sized for many mostly-idle connections: tungstenite's defaults reserve
-/// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users.
-pub fn ws_config() -> WebSocketConfig {
+/// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users. No message
+/// or frame longer than `max_message_size` is buffered: it ends the connection.
+pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(128)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20))
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
 }
 
 /// One simulated user.
@@ -170,6 +174,7 @@ impl User {
     /// Keeps this user connected until its token is cancelled or the fleet drains.
     pub async fn run(mut self) {
         let mut failures: u32 = 0;
+        let mut retry_after = None;
         while self.admit().await {
             let room_size = self.desired.borrow().load.room_size;
             let attempt = tokio::select! {
@@ -205,13 +210,19 @@ impl User {
                 }
                 Err(failure) => {
                     ctx.metrics.connect_result(failure.result).inc();
+                    if let Some(status) = failure.status {
+                        ctx.metrics.http_status(status).inc();
+                    }
                     ctx.metrics
                         .failures
                         .record(Failure::Connect(failure.result), &failure.detail);
+                    retry_after = failure.retry_after;
                 }
             }
             failures = failures.saturating_add(1);
-            let wait = backoff::delay(&self.ctx.reconnect, failures);
+            // The server's Retry-After, when it gave one, is the least we wait.
+            let wait = backoff::delay(&self.ctx.reconnect, failures)
+                .max(retry_after.take().unwrap_or_default());
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

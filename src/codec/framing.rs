@@ -6,8 +6,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The largest frame read or written: as for WebSocket messages.
-pub const MAX_FRAME: usize = 16 << 20;
+/// The largest frame any framing reads or writes, whatever `max_message_size` says.
+pub const MAX_FRAME: usize = 64 << 20;
 
 /// How frames are delimited on a byte stream. Written `newline`, `mqtt`, or
 /// `{length_prefixed: {...}}` (a map, not a YAML tag).
@@ -126,8 +126,8 @@ impl From<Width> for WidthSpec {
 /// A frame that breaks the framing: the connection cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum FramingError {
-    #[error("a frame of {0} bytes is over the limit of {MAX_FRAME} bytes")]
-    TooLong(usize),
+    #[error("a frame of {size} bytes is over the limit of {max} bytes (max_message_size)")]
+    TooLong { size: usize, max: usize },
     #[error("malformed frame header: {0}")]
     Malformed(String),
     #[error(transparent)]
@@ -135,13 +135,18 @@ pub enum FramingError {
 }
 
 impl Framing {
-    /// Cuts the next whole frame off the front of `buffer`, if it holds one.
-    pub fn cut(&self, buffer: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+    /// Cuts the next whole frame off the front of `buffer`, if it holds one; a frame longer
+    /// than `max` bytes is an error (before it is buffered whole, where its length says so).
+    pub fn cut(&self, buffer: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FramingError> {
+        let max = max.min(MAX_FRAME);
         match self {
             Framing::Newline => {
                 let Some(end) = buffer.iter().position(|&b| b == b'\n') else {
-                    return if buffer.len() > MAX_FRAME {
-                        Err(FramingError::TooLong(buffer.len()))
+                    return if buffer.len() > max {
+                        Err(FramingError::TooLong {
+                            size: buffer.len(),
+                            max,
+                        })
                     } else {
                         Ok(None)
                     };
@@ -153,12 +158,12 @@ impl Framing {
                 }
                 Ok(Some(line.freeze()))
             }
-            Framing::LengthPrefixed(prefix) => prefix.cut(buffer),
-            Framing::Mqtt => match rumqttc::mqttbytes::check(buffer.iter(), MAX_FRAME) {
+            Framing::LengthPrefixed(prefix) => prefix.cut(buffer, max),
+            Framing::Mqtt => match rumqttc::mqttbytes::check(buffer.iter(), max) {
                 Ok(header) => Ok(Some(buffer.split_to(header.frame_length()).freeze())),
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-                Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n)) => {
-                    Err(FramingError::TooLong(n))
+                Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                    Err(FramingError::TooLong { size, max })
                 }
                 Err(err) => Err(FramingError::Malformed(err.to_string())),
             },
@@ -168,7 +173,10 @@ impl Framing {
     /// Appends `frame`, delimited, to `out`. MQTT packets carry their own header.
     pub fn put(&self, frame: &[u8], out: &mut BytesMut) -> Result<(), FramingError> {
         if frame.len() > MAX_FRAME {
-            return Err(FramingError::TooLong(frame.len()));
+            return Err(FramingError::TooLong {
+                size: frame.len(),
+                max: MAX_FRAME,
+            });
         }
         match self {
             Framing::Newline => {
@@ -193,7 +201,7 @@ impl LengthPrefix {
         }
     }
 
-    fn cut(&self, buffer: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+    fn cut(&self, buffer: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FramingError> {
         let (declared, header) = match self.bytes {
             Width::Varint => match read_varint(buffer)? {
                 Some(read) => read,
@@ -229,10 +237,14 @@ impl LengthPrefix {
         } else {
             declared
         };
-        let body = usize::try_from(body)
-            .ok()
-            .filter(|&n| n <= MAX_FRAME)
-            .ok_or(FramingError::TooLong(body.try_into().unwrap_or(usize::MAX)))?;
+        let body =
+            usize::try_from(body)
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or(FramingError::TooLong {
+                    size: body.try_into().unwrap_or(usize::MAX),
+                    max,
+                })?;
         if buffer.len() < header + body {
             buffer.reserve(header + body - buffer.len());
             return Ok(None);
@@ -255,7 +267,10 @@ impl LengthPrefix {
             Width::Varint => u64::MAX,
         };
         if length > limit {
-            return Err(FramingError::TooLong(frame.len()));
+            return Err(FramingError::TooLong {
+                size: frame.len(),
+                max: limit.try_into().unwrap_or(usize::MAX),
+            });
         }
         out.reserve(header + 1 + frame.len());
         match (self.bytes, self.endian) {
@@ -306,21 +321,29 @@ fn read_varint(buffer: &[u8]) -> Result<Option<(u64, usize)>, FramingError> {
     Ok(None)
 }
 
-/// [`Framing`] as a tokio codec, for `Framed` over a plain TCP or TLS stream.
-impl Decoder for Framing {
+/// [`Framing`] with a frame size limit, as a tokio codec for `Framed` over a plain TCP or
+/// TLS stream.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    pub framing: Framing,
+    /// The longest frame read, in bytes.
+    pub max: usize,
+}
+
+impl Decoder for FrameCodec {
     type Item = Bytes;
     type Error = FramingError;
 
     fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
-        self.cut(buffer)
+        self.framing.cut(buffer, self.max)
     }
 }
 
-impl Encoder<Bytes> for Framing {
+impl Encoder<Bytes> for FrameCodec {
     type Error = FramingError;
 
     fn encode(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
-        self.put(&frame, out)
+        self.framing.put(&frame, out)
     }
 }
 
@@ -343,7 +366,7 @@ mod tests {
         let mut out = Vec::new();
         for piece in wire.chunks(chunk.max(1)) {
             buffer.extend_from_slice(piece);
-            while let Some(frame) = framing.cut(&mut buffer).expect("well formed") {
+            while let Some(frame) = framing.cut(&mut buffer, MAX_FRAME).expect("well formed") {
                 out.push(frame);
             }
         }
@@ -383,38 +406,58 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_over_the_limit_is_refused_before_it_is_buffered_whole() {
+        let prefixed = framing("{length_prefixed: {bytes: 4}}");
+        let mut header_only = BytesMut::from(&[0u8, 1, 0, 0][..]);
+        assert!(matches!(
+            prefixed.cut(&mut header_only, 1024),
+            Err(FramingError::TooLong {
+                size: 65536,
+                max: 1024
+            })
+        ));
+        let mut endless_line = BytesMut::from(&[b'x'; 2000][..]);
+        assert!(Framing::Newline.cut(&mut endless_line, 1024).is_err());
+    }
+
+    #[test]
     fn lines_drop_their_carriage_return() {
         let mut buffer = BytesMut::from(&b"PING\r\n+OK\npartial"[..]);
         let framing = Framing::Newline;
         assert_eq!(
             framing
-                .cut(&mut buffer)
+                .cut(&mut buffer, MAX_FRAME)
                 .expect("well formed")
                 .expect("a whole frame"),
             "PING"
         );
         assert_eq!(
             framing
-                .cut(&mut buffer)
+                .cut(&mut buffer, MAX_FRAME)
                 .expect("well formed")
                 .expect("a whole frame"),
             "+OK"
         );
-        assert!(framing.cut(&mut buffer).expect("well formed").is_none());
+        assert!(
+            framing
+                .cut(&mut buffer, MAX_FRAME)
+                .expect("well formed")
+                .is_none()
+        );
     }
 
     #[test]
     fn bad_frames_and_specs_are_refused() {
         let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
         assert!(matches!(
-            framing("{length_prefixed: {bytes: 4}}").cut(&mut huge),
-            Err(FramingError::TooLong(_))
+            framing("{length_prefixed: {bytes: 4}}").cut(&mut huge, MAX_FRAME),
+            Err(FramingError::TooLong { .. })
         ));
         let counted = framing("{length_prefixed: {bytes: 1, includes_header: true}}");
         let mut empty = BytesMut::from(&[1u8][..]);
         assert_eq!(
             counted
-                .cut(&mut empty)
+                .cut(&mut empty, MAX_FRAME)
                 .expect("well formed")
                 .expect("a whole frame")
                 .len(),
@@ -423,12 +466,13 @@ mod tests {
         );
         let mut short = BytesMut::from(&[3u8, b'a'][..]);
         assert!(
-            matches!(counted.cut(&mut short), Ok(None)),
+            matches!(counted.cut(&mut short, MAX_FRAME), Ok(None)),
             "one byte still to come"
         );
         let mut lying = BytesMut::from(&[0u8, 1][..]);
         assert!(matches!(
-            framing("{length_prefixed: {bytes: 1, includes_header: true}}").cut(&mut lying),
+            framing("{length_prefixed: {bytes: 1, includes_header: true}}")
+                .cut(&mut lying, MAX_FRAME),
             Err(FramingError::Malformed(_))
         ));
         let err = serde_norway::from_str::<Framing>("{length_prefixed: {bytes: 3}}")
@@ -474,7 +518,10 @@ mod tests {
         let mut lengths = Vec::new();
         for piece in wire.chunks(7) {
             buffer.extend_from_slice(piece);
-            while let Some(frame) = Framing::Mqtt.cut(&mut buffer).expect("well formed") {
+            while let Some(frame) = Framing::Mqtt
+                .cut(&mut buffer, MAX_FRAME)
+                .expect("well formed")
+            {
                 lengths.push(frame.len());
             }
         }
@@ -495,7 +542,7 @@ mod tests {
             ] {
                 let mut buffer = BytesMut::from(&data[..]);
                 let mut taken = 0;
-                while let Ok(Some(frame)) = framing.cut(&mut buffer) {
+                while let Ok(Some(frame)) = framing.cut(&mut buffer, MAX_FRAME) {
                     taken += frame.len();
                     prop_assert!(taken <= data.len());
                 }

@@ -139,6 +139,7 @@ pub struct Metrics {
     pub frames_invalid: IntCounter,
     pub frames_unmatched: IntCounter,
     pub replies: IntCounter,
+    connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
     pub message_timeouts: IntCounter,
@@ -259,6 +260,11 @@ impl Metrics {
                 "wsfleet_frames_unmatched_total",
                 "Server frames that matched nothing the scenario expects (presence, banners, ...).",
             ),
+            connect_http_status: reg.counter_vec(
+                "wsfleet_connect_http_status_total",
+                "Upgrades refused with an HTTP status, by status (401, 403, 404, 429, 500, 502, 503, 504, other).",
+                "status",
+            ),
             replies: reg.counter(
                 "wsfleet_replies_total",
                 "Frames sent to answer the server's own frames (the scenario's `replies`, e.g. Socket.IO's pong).",
@@ -347,7 +353,21 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        for status in HTTP_STATUSES.iter().chain(&["other"]) {
+            metrics.connect_http_status.with_label_values(&[status]);
+        }
         metrics
+    }
+
+    /// The counter of refused upgrades with HTTP `status` (common codes by name, the rest as
+    /// `other`, so a hostile server cannot grow the label set).
+    pub fn http_status(&self, status: u16) -> IntCounter {
+        let label = HTTP_STATUSES
+            .iter()
+            .find(|s| s.parse() == Ok(status))
+            .copied()
+            .unwrap_or("other");
+        self.connect_http_status.with_label_values(&[label])
     }
 
     pub fn connect_result(&self, result: ConnectResult) -> &IntCounter {
@@ -470,6 +490,9 @@ impl Registrar<'_> {
         self.register(Histogram::with_opts(opts).expect("valid metric"))
     }
 }
+
+/// HTTP statuses counted by name in `wsfleet_connect_http_status_total`.
+const HTTP_STATUSES: &[&str] = &["401", "403", "404", "429", "500", "502", "503", "504"];
 
 /// Message counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]

@@ -137,7 +137,7 @@ async fn handshake(
                 format!("{url} is a plain stream, and the scenario gives no `framing`"),
             )
         })?;
-        return Ok(Socket::stream(stream, framing));
+        return Ok(Socket::stream(stream, framing, ctx.max_message_size));
     }
     let headers: Vec<(String, String)> = ctx
         .scenario
@@ -156,7 +156,11 @@ async fn handshake(
         Some(ctx.ws_config),
     )
     .await;
-    Ok(Socket::websocket(ws, ctx.scenario.framing))
+    Ok(Socket::websocket(
+        ws,
+        ctx.scenario.framing,
+        ctx.max_message_size,
+    ))
 }
 
 /// Runs the login steps: send, then wait for the expected reply, ignoring other frames. The

@@ -77,16 +77,12 @@ pub async fn upgrade(
         let mut parsed = httparse::Response::new(&mut parsed_headers);
         match parsed.parse(&response) {
             Ok(httparse::Status::Complete(end)) => {
-                check(&parsed, &key).map_err(|result| {
-                    let detail = match result {
-                        ConnectResult::HttpStatus => format!(
-                            "HTTP {} {} for {url}",
-                            parsed.code.unwrap_or(0),
-                            parsed.reason.unwrap_or("")
-                        ),
-                        _ => format!("{url} answered the upgrade without a valid WebSocket accept"),
-                    };
-                    ConnectFailure::new(result, detail)
+                check(&parsed, &key).map_err(|result| match result {
+                    ConnectResult::HttpStatus => refusal(&parsed, url),
+                    _ => ConnectFailure::new(
+                        result,
+                        format!("{url} answered the upgrade without a valid WebSocket accept"),
+                    ),
                 })?;
                 return Ok(response[end..].to_vec());
             }
@@ -99,6 +95,51 @@ pub async fn upgrade(
             }
         }
     }
+}
+
+/// Longest `Retry-After` honoured: a server cannot park a user for longer.
+pub const MAX_RETRY_AFTER: std::time::Duration = crate::load::MAX_TIMEOUT;
+
+/// A refused upgrade: its status, and the server's `Retry-After` (seconds or an HTTP date),
+/// which the user's next attempt honours.
+fn refusal(response: &httparse::Response<'_, '_>, url: &Url) -> ConnectFailure {
+    let status = response.code.unwrap_or(0);
+    let retry_after = header(response, "retry-after").and_then(parse_retry_after);
+    let mut failure = ConnectFailure::new(
+        ConnectResult::HttpStatus,
+        format!(
+            "HTTP {status} {} for {url}{}",
+            response.reason.unwrap_or(""),
+            retry_after.map_or(String::new(), |wait| format!(
+                " (Retry-After: {})",
+                humantime::format_duration(wait)
+            ))
+        ),
+    );
+    failure.status = Some(status);
+    failure.retry_after = retry_after;
+    failure
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`, bounded.
+fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => std::time::Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+fn header<'h>(response: &httparse::Response<'_, 'h>, name: &str) -> Option<&'h str> {
+    response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
 fn request(url: &Url, key: &str, headers: &[(String, String)]) -> Result<String, ConnectResult> {
@@ -134,13 +175,7 @@ fn check(response: &httparse::Response<'_, '_>, key: &str) -> Result<(), Connect
     if response.code != Some(101) {
         return Err(ConnectResult::HttpStatus);
     }
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
+    let header = |name: &str| header(response, name);
     let upgrade_ok = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let connection_ok = header("connection").is_some_and(|v| {
         v.split(',')
@@ -198,5 +233,38 @@ mod tests {
         );
         let wrong_key = good.replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "nope");
         assert_eq!(parse_and_check(&wrong_key), Err(ConnectResult::Protocol));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date_and_bounded() {
+        use std::time::{Duration, SystemTime};
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("99999999"), Some(MAX_RETRY_AFTER));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let wait = parse_retry_after(&soon).expect("a date");
+        assert!(
+            wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        response
+            .parse(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\n\r\n")
+            .expect("parses");
+        let url = Url::parse("ws://chat.test/ws").expect("url");
+        let failure = refusal(&response, &url);
+        assert_eq!(failure.status, Some(429));
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(3)));
+        assert!(
+            failure.detail.contains("HTTP 429 Too Many Requests"),
+            "{}",
+            failure.detail
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_util::codec::Framed;
 
-use crate::codec::framing::{Framing, FramingError, MAX_FRAME};
+use crate::codec::framing::{FrameCodec, Framing, FramingError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -38,14 +38,14 @@ enum Transport {
     /// span messages, or share one): frames are cut again from the messages' bytes.
     Recut {
         ws: WebSocketStream<Stream>,
-        framing: Framing,
+        codec: FrameCodec,
         buffer: BytesMut,
     },
     /// Plain TCP or TLS, cut into frames by the scenario's framing (`tcp://`, `tls://`).
     /// WebSocket control messages have no meaning here: pings are dropped, and a close
     /// shuts the stream down.
     Bytes {
-        framed: Framed<Stream, Framing>,
+        framed: Framed<Stream, FrameCodec>,
         shutting_down: bool,
     },
 }
@@ -54,22 +54,23 @@ enum Transport {
 const STREAM_READ_BUFFER: usize = 256;
 
 impl Socket {
-    /// A WebSocket; with `framing`, its messages carry a framed byte stream.
-    pub fn websocket(ws: WebSocketStream<Stream>, framing: Option<Framing>) -> Socket {
+    /// A WebSocket; with `framing`, its messages carry a framed byte stream (frames of at
+    /// most `max` bytes).
+    pub fn websocket(ws: WebSocketStream<Stream>, framing: Option<Framing>, max: usize) -> Socket {
         Socket(match framing {
             None => Transport::WebSocket(ws),
             Some(framing) => Transport::Recut {
                 ws,
-                framing,
+                codec: FrameCodec { framing, max },
                 buffer: BytesMut::new(),
             },
         })
     }
 
-    /// A plain TCP or TLS stream cut by `framing`.
-    pub fn stream(stream: Stream, framing: Framing) -> Socket {
+    /// A plain TCP or TLS stream cut by `framing` into frames of at most `max` bytes.
+    pub fn stream(stream: Stream, framing: Framing, max: usize) -> Socket {
         Socket(Transport::Bytes {
-            framed: Framed::with_capacity(stream, framing, STREAM_READ_BUFFER),
+            framed: Framed::with_capacity(stream, FrameCodec { framing, max }, STREAM_READ_BUFFER),
             shutting_down: false,
         })
     }
@@ -79,9 +80,9 @@ impl Socket {
 /// error, malformed is invalid data (both end the connection as `protocol`).
 fn framing_failure(err: FramingError) -> WsError {
     match err {
-        FramingError::TooLong(size) => WsError::Capacity(CapacityError::MessageTooLong {
+        FramingError::TooLong { size, max } => WsError::Capacity(CapacityError::MessageTooLong {
             size,
-            max_size: MAX_FRAME,
+            max_size: max,
         }),
         FramingError::Malformed(detail) => WsError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -97,12 +98,8 @@ impl futures_util::Stream for Socket {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().0 {
             Transport::WebSocket(ws) => ws.poll_next_unpin(cx),
-            Transport::Recut {
-                ws,
-                framing,
-                buffer,
-            } => loop {
-                match framing.cut(buffer) {
+            Transport::Recut { ws, codec, buffer } => loop {
+                match codec.framing.cut(buffer, codec.max) {
                     Ok(Some(frame)) => return Poll::Ready(Some(Ok(Message::Binary(frame)))),
                     Ok(None) => {}
                     Err(err) => return Poll::Ready(Some(Err(framing_failure(err)))),
@@ -226,6 +223,10 @@ impl AsyncWrite for Stream {
 pub struct ConnectFailure {
     pub result: ConnectResult,
     pub detail: String,
+    /// The HTTP status of a refused upgrade.
+    pub status: Option<u16>,
+    /// How long the server asked us to wait before trying again (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl ConnectFailure {
@@ -233,6 +234,8 @@ impl ConnectFailure {
         Self {
             result,
             detail: detail.into(),
+            status: None,
+            retry_after: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// The faults in force; cheap to read on every delivery.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Faults {
     /// Added to every room delivery.
     #[serde(with = "humantime_serde")]
@@ -18,8 +18,13 @@ pub struct Faults {
     pub drop: f64,
     /// Fraction of deliveries sent twice (0..=1).
     pub duplicate: f64,
-    /// New WebSocket upgrades get 503.
+    /// New WebSocket upgrades are refused with `refuse_status`.
     pub refuse: bool,
+    /// The status of a refused upgrade (400..=599; default 503).
+    pub refuse_status: u16,
+    /// A `Retry-After` (whole seconds) on refused upgrades.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Option<Duration>,
     /// Until when every outgoing frame (acks, deliveries, pongs) is held back.
     #[serde(skip)]
     pub stall_until: Option<Instant>,
@@ -34,8 +39,25 @@ pub struct FaultsPatch {
     pub drop: Option<f64>,
     pub duplicate: Option<f64>,
     pub refuse: Option<bool>,
+    pub refuse_status: Option<u16>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub stall: Option<Duration>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            delay: Duration::ZERO,
+            drop: 0.0,
+            duplicate: 0.0,
+            refuse: false,
+            refuse_status: 503,
+            retry_after: None,
+            stall_until: None,
+        }
+    }
 }
 
 /// Shared fault state.
@@ -58,7 +80,20 @@ impl FaultSwitch {
                 ));
             }
         }
+        if let Some(status) = patch.refuse_status
+            && !(400..=599).contains(&status)
+        {
+            return Err(format!(
+                "`refuse_status` must be an HTTP error status (400-599), got {status}"
+            ));
+        }
         let mut faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = patch.refuse_status {
+            faults.refuse_status = status;
+        }
+        if let Some(wait) = patch.retry_after {
+            faults.retry_after = (!wait.is_zero()).then_some(wait);
+        }
         if let Some(delay) = patch.delay {
             faults.delay = delay;
         }
@@ -97,7 +132,11 @@ impl FaultSwitch {
         faults.stall_until.map_or(at, |stall| stall.max(at))
     }
 
-    pub fn refusing(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).refuse
+    /// The status and `Retry-After` to refuse an upgrade with, while refusing.
+    pub fn refusing(&self) -> Option<(u16, Option<Duration>)> {
+        let faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        faults
+            .refuse
+            .then_some((faults.refuse_status, faults.retry_after))
     }
 }

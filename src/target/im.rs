@@ -14,7 +14,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
-use crate::codec::framing::Framing;
+use crate::codec::framing::{FrameCodec, Framing, MAX_FRAME};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -109,7 +109,11 @@ pub fn framed<T: AsyncRead + AsyncWrite + Unpin>(
 ) -> impl Stream<Item = Result<Message, crate::codec::framing::FramingError>>
 + Sink<Message, Error = crate::codec::framing::FramingError>
 + Unpin {
-    Framed::new(tcp, Framing::LengthPrefixed(TCP_PREFIX))
+    let codec = FrameCodec {
+        framing: Framing::LengthPrefixed(TCP_PREFIX),
+        max: MAX_FRAME,
+    };
+    Framed::new(tcp, codec)
         .map(|frame| {
             frame.map(|bytes| match Utf8Bytes::try_from(bytes.clone()) {
                 Ok(text) => Message::Text(text),

@@ -324,13 +324,17 @@ async fn metrics(State(state): State<TargetState>) -> impl IntoResponse {
 }
 
 async fn upgrade(State(state): State<TargetState>, ws: WebSocketUpgrade) -> Response {
-    if state.faults.refusing() {
+    if let Some((status, retry_after)) = state.faults.refusing() {
         state.metrics.refused.inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "refusing connections (fault injection)\n",
-        )
-            .into_response();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut response = (status, "refusing connections (fault injection)\n").into_response();
+        if let Some(wait) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.as_secs()),
+            );
+        }
+        return response;
     }
     let close = state.close_token();
     // Small buffers, like the fleet's: the target must hold as many connections as we send.

@@ -1,0 +1,321 @@
+//! The fault suite: what staging does to a load generator, each case asserting what is
+//! counted and that the fleet recovers. Servers that misbehave on purpose are written here
+//! (raw WebSocket frames over loopback); refusals come from the reference target's faults.
+//! Network faults in a namespace are in `tests/network.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use helpers::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Refused upgrades are counted by status; a `Retry-After` holds every user back at least that
+/// long (users retrying every 50-100 ms would otherwise try 10-20 times a second each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_are_counted_by_status_and_retry_after_is_honoured() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 3\nconnect_rate: 1000\nscenario: idle\n\
+         reconnect: {{initial: 50ms, max: 100ms}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 3.0, 30).await;
+    let status_count = |m: &Scrape, s: &str| {
+        m.get(&format!(
+            r#"wsfleet_connect_http_status_total{{status="{s}"}}"#
+        ))
+    };
+    for status in [401, 403, 503] {
+        target
+            .faults(json!({"refuse": true, "refuse_status": status}))
+            .await;
+        // Closing every connection makes everyone try again, into the refusal.
+        http()
+            .post(format!("http://{}/admin/close-all", target.addr))
+            .send()
+            .await
+            .unwrap();
+        wait_for(&format!("HTTP {status} counted"), 30, || async {
+            status_count(&scrape(api).await, &status.to_string()) >= 3.0
+        })
+        .await;
+    }
+    // 429 with Retry-After: 2 s.
+    target
+        .faults(json!({"refuse_status": 429, "retry_after": "2s"}))
+        .await;
+    wait_for("HTTP 429 counted", 30, || async {
+        status_count(&scrape(api).await, "429") >= 3.0
+    })
+    .await;
+    let before = status_count(&scrape(api).await, "429");
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await; // a measurement window, not a wait for an event
+    let attempts = status_count(&scrape(api).await, "429") - before;
+    let allowed = 3.0 * (window.elapsed().as_secs_f64() / 2.0).ceil() + 3.0;
+    assert!(
+        attempts <= allowed,
+        "{attempts} attempts by 3 users in {:?} despite Retry-After: 2",
+        window.elapsed()
+    );
+    let errors = status(api).await["errors"].to_string();
+    assert!(errors.contains("Retry-After: 2s"), "{errors}");
+    // Recovery.
+    target.faults(json!({"refuse": false})).await;
+    wait_active(api, 3.0, 30).await;
+    daemon.shutdown().await.unwrap();
+}
+
+/// A WebSocket server that misbehaves as `behave` says, written from raw frames.
+struct EvilServer {
+    addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy)]
+enum Behave {
+    /// One text message of this many bytes.
+    Oversized(usize),
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// A close frame with this code.
+    Close(u16),
+    /// Echo every text message back in three fragments.
+    FragmentedEcho,
+    /// Text frames as fast as the socket takes them, never reading.
+    Flood,
+}
+
+impl EvilServer {
+    async fn start(behave: Behave) -> EvilServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(serve(tcp, behave));
+            }
+        });
+        EvilServer { addr, _task: task }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+/// One unmasked server frame.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads one masked client frame; `None` at the end.
+async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).await.ok()?;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(tcp.read_u16().await.ok()?),
+        127 => tcp.read_u64().await.ok()?,
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    tcp.read_exact(&mut mask).await.ok()?;
+    let mut payload = vec![0u8; len as usize];
+    tcp.read_exact(&mut payload).await.ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((head[0] & 0x0f, payload))
+}
+
+async fn serve(mut tcp: TcpStream, behave: Behave) {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        if tcp.read_exact(&mut byte).await.is_err() {
+            return;
+        }
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8_lossy(&request);
+    let Some(key) = request.lines().find_map(|l| {
+        l.strip_prefix("Sec-WebSocket-Key: ")
+            .or_else(|| l.strip_prefix("sec-websocket-key: "))
+    }) else {
+        return;
+    };
+    let accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if tcp.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    match behave {
+        Behave::Oversized(size) => {
+            let _ = tcp.write_all(&frame(true, 1, &vec![b'x'; size])).await;
+        }
+        Behave::InvalidUtf8 => {
+            let _ = tcp
+                .write_all(&frame(true, 1, &[b'o', b'k', 0xff, 0xfe]))
+                .await;
+        }
+        Behave::Close(code) => {
+            let _ = tcp.write_all(&frame(true, 8, &code.to_be_bytes())).await;
+        }
+        Behave::Flood => {
+            let chunk: Vec<u8> = (0..64).flat_map(|_| frame(true, 1, b"flood")).collect();
+            while tcp.write_all(&chunk).await.is_ok() {}
+            return;
+        }
+        Behave::FragmentedEcho => {
+            while let Some((opcode, payload)) = read_frame(&mut tcp).await {
+                if opcode != 1 {
+                    continue;
+                }
+                let third = payload.len() / 3;
+                let (a, rest) = payload.split_at(third);
+                let (b, c) = rest.split_at(third);
+                let mut out = frame(false, 1, a);
+                out.extend(frame(false, 0, b));
+                out.extend(frame(true, 0, c));
+                if tcp.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+    }
+    // Hold the connection until the client leaves.
+    let mut sink = [0u8; 1024];
+    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+fn evil_config(server: &EvilServer, extra: &str) -> String {
+    format!(
+        "target: {}\nusers: 2\nconnect_rate: 100\nscenario: idle\nheartbeat: {{interval: 0s}}\n\
+         reconnect: {{initial: 100ms, max: 200ms}}\nmax_message_size: 65536\n{extra}",
+        server.url()
+    )
+}
+
+/// Waits for `count` disconnects of `reason`, and `detail` in the error samples.
+async fn ends_with(daemon: &wsfleet::daemon::Daemon, reason: &str, count: f64, detail: &str) {
+    let api = daemon.addr();
+    let series = format!(r#"wsfleet_disconnects_total{{reason="{reason}"}}"#);
+    wait_for(
+        &format!("{count} disconnects of reason {reason}"),
+        30,
+        || async { scrape(api).await.get(&series) >= count },
+    )
+    .await;
+    let errors = status(api).await["errors"].to_string();
+    assert!(errors.contains(detail), "{errors}");
+}
+
+/// A message over `max_message_size` ends the session as `protocol` before it is buffered;
+/// so does text that is not UTF-8. The users reconnect and meet it again: counted each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_and_invalid_text_end_the_session_counted() {
+    let oversized = EvilServer::start(Behave::Oversized(1 << 20)).await;
+    let daemon = start_daemon(&evil_config(&oversized, "")).await;
+    ends_with(&daemon, "protocol", 4.0, "Message too long").await;
+    daemon.shutdown().await.unwrap();
+
+    let invalid = EvilServer::start(Behave::InvalidUtf8).await;
+    let daemon = start_daemon(&evil_config(&invalid, "")).await;
+    ends_with(&daemon, "protocol", 4.0, "UTF-8").await;
+    daemon.shutdown().await.unwrap();
+
+    let err = wsfleet::config::Config::parse("max_message_size: 10\n").expect_err("too small");
+    assert!(err.to_string().contains("max_message_size"), "{err}");
+}
+
+/// Every close code a server may send ends the session as `server_close`, the code in the
+/// error sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_close_code_is_a_counted_server_close() {
+    for code in [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4000, 4999,
+    ] {
+        let server = EvilServer::start(Behave::Close(code)).await;
+        let daemon = start_daemon(&evil_config(&server, "")).await;
+        ends_with(&daemon, "server_close", 2.0, &format!("close code {code}")).await;
+        daemon.shutdown().await.unwrap();
+    }
+}
+
+/// Fragmented messages are reassembled: an echo server that answers in three fragments is
+/// measured like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_messages_are_reassembled_and_measured() {
+    let server = EvilServer::start(Behave::FragmentedEcho).await;
+    let yaml = evil_config(&server, "message_interval: 50ms\n")
+        .replace("scenario: idle", "scenario: echo");
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    wait_for("echoes measured", 30, || async {
+        scrape(api).await.get("wsfleet_message_rtt_seconds_count") >= 20.0
+    })
+    .await;
+    let m = scrape(api).await;
+    assert_eq!(m.sum("wsfleet_disconnects_total"), 0.0);
+    assert_eq!(m.get("wsfleet_frames_unmatched_total"), 0.0);
+    daemon.shutdown().await.unwrap();
+}
+
+/// A server flooding frames faster than they can be read: the users keep reading (counted),
+/// their memory stays bounded (nothing is queued beyond one message), and they leave cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_frames_keeps_memory_bounded() {
+    let server = EvilServer::start(Behave::Flood).await;
+    let daemon = start_daemon(&evil_config(&server, "")).await;
+    let api = daemon.addr();
+    wait_active(api, 2.0, 30).await;
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap()
+    };
+    wait_for("a million flooded frames read", 60, || async {
+        scrape(api).await.get("wsfleet_messages_received_total") >= 1_000_000.0
+    })
+    .await;
+    let early = rss();
+    wait_for("two million", 60, || async {
+        scrape(api).await.get("wsfleet_messages_received_total") >= 2_000_000.0
+    })
+    .await;
+    let grown_kb = rss() - early;
+    assert!(
+        grown_kb < 20_000.0,
+        "RSS grew by {grown_kb} KB over a million more flooded frames"
+    );
+    assert_eq!(scrape(api).await.get("wsfleet_users_active"), 2.0);
+    daemon.shutdown().await.unwrap();
+}
