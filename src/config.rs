@@ -57,6 +57,11 @@ pub struct Config {
     /// and this long has passed (or the receiving session ended).
     #[serde(default = "default_loss_grace", with = "humantime_serde")]
     pub loss_grace: Duration,
+    /// After a reconnect, send again (same id, same sequence) the messages the last connection
+    /// left unacknowledged, as IM clients do; servers should deduplicate them, receivers count
+    /// the duplicates they fail to remove. Counted in `wsfleet_messages_resent_total`.
+    #[serde(default)]
+    pub resend_unacked: bool,
     /// Churn: each connection lives a random time in [min, max], then closes and reconnects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,

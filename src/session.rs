@@ -53,6 +53,8 @@ pub struct Context {
     pub ws_config: WebSocketConfig,
     /// The longest message (or plain-stream frame) a user reads; longer ends the connection.
     pub max_message_size: usize,
+    /// After a reconnect, send again what the last connection left unacknowledged.
+    pub resend_unacked: bool,
     /// Built once: a TLS config per connect would reload the root store every time.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<Metrics>,
@@ -91,6 +93,7 @@ impl Context {
             lifetime: config.lifetime.clone(),
             ws_config: ws_config(config.max_message_size),
             max_message_size: config.max_message_size,
+            resend_unacked: config.resend_unacked,
             metrics,
             pacer: Pacer::new(shard.rate(config.connect_rate)),
             roster: Roster::default(),
@@ -152,6 +155,9 @@ pub struct User {
     /// This user's public state: its sequence carries on across reconnects (and respawns), so
     /// receivers can tell a message the server lost from one never sent.
     pub slot: Arc<Slot>,
+    /// Messages the last connection left unacknowledged, to send again on the next one
+    /// (`resend_unacked`; empty otherwise).
+    pub unacked: Vec<(u64, tokio::time::Instant)>,
 }
 
 impl User {
@@ -168,6 +174,7 @@ impl User {
             desired,
             cancel,
             slot,
+            unacked: Vec::new(),
         }
     }
 

@@ -319,3 +319,47 @@ async fn a_flood_of_frames_keeps_memory_bounded() {
     assert_eq!(scrape(api).await.get("wsfleet_users_active"), 2.0);
     daemon.shutdown().await.unwrap();
 }
+
+/// `resend_unacked`: the target holds every answer back, then closes every connection; the
+/// users reconnect and send again what was never acknowledged — same ids, counted as resent,
+/// not as new messages — and every one of them is acknowledged in the end: no ack timeouts,
+/// and the target received exactly the messages sent plus the resent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_resent_after_a_reconnect() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 20\nconnect_rate: 1000\nmessage_interval: 100ms\nack_timeout: 20s\n\
+         resend_unacked: true\nreconnect: {{initial: 50ms, max: 200ms}}\n\
+         heartbeat: {{interval: 1s, timeout: 10s}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 20.0, 30).await;
+    target.faults(json!({"stall": "2s"})).await;
+    let sent_before = scrape(api).await.get("wsfleet_messages_sent_total");
+    wait_for("messages sent into the stall", 30, || async {
+        scrape(api).await.get("wsfleet_messages_sent_total") >= sent_before + 100.0
+    })
+    .await;
+    http()
+        .post(format!("http://{}/admin/close-all", target.addr))
+        .send()
+        .await
+        .unwrap();
+    wait_for("messages resent", 30, || async {
+        scrape(api).await.get("wsfleet_messages_resent_total") >= 100.0
+    })
+    .await;
+    wait_active(api, 20.0, 30).await;
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.is_some_and(|d| d.settled));
+    let counts = metrics.message_counts();
+    assert_eq!(
+        counts.ack_timeouts, 0,
+        "every resent message was acked: {counts:?}"
+    );
+    let received = target.metrics().await.get("wsfleet_target_messages_total");
+    assert_eq!(received, (counts.sent + counts.resent) as f64, "{counts:?}");
+}

@@ -30,10 +30,11 @@ pub enum Count {
     FramesInvalid,
     FramesUnmatched,
     Replies,
+    Resent,
 }
 
 impl Count {
-    pub const ALL: [Count; 13] = [
+    pub const ALL: [Count; 14] = [
         Count::Sent,
         Count::Received,
         Count::BytesSent,
@@ -47,6 +48,7 @@ impl Count {
         Count::FramesInvalid,
         Count::FramesUnmatched,
         Count::Replies,
+        Count::Resent,
     ];
 }
 

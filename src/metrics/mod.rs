@@ -139,6 +139,7 @@ pub struct Metrics {
     pub frames_invalid: IntCounter,
     pub frames_unmatched: IntCounter,
     pub replies: IntCounter,
+    pub resent: IntCounter,
     connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
@@ -264,6 +265,10 @@ impl Metrics {
                 "wsfleet_connect_http_status_total",
                 "Upgrades refused with an HTTP status, by status (401, 403, 404, 429, 500, 502, 503, 504, other).",
                 "status",
+            ),
+            resent: reg.counter(
+                "wsfleet_messages_resent_total",
+                "Messages sent again after a reconnect because they were never acknowledged (resend_unacked).",
             ),
             replies: reg.counter(
                 "wsfleet_replies_total",
@@ -398,6 +403,7 @@ impl Metrics {
             Count::FramesInvalid => &self.frames_invalid,
             Count::FramesUnmatched => &self.frames_unmatched,
             Count::Replies => &self.replies,
+            Count::Resent => &self.resent,
         }
     }
 
@@ -434,6 +440,7 @@ impl Metrics {
             frames_invalid: self.frames_invalid.get(),
             frames_unmatched: self.frames_unmatched.get(),
             replies: self.replies.get(),
+            resent: self.resent.get(),
         }
     }
 
@@ -508,6 +515,7 @@ pub struct MessageCounts {
     pub frames_invalid: u64,
     pub frames_unmatched: u64,
     pub replies: u64,
+    pub resent: u64,
 }
 
 /// Quantiles of one window, in seconds.

@@ -63,11 +63,13 @@ pub enum Outbound {
     Reply(Message),
     /// A heartbeat: a WebSocket ping or the scenario's app frame.
     Heartbeat(Message),
-    /// A scheduled message; once written, report it with [`Conversation::sent`].
+    /// A scheduled message; once written, report it with [`Conversation::sent`]. `resent`:
+    /// the same message again, unacknowledged before a reconnect (`resend_unacked`).
     Message {
         frame: Message,
         seq: u64,
         scheduled: Instant,
+        resent: bool,
     },
 }
 
@@ -99,6 +101,9 @@ pub struct Conversation {
     share: Share,
     /// Messages awaiting their ack: sequence and scheduled send time, oldest first.
     pending: VecDeque<(u64, Instant)>,
+    /// Messages of the last connection never acknowledged, to send again (newest first; empty
+    /// unless `resend_unacked`).
+    resend: Vec<(u64, Instant)>,
     tracker: Tracker,
     ping_sent: Option<Instant>,
     /// The answer to the last frame, if a reply rule matched it (the driver writes it before
@@ -117,8 +122,9 @@ pub struct Conversation {
 
 impl Conversation {
     /// A connection of `user`, just logged in as `identity`: its room's members are expected
-    /// from now on.
-    pub fn new(user: &User, identity: Identity) -> Conversation {
+    /// from now on. `unacked`: what the previous connection left unacknowledged, oldest first,
+    /// sent again first.
+    pub fn new(user: &User, identity: Identity, mut unacked: Vec<(u64, Instant)>) -> Conversation {
         let ctx = Arc::clone(&user.ctx);
         let desired = user.desired.borrow().clone();
         let tracks_deliveries = ctx
@@ -156,6 +162,10 @@ impl Conversation {
             },
             share,
             pending: VecDeque::new(),
+            resend: {
+                unacked.reverse();
+                unacked
+            },
             tracker,
             ping_sent: None,
             reply: None,
@@ -172,9 +182,14 @@ impl Conversation {
         talk
     }
 
-    /// When [`Conversation::on_tick`] is due next.
+    /// When [`Conversation::on_tick`] is due next (at once while there is something to send
+    /// again).
     pub fn deadline(&self) -> Instant {
-        self.timers.earliest()
+        if self.resend.is_empty() {
+            self.timers.earliest()
+        } else {
+            Instant::now()
+        }
     }
 
     /// The desired load changed. A user whose room changed must rejoin: it ends (planned).
@@ -251,6 +266,11 @@ impl Conversation {
         if let Some(reply) = self.reply.take() {
             return self.encode(reply).map(|frame| Some(Outbound::Reply(frame)));
         }
+        if !self.draining
+            && let Some((seq, scheduled)) = self.resend.pop()
+        {
+            return self.render_message(seq, scheduled, true);
+        }
         if std::mem::take(&mut self.due.heartbeat) {
             return self
                 .heartbeat(self.due.at)
@@ -277,22 +297,27 @@ impl Conversation {
         })
     }
 
-    /// Message `seq`, scheduled for `scheduled`, left through the socket.
-    pub fn sent(&mut self, seq: u64, scheduled: Instant, size: usize) {
+    /// Message `seq`, scheduled for `scheduled`, left through the socket (`resent`: again,
+    /// after a reconnect — counted as resent, not as another message).
+    pub fn sent(&mut self, seq: u64, scheduled: Instant, size: usize, resent: bool) {
         let Some(plan) = &self.ctx.scenario.message else {
             return;
         };
-        self.slot.mark_sent(seq);
         let metrics = &self.ctx.metrics;
-        metrics.add(Count::Sent, 1);
         metrics.add(Count::BytesSent, size as u64);
+        if plan.ack.is_some() {
+            self.pending.push_back((seq, scheduled));
+        }
+        if resent {
+            metrics.add(Count::Resent, 1);
+            return;
+        }
+        self.slot.mark_sent(seq);
+        metrics.add(Count::Sent, 1);
         metrics.observe(
             Latency::SendLag,
             Instant::now().saturating_duration_since(scheduled),
         );
-        if plan.ack.is_some() {
-            self.pending.push_back((seq, scheduled));
-        }
         if plan.delivery.is_some() {
             let others = room_members(self.local, self.share.local_users, self.share.room_size)
                 .saturating_sub(1);
@@ -318,11 +343,25 @@ impl Conversation {
     /// The message scheduled for `scheduled`, with the next sequence number; none without a
     /// message flow in the scenario.
     fn message(&mut self, scheduled: Instant) -> Result<Option<Outbound>, Ended> {
+        if self.ctx.scenario.message.is_none() {
+            return Ok(None);
+        }
+        let seq = self.slot.next_seq();
+        self.render_message(seq, scheduled, false)
+    }
+
+    /// Message `seq` as scheduled for `scheduled` (the same frame each time: same id, same
+    /// timestamp).
+    fn render_message(
+        &self,
+        seq: u64,
+        scheduled: Instant,
+        resent: bool,
+    ) -> Result<Option<Outbound>, Ended> {
         let ctx = &self.ctx;
         let Some(plan) = ctx.scenario.message.as_ref() else {
             return Ok(None);
         };
-        let seq = self.slot.next_seq();
         let ts = clock::micros_at(scheduled.into_std());
         let text = plan.send.render(&self.identity.values(
             ctx.target.as_str(),
@@ -334,6 +373,7 @@ impl Conversation {
             frame: self.encode(text)?,
             seq,
             scheduled,
+            resent,
         }))
     }
 
@@ -497,22 +537,36 @@ impl Conversation {
     /// server will now never ack are timeouts unless we chose to leave mid-run (ramp-down,
     /// churn, room change). At the end of a drain (`drained`) everything still awaited
     /// counts: the senders' final sequences are read once more (every sender has stopped by
-    /// now), so a dropped last message is lost, and unanswered acks are timeouts.
-    pub fn finish(&mut self, drained: bool, reason: DisconnectReason) {
+    /// now), so a dropped last message is lost, and unanswered acks are timeouts. With
+    /// `resend_unacked`, a user that will reconnect keeps what was never acked, to send again:
+    /// returned, oldest first.
+    pub fn finish(&mut self, drained: bool, reason: DisconnectReason) -> Vec<(u64, Instant)> {
         if drained {
             self.announce_final_sequences(Instant::now());
         }
         let metrics = &self.ctx.metrics;
         self.tracker.finish();
         metrics.add(Count::Lost, self.tracker.take_lost());
-        if drained || reason.is_failure() {
-            metrics.add(Count::AckTimeouts, self.pending.len() as u64);
+        // Unacknowledged: what is pending, and what was still waiting to be sent again.
+        let mut unacked: Vec<(u64, Instant)> = self
+            .pending
+            .drain(..)
+            .chain(self.resend.drain(..).rev())
+            .collect();
+        let reconnects = !drained && reason != DisconnectReason::ClientClose;
+        if self.ctx.resend_unacked && reconnects {
+            unacked.sort_unstable_by_key(|&(seq, _)| seq);
+        } else {
+            if drained || reason.is_failure() {
+                metrics.add(Count::AckTimeouts, unacked.len() as u64);
+            }
+            unacked.clear();
         }
-        self.pending.clear();
         if !self.settled {
             self.settled = true;
             self.ctx.books.close();
         }
+        unacked
     }
 }
 
@@ -732,7 +786,7 @@ mod tests {
             desired.subscribe(),
             tokio_util::sync::CancellationToken::new(),
         );
-        let mut talk = Conversation::new(&user, ctx.scenario.identity(id, 10));
+        let mut talk = Conversation::new(&user, ctx.scenario.identity(id, 10), Vec::new());
         talk.timers.next_ping = None;
         talk.timers.next_send = None;
         (ctx, desired, user, talk)
@@ -757,8 +811,9 @@ mod tests {
                 frame,
                 seq,
                 scheduled,
+                ..
             }) => {
-                talk.sent(seq, scheduled, frame.len());
+                talk.sent(seq, scheduled, frame.len(), false);
                 seq
             }
             other => panic!("a message is due: {other:?}"),
@@ -794,9 +849,10 @@ mod tests {
                 frame,
                 seq,
                 scheduled,
+                ..
             } = outbound
             {
-                talk.sent(seq, scheduled, frame.len());
+                talk.sent(seq, scheduled, frame.len(), false);
             }
         }
         assert_eq!(ctx.metrics.total(Count::Sent), 4);
@@ -826,11 +882,12 @@ mod tests {
             frame,
             seq: second,
             scheduled,
+            ..
         }) = out.pop_front()
         else {
             panic!("the second message: {out:?}");
         };
-        talk.sent(second, scheduled, frame.len());
+        talk.sent(second, scheduled, frame.len(), false);
         let ack = format!(r#"{{"type":"ack","id":"u0-{second}"}}"#);
         talk.on_frame(&Message::text(ack)).expect("connected");
         assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
@@ -842,6 +899,65 @@ mod tests {
             ctx.metrics.total(Count::AckTimeouts),
             1,
             "the first, at 2 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacked_messages_are_sent_again_after_a_reconnect_with_their_ids() {
+        let yaml = "message_interval: 1s\nack_timeout: 30s\nresend_unacked: true";
+        let (ctx, _desired, user, mut talk) = conversation(yaml, 0);
+        let first = send_one(&mut talk);
+        let second = send_one(&mut talk);
+        let carried = talk.finish(false, DisconnectReason::ServerClose);
+        assert_eq!(
+            carried.iter().map(|m| m.0).collect::<Vec<_>>(),
+            [first, second]
+        );
+        assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "not given up");
+        let mut again = Conversation::new(&user, ctx.scenario.identity(0, 10), carried);
+        again.timers.next_send = None;
+        again.timers.next_ping = None;
+        assert!(again.deadline() <= Instant::now(), "due at once");
+        let out = tick(&mut again, Instant::now()).expect("connected");
+        let resent: Vec<(u64, String)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Message {
+                    frame,
+                    seq,
+                    resent: true,
+                    ..
+                } => Some((*seq, frame.to_text().expect("text").to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resent.len(), 2, "{out:?}");
+        assert_eq!(resent[0].0, first, "oldest first");
+        assert!(
+            resent[0].1.contains(&format!("\"id\":\"u0-{first}\"")),
+            "same id"
+        );
+        for outbound in out {
+            if let Outbound::Message {
+                frame,
+                seq,
+                scheduled,
+                resent,
+            } = outbound
+            {
+                again.sent(seq, scheduled, frame.len(), resent);
+            }
+        }
+        assert_eq!(ctx.metrics.total(Count::Resent), 2);
+        assert_eq!(ctx.metrics.total(Count::Sent), 2, "not new messages");
+        let ack = format!(r#"{{"type":"ack","id":"u0-{second}"}}"#);
+        again.on_frame(&Message::text(ack)).expect("connected");
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1);
+        // Without resend_unacked (or when the user leaves), they are timeouts as before.
+        assert!(
+            again
+                .finish(false, DisconnectReason::ClientClose)
+                .is_empty()
         );
     }
 

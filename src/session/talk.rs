@@ -22,9 +22,10 @@ where
         + Stream<Item = Result<Message, tungstenite::Error>>
         + Unpin,
 {
-    let mut talk = Conversation::new(user, identity);
+    let unacked = std::mem::take(&mut user.unacked);
+    let mut talk = Conversation::new(user, identity, unacked);
     let ended = drive(user, &mut talk, &mut socket).await;
-    talk.finish(user.desired.borrow().draining, ended.reason);
+    user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
     ended
 }
 
@@ -90,10 +91,11 @@ where
                 frame,
                 seq,
                 scheduled,
+                resent,
             } => {
                 let size = frame.len();
                 write(ctx, socket, frame).await?;
-                talk.sent(seq, scheduled, size);
+                talk.sent(seq, scheduled, size, resent);
             }
         }
     }
