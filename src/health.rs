@@ -110,10 +110,15 @@ pub fn spawn(
                 _ = shutdown.cancelled() => return,
                 sample = samples.recv() => {
                     let Some(lag) = sample else { return };
-                    if recent.len() == window {
-                        recent.pop_front();
+                    // A tick `lag` late stands for the ticks that could not run meanwhile:
+                    // they count as late too, so a starved generator, which ticks rarely,
+                    // is judged by time, not by the few ticks it managed.
+                    for _ in 0..ticks_covered(lag).min(window) {
+                        if recent.len() == window {
+                            recent.pop_front();
+                        }
+                        recent.push_back(lag);
                     }
-                    recent.push_back(lag);
                 }
                 _ = fd_count.tick() => {
                     fds = file_descriptors();
@@ -139,7 +144,10 @@ pub fn spawn(
                     return false;
                 }
                 match &reason {
-                    Some(why) => tracing::warn!(reason = %why, "generator saturated: not adding users; its latency numbers may be inflated"),
+                    Some(why) => {
+                        metrics.generator_saturations.inc();
+                        tracing::warn!(reason = %why, "generator saturated: not adding users; its latency numbers may be inflated")
+                    }
                     None => tracing::info!("generator healthy again"),
                 }
                 *was = saturated;
@@ -185,6 +193,12 @@ async fn probe(
     }
 }
 
+/// How many probe ticks a tick that ran `lag` late stands for: itself, and each one that
+/// should have run in the meantime.
+fn ticks_covered(lag: Duration) -> usize {
+    1 + usize::try_from(lag.as_millis() / TICK.as_millis()).unwrap_or(usize::MAX)
+}
+
 /// (open, soft limit) file descriptors of this process, from /proc.
 fn file_descriptors() -> Option<(u64, u64)> {
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
@@ -202,6 +216,13 @@ fn file_descriptors() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_tick_stands_for_the_ticks_missed_meanwhile() {
+        assert_eq!(ticks_covered(Duration::from_millis(3)), 1);
+        assert_eq!(ticks_covered(Duration::from_millis(250)), 3);
+        assert_eq!(ticks_covered(Duration::from_secs(2)), 21);
+    }
 
     #[test]
     fn file_descriptors_are_read_from_proc() {

@@ -24,6 +24,10 @@ pub struct Summary {
     pub error_rate: f64,
     pub slos: Vec<SloResult>,
     pub passed: bool,
+    /// Why the numbers cannot be fully trusted: the generator itself was saturated during the
+    /// run (its latency figures may be inflated). Absent when it never was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +152,12 @@ impl Summary {
             latency,
             error_rate,
             slos,
+            suspect: match metrics.generator_saturations.get() {
+                0 => None,
+                n => Some(format!(
+                    "the generator was saturated {n} time(s) during the run (event-loop lag or file descriptors): its latency figures may be inflated"
+                )),
+            },
         }
     }
 
@@ -219,6 +229,9 @@ impl Summary {
                 slo.threshold,
                 if slo.breached { "BREACHED" } else { "ok" }
             );
+        }
+        if let Some(why) = &self.suspect {
+            let _ = writeln!(out, "SUSPECT      {why}");
         }
         let _ = writeln!(
             out,

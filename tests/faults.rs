@@ -363,3 +363,71 @@ async fn unacknowledged_messages_are_resent_after_a_reconnect() {
     let received = target.metrics().await.get("wsfleet_target_messages_total");
     assert_eq!(received, (counts.sent + counts.resent) as f64, "{counts:?}");
 }
+
+/// Busy loops on every core (and one more), killed on drop.
+struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    fn start() -> CpuHogs {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        CpuHogs(
+            (0..=cores)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for hog in &mut self.0 {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+    }
+}
+
+/// Starved of CPU (busy loops on every core, the generator at the lowest priority), the
+/// generator says so: saturation rises, and the run's summary marks its numbers suspect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_generator_marks_its_numbers_suspect() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "target: {}\nlisten: 127.0.0.1:0\nusers: 50\nconnect_rate: 1000\nscenario: echo\n\
+             message_interval: 20ms\nself_health: {{max_loop_lag: 5ms}}\n",
+            target.ws_url()
+        ),
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.json");
+    let _hogs = CpuHogs::start();
+    let status = tokio::process::Command::new("nice")
+        .args(["-n", "19", BIN, "run", "-c"])
+        .arg(&config)
+        .args(["--duration", "8s", "--summary-out"])
+        .arg(&summary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(90), status)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let suspect = summary["suspect"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(suspect.contains("saturated"), "{suspect}");
+}

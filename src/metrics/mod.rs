@@ -140,6 +140,7 @@ pub struct Metrics {
     pub frames_unmatched: IntCounter,
     pub replies: IntCounter,
     pub resent: IntCounter,
+    pub generator_saturations: IntCounter,
     connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
@@ -265,6 +266,10 @@ impl Metrics {
                 "wsfleet_connect_http_status_total",
                 "Upgrades refused with an HTTP status, by status (401, 403, 404, 429, 500, 502, 503, 504, other).",
                 "status",
+            ),
+            generator_saturations: reg.counter(
+                "wsfleet_generator_saturations_total",
+                "Times the generator became saturated (its latency figures are suspect while it is).",
             ),
             resent: reg.counter(
                 "wsfleet_messages_resent_total",
