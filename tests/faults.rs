@@ -431,3 +431,67 @@ async fn a_starved_generator_marks_its_numbers_suspect() {
         .unwrap_or_else(|| panic!("{summary}"));
     assert!(suspect.contains("saturated"), "{suspect}");
 }
+
+/// The target restarted under 5,000 users: everyone notices, retries stay within
+/// `connect_rate` (no reconnect storm), everyone comes back, and no counter ever goes
+/// backwards on /metrics meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_restarted_under_five_thousand_users_gets_them_all_back() {
+    const USERS: f64 = 5000.0;
+    let rate = 2500.0;
+    let addr = free_addr();
+    let mut target = TargetProcess::start(addr).await;
+    let daemon = start_daemon(&format!(
+        "target: ws://{addr}/ws\nusers: {USERS}\nconnect_rate: {rate}\nscenario: idle\n\
+         heartbeat: {{interval: 2s, timeout: 2s}}\nreconnect: {{initial: 50ms, max: 500ms}}\n"
+    ))
+    .await;
+    let api = daemon.addr();
+    let last = std::sync::Mutex::new(Monotonic::default());
+    let watch = |m: &Scrape| last.lock().unwrap().check(m);
+    wait_for("5,000 users", 60, || async {
+        let m = scrape(api).await;
+        watch(&m);
+        m.get("wsfleet_users_active") == USERS
+    })
+    .await;
+    target.kill();
+    wait_for("every user to notice", 60, || async {
+        let m = scrape(api).await;
+        watch(&m);
+        m.get("wsfleet_users_active") == 0.0
+    })
+    .await;
+    let before = scrape(api).await.sum("wsfleet_connects_total");
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await; // a measurement window, not a wait for an event
+    let attempts = scrape(api).await.sum("wsfleet_connects_total") - before;
+    let allowed = rate * window.elapsed().as_secs_f64() * 1.1 + 10.0;
+    assert!(attempts > 0.0 && attempts <= allowed, "{attempts} attempts in {:?}", window.elapsed());
+    let _target = TargetProcess::start(addr).await;
+    wait_for("everyone back", 60, || async {
+        let m = scrape(api).await;
+        watch(&m);
+        m.get("wsfleet_users_active") == USERS
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}
+
+/// Every `_total` series seen so far and its last value; panics if one goes backwards.
+#[derive(Default)]
+struct Monotonic(std::collections::BTreeMap<String, f64>);
+
+impl Monotonic {
+    fn check(&mut self, scrape: &Scrape) {
+        for (series, value) in &scrape.0 {
+            let name = series.split('{').next().unwrap_or_default();
+            if !(name.ends_with("_total") || name.ends_with("_count")) {
+                continue;
+            }
+            if let Some(previous) = self.0.insert(series.clone(), *value) {
+                assert!(*value >= previous, "{series} went back from {previous} to {value}");
+            }
+        }
+    }
+}
