@@ -842,6 +842,70 @@ fn one_line(message: &str) -> String {
 mod tests {
     use super::*;
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A config key (or a nested path of the schema) and a value of any shape.
+        fn entry() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "users",
+                "connect_rate",
+                "message_interval",
+                "payload_size",
+                "ack_timeout",
+                "loss_grace",
+                "max_message_size",
+                "threads",
+                "target",
+                "scenario",
+                "heartbeat",
+                "reconnect",
+                "lifetime",
+                "limits",
+                "sla",
+                "tls",
+                "shard",
+                "self_health",
+                "resend_unacked",
+                "source_addresses",
+                "schedule",
+                "drain_timeout",
+                "api",
+            ]);
+            let value = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+                "[a-z0-9:/._%-]{0,12}",
+                Just("{interval: 0s, timeout: 99999999h}".to_string()),
+                Just("{extends: mqtt, codec: {mqtt: {version: 7}}}".to_string()),
+                Just("{framing: {length_prefixed: {bytes: varint}}, codec: text}".to_string()),
+                Just("tcp://127.0.0.1:1".to_string()),
+                Just("[1, {a: b}, ~]".to_string()),
+                Just("{min: 5m, max: 1s}".to_string()),
+            ];
+            (key, value).prop_map(|(k, v)| format!("{k}: {v}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            /// Whatever the YAML, parsing returns a config or an error naming what is wrong;
+            /// it never panics.
+            #[test]
+            fn any_config_is_accepted_or_refused(entries in proptest::collection::vec(entry(), 0..6)) {
+                let text = entries.join("\n");
+                if let Err(err) = Config::parse(&text) {
+                    prop_assert!(!err.to_string().is_empty());
+                }
+            }
+
+            #[test]
+            fn any_text_is_no_panic(text in "\\PC{0,80}") {
+                let _ = Config::parse(&text);
+            }
+        }
+    }
+
     fn field_of(text: &str) -> String {
         Config::parse(text)
             .expect_err("must be rejected")

@@ -142,7 +142,11 @@ impl Daemon {
             token: token.map(Into::into),
             reload: reloader,
         };
-        tracing::info!(%target, users = config.users, "fleet started");
+        tracing::info!(
+            target = %crate::failures::redact(target.as_str()),
+            users = config.users,
+            "fleet started"
+        );
         tracing::info!("control API listening on http://{addr}");
         let api_shutdown = CancellationToken::new();
         let server = axum::serve(

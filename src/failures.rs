@@ -79,7 +79,7 @@ impl Failures {
         entry.count += 1;
         entry.unlogged += 1;
         entry.last.clear();
-        entry.last.push_str(truncate(detail, MAX_DETAIL));
+        entry.last.push_str(&redact(truncate(detail, MAX_DETAIL)));
         entry.last_at = SystemTime::now();
         if entry
             .logged_at
@@ -127,6 +127,35 @@ impl Failures {
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
+/// `text` with what looks like a secret masked as `***`, for logs, the status API and
+/// summaries: URL query values and passwords (`?token=***`, `//user:***@`), JSON string fields
+/// whose name says token, password, secret, key, auth or credential, and `Bearer`/`Basic`
+/// credentials. Error details quote URLs and server frames, which may echo what users sent.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::sync::LazyLock;
+    static RULES: LazyLock<Vec<(regex::Regex, &'static str)>> = LazyLock::new(|| {
+        [
+            (r"([?&][^=&\s#]+=)[^&\s#\x22']+", "${1}***"),
+            (r"(://[^:/@\s]+:)[^@\s]+@", "${1}***@"),
+            (
+                r#"(?i)("[a-z0-9_-]*(?:token|password|passwd|secret|key|auth|credential)[a-z0-9_-]*"\s*:\s*")(?:[^"\\]|\\.)*""#,
+                "${1}***\"",
+            ),
+            (r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]+", "${1} ***"),
+        ]
+        .into_iter()
+        .map(|(pattern, with)| (regex::Regex::new(pattern).expect("valid pattern"), with))
+        .collect()
+    });
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for (pattern, with) in RULES.iter() {
+        if let std::borrow::Cow::Owned(masked) = pattern.replace_all(&text, *with) {
+            text = std::borrow::Cow::Owned(masked);
+        }
+    }
+    text
+}
+
 pub fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -141,6 +170,32 @@ pub fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_masked_in_details() {
+        let cases = [
+            (
+                "HTTP 401 Unauthorized for ws://chat.test/ws?user=u1&token=s3cr3t",
+                "HTTP 401 Unauthorized for ws://chat.test/ws?user=***&token=***",
+            ),
+            (
+                "no WebSocket from wss://alice:hunter2@chat.test/ws",
+                "no WebSocket from wss://alice:***@chat.test/ws",
+            ),
+            (
+                r#"last frame: {"op":"login","user":"u1","password":"pw \" 1","apiKey":"k"}"#,
+                r#"last frame: {"op":"login","user":"u1","password":"***","apiKey":"***"}"#,
+            ),
+            (
+                "Authorization: Bearer abc.def-ghi",
+                "Authorization: Bearer ***",
+            ),
+            ("nothing secret here", "nothing secret here"),
+        ];
+        for (text, masked) in cases {
+            assert_eq!(redact(text), masked);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn samples_keep_the_last_detail_and_the_count() {

@@ -467,7 +467,11 @@ async fn a_target_restarted_under_five_thousand_users_gets_them_all_back() {
     tokio::time::sleep(Duration::from_secs(2)).await; // a measurement window, not a wait for an event
     let attempts = scrape(api).await.sum("wsfleet_connects_total") - before;
     let allowed = rate * window.elapsed().as_secs_f64() * 1.1 + 10.0;
-    assert!(attempts > 0.0 && attempts <= allowed, "{attempts} attempts in {:?}", window.elapsed());
+    assert!(
+        attempts > 0.0 && attempts <= allowed,
+        "{attempts} attempts in {:?}",
+        window.elapsed()
+    );
     let _target = TargetProcess::start(addr).await;
     wait_for("everyone back", 60, || async {
         let m = scrape(api).await;
@@ -490,8 +494,67 @@ impl Monotonic {
                 continue;
             }
             if let Some(previous) = self.0.insert(series.clone(), *value) {
-                assert!(*value >= previous, "{series} went back from {previous} to {value}");
+                assert!(
+                    *value >= previous,
+                    "{series} went back from {previous} to {value}"
+                );
             }
         }
+    }
+}
+
+/// Nothing a person sees — log lines, the status API, the run summary — shows a token, a
+/// password or a credentials column: not in URLs, not in frames the server echoed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_show_in_logs_status_or_summaries() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.csv"),
+        "user_id,password,token\nalice,pw-SECRET-1,tok-SECRET-1\nbob,pw-SECRET-2,tok-SECRET-2\n",
+    )
+    .unwrap();
+    // The target echoes frames it does not know: this login step never matches, and its
+    // sample quotes the echo of our frame; the URL carries the token too.
+    let config = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "target: {}\nlisten: 127.0.0.1:0\nusers: 2\nreconnect: {{initial: 100ms, max: 200ms}}\n\
+             progress_interval: 1s\nscenario:\n  url: '{}?token={{{{token}}}}'\n  credentials: users.csv\n  \
+             login:\n    - send: '{{\"op\":\"hello\",\"user\":\"{{{{user_id}}}}\",\"password\":\"{{{{password}}}}\"}}'\n      \
+             expect: {{pointer: /op, equals: welcome}}\n      timeout: 300ms\n",
+            target.ws_url(),
+            target.ws_url()
+        ),
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.json");
+    let mut daemon = DaemonProcess::start(&[
+        "run",
+        "-c",
+        config.to_str().unwrap(),
+        "--duration",
+        "3s",
+        "--summary-out",
+        summary.to_str().unwrap(),
+    ])
+    .await;
+    let api = daemon.api;
+    wait_for("login failures sampled", 30, || async {
+        scrape(api)
+            .await
+            .get(r#"wsfleet_connects_total{result="login"}"#)
+            >= 2.0
+    })
+    .await;
+    let status = status(api).await.to_string();
+    assert!(status.contains("password"), "the sample is there: {status}");
+    daemon.wait_log(&["connect failed"], 30).await;
+    daemon.stop();
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    let log = daemon.log_text();
+    for (what, text) in [("status", &status), ("summary", &summary), ("log", &log)] {
+        assert!(!text.contains("SECRET"), "a secret in the {what}: {text}");
     }
 }

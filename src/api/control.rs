@@ -96,7 +96,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         by_reason: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
     Ok(Json(Status {
-        target: state.target.to_string(),
+        target: crate::failures::redact(state.target.as_str()).into_owned(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         paused: desired.paused,
         shard: state.fleet.shard(),

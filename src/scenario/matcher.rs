@@ -87,6 +87,22 @@ impl<'a> Frame<'a> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Any matcher spec compiles or is refused; a compiled one tests any frame.
+        #[test]
+        fn any_matcher_compiles_or_is_refused_and_never_panics(
+            pointer in proptest::option::of("[a-z/~0-9]{0,12}"),
+            regex in proptest::option::of("\\PC{0,16}"),
+            frame in "\\PC{0,64}",
+        ) {
+            let spec = MatcherSpec { pointer, equals: None, regex };
+            if let Ok(matcher) = Matcher::compile(&spec) {
+                let _ = matcher.matches(&Frame::new(&frame));
+            }
+        }
+    }
+
     fn spec(yaml: &str) -> Matcher {
         Matcher::compile(&serde_norway::from_str(yaml).expect("spec parses")).expect("compiles")
     }

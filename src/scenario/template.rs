@@ -160,6 +160,27 @@ pub fn seq_of_msg_id(id: &str, user_id: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Any template text compiles or is refused, and a compiled one renders.
+        #[test]
+        fn any_template_compiles_or_is_refused(text in "\\PC{0,60}", custom in proptest::collection::vec("[a-z]{1,6}", 0..3)) {
+            if let Ok(template) = Template::compile(&text, &custom) {
+                let values = vec!["v".to_string(); custom.len()];
+                let _ = template.render(&Values {
+                    user_id: "u1",
+                    user: 1,
+                    room: "room-0",
+                    target: "ws://x",
+                    custom: &values,
+                    seq: u64::MAX,
+                    ts: 0,
+                    payload_size: 3,
+                });
+            }
+        }
+    }
+
     fn values<'a>(custom: &'a [String]) -> Values<'a> {
         Values {
             user_id: "u7",

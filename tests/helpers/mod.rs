@@ -301,6 +301,11 @@ impl DaemonProcess {
             .count()
     }
 
+    /// Every log line so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
     /// Waits (at most `seconds`) for a log line containing every one of `needles`; returns it.
     pub async fn wait_log(&self, needles: &[&str], seconds: u64) -> String {
         let find = || {
