@@ -153,6 +153,10 @@ pub struct TargetArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CA in this PEM file (mutual TLS; with
+    /// --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Also serve the IM protocol over plain TCP here, each frame with a 4-byte big-endian
     /// length prefix (aim a `tcp://` target at it).
     #[arg(long, value_name = "ADDR")]

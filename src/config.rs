@@ -177,6 +177,35 @@ pub struct TlsConfig {
     /// server's self-signed certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS, with `key_file`; re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Lowest TLS version offered: `1.2` (default) or `1.3`.
+    #[serde(default, skip_serializing_if = "is_default_version")]
+    pub min_version: TlsVersion,
+    /// The server name sent (SNI) and verified, instead of the target URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any server certificate. For rehearsals only: logged as a warning at start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+fn is_default_version(version: &TlsVersion) -> bool {
+    *version == TlsVersion::default()
 }
 
 impl TlsConfig {
@@ -623,29 +652,10 @@ impl Config {
     }
 
     /// The extra CA certificates of `tls.ca_file` (none without it).
-    pub fn tls_roots(
-        &self,
-    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
-        use rustls::pki_types::pem::PemObject;
-        let Some(path) = &self.tls.ca_file else {
-            return Ok(Vec::new());
-        };
-        let path = self.base_dir.join(path);
-        let invalid = |problem: String| ConfigError::Invalid {
-            field: "tls.ca_file",
-            problem,
-        };
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
-            .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| invalid(format!("`{}` is not PEM: {err}", path.display())))?;
-        if certs.is_empty() {
-            return Err(invalid(format!(
-                "`{}` holds no certificate",
-                path.display()
-            )));
-        }
-        Ok(certs)
+    /// The client side of TLS from `tls:`; the error names the field.
+    pub fn client_tls(&self) -> Result<crate::session::tls::ClientTls, ConfigError> {
+        crate::session::tls::client(&self.tls, &self.base_dir)
+            .map_err(|(field, problem)| ConfigError::Invalid { field, problem })
     }
 
     /// The API bearer token: from `api.token_file`, else `WSFLEET_API_TOKEN`, else none.
@@ -703,7 +713,7 @@ impl Config {
         let load = self.load().validate()?;
         self.limits.check(&load)?;
         self.api_token()?;
-        self.tls_roots()?;
+        self.client_tls()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         let ms = Duration::from_millis(1);
         let zero = Duration::ZERO;

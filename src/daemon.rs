@@ -92,7 +92,7 @@ impl Daemon {
             target.clone(),
             scenario,
             Arc::clone(&metrics),
-            config.tls_roots()?,
+            config.client_tls()?,
         ));
         let (fleet, fleet_task) = Fleet::spawn(
             ctx,

@@ -140,13 +140,15 @@ async fn run_daemon(
 
 async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => match target::server_config(cert, key) {
-            Ok(config) => Some(config),
-            Err(err) => {
-                eprintln!("error: {err}");
-                return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        (Some(cert), Some(key)) => {
+            match target::mutual_server_config(cert, key, args.tls_client_ca.as_deref()) {
+                Ok(config) => Some(config),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+                }
             }
-        },
+        }
         _ => None,
     };
     let listener = target::bind(args.listen)

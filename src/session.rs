@@ -14,6 +14,7 @@
 mod connect;
 mod conversation;
 mod talk;
+pub mod tls;
 mod upgrade;
 mod wire;
 
@@ -56,7 +57,7 @@ pub struct Context {
     /// After a reconnect, send again what the last connection left unacknowledged.
     pub resend_unacked: bool,
     /// Built once: a TLS config per connect would reload the root store every time.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: tls::ClientTls,
     pub metrics: Arc<Metrics>,
     /// Connect permits at `connect_rate`; the supervisor sets the rate.
     pub pacer: Pacer,
@@ -75,12 +76,12 @@ impl Context {
         target: Url,
         scenario: Scenario,
         metrics: Arc<Metrics>,
-        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+        tls: tls::ClientTls,
     ) -> Context {
         let shard = config.shard().unwrap_or_default();
         Context {
             shard,
-            tls: connect::tls_config(&target, scenario.url.is_some(), tls_roots),
+            tls,
             target,
             scenario,
             connect_timeout: config.connect_timeout,
@@ -279,7 +280,7 @@ pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
         Url::parse("ws://127.0.0.1:1/ws").expect("url"),
         config.compile_scenario().expect("scenario"),
         Arc::new(Metrics::new()),
-        Vec::new(),
+        config.client_tls().expect("tls"),
     ))
 }
 

@@ -141,6 +141,7 @@ pub struct Metrics {
     pub replies: IntCounter,
     pub resent: IntCounter,
     pub generator_saturations: IntCounter,
+    connect_phases: Vec<Histogram>,
     connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
@@ -267,6 +268,23 @@ impl Metrics {
                 "Upgrades refused with an HTTP status, by status (401, 403, 404, 429, 500, 502, 503, 504, other).",
                 "status",
             ),
+            connect_phases: {
+                let vec = reg.register(
+                    prometheus::HistogramVec::new(
+                        HistogramOpts::new(
+                            "wsfleet_connect_phase_seconds",
+                            "Handshake time by phase: dns, tcp (connect), tls, upgrade (HTTP); plain streams have no upgrade.",
+                        )
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                        &["phase"],
+                    )
+                    .expect("valid metric"),
+                );
+                Phase::ALL
+                    .iter()
+                    .map(|p| vec.with_label_values(&[p.as_str()]))
+                    .collect()
+            },
             generator_saturations: reg.counter(
                 "wsfleet_generator_saturations_total",
                 "Times the generator became saturated (its latency figures are suspect while it is).",
@@ -367,6 +385,11 @@ impl Metrics {
             metrics.connect_http_status.with_label_values(&[status]);
         }
         metrics
+    }
+
+    /// The histogram of one handshake phase.
+    pub fn connect_phase(&self, phase: Phase) -> &Histogram {
+        &self.connect_phases[phase as usize]
     }
 
     /// The counter of refused upgrades with HTTP `status` (common codes by name, the rest as
@@ -500,6 +523,28 @@ impl Registrar<'_> {
     fn histogram(&self, name: &str, help: &str) -> Histogram {
         let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+}
+
+/// A phase of the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Dns,
+    Tcp,
+    Tls,
+    Upgrade,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Dns, Phase::Tcp, Phase::Tls, Phase::Upgrade];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Dns => "dns",
+            Phase::Tcp => "tcp",
+            Phase::Tls => "tls",
+            Phase::Upgrade => "upgrade",
+        }
     }
 }
 

@@ -1,8 +1,6 @@
 //! Opening a user's connection: TCP connect, TLS, HTTP upgrade (timed together as the
 //! handshake), then the scenario's login steps. Every failure maps to a [`ConnectResult`].
 
-use std::sync::Arc;
-
 use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, SocketAddr};
 
@@ -14,44 +12,13 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
 use super::Context;
-use super::wire::{ConnectFailure, Socket, close, describe_close, io_failure};
+use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_failure};
 use super::{is_websocket, upgrade};
 use crate::clock;
 use crate::failures::truncate;
-use crate::metrics::{ConnectResult, Count, Latency};
+use crate::metrics::{ConnectResult, Count, Latency, Phase};
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
-
-/// A rustls client config with the webpki roots and `extra_roots`, when the target (or a URL
-/// template) may be wss or tls.
-pub fn tls_config(
-    target: &Url,
-    templated: bool,
-    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-) -> Option<Arc<rustls::ClientConfig>> {
-    if !matches!(target.scheme(), "wss" | "tls") && !templated {
-        return None;
-    }
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let (added, ignored) = roots.add_parsable_certificates(extra_roots);
-    if ignored > 0 {
-        tracing::warn!(
-            added,
-            ignored,
-            "some tls.ca_file certificates could not be used"
-        );
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Some(Arc::new(config))
-}
 
 /// Connects and logs this instance's user `local` in. The handshake time is recorded on
 /// success.
@@ -113,6 +80,7 @@ async fn handshake(
 ) -> Result<Socket, ConnectFailure> {
     let host = url.host_str().ok_or(ConnectResult::Dns)?;
     let port = url.port_or_known_default().ok_or(ConnectResult::Protocol)?;
+    let mut phase = Phases::start(ctx);
     let addr = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => tokio::net::lookup_host((host, port))
@@ -125,11 +93,16 @@ async fn handshake(
                 ConnectFailure::new(ConnectResult::Dns, format!("{host} resolves to no address"))
             })?,
     };
+    phase.done(Phase::Dns);
     let tcp = tcp_connect(addr, ctx.source_address()).await?;
+    phase.done(Phase::Tcp);
     // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
     tcp.set_nodelay(true)
         .map_err(|err| io_failure(&err, "setting TCP_NODELAY"))?;
-    let mut stream = upgrade::secure(tcp, url, ctx.tls.as_ref()).await?;
+    let mut stream = upgrade::secure(tcp, url, &ctx.tls).await?;
+    if matches!(stream, Stream::Tls(_)) {
+        phase.done(Phase::Tls);
+    }
     if !is_websocket(url) {
         let framing = ctx.scenario.framing.ok_or_else(|| {
             ConnectFailure::new(
@@ -149,6 +122,7 @@ async fn handshake(
         })
         .collect();
     let early_frames = upgrade::upgrade(&mut stream, url, &headers).await?;
+    phase.done(Phase::Upgrade);
     let ws = WebSocketStream::from_partially_read(
         stream,
         early_frames,
@@ -272,6 +246,32 @@ async fn reply(
         .map_err(|err| format!("sending a reply failed: {err}"))?;
     ctx.metrics.add(Count::Replies, 1);
     Ok(())
+}
+
+/// The phases of a handshake, timed one after the other into
+/// `wsfleet_connect_phase_seconds{phase}`.
+struct Phases<'a> {
+    ctx: &'a Context,
+    since: Instant,
+}
+
+impl<'a> Phases<'a> {
+    fn start(ctx: &'a Context) -> Phases<'a> {
+        Phases {
+            ctx,
+            since: Instant::now(),
+        }
+    }
+
+    /// `phase` just ended: record it, and start timing the next.
+    fn done(&mut self, phase: Phase) {
+        let now = Instant::now();
+        self.ctx
+            .metrics
+            .connect_phase(phase)
+            .observe(now.duration_since(self.since).as_secs_f64());
+        self.since = now;
+    }
 }
 
 /// TCP connect, from `source` if given (bound before connecting).

@@ -12,33 +12,35 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use url::Url;
 
+use super::tls::ClientTls;
 use super::wire::{ConnectFailure, Stream, io_failure};
 use crate::metrics::ConnectResult;
 
 /// Largest upgrade response accepted (headers included).
 const MAX_RESPONSE: usize = 16 * 1024;
 
-/// Wraps `tcp` in TLS for `host` when the URL is `wss://`.
-pub async fn secure(
-    tcp: TcpStream,
-    url: &Url,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Stream, ConnectFailure> {
+/// Wraps `tcp` in TLS when the URL is `wss://` or `tls://`, asking for the URL's host (or
+/// `tls.server_name`).
+pub async fn secure(tcp: TcpStream, url: &Url, tls: &ClientTls) -> Result<Stream, ConnectFailure> {
     if !matches!(url.scheme(), "wss" | "tls") {
         return Ok(Stream::Plain(tcp));
     }
-    let config = tls.ok_or(ConnectResult::Tls)?;
-    let host = url
-        .host_str()
-        .ok_or(ConnectResult::Dns)?
-        .trim_matches(['[', ']']);
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|err| {
-        ConnectFailure::new(
-            ConnectResult::Tls,
-            format!("`{host}` is no TLS server name: {err}"),
-        )
-    })?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+    let name = match &tls.server_name {
+        Some(name) => name.clone(),
+        None => {
+            let host = url
+                .host_str()
+                .ok_or(ConnectResult::Dns)?
+                .trim_matches(['[', ']']);
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|err| {
+                ConnectFailure::new(
+                    ConnectResult::Tls,
+                    format!("`{host}` is no TLS server name: {err}"),
+                )
+            })?
+        }
+    };
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
         .connect(name, tcp)
         .await
         .map_err(|err| ConnectFailure::new(ConnectResult::Tls, format!("TLS with {url}: {err}")))?;

@@ -8,7 +8,7 @@ mod faults;
 mod im;
 mod tls;
 
-pub use tls::server_config;
+pub use tls::{mutual_server_config, server_config};
 
 use std::sync::{Arc, Mutex};
 

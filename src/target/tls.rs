@@ -17,15 +17,45 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server config from PEM files: the certificate chain and its private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| format!("--tls-cert {}: {err}", cert.display()))?;
+    mutual_server_config(cert, key, None)
+}
+
+/// [`server_config`] that, with `client_ca`, requires every client to present a certificate
+/// signed by that CA (mutual TLS, `--tls-client-ca`).
+pub fn mutual_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let pem_certs = |path: &Path, flag: &str| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| format!("{flag} {}: {err}", path.display()))
+    };
+    let chain = pem_certs(cert, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|err| format!("--tls-key {}: {err}", key.display()))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|err| err.to_string())?
-        .with_no_client_auth()
+        .map_err(|err| err.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in pem_certs(path, "--tls-client-ca")? {
+                roots
+                    .add(ca)
+                    .map_err(|err| format!("--tls-client-ca {}: {err}", path.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|err| format!("--tls-client-ca {}: {err}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder
         .with_single_cert(chain, key)
         .map(Arc::new)
         .map_err(|err| format!("--tls-cert/--tls-key: {err}"))
