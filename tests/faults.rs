@@ -39,11 +39,7 @@ async fn refused_upgrades_are_counted_by_status_and_retry_after_is_honoured() {
             .faults(json!({"refuse": true, "refuse_status": status}))
             .await;
         // Closing every connection makes everyone try again, into the refusal.
-        http()
-            .post(format!("http://{}/admin/close-all", target.addr))
-            .send()
-            .await
-            .unwrap();
+        target.close_all().await;
         wait_for(&format!("HTTP {status} counted"), 30, || async {
             status_count(&scrape(api).await, &status.to_string()) >= 3.0
         })
@@ -342,11 +338,7 @@ async fn unacknowledged_messages_are_resent_after_a_reconnect() {
         scrape(api).await.get("wsfleet_messages_sent_total") >= sent_before + 100.0
     })
     .await;
-    http()
-        .post(format!("http://{}/admin/close-all", target.addr))
-        .send()
-        .await
-        .unwrap();
+    target.close_all().await;
     wait_for("messages resent", 30, || async {
         scrape(api).await.get("wsfleet_messages_resent_total") >= 100.0
     })

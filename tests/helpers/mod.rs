@@ -50,6 +50,15 @@ impl Target {
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     }
 
+    /// `POST /admin/close-all`: every open connection closed (1001).
+    pub async fn close_all(&self) {
+        http()
+            .post(format!("http://{}/admin/close-all", self.addr))
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
