@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_out: Option<PathBuf>,
+    /// Also write the run report, one self-contained HTML file (verdict, SLOs, summary, charts
+    /// of the whole run, profile, config), to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// `--duration`: a human duration of at most 30 days.

@@ -120,6 +120,15 @@ impl Daemon {
             }
             None => None,
         };
+        core.add(
+            "history sampler",
+            spawn_history(
+                Arc::clone(&metrics),
+                fleet.clone(),
+                Arc::clone(&health),
+                shutdown.clone(),
+            ),
+        );
         if !config.progress_interval.is_zero() {
             core.add(
                 "progress reporter",
@@ -138,6 +147,7 @@ impl Daemon {
             target: target.clone(),
             started,
             sla: config.sla.clone(),
+            config: Arc::new(crate::report::config_json(&config)),
             health,
             token: token.map(Into::into),
             reload: reloader,
@@ -381,4 +391,28 @@ mod tests {
         assert!(err.contains("`quitter` ended unexpectedly"), "{err}");
         assert_eq!(core.tasks.len(), 1, "the steady one is still held");
     }
+}
+
+/// Samples the run's history once a second (for the live page and the report) until
+/// `shutdown`.
+fn spawn_history(
+    metrics: Arc<Metrics>,
+    fleet: FleetHandle,
+    health: Arc<std::sync::Mutex<crate::health::Health>>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let health = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            metrics
+                .history
+                .sample(&metrics, fleet.local_users(), &health);
+        }
+    })
 }

@@ -463,6 +463,11 @@ impl Fleet {
             "load changed"
         );
         self.ctx.metrics.load_changes(origin.source).inc();
+        self.ctx.metrics.history.change(
+            origin.source.as_str(),
+            &origin.who,
+            current.load.describe_change(&next),
+        );
         self.publish(Desired {
             load: next.clone(),
             ..current
@@ -478,6 +483,11 @@ impl Fleet {
         }
         tracing::info!(source = origin.source.as_str(), who = %origin.who, paused, "pause changed");
         self.ctx.metrics.load_changes(origin.source).inc();
+        self.ctx.metrics.history.change(
+            origin.source.as_str(),
+            &origin.who,
+            if paused { "paused" } else { "resumed" }.into(),
+        );
         self.publish(Desired { paused, ..current });
         // A ramp-down resumes from now, without a burst for the time spent paused.
         self.last_close = Instant::now();

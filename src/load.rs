@@ -294,6 +294,50 @@ impl Load {
     }
 
     /// The load after `patch`, or the first broken rule; `self` is never modified.
+    /// What differs from this load in `next`, for a person: `users 10 -> 20, message_interval
+    /// 1s -> 500ms` (or `no change`).
+    pub fn describe_change(&self, next: &Load) -> String {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let fields = [
+            ("users", self.users.to_string(), next.users.to_string()),
+            (
+                "connect_rate",
+                self.connect_rate.to_string(),
+                next.connect_rate.to_string(),
+            ),
+            (
+                "message_interval",
+                d(self.message_interval),
+                d(next.message_interval),
+            ),
+            (
+                "payload_size",
+                self.payload_size.to_string(),
+                next.payload_size.to_string(),
+            ),
+            (
+                "heartbeat_interval",
+                d(self.heartbeat_interval),
+                d(next.heartbeat_interval),
+            ),
+            (
+                "room_size",
+                self.room_size.to_string(),
+                next.room_size.to_string(),
+            ),
+        ];
+        let changed: Vec<String> = fields
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(name, old, new)| format!("{name} {old} -> {new}"))
+            .collect();
+        if changed.is_empty() {
+            "no change".into()
+        } else {
+            changed.join(", ")
+        }
+    }
+
     pub fn apply(&self, patch: &LoadPatch) -> Result<Load, LoadError> {
         Load {
             users: patch.users.unwrap_or(self.users),

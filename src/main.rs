@@ -96,6 +96,7 @@ async fn run_daemon(
         .await
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
     let sla = config.sla.clone();
+    let config_json = wsfleet::report::config_json(&config);
     let daemon = Daemon::start(config, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
@@ -107,12 +108,16 @@ async fn run_daemon(
         // A core task failed: the daemon stopped by itself; wait() says why.
         _ = stopping.cancelled() => {}
     }
-    if stopping.is_cancelled() || (args.duration.is_none() && args.summary_out.is_none()) {
+    if stopping.is_cancelled()
+        || (args.duration.is_none() && args.summary_out.is_none() && args.report.is_none())
+    {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
     }
     let desired = daemon.fleet().local_users();
     let metrics = Arc::clone(daemon.metrics());
+    let profile = daemon.fleet().profile().await.unwrap_or(None);
+    let target = daemon.target().clone();
     let finished = daemon.finish().await?;
     let active = finished
         .drain
@@ -124,6 +129,12 @@ async fn run_daemon(
         let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;
         std::fs::write(path, json + "\n")
             .with_context(|| format!("cannot write --summary-out {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        let report =
+            wsfleet::report::Report::new(&summary, &metrics, profile, &sla, &target, config_json);
+        std::fs::write(path, report.render())
+            .with_context(|| format!("cannot write --report {}", path.display()))?;
     }
     for slo in summary.breaches() {
         eprintln!(

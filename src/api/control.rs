@@ -309,3 +309,34 @@ pub async fn histograms(State(state): State<ApiState>) -> Json<Histograms> {
         connect: m.connect_window.total_encoded(),
     })
 }
+
+#[utoipa::path(get, path = "/api/v1/history", tag = "status",
+    responses((status = 200, body = crate::history::Snapshot, description = "the last 15 minutes, one point a second, and the recent load changes"),
+        (status = 401, body = ErrorBody)))]
+pub async fn history(State(state): State<ApiState>) -> Json<crate::history::Snapshot> {
+    Json(state.metrics.history.recent())
+}
+
+#[utoipa::path(get, path = "/api/v1/report", tag = "status",
+    responses((status = 200, description = "the run so far as one self-contained HTML file", content_type = "text/html"),
+        (status = 401, body = ErrorBody)))]
+pub async fn report(
+    State(state): State<ApiState>,
+) -> Result<axum::response::Html<String>, ApiError> {
+    let summary = crate::summary::Summary::collect(
+        &state.metrics,
+        state.fleet.local_users(),
+        &state.sla,
+        state.started.elapsed(),
+        state.metrics.users_active.get(),
+    );
+    let report = crate::report::Report::new(
+        &summary,
+        &state.metrics,
+        state.fleet.profile().await?,
+        &state.sla,
+        &state.target,
+        (*state.config).clone(),
+    );
+    Ok(axum::response::Html(report.render()))
+}

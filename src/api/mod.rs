@@ -59,6 +59,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// Re-reads the config file; present when the daemon was started with one.
     pub reload: Option<Arc<crate::reload::Reloader>>,
+    /// The effective config, secrets masked, for reports.
+    pub config: Arc<serde_json::Value>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -78,6 +80,8 @@ pub fn router(state: ApiState) -> Router {
                 .delete(control::delete_profile),
         )
         .route("/api/v1/reload", post(control::reload))
+        .route("/api/v1/history", get(control::history))
+        .route("/api/v1/report", get(control::report))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
         .route_layer(timeout(REQUEST_TIMEOUT))
@@ -89,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route_layer(timeout(REQUEST_TIMEOUT))
@@ -244,6 +249,8 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         control::put_profile,
         control::delete_profile,
         control::reload,
+        control::history,
+        control::report,
         k6::get_status,
         k6::patch_status,
         debug::profile,
@@ -265,6 +272,11 @@ impl Modify for BearerAuth {
             );
         }
     }
+}
+
+/// The live page: static, self-contained; its calls to the API carry the token.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(crate::report::PAGE)
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

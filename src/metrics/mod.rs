@@ -142,6 +142,8 @@ pub struct Metrics {
     pub resent: IntCounter,
     pub generator_saturations: IntCounter,
     connect_phases: Vec<Histogram>,
+    /// One point a second for the live page and the report (sampled by the daemon).
+    pub history: crate::history::History,
     connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
@@ -285,6 +287,7 @@ impl Metrics {
                     .map(|p| vec.with_label_values(&[p.as_str()]))
                     .collect()
             },
+            history: crate::history::History::default(),
             generator_saturations: reg.counter(
                 "wsfleet_generator_saturations_total",
                 "Times the generator became saturated (its latency figures are suspect while it is).",

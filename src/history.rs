@@ -1,0 +1,294 @@
+//! What the live page and the report chart: one point a second of what users feel and what the
+//! generator does, kept in memory with a fixed size — the last 15 minutes at full resolution,
+//! and the whole run downsampled (every other point dropped whenever it fills, so a run of any
+//! length fits) — plus the recent load changes with who made them.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::metrics::{ConnectResult, Count, DisconnectReason, Metrics};
+
+/// Points of the live view: 15 minutes at one a second.
+pub const RECENT_POINTS: usize = 15 * 60;
+/// Points of the whole run, at most.
+pub const RUN_POINTS: usize = 720;
+/// Load changes remembered.
+const CHANGES: usize = 50;
+
+/// One second of the run (rates per second; latencies in seconds, of the status window).
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct Point {
+    /// Unix time, seconds.
+    pub t: f64,
+    pub users_desired: u32,
+    pub users_active: i64,
+    pub connects: f32,
+    pub connect_failures: f32,
+    pub sent: f32,
+    pub received: f32,
+    pub disconnects: f32,
+    pub rtt_p50: f32,
+    pub rtt_p99: f32,
+    pub rtt_p999: f32,
+    pub delivery_p50: f32,
+    pub delivery_p99: f32,
+    pub delivery_p999: f32,
+    pub lost: f32,
+    pub duplicated: f32,
+    pub reordered: f32,
+    /// Deliveries received / expected over this second (1 when none were expected).
+    pub reach: f32,
+    /// Worst event-loop lag of the last 5 s.
+    pub loop_lag: f32,
+    pub saturated: bool,
+}
+
+/// A change of the desired load, as the fleet applied it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Change {
+    /// Unix time, seconds.
+    pub t: f64,
+    /// `api`, `k6`, `reload`, `profile`, `capacity`.
+    pub source: String,
+    pub who: String,
+    /// What changed, for a person.
+    pub what: String,
+}
+
+/// The history of a run.
+#[derive(Debug, Default)]
+pub struct History(Mutex<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    recent: VecDeque<Point>,
+    run: Vec<Point>,
+    /// Seconds between two points of `run`; doubles when it fills.
+    run_step: u32,
+    /// Points seen since the last one kept in `run`.
+    since_kept: u32,
+    changes: VecDeque<Change>,
+    /// The counters at the previous point, for rates.
+    last: Option<Totals>,
+}
+
+/// Counter totals at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    at: std::time::Instant,
+    connects: u64,
+    failures: u64,
+    sent: u64,
+    received: u64,
+    disconnects: u64,
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    expected: u64,
+    delivered: u64,
+}
+
+impl Totals {
+    fn read(metrics: &Metrics) -> Totals {
+        let counts = metrics.message_counts();
+        Totals {
+            at: std::time::Instant::now(),
+            connects: metrics.connect_attempts(),
+            failures: ConnectResult::ALL
+                .iter()
+                .filter(|&&r| r != ConnectResult::Ok)
+                .map(|&r| metrics.connect_result(r).get())
+                .sum(),
+            sent: metrics.total(Count::Sent),
+            received: counts.received,
+            disconnects: DisconnectReason::ALL
+                .iter()
+                .map(|&r| metrics.disconnect(r).get())
+                .sum(),
+            lost: counts.lost,
+            duplicated: counts.duplicated,
+            reordered: counts.reordered,
+            expected: counts.deliveries_expected,
+            delivered: counts.deliveries_received,
+        }
+    }
+}
+
+/// A snapshot for `GET /api/v1/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Snapshot {
+    /// Seconds between points.
+    pub step: u32,
+    pub points: Vec<Point>,
+    /// The recent load changes, oldest first.
+    pub changes: Vec<Change>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl History {
+    /// Takes one point from the metrics and what the fleet and its health say now.
+    pub fn sample(&self, metrics: &Metrics, users_desired: u32, health: &crate::health::Health) {
+        let now = Totals::read(metrics);
+        let rtt = metrics.rtt_window.quantiles();
+        let delivery = metrics.delivery_window.quantiles();
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(last) = inner.last.replace(now) else {
+            return; // the first reading only starts the rates
+        };
+        let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        let rate = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs) as f32;
+        let expected = now.expected.saturating_sub(last.expected);
+        let point = Point {
+            t: unix_now(),
+            users_desired,
+            users_active: metrics.users_active.get(),
+            connects: rate(now.connects, last.connects),
+            connect_failures: rate(now.failures, last.failures),
+            sent: rate(now.sent, last.sent),
+            received: rate(now.received, last.received),
+            disconnects: rate(now.disconnects, last.disconnects),
+            rtt_p50: rtt.p50 as f32,
+            rtt_p99: rtt.p99 as f32,
+            rtt_p999: rtt.p999 as f32,
+            delivery_p50: delivery.p50 as f32,
+            delivery_p99: delivery.p99 as f32,
+            delivery_p999: delivery.p999 as f32,
+            lost: rate(now.lost, last.lost),
+            duplicated: rate(now.duplicated, last.duplicated),
+            reordered: rate(now.reordered, last.reordered),
+            reach: if expected == 0 {
+                1.0
+            } else {
+                (now.delivered.saturating_sub(last.delivered) as f64 / expected as f64) as f32
+            },
+            loop_lag: health.loop_lag_max_seconds as f32,
+            saturated: health.saturated,
+        };
+        inner.push(point);
+    }
+
+    /// Remembers a load change.
+    pub fn change(&self, source: &str, who: &str, what: String) {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.changes.len() == CHANGES {
+            inner.changes.pop_front();
+        }
+        inner.changes.push_back(Change {
+            t: unix_now(),
+            source: source.to_string(),
+            who: who.to_string(),
+            what,
+        });
+    }
+
+    /// The last 15 minutes, one point a second.
+    pub fn recent(&self) -> Snapshot {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            step: 1,
+            points: inner.recent.iter().copied().collect(),
+            changes: inner.changes.iter().cloned().collect(),
+        }
+    }
+
+    /// The whole run, downsampled to at most [`RUN_POINTS`].
+    pub fn run(&self) -> Snapshot {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            step: inner.run_step.max(1),
+            points: inner.run.clone(),
+            changes: inner.changes.iter().cloned().collect(),
+        }
+    }
+}
+
+impl Inner {
+    fn push(&mut self, point: Point) {
+        if self.recent.len() == RECENT_POINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(point);
+        self.run_step = self.run_step.max(1);
+        self.since_kept += 1;
+        if self.since_kept < self.run_step {
+            return;
+        }
+        self.since_kept = 0;
+        if self.run.len() == RUN_POINTS {
+            // Full: keep every other point, and one point per twice as many seconds from now.
+            let mut index = 0;
+            self.run.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+            self.run_step *= 2;
+        }
+        self.run.push(point);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_bounded_however_long_the_run() {
+        let mut inner = Inner::default();
+        for i in 0..100_000 {
+            inner.push(Point {
+                t: f64::from(i),
+                ..Point::default()
+            });
+        }
+        assert_eq!(inner.recent.len(), RECENT_POINTS);
+        assert!(inner.run.len() <= RUN_POINTS);
+        assert!(inner.run.len() > RUN_POINTS / 2, "{}", inner.run.len());
+        assert_eq!(inner.run[0].t, 0.0, "the run starts at its start");
+        let last = inner.run.last().map_or(0.0, |p| p.t);
+        assert!(last > 99_000.0, "and reaches its end: {last}");
+        let steps: Vec<f64> = inner.run.windows(2).map(|w| w[1].t - w[0].t).collect();
+        assert!(
+            steps.iter().all(|&s| s == f64::from(inner.run_step)),
+            "even spacing"
+        );
+    }
+
+    #[test]
+    fn a_point_is_small() {
+        // README "Live page and report" states the history's memory from this.
+        assert!(
+            std::mem::size_of::<Point>() <= 88,
+            "{}",
+            std::mem::size_of::<Point>()
+        );
+    }
+
+    #[test]
+    fn rates_come_from_counter_differences() {
+        let metrics = Metrics::new();
+        let history = History::default();
+        let health = crate::health::Health::default();
+        history.sample(&metrics, 10, &health);
+        metrics.add(Count::Sent, 50);
+        history.sample(&metrics, 10, &health);
+        let snapshot = history.recent();
+        assert_eq!(
+            snapshot.points.len(),
+            1,
+            "the first reading starts the rates"
+        );
+        assert!(snapshot.points[0].sent > 0.0);
+        history.change("api", "127.0.0.1", "users 10 -> 20".into());
+        assert_eq!(history.recent().changes[0].what, "users 10 -> 20");
+    }
+}

@@ -1,0 +1,73 @@
+//! The run report: one self-contained HTML file (the live page's, with the data embedded) that
+//! a person attaches to a release ticket — the verdict and each SLO, the summary table, the
+//! charts over the whole run (downsampled, see [`crate::history`]), the profile's stages, the
+//! load changes and the config used. Built from the same [`Summary`] as `--summary-out`, so
+//! the two never disagree. `GET /api/v1/report` any time; `wsfleet run --report FILE` at the
+//! end of a run.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::history::Snapshot;
+use crate::profile::ProfileStatus;
+use crate::summary::Summary;
+
+/// The page the report is rendered into (also the live page, `GET /`).
+pub const PAGE: &str = include_str!("api/page.html");
+const SLOT: &str = "__REPORT_DATA__";
+
+/// What a report shows.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// Unix time, seconds.
+    pub generated: f64,
+    pub target: String,
+    pub summary: &'a Summary,
+    pub history: Snapshot,
+    pub profile: Option<ProfileStatus>,
+    /// SLA thresholds by SLO name, for the charts' lines.
+    pub sla: BTreeMap<String, f64>,
+    /// The effective config, secrets masked.
+    pub config: serde_json::Value,
+}
+
+impl<'a> Report<'a> {
+    /// The report of `summary`, with the run's history from `metrics`.
+    pub fn new(
+        summary: &'a Summary,
+        metrics: &crate::metrics::Metrics,
+        profile: Option<ProfileStatus>,
+        sla: &crate::config::Sla,
+        target: &url::Url,
+        config: serde_json::Value,
+    ) -> Report<'a> {
+        Report {
+            generated: crate::history::unix_now(),
+            target: crate::failures::redact(target.as_str()).into_owned(),
+            summary,
+            history: metrics.history.run(),
+            profile,
+            sla: sla
+                .thresholds()
+                .into_iter()
+                .map(|(slo, v)| (slo.as_str().to_string(), v))
+                .collect(),
+            config,
+        }
+    }
+
+    /// The HTML file.
+    pub fn render(&self) -> String {
+        let json = serde_json::to_string(self)
+            .unwrap_or_else(|err| format!(r#"{{"error":"encoding the report failed: {err}"}}"#));
+        // Inside a <script> element nothing may close it.
+        PAGE.replacen(SLOT, &json.replace("</", "<\\/"), 1)
+    }
+}
+
+/// The config as JSON with secrets masked ([`crate::failures::redact`]).
+pub fn config_json(config: &crate::config::Config) -> serde_json::Value {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    serde_json::from_str(&crate::failures::redact(&text)).unwrap_or_default()
+}

@@ -1,0 +1,134 @@
+//! The live page and the report, driven in headless Chromium (`tests/browser/page.py`:
+//! Debian's chromium and chromium-driver through selenium, installed by the README's test
+//! command; without them this test says loudly that it skipped).
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::path::PathBuf;
+
+use helpers::*;
+
+const TOKEN: &str = "page-t0ken";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
+    if tool(
+        "chromedriver",
+        "Debian's chromium-driver (the README's test command installs it)",
+    )
+    .is_none()
+    {
+        return;
+    }
+    if !python.is_file() {
+        tool(
+            "no-such-program-venv",
+            "the .venv-test with selenium (scripts/test makes it)",
+        );
+        return;
+    }
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+
+    // A --duration run with its report, as a person would attach it.
+    let report = dir.path().join("run.html");
+    let run = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--users",
+            "5",
+            "--duration",
+            "4s",
+            "--target",
+        ])
+        .arg(target.ws_url())
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.len() < 200_000,
+        "the report is bounded: {} bytes",
+        html.len()
+    );
+
+    let daemon = start_daemon_from_file(
+        &dir.path().join("fleet.yaml"),
+        &format!(
+            "target: {}\nusers: 10\nconnect_rate: 200\nmessage_interval: 100ms\napi: {{token_file: token}}\n\
+             sla: {{p99_rtt: 500ms}}\n",
+            target.ws_url()
+        ),
+    )
+    .await;
+    let url = format!("http://{}/", daemon.addr());
+    let out = tokio::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/page.py"
+        ))
+        .args([&url, TOKEN])
+        .arg(&report)
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("seen: {seen}");
+    assert!(seen["prompt"].as_str().unwrap().contains("token"), "{seen}");
+    for chart in ["users", "rtt", "messages", "connects"] {
+        assert!(
+            seen["chart_points"][chart].as_u64().unwrap() >= 3,
+            "{chart}: {seen}"
+        );
+    }
+    assert_eq!(
+        seen["users_after"].as_f64(),
+        Some(seen["users_before"].as_f64().unwrap() + 5.0)
+    );
+    assert_eq!(seen["change_listed"], true, "{seen}");
+    assert_eq!(seen["sent_while_paused"].as_f64(), Some(0.0), "{seen}");
+    assert!(seen["screenshot"].as_u64().unwrap() > 10_000, "{seen}");
+    assert_eq!(seen["report_verdict"], "PASS", "{seen}");
+    assert!(
+        seen["report_chart_points"]["messages"].as_u64().unwrap() >= 2,
+        "{seen}"
+    );
+    assert!(
+        seen["report_text"]
+            .as_str()
+            .unwrap()
+            .contains("message rtt"),
+        "{seen}"
+    );
+    assert!(dir.path().join("page.png").is_file() && dir.path().join("report.png").is_file());
+    if let Some(keep) = std::env::var_os("WSFLEET_KEEP_SCREENSHOTS") {
+        for shot in ["page.png", "report.png"] {
+            std::fs::copy(dir.path().join(shot), PathBuf::from(&keep).join(shot)).unwrap();
+        }
+    }
+    daemon.shutdown().await.unwrap();
+}
