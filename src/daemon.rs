@@ -366,6 +366,30 @@ async fn start_embedded_target(
     Ok((url, tokio::spawn(target::serve(listener, shutdown))))
 }
 
+/// Samples the run's history once a second (for the live page and the report) until
+/// `shutdown`.
+fn spawn_history(
+    metrics: Arc<Metrics>,
+    fleet: FleetHandle,
+    health: Arc<std::sync::Mutex<crate::health::Health>>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let health = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            metrics
+                .history
+                .sample(&metrics, fleet.local_users(), &health);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,28 +415,4 @@ mod tests {
         assert!(err.contains("`quitter` ended unexpectedly"), "{err}");
         assert_eq!(core.tasks.len(), 1, "the steady one is still held");
     }
-}
-
-/// Samples the run's history once a second (for the live page and the report) until
-/// `shutdown`.
-fn spawn_history(
-    metrics: Arc<Metrics>,
-    fleet: FleetHandle,
-    health: Arc<std::sync::Mutex<crate::health::Health>>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(1));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let health = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            metrics
-                .history
-                .sample(&metrics, fleet.local_users(), &health);
-        }
-    })
 }
