@@ -43,6 +43,11 @@ pub struct RunArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_out: Option<PathBuf>,
+    /// Search the most load the server holds within the SLA (the config's `capacity:` and
+    /// `sla:`), then stop: the answer is in the summary, the exit code 0 (found), 3 (even the
+    /// first step broke the SLA) or 1 (the generator was the limit, or cancelled).
+    #[arg(long)]
+    pub find_capacity: bool,
     /// Also write the run report, one self-contained HTML file (verdict, SLOs, summary, charts
     /// of the whole run, profile, config), to this file.
     #[arg(long, value_name = "FILE")]

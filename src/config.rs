@@ -57,6 +57,9 @@ pub struct Config {
     /// and this long has passed (or the receiving session ended).
     #[serde(default = "default_loss_grace", with = "humantime_serde")]
     pub loss_grace: Duration,
+    /// A capacity search for `wsfleet run --find-capacity` (see [`crate::capacity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::capacity::CapacitySpec>,
     /// After a reconnect, send again (same id, same sequence) the messages the last connection
     /// left unacknowledged, as IM clients do; servers should deduplicate them, receivers count
     /// the duplicates they fail to remove. Counted in `wsfleet_messages_resent_total`.
@@ -693,6 +696,14 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let scenario = self.compile_scenario()?;
+        if let Some(capacity) = &self.capacity {
+            capacity
+                .validate(&self.sla)
+                .map_err(|problem| ConfigError::Invalid {
+                    field: "capacity",
+                    problem,
+                })?;
+        }
         if let Some(target) = &self.target {
             validate_target(target)?;
             self.check_stream_target(target, &scenario)?;

@@ -148,6 +148,7 @@ impl Daemon {
             started,
             sla: config.sla.clone(),
             config: Arc::new(crate::report::config_json(&config)),
+            searches: Arc::default(),
             health,
             token: token.map(Into::into),
             reload: reloader,

@@ -123,6 +123,11 @@ impl FleetHandle {
         self.desired.borrow().clone()
     }
 
+    /// The desired state, to watch for changes.
+    pub fn subscribe(&self) -> watch::Receiver<Desired> {
+        self.desired.clone()
+    }
+
     /// The caps every change is checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod codec;

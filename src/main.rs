@@ -97,19 +97,44 @@ async fn run_daemon(
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
     let sla = config.sla.clone();
     let config_json = wsfleet::report::config_json(&config);
+    let search = match (&config.capacity, args.find_capacity) {
+        (Some(spec), true) => Some(spec.clone()),
+        (None, true) => {
+            eprintln!("error: --find-capacity needs a `capacity:` section in the config");
+            return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        }
+        _ => None,
+    };
     let daemon = Daemon::start(config, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
+    let searching = search.map(|spec| {
+        wsfleet::capacity::run(
+            spec,
+            daemon.fleet().clone(),
+            Arc::clone(daemon.metrics()),
+            sla.clone(),
+            Default::default(),
+            signal.clone(),
+        )
+    });
+    let mut capacity = None;
     tokio::select! {
         _ = tokio::time::sleep(duration), if args.duration.is_some() => {
             tracing::info!("--duration reached");
+        }
+        outcome = async { searching.expect("checked").await }, if searching.is_some() => {
+            capacity = Some(outcome);
         }
         _ = signal.cancelled() => {}
         // A core task failed: the daemon stopped by itself; wait() says why.
         _ = stopping.cancelled() => {}
     }
     if stopping.is_cancelled()
-        || (args.duration.is_none() && args.summary_out.is_none() && args.report.is_none())
+        || (capacity.is_none()
+            && args.duration.is_none()
+            && args.summary_out.is_none()
+            && args.report.is_none())
     {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
@@ -123,7 +148,8 @@ async fn run_daemon(
         .drain
         .as_ref()
         .map_or_else(|| metrics.users_active.get(), |d| d.active);
-    let summary = Summary::collect(&metrics, desired, &sla, finished.run_time, active);
+    let mut summary = Summary::collect(&metrics, desired, &sla, finished.run_time, active);
+    summary.capacity = capacity;
     print!("{}", summary.render());
     if let Some(path) = &args.summary_out {
         let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;
@@ -141,6 +167,9 @@ async fn run_daemon(
             "SLA breached: {} observed {} against threshold {}",
             slo.slo, slo.observed, slo.threshold
         );
+    }
+    if let Some(outcome) = &summary.capacity {
+        return Ok(ExitCode::from(wsfleet::capacity::exit_code(outcome)));
     }
     Ok(if summary.passed {
         ExitCode::SUCCESS

@@ -28,6 +28,9 @@ pub struct Summary {
     /// run (its latency figures may be inflated). Absent when it never was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// The answer of a capacity search (`--find-capacity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::capacity::Outcome>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +155,7 @@ impl Summary {
             latency,
             error_rate,
             slos,
+            capacity: None,
             suspect: match metrics.generator_saturations.get() {
                 0 => None,
                 n => Some(format!(
@@ -229,6 +233,34 @@ impl Summary {
                 slo.threshold,
                 if slo.breached { "BREACHED" } else { "ok" }
             );
+        }
+        if let Some(c) = &self.capacity {
+            let _ = writeln!(
+                out,
+                "capacity     {} ({:?}): held {} · broke {} ({})",
+                c.state,
+                c.dimension,
+                c.held.map_or("-".into(), |v| v.to_string()),
+                c.broke.map_or("-".into(), |v| v.to_string()),
+                if c.broken_slos.is_empty() {
+                    "-".into()
+                } else {
+                    c.broken_slos.join(", ")
+                }
+            );
+            for step in &c.steps {
+                let _ = writeln!(
+                    out,
+                    "  step {:>10} {}  {}",
+                    step.value,
+                    if step.held { "held " } else { "BROKE" },
+                    step.observed
+                        .iter()
+                        .map(|(slo, v)| format!("{slo}={v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
         }
         if let Some(why) = &self.suspect {
             let _ = writeln!(out, "SUSPECT      {why}");

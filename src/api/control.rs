@@ -239,21 +239,70 @@ pub async fn get_profile(State(state): State<ApiState>) -> Result<Json<ProfileSt
 }
 
 /// Starts following a profile: `{"stages": [{"users": 1000, "duration": "15m"}, ...]}` or
-/// `{"ramp": {"from": 0, "to": 5000, "over": "10m"}}`. Replaces a running profile.
+/// `{"ramp": {"from": 0, "to": 5000, "over": "10m"}}`. Replaces a running profile. With
+/// `{"search": {...}}` (a `capacity:` section) it starts a capacity search instead, answered
+/// with 202 and followed at `GET /api/v1/capacity`.
 #[utoipa::path(put, path = "/api/v1/profile", tag = "profile", request_body = ProfileSpec,
-    responses((status = 200, body = ProfileStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = ProfileStatus), (status = 202, description = "a capacity search started", body = crate::capacity::Outcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "a capacity search is already running", body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, description = "bad shape, a stage out of range or over a cap", body = ErrorBody)))]
 pub async fn put_profile(
     State(state): State<ApiState>,
     caller: Caller,
-    spec: Result<Json<ProfileSpec>, JsonRejection>,
-) -> Result<Json<ProfileStatus>, ApiError> {
-    let Json(spec) = spec?;
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Json(body) = body?;
+    let invalid = |err: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err);
+    if let Some(search) = body.as_object().and_then(|o| o.get("search")) {
+        let spec: crate::capacity::CapacitySpec = serde_path_to_error::deserialize(search)
+            .map_err(|err| invalid(format!("search.{err}")))?;
+        spec.validate(&state.sla).map_err(invalid)?;
+        let outcome = state
+            .searches
+            .start(spec, &state.fleet, &state.metrics, &state.sla)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "a capacity search is already running; DELETE /api/v1/capacity cancels it",
+                )
+            })?;
+        return Ok((StatusCode::ACCEPTED, Json(outcome)).into_response());
+    }
+    let spec: ProfileSpec =
+        serde_path_to_error::deserialize(&body).map_err(|err| invalid(err.to_string()))?;
     let status = state
         .fleet
         .start_profile(spec, Origin::new(Source::Api, caller.0.0))
         .await?;
-    Ok(Json(status))
+    Ok(Json(status).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/capacity", tag = "profile",
+    responses((status = 200, body = crate::capacity::Outcome, description = "the running (or last) capacity search"),
+        (status = 401, body = ErrorBody), (status = 404, description = "no search has been started", body = ErrorBody)))]
+pub async fn get_capacity(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::capacity::Outcome>, ApiError> {
+    state
+        .searches
+        .outcome()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no capacity search has been started"))
+}
+
+#[utoipa::path(delete, path = "/api/v1/capacity", tag = "profile",
+    responses((status = 200, body = crate::capacity::Outcome, description = "the search, cancelled"),
+        (status = 401, body = ErrorBody), (status = 404, description = "no search is running", body = ErrorBody)))]
+pub async fn delete_capacity(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::capacity::Outcome>, ApiError> {
+    state
+        .searches
+        .cancel()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no capacity search is running"))
 }
 
 #[utoipa::path(delete, path = "/api/v1/profile", tag = "profile",
@@ -323,13 +372,14 @@ pub async fn history(State(state): State<ApiState>) -> Json<crate::history::Snap
 pub async fn report(
     State(state): State<ApiState>,
 ) -> Result<axum::response::Html<String>, ApiError> {
-    let summary = crate::summary::Summary::collect(
+    let mut summary = crate::summary::Summary::collect(
         &state.metrics,
         state.fleet.local_users(),
         &state.sla,
         state.started.elapsed(),
         state.metrics.users_active.get(),
     );
+    summary.capacity = state.searches.outcome();
     let report = crate::report::Report::new(
         &summary,
         &state.metrics,

@@ -61,6 +61,8 @@ pub struct ApiState {
     pub reload: Option<Arc<crate::reload::Reloader>>,
     /// The effective config, secrets masked, for reports.
     pub config: Arc<serde_json::Value>,
+    /// Capacity searches started through the API.
+    pub searches: Arc<crate::capacity::Searches>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -81,6 +83,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/reload", post(control::reload))
         .route("/api/v1/history", get(control::history))
+        .route(
+            "/api/v1/capacity",
+            get(control::get_capacity).delete(control::delete_capacity),
+        )
         .route("/api/v1/report", get(control::report))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
@@ -251,6 +257,8 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         control::reload,
         control::history,
         control::report,
+        control::get_capacity,
+        control::delete_capacity,
         k6::get_status,
         k6::patch_status,
         debug::profile,

@@ -115,6 +115,7 @@ label_enum! {
         K6 => "k6",
         Reload => "reload",
         Profile => "profile",
+        Capacity => "capacity",
     }
 }
 
@@ -144,6 +145,8 @@ pub struct Metrics {
     connect_phases: Vec<Histogram>,
     /// One point a second for the live page and the report (sampled by the daemon).
     pub history: crate::history::History,
+    /// Where a capacity search stands (`wsfleet_capacity_*`).
+    pub capacity: CapacityGauges,
     connect_http_status: IntCounterVec,
     pub login_duration: Histogram,
     pub delivery_latency: Histogram,
@@ -288,6 +291,28 @@ impl Metrics {
                     .collect()
             },
             history: crate::history::History::default(),
+            capacity: CapacityGauges {
+                running: reg.gauge(
+                    "wsfleet_capacity_search_running",
+                    "1 while a capacity search runs.",
+                ),
+                steps: reg.gauge(
+                    "wsfleet_capacity_steps",
+                    "Steps the capacity search has judged.",
+                ),
+                step_value: reg.float_gauge(
+                    "wsfleet_capacity_step_load",
+                    "The load of the capacity search's current (or last) step, in its dimension's unit.",
+                ),
+                held: reg.float_gauge(
+                    "wsfleet_capacity_held_load",
+                    "The highest load that held the SLA so far (0 before one did).",
+                ),
+                broke: reg.float_gauge(
+                    "wsfleet_capacity_broke_load",
+                    "The first load that broke the SLA (0 before one did).",
+                ),
+            },
             generator_saturations: reg.counter(
                 "wsfleet_generator_saturations_total",
                 "Times the generator became saturated (its latency figures are suspect while it is).",
@@ -517,6 +542,9 @@ impl Registrar<'_> {
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
         self.register(IntGauge::new(name, help).expect("valid metric"))
     }
+    fn float_gauge(&self, name: &str, help: &str) -> prometheus::Gauge {
+        self.register(prometheus::Gauge::new(name, help).expect("valid metric"))
+    }
     fn counter(&self, name: &str, help: &str) -> IntCounter {
         self.register(IntCounter::new(name, help).expect("valid metric"))
     }
@@ -527,6 +555,15 @@ impl Registrar<'_> {
         let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         self.register(Histogram::with_opts(opts).expect("valid metric"))
     }
+}
+
+/// The gauges of a capacity search.
+pub struct CapacityGauges {
+    pub running: IntGauge,
+    pub steps: IntGauge,
+    pub step_value: prometheus::Gauge,
+    pub held: prometheus::Gauge,
+    pub broke: prometheus::Gauge,
 }
 
 /// A phase of the handshake.
@@ -659,6 +696,20 @@ impl LatencyWindow {
     /// Quantiles of everything recorded since start.
     pub fn total(&self) -> Quantiles {
         quantiles_of(&self.lock_rotated().total)
+    }
+
+    /// Everything recorded since start, to compare with a later snapshot
+    /// ([`LatencyWindow::quantiles_since`]).
+    pub fn snapshot(&self) -> Hdr<u64> {
+        self.lock_rotated().total.clone()
+    }
+
+    /// Exact quantiles of what was recorded since `earlier` (a [`LatencyWindow::snapshot`]).
+    pub fn quantiles_since(&self, earlier: &Hdr<u64>) -> Quantiles {
+        let mut since = self.snapshot();
+        // `earlier` is a prefix of the same totals: subtracting cannot underflow a bucket.
+        let _ = since.subtract(earlier);
+        quantiles_of(&since)
     }
 
     /// Everything recorded since start (microseconds), HdrHistogram's V2 encoding in base64:

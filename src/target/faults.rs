@@ -25,6 +25,11 @@ pub struct Faults {
     /// A `Retry-After` (whole seconds) on refused upgrades.
     #[serde(with = "humantime_serde")]
     pub retry_after: Option<Duration>,
+    /// A server that slows down with load: every delivery waits `knee_delay` for each open
+    /// connection above `knee` (0 = off).
+    pub knee: u64,
+    #[serde(with = "humantime_serde")]
+    pub knee_delay: Duration,
     /// Until when every outgoing frame (acks, deliveries, pongs) is held back.
     #[serde(skip)]
     pub stall_until: Option<Instant>,
@@ -42,6 +47,9 @@ pub struct FaultsPatch {
     pub refuse_status: Option<u16>,
     #[serde(default, with = "humantime_serde")]
     pub retry_after: Option<Duration>,
+    pub knee: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub knee_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub stall: Option<Duration>,
 }
@@ -55,6 +63,8 @@ impl Default for Faults {
             refuse: false,
             refuse_status: 503,
             retry_after: None,
+            knee: 0,
+            knee_delay: Duration::ZERO,
             stall_until: None,
         }
     }
@@ -91,6 +101,12 @@ impl FaultSwitch {
         if let Some(status) = patch.refuse_status {
             faults.refuse_status = status;
         }
+        if let Some(knee) = patch.knee {
+            faults.knee = knee;
+        }
+        if let Some(delay) = patch.knee_delay {
+            faults.knee_delay = delay.min(Duration::from_secs(1));
+        }
         if let Some(wait) = patch.retry_after {
             faults.retry_after = (!wait.is_zero()).then_some(wait);
         }
@@ -112,8 +128,9 @@ impl FaultSwitch {
         Ok(faults.clone())
     }
 
-    /// How to treat one delivery: how many copies to send (0 = dropped) and when.
-    pub fn delivery(&self) -> (u8, Instant) {
+    /// How to treat one delivery with `connections` open: how many copies to send (0 =
+    /// dropped) and when.
+    pub fn delivery(&self, connections: i64) -> (u8, Instant) {
         let faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::rng();
         let copies = if faults.drop > 0.0 && rng.random::<f64>() < faults.drop {
@@ -123,7 +140,20 @@ impl FaultSwitch {
         } else {
             1
         };
-        (copies, Instant::now() + faults.delay)
+        let above = u64::try_from(connections)
+            .unwrap_or(0)
+            .saturating_sub(faults.knee);
+        let knee_delay = if faults.knee > 0 {
+            faults
+                .knee_delay
+                .saturating_mul(u32::try_from(above).unwrap_or(u32::MAX))
+        } else {
+            Duration::ZERO
+        };
+        (
+            copies,
+            Instant::now() + faults.delay + knee_delay.min(Duration::from_secs(60)),
+        )
     }
 
     /// The earliest time a frame due at `at` may leave (later if a stall is on).

@@ -296,7 +296,8 @@ impl Connection {
         let text = Utf8Bytes::from(Value::Object(frame).to_string());
         let metrics = &self.state.metrics;
         for outbox in self.state.rooms.others(room, self.id) {
-            let (copies, at) = self.state.faults.delivery();
+            let connections = self.state.metrics.connections.get();
+            let (copies, at) = self.state.faults.delivery(connections);
             match copies {
                 0 => metrics.dropped.inc(),
                 2 => metrics.duplicated.inc(),

@@ -1,0 +1,523 @@
+//! Capacity search: the most load the server holds within its SLA, found by the fleet itself.
+//!
+//! One dimension grows — users, the per-user message rate, or the connect rate — first
+//! geometrically from `start` by `factor`, then by bisection between the last step that held
+//! and the first that broke, until they are within `precision` (or `max` is reached). Each step
+//! is applied through the fleet (a load change from source `capacity`), given time to ramp and
+//! `settle`, then held for `hold` and judged by the config's SLA over that window only: p99
+//! round trip and delivery from exact HdrHistogram differences, the error rate from counter
+//! differences, the connected ratio at its end. A step during which the generator itself was
+//! saturated ends the search: then the generator is the limit, and no number is claimed
+//! about the server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::config::Sla;
+use crate::fleet::{FleetHandle, Origin};
+use crate::load::LoadPatch;
+use crate::metrics::{ConnectResult, Count, Metrics, Slo, Source};
+
+/// The dimension that grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Users connected.
+    #[default]
+    Users,
+    /// Messages per second each user sends.
+    MessageRate,
+    /// Connection attempts per second.
+    ConnectRate,
+}
+
+/// `capacity:` in the config, or `{"search": {...}}` for `PUT /api/v1/profile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySpec {
+    #[serde(default)]
+    pub dimension: Dimension,
+    /// The first step's value.
+    pub start: f64,
+    /// Geometric growth per step until one breaks (> 1; default 2).
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// The largest value tried (and never above `limits:`).
+    pub max: f64,
+    /// Stop when the first step that broke is within this fraction of the last that held
+    /// (default 0.05).
+    #[serde(default = "default_precision")]
+    pub precision: f64,
+    /// How long each step is judged.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    #[schema(value_type = String, example = "60s")]
+    pub hold: Duration,
+    /// Time after a step's load is reached before its judging window opens.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
+    pub settle: Duration,
+}
+
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_precision() -> f64 {
+    0.05
+}
+fn default_hold() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Most steps a search takes, whatever the spec.
+const MAX_STEPS: usize = 64;
+
+impl CapacitySpec {
+    /// Checks the spec against the SLA it will judge by; the error names the field.
+    pub fn validate(&self, sla: &Sla) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            (v.is_finite() && v > 0.0)
+                .then_some(())
+                .ok_or_else(|| format!("capacity.{name} must be a positive number, got {v}"))
+        };
+        positive("start", self.start)?;
+        positive("max", self.max)?;
+        if self.max < self.start {
+            return Err(format!(
+                "capacity.max ({}) is below capacity.start ({})",
+                self.max, self.start
+            ));
+        }
+        if !(self.factor > 1.0 && self.factor <= 100.0) {
+            return Err(format!(
+                "capacity.factor must be above 1 and at most 100, got {}",
+                self.factor
+            ));
+        }
+        if !(self.precision > 0.0 && self.precision < 1.0) {
+            return Err(format!(
+                "capacity.precision must be a fraction between 0 and 1, got {}",
+                self.precision
+            ));
+        }
+        for (name, value) in [("hold", self.hold), ("settle", self.settle)] {
+            crate::load::check_duration(
+                name,
+                value,
+                Duration::ZERO,
+                crate::load::MAX_TIMEOUT,
+                None,
+            )
+            .map_err(|err| format!("capacity.{name}: {}", err.problem))?;
+        }
+        if self.hold.is_zero() {
+            return Err("capacity.hold must be longer than 0s".into());
+        }
+        if sla.thresholds().is_empty() {
+            return Err(
+                "a capacity search judges steps by the SLA: give the config an `sla:` section"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The load patch that puts the fleet at `value` of the dimension.
+    fn patch(&self, value: f64) -> LoadPatch {
+        match self.dimension {
+            Dimension::Users => LoadPatch {
+                users: Some(value.round() as u32),
+                ..LoadPatch::default()
+            },
+            Dimension::MessageRate => LoadPatch {
+                message_interval: Some(Duration::from_secs_f64(1.0 / value)),
+                ..LoadPatch::default()
+            },
+            Dimension::ConnectRate => LoadPatch {
+                connect_rate: Some(value),
+                ..LoadPatch::default()
+            },
+        }
+    }
+
+    /// Values are whole users; rates keep three decimals.
+    fn round(&self, value: f64) -> f64 {
+        match self.dimension {
+            Dimension::Users => value.round().max(1.0),
+            _ => (value * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+/// One judged step: the load and what each SLO measured over its window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Step {
+    pub value: f64,
+    pub held: bool,
+    /// The SLOs it broke (names as in `wsfleet_sla_threshold{slo}`).
+    pub broke: Vec<String>,
+    /// Each SLO's value over the step's window.
+    pub observed: std::collections::BTreeMap<String, f64>,
+    pub generator_saturated: bool,
+}
+
+/// Where a search stands, or how it ended.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Outcome {
+    /// `running`, `found`, `broke_at_start` (even the first step broke), `reached_max`,
+    /// `generator_limit` (the generator saturated: no number about the server), `cancelled`.
+    pub state: String,
+    pub dimension: Dimension,
+    /// The highest load that held.
+    pub held: Option<f64>,
+    /// The first load that broke, and the SLOs it broke.
+    pub broke: Option<f64>,
+    pub broken_slos: Vec<String>,
+    /// Every step, in the order taken: the curve of each SLO against the load.
+    pub steps: Vec<Step>,
+}
+
+/// A search's shared view, for the API and the gauges.
+pub type Shared = Arc<Mutex<Outcome>>;
+
+/// Counter totals at the start of a judging window.
+struct Mark {
+    rtt: hdrhistogram::Histogram<u64>,
+    delivery: hdrhistogram::Histogram<u64>,
+    attempts: u64,
+    failed: u64,
+    sent: u64,
+    timeouts: u64,
+    lost: u64,
+    expected: u64,
+    saturations: u64,
+}
+
+impl Mark {
+    fn take(metrics: &Metrics) -> Mark {
+        let counts = metrics.message_counts();
+        Mark {
+            rtt: metrics.rtt_window.snapshot(),
+            delivery: metrics.delivery_window.snapshot(),
+            attempts: metrics.connect_attempts(),
+            failed: failed_connects(metrics),
+            sent: metrics.total(Count::Sent),
+            timeouts: counts.ack_timeouts,
+            lost: counts.lost,
+            expected: counts.deliveries_expected,
+            saturations: metrics.generator_saturations.get(),
+        }
+    }
+}
+
+/// Load changes made by anyone but the search.
+fn changes_by_others(metrics: &Metrics) -> u64 {
+    Source::ALL
+        .iter()
+        .filter(|&&s| s != Source::Capacity)
+        .map(|&s| metrics.load_changes(s).get())
+        .sum()
+}
+
+fn failed_connects(metrics: &Metrics) -> u64 {
+    ConnectResult::ALL
+        .iter()
+        .filter(|&&r| r != ConnectResult::Ok)
+        .map(|&r| metrics.connect_result(r).get())
+        .sum()
+}
+
+/// Runs a search to its end (or until `cancel`), sharing its progress in `shared`.
+pub async fn run(
+    spec: CapacitySpec,
+    fleet: FleetHandle,
+    metrics: Arc<Metrics>,
+    sla: Sla,
+    shared: Shared,
+    cancel: CancellationToken,
+) -> Outcome {
+    let update = |f: &dyn Fn(&mut Outcome)| {
+        let mut outcome = shared.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut outcome);
+        publish(&metrics, &outcome);
+    };
+    update(&|o| {
+        *o = Outcome {
+            state: "running".into(),
+            dimension: spec.dimension,
+            ..Outcome::default()
+        }
+    });
+    let (mut held, mut broke): (Option<f64>, Option<f64>) = (None, None);
+    let mut value = spec.round(spec.start);
+    let state = loop {
+        let taken = shared.lock().unwrap_or_else(|e| e.into_inner()).steps.len();
+        if taken >= MAX_STEPS {
+            break "found";
+        }
+        let step = tokio::select! {
+            _ = cancel.cancelled() => break "cancelled",
+            step = judge(&spec, value, &fleet, &metrics, &sla) => step,
+        };
+        let step = match step {
+            Ok(step) => step,
+            Err(err) => {
+                tracing::warn!(%err, "capacity search stopped: a step could not be applied");
+                break "cancelled";
+            }
+        };
+        tracing::info!(
+            value = step.value,
+            held = step.held,
+            broke = ?step.broke,
+            observed = ?step.observed,
+            "capacity step judged"
+        );
+        let saturated = step.generator_saturated;
+        let held_now = step.held;
+        update(&|o| o.steps.push(step.clone()));
+        if saturated {
+            break "generator_limit";
+        }
+        if held_now {
+            held = Some(value);
+        } else {
+            broke = Some(value);
+            update(&|o| {
+                o.broken_slos = o.steps.last().map(|s| s.broke.clone()).unwrap_or_default()
+            });
+        }
+        let next = match (held, broke) {
+            (None, Some(_)) => break "broke_at_start",
+            (Some(lo), None) if lo >= spec.max => break "reached_max",
+            (Some(lo), None) => spec.round((lo * spec.factor).min(spec.max)),
+            (Some(lo), Some(hi)) if (hi - lo) / lo <= spec.precision => break "found",
+            (Some(lo), Some(hi)) => spec.round((lo + hi) / 2.0),
+            (None, None) => unreachable!("a step was judged"),
+        };
+        if Some(next) == held || Some(next) == broke {
+            break "found"; // no value left between them at this resolution
+        }
+        value = next;
+    };
+    update(&|o| {
+        o.state = state.into();
+        o.held = held;
+        o.broke = broke;
+    });
+    let outcome = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    tracing::info!(state, held = ?held, broke = ?broke, slos = ?outcome.broken_slos, "capacity search ended");
+    outcome
+}
+
+/// Applies `value`, waits for the load to be reached and settle, holds, and judges.
+async fn judge(
+    spec: &CapacitySpec,
+    value: f64,
+    fleet: &FleetHandle,
+    metrics: &Metrics,
+    sla: &Sla,
+) -> Result<Step, String> {
+    let origin = Origin::new(Source::Capacity, format!("capacity search step {value}"));
+    fleet
+        .update(spec.patch(value), origin)
+        .await
+        .map_err(|err| err.to_string())?;
+    // Reach the step's users (bounded: a server that refuses them is judged as it is).
+    let desired = fleet.local_users();
+    let ramp = Duration::from_secs_f64(
+        f64::from(desired) / fleet.desired().load.connect_rate.max(1.0) * 2.0 + 10.0,
+    );
+    let reached = tokio::time::timeout(ramp, async {
+        while metrics.users_active.get() < i64::from(desired) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let _ = reached.await;
+    tokio::time::sleep(spec.settle).await; // the configured settle time
+    // A window during which anyone else changed the load — a pause included — judges nothing:
+    // it is taken again once the fleet runs (paused, it waits).
+    let (mark, now) = loop {
+        let mut desired = fleet.subscribe();
+        let _ = desired.wait_for(|d| !d.paused).await;
+        let others = changes_by_others(metrics);
+        let mark = Mark::take(metrics);
+        tokio::time::sleep(spec.hold).await; // the judging window
+        if changes_by_others(metrics) == others && !fleet.desired().paused {
+            break (mark, Mark::take(metrics));
+        }
+        tracing::info!(
+            value,
+            "capacity step judged again: the load changed during its window"
+        );
+    };
+    let rtt = metrics.rtt_window.quantiles_since(&mark.rtt);
+    let delivery = metrics.delivery_window.quantiles_since(&mark.delivery);
+    let errors =
+        (now.failed - mark.failed) + (now.timeouts - mark.timeouts) + (now.lost - mark.lost);
+    let base =
+        (now.attempts - mark.attempts) + (now.sent - mark.sent) + (now.expected - mark.expected);
+    let error_rate = if base == 0 {
+        0.0
+    } else {
+        errors as f64 / base as f64
+    };
+    let connected = if desired == 0 {
+        1.0
+    } else {
+        metrics.users_active.get() as f64 / f64::from(desired)
+    };
+    let mut observed = std::collections::BTreeMap::new();
+    let mut broke = Vec::new();
+    for (slo, threshold) in sla.thresholds() {
+        let value = match slo {
+            Slo::P99Rtt => rtt.p99,
+            Slo::P99Delivery => delivery.p99,
+            // Handshakes happen mostly in the ramp, before the window: judged there too.
+            Slo::P99Connect => metrics.connect_window.quantiles().p99,
+            Slo::ErrorRate => error_rate,
+            Slo::MinConnectedRatio => connected,
+        };
+        observed.insert(slo.as_str().to_string(), value);
+        if slo.breached(value, threshold) {
+            broke.push(slo.as_str().to_string());
+        }
+    }
+    let saturated = now.saturations > mark.saturations || metrics.generator_saturated.get() == 1;
+    Ok(Step {
+        value,
+        held: broke.is_empty() && !saturated,
+        broke,
+        observed,
+        generator_saturated: saturated,
+    })
+}
+
+/// The capacity search started through the API (`PUT /api/v1/profile {"search": ...}`): at
+/// most one runs; the last one's outcome stays to be read.
+#[derive(Debug, Default)]
+pub struct Searches(Mutex<Option<(Shared, CancellationToken)>>);
+
+impl Searches {
+    /// Starts a search, unless one runs (then `None`).
+    pub fn start(
+        &self,
+        spec: CapacitySpec,
+        fleet: &FleetHandle,
+        metrics: &Arc<Metrics>,
+        sla: &Sla,
+    ) -> Option<Outcome> {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((shared, _)) = current.as_ref()
+            && shared.lock().unwrap_or_else(|e| e.into_inner()).state == "running"
+        {
+            return None;
+        }
+        let shared: Shared = Arc::new(Mutex::new(Outcome {
+            state: "running".into(),
+            dimension: spec.dimension,
+            ..Outcome::default()
+        }));
+        let cancel = CancellationToken::new();
+        tokio::spawn(run(
+            spec,
+            fleet.clone(),
+            Arc::clone(metrics),
+            sla.clone(),
+            Arc::clone(&shared),
+            cancel.clone(),
+        ));
+        let outcome = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        *current = Some((shared, cancel));
+        Some(outcome)
+    }
+
+    /// The running or last search.
+    pub fn outcome(&self) -> Option<Outcome> {
+        let current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .map(|(shared, _)| shared.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Cancels the running search; its outcome, or `None` when none runs.
+    pub fn cancel(&self) -> Option<Outcome> {
+        let outcome = self.outcome().filter(|o| o.state == "running")?;
+        if let Some((_, cancel)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            cancel.cancel();
+        }
+        Some(outcome)
+    }
+}
+
+/// The `wsfleet_capacity_*` gauges from an outcome.
+fn publish(metrics: &Metrics, outcome: &Outcome) {
+    let g = &metrics.capacity;
+    g.running.set(i64::from(outcome.state == "running"));
+    g.steps.set(outcome.steps.len() as i64);
+    g.held.set(outcome.held.unwrap_or(0.0));
+    g.broke.set(outcome.broke.unwrap_or(0.0));
+    if let Some(step) = outcome.steps.last() {
+        g.step_value.set(step.value);
+    }
+}
+
+/// The exit code of `--find-capacity`: 0 when a capacity was found (or the maximum held), 3
+/// when even the first step broke the SLA, 1 when the generator was the limit or the search
+/// was cancelled.
+pub fn exit_code(outcome: &Outcome) -> u8 {
+    match outcome.state.as_str() {
+        "found" | "reached_max" => 0,
+        "broke_at_start" => 3,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> CapacitySpec {
+        serde_norway::from_str(yaml).expect("spec")
+    }
+
+    #[test]
+    fn specs_are_checked_against_the_sla() {
+        let sla: Sla = serde_norway::from_str("{p99_rtt: 100ms}").expect("sla");
+        spec("{start: 10, max: 1000}")
+            .validate(&sla)
+            .expect("valid");
+        for (yaml, says) in [
+            ("{start: 10, max: 5}", "below"),
+            ("{start: 10, max: 100, factor: 1}", "factor"),
+            ("{start: 10, max: 100, precision: 2}", "precision"),
+            ("{start: 0, max: 100}", "start"),
+            ("{start: 10, max: 100, hold: 0s}", "hold"),
+        ] {
+            let err = spec(yaml).validate(&sla).expect_err(yaml);
+            assert!(err.contains(says), "{yaml}: {err}");
+        }
+        let err = spec("{start: 10, max: 100}")
+            .validate(&Sla::default())
+            .expect_err("no sla");
+        assert!(err.contains("sla"), "{err}");
+    }
+
+    #[test]
+    fn steps_become_load_patches() {
+        let users = spec("{start: 10, max: 100}");
+        assert_eq!(users.patch(12.4).users, Some(12));
+        let rate = spec("{dimension: message_rate, start: 1, max: 100}");
+        assert_eq!(
+            rate.patch(4.0).message_interval,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(users.round(0.2), 1.0, "at least one user");
+    }
+}
