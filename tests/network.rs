@@ -1,8 +1,8 @@
 //! Network faults, in a network namespace the test creates (root, iproute2 and nftables;
-//! without them it says loudly that it skipped): 5% packet loss, a blackhole, half-open peers.
-//! The timeline runs inside the namespace (`tests/network/faults.py`); this asserts on what it
-//! observed. (Added delay and jitter need `tc netem`, which this machine's kernel lacks; the
-//! target's own `delay` fault covers added latency in `tests/im.rs`.)
+//! without them it says loudly that it skipped): added delay and jitter (a relay in the
+//! namespace: this machine's kernel has no `tc netem`), 5% packet loss, a blackhole, half-open
+//! peers. The timeline runs inside the namespace (`tests/network/faults.py`); this asserts on
+//! what it observed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +13,7 @@ use std::process::Command;
 use helpers::*;
 
 #[test]
-fn loss_blackholes_and_half_open_peers_are_survived() {
+fn delay_loss_blackholes_and_half_open_peers_are_survived() {
     if !root("a network namespace of its own")
         || tool("nft", "nftables (scripts/protocol-tools installs it)").is_none()
     {
@@ -59,6 +59,10 @@ fn loss_blackholes_and_half_open_peers_are_survived() {
             .as_f64()
             .unwrap_or_else(|| panic!("{key}: {seen}"))
     };
+    // Delay: 50 ms each way (+ up to 30 ms jitter) shows in the round trip: its median is at
+    // least 100 ms (bucket bounds) where it was a few milliseconds.
+    assert!(f("delayed_rtt_p50_ms") >= 100.0, "{seen}");
+    assert!(f("delayed_rtt_p99_ms") > f("clean_rtt_p99_ms"), "{seen}");
     // Loss: retransmits show in the p99 (TCP's minimum RTO is 200 ms), nobody drops, nothing lost.
     assert!(f("lossy_rtt_p99_ms") >= 200.0, "{seen}");
     assert!(f("lossy_rtt_p99_ms") > f("clean_rtt_p99_ms"), "{seen}");
