@@ -16,7 +16,9 @@
 //! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
 //! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
 //!   allocator's own figures and heap profile.
-//! - [`api`]: the HTTP control API and `/metrics`.
+//! - [`api`]: the HTTP control API, `/metrics` and the live page; [`history`] and [`report`]:
+//!   what the page and the run report show.
+//! - [`capacity`]: the search for the most load the server holds within its SLA.
 //! - [`daemon`]: wires the parts together and runs them until shutdown.
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
 //! - [`cli`]: command-line parsing, shared by `main` and the tests.
