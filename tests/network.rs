@@ -46,14 +46,7 @@ fn delay_loss_blackholes_and_half_open_peers_are_survived() {
         .arg(dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("observed: {seen}");
+    let seen = script_json(&out);
     let f = |key: &str| {
         seen[key]
             .as_f64()

@@ -90,14 +90,7 @@ async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
         .await
         .unwrap()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("seen: {seen}");
+    let seen = script_json(&out);
     assert!(seen["prompt"].as_str().unwrap().contains("token"), "{seen}");
     for chart in ["users", "rtt", "messages", "connects"] {
         assert!(

@@ -398,3 +398,16 @@ fn missing(what: &str) {
     );
     eprintln!("SKIPPED: this test needs {what}, which this machine lacks; CI runs it");
 }
+
+/// What a helper script printed as its one JSON object; panics with its output if it failed.
+pub fn script_json(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("the script saw: {seen}");
+    seen
+}
