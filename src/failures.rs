@@ -78,8 +78,9 @@ impl Failures {
         });
         entry.count += 1;
         entry.unlogged += 1;
+        // Kept as it came (bounded); secrets are masked when a person sees it, not per failure.
         entry.last.clear();
-        entry.last.push_str(&redact(truncate(detail, MAX_DETAIL)));
+        entry.last.push_str(truncate(detail, RAW_DETAIL));
         entry.last_at = SystemTime::now();
         if entry
             .logged_at
@@ -89,7 +90,7 @@ impl Failures {
         }
         entry.logged_at = Some(now);
         let (since_last, total) = (std::mem::take(&mut entry.unlogged), entry.count);
-        let last = entry.last.clone();
+        let last = shown(&entry.last);
         drop(entries);
         match failure {
             Failure::Connect(result) => tracing::warn!(
@@ -117,13 +118,22 @@ impl Failures {
                     failure.name(),
                     Sample {
                         count: entry.count,
-                        last: entry.last.clone(),
+                        last: shown(&entry.last),
                         last_at: humantime::format_rfc3339_seconds(entry.last_at).to_string(),
                     },
                 )
             })
             .collect()
     }
+}
+
+/// Raw detail kept per failure kind: enough that masking never sees a secret cut in half
+/// before the sample is cut to [`MAX_DETAIL`].
+const RAW_DETAIL: usize = 4 * MAX_DETAIL;
+
+/// A sample as a person sees it: secrets masked, then cut to [`MAX_DETAIL`].
+fn shown(raw: &str) -> String {
+    truncate(&redact(raw), MAX_DETAIL).to_string()
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -138,7 +148,7 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
             (r"([?&][^=&\s#]+=)[^&\s#\x22']+", "${1}***"),
             (r"(://[^:/@\s]+:)[^@\s]+@", "${1}***@"),
             (
-                r#"(?i)("[a-z0-9_-]*(?:token|password|passwd|secret|key|auth|credential)[a-z0-9_-]*"\s*:\s*")(?:[^"\\]|\\.)*""#,
+                r#"(?i)("[a-z0-9_-]*(?:token|password|passwd|secret|key|auth|credential)[a-z0-9_-]*"\s*:\s*")(?:[^"\\]|\\.)*"?"#,
                 "${1}***\"",
             ),
             (r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]+", "${1} ***"),
@@ -191,6 +201,10 @@ mod tests {
                 "Authorization: Bearer ***",
             ),
             ("nothing secret here", "nothing secret here"),
+            (
+                r#"cut short: {"token":"abc"#,
+                r#"cut short: {"token":"***""#,
+            ),
         ];
         for (text, masked) in cases {
             assert_eq!(redact(text), masked);

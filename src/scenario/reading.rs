@@ -45,6 +45,8 @@ enum AckRead {
 struct Rule<const N: usize> {
     test: Test,
     sources: [Source; N],
+    /// Whether a field comes from a regex capture (then a match costs a capture search).
+    reads_captures: bool,
 }
 
 /// A matcher, as a test of the walked fields (or of the raw text, for a regex).
@@ -266,7 +268,14 @@ impl<const N: usize> Rule<N> {
         for (source, reference) in sources.iter_mut().zip(refs) {
             *source = test.source(reference, fields)?;
         }
-        Ok(Rule { test, sources })
+        let reads_captures = sources
+            .iter()
+            .any(|s| matches!(s, Source::Capture(_) | Source::InCapture { .. }));
+        Ok(Rule {
+            test,
+            sources,
+            reads_captures,
+        })
     }
 
     /// The rule's fields if its test passes (each `None` when absent).
@@ -283,11 +292,7 @@ impl<const N: usize> Rule<N> {
                 })
             });
         };
-        let reads_captures = self
-            .sources
-            .iter()
-            .any(|s| matches!(s, Source::Capture(_) | Source::InCapture { .. }));
-        if !reads_captures {
+        if !self.reads_captures {
             return regex
                 .is_match(text)
                 .then(|| self.sources.map(|source| take_frame(source, frame)));

@@ -35,11 +35,11 @@ enum Transport {
     /// Each WebSocket message is a frame.
     WebSocket(WebSocketStream<Stream>),
     /// A framed byte stream carried in WebSocket messages (MQTT over WebSocket: a packet may
-    /// span messages, or share one): frames are cut again from the messages' bytes.
+    /// span messages, or share one): frames are cut again from the messages' bytes. The
+    /// cutting state is boxed so that plain WebSocket users, the common case, do not carry it.
     Recut {
         ws: WebSocketStream<Stream>,
-        codec: FrameCodec,
-        buffer: BytesMut,
+        cut: Box<(FrameCodec, BytesMut)>,
     },
     /// Plain TCP or TLS, cut into frames by the scenario's framing (`tcp://`, `tls://`).
     /// WebSocket control messages have no meaning here: pings are dropped, and a close
@@ -61,8 +61,7 @@ impl Socket {
             None => Transport::WebSocket(ws),
             Some(framing) => Transport::Recut {
                 ws,
-                codec: FrameCodec { framing, max },
-                buffer: BytesMut::new(),
+                cut: Box::new((FrameCodec { framing, max }, BytesMut::new())),
             },
         })
     }
@@ -98,7 +97,8 @@ impl futures_util::Stream for Socket {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().0 {
             Transport::WebSocket(ws) => ws.poll_next_unpin(cx),
-            Transport::Recut { ws, codec, buffer } => loop {
+            Transport::Recut { ws, cut } => loop {
+                let (codec, buffer) = &mut **cut;
                 match codec.framing.cut(buffer, codec.max) {
                     Ok(Some(frame)) => return Poll::Ready(Some(Ok(Message::Binary(frame)))),
                     Ok(None) => {}
