@@ -458,7 +458,10 @@ async fn a_target_restarted_under_five_thousand_users_gets_them_all_back() {
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await; // a measurement window, not a wait for an event
     let attempts = scrape(api).await.sum("wsfleet_connects_total") - before;
-    let allowed = rate * window.elapsed().as_secs_f64() * 1.1 + 10.0;
+    // Attempts are counted when they end, not when the pacer grants them: on a loaded machine
+    // some granted just before the window end inside it. A storm (5,000 users retrying every
+    // 50-500 ms without the pacer) would be several times the rate, far past this bound.
+    let allowed = rate * window.elapsed().as_secs_f64() * 1.25 + 10.0;
     assert!(
         attempts > 0.0 && attempts <= allowed,
         "{attempts} attempts in {:?}",
