@@ -26,6 +26,12 @@ pub fn since_micros(stamp: u64) -> Duration {
     Duration::from_micros(now_micros().saturating_sub(stamp))
 }
 
+/// Time from a timestamp taken with [`micros_at`] to `now`; `None` for a stamp after `now`,
+/// which this clock never gave (the frame carrying it is wrong).
+pub fn elapsed_to(stamp: u64, now: Instant) -> Option<Duration> {
+    micros_at(now).checked_sub(stamp).map(Duration::from_micros)
+}
+
 /// `at + span`, or, were that beyond what the clock can represent, the furthest instant it
 /// can (a century on): deadlines from any input never overflow.
 pub fn later<I>(at: I, span: Duration) -> I

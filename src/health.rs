@@ -1,6 +1,10 @@
 //! The generator watches itself: event-loop lag (from a tick task), file descriptors left, and
 //! from those whether its own numbers can still be trusted. When they cannot, it stops adding
 //! users, says why in the log and the status API, and sets `wsfleet_generator_saturated 1`.
+//!
+//! A user thread whose probe stops reporting is the worst lag of all (a task that never yields
+//! starves everything on its thread), not an absence of evidence: the judge notices the
+//! silence on its own clock.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,8 @@ const RECENT: usize = 50;
 const LATE_SHARE: f64 = 0.2;
 /// How often file descriptors are counted (a directory listing of up to 20k entries).
 const FD_EVERY: Duration = Duration::from_secs(2);
+/// A user thread whose probe has not reported for this long is stuck: saturated.
+const SILENT: Duration = Duration::from_secs(1);
 
 /// `self_health:` in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,8 +98,9 @@ pub fn spawn(
     let (saturated_tx, saturated_rx) = watch::channel(starved(fds_at_start).is_some());
     let health = Arc::new(Mutex::new(Health::default()));
     let (samples_tx, mut samples) = tokio::sync::mpsc::channel(1024);
-    for handle in runtimes.handles() {
+    for (thread, handle) in runtimes.handles().iter().enumerate() {
         handle.spawn(probe(
+            thread,
             samples_tx.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
@@ -103,13 +110,18 @@ pub fn spawn(
     let shared = Arc::clone(&health);
     let task = tokio::spawn(async move {
         let mut recent: VecDeque<Duration> = VecDeque::with_capacity(window);
+        let mut heard = vec![Instant::now(); window / RECENT];
         let mut fds = fds_at_start;
         let mut fd_count = tokio::time::interval(FD_EVERY);
+        let mut silence_check = tokio::time::interval(TICK);
+        silence_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = silence_check.tick() => {}
                 sample = samples.recv() => {
-                    let Some(lag) = sample else { return };
+                    let Some((thread, lag)) = sample else { return };
+                    heard[thread] = Instant::now();
                     // A tick `lag` late stands for the ticks that could not run meanwhile:
                     // they count as late too, so a starved generator, which ticks rarely,
                     // is judged by time, not by the few ticks it managed.
@@ -135,6 +147,13 @@ pub fn spawn(
                     humantime::format_duration(config.max_loop_lag)
                 )
             });
+            let silent_reason = silent_thread(&heard, Instant::now()).map(|(thread, for_)| {
+                format!(
+                    "user thread {thread} has not run its health probe for {:.1} s: a task there does not yield",
+                    for_.as_secs_f64()
+                )
+            });
+            let lag_reason = silent_reason.or(lag_reason);
             let (open, max) = fds.unwrap_or((0, u64::MAX));
             let available = max.saturating_sub(open);
             let reason = lag_reason.or_else(|| starved(fds));
@@ -174,7 +193,8 @@ pub fn spawn(
 /// Ticks every 100 ms on one user runtime, reports how late each tick ran, and flushes the
 /// thread's buffered measurements.
 async fn probe(
-    samples: tokio::sync::mpsc::Sender<Duration>,
+    thread: usize,
+    samples: tokio::sync::mpsc::Sender<(usize, Duration)>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -189,8 +209,19 @@ async fn probe(
         metrics.event_loop_lag.observe(lag.as_secs_f64());
         // This thread's users' buffered measurements: readers see them at most a tick late.
         metrics.flush_thread();
-        let _ = samples.try_send(lag);
+        let _ = samples.try_send((thread, lag));
     }
+}
+
+/// The user thread heard from least recently, if it has been silent for longer than
+/// [`SILENT`], and for how long.
+fn silent_thread(heard: &[Instant], now: Instant) -> Option<(usize, Duration)> {
+    heard
+        .iter()
+        .map(|at| now.saturating_duration_since(*at))
+        .enumerate()
+        .max_by_key(|&(_, silent)| silent)
+        .filter(|&(_, silent)| silent > SILENT)
 }
 
 /// How many probe ticks a tick that ran `lag` late stands for: itself, and each one that
@@ -222,6 +253,56 @@ mod tests {
         assert_eq!(ticks_covered(Duration::from_millis(3)), 1);
         assert_eq!(ticks_covered(Duration::from_millis(250)), 3);
         assert_eq!(ticks_covered(Duration::from_secs(2)), 21);
+    }
+
+    #[test]
+    fn a_thread_not_heard_from_for_a_second_is_silent() {
+        let now = Instant::now();
+        let heard = [now, now - Duration::from_millis(900)];
+        assert_eq!(silent_thread(&heard, now), None);
+        let heard = [now, now - Duration::from_millis(1500)];
+        assert_eq!(
+            silent_thread(&heard, now),
+            Some((1, Duration::from_millis(1500)))
+        );
+    }
+
+    /// A task that never yields freezes its user thread and its probe with it: before, the
+    /// judge heard nothing and kept saying healthy. The thread is held by a blocking wait the
+    /// test ends, so nothing here depends on how fast the machine is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_thread_that_stops_ticking_is_saturated() {
+        let runtimes = Runtimes::start(1).expect("a runtime");
+        let shutdown = CancellationToken::new();
+        let (mut saturated, health, task) = spawn(
+            HealthConfig::default(),
+            Arc::new(Metrics::new()),
+            &runtimes,
+            shutdown.clone(),
+        );
+        assert!(!*saturated.borrow());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        runtimes.handles()[0].spawn(async move {
+            let _ = held.recv_timeout(Duration::from_secs(60));
+        });
+        tokio::time::timeout(Duration::from_secs(30), saturated.wait_for(|s| *s))
+            .await
+            .expect("saturated within 30 s")
+            .expect("the judge runs");
+        let reason = health.lock().expect("lock").reason.clone();
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("user thread 0 has not run its health probe")),
+            "{reason:?}"
+        );
+        release.send(()).expect("the blocked task waits");
+        tokio::time::timeout(Duration::from_secs(30), saturated.wait_for(|s| !*s))
+            .await
+            .expect("healthy again within 30 s")
+            .expect("the judge runs");
+        shutdown.cancel();
+        task.await.expect("the judge ends");
     }
 
     #[test]

@@ -79,6 +79,21 @@ impl Slot {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// The last sequence number taken: no message of this user has a higher one.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
+    }
+
+    /// A slot that has issued `issued` sequences and sent the first `sent` of them.
+    #[cfg(test)]
+    pub fn at(sent: u64, issued: u64) -> Arc<Slot> {
+        Arc::new(Slot {
+            issued: AtomicU64::new(issued),
+            sent: AtomicU64::new(sent),
+            connected: AtomicBool::new(false),
+        })
+    }
+
     pub fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
     }
@@ -119,6 +134,20 @@ impl Roster {
         users
             .map(|user| slots.get(user as usize).map_or(0, |slot| slot.sent()))
             .collect()
+    }
+
+    /// The slots of `users`, created if new (a room's members, for its receivers' books).
+    pub fn slots(&self, users: std::ops::Range<u32>) -> Vec<Arc<Slot>> {
+        match users.end.checked_sub(1) {
+            Some(last) if !users.is_empty() => {
+                self.slot(last);
+                let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+                users
+                    .map(|user| Arc::clone(&slots[user as usize]))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 

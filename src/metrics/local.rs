@@ -31,10 +31,11 @@ pub enum Count {
     FramesUnmatched,
     Replies,
     Resent,
+    DeliveriesForeign,
 }
 
 impl Count {
-    pub const ALL: [Count; 14] = [
+    pub const ALL: [Count; 15] = [
         Count::Sent,
         Count::Received,
         Count::BytesSent,
@@ -49,6 +50,7 @@ impl Count {
         Count::FramesUnmatched,
         Count::Replies,
         Count::Resent,
+        Count::DeliveriesForeign,
     ];
 }
 

@@ -156,6 +156,7 @@ pub struct Metrics {
     pub messages_reordered: IntCounter,
     pub deliveries_expected: IntCounter,
     pub deliveries_received: IntCounter,
+    pub deliveries_foreign: IntCounter,
     pub rtt_window: LatencyWindow,
     pub connect_window: LatencyWindow,
     pub delivery_window: LatencyWindow,
@@ -262,7 +263,7 @@ impl Metrics {
             ),
             frames_invalid: reg.counter(
                 "wsfleet_frames_invalid_total",
-                "Server frames that matched an ack or delivery but lacked a readable id, sender, sequence or timestamp.",
+                "Server frames that matched an ack or delivery but lacked a readable id, sender, sequence or timestamp, or carried a sequence its sender never sent or a timestamp in the future.",
             ),
             frames_unmatched: reg.counter(
                 "wsfleet_frames_unmatched_total",
@@ -356,6 +357,10 @@ impl Metrics {
             deliveries_received: reg.counter(
                 "wsfleet_deliveries_received_total",
                 "Distinct room deliveries received.",
+            ),
+            deliveries_foreign: reg.counter(
+                "wsfleet_deliveries_foreign_total",
+                "Deliveries from senders that are not users of this process (real users in the room, another fleet): not tracked, not latency samples.",
             ),
             load_changes: Source::ALL
                 .iter()
@@ -460,6 +465,7 @@ impl Metrics {
             Count::FramesUnmatched => &self.frames_unmatched,
             Count::Replies => &self.replies,
             Count::Resent => &self.resent,
+            Count::DeliveriesForeign => &self.deliveries_foreign,
         }
     }
 
@@ -493,6 +499,7 @@ impl Metrics {
             reordered: self.messages_reordered.get(),
             deliveries_expected: self.deliveries_expected.get(),
             deliveries_received: self.deliveries_received.get(),
+            deliveries_foreign: self.deliveries_foreign.get(),
             frames_invalid: self.frames_invalid.get(),
             frames_unmatched: self.frames_unmatched.get(),
             replies: self.replies.get(),
@@ -602,6 +609,9 @@ pub struct MessageCounts {
     pub reordered: u64,
     pub deliveries_expected: u64,
     pub deliveries_received: u64,
+    /// Deliveries from senders that are not users of this process (real users sharing a
+    /// room, another fleet): counted, not tracked, not latency samples.
+    pub deliveries_foreign: u64,
     pub frames_invalid: u64,
     pub frames_unmatched: u64,
     pub replies: u64,

@@ -3,8 +3,14 @@
 //!
 //! The baseline: every sender lives in this process, so when a receiver joins its room it
 //! reads each member's last sent sequence ([`Tracker::expect_from`]); what they send after it
-//! is expected, what they sent before is not. A sender the receiver did not know of at its
-//! join (one added to the room later) is baselined by its first delivery instead.
+//! is expected, what they sent before is not. A member added to the room later is expected
+//! from when it was added.
+//!
+//! Nothing a server sends is believed beyond what this process knows: a delivery from a sender
+//! that is not a member (a real user sharing the room, another fleet on the same server) is
+//! foreign — counted, never tracked, so it costs no memory per sender; a sequence beyond the
+//! last one its sender issued is invalid, not a gap of billions of lost messages. Gaps are
+//! counted arithmetically, never walked one by one.
 //!
 //! After the baseline, a missing sequence is a *gap*; it counts as lost once a later sequence
 //! has arrived and the gap is older than the grace period, or when the receiving session ends.
@@ -16,9 +22,12 @@
 //! period later, or when the session ends, is lost too.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::roster::Slot;
 
 /// Sequences tracked behind the highest one; a gap that falls further behind is lost at once.
 const WINDOW: u64 = 128;
@@ -34,10 +43,24 @@ pub enum Delivery {
     Duplicate,
     /// From before this receiver's baseline: not tracked.
     Untracked,
+    /// From a sender that is not a member of this receiver's room in this process.
+    Foreign,
+    /// A sequence its sender never issued: the frame is wrong, not the books.
+    Invalid,
+}
+
+impl Delivery {
+    /// Whether this is the first arrival of a message this receiver expected: the only kind
+    /// whose latency is a sample (a duplicate's would count one message many times).
+    pub fn is_first_arrival(self) -> bool {
+        matches!(self, Delivery::New | Delivery::Reordered)
+    }
 }
 
 #[derive(Debug)]
 struct Sender {
+    /// The sender's public state: the last sequence it issued bounds what may arrive.
+    slot: Arc<Slot>,
     baseline: u64,
     /// The sender's last sent sequence, once the end of the run announced it (0 before).
     until: u64,
@@ -86,15 +109,17 @@ impl Tracker {
         }
     }
 
-    /// Expects from `sender` every sequence after `sent`, its last one when this receiver
-    /// joined. A sender already heard keeps its baseline.
-    pub fn expect_from(&mut self, sender: &str, sent: u64) {
+    /// Expects from `sender` (whose public state is `slot`) every sequence after the last one
+    /// it sent by now. A sender already known keeps its baseline.
+    pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>) {
         if self.senders.contains_key(sender) {
             return;
         }
+        let sent = slot.sent();
         self.senders.insert(
             sender.into(),
             Sender {
+                slot,
                 baseline: sent + 1,
                 until: 0,
                 highest: sent,
@@ -137,31 +162,24 @@ impl Tracker {
     /// Records one delivery of `seq` from `sender`.
     pub fn observe(&mut self, sender: &str, seq: u64, now: Instant) -> Delivery {
         let Some(track) = self.senders.get_mut(sender) else {
-            self.senders.insert(
-                sender.into(),
-                Sender {
-                    baseline: seq,
-                    until: 0,
-                    highest: seq,
-                    seen: 1,
-                    gaps: VecDeque::new(),
-                },
-            );
-            return Delivery::New;
+            return Delivery::Foreign;
         };
         if seq < track.baseline {
             return Delivery::Untracked;
         }
         if seq > track.highest {
-            let shift = seq - track.highest;
-            for missing in (track.highest + 1)..seq {
-                // Only sequences that stay inside the window can still arrive in time.
-                if seq - missing < WINDOW {
-                    track.gaps.push_back((missing, now));
-                } else {
-                    self.lost += 1;
-                }
+            // Read only for a new highest sequence: one relaxed load of the sender's slot.
+            if seq > track.slot.issued() {
+                return Delivery::Invalid;
             }
+            let shift = seq - track.highest;
+            // Of the sequences skipped, only those that stay inside the window can still
+            // arrive in time; the others are lost at once, counted without walking them.
+            let first_open = (seq + 1).saturating_sub(WINDOW).max(track.highest + 1);
+            self.lost += first_open - (track.highest + 1);
+            track
+                .gaps
+                .extend((first_open..seq).map(|missing| (missing, now)));
             track.seen = if shift >= 128 {
                 1
             } else {
@@ -232,6 +250,16 @@ mod tests {
     use super::*;
 
     const GRACE: Duration = Duration::from_secs(1);
+    /// What the test senders have issued: any sequence a test feeds is one they sent.
+    const ISSUED: u64 = 1 << 40;
+
+    /// A tracker expecting senders "a" and "b" from after `sent`.
+    fn tracker(sent: u64) -> Tracker {
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", Slot::at(sent, ISSUED));
+        t.expect_from("b", Slot::at(sent, ISSUED));
+        t
+    }
 
     fn feed(tracker: &mut Tracker, seqs: &[u64], now: Instant) -> Vec<Delivery> {
         seqs.iter().map(|&s| tracker.observe("a", s, now)).collect()
@@ -240,7 +268,7 @@ mod tests {
     #[test]
     fn in_order_deliveries_are_new_and_nothing_is_lost() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(4);
         assert!(
             feed(&mut t, &[5, 6, 7, 8], now)
                 .iter()
@@ -251,9 +279,9 @@ mod tests {
     }
 
     #[test]
-    fn a_late_joiner_expects_nothing_before_its_first_delivery() {
+    fn what_was_sent_before_the_join_is_not_expected() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(99);
         feed(&mut t, &[100, 101], now);
         assert_eq!(t.observe("a", 50, now), Delivery::Untracked);
         t.finish();
@@ -263,7 +291,7 @@ mod tests {
     #[test]
     fn a_gap_is_lost_only_after_the_grace_period() {
         let start = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 2, 4], start);
         t.expire(start + Duration::from_millis(999));
         assert_eq!(t.take_lost(), 0, "still within grace");
@@ -274,7 +302,7 @@ mod tests {
     #[test]
     fn a_gap_filled_in_time_is_reordered_not_lost() {
         let start = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 3], start);
         assert_eq!(t.observe("a", 2, start), Delivery::Reordered);
         t.expire(start + 10 * GRACE);
@@ -285,10 +313,11 @@ mod tests {
     #[test]
     fn duplicates_are_recognised_in_and_out_of_order() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 2, 3], now);
         assert_eq!(t.observe("a", 3, now), Delivery::Duplicate);
         assert_eq!(t.observe("a", 1, now), Delivery::Duplicate);
+        assert!(!Delivery::Duplicate.is_first_arrival());
         assert_eq!(
             t.observe("b", 3, now),
             Delivery::New,
@@ -299,7 +328,7 @@ mod tests {
     #[test]
     fn open_gaps_are_lost_when_the_session_ends() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 4], now);
         t.finish();
         assert_eq!(t.take_lost(), 2);
@@ -308,8 +337,7 @@ mod tests {
     #[test]
     fn messages_sent_after_the_join_are_expected_from_the_first() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
-        t.expect_from("a", 10);
+        let mut t = tracker(10);
         assert_eq!(t.observe("a", 10, now), Delivery::Untracked, "sent before");
         // 11 and 12 were dropped: the first delivery no longer hides them.
         assert_eq!(t.observe("a", 13, now), Delivery::New);
@@ -320,9 +348,7 @@ mod tests {
     #[test]
     fn a_dropped_last_message_is_lost_once_the_final_sequence_is_known() {
         let start = Instant::now();
-        let mut t = Tracker::new(GRACE);
-        t.expect_from("a", 0);
-        t.expect_from("b", 0);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 2], start);
         t.observe("b", 1, start);
         // Final sequences: a sent 4 (3 and 4 missing so far), b sent 1 (complete).
@@ -349,22 +375,21 @@ mod tests {
     #[test]
     fn a_session_that_ends_loses_its_missing_tail() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
-        t.expect_from("a", 5);
+        let mut t = tracker(5);
         t.expect_until("a", 8, now);
         t.expect_until("stranger", 8, now);
         t.finish();
         assert_eq!(
             t.take_lost(),
             3,
-            "6, 7, 8; a sender never baselined is not judged"
+            "6, 7, 8 of a; b sent nothing more; a stranger is not judged"
         );
     }
 
     #[test]
     fn gaps_pushed_out_of_the_window_are_lost_at_once() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = tracker(0);
         feed(&mut t, &[1, 3], now);
         t.observe("a", 3 + WINDOW, now);
         assert_eq!(t.take_lost(), 1, "seq 2 left the window");
@@ -373,5 +398,40 @@ mod tests {
         assert_eq!(t.take_lost(), (3 + WINDOW - 4) + (872 - 132 + 1));
         t.finish();
         assert_eq!(t.take_lost(), 999 - 873 + 1);
+    }
+
+    #[test]
+    fn a_sequence_its_sender_never_issued_is_invalid_and_costs_nothing() {
+        let now = Instant::now();
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", Slot::at(44, 44));
+        assert_eq!(t.observe("a", 40, now), Delivery::Untracked);
+        // One frame with a sequence of 2^63: before, a loop of 2^63 steps; now refused.
+        assert_eq!(t.observe("a", 1 << 63, now), Delivery::Invalid);
+        assert_eq!(t.observe("a", u64::MAX, now), Delivery::Invalid);
+        assert_eq!(t.observe("a", 45, now), Delivery::Invalid, "not issued yet");
+        t.finish();
+        assert_eq!(t.take_lost(), 0, "nothing it sent is missing");
+    }
+
+    #[test]
+    fn a_jump_of_billions_is_counted_at_once() {
+        let now = Instant::now();
+        let mut t = tracker(0);
+        assert_eq!(t.observe("a", 3_000_000_001, now), Delivery::New);
+        assert_eq!(t.take_lost(), 3_000_000_000 - (WINDOW - 1));
+        t.finish();
+        assert_eq!(t.take_lost(), WINDOW - 1);
+    }
+
+    #[test]
+    fn senders_that_are_not_members_are_foreign_and_not_kept() {
+        let now = Instant::now();
+        let mut t = tracker(0);
+        for i in 0..10_000 {
+            assert_eq!(t.observe(&format!("x{i}"), 1, now), Delivery::Foreign);
+        }
+        assert_eq!(t.senders.len(), 2, "only the members are tracked");
+        assert!(!Delivery::Foreign.is_first_arrival());
     }
 }

@@ -140,12 +140,13 @@ impl Conversation {
             0..0
         };
         let mut tracker = Tracker::new(ctx.loss_grace);
-        for (member, sent) in members.clone().zip(ctx.roster.sent(members.clone())) {
-            if member != user.id {
-                let id = ctx.scenario.user_id(ctx.global_id(member, share.room_size));
-                tracker.expect_from(&id, sent);
-            }
-        }
+        expect_members(
+            &ctx,
+            &mut tracker,
+            user.id,
+            members.clone(),
+            share.room_size,
+        );
         ctx.books.open();
         let mut talk = Conversation {
             timers: Timers::start(
@@ -200,6 +201,15 @@ impl Conversation {
             return Err(Ended::planned(DisconnectReason::RoomChange));
         }
         self.share = Share::of(&ctx, desired);
+        // More users: the last room may have grown. Its new members are expected from now.
+        if !self.members.is_empty() {
+            let room = room_range(self.local, self.share.local_users, room_size);
+            if room.end > self.members.end {
+                let added = self.members.end..room.end;
+                expect_members(&ctx, &mut self.tracker, self.local, added, room_size);
+                self.members.end = room.end;
+            }
+        }
         self.timers
             .set_message_interval(sending_interval(&ctx, desired));
         self.timers
@@ -494,20 +504,29 @@ impl Conversation {
         }
     }
 
+    /// A room delivery. Its timestamp is this process's clock, so one from the future is a
+    /// wrong frame; only a first arrival from a member is a latency sample.
     fn on_delivery(&mut self, sender: &str, seq: u64, ts: u64) {
         let metrics = &self.ctx.metrics;
         if sender == self.identity.user_id {
             return; // the server echoed our own message to us; not a delivery
         }
-        metrics.observe(Latency::Delivery, clock::since_micros(ts));
-        match self.tracker.observe(sender, seq, Instant::now()) {
-            Delivery::New => metrics.add(Count::DeliveriesReceived, 1),
-            Delivery::Reordered => {
-                metrics.add(Count::DeliveriesReceived, 1);
-                metrics.add(Count::Reordered, 1);
-            }
+        let now = Instant::now();
+        let Some(latency) = clock::elapsed_to(ts, now.into_std()) else {
+            metrics.add(Count::FramesInvalid, 1);
+            return;
+        };
+        let delivery = self.tracker.observe(sender, seq, now);
+        if delivery.is_first_arrival() {
+            metrics.observe(Latency::Delivery, latency);
+            metrics.add(Count::DeliveriesReceived, 1);
+        }
+        match delivery {
+            Delivery::Reordered => metrics.add(Count::Reordered, 1),
             Delivery::Duplicate => metrics.add(Count::Duplicated, 1),
-            Delivery::Untracked => {}
+            Delivery::Foreign => metrics.add(Count::DeliveriesForeign, 1),
+            Delivery::Invalid => metrics.add(Count::FramesInvalid, 1),
+            Delivery::New | Delivery::Untracked => {}
         }
         metrics.add(Count::Lost, self.tracker.take_lost());
     }
@@ -567,6 +586,23 @@ impl Conversation {
             self.ctx.books.close();
         }
         unacked
+    }
+}
+
+/// Expects in `tracker` the messages of the room members `members` (local ids) but `me`,
+/// from what each has sent by now.
+fn expect_members(
+    ctx: &Context,
+    tracker: &mut Tracker,
+    me: u32,
+    members: std::ops::Range<u32>,
+    room_size: u32,
+) {
+    for (member, slot) in members.clone().zip(ctx.roster.slots(members)) {
+        if member != me {
+            let id = ctx.scenario.user_id(ctx.global_id(member, room_size));
+            tracker.expect_from(&id, slot);
+        }
     }
 }
 
@@ -827,6 +863,50 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn deliver(talk: &mut Conversation, from: &str, seq: u64, ts: u64) {
+        let frame = format!(r#"{{"type":"deliver","from":"{from}","seq":{seq},"ts":{ts}}}"#);
+        talk.on_frame(&Message::text(frame)).expect("connected");
+    }
+
+    /// A hostile or shared server: copies of one delivery, sequences never sent, senders that
+    /// are not users of this process, timestamps from the future. Only the first arrival of a
+    /// member's message is a delivery and a latency sample; the rest is counted apart, and
+    /// nothing is lost that was not sent.
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_are_believed_only_as_far_as_this_process_knows() {
+        let (ctx, _desired, _user, mut talk) = conversation("users: 10", 0);
+        let member = ctx.roster.slot(1);
+        for _ in 0..3 {
+            member.mark_sent(member.next_seq());
+        }
+        let now = clock::micros_at(Instant::now().into_std());
+        for _ in 0..1000 {
+            deliver(&mut talk, "u1", 2, now);
+        }
+        deliver(&mut talk, "u1", 1 << 63, now);
+        deliver(&mut talk, "u1", 3, now + 5_000_000);
+        for i in 0..500 {
+            deliver(&mut talk, &format!("stranger{i}"), 7, now);
+        }
+        ctx.metrics.flush_thread();
+        assert_eq!(ctx.metrics.total(Count::DeliveriesReceived), 1);
+        assert_eq!(ctx.metrics.delivery_latency.get_sample_count(), 1);
+        assert_eq!(ctx.metrics.total(Count::Duplicated), 999);
+        assert_eq!(
+            ctx.metrics.total(Count::FramesInvalid),
+            2,
+            "2^63, the future"
+        );
+        assert_eq!(ctx.metrics.total(Count::DeliveriesForeign), 500);
+        // The end of a drain: u1's last sequence (3) is known, and never came.
+        talk.finish(true, DisconnectReason::ClientClose);
+        assert_eq!(
+            ctx.metrics.total(Count::Lost),
+            2,
+            "1 and 3 of u1 never came; nothing for the strangers or the invalid sequence"
+        );
     }
 
     #[tokio::test(start_paused = true)]
