@@ -170,6 +170,15 @@ pub struct ApiConfig {
     /// `/api` and `/v1` call needs `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Host names the API answers to besides IP addresses and `localhost` (`*`: any), e.g.
+    /// the name of a Service or an ingress; other names are refused, so a web page cannot
+    /// reach the API through a DNS name it controls. `/metrics` and `/healthz` answer any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://dash.example`) whose web pages may change the load; by default only
+    /// the daemon's own page may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// TLS settings for `wss://` and `tls://` targets.

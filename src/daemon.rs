@@ -152,6 +152,10 @@ impl Daemon {
             health,
             token: token.map(Into::into),
             reload: reloader,
+            allowed: api::Allowed {
+                hosts: config.api.allowed_hosts.clone(),
+                origins: config.api.allowed_origins.clone(),
+            },
         };
         tracing::info!(
             target = %crate::failures::redact(target.as_str()),

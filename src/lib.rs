@@ -17,7 +17,7 @@
 //! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
 //!   allocator's own figures and heap profile.
 //! - [`api`]: the HTTP control API, `/metrics` and the live page; [`history`] and [`report`]:
-//!   what the page and the run report show.
+//!   what the page and the run report show; [`output`]: the files a run writes, whole.
 //! - [`capacity`]: the search for the most load the server holds within its SLA.
 //! - [`daemon`]: wires the parts together and runs them until shutdown.
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
@@ -39,6 +39,7 @@ pub mod heap;
 pub mod history;
 pub mod load;
 pub mod metrics;
+pub mod output;
 pub mod pacer;
 pub mod profile;
 pub mod progress;

@@ -15,6 +15,7 @@ use wsfleet::cli::{Cli, Command, CtlArgs, FleetArgs, RunArgs, TargetArgs};
 use wsfleet::config::Config;
 use wsfleet::ctl::CtlError;
 use wsfleet::daemon::Daemon;
+use wsfleet::output::Output;
 use wsfleet::summary::Summary;
 use wsfleet::target;
 
@@ -63,8 +64,21 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match (cli.command, config) {
             (Command::Ctl(args), _) => Ok(run_ctl(&args).await),
-            (Command::Target(args), _) => run_target(args, signal_token()).await,
-            (Command::Run(args), Some(config)) => run_daemon(args, config, signal_token()).await,
+            (Command::Target(args), _) => {
+                run_target(
+                    args,
+                    signal_token(Some("the reference target has no config")),
+                )
+                .await
+            }
+            (Command::Run(args), Some(config)) => {
+                // With a file, SIGHUP is the reloader's; without one it must not kill us.
+                let hangup = config
+                    .source
+                    .is_none()
+                    .then_some("started without -c, there is no config file to reload");
+                run_daemon(args, config, signal_token(hangup)).await
+            }
             _ => unreachable!("run and check always resolve a config"),
         }
     });
@@ -77,11 +91,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// A token cancelled by the first SIGINT or SIGTERM.
-fn signal_token() -> CancellationToken {
+/// A token cancelled by the first SIGINT or SIGTERM. With `ignore_hangup` (why), SIGHUP is
+/// logged and ignored: its default action would end the process with no drain and no summary.
+fn signal_token(ignore_hangup: Option<&'static str>) -> CancellationToken {
     let shutdown = CancellationToken::new();
+    if let Some(why) = ignore_hangup {
+        ignore_hangups(why);
+    }
     tokio::spawn(watch_signals(shutdown.clone()));
     shutdown
+}
+
+/// Takes SIGHUP over (at once, so no later moment of start-up dies of it) and logs each one.
+fn ignore_hangups(why: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received and ignored: {why}");
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot install a SIGHUP handler; SIGHUP will end the process")
+        }
+    }
 }
 
 /// Runs the daemon until a signal or the end of `--duration`. For a verdict (`--duration` or
@@ -105,6 +140,21 @@ async fn run_daemon(
         }
         _ => None,
     };
+    let outputs = [
+        args.summary_out
+            .as_deref()
+            .map(|path| Output::new("--summary-out", path)),
+        args.report
+            .as_deref()
+            .map(|path| Output::new("--report", path)),
+    ];
+    for output in outputs.iter().flatten() {
+        if let Err(err) = output.check() {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        }
+    }
+    let [summary_out, report_out] = outputs;
     let daemon = Daemon::start(config, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
@@ -133,8 +183,8 @@ async fn run_daemon(
     if stopping.is_cancelled()
         || (capacity.is_none()
             && args.duration.is_none()
-            && args.summary_out.is_none()
-            && args.report.is_none())
+            && summary_out.is_none()
+            && report_out.is_none())
     {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
@@ -151,22 +201,31 @@ async fn run_daemon(
     let mut summary = Summary::collect(&metrics, desired, &sla, finished.run_time, active);
     summary.capacity = capacity;
     print!("{}", summary.render());
-    if let Some(path) = &args.summary_out {
+    // Each output is written whatever became of the other.
+    let mut unwritten = false;
+    if let Some(output) = &summary_out {
         let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write --summary-out {}", path.display()))?;
+        if let Err(err) = output.write((json + "\n").as_bytes()) {
+            eprintln!("error: {err}");
+            unwritten = true;
+        }
     }
-    if let Some(path) = &args.report {
+    if let Some(output) = &report_out {
         let report =
             wsfleet::report::Report::new(&summary, &metrics, profile, &sla, &target, config_json);
-        std::fs::write(path, report.render())
-            .with_context(|| format!("cannot write --report {}", path.display()))?;
+        if let Err(err) = output.write(report.render().as_bytes()) {
+            eprintln!("error: {err}");
+            unwritten = true;
+        }
     }
     for slo in summary.breaches() {
         eprintln!(
             "SLA breached: {} observed {} against threshold {}",
             slo.slo, slo.observed, slo.threshold
         );
+    }
+    if unwritten {
+        return Ok(ExitCode::FAILURE);
     }
     if let Some(outcome) = &summary.capacity {
         return Ok(ExitCode::from(wsfleet::capacity::exit_code(outcome)));

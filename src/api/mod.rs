@@ -6,6 +6,7 @@
 
 mod control;
 mod debug;
+mod guard;
 mod k6;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::reload::ReloadError;
 
 pub use control::Status;
+pub use guard::Allowed;
 
 /// Largest request body accepted: load patches and profiles are a few kilobytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -63,6 +65,8 @@ pub struct ApiState {
     pub config: Arc<serde_json::Value>,
     /// Capacity searches started through the API.
     pub searches: Arc<crate::capacity::Searches>,
+    /// Host names and origins accepted besides the daemon's own ([`guard`]).
+    pub allowed: Allowed,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -98,6 +102,7 @@ pub fn router(state: ApiState) -> Router {
             get(debug::profile).layer(timeout(PROFILE_TIMEOUT)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let guarding = middleware::from_fn_with_state(state.clone(), guard::guard);
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
@@ -107,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(middleware::from_fn(identify))
+        .layer(guarding)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
 }

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod raw;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsfleet::config::Config;
@@ -286,8 +288,13 @@ impl DaemonProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("listening on http://").nth(1)
-                    && let (Some(tx), Ok(addr)) =
-                        (addr_tx.take(), addr.trim().parse::<SocketAddr>())
+                    && let (Some(tx), Ok(addr)) = (
+                        addr_tx.take(),
+                        addr.split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .parse::<SocketAddr>(),
+                    )
                 {
                     let _ = tx.send(addr);
                 }

@@ -1,0 +1,285 @@
+//! Hostile servers and careless callers: what a frame, a request, a signal or a file can do to
+//! the daemon, each case one that froze, bloated or fooled it before (README "What wsfleet
+//! survives", hostile servers and callers). Servers misbehaving on purpose are written here
+//! with raw frames (`helpers::raw`).
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use helpers::raw::{self, read_frame};
+use helpers::*;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the hostile server answers to each message a user sends.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// A delivery "from" the other member of the room with sequence 2^63.
+    ImpossibleSequence,
+    /// Deliveries from 50 senders never seen before.
+    Strangers,
+}
+
+/// Two users in one room, sending every 20 ms; deliveries are tracked.
+const ROOM_OF_TWO: &str = r#"
+users: 2
+connect_rate: 100
+message_interval: 20ms
+heartbeat: {interval: 0s}
+drain_timeout: 2s
+scenario:
+  message:
+    send: '{"type":"msg","id":"{{msg_id}}","seq":{{seq}},"ts":{{ts}}}'
+    delivery: {match: {pointer: /type, equals: deliver}, sender: /from, seq: /seq, ts: /ts}
+  room_size: 2
+"#;
+
+async fn hostile_server(answer: Answer) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut strangers = 0u64;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let base = strangers;
+            strangers += 1_000_000;
+            tokio::spawn(async move {
+                if raw::accept_upgrade(&mut tcp).await.is_some() {
+                    answer_messages(&mut tcp, answer, base).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn answer_messages(tcp: &mut TcpStream, answer: Answer, mut stranger: u64) {
+    while let Some((opcode, payload)) = read_frame(tcp).await {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+            if opcode == 8 {
+                return;
+            }
+            continue;
+        };
+        let (Some(id), Some(ts)) = (msg["id"].as_str(), msg["ts"].as_u64()) else {
+            continue;
+        };
+        let other = if id.starts_with("u0-") { "u1" } else { "u0" };
+        let frames: Vec<String> = match answer {
+            Answer::ImpossibleSequence => vec![format!(
+                r#"{{"type":"deliver","from":"{other}","seq":9223372036854775808,"ts":{ts}}}"#
+            )],
+            Answer::Strangers => (0..50)
+                .map(|_| {
+                    stranger += 1;
+                    format!(r#"{{"type":"deliver","from":"x{stranger}","seq":1,"ts":{ts}}}"#)
+                })
+                .collect(),
+        };
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| raw::text(f)).collect();
+        if tcp.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn at(server: SocketAddr) -> String {
+    format!("target: ws://{server}/ws\n{ROOM_OF_TWO}")
+}
+
+/// One delivery with sequence 2^63 from a room member: before, `Tracker::observe` looped once
+/// per missing sequence and froze its user thread for good (drain and shutdown waited on it
+/// forever). Now the sequence is beyond what the sender issued: invalid, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_sequence_is_invalid_and_freezes_nothing() {
+    let server = hostile_server(Answer::ImpossibleSequence).await;
+    let daemon = start_daemon(&at(server)).await;
+    let api = daemon.addr();
+    wait_for("invalid deliveries counted", 30, || async {
+        scrape(api).await.get("wsfleet_frames_invalid_total") >= 20.0
+    })
+    .await;
+    let scrape = scrape(api).await;
+    assert_eq!(scrape.get("wsfleet_messages_lost_total"), 0.0);
+    assert_eq!(scrape.get("wsfleet_deliveries_received_total"), 0.0);
+    assert_eq!(scrape.get("wsfleet_generator_saturated"), 0.0);
+    tokio::time::timeout(Duration::from_secs(30), daemon.finish())
+        .await
+        .expect("the drain and shutdown end: no user thread is stuck")
+        .unwrap();
+}
+
+/// Deliveries "from" ever new names (a server whose rooms also hold real users, or one that
+/// means harm): before, each name got a tracker entry for the session's life (2 users went
+/// from 43 MB to 505 MB in 8 s) and counted as a delivery with a latency. Now they are foreign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_from_strangers_are_foreign_not_tracked() {
+    let server = hostile_server(Answer::Strangers).await;
+    let daemon = start_daemon(&at(server)).await;
+    let api = daemon.addr();
+    wait_for("5,000 foreign deliveries", 30, || async {
+        scrape(api).await.get("wsfleet_deliveries_foreign_total") >= 5000.0
+    })
+    .await;
+    let scrape = scrape(api).await;
+    assert_eq!(scrape.get("wsfleet_deliveries_received_total"), 0.0);
+    assert_eq!(scrape.get("wsfleet_delivery_latency_seconds_count"), 0.0);
+    assert_eq!(
+        status(api).await["messages"]["deliveries_foreign"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .min(1.0),
+        1.0
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// `kill -HUP`: before, a daemon started without `-c` died of it (rc 129, no drain, no
+/// summary), and so did `wsfleet target`. Now it is logged and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_a_config_file_is_logged_and_ignored() {
+    for args in [
+        vec!["run", "--listen", "127.0.0.1:0", "--users", "2"],
+        vec!["target", "--listen", "127.0.0.1:0"],
+    ] {
+        let mut process = DaemonProcess::start(&args).await;
+        std::process::Command::new("kill")
+            .args(["-HUP", &process.pid().to_string()])
+            .status()
+            .unwrap();
+        process.wait_log(&["SIGHUP received and ignored"], 20).await;
+        let health = http()
+            .get(format!("http://{}/healthz", process.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{args:?} still serves");
+        assert_eq!(process.stop(), Some(0), "{args:?} ends cleanly on SIGTERM");
+    }
+}
+
+/// A page on another origin, or one reached through a DNS name of the attacker's, cannot steer
+/// the fleet: before, `POST /api/v1/pause` with `text/plain` from anywhere paused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_and_rebound_requests_change_nothing() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!("target: {}\nusers: 1\n", target.ws_url())).await;
+    let api = daemon.addr();
+    let pause = format!("http://{api}/api/v1/pause");
+    let simple = http()
+        .post(&pause)
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(simple.status(), 415, "a form-like body is refused");
+    let foreign = http()
+        .post(&pause)
+        .header("origin", "http://127.0.0.2:8000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert!(
+        foreign
+            .text()
+            .await
+            .unwrap()
+            .contains("api.allowed_origins")
+    );
+    let rebound = http()
+        .get(format!("http://{api}/api/v1/status"))
+        .header("host", format!("attacker.example:{}", api.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(
+        status(api).await["paused"],
+        json!(false),
+        "nothing paused it"
+    );
+    // Scrapers call /metrics by service name; tools and the page call as before.
+    let scraped = http()
+        .get(format!("http://{api}/metrics"))
+        .header("host", "wsfleet:9750")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    let own = http()
+        .post(&pause)
+        .header("origin", format!("http://{api}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "the daemon's own page may");
+    let page = http().get(format!("http://{api}/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    daemon.shutdown().await.unwrap();
+}
+
+/// A caller's User-Agent goes into the change log the report embeds; `<!--<script>` in it
+/// blanked the report before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_user_agent_cannot_break_the_report() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!("target: {}\nusers: 1\n", target.ws_url())).await;
+    let api = daemon.addr();
+    let changed = http()
+        .patch(format!("http://{api}/api/v1/load"))
+        .header("user-agent", "<!--<script>")
+        .json(&json!({"users": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    wait_for("the change in the history", 20, || async {
+        let report = http()
+            .get(format!("http://{api}/api/v1/report"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!report.contains("<!--<script>"), "the agent is escaped");
+        report.contains(r"\u003c!--\u003cscript\u003e")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}
+
+/// An output path that cannot be written is found before the run, not after it.
+#[tokio::test]
+async fn an_unwritable_output_fails_before_the_run() {
+    let run = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "1h",
+            "--summary-out",
+            "/nonexistent-dir/summary.json",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("refused at once, not after the hour")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--summary-out") && stderr.contains("/nonexistent-dir/summary.json"),
+        "{stderr}"
+    );
+}
