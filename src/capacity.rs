@@ -88,6 +88,16 @@ impl CapacitySpec {
         };
         positive("start", self.start)?;
         positive("max", self.max)?;
+        // Every value tried must be a load the fleet can be set to, after rounding.
+        let (least, most) = self.dimension.bounds();
+        for (name, value) in [("start", self.start), ("max", self.max)] {
+            if !(least..=most).contains(&self.round(value)) {
+                return Err(format!(
+                    "capacity.{name} must be between {least} and {most} {}, got {value}",
+                    self.dimension.unit()
+                ));
+            }
+        }
         if self.max < self.start {
             return Err(format!(
                 "capacity.max ({}) is below capacity.start ({})",
@@ -128,22 +138,33 @@ impl CapacitySpec {
         Ok(())
     }
 
-    /// The load patch that puts the fleet at `value` of the dimension.
-    fn patch(&self, value: f64) -> LoadPatch {
-        match self.dimension {
+    /// The load patch that puts the fleet at `value` of the dimension; a value that maps to
+    /// no valid load is an error, never a panic (the fleet checks the patch again).
+    fn patch(&self, value: f64) -> Result<LoadPatch, String> {
+        let (least, most) = self.dimension.bounds();
+        if !(least..=most).contains(&value) {
+            return Err(format!(
+                "step {value} is outside {least}..={most} {}",
+                self.dimension.unit()
+            ));
+        }
+        Ok(match self.dimension {
             Dimension::Users => LoadPatch {
                 users: Some(value.round() as u32),
                 ..LoadPatch::default()
             },
             Dimension::MessageRate => LoadPatch {
-                message_interval: Some(Duration::from_secs_f64(1.0 / value)),
+                message_interval: Some(
+                    Duration::try_from_secs_f64(1.0 / value)
+                        .map_err(|err| format!("step {value} messages/s: {err}"))?,
+                ),
                 ..LoadPatch::default()
             },
             Dimension::ConnectRate => LoadPatch {
                 connect_rate: Some(value),
                 ..LoadPatch::default()
             },
-        }
+        })
     }
 
     /// Values are whole users; rates keep three decimals.
@@ -151,6 +172,28 @@ impl CapacitySpec {
         match self.dimension {
             Dimension::Users => value.round().max(1.0),
             _ => (value * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+impl Dimension {
+    /// The values a step may take: what [`crate::load::Load::validate`] accepts once the
+    /// value is turned into a load (a message rate of 1000/s is the 1 ms interval; 1/3600 the
+    /// 1 h one, below the 0.001 that three decimals keep).
+    fn bounds(self) -> (f64, f64) {
+        use crate::load::{MAX_CONNECT_RATE, MAX_USERS, MIN_CONNECT_RATE, MIN_MESSAGE_INTERVAL};
+        match self {
+            Dimension::Users => (1.0, f64::from(MAX_USERS)),
+            Dimension::MessageRate => (0.001, 1.0 / MIN_MESSAGE_INTERVAL.as_secs_f64()),
+            Dimension::ConnectRate => (MIN_CONNECT_RATE, MAX_CONNECT_RATE),
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Dimension::Users => "users",
+            Dimension::MessageRate => "messages per second per user",
+            Dimension::ConnectRate => "connects per second",
         }
     }
 }
@@ -171,7 +214,8 @@ pub struct Step {
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Outcome {
     /// `running`, `found`, `broke_at_start` (even the first step broke), `reached_max`,
-    /// `generator_limit` (the generator saturated: no number about the server), `cancelled`.
+    /// `generator_limit` (the generator saturated: no number about the server), `cancelled`,
+    /// `failed` (a step could not be applied, or the search itself failed).
     pub state: String,
     pub dimension: Dimension,
     /// The highest load that held.
@@ -269,7 +313,7 @@ pub async fn run(
             Ok(step) => step,
             Err(err) => {
                 tracing::warn!(%err, "capacity search stopped: a step could not be applied");
-                break "cancelled";
+                break "failed";
             }
         };
         tracing::info!(
@@ -326,7 +370,7 @@ async fn judge(
 ) -> Result<Step, String> {
     let origin = Origin::new(Source::Capacity, format!("capacity search step {value}"));
     fleet
-        .update(spec.patch(value), origin)
+        .update(spec.patch(value)?, origin)
         .await
         .map_err(|err| err.to_string())?;
     // Reach the step's users (bounded: a server that refuses them is judged as it is).
@@ -425,14 +469,19 @@ impl Searches {
             ..Outcome::default()
         }));
         let cancel = CancellationToken::new();
-        tokio::spawn(run(
+        let ended = EndedGuard(Arc::clone(&shared), Arc::clone(metrics));
+        let search = run(
             spec,
             fleet.clone(),
             Arc::clone(metrics),
             sla.clone(),
             Arc::clone(&shared),
             cancel.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            let _ended = ended;
+            search.await
+        });
         let outcome = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
         *current = Some((shared, cancel));
         Some(outcome)
@@ -453,6 +502,20 @@ impl Searches {
             cancel.cancel();
         }
         Some(outcome)
+    }
+}
+
+/// Marks a search that ended without saying how (its task panicked or was dropped) as
+/// `failed`, so it never stays `running` with nobody running it.
+struct EndedGuard(Shared, Arc<Metrics>);
+
+impl Drop for EndedGuard {
+    fn drop(&mut self) {
+        let mut outcome = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if outcome.state == "running" {
+            outcome.state = "failed".into();
+            publish(&self.1, &outcome);
+        }
     }
 }
 
@@ -494,6 +557,19 @@ mod tests {
             .validate(&sla)
             .expect("valid");
         for (yaml, says) in [
+            (
+                "{dimension: message_rate, start: 0.0001, max: 1}",
+                "capacity.start",
+            ),
+            (
+                "{dimension: message_rate, start: 1, max: 1e10}",
+                "capacity.max",
+            ),
+            (
+                "{dimension: connect_rate, start: 1e-300, max: 10}",
+                "capacity.start",
+            ),
+            ("{start: 10, max: 1e12}", "capacity.max"),
             ("{start: 10, max: 5}", "below"),
             ("{start: 10, max: 100, factor: 1}", "factor"),
             ("{start: 10, max: 100, precision: 2}", "precision"),
@@ -509,15 +585,44 @@ mod tests {
         assert!(err.contains("sla"), "{err}");
     }
 
+    /// A search task that dies (here: dropped mid-step, as a panic unwinds it) releases the
+    /// API's single search slot: before, it stayed `running` for good, DELETE could not end it
+    /// and every new search got 409.
+    #[tokio::test(start_paused = true)]
+    async fn a_search_that_dies_is_failed_not_running_forever() {
+        let shared: Shared = Arc::new(Mutex::new(Outcome {
+            state: "running".into(),
+            ..Outcome::default()
+        }));
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn({
+            let guard = EndedGuard(Arc::clone(&shared), Arc::clone(&metrics));
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        task.abort();
+        let _ = task.await;
+        assert_eq!(shared.lock().expect("lock").state, "failed");
+        assert_eq!(metrics.capacity.running.get(), 0);
+    }
+
     #[test]
     fn steps_become_load_patches() {
         let users = spec("{start: 10, max: 100}");
-        assert_eq!(users.patch(12.4).users, Some(12));
+        assert_eq!(users.patch(12.4).expect("valid").users, Some(12));
         let rate = spec("{dimension: message_rate, start: 1, max: 100}");
         assert_eq!(
-            rate.patch(4.0).message_interval,
+            rate.patch(4.0).expect("valid").message_interval,
             Some(Duration::from_millis(250))
         );
+        // Before: 0 -> "cannot convert float seconds to Duration" (a panic); 1e10 -> a 0 ns
+        // interval, which means "no messages" and held.
+        for bad in [0.0, 1e10, f64::NAN] {
+            assert!(rate.patch(bad).is_err(), "{bad}");
+        }
         assert_eq!(users.round(0.2), 1.0, "at least one user");
     }
 }

@@ -493,10 +493,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (text, base_dir) = match path {
             Some(path) => (
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
+                crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(
+                    |source| ConfigError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    },
+                )?,
                 path.parent().unwrap_or(Path::new(".")),
             ),
             None => (String::new(), Path::new(".")),
@@ -674,10 +676,13 @@ impl Config {
     pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.api.token_file {
             let path = self.base_dir.join(path);
-            let token = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let token =
+                crate::files::read_text(&path, crate::files::MAX_CONFIG_BYTES).map_err(|err| {
+                    ConfigError::Invalid {
+                        field: "api.token_file",
+                        problem: format!("cannot read `{}`: {err}", path.display()),
+                    }
+                })?;
             let token = token.trim();
             if token.is_empty() {
                 return Err(ConfigError::Invalid {

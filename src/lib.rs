@@ -6,7 +6,8 @@
 //! [`fleet`] supervisor -> one [`session`] task per simulated user -> [`metrics`] ->
 //! `GET /metrics`.
 //!
-//! - [`config`]: the YAML schema, defaults and validation; errors name the field.
+//! - [`config`]: the YAML schema, defaults and validation; errors name the field. [`files`]:
+//!   the files it names, read without blocking and up to a cap.
 //! - [`load`]: the part of the config that can change while the daemon runs, and its patches.
 //! - [`fleet`]: the supervisor actor that holds the number of users at the desired count.
 //! - [`session`]: one simulated user: connect, log in, heartbeat, send, receive, reconnect.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod failures;
+pub mod files;
 pub mod fleet;
 pub mod health;
 pub mod heap;

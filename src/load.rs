@@ -12,6 +12,9 @@ use utoipa::ToSchema;
 /// Upper bounds that keep a typo from asking for something no machine can do.
 pub const MAX_USERS: u32 = 10_000_000;
 pub const MAX_CONNECT_RATE: f64 = 1_000_000.0;
+/// Slowest connect rate: one connect per 1000 s. Below it the spacing of connects is no
+/// longer a duration anyone means (1e-300/s is one connect in 10^292 years).
+pub const MIN_CONNECT_RATE: f64 = 0.001;
 pub const MAX_PAYLOAD_SIZE: usize = 1 << 20;
 pub const MIN_MESSAGE_INTERVAL: Duration = Duration::from_millis(1);
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -76,9 +79,9 @@ pub struct LoadPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub users: Option<u32>,
-    /// Connection attempts per second (above 0, at most 1000000).
+    /// Connection attempts per second (0.001..=1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
+    #[schema(minimum = 0.001, maximum = 1_000_000)]
     pub connect_rate: Option<f64>,
     /// Time between two messages of one user: "0s" (none) or 1ms..1h.
     #[serde(
@@ -106,7 +109,7 @@ pub struct LoadPatch {
     pub room_size: Option<u32>,
 }
 
-/// Every field of a load, as a patch (a reload applies the whole live part of the file).
+/// Every field of a load, as a patch.
 impl From<&Load> for LoadPatch {
     fn from(load: &Load) -> Self {
         LoadPatch {
@@ -121,6 +124,21 @@ impl From<&Load> for LoadPatch {
 }
 
 impl LoadPatch {
+    /// The fields that differ from `old` in `new`, with `new`'s values.
+    pub fn between(old: &Load, new: &Load) -> LoadPatch {
+        fn changed<T: PartialEq + Copy>(old: T, new: T) -> Option<T> {
+            (old != new).then_some(new)
+        }
+        LoadPatch {
+            users: changed(old.users, new.users),
+            connect_rate: changed(old.connect_rate, new.connect_rate),
+            message_interval: changed(old.message_interval, new.message_interval),
+            payload_size: changed(old.payload_size, new.payload_size),
+            heartbeat_interval: changed(old.heartbeat_interval, new.heartbeat_interval),
+            room_size: changed(old.room_size, new.room_size),
+        }
+    }
+
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
         self == &LoadPatch::default()
@@ -247,13 +265,12 @@ impl Load {
             ));
         }
         if !(self.connect_rate.is_finite()
-            && self.connect_rate > 0.0
-            && self.connect_rate <= MAX_CONNECT_RATE)
+            && (MIN_CONNECT_RATE..=MAX_CONNECT_RATE).contains(&self.connect_rate))
         {
             return Err(LoadError::new(
                 "connect_rate",
                 format!(
-                    "must be a number of connects per second above 0 and at most {MAX_CONNECT_RATE}, got {}",
+                    "must be a number of connects per second between {MIN_CONNECT_RATE} and {MAX_CONNECT_RATE}, got {}",
                     self.connect_rate
                 ),
             ));
@@ -436,6 +453,13 @@ mod tests {
             (
                 LoadPatch {
                     connect_rate: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "connect_rate",
+            ),
+            (
+                LoadPatch {
+                    connect_rate: Some(1e-300),
                     ..Default::default()
                 },
                 "connect_rate",

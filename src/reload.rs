@@ -1,6 +1,11 @@
 //! Hot reload: re-reads the config file (on SIGHUP, a change of the file, or
-//! `POST /api/v1/reload`) and hands its live part to the supervisor like a PATCH. An invalid
-//! file changes nothing; fields that only take effect on restart are named in the log.
+//! `POST /api/v1/reload`) and hands what changed in its live part to the supervisor like a
+//! PATCH: a field the file did not change keeps whatever the API or a profile set since (a
+//! file briefly unreadable, then restored as it was, changes nothing). An invalid file
+//! changes nothing; fields that only take effect on restart are named in the log.
+//!
+//! The file is read on a blocking thread, within [`READ_TIMEOUT`]: the runtime that serves the
+//! API never waits on a disk (or on whatever was put where the file was).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,8 @@ use crate::metrics::{Metrics, Source};
 
 /// Quiet time after a file-change event before reloading: editors write in several steps.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Longest a reload may spend reading the file and what it names (credentials, token).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +33,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("config field {0}")]
     Fleet(#[from] FleetError),
+    #[error("reading the config file took over {} s; nothing changed", READ_TIMEOUT.as_secs())]
+    Slow,
 }
 
 /// Re-reads one config file; counted in `wsfleet_config_reloads_total{result}`.
@@ -42,7 +51,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(path: PathBuf, running: Config, fleet: FleetHandle, metrics: Arc<Metrics>) -> Self {
         Self {
-            last_text: Mutex::new(std::fs::read_to_string(&path).ok()),
+            last_text: Mutex::new(read_text(&path).ok()),
             path,
             running: Mutex::new(running),
             fleet,
@@ -52,7 +61,7 @@ impl Reloader {
 
     pub async fn reload(&self, who: &str) -> Result<Load, ReloadError> {
         // What is read now is what the watcher compares its next event with.
-        self.file_changed();
+        self.file_changed().await;
         let result = self.try_reload(who).await;
         let label = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics
@@ -69,14 +78,21 @@ impl Reloader {
     }
 
     async fn try_reload(&self, who: &str) -> Result<Load, ReloadError> {
-        let next = Config::from_file(&self.path)?;
-        let updated = self
-            .fleet
-            .update(
-                LoadPatch::from(&next.load()),
-                Origin::new(Source::Reload, who),
-            )
-            .await?;
+        let path = self.path.clone();
+        let next = off_the_runtime(move || Config::from_file(&path)).await??;
+        let last = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .load();
+        let patch = LoadPatch::between(&last, &next.load());
+        let load = if patch.is_empty() {
+            // Nothing live changed in the file: live changes made since stay, a profile runs on.
+            self.fleet.desired().load
+        } else {
+            let origin = Origin::new(Source::Reload, who);
+            self.fleet.update(patch, origin).await?.load
+        };
         self.metrics.set_sla_thresholds(&next.sla);
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let restart_only = running.restart_only_changes(&next);
@@ -87,12 +103,16 @@ impl Reloader {
             );
         }
         *running = next;
-        Ok(updated.load)
+        Ok(load)
     }
 
     /// Whether the file's text differs from when it was last read (and remembers it).
-    fn file_changed(&self) -> bool {
-        let text = std::fs::read_to_string(&self.path).ok();
+    async fn file_changed(&self) -> bool {
+        let path = self.path.clone();
+        let text = off_the_runtime(move || read_text(&path))
+            .await
+            .ok()
+            .and_then(Result::ok);
         let mut last = self.last_text.lock().unwrap_or_else(|e| e.into_inner());
         if *last == text {
             return false;
@@ -137,7 +157,7 @@ impl Reloader {
                         // Let the writer finish; several events in a row make one reload.
                         tokio::time::sleep(RELOAD_DEBOUNCE).await;
                         while events.try_recv().is_ok() {}
-                        if !self.file_changed() {
+                        if !self.file_changed().await {
                             continue;
                         }
                         "file change"
@@ -146,5 +166,20 @@ impl Reloader {
                 let _ = self.reload(who).await;
             }
         }))
+    }
+}
+
+fn read_text(path: &Path) -> std::io::Result<String> {
+    crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES)
+}
+
+/// Runs `read` on a blocking thread, giving up on it after [`READ_TIMEOUT`].
+async fn off_the_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReloadError> {
+    match tokio::time::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(read)).await {
+        Ok(Ok(value)) => Ok(value),
+        // A reading thread that panicked, or one still stuck: either way nothing was read.
+        Ok(Err(_)) | Err(_) => Err(ReloadError::Slow),
     }
 }

@@ -283,3 +283,149 @@ async fn an_unwritable_output_fails_before_the_run() {
         "{stderr}"
     );
 }
+
+/// The config file replaced by a FIFO, then a reload asked for: before, the read blocked the
+/// runtime and `/healthz`, `/metrics` and the whole API hung. Now it is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_place_of_the_config_is_refused_and_blocks_nothing() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    let yaml = format!("target: {}\nusers: 2\nscenario: idle\n", target.ws_url());
+    let daemon = start_daemon_from_file(&path, &yaml).await;
+    let api = daemon.addr();
+    std::fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reload = tokio::time::timeout(
+        Duration::from_secs(20),
+        http().post(format!("http://{api}/api/v1/reload")).send(),
+    )
+    .await
+    .expect("answered, not hung")
+    .unwrap();
+    assert_eq!(reload.status(), 422);
+    let body = reload.text().await.unwrap();
+    assert!(body.contains("not a regular file"), "{body}");
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        http().get(format!("http://{api}/healthz")).send(),
+    )
+    .await
+    .expect("health answers")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    daemon.shutdown().await.unwrap();
+}
+
+/// `mv fleet.yaml x; mv x fleet.yaml`: before, the restored (unchanged) file was applied
+/// whole over the live change made through the API (users 6 went back to 10) and cancelled
+/// the running profile. Now only what changed in the file is applied: nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_restored_unchanged_keeps_live_changes() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    let yaml = format!(
+        "target: {}\nusers: 10\nconnect_rate: 500\nscenario: idle\n",
+        target.ws_url()
+    );
+    let daemon = start_daemon_from_file(&path, &yaml).await;
+    let api = daemon.addr();
+    assert_eq!(patch_load(api, json!({"users": 6})).await.status(), 200);
+    let reloads = |result: &'static str| async move {
+        scrape(api).await.get(&format!(
+            r#"wsfleet_config_reloads_total{{result="{result}"}}"#
+        ))
+    };
+    let aside = dir.path().join("x");
+    std::fs::rename(&path, &aside).unwrap();
+    wait_for("the missing file rejected", 20, || async {
+        reloads("rejected").await >= 1.0
+    })
+    .await;
+    std::fs::rename(&aside, &path).unwrap();
+    wait_for("the restored file reloaded", 20, || async {
+        reloads("ok").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        status(api).await["load"]["users"],
+        json!(6),
+        "the API's change stays"
+    );
+    // A real change of the file is still applied, and only that field.
+    std::fs::write(
+        &path,
+        yaml.replace("connect_rate: 500", "connect_rate: 400"),
+    )
+    .unwrap();
+    wait_for("the edited file reloaded", 20, || async {
+        reloads("ok").await >= 2.0
+    })
+    .await;
+    let load = status(api).await["load"].clone();
+    assert_eq!(
+        (load["users"].clone(), load["connect_rate"].clone()),
+        (json!(6), json!(400.0))
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// Capacity searches whose steps map to no valid load: before, `message_rate` from 0.0001
+/// panicked ("cannot convert float seconds to Duration") and left the API's search `running`
+/// for good; 1e10 messages/s became a 0 ns interval, "no messages", judged as held. Now
+/// `check` and the API refuse them, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_steps_that_are_no_load_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (capacity, field) in [
+        (
+            "{dimension: message_rate, start: 0.0001, max: 1}",
+            "capacity.start",
+        ),
+        (
+            "{dimension: message_rate, start: 1, max: 1e10}",
+            "capacity.max",
+        ),
+    ] {
+        let path = dir.path().join("fleet.yaml");
+        std::fs::write(
+            &path,
+            format!("sla: {{p99_rtt: 100ms}}\ncapacity: {capacity}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{capacity}: {stderr}");
+        assert!(stderr.contains(field), "{stderr}");
+    }
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 1\nsla: {{p99_rtt: 100ms}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    let search = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"search": {"dimension": "message_rate", "start": 0.0001, "max": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status(), 422);
+    let again = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"search": {"start": 1, "max": 2, "hold": "1s", "settle": "0s"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202, "no search is stuck running");
+    daemon.shutdown().await.unwrap();
+}

@@ -232,6 +232,7 @@ impl From<ReloadError> for ApiError {
             ReloadError::Config(err) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
             }
+            ReloadError::Slow => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
         }
     }
 }

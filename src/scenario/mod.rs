@@ -719,7 +719,7 @@ pub fn room_members(user: u32, users: u32, room_size: u32) -> u32 {
 }
 
 fn read_credentials(path: &Path) -> Result<Credentials, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_text(path, crate::files::MAX_CREDENTIALS_BYTES)
         .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
     let credentials = if path.extension().is_some_and(|e| e == "json") {
         credentials_from_json(&text)

@@ -98,8 +98,9 @@ pub fn client(settings: &TlsConfig, base_dir: &Path) -> Result<ClientTls, (&'sta
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?
+    let pem = crate::files::read_bytes(path, crate::files::MAX_CONFIG_BYTES)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("`{}` is not PEM: {err}", path.display()))?;
     if certs.is_empty() {
@@ -193,7 +194,9 @@ fn read_pair(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = read_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
+    let pem = crate::files::read_bytes(key, crate::files::MAX_CONFIG_BYTES)
+        .map_err(|err| format!("cannot read `{}`: {err}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|err| format!("`{}`: no private key: {err}", key.display()))?;
     let signing = provider
         .key_provider
