@@ -429,3 +429,51 @@ async fn capacity_steps_that_are_no_load_are_refused() {
     assert_eq!(again.status(), 202, "no search is stuck running");
     daemon.shutdown().await.unwrap();
 }
+
+/// The process's anonymous memory (heap), in kB.
+fn rss_anon(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A CPU profile: before, a caller that hung up mid-profile left profiling "running" (409
+/// for every later call until restart), and symbolising kept the binary's parsed debug
+/// information for the rest of the process (21 MB -> 357 MB). Now the profiler is released
+/// whatever the caller does, and the symbol cache is dropped after each profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiling_releases_the_profiler_and_its_memory() {
+    let mut daemon =
+        DaemonProcess::start(&["run", "--listen", "127.0.0.1:0", "--users", "20"]).await;
+    let url = |seconds: u32| {
+        format!(
+            "http://{}/debug/pprof/profile?seconds={seconds}",
+            daemon.api
+        )
+    };
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        impatient.get(url(2)).send().await.is_err(),
+        "hung up mid-profile"
+    );
+    let status = std::sync::atomic::AtomicU16::new(409);
+    wait_for("the profiler to be free again", 30, || async {
+        let answer = http().get(url(1)).send().await.unwrap().status().as_u16();
+        status.store(answer, std::sync::atomic::Ordering::Relaxed);
+        answer != 409
+    })
+    .await;
+    assert_eq!(status.into_inner(), 200);
+    let peak = rss_anon(daemon.pid());
+    wait_for("the symbol cache's memory to be returned", 60, || async {
+        rss_anon(daemon.pid()) * 10 < peak * 6
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
