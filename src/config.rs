@@ -457,6 +457,9 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// [`ConfigError::Invalid`] for an element of a list (`source_addresses[2]`).
+    #[error("config field `{field}`: {problem}")]
+    Listed { field: String, problem: String },
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
     #[error("{source} (set by --{flag})")]
@@ -473,6 +476,7 @@ impl ConfigError {
             ConfigError::Syntax { field, .. } => Some(field),
             ConfigError::Load(err) => Some(&err.field),
             ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::Listed { field, .. } => Some(field),
             ConfigError::Scenario(_) => Some("scenario"),
             ConfigError::Read { .. } | ConfigError::Flag { .. } => None,
         }
@@ -558,6 +562,7 @@ impl Config {
         })?;
         let config = Config {
             base_dir: base_dir.to_path_buf(),
+            limits: config.limits.clone().or_host_default(config.shard.count),
             ..config
         };
         config.validate()?;
@@ -802,6 +807,15 @@ impl Config {
                     self.self_health.min_fds_available
                 ),
             );
+        }
+        for (i, address) in self.source_addresses.iter().enumerate() {
+            // Binding to port 0 allocates nothing lasting; it fails for a foreign address.
+            if let Err(err) = std::net::TcpListener::bind((*address, 0)) {
+                return Err(ConfigError::Listed {
+                    field: format!("source_addresses[{i}]"),
+                    problem: format!("{address} is not an address of this host ({err})"),
+                });
+            }
         }
         if self.threads.is_some_and(|t| t == 0 || t > 1024) {
             return invalid("threads", "must be between 1 and 1024".into());

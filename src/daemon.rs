@@ -7,7 +7,7 @@
 //! stops, and [`Daemon::wait`] fails, so the process exits non-zero and its supervisor
 //! (systemd, Kubernetes) restarts it.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -164,12 +164,8 @@ impl Daemon {
         );
         tracing::info!("control API listening on http://{addr}");
         let api_shutdown = CancellationToken::new();
-        let server = axum::serve(
-            listener,
-            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(api_shutdown.clone().cancelled_owned());
-        core.add("API server", tokio::spawn(server.into_future()));
+        let server = api::serve(listener, api::router(state), api_shutdown.clone());
+        core.add("API server", tokio::spawn(server));
         let stopping = shutdown.clone();
         let final_metrics = Arc::clone(&metrics);
         let task = tokio::spawn(async move {

@@ -1,8 +1,10 @@
 //! The fleet supervisor: an actor that owns every user and holds their number at the desired
 //! count. Handlers talk to it through a [`FleetHandle`]; nobody else touches the fleet.
 //!
-//! Ramp-up spawns users at once and lets the shared [`Pacer`](crate::pacer::Pacer) space out
-//! their connects; ramp-down closes the newest connected users at the same rate, and ends the
+//! Ramp-up admits new users through the shared [`Pacer`](crate::pacer::Pacer), which spaces
+//! out every connect: a user is spawned only once it holds a permit, so a desired count of
+//! millions costs nothing until users may connect (reconnects queue in the same pacer).
+//! Ramp-down closes the newest connected users at the same rate, and ends the
 //! users above the new count that hold no connection at once. Users are numbered densely from
 //! 0, so a change of the desired count touches only the users above the new count. It also
 //! follows load profiles, holds still (no connects, no closes) while paused, stops adding
@@ -30,6 +32,11 @@ use crate::shard::Shard;
 
 /// Shortest pause between two ramp-down steps: closes are batched at high rates.
 const RAMP_DOWN_TICK: Duration = Duration::from_millis(10);
+/// Most new users admitted by one grant of the pacer.
+const ADMIT_BATCH: usize = 4096;
+
+/// The supervisor's wait for connect permits for new users: how many it got.
+type Admission = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>;
 
 /// Who asked for a change: the metric label, and a person-readable "who" for the log.
 #[derive(Debug, Clone)]
@@ -243,6 +250,8 @@ pub struct Fleet {
     /// The last profile that ended, for the status API.
     last_profile: Option<ProfileStatus>,
     drain: Option<Drain>,
+    /// Waiting in the pacer for the users still to be spawned, while there are any.
+    admission: Option<Admission>,
 }
 
 impl Fleet {
@@ -280,6 +289,7 @@ impl Fleet {
             profile: None,
             last_profile: None,
             drain: None,
+            admission: None,
         };
         let task = tokio::spawn(fleet.run(inbox));
         (
@@ -307,8 +317,15 @@ impl Fleet {
             let excess = self.users.len() > self.desired_users();
             let profile_at = self.profile.as_ref().map(Running::next_at);
             let drain_deadline = self.drain.as_ref().map(|d| d.deadline);
+            self.seek_admission();
+            let admitting = self.admission.is_some();
+            let admission = self.admission.as_mut();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                granted = async { admission.expect("seeking").await }, if admitting => {
+                    self.admission = None;
+                    self.spawn_admitted(granted);
+                }
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
@@ -603,9 +620,42 @@ impl Fleet {
         Some(status)
     }
 
-    /// Spawns the missing users at once (the pacer spaces their connects, and they wait while
-    /// paused); above the desired count, users without a connection end at once and the
-    /// connected surplus is closed by the ramp-down ticks.
+    /// Users still to be spawned: below the desired count while users may connect.
+    fn unspawned(&self) -> usize {
+        let may_connect = self.desired.borrow().may_connect();
+        if may_connect {
+            self.desired_users().saturating_sub(self.users.len())
+        } else {
+            0
+        }
+    }
+
+    /// Waits in the pacer while users are missing; gives the place up when none are (a
+    /// pause, saturation, a drain or a ramp-down took the need away).
+    fn seek_admission(&mut self) {
+        let wanted = self.unspawned();
+        if wanted == 0 {
+            self.admission = None;
+        } else if self.admission.is_none() {
+            let ctx = Arc::clone(&self.ctx);
+            let batch = wanted.min(ADMIT_BATCH);
+            self.admission = Some(Box::pin(
+                async move { ctx.pacer.acquire_up_to(batch).await },
+            ));
+        }
+    }
+
+    /// Spawns up to `granted` new users, each already holding its first connect permit.
+    fn spawn_admitted(&mut self, granted: usize) {
+        for _ in 0..granted.min(self.unspawned()) {
+            let user = self.spawn_user(self.users.len() as u32, true);
+            self.users.push(user);
+        }
+    }
+
+    /// Brings back users ended while waiting by a ramp-down that was then undone (new users
+    /// come through [`Fleet::seek_admission`]); above the desired count, users without a
+    /// connection end at once and the connected surplus is closed by the ramp-down ticks.
     fn reconcile(&mut self) {
         if self.desired.borrow().draining {
             return;
@@ -614,7 +664,7 @@ impl Fleet {
         // Users ended while waiting by a ramp-down that was then undone come back.
         for id in 0..self.users.len().min(desired) {
             if self.users[id].cancel.is_cancelled() {
-                self.users[id] = self.spawn_user(id as u32);
+                self.users[id] = self.spawn_user(id as u32, false);
             }
         }
         if self.users.len() > desired {
@@ -624,22 +674,19 @@ impl Fleet {
                 self.close_allowance = 1.0;
                 self.last_close = Instant::now();
             }
-            return;
-        }
-        while self.users.len() < desired {
-            let user = self.spawn_user(self.users.len() as u32);
-            self.users.push(user);
         }
     }
 
-    fn spawn_user(&self, id: u32) -> Member {
+    /// Spawns user `id`; `admitted`: it holds a connect permit for its first attempt.
+    fn spawn_user(&self, id: u32, admitted: bool) -> Member {
         let cancel = self.shutdown.child_token();
-        let user = User::new(
+        let mut user = User::new(
             id,
             Arc::clone(&self.ctx),
             self.desired.subscribe(),
             cancel.clone(),
         );
+        user.admitted = admitted;
         let slot = Arc::clone(&user.slot);
         self.tracker.spawn_on(user.run(), self.runtimes.next());
         Member { cancel, slot }
@@ -747,6 +794,7 @@ mod tests {
             profile: None,
             last_profile: None,
             drain: None,
+            admission: None,
         }
     }
 

@@ -232,16 +232,12 @@ fn ticks_covered(lag: Duration) -> usize {
 
 /// (open, soft limit) file descriptors of this process, from /proc.
 fn file_descriptors() -> Option<(u64, u64)> {
-    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let max = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()?;
-    Some((open, max))
+    Some((open_fds()?, crate::host::fd_limit()?))
+}
+
+/// File descriptors this process has open now.
+pub fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@
 //! - [`api`]: the HTTP control API, `/metrics` and the live page; [`history`] and [`report`]:
 //!   what the page and the run report show; [`output`]: the files a run writes, whole.
 //! - [`capacity`]: the search for the most load the server holds within its SLA.
+//! - [`health`]: the generator judging its own numbers; [`host`]: what the process may use of
+//!   its machine (files, memory), for the default caps.
 //! - [`daemon`]: wires the parts together and runs them until shutdown.
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
 //! - [`cli`]: command-line parsing, shared by `main` and the tests.
@@ -39,6 +41,7 @@ pub mod fleet;
 pub mod health;
 pub mod heap;
 pub mod history;
+pub mod host;
 pub mod load;
 pub mod metrics;
 pub mod output;

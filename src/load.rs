@@ -146,7 +146,7 @@ impl LoadPatch {
 }
 
 /// Hard caps no API call, profile or reload may exceed (`limits:` in the config).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Most users the fleet may be asked to hold.
@@ -155,9 +155,41 @@ pub struct Limits {
     /// Most messages per second (users / message_interval) the fleet may be asked to send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_rate: Option<f64>,
+    /// Why `max_users` is what it is, when the config did not set it (see
+    /// [`Limits::or_host_default`]).
+    #[serde(skip)]
+    pub default_reason: Option<String>,
+}
+
+/// The caps are what they are, whatever the reason given for them (the effective config,
+/// printed and read back, is the same config).
+impl PartialEq for Limits {
+    fn eq(&self, other: &Limits) -> bool {
+        self.max_users == other.max_users && self.max_message_rate == other.max_message_rate
+    }
 }
 
 impl Limits {
+    /// These limits, with `max_users` set, when the config left it out, to what `shards`
+    /// processes like this one can hold ([`crate::host::default_max_users`]): a typo or one
+    /// API call must not ask for millions of users nobody can hold.
+    pub fn or_host_default(self, shards: u32) -> Limits {
+        if self.max_users.is_some() {
+            return self;
+        }
+        let (per_process, why) =
+            crate::host::default_max_users(crate::host::fd_limit(), crate::host::memory());
+        Limits {
+            max_users: Some(per_process.saturating_mul(shards.max(1)).min(MAX_USERS)),
+            default_reason: Some(if shards > 1 {
+                format!("{why}, times {shards} shards")
+            } else {
+                why
+            }),
+            ..self
+        }
+    }
+
     /// The caps themselves must be numbers a fleet can be held to.
     pub fn validate(&self) -> Result<(), LoadError> {
         if let Some(max) = self.max_users
@@ -184,10 +216,14 @@ impl Limits {
         if let Some(max) = self.max_users
             && load.users > max
         {
+            let why = self
+                .default_reason
+                .as_deref()
+                .map_or_else(String::new, |why| format!(": {why}"));
             return Err(LoadError::new(
                 "users",
                 format!(
-                    "{} exceeds the cap of {max} users (limits.max_users)",
+                    "{} exceeds the cap of {max} users (limits.max_users{why})",
                     load.users
                 ),
             ));
@@ -497,6 +533,7 @@ mod tests {
         let limits = Limits {
             max_users: Some(100),
             max_message_rate: Some(50.0),
+            default_reason: None,
         };
         let mut load = base();
         assert!(limits.check(&load).is_ok());

@@ -79,26 +79,51 @@ impl Pacer {
         }
     }
 
+    /// Waits for a permit for one of `wanted` (at least one) connects, and takes as many
+    /// more as the same grant makes available at once (rates above the timer's resolution are
+    /// granted in batches); returns how many it took. The supervisor admits new users with it,
+    /// so that a user costs nothing until it may connect.
+    pub async fn acquire_up_to(&self, wanted: usize) -> usize {
+        let wanted = wanted.max(1);
+        let _waiting = Waiting::enter_many(&self.shared, wanted);
+        if let Ok(permit) = self.shared.permits.acquire().await {
+            permit.forget();
+        }
+        let mut taken = 1;
+        while taken < wanted {
+            match self.shared.permits.try_acquire() {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+            taken += 1;
+        }
+        taken
+    }
+
     /// Users waiting for a permit.
     pub fn waiting(&self) -> usize {
         self.shared.waiting.load(Ordering::Relaxed)
     }
 }
 
-/// Counts a waiter for as long as it waits (including when its future is dropped).
-struct Waiting<'a>(&'a Shared);
+/// Counts waiters for as long as they wait (including when their future is dropped).
+struct Waiting<'a>(&'a Shared, usize);
 
 impl<'a> Waiting<'a> {
     fn enter(shared: &'a Shared) -> Self {
-        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting::enter_many(shared, 1)
+    }
+
+    fn enter_many(shared: &'a Shared, count: usize) -> Self {
+        shared.waiting.fetch_add(count, Ordering::Relaxed);
         shared.wake.notify_one();
-        Waiting(shared)
+        Waiting(shared, count)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -259,6 +284,21 @@ mod tests {
         settle().await;
         pacer.set_rate(100.0);
         assert_eq!(got.recv().await, Some((1, Duration::from_millis(10))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waiter_takes_what_one_grant_makes_available_at_the_rate() {
+        let pacer = Pacer::new(10_000.0);
+        let start = Instant::now();
+        let mut taken = 0;
+        while taken < 1000 {
+            taken += pacer.acquire_up_to(1000 - taken).await;
+        }
+        assert_eq!(taken, 1000);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_micros(99_900), "{took:?}");
+        assert!(took <= Duration::from_millis(102), "{took:?}");
+        assert_eq!(pacer.waiting(), 0);
     }
 
     #[tokio::test(start_paused = true)]

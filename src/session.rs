@@ -30,7 +30,7 @@ use crate::backoff;
 use crate::config::{Config, Heartbeat, Lifetime, Reconnect, Schedule};
 use crate::failures::Failure;
 use crate::load::{Desired, Load};
-use crate::metrics::{DisconnectReason, Metrics};
+use crate::metrics::{ConnectResult, DisconnectReason, Metrics};
 use crate::pacer::Pacer;
 use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
@@ -68,6 +68,50 @@ pub struct Context {
     /// Local addresses connections are made from, in turn; empty = the system's choice.
     pub source_addresses: Vec<std::net::IpAddr>,
     next_source: std::sync::atomic::AtomicUsize,
+    /// Sockets users may hold: the descriptors kept for the API are never theirs.
+    pub sockets: SocketBudget,
+}
+
+/// How many sockets users hold, against the most they may; one atomic add per attempt.
+#[derive(Debug)]
+pub struct SocketBudget {
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl SocketBudget {
+    pub fn new(max: usize) -> SocketBudget {
+        SocketBudget {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A socket to open, held until the guard drops; none when the budget is spent.
+    pub fn take(&self) -> Option<SocketPermit<'_>> {
+        use std::sync::atomic::Ordering;
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SocketPermit(self))
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// One socket of a [`SocketBudget`], given back on drop.
+pub struct SocketPermit<'a>(&'a SocketBudget);
+
+impl Drop for SocketPermit<'_> {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Context {
@@ -101,6 +145,9 @@ impl Context {
             books: Books::default(),
             source_addresses: config.source_addresses.clone(),
             next_source: std::sync::atomic::AtomicUsize::new(0),
+            sockets: SocketBudget::new(crate::host::user_sockets(
+                crate::health::open_fds().unwrap_or(0),
+            )),
         }
     }
 }
@@ -159,6 +206,8 @@ pub struct User {
     /// Messages the last connection left unacknowledged, to send again on the next one
     /// (`resend_unacked`; empty otherwise).
     pub unacked: Vec<(u64, tokio::time::Instant)>,
+    /// The supervisor got this user's first connect permit before spawning it.
+    pub admitted: bool,
 }
 
 impl User {
@@ -176,6 +225,7 @@ impl User {
             cancel,
             slot,
             unacked: Vec::new(),
+            admitted: false,
         }
     }
 
@@ -185,11 +235,22 @@ impl User {
         let mut retry_after = None;
         while self.admit().await {
             let room_size = self.desired.borrow().load.room_size;
-            let attempt = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                attempt = Box::pin(connect::open(&self.ctx, self.id, room_size)) => attempt,
-            };
             let ctx = Arc::clone(&self.ctx);
+            // Held for as long as this attempt's socket lives.
+            let socket = ctx.sockets.take();
+            let attempt = match &socket {
+                Some(_) => tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    attempt = Box::pin(connect::open(&self.ctx, self.id, room_size)) => attempt,
+                },
+                None => Err(wire::ConnectFailure::new(
+                    ConnectResult::FdsExhausted,
+                    format!(
+                        "users hold all {} sockets they may; the file descriptors left are kept for the API (host::RESERVED_FDS)",
+                        ctx.sockets.max()
+                    ),
+                )),
+            };
             match attempt {
                 Ok((socket, identity)) => {
                     failures = 0;
@@ -243,6 +304,9 @@ impl User {
     /// back to wait (its place in the pacer's queue given up, at no cost). False when the user
     /// is to end: cancelled (ramp-down, shutdown) or the fleet drains.
     async fn admit(&mut self) -> bool {
+        if std::mem::take(&mut self.admitted) && !self.cancel.is_cancelled() {
+            return true;
+        }
         loop {
             let allowed = tokio::select! {
                 _ = self.cancel.cancelled() => return false,

@@ -8,6 +8,7 @@ mod control;
 mod debug;
 mod guard;
 mod k6;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::reload::ReloadError;
 
 pub use control::Status;
 pub use guard::Allowed;
+pub use serve::{MAX_CONNECTIONS, serve};
 
 /// Largest request body accepted: load patches and profiles are a few kilobytes.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -58,6 +58,8 @@ label_enum! {
         Io => "io",
         Login => "login",
         PortsExhausted => "ports_exhausted",
+        FdsExhausted => "fds_exhausted",
+        SourceAddress => "source_address",
     }
 }
 

@@ -294,12 +294,15 @@ async fn tcp_connect(
     socket
         .bind(SocketAddr::new(source, 0))
         .map_err(|err| match err.kind() {
-            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable => {
-                ConnectFailure::new(
-                    ConnectResult::PortsExhausted,
-                    format!("no free local port on {source}: {err}"),
-                )
-            }
+            std::io::ErrorKind::AddrInUse => ConnectFailure::new(
+                ConnectResult::PortsExhausted,
+                format!("no free local port on {source}: {err}"),
+            ),
+            // Binding fails so when the address is not (or no longer) one of this host's.
+            std::io::ErrorKind::AddrNotAvailable => ConnectFailure::new(
+                ConnectResult::SourceAddress,
+                format!("source address {source} is not an address of this host: {err}"),
+            ),
             _ => io_failure(&err, &format!("binding to {source}")),
         })?;
     socket
