@@ -477,3 +477,135 @@ async fn profiling_releases_the_profiler_and_its_memory() {
     .await;
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// `--users 10000000`, or one unauthenticated ramp to ten million: before, ~1.5 KB was
+/// allocated per *desired* user at once (12.6 GB, the supervisor unresponsive for a minute).
+/// Now the default cap (what this process can hold) refuses it, naming `limits.max_users`;
+/// and with a cap raised by hand, users cost nothing until the pacer admits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_count_of_millions_is_capped_or_costs_nothing_ahead() {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--users", "10000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("limits.max_users") && stderr.contains("open-file limit"),
+        "{stderr}"
+    );
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 1\nconnect_rate: 1\nscenario: idle\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    let ramp = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"ramp": {"from": 0, "to": 10_000_000, "over": "1ms"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ramp.status(), 422);
+    assert!(ramp.text().await.unwrap().contains("limits.max_users"));
+    daemon.shutdown().await.unwrap();
+
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 1\nconnect_rate: 1\nscenario: idle\nlimits: {{max_users: 10000000}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_active(api, 1.0, 30).await;
+    let heap = || async { scrape(api).await.get("wsfleet_heap_allocated_bytes") };
+    let before = heap().await;
+    assert_eq!(
+        patch_load(api, json!({"users": 300_000})).await.status(),
+        200
+    );
+    // At one connect a second, a few users are admitted; 300,000 spawned at once were ~450 MB.
+    let answered = tokio::time::timeout(Duration::from_secs(5), status(api))
+        .await
+        .expect("the supervisor answers at once");
+    assert_eq!(answered["load"]["users"], json!(300_000));
+    let grown = heap().await - before;
+    assert!(grown < 40e6, "the heap grew by {grown} bytes");
+    daemon.shutdown().await.unwrap();
+}
+
+/// The API port held by a thousand idle connections under a small file limit: before, every
+/// one held a descriptor for good and users stopped being added. Now the API holds at most
+/// `MAX_CONNECTIONS`, closes the silent ones, and users keep their sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_api_connections_cannot_starve_the_fleet() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "target: {}\nusers: 200\nconnect_rate: 100\nscenario: idle\nheartbeat: {{interval: 0s}}\n",
+            target.ws_url()
+        ),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start_with_file_limit(
+        1000,
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let api = daemon.api;
+    // Beyond what the API accepts and its backlog holds, connects wait for a SYN-ACK: as
+    // many as get through in 2 s each are held.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(api)).await {
+            Ok(Ok(tcp)) => idle.push(tcp),
+            _ => break,
+        }
+    }
+    assert!(
+        idle.len() > wsfleet::api::MAX_CONNECTIONS,
+        "only {} idle connections",
+        idle.len()
+    );
+    let connected = || async { target.metrics().await.get("wsfleet_target_connections") };
+    wait_for("200 users connected while the API is held", 60, || async {
+        connected().await >= 200.0
+    })
+    .await;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 200 + wsfleet::api::MAX_CONNECTIONS + 100,
+        "{fds} descriptors open"
+    );
+    // The silent connections are closed by the header timeout, the API answers again.
+    let mut first = idle.swap_remove(0);
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read(&mut first, &mut byte),
+    )
+    .await
+    .expect("an idle connection is closed by the API");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    drop(idle);
+    wait_for("the API to answer again", 60, || async {
+        http()
+            .get(format!("http://{api}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -270,9 +270,27 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub async fn start(args: &[&str]) -> DaemonProcess {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        DaemonProcess::spawn(command).await
+    }
+
+    /// [`DaemonProcess::start`] with at most `files` open files (`ulimit -n`).
+    pub async fn start_with_file_limit(files: u64, args: &[&str]) -> DaemonProcess {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {files} && exec \"$0\" \"$@\""),
+                BIN,
+            ])
+            .args(args);
+        DaemonProcess::spawn(command).await
+    }
+
+    async fn spawn(mut command: Command) -> DaemonProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
