@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::failures::one_line;
 use crate::load::{Limits, Load, LoadError, MAX_SPAN, MAX_TIMEOUT, check_duration};
 use crate::metrics::Slo;
 use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
@@ -484,30 +485,44 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a YAML file.
+    /// Reads and validates a YAML file, which must be a regular file (what a reload reads:
+    /// a FIFO put in its place must not block the reader).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        Config::read(Some(path), serde_norway::Mapping::new())
+        let text =
+            crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        Config::from_text(Some(path), &text, serde_norway::Mapping::new())
     }
 
-    /// The config file (or the empty, all-defaults config) with `overrides` (from flags) set
-    /// over its top-level fields, validated once: no way in can skip a rule.
+    /// The config file named at start (any readable file: a pipe too), or the empty,
+    /// all-defaults config, with `overrides` (from flags) set over its top-level fields,
+    /// validated once: no way in can skip a rule.
     pub fn read(
         path: Option<&Path>,
         overrides: serde_norway::Mapping,
     ) -> Result<Config, ConfigError> {
-        let (text, base_dir) = match path {
-            Some(path) => (
-                crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(
-                    |source| ConfigError::Read {
-                        path: path.display().to_string(),
-                        source,
-                    },
-                )?,
-                path.parent().unwrap_or(Path::new(".")),
-            ),
-            None => (String::new(), Path::new(".")),
+        let text = match path {
+            Some(path) => crate::files::read_text_at_start(path, crate::files::MAX_CONFIG_BYTES)
+                .map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            None => String::new(),
         };
-        let mut raw = parse_raw(&text)?;
+        Config::from_text(path, &text, overrides)
+    }
+
+    fn from_text(
+        path: Option<&Path>,
+        text: &str,
+        overrides: serde_norway::Mapping,
+    ) -> Result<Config, ConfigError> {
+        let base_dir = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        let mut raw = parse_raw(text)?;
         let flags: Vec<String> = overrides
             .keys()
             .filter_map(|key| key.as_str().map(str::to_string))
@@ -882,11 +897,6 @@ fn parse_raw(text: &str) -> Result<serde_norway::Value, ConfigError> {
     })
 }
 
-/// YAML parser messages sometimes span lines; the contract is one line per error.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,9 +1014,33 @@ mod tests {
 
     #[test]
     fn errors_are_one_line() {
-        for text in ["users: [1, 2", "heartbeat:\n  interval: x\n", "a: b: c"] {
+        for text in [
+            "users: [1, 2",
+            "heartbeat:\n  interval: x\n",
+            "a: b: c",
+            // regex errors draw a caret under the pattern, over four lines
+            "scenario: {extends: im, replies: [{match: {regex: 'a(b'}, send: x}]}",
+            // a token file that is not one: named as api.token_file, not as the config file
+            "api: {token_file: /nonexistent/token}",
+            "source_addresses: [192.0.2.77]",
+        ] {
             assert!(!field_of(text).contains('\n'), "{text:?}");
         }
+    }
+
+    #[test]
+    fn files_and_addresses_are_named_by_their_field() {
+        assert!(field_of("api: {token_file: /nonexistent/token}").contains("`api.token_file`"));
+        let fifo = tempfile::tempdir().expect("tempdir");
+        assert!(
+            field_of(&format!("api: {{token_file: {}}}", fifo.path().display()))
+                .contains("not a regular file")
+        );
+        let foreign = field_of("source_addresses: [127.0.0.1, 192.0.2.77]");
+        assert!(
+            foreign.contains("`source_addresses[1]`") && foreign.contains("not an address of this host"),
+            "{foreign}"
+        );
     }
 
     #[test]

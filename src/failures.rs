@@ -166,6 +166,11 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     text
 }
 
+/// Parser messages (YAML, regex) sometimes span lines; the contract is one line per error.
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 pub fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;

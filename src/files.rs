@@ -14,7 +14,25 @@ pub const MAX_CREDENTIALS_BYTES: u64 = 512 << 20;
 
 /// The text of the regular file at `path`, at most `max` bytes.
 pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
-    String::from_utf8(read_bytes(path, max)?)
+    utf8(read_bytes(path, max)?)
+}
+
+/// The text at `path`, at most `max` bytes, whatever kind of file it is: for what a person
+/// names on the command line at start (`-c <(envsubst < fleet.yaml)`, `-c /dev/stdin`), where
+/// waiting for a writer blocks nothing else.
+pub fn read_text_at_start(path: &Path, max: u64) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64, max));
+    }
+    utf8(bytes)
+}
+
+fn utf8(bytes: Vec<u8>) -> std::io::Result<String> {
+    String::from_utf8(bytes)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"))
 }
 

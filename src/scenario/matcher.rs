@@ -37,7 +37,12 @@ impl Matcher {
             }),
             (None, Some(pattern)) if spec.equals.is_none() => regex::Regex::new(pattern)
                 .map(Matcher::Regex)
-                .map_err(|err| format!("invalid regex: {err}")),
+                .map_err(|err| {
+                    format!(
+                        "invalid regex: {}",
+                        crate::failures::one_line(&err.to_string())
+                    )
+                }),
             (None, Some(_)) => Err("`equals` goes with `pointer`, not with `regex`".into()),
             (Some(_), Some(_)) => Err("give either `pointer` or `regex`, not both".into()),
             (None, None) => {

@@ -455,7 +455,8 @@ impl Scenario {
             Some(path) => read_credentials(&base_dir.join(path)).map_err(at("credentials"))?,
             None => Credentials::default(),
         };
-        let mut custom = credentials.columns.clone();
+        let columns: template::Names = credentials.columns.iter().cloned().collect();
+        let mut custom = columns.clone();
         let mut vars = Vec::new();
         for (name, text) in &spec.vars {
             if spec.inherited_vars.contains(name) && credentials.columns.contains(name) {
@@ -467,10 +468,7 @@ impl Scenario {
                 )));
             }
             // A var may use the built-ins and credential columns, not other vars.
-            vars.push(
-                Template::compile(text, &credentials.columns)
-                    .map_err(at(format!("vars.{name}")))?,
-            );
+            vars.push(Template::compile(text, &columns).map_err(at(format!("vars.{name}")))?);
             custom.push(name.clone());
         }
         let compile =
@@ -668,19 +666,19 @@ impl Scenario {
 
     /// The identity of user number `user` when rooms hold `room_size` users.
     pub fn identity(&self, user: u32, room_size: u32) -> Identity {
-        let mut custom: Vec<String> = self.credentials_row(user).cloned().unwrap_or_default();
         let mut identity = Identity {
             user,
             user_id: self.user_id(user),
             room: room_name(user, room_size),
-            custom: Vec::new(),
+            custom: self.credentials_row(user).cloned().unwrap_or_default(),
         };
+        identity.custom.reserve(self.vars.len());
+        // Each var reads only credential columns, which come first: the values rendered so far
+        // can stay where they are (copying them for each var was quadratic, per connect).
         for var in &self.vars {
-            identity.custom = custom.clone();
             let value = var.render(&identity.values("", 0, 0, 0));
-            custom.push(value);
+            identity.custom.push(value);
         }
-        identity.custom = custom;
         identity
     }
 }
