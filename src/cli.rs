@@ -156,6 +156,10 @@ pub struct TargetArgs {
     /// Require this token in every login (default: any token is accepted).
     #[arg(long, value_name = "TOKEN", env = "WSFLEET_TARGET_TOKEN")]
     pub token: Option<String>,
+    /// Require this bearer token on the fault-injection admin API (`/admin/...`); without
+    /// it, anyone who reaches the port can stall or close every connection.
+    #[arg(long, value_name = "TOKEN", env = "WSFLEET_TARGET_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
     /// Serve wss:// with this PEM certificate chain (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -1038,7 +1038,8 @@ mod tests {
         );
         let foreign = field_of("source_addresses: [127.0.0.1, 192.0.2.77]");
         assert!(
-            foreign.contains("`source_addresses[1]`") && foreign.contains("not an address of this host"),
+            foreign.contains("`source_addresses[1]`")
+                && foreign.contains("not an address of this host"),
             "{foreign}"
         );
     }

@@ -263,6 +263,7 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
         token: args.token,
         tls,
         tcp: args.tcp_listen,
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
     };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -609,3 +609,47 @@ async fn idle_api_connections_cannot_starve_the_fleet() {
     .await;
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// The reference target under hostile admin calls: before, `{"delay": "500000000000y"}`
+/// overflowed the clock in every sender's task (each leaking its connection gauge) and a
+/// huge `stall` panicked; and its admin API answered anyone on the host. Now spans are
+/// bounded and an admin token can be required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_refuses_impossible_faults_and_strangers() {
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        admin_token: Some("s3cret".into()),
+        ..Default::default()
+    })
+    .await;
+    let faults = format!("http://{}/admin/faults", target.addr);
+    let stranger = http()
+        .patch(&faults)
+        .json(&json!({"delay": "1s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 401);
+    for (field, value) in [("delay", "500000000000y"), ("stall", "100000y")] {
+        let refused = http()
+            .patch(&faults)
+            .bearer_auth("s3cret")
+            .json(&json!({ field: value }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422, "{field}");
+        assert!(refused.text().await.unwrap().contains(field));
+    }
+    let now = http()
+        .get(&faults)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    let now: serde_json::Value = now.json().await.unwrap();
+    assert_eq!(now["delay"], json!("0s"), "nothing changed: {now}");
+    // It still serves a fleet.
+    let daemon = start_daemon(&format!("target: {}\nusers: 2\n", target.ws_url())).await;
+    wait_active(daemon.addr(), 2.0, 30).await;
+    daemon.shutdown().await.unwrap();
+}

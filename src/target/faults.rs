@@ -35,6 +35,11 @@ pub struct Faults {
     pub stall_until: Option<Instant>,
 }
 
+/// Longest delay, stall or `Retry-After` a fault may ask for: beyond it, a rehearsal is an
+/// outage (and before this bound, `{"delay": "500000000000y"}` overflowed the clock, panicking
+/// every sender's task).
+pub const MAX_FAULT_SPAN: Duration = Duration::from_secs(3600);
+
 /// `PATCH /admin/faults`: every field optional; `stall` holds all output for that long, now.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +86,22 @@ impl FaultSwitch {
 
     /// Applies a patch, or names the field that is wrong and changes nothing.
     pub fn apply(&self, patch: &FaultsPatch) -> Result<Faults, String> {
+        for (name, value) in [
+            ("delay", patch.delay),
+            ("knee_delay", patch.knee_delay),
+            ("retry_after", patch.retry_after),
+            ("stall", patch.stall),
+        ] {
+            if let Some(span) = value
+                && span > MAX_FAULT_SPAN
+            {
+                return Err(format!(
+                    "`{name}` must be at most {}, got {}",
+                    humantime::format_duration(MAX_FAULT_SPAN),
+                    humantime::format_duration(span)
+                ));
+            }
+        }
         for (name, value) in [("drop", patch.drop), ("duplicate", patch.duplicate)] {
             if let Some(v) = value
                 && !(0.0..=1.0).contains(&v)
@@ -123,7 +144,7 @@ impl FaultSwitch {
             faults.refuse = refuse;
         }
         if let Some(stall) = patch.stall {
-            faults.stall_until = Some(Instant::now() + stall);
+            faults.stall_until = Some(crate::clock::later(Instant::now(), stall));
         }
         Ok(faults.clone())
     }
@@ -152,7 +173,10 @@ impl FaultSwitch {
         };
         (
             copies,
-            Instant::now() + faults.delay + knee_delay.min(Duration::from_secs(60)),
+            crate::clock::later(
+                Instant::now(),
+                faults.delay + knee_delay.min(Duration::from_secs(60)),
+            ),
         )
     }
 

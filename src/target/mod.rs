@@ -39,6 +39,9 @@ pub struct TargetOptions {
     /// set), each frame with a 4-byte big-endian length prefix (for `tcp://` and `tls://`
     /// targets).
     pub tcp: Option<std::net::SocketAddr>,
+    /// If set, `/admin` calls must carry `Authorization: Bearer <this>`: anyone who can
+    /// reach the port could otherwise stall or close every connection.
+    pub admin_token: Option<String>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -205,13 +208,48 @@ type TargetState = Arc<Shared>;
 
 /// The target's routes.
 fn router(state: TargetState) -> Router {
+    let admin = Router::new()
+        .route("/admin/faults", get(get_faults).patch(patch_faults))
+        .route("/admin/close-all", post(close_all))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize_admin,
+        ));
     Router::new()
         .route("/ws", get(upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/admin/faults", get(get_faults).patch(patch_faults))
-        .route("/admin/close-all", post(close_all))
+        .merge(admin)
         .with_state(state)
+}
+
+/// With an admin token set, `/admin` calls must carry it (compared in constant time).
+async fn authorize_admin(
+    State(state): State<TargetState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(token) = &state.options.admin_token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({
+                "error": "the target's admin API needs its token (Authorization: Bearer <--admin-token>)"
+            })),
+        )
+            .into_response()
+    }
 }
 
 /// Listen backlog of the target: a connect storm must not overflow the accept queue (tokio's
