@@ -254,3 +254,41 @@ async fn insecure_skip_verify_and_server_name_override() {
     let err = wsfleet::config::Config::parse("tls: {min_version: '1.1'}\n").expect_err("1.1");
     assert!(err.to_string().contains("min_version"), "{err}");
 }
+
+/// The usual self-signed certificate, made by `openssl req -x509` (with `CA:TRUE`, as its
+/// default config makes it), named as its own `ca_file`: before, refused as "CA used as end
+/// entity" although the README says it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openssl_self_signed_certificate_is_its_own_ca_file() {
+    let Some(openssl) = tool("openssl", "the openssl command") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = wsfleet::target::mutual_server_config(&cert, &key, None).unwrap();
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        tls: Some(config),
+        ..Default::default()
+    })
+    .await;
+    let daemon = start_daemon(&tls_config(
+        &target,
+        3,
+        &format!("ca_file: {}", cert.display()),
+        "",
+    ))
+    .await;
+    wait_active(daemon.addr(), 3.0, 30).await;
+    daemon.shutdown().await.unwrap();
+}

@@ -51,10 +51,10 @@ pub fn client(settings: &TlsConfig, base_dir: &Path) -> Result<ClientTls, (&'sta
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let mut pinned = Vec::new();
         if let Some(path) = &settings.ca_file {
-            let (added, ignored) = roots.add_parsable_certificates(
-                read_certs(&base_dir.join(path)).map_err(|e| ("tls.ca_file", e))?,
-            );
+            pinned = read_certs(&base_dir.join(path)).map_err(|e| ("tls.ca_file", e))?;
+            let (added, ignored) = roots.add_parsable_certificates(pinned.iter().cloned());
             if ignored > 0 {
                 tracing::warn!(
                     added,
@@ -63,7 +63,15 @@ pub fn client(settings: &TlsConfig, base_dir: &Path) -> Result<ClientTls, (&'sta
                 );
             }
         }
-        builder.with_root_certificates(roots)
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|err| ("tls.ca_file", err.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }))
     };
     let config = match (&settings.cert_file, &settings.key_file) {
         (None, None) => builder.with_no_client_auth(),
@@ -271,6 +279,62 @@ impl rustls::client::ClientSessionStore for RotatingKey {
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
         self.current();
         self.sessions.cache().take_tls13_ticket(name)
+    }
+}
+
+/// The usual chain verification, and one case it refuses that users expect to work: the
+/// server presents exactly a certificate of `tls.ca_file`. `openssl req -x509` makes such a
+/// self-signed certificate with `CA:TRUE`, which webpki will not take as the server's own
+/// ("CA used as end entity"); here it is trusted because it is byte for byte one the user
+/// named, for the name it is valid for. (Its validity period is not checked in that case.)
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        match verified {
+            Err(_) if self.pinned.iter().any(|pin| pin.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
