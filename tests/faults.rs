@@ -263,7 +263,7 @@ async fn a_flood_of_frames_keeps_memory_bounded() {
 /// `resend_unacked`: the target holds every answer back, then closes every connection; the
 /// users reconnect and send again what was never acknowledged — same ids, counted as resent,
 /// not as new messages — and every one of them is acknowledged in the end: no ack timeouts,
-/// and the target received exactly the messages sent plus the resent ones.
+/// and the target received every message, at most once more than it was resent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_resent_after_a_reconnect() {
     let target = Target::start().await;
@@ -296,8 +296,14 @@ async fn unacknowledged_messages_are_resent_after_a_reconnect() {
         counts.ack_timeouts, 0,
         "every resent message was acked: {counts:?}"
     );
+    // Each message reached the target at least once. A copy still in flight when the target
+    // closed every connection never arrived and was resent: the target then saw fewer than
+    // sent + resent (1 in 3 runs here missed one), never more.
     let received = target.metrics().await.get("wsfleet_target_messages_total");
-    assert_eq!(received, (counts.sent + counts.resent) as f64, "{counts:?}");
+    assert!(
+        received >= counts.sent as f64 && received <= (counts.sent + counts.resent) as f64,
+        "the target received {received}: {counts:?}"
+    );
 }
 
 /// Busy loops on every core (and one more), killed on drop.

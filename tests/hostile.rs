@@ -653,3 +653,116 @@ async fn the_target_refuses_impossible_faults_and_strangers() {
     wait_active(daemon.addr(), 2.0, 30).await;
     daemon.shutdown().await.unwrap();
 }
+
+/// A server on loopback that runs `each` for every connection.
+async fn serve_raw<F, Fut>(each: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(each(tcp));
+        }
+    });
+    addr
+}
+
+/// Holds a connection until the client leaves.
+async fn hold(mut tcp: TcpStream) {
+    let mut sink = [0u8; 1024];
+    while matches!(tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// Waits for `count` connects of `result`, and `detail` in the error samples.
+async fn connects_fail(api: SocketAddr, result: &str, detail: &str) {
+    let series = format!(r#"wsfleet_connects_total{{result="{result}"}}"#);
+    wait_for(&format!("connects counted as {result}"), 30, || async {
+        scrape(api).await.get(&series) >= 2.0
+    })
+    .await;
+    let errors = status(api).await["errors"].to_string();
+    assert!(errors.contains(detail), "{errors}");
+}
+
+const IDLE_USERS: &str = "users: 2\nconnect_rate: 100\nscenario: idle\nheartbeat: {interval: 0s}\n\
+                          reconnect: {initial: 100ms, max: 200ms}\n";
+
+/// A 101 choosing an extension or subprotocol the client never offered: before, taken, and
+/// its frames then read in a format not asked for. RFC 6455 4.1 says fail the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrequested_extension_in_the_upgrade_is_refused() {
+    let server = serve_raw(|mut tcp| async move {
+        let extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        if raw::accept_upgrade_with(&mut tcp, extra).await.is_some() {
+            hold(tcp).await;
+        }
+    })
+    .await;
+    let daemon = start_daemon(&format!("target: ws://{server}/ws\n{IDLE_USERS}")).await;
+    connects_fail(daemon.addr(), "protocol", "not offered").await;
+    assert_eq!(scrape(daemon.addr()).await.get("wsfleet_users_active"), 0.0);
+    daemon.shutdown().await.unwrap();
+}
+
+/// A frame the WebSocket cannot read, sent while a user logs in: before, counted as a
+/// `login` failure (as if the server had refused the credentials). It is the server's
+/// protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_frame_during_login_is_a_protocol_error() {
+    let server = serve_raw(|mut tcp| async move {
+        if raw::accept_upgrade(&mut tcp).await.is_some() {
+            let _ = read_frame(&mut tcp).await; // the login
+            let _ = tcp
+                .write_all(&raw::frame(true, 1, &[b'o', 0xff, 0xfe]))
+                .await;
+            hold(tcp).await;
+        }
+    })
+    .await;
+    let daemon = start_daemon(&format!(
+        "target: ws://{server}/ws\nusers: 2\nconnect_rate: 100\nreconnect: {{initial: 100ms, max: 200ms}}\n"
+    ))
+    .await;
+    connects_fail(daemon.addr(), "protocol", "login step 1").await;
+    assert_eq!(
+        scrape(daemon.addr())
+            .await
+            .get(r#"wsfleet_connects_total{result="login"}"#),
+        0.0
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// A close code no server may send (1006): the library reports 1002; before, the sample
+/// blamed the server for a 1002 it never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_close_code_is_described_not_reported_as_1002() {
+    let server = serve_raw(|mut tcp| async move {
+        if raw::accept_upgrade(&mut tcp).await.is_some() {
+            let _ = tcp
+                .write_all(&raw::frame(true, 8, &1006u16.to_be_bytes()))
+                .await;
+            hold(tcp).await;
+        }
+    })
+    .await;
+    let daemon = start_daemon(&format!("target: ws://{server}/ws\n{IDLE_USERS}")).await;
+    let api = daemon.addr();
+    wait_for("server closes counted", 30, || async {
+        scrape(api)
+            .await
+            .get(r#"wsfleet_disconnects_total{reason="server_close"}"#)
+            >= 2.0
+    })
+    .await;
+    let errors = status(api).await["errors"].to_string();
+    assert!(
+        errors.contains("a close code a server may not send"),
+        "{errors}"
+    );
+    assert!(!errors.contains("close code 1002"), "{errors}");
+    daemon.shutdown().await.unwrap();
+}

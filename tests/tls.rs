@@ -266,7 +266,9 @@ async fn an_openssl_self_signed_certificate_is_its_own_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = std::process::Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
         .arg("-keyout")
@@ -275,7 +277,11 @@ async fn an_openssl_self_signed_certificate_is_its_own_ca_file() {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let config = wsfleet::target::mutual_server_config(&cert, &key, None).unwrap();
     let target = Target::start_with(wsfleet::target::TargetOptions {
         tls: Some(config),

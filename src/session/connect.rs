@@ -60,9 +60,9 @@ pub async fn open(
     ctx.metrics.observe(Latency::Connect, started.elapsed());
 
     let login_started = Instant::now();
-    if let Err(detail) = login(ctx, &mut socket, &identity).await {
+    if let Err(failure) = login(ctx, &mut socket, &identity).await {
         close(&mut socket).await;
-        return Err(ConnectFailure::new(ConnectResult::Login, detail));
+        return Err(failure);
     }
     if !ctx.scenario.login.is_empty() {
         ctx.metrics
@@ -138,8 +138,25 @@ async fn handshake(
 }
 
 /// Runs the login steps: send, then wait for the expected reply, ignoring other frames. The
-/// error says which step failed and how, with the last frame that did not match.
-async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Result<(), String> {
+/// error says which step failed and how, with the last frame that did not match; it counts
+/// as `login` unless the connection itself broke (`protocol`: a frame the WebSocket or the
+/// codec could not read; `io`: the socket failed).
+async fn login(
+    ctx: &Context,
+    socket: &mut Socket,
+    identity: &Identity,
+) -> Result<(), ConnectFailure> {
+    login_steps(ctx, socket, identity)
+        .await
+        .map_err(|(result, detail)| ConnectFailure::new(result, detail))
+}
+
+async fn login_steps(
+    ctx: &Context,
+    socket: &mut Socket,
+    identity: &Identity,
+) -> Result<(), (ConnectResult, String)> {
+    let refused = |detail: String| (ConnectResult::Login, detail);
     for (i, step) in ctx.scenario.login.iter().enumerate() {
         let step_no = i + 1;
         let mut unmatched: Option<String> = None;
@@ -148,15 +165,18 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
                 let text =
                     send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
                 ctx.metrics.add(Count::BytesSent, text.len() as u64);
-                let frame = ctx
-                    .scenario
-                    .codec
-                    .encode(text)
-                    .map_err(|err| format!("login step {step_no}: cannot encode: {err}"))?;
-                socket
-                    .send(frame)
-                    .await
-                    .map_err(|err| format!("login step {step_no}: sending failed: {err}"))?;
+                let frame = ctx.scenario.codec.encode(text).map_err(|err| {
+                    (
+                        ConnectResult::Protocol,
+                        format!("login step {step_no}: cannot encode: {err}"),
+                    )
+                })?;
+                socket.send(frame).await.map_err(|err| {
+                    (
+                        broken(&err),
+                        format!("login step {step_no}: sending failed: {err}"),
+                    )
+                })?;
             }
             let Some(expect) = &step.expect else {
                 return Ok(());
@@ -180,28 +200,35 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
                         return Ok(());
                     }
                     if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
-                        return Err(format!(
+                        return Err(refused(format!(
                             "login step {step_no}: refused by the server: {}",
                             truncate(text, 200)
-                        ));
+                        )));
                     }
                     reply(ctx, socket, identity, text)
                         .await
-                        .map_err(|err| format!("login step {step_no}: {err}"))?;
+                        .map_err(|(result, err)| {
+                            (result, format!("login step {step_no}: {err}"))
+                        })?;
                     unmatched = Some(truncate(text, 200).to_string());
                     continue;
                 }
                 match frame {
                     Some(Ok(Message::Close(frame))) => {
-                        return Err(format!(
+                        return Err(refused(format!(
                             "login step {step_no}: the server closed the connection ({})",
                             describe_close(frame.as_ref())
-                        ));
+                        )));
                     }
-                    Some(Err(err)) => return Err(format!("login step {step_no}: {err}")),
+                    Some(Err(err)) => {
+                        return Err((broken(&err), format!("login step {step_no}: {err}")));
+                    }
                     None => {
-                        return Err(format!(
-                            "login step {step_no}: the connection ended without a close frame"
+                        return Err((
+                            ConnectResult::Io,
+                            format!(
+                                "login step {step_no}: the connection ended without a close frame"
+                            ),
                         ));
                     }
                     Some(Ok(_)) => {}
@@ -211,15 +238,26 @@ async fn login(ctx: &Context, socket: &mut Socket, identity: &Identity) -> Resul
         match timeout(step.timeout, exchange).await {
             Ok(result) => result?,
             Err(_) => {
-                return Err(format!(
+                return Err(refused(format!(
                     "login step {step_no}: no matching frame within {}; last frame that did not match: {}",
                     humantime::format_duration(step.timeout),
                     unmatched.as_deref().unwrap_or("(none)")
-                ));
+                )));
             }
         }
     }
     Ok(())
+}
+
+/// How a broken socket counts: a frame that could not be read is the server's protocol
+/// error; the rest is the connection's.
+fn broken(err: &tokio_tungstenite::tungstenite::Error) -> ConnectResult {
+    use tokio_tungstenite::tungstenite::Error;
+    match err {
+        Error::Io(io) if io.kind() != std::io::ErrorKind::InvalidData => ConnectResult::Io,
+        Error::ConnectionClosed | Error::AlreadyClosed => ConnectResult::Io,
+        _ => ConnectResult::Protocol,
+    }
 }
 
 /// Answers `text` if one of the scenario's reply rules matches it (a server may ping while a
@@ -229,7 +267,7 @@ async fn reply(
     socket: &mut Socket,
     identity: &Identity,
     text: &str,
-) -> Result<(), String> {
+) -> Result<(), (ConnectResult, String)> {
     let reading = &ctx.scenario.reading;
     let Some(due) = reading.read(text).reply else {
         return Ok(());
@@ -239,11 +277,16 @@ async fn reply(
         .scenario
         .codec
         .encode(reading.render_reply(&due, &values))
-        .map_err(|err| format!("cannot encode a reply: {err}"))?;
+        .map_err(|err| {
+            (
+                ConnectResult::Protocol,
+                format!("cannot encode a reply: {err}"),
+            )
+        })?;
     socket
         .send(frame)
         .await
-        .map_err(|err| format!("sending a reply failed: {err}"))?;
+        .map_err(|err| (broken(&err), format!("sending a reply failed: {err}")))?;
     ctx.metrics.add(Count::Replies, 1);
     Ok(())
 }

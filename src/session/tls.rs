@@ -306,7 +306,12 @@ impl ServerCertVerifier for PinnedOrWebPki {
             self.webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match verified {
-            Err(_) if self.pinned.iter().any(|pin| pin.as_ref() == end_entity.as_ref()) => {
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|pin| pin.as_ref() == end_entity.as_ref()) =>
+            {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())

@@ -79,11 +79,11 @@ pub async fn upgrade(
         let mut parsed = httparse::Response::new(&mut parsed_headers);
         match parsed.parse(&response) {
             Ok(httparse::Status::Complete(end)) => {
-                check(&parsed, &key).map_err(|result| match result {
-                    ConnectResult::HttpStatus => refusal(&parsed, url),
-                    _ => ConnectFailure::new(
-                        result,
-                        format!("{url} answered the upgrade without a valid WebSocket accept"),
+                check(&parsed, &key, headers).map_err(|answer| match answer {
+                    Answer::Refused => refusal(&parsed, url),
+                    Answer::Invalid(why) => ConnectFailure::new(
+                        ConnectResult::Protocol,
+                        format!("{url} answered the upgrade {why}"),
                     ),
                 })?;
                 return Ok(response[end..].to_vec());
@@ -171,11 +171,26 @@ fn request(url: &Url, key: &str, headers: &[(String, String)]) -> Result<String,
     Ok(request)
 }
 
+/// Why an upgrade answer is not taken.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// Not 101: the server refused (its status is counted).
+    Refused,
+    /// A 101 that breaks RFC 6455 4.1; says how.
+    Invalid(String),
+}
+
 /// A valid answer is 101 with `Upgrade: websocket`, `Connection: upgrade` and the accept key
-/// derived from ours (RFC 6455 4.1).
-fn check(response: &httparse::Response<'_, '_>, key: &str) -> Result<(), ConnectResult> {
+/// derived from ours, and chooses no subprotocol or extension we did not offer in `sent`
+/// headers (RFC 6455 4.1: the client must then fail the connection; a frame format it did
+/// not ask for would be misread).
+fn check(
+    response: &httparse::Response<'_, '_>,
+    key: &str,
+    sent: &[(String, String)],
+) -> Result<(), Answer> {
     if response.code != Some(101) {
-        return Err(ConnectResult::HttpStatus);
+        return Err(Answer::Refused);
     }
     let header = |name: &str| header(response, name);
     let upgrade_ok = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
@@ -185,11 +200,42 @@ fn check(response: &httparse::Response<'_, '_>, key: &str) -> Result<(), Connect
     });
     let accept_ok =
         header("sec-websocket-accept") == Some(derive_accept_key(key.as_bytes()).as_str());
-    if upgrade_ok && connection_ok && accept_ok {
-        Ok(())
-    } else {
-        Err(ConnectResult::Protocol)
+    if !(upgrade_ok && connection_ok && accept_ok) {
+        return Err(Answer::Invalid("without a valid WebSocket accept".into()));
     }
+    for (name, what) in [
+        ("sec-websocket-protocol", "subprotocol"),
+        ("sec-websocket-extensions", "extension"),
+    ] {
+        let offered = |token: &str| {
+            sent.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .flat_map(|(_, v)| v.split(','))
+                .any(|o| token_name(o).eq_ignore_ascii_case(token_name(token)))
+        };
+        for chosen in response
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .filter(|t| !t.trim().is_empty())
+        {
+            if !offered(chosen) {
+                return Err(Answer::Invalid(format!(
+                    "with the {what} `{}`, which was not offered (RFC 6455 4.1)",
+                    crate::failures::truncate(chosen.trim(), 80)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An offered or chosen token without its parameters: `permessage-deflate; x=1` is
+/// `permessage-deflate`.
+fn token_name(token: &str) -> &str {
+    token.split(';').next().unwrap_or("").trim()
 }
 
 #[cfg(test)]
@@ -225,16 +271,39 @@ mod tests {
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut response = httparse::Response::new(&mut headers);
             response.parse(raw.as_bytes()).expect("parses");
-            check(&response, key)
+            check(
+                &response,
+                key,
+                &[("Sec-WebSocket-Protocol".into(), "mqtt, mqttv3.1".into())],
+            )
         };
         let good = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         assert_eq!(parse_and_check(good), Ok(()));
         assert_eq!(
             parse_and_check("HTTP/1.1 403 Forbidden\r\n\r\n"),
-            Err(ConnectResult::HttpStatus)
+            Err(Answer::Refused)
         );
         let wrong_key = good.replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "nope");
-        assert_eq!(parse_and_check(&wrong_key), Err(ConnectResult::Protocol));
+        assert!(matches!(
+            parse_and_check(&wrong_key),
+            Err(Answer::Invalid(_))
+        ));
+        let with = |extra: &str| good.replace("\r\n\r\n", &format!("\r\n{extra}\r\n\r\n"));
+        assert_eq!(
+            parse_and_check(&with("Sec-WebSocket-Protocol: mqtt")),
+            Ok(())
+        );
+        // Before, any of these was taken, and frames were then read in a format not asked for.
+        for unasked in [
+            "Sec-WebSocket-Protocol: chat",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+        ] {
+            let answer = parse_and_check(&with(unasked));
+            assert!(
+                matches!(&answer, Err(Answer::Invalid(why)) if why.contains("not offered")),
+                "{unasked}: {answer:?}"
+            );
+        }
     }
 
     #[test]

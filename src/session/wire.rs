@@ -269,8 +269,17 @@ fn is_tls_error(err: &std::io::Error) -> bool {
 }
 
 /// `1008 "policy violation"`, or `no close frame`.
+///
+/// A server's close with a code no endpoint may send (1005, 1006, 1015, or outside
+/// 1000-4999) reaches us from tungstenite rewritten as `1002 "Protocol violation"`, its own
+/// code gone; the sample says so rather than blame the server for a 1002 it never sent.
 pub fn describe_close(frame: Option<&CloseFrame>) -> String {
     match frame {
+        Some(frame)
+            if frame.code == CloseCode::Protocol && frame.reason == "Protocol violation" =>
+        {
+            "a close code a server may not send (1005, 1006, 1015 or outside 1000-4999; the WebSocket library reports it as 1002)".into()
+        }
         Some(frame) => format!(
             "close code {} \"{}\"",
             u16::from(frame.code),
