@@ -45,7 +45,21 @@ async fn daemon_with(
 type Body<'a> = Option<(&'a str, String)>;
 
 async fn call(method: &str, url: String, body: Body<'_>, token: Option<&str>) -> (u16, Value) {
+    call_with(method, url, body, token, &[]).await
+}
+
+/// [`call`] with extra headers.
+async fn call_with(
+    method: &str,
+    url: String,
+    body: Body<'_>,
+    token: Option<&str>,
+    headers: &[(String, String)],
+) -> (u16, Value) {
     let mut request = http().request(method.parse().unwrap(), url);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
     if let Some((content_type, body)) = body {
         request = request.header("content-type", content_type).body(body);
     }
@@ -670,8 +684,70 @@ mod fuzz {
         ]
     }
 
-    /// (method, path, body) of one request that must be refused.
-    fn bad_request() -> impl Strategy<Value = (&'static str, &'static str, String)> {
+    /// A request that would change the load if it came from the daemon's own page or a
+    /// tool, as a page on another site (or a DNS name of an attacker's) sends it: a form-like
+    /// content type, a foreign `Origin`, or a foreign `Host`.
+    fn cross_site_request() -> impl Strategy<Value = BadRequest> {
+        let change = prop_oneof![
+            Just(("POST", "/api/v1/pause", String::new())),
+            Just(("POST", "/api/v1/reload", String::new())),
+            Just(("PATCH", "/api/v1/load", json!({"users": 12}).to_string())),
+            Just((
+                "PUT",
+                "/api/v1/profile",
+                json!({"ramp": {"from": 0, "to": 12, "over": "1s"}}).to_string()
+            )),
+            Just(("DELETE", "/api/v1/profile", String::new())),
+            Just((
+                "PATCH",
+                "/v1/status",
+                json!({"data": {"attributes": {"vus": 12}}}).to_string()
+            )),
+        ];
+        let how = prop_oneof![
+            prop_oneof![
+                Just("text/plain"),
+                Just("text/plain;charset=UTF-8"),
+                Just("application/x-www-form-urlencoded"),
+                Just("multipart/form-data; boundary=x"),
+            ]
+            .prop_map(|kind| (kind, Vec::new())),
+            "[a-z]{1,12}\\.(example|test)(:[0-9]{1,5})?".prop_map(|origin| {
+                (
+                    "application/json",
+                    vec![("origin".to_string(), format!("http://{origin}"))],
+                )
+            }),
+            "[a-z]{1,12}\\.(example|test)(:[0-9]{1,5})?"
+                .prop_map(|host| { ("application/json", vec![("host".to_string(), host)]) }),
+        ];
+        (change, how)
+            .prop_map(|((method, path, body), (kind, headers))| (method, path, body, kind, headers))
+    }
+
+    /// (method, path, body, content type, extra headers) of one request that must be refused.
+    type BadRequest = (
+        &'static str,
+        &'static str,
+        String,
+        &'static str,
+        Vec<(String, String)>,
+    );
+
+    /// A request that must be refused: malformed or extreme input, or from another site.
+    fn bad_request() -> impl Strategy<Value = BadRequest> {
+        let json = |(method, path, body): (&'static str, &'static str, String)| {
+            (method, path, body, "application/json", Vec::new())
+        };
+        // Boxed: the nested strategy types would otherwise overflow a test thread's stack.
+        prop_oneof![
+            bad_input().prop_map(json).boxed(),
+            cross_site_request().boxed()
+        ]
+    }
+
+    /// (method, path, body) of one JSON request that must be refused.
+    fn bad_input() -> impl Strategy<Value = (&'static str, &'static str, String)> {
         let patch = bad_load_field().prop_map(|(field, value)| {
             ("PATCH", "/api/v1/load", json!({ field: value }).to_string())
         });
@@ -701,7 +777,13 @@ mod fuzz {
             };
             "[^{}\\[]{0,40}".prop_map(move |text| (method, path, text))
         });
-        prop_oneof![patch, ramp, stages, k6, garbage]
+        prop_oneof![
+            patch.boxed(),
+            ramp.boxed(),
+            stages.boxed(),
+            k6.boxed(),
+            garbage.boxed()
+        ]
     }
 
     #[test]
@@ -730,18 +812,19 @@ mod fuzz {
             ..Runner::default()
         });
         runner
-            .run(&bad_request(), |(method, path, body)| {
+            .run(&bad_request(), |(method, path, body, kind, headers)| {
                 runtime.block_on(async {
-                    let (code, answer) = call(
+                    let (code, answer) = call_with(
                         method,
                         format!("http://{api}{path}"),
-                        Some(("application/json", body.clone())),
+                        Some((kind, body.clone())),
                         None,
+                        &headers,
                     )
                     .await;
                     prop_assert!(
                         (400..500).contains(&code),
-                        "{method} {path} {body} -> {code} {answer}"
+                        "{method} {path} {body} {kind} {headers:?} -> {code} {answer}"
                     );
                     prop_assert_eq!(&state().await, &before, "{} {} {}", method, path, body);
                     Ok(())
