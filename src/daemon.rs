@@ -181,9 +181,16 @@ impl Daemon {
             }
             tracing::info!("shutting down: closing every user");
             let fleet_stopped = core.join(FLEET_TASK).await;
-            // What the users measured last is still in their threads' buffers.
+            // What the users measured last is still in their threads' buffers. Bounded: a
+            // user thread that never yields again must not hold the shutdown forever.
             let flushing = Arc::clone(&final_metrics);
-            runtimes.on_each(move || flushing.flush_thread()).await;
+            let flushed = runtimes.on_each(move || flushing.flush_thread());
+            if tokio::time::timeout(Duration::from_secs(5), flushed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a user thread did not flush its measurements within 5 s");
+            }
             drop(runtimes);
             // Users are closed; only now stop the API (so /metrics shows the end) and the target
             // (so it answered the users' close frames).

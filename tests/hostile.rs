@@ -766,3 +766,44 @@ async fn a_forbidden_close_code_is_described_not_reported_as_1002() {
     assert!(!errors.contains("close code 1002"), "{errors}");
     daemon.shutdown().await.unwrap();
 }
+
+/// The attack as it happened: a page on another origin, opened in Chromium, posting to the
+/// API with no token set. Before, its `no-cors` text/plain POST paused the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_cannot_pause_the_fleet_in_chromium() {
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
+    if tool(
+        "chromedriver",
+        "Debian's chromium-driver (the README's test command installs it)",
+    )
+    .is_none()
+    {
+        return;
+    }
+    if !python.is_file() {
+        tool(
+            "no-such-program-venv",
+            "the .venv-test with selenium (scripts/test makes it)",
+        );
+        return;
+    }
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!("target: {}\nusers: 3\n", target.ws_url())).await;
+    let out = tokio::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/cross_site.py"
+        ))
+        .arg(format!("http://{}/", daemon.addr()))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = script_json(&out);
+    assert_eq!(seen["tried"].as_array().map(Vec::len), Some(3), "{seen}");
+    assert_eq!(seen["paused"], json!(false), "{seen}");
+    assert_eq!(seen["users_after"], seen["users_before"], "{seen}");
+    daemon.shutdown().await.unwrap();
+}
