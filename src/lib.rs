@@ -17,7 +17,7 @@
 //! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
 //! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
 //!   allocator's own figures and heap profile.
-//! - [`api`]: the HTTP control API, `/metrics` and the live page; [`history`] and [`report`]:
+//! - [`api`]: the HTTP control API (tokens checked by [`bearer`]), `/metrics` and the live page; [`history`] and [`report`]:
 //!   what the page and the run report show; [`output`]: the files a run writes, whole.
 //! - [`capacity`]: the search for the most load the server holds within its SLA.
 //! - [`health`]: the generator judging its own numbers; [`host`]: what the process may use of
@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bearer;
 pub mod capacity;
 pub mod cli;
 pub mod clock;

@@ -163,16 +163,8 @@ fn evil_config(server: &EvilServer, extra: &str) -> String {
 
 /// Waits for `count` disconnects of `reason`, and `detail` in the error samples.
 async fn ends_with(daemon: &wsfleet::daemon::Daemon, reason: &str, count: f64, detail: &str) {
-    let api = daemon.addr();
     let series = format!(r#"wsfleet_disconnects_total{{reason="{reason}"}}"#);
-    wait_for(
-        &format!("{count} disconnects of reason {reason}"),
-        30,
-        || async { scrape(api).await.get(&series) >= count },
-    )
-    .await;
-    let errors = status(api).await["errors"].to_string();
-    assert!(errors.contains(detail), "{errors}");
+    counted_with_sample(daemon.addr(), &series, count, detail).await;
 }
 
 /// A message over `max_message_size` ends the session as `protocol` before it is buffered;

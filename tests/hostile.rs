@@ -679,12 +679,7 @@ async fn hold(mut tcp: TcpStream) {
 /// Waits for `count` connects of `result`, and `detail` in the error samples.
 async fn connects_fail(api: SocketAddr, result: &str, detail: &str) {
     let series = format!(r#"wsfleet_connects_total{{result="{result}"}}"#);
-    wait_for(&format!("connects counted as {result}"), 30, || async {
-        scrape(api).await.get(&series) >= 2.0
-    })
-    .await;
-    let errors = status(api).await["errors"].to_string();
-    assert!(errors.contains(detail), "{errors}");
+    counted_with_sample(api, &series, 2.0, detail).await;
 }
 
 const IDLE_USERS: &str = "users: 2\nconnect_rate: 100\nscenario: idle\nheartbeat: {interval: 0s}\n\
@@ -771,22 +766,9 @@ async fn a_forbidden_close_code_is_described_not_reported_as_1002() {
 /// API with no token set. Before, its `no-cors` text/plain POST paused the fleet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_on_another_origin_cannot_pause_the_fleet_in_chromium() {
-    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
-    if tool(
-        "chromedriver",
-        "Debian's chromium-driver (the README's test command installs it)",
-    )
-    .is_none()
-    {
+    let Some(python) = selenium() else {
         return;
-    }
-    if !python.is_file() {
-        tool(
-            "no-such-program-venv",
-            "the .venv-test with selenium (scripts/test makes it)",
-        );
-        return;
-    }
+    };
     let target = Target::start().await;
     let daemon = start_daemon(&format!("target: {}\nusers: 3\n", target.ws_url())).await;
     let out = tokio::process::Command::new(&python)

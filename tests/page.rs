@@ -14,22 +14,9 @@ const TOKEN: &str = "page-t0ken";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
-    if tool(
-        "chromedriver",
-        "Debian's chromium-driver (the README's test command installs it)",
-    )
-    .is_none()
-    {
+    let Some(python) = selenium() else {
         return;
-    }
-    if !python.is_file() {
-        tool(
-            "no-such-program-venv",
-            "the .venv-test with selenium (scripts/test makes it)",
-        );
-        return;
-    }
+    };
     let target = Target::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -142,14 +141,7 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
     let Some(token) = &state.token else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant time: the comparison must not tell an attacker how much of a guess was right.
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+    if crate::bearer::presented(request.headers(), token) {
         next.run(request).await
     } else {
         let mut response = ApiError::new(

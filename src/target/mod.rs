@@ -229,17 +229,10 @@ async fn authorize_admin(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    use subtle::ConstantTimeEq;
     let Some(token) = &state.options.admin_token else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+    if crate::bearer::presented(request.headers(), token) {
         next.run(request).await
     } else {
         (

@@ -211,6 +211,35 @@ where
     }
 }
 
+/// Waits until `series` counts at least `count`, then checks that `detail` is in the error
+/// samples of the status API.
+pub async fn counted_with_sample(api: SocketAddr, series: &str, count: f64, detail: &str) {
+    wait_for(&format!("{count} of {series}"), 30, || async {
+        scrape(api).await.get(series) >= count
+    })
+    .await;
+    let errors = status(api).await["errors"].to_string();
+    assert!(errors.contains(detail), "{errors}");
+}
+
+/// The Python of `.venv-test` with selenium, and Chromium's driver; `None` (saying loudly
+/// that the test is skipped, or failing in CI) when either is missing.
+pub fn selenium() -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python");
+    tool(
+        "chromedriver",
+        "Debian's chromium-driver (the README's test command installs it)",
+    )?;
+    if !python.is_file() {
+        tool(
+            "no-such-program-venv",
+            "the .venv-test with selenium (scripts/test makes it)",
+        );
+        return None;
+    }
+    Some(python)
+}
+
 /// Waits until the daemon reports exactly `users` active users.
 pub async fn wait_active(api: SocketAddr, users: f64, seconds: u64) {
     wait_for(
