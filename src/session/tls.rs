@@ -46,7 +46,10 @@ pub fn client(settings: &TlsConfig, base_dir: &Path) -> Result<ClientTls, (&'sta
         );
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(Arc::clone(&provider))))
+            .with_custom_certificate_verifier(Arc::new(ServerCheck {
+                provider: Arc::clone(&provider),
+                chain: None,
+            }))
     } else {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -71,7 +74,10 @@ pub fn client(settings: &TlsConfig, base_dir: &Path) -> Result<ClientTls, (&'sta
         .map_err(|err| ("tls.ca_file", err.to_string()))?;
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }))
+            .with_custom_certificate_verifier(Arc::new(ServerCheck {
+                provider: Arc::clone(&provider),
+                chain: Some(Chain { webpki, pinned }),
+            }))
     };
     let config = match (&settings.cert_file, &settings.key_file) {
         (None, None) => builder.with_no_client_auth(),
@@ -282,18 +288,27 @@ impl rustls::client::ClientSessionStore for RotatingKey {
     }
 }
 
-/// The usual chain verification, and one case it refuses that users expect to work: the
-/// server presents exactly a certificate of `tls.ca_file`. `openssl req -x509` makes such a
-/// self-signed certificate with `CA:TRUE`, which webpki will not take as the server's own
-/// ("CA used as end entity"); here it is trusted because it is byte for byte one the user
-/// named, for the name it is valid for. (Its validity period is not checked in that case.)
+/// How server certificates are judged. `chain`: the usual verification against the roots,
+/// plus one case it refuses that users expect to work — the server presents exactly a
+/// certificate of `tls.ca_file`. `openssl req -x509` makes such a self-signed certificate with
+/// `CA:TRUE`, which webpki will not take as the server's own ("CA used as end entity"); it is
+/// trusted here because it is byte for byte one the user named, for the names it holds (its
+/// validity period is not checked in that case). Without `chain` (`insecure_skip_verify`) any
+/// certificate is accepted. Handshake signatures are checked either way, so the handshake
+/// itself is sound.
 #[derive(Debug)]
-struct PinnedOrWebPki {
-    pinned: Vec<CertificateDer<'static>>,
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+struct ServerCheck {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Chain>,
 }
 
-impl ServerCertVerifier for PinnedOrWebPki {
+#[derive(Debug)]
+struct Chain {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -302,12 +317,16 @@ impl ServerCertVerifier for PinnedOrWebPki {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let verified =
-            self.webpki
+            chain
+                .webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match verified {
             Err(_)
-                if self
+                if chain
                     .pinned
                     .iter()
                     .any(|pin| pin.as_ref() == end_entity.as_ref()) =>
@@ -326,51 +345,11 @@ impl ServerCertVerifier for PinnedOrWebPki {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `insecure_skip_verify`: accepts any server certificate (signatures are still checked, so
-/// the handshake itself is sound).
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -384,12 +363,14 @@ impl ServerCertVerifier for NoVerification {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
