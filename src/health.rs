@@ -120,17 +120,8 @@ pub fn spawn(
                 _ = shutdown.cancelled() => return,
                 _ = silence_check.tick() => {}
                 sample = samples.recv() => {
-                    let Some((thread, lag)) = sample else { return };
-                    heard[thread] = Instant::now();
-                    // A tick `lag` late stands for the ticks that could not run meanwhile:
-                    // they count as late too, so a starved generator, which ticks rarely,
-                    // is judged by time, not by the few ticks it managed.
-                    for _ in 0..ticks_covered(lag).min(window) {
-                        if recent.len() == window {
-                            recent.pop_front();
-                        }
-                        recent.push_back(lag);
-                    }
+                    let Some(sample) = sample else { return };
+                    record(&mut recent, &mut heard, window, sample);
                 }
                 _ = fd_count.tick() => {
                     fds = file_descriptors();
@@ -138,6 +129,11 @@ pub fn spawn(
                         metrics.fds_available.set(max.saturating_sub(open) as i64);
                     }
                 }
+            }
+            // Everything the probes sent is read before judging: a judge that was itself
+            // slow to run must not take its own delay for a user thread's silence.
+            while let Ok(sample) = samples.try_recv() {
+                record(&mut recent, &mut heard, window, sample);
             }
             let late = recent.iter().filter(|&&l| l > config.max_loop_lag).count();
             let lag_reason = (late as f64 >= LATE_SHARE * window as f64).then(|| {
@@ -158,6 +154,20 @@ pub fn spawn(
             let available = max.saturating_sub(open);
             let reason = lag_reason.or_else(|| starved(fds));
             let saturated = reason.is_some();
+            // The status first, then the signal: whoever sees the change can read why.
+            metrics.generator_saturated.set(i64::from(saturated));
+            *shared.lock().unwrap_or_else(|e| e.into_inner()) = Health {
+                saturated,
+                reason: reason.clone(),
+                loop_lag_max_seconds: recent
+                    .iter()
+                    .max()
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                fds_open: open,
+                fds_available: available.min(i64::MAX as u64),
+            };
             saturated_tx.send_if_modified(|was| {
                 if *was == saturated {
                     return false;
@@ -172,19 +182,6 @@ pub fn spawn(
                 *was = saturated;
                 true
             });
-            metrics.generator_saturated.set(i64::from(saturated));
-            *shared.lock().unwrap_or_else(|e| e.into_inner()) = Health {
-                saturated,
-                reason,
-                loop_lag_max_seconds: recent
-                    .iter()
-                    .max()
-                    .copied()
-                    .unwrap_or_default()
-                    .as_secs_f64(),
-                fds_open: open,
-                fds_available: available.min(i64::MAX as u64),
-            };
         }
     });
     (saturated_rx, health, task)
@@ -194,7 +191,7 @@ pub fn spawn(
 /// thread's buffered measurements.
 async fn probe(
     thread: usize,
-    samples: tokio::sync::mpsc::Sender<(usize, Duration)>,
+    samples: tokio::sync::mpsc::Sender<Sample>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -205,13 +202,35 @@ async fn probe(
             _ = shutdown.cancelled() => return,
             scheduled = ticks.tick() => scheduled,
         };
-        let lag = Instant::now().saturating_duration_since(scheduled);
+        let now = Instant::now();
+        let lag = now.saturating_duration_since(scheduled);
         metrics.event_loop_lag.observe(lag.as_secs_f64());
         // This thread's users' buffered measurements: readers see them at most a tick late.
         metrics.flush_thread();
-        let _ = samples.try_send((thread, lag));
+        let _ = samples.try_send((thread, lag, now));
     }
 }
+
+/// One probe tick: thread `thread` ran its tick at `at`, `lag` late. A tick `lag` late
+/// stands for the ticks that could not run meanwhile: they count as late too, so a starved
+/// generator, which ticks rarely, is judged by time, not by the few ticks it managed.
+fn record(
+    recent: &mut VecDeque<Duration>,
+    heard: &mut [Instant],
+    window: usize,
+    (thread, lag, at): Sample,
+) {
+    heard[thread] = heard[thread].max(at);
+    for _ in 0..ticks_covered(lag).min(window) {
+        if recent.len() == window {
+            recent.pop_front();
+        }
+        recent.push_back(lag);
+    }
+}
+
+/// What a probe reports: its thread, how late its tick ran, and when.
+type Sample = (usize, Duration, Instant);
 
 /// The user thread heard from least recently, if it has been silent for longer than
 /// [`SILENT`], and for how long.
