@@ -755,8 +755,8 @@ impl Config {
                 ),
             });
         }
-        let load = self.load().validate()?;
-        self.limits.check(&load)?;
+        let load = self.load().validate().map_err(in_file)?;
+        self.limits.check(&load).map_err(in_file)?;
         self.api_token()?;
         self.client_tls()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
@@ -842,6 +842,20 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// A load error with its field as the file spells it: the live fields the file nests
+/// (`heartbeat.interval`, `scenario.room_size`) have flat names in [`Load`] and the API.
+fn in_file(err: LoadError) -> LoadError {
+    let field = match err.field.as_str() {
+        "heartbeat_interval" => "heartbeat.interval",
+        "room_size" => "scenario.room_size",
+        _ => return err,
+    };
+    LoadError {
+        field: field.into(),
+        ..err
     }
 }
 
@@ -1028,6 +1042,15 @@ mod tests {
         }
     }
 
+    /// Live fields nested in the file are named as the file spells them, not by their flat
+    /// API names (`heartbeat_interval`, `room_size` named fields the file does not have).
+    #[test]
+    fn nested_live_fields_are_named_as_in_the_file() {
+        assert!(field_of("heartbeat: {interval: 50ms}").contains("`heartbeat.interval`"));
+        let room = field_of("scenario: {extends: im, room_size: 2000000}");
+        assert!(room.contains("`scenario.room_size`"), "{room}");
+    }
+
     #[test]
     fn files_and_addresses_are_named_by_their_field() {
         assert!(field_of("api: {token_file: /nonexistent/token}").contains("`api.token_file`"));
@@ -1092,7 +1115,7 @@ mod tests {
             ("ack_timeout: 2h", "`ack_timeout`"),
             ("loss_grace: 2h", "`loss_grace`"),
             ("message_interval: 2h", "`message_interval`"),
-            ("heartbeat: {interval: 2h}", "`heartbeat_interval`"),
+            ("heartbeat: {interval: 2h}", "`heartbeat.interval`"),
             ("lifetime: {min: 1s, max: 100y}", "`lifetime.max`"),
             ("drain_timeout: 2h", "`drain_timeout`"),
             ("progress_interval: 10ms", "`progress_interval`"),

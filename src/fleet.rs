@@ -273,7 +273,7 @@ impl Fleet {
         let (commands, inbox) = mpsc::channel(64);
         let shard = ctx.shard;
         ctx.metrics.shard_index.set(i64::from(shard.index));
-        ctx.metrics.shard_count.set(i64::from(shard.count));
+        ctx.metrics.shards.set(i64::from(shard.count));
         let fleet = Fleet {
             ctx,
             desired: desired_tx,

@@ -23,7 +23,11 @@ pub struct Summary {
     /// (connect attempts + messages sent + deliveries expected).
     pub error_rate: f64,
     pub slos: Vec<SloResult>,
+    /// No SLO breached. Without an SLA there is nothing to pass: see `verdict`.
     pub passed: bool,
+    /// `pass`, `fail`, or `none` when the config sets no SLA (a run whose every connect
+    /// failed is not a PASS because nobody said what would fail it).
+    pub verdict: &'static str,
     /// Why the numbers cannot be fully trusted: the generator itself was saturated during the
     /// run (its latency figures may be inflated). Absent when it never was.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +145,11 @@ impl Summary {
         Summary {
             duration_seconds: secs,
             passed: slos.iter().all(|s| !s.breached),
+            verdict: match (slos.is_empty(), slos.iter().any(|s| s.breached)) {
+                (true, _) => "none",
+                (false, true) => "fail",
+                (false, false) => "pass",
+            },
             connects: Counted {
                 count: attempts,
                 rate_per_second: attempts as f64 / secs,
@@ -268,7 +277,11 @@ impl Summary {
         let _ = writeln!(
             out,
             "verdict      {}",
-            if self.passed { "PASS" } else { "FAIL" }
+            match self.verdict {
+                "pass" => "PASS",
+                "fail" => "FAIL",
+                _ => "none (no sla configured)",
+            }
         );
         out
     }

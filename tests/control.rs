@@ -1035,3 +1035,38 @@ async fn a_heap_profile_of_the_running_daemon_is_served_as_pprof() {
     );
     daemon.shutdown().await.unwrap();
 }
+
+/// No SLA, and every connect fails: before, `verdict PASS` with an error rate of 100%. No SLA
+/// means no verdict; the error rate stays on the same screen and the exit code stays 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_sla_there_is_no_verdict_not_a_pass() {
+    let closed = free_addr();
+    let run = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--users",
+            "3",
+            "--duration",
+            "2s",
+        ])
+        .args(["--target", &format!("ws://{closed}/ws")])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("verdict      none (no sla configured)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PASS"), "{stdout}");
+    assert!(
+        stdout.contains("100.0000%"),
+        "the error rate is shown: {stdout}"
+    );
+}

@@ -127,7 +127,7 @@ pub struct Metrics {
     pub users_target: IntGauge,
     pub fleet_users_target: IntGauge,
     pub shard_index: IntGauge,
-    pub shard_count: IntGauge,
+    pub shards: IntGauge,
     pub users_active: IntGauge,
     connects: Vec<IntCounter>,
     pub connect_duration: Histogram,
@@ -218,8 +218,8 @@ impl Metrics {
                 "Users the whole fleet (every shard) should hold.",
             ),
             shard_index: reg.gauge("wsfleet_shard_index", "This instance's shard, from 0."),
-            shard_count: reg.gauge(
-                "wsfleet_shard_count",
+            shards: reg.gauge(
+                "wsfleet_shards",
                 "Instances (shards) the fleet is split into.",
             ),
             users_active: reg.gauge(
