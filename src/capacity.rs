@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -277,12 +278,13 @@ fn failed_connects(metrics: &Metrics) -> u64 {
         .sum()
 }
 
-/// Runs a search to its end (or until `cancel`), sharing its progress in `shared`.
+/// Runs a search to its end (or until `cancel`), sharing its progress in `shared`. Each step
+/// is judged by the SLA in force when it is judged (a reload may change it).
 pub async fn run(
     spec: CapacitySpec,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
-    sla: Sla,
+    sla: watch::Receiver<Sla>,
     shared: Shared,
     cancel: CancellationToken,
 ) -> Outcome {
@@ -366,7 +368,7 @@ async fn judge(
     value: f64,
     fleet: &FleetHandle,
     metrics: &Metrics,
-    sla: &Sla,
+    sla: &watch::Receiver<Sla>,
 ) -> Result<Step, String> {
     let origin = Origin::new(Source::Capacity, format!("capacity search step {value}"));
     fleet
@@ -419,7 +421,8 @@ async fn judge(
     };
     let mut observed = std::collections::BTreeMap::new();
     let mut broke = Vec::new();
-    for (slo, threshold) in sla.thresholds() {
+    let in_force = sla.borrow().clone();
+    for (slo, threshold) in in_force.thresholds() {
         let value = match slo {
             Slo::P99Rtt => rtt.p99,
             Slo::P99Delivery => delivery.p99,
@@ -455,7 +458,7 @@ impl Searches {
         spec: CapacitySpec,
         fleet: &FleetHandle,
         metrics: &Arc<Metrics>,
-        sla: &Sla,
+        sla: &watch::Receiver<Sla>,
     ) -> Option<Outcome> {
         let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((shared, _)) = current.as_ref()

@@ -35,6 +35,7 @@ pub struct Daemon {
     target: Url,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
+    sla: tokio::sync::watch::Receiver<crate::config::Sla>,
     started: Instant,
     drain_timeout: Duration,
     shutdown: CancellationToken,
@@ -75,6 +76,8 @@ impl Daemon {
         let token = config.api_token()?;
         let metrics = Arc::new(Metrics::with_window(config.status_window));
         metrics.set_sla_thresholds(&config.sla);
+        // The one SLA: the gauge, the status, the report, capacity and the verdict read it.
+        let (sla_tx, sla) = tokio::sync::watch::channel(config.sla.clone());
         let runtimes =
             Arc::new(Runtimes::start_for(config.threads).context("starting the user runtimes")?);
         // Per-message measurements are buffered per user thread, flushed by the health probe.
@@ -111,6 +114,7 @@ impl Daemon {
                     config.clone(),
                     fleet.clone(),
                     Arc::clone(&metrics),
+                    sla_tx,
                 ));
                 core.add(
                     "config reloader",
@@ -146,7 +150,7 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             target: target.clone(),
             started,
-            sla: config.sla.clone(),
+            sla: sla.clone(),
             config: Arc::new(crate::report::config_json(&config)),
             searches: Arc::default(),
             health,
@@ -211,6 +215,7 @@ impl Daemon {
             target,
             fleet,
             metrics,
+            sla,
             started,
             drain_timeout: config.drain_timeout(),
             shutdown,
@@ -234,6 +239,11 @@ impl Daemon {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The SLA in force, as reloads change it.
+    pub fn sla(&self) -> tokio::sync::watch::Receiver<crate::config::Sla> {
+        self.sla.clone()
     }
 
     /// Time since the daemon started.

@@ -130,7 +130,6 @@ async fn run_daemon(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
-    let sla = config.sla.clone();
     let config_json = wsfleet::report::config_json(&config);
     let search = match (&config.capacity, args.find_capacity) {
         (Some(spec), true) => Some(spec.clone()),
@@ -163,7 +162,7 @@ async fn run_daemon(
             spec,
             daemon.fleet().clone(),
             Arc::clone(daemon.metrics()),
-            sla.clone(),
+            daemon.sla(),
             Default::default(),
             signal.clone(),
         )
@@ -193,7 +192,10 @@ async fn run_daemon(
     let metrics = Arc::clone(daemon.metrics());
     let profile = daemon.fleet().profile().await.unwrap_or(None);
     let target = daemon.target().clone();
+    let in_force = daemon.sla();
     let finished = daemon.finish().await?;
+    // Judged by the SLA in force at the end: a reload during the run changed it for everyone.
+    let sla = in_force.borrow().clone();
     let active = finished
         .drain
         .as_ref()

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use notify::Watcher;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Sla};
 use crate::fleet::{FleetError, FleetHandle, Origin};
 use crate::load::{Load, LoadPatch};
 use crate::metrics::{Metrics, Source};
@@ -46,11 +47,20 @@ pub struct Reloader {
     last_text: Mutex<Option<String>>,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
+    /// The one SLA every reader sees; a reload replaces it.
+    sla: watch::Sender<Sla>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, running: Config, fleet: FleetHandle, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        running: Config,
+        fleet: FleetHandle,
+        metrics: Arc<Metrics>,
+        sla: watch::Sender<Sla>,
+    ) -> Self {
         Self {
+            sla,
             last_text: Mutex::new(read_text(&path).ok()),
             path,
             running: Mutex::new(running),
@@ -94,6 +104,7 @@ impl Reloader {
             self.fleet.update(patch, origin).await?.load
         };
         self.metrics.set_sla_thresholds(&next.sla);
+        self.sla.send_replace(next.sla.clone());
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let restart_only = running.restart_only_changes(&next);
         if !restart_only.is_empty() {

@@ -1070,3 +1070,80 @@ async fn without_an_sla_there_is_no_verdict_not_a_pass() {
         "the error rate is shown: {stdout}"
     );
 }
+
+/// One SLA: start with `{p99_rtt: 1s}`, reload `{p99_rtt: 2s, error_rate: 1%}`. Before, the
+/// gauge showed the new thresholds while the status, the report and the exit verdict judged by
+/// the start-time copy. Now every reader sees the SLA in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_sla_is_the_one_every_reader_judges_by() {
+    use std::collections::BTreeMap;
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, summary) = (
+        dir.path().join("fleet.yaml"),
+        dir.path().join("summary.json"),
+    );
+    let yaml = |sla: &str| {
+        format!(
+            "target: {}\nusers: 3\nmessage_interval: 200ms\nlisten: 127.0.0.1:0\nsla: {sla}\n",
+            target.ws_url()
+        )
+    };
+    std::fs::write(&config, yaml("{p99_rtt: 1s}")).unwrap();
+    let mut daemon = DaemonProcess::start(&[
+        "run",
+        "-c",
+        config.to_str().unwrap(),
+        "--duration",
+        "6s",
+        "--summary-out",
+        summary.to_str().unwrap(),
+    ])
+    .await;
+    let api = daemon.api;
+    std::fs::write(&config, yaml("{p99_rtt: 2s, error_rate: 1%}")).unwrap();
+    let (code, answer) = call("POST", format!("http://{api}/api/v1/reload"), None, None).await;
+    assert_eq!(code, 200, "{answer}");
+    let expected = json!({"p99_rtt_seconds": 2.0, "error_rate": 0.01});
+    assert_eq!(status(api).await["sla"], expected, "the status");
+    let gauge = scrape(api).await;
+    assert_eq!(
+        gauge.get(r#"wsfleet_sla_threshold{slo="p99_rtt_seconds"}"#),
+        2.0
+    );
+    assert_eq!(
+        gauge.get(r#"wsfleet_sla_threshold{slo="error_rate"}"#),
+        0.01
+    );
+    let report = http()
+        .get(format!("http://{api}/api/v1/report"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        report.contains(r#""sla":{"error_rate":0.01,"p99_rtt_seconds":2.0}"#),
+        "the report's thresholds"
+    );
+    wait_for("the run to end", 60, || async { summary.is_file() }).await;
+    assert_eq!(daemon.stop(), Some(0));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let judged: BTreeMap<String, f64> = summary["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["slo"].as_str().unwrap().to_string(),
+                s["threshold"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        BTreeMap::from([("error_rate".into(), 0.01), ("p99_rtt_seconds".into(), 2.0)]),
+        "the exit verdict"
+    );
+}

@@ -118,6 +118,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         profile,
         sla: state
             .sla
+            .borrow()
             .thresholds()
             .into_iter()
             .map(|(slo, v)| (slo.as_str().to_string(), v))
@@ -258,7 +259,7 @@ pub async fn put_profile(
     if let Some(search) = body.as_object().and_then(|o| o.get("search")) {
         let spec: crate::capacity::CapacitySpec = serde_path_to_error::deserialize(search)
             .map_err(|err| invalid(format!("search.{err}")))?;
-        spec.validate(&state.sla).map_err(invalid)?;
+        spec.validate(&state.sla.borrow()).map_err(invalid)?;
         let outcome = state
             .searches
             .start(spec, &state.fleet, &state.metrics, &state.sla)
@@ -372,10 +373,11 @@ pub async fn history(State(state): State<ApiState>) -> Json<crate::history::Snap
 pub async fn report(
     State(state): State<ApiState>,
 ) -> Result<axum::response::Html<String>, ApiError> {
+    let sla = state.sla.borrow().clone();
     let mut summary = crate::summary::Summary::collect(
         &state.metrics,
         state.fleet.local_users(),
-        &state.sla,
+        &sla,
         state.started.elapsed(),
         state.metrics.users_active.get(),
     );
@@ -384,7 +386,7 @@ pub async fn report(
         &summary,
         &state.metrics,
         state.fleet.profile().await?,
-        &state.sla,
+        &sla,
         &state.target,
         (*state.config).clone(),
     );

@@ -55,7 +55,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub target: Url,
     pub started: Instant,
-    pub sla: Sla,
+    /// The SLA in force: the one copy, which a reload replaces ([`crate::reload`]).
+    pub sla: tokio::sync::watch::Receiver<Sla>,
     /// The generator's view of its own health.
     pub health: Arc<std::sync::Mutex<crate::health::Health>>,
     /// Bearer token guarding `/api` and `/v1`; `None` leaves them open.
