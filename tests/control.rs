@@ -1115,14 +1115,7 @@ async fn a_reloaded_sla_is_the_one_every_reader_judges_by() {
         gauge.get(r#"wsfleet_sla_threshold{slo="error_rate"}"#),
         0.01
     );
-    let report = http()
-        .get(format!("http://{api}/api/v1/report"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let report = get_text(&format!("http://{api}/api/v1/report")).await;
     assert!(
         report.contains(r#""sla":{"error_rate":0.01,"p99_rtt_seconds":2.0}"#),
         "the report's thresholds"

@@ -242,14 +242,7 @@ async fn a_hostile_user_agent_cannot_break_the_report() {
         .unwrap();
     assert_eq!(changed.status(), 200);
     wait_for("the change in the history", 20, || async {
-        let report = http()
-            .get(format!("http://{api}/api/v1/report"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let report = get_text(&format!("http://{api}/api/v1/report")).await;
         assert!(!report.contains("<!--<script>"), "the agent is escaped");
         report.contains(r"\u003c!--\u003cscript\u003e")
     })

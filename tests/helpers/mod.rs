@@ -175,15 +175,13 @@ impl Scrape {
     }
 }
 
+/// A GET answered with text (any status).
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub async fn scrape(addr: SocketAddr) -> Scrape {
-    let text = http()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("http://{addr}/metrics")).await;
     Scrape(
         text.lines()
             .filter(|line| !line.starts_with('#'))
