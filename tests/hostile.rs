@@ -518,9 +518,11 @@ async fn a_desired_count_of_millions_is_capped_or_costs_nothing_ahead() {
         200
     );
     // At one connect a second, a few users are admitted; 300,000 spawned at once were ~450 MB.
-    let answered = tokio::time::timeout(Duration::from_secs(5), status(api))
+    // Bounded loosely (a busy runner is slow too): before, the supervisor answered nothing for
+    // about a minute while it spawned every desired user.
+    let answered = tokio::time::timeout(Duration::from_secs(30), status(api))
         .await
-        .expect("the supervisor answers at once");
+        .expect("the supervisor answers");
     assert_eq!(answered["load"]["users"], json!(300_000));
     let grown = heap().await - before;
     assert!(grown < 40e6, "the heap grew by {grown} bytes");
