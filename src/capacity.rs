@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use crate::config::Sla;
 use crate::fleet::{FleetHandle, Origin};
 use crate::load::LoadPatch;
-use crate::metrics::{ConnectResult, Count, Metrics, Slo, Source};
+use crate::metrics::{Metrics, Source};
+use crate::sla::{Errors, Observed, Sla};
 
 /// The dimension that grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -235,27 +235,16 @@ pub type Shared = Arc<Mutex<Outcome>>;
 struct Mark {
     rtt: hdrhistogram::Histogram<u64>,
     delivery: hdrhistogram::Histogram<u64>,
-    attempts: u64,
-    failed: u64,
-    sent: u64,
-    timeouts: u64,
-    lost: u64,
-    expected: u64,
+    errors: Errors,
     saturations: u64,
 }
 
 impl Mark {
     fn take(metrics: &Metrics) -> Mark {
-        let counts = metrics.message_counts();
         Mark {
             rtt: metrics.rtt_window.snapshot(),
             delivery: metrics.delivery_window.snapshot(),
-            attempts: metrics.connect_attempts(),
-            failed: failed_connects(metrics),
-            sent: metrics.total(Count::Sent),
-            timeouts: counts.ack_timeouts,
-            lost: counts.lost,
-            expected: counts.deliveries_expected,
+            errors: metrics.errors(),
             saturations: metrics.generator_saturations.get(),
         }
     }
@@ -267,14 +256,6 @@ fn changes_by_others(metrics: &Metrics) -> u64 {
         .iter()
         .filter(|&&s| s != Source::Capacity)
         .map(|&s| metrics.load_changes(s).get())
-        .sum()
-}
-
-fn failed_connects(metrics: &Metrics) -> u64 {
-    ConnectResult::ALL
-        .iter()
-        .filter(|&&r| r != ConnectResult::Ok)
-        .map(|&r| metrics.connect_result(r).get())
         .sum()
 }
 
@@ -403,39 +384,28 @@ async fn judge(
             "capacity step judged again: the load changed during its window"
         );
     };
-    let rtt = metrics.rtt_window.quantiles_since(&mark.rtt);
-    let delivery = metrics.delivery_window.quantiles_since(&mark.delivery);
-    let errors =
-        (now.failed - mark.failed) + (now.timeouts - mark.timeouts) + (now.lost - mark.lost);
-    let base =
-        (now.attempts - mark.attempts) + (now.sent - mark.sent) + (now.expected - mark.expected);
-    let error_rate = if base == 0 {
-        0.0
-    } else {
-        errors as f64 / base as f64
-    };
     let connected = if desired == 0 {
         1.0
     } else {
         metrics.users_active.get() as f64 / f64::from(desired)
     };
-    let mut observed = std::collections::BTreeMap::new();
-    let mut broke = Vec::new();
-    let in_force = sla.borrow().clone();
-    for (slo, threshold) in in_force.thresholds() {
-        let value = match slo {
-            Slo::P99Rtt => rtt.p99,
-            Slo::P99Delivery => delivery.p99,
-            // Handshakes happen mostly in the ramp, before the window: judged there too.
-            Slo::P99Connect => metrics.connect_window.quantiles().p99,
-            Slo::ErrorRate => error_rate,
-            Slo::MinConnectedRatio => connected,
-        };
-        observed.insert(slo.as_str().to_string(), value);
-        if slo.breached(value, threshold) {
-            broke.push(slo.as_str().to_string());
-        }
-    }
+    let results = sla.borrow().judge(&Observed {
+        p99_rtt: metrics.rtt_window.quantiles_since(&mark.rtt).p99,
+        p99_delivery: metrics.delivery_window.quantiles_since(&mark.delivery).p99,
+        // Handshakes happen mostly in the ramp, before the window: judged there too.
+        p99_connect: metrics.connect_window.quantiles().p99,
+        error_rate: now.errors.since(&mark.errors).rate(),
+        connected_ratio: connected,
+    });
+    let observed = results
+        .iter()
+        .map(|r| (r.slo.to_string(), r.observed))
+        .collect();
+    let broke: Vec<String> = results
+        .iter()
+        .filter(|r| r.breached)
+        .map(|r| r.slo.to_string())
+        .collect();
     let saturated = now.saturations > mark.saturations || metrics.generator_saturated.get() == 1;
     Ok(Step {
         value,

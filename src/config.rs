@@ -12,9 +12,11 @@ use url::Url;
 
 use crate::failures::one_line;
 use crate::load::{Limits, Load, LoadError, MAX_SPAN, MAX_TIMEOUT, check_duration};
-use crate::metrics::Slo;
 use crate::scenario::{Scenario, ScenarioChoice, ScenarioError};
+use crate::session::tls::ClientTls;
+use crate::session::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
 use crate::shard::Shard;
+use crate::sla::Sla;
 
 /// Most file descriptors `self_health.min_fds_available` may ask to keep free.
 const MAX_FDS_SETTING: u64 = 1 << 30;
@@ -182,189 +184,6 @@ pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
 }
 
-/// TLS settings for `wss://` and `tls://` targets.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file of CA certificates to trust besides the public web roots (a staging CA, or a
-    /// server's self-signed certificate).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mutual TLS, with `key_file`; re-read when it changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM); re-read when it changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// Lowest TLS version offered: `1.2` (default) or `1.3`.
-    #[serde(default, skip_serializing_if = "is_default_version")]
-    pub min_version: TlsVersion,
-    /// The server name sent (SNI) and verified, instead of the target URL's host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    /// Accept any server certificate. For rehearsals only: logged as a warning at start.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure_skip_verify: bool,
-}
-
-/// A TLS protocol version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TlsVersion {
-    #[default]
-    #[serde(rename = "1.2")]
-    V1_2,
-    #[serde(rename = "1.3")]
-    V1_3,
-}
-
-fn is_default_version(version: &TlsVersion) -> bool {
-    *version == TlsVersion::default()
-}
-
-impl TlsConfig {
-    fn is_default(&self) -> bool {
-        self == &TlsConfig::default()
-    }
-}
-
-/// SLA thresholds; each is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sla {
-    /// Largest acceptable p99 of the message round trip (ack).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub p99_rtt: Option<Duration>,
-    /// Largest acceptable p99 of end-to-end room delivery latency.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub p99_delivery: Option<Duration>,
-    /// Largest acceptable p99 of the connect handshake.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub p99_connect: Option<Duration>,
-    /// Largest acceptable error rate: "0.1%" or 0.001. Errors are failed connects, ack
-    /// timeouts and lost deliveries; operations are connect attempts, messages sent and
-    /// deliveries expected.
-    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<f64>,
-    /// Smallest acceptable ratio of connected to desired users at the end of the run.
-    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
-    pub min_connected_ratio: Option<f64>,
-}
-
-impl Sla {
-    /// (SLO, threshold) pairs for the SLOs set; durations in seconds.
-    pub fn thresholds(&self) -> Vec<(Slo, f64)> {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        [
-            (Slo::P99Rtt, secs(self.p99_rtt)),
-            (Slo::P99Delivery, secs(self.p99_delivery)),
-            (Slo::P99Connect, secs(self.p99_connect)),
-            (Slo::ErrorRate, self.error_rate),
-            (Slo::MinConnectedRatio, self.min_connected_ratio),
-        ]
-        .into_iter()
-        .filter_map(|(slo, value)| Some((slo, value?)))
-        .collect()
-    }
-}
-
-/// Ratios written as `0.1%` or `0.001`.
-mod ratio {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        let value = match Option::<Raw>::deserialize(d)? {
-            None => return Ok(None),
-            Some(Raw::Number(n)) => n,
-            Some(Raw::Text(text)) => {
-                let text = text.trim();
-                let (number, scale) = match text.strip_suffix('%') {
-                    Some(percent) => (percent.trim(), 0.01),
-                    None => (text, 1.0),
-                };
-                number.parse::<f64>().map_err(|_| {
-                    D::Error::custom(format!("expected a ratio like 0.001 or 0.1%, got {text:?}"))
-                })? * scale
-            }
-        };
-        if !(0.0..=1.0).contains(&value) {
-            return Err(D::Error::custom(format!(
-                "a ratio must be between 0 and 1 (0% and 100%), got {value}"
-            )));
-        }
-        Ok(Some(value))
-    }
-
-    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(v) => s.serialize_f64(*v),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-/// How each user spaces its messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    #[default]
-    Fixed,
-    Poisson,
-}
-
-/// Bounds of a connection's lifetime under churn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lifetime {
-    #[serde(with = "humantime_serde")]
-    pub min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max: Duration,
-}
-
-/// WebSocket ping heartbeat of every connected user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    /// Time between pings; zero turns the heartbeat off.
-    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
-    pub interval: Duration,
-    /// A ping without a pong after this long is a `heartbeat_timeout` disconnect.
-    #[serde(default = "default_heartbeat_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-/// Delay before a user reconnects: exponential from `initial` to `max`, with jitter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reconnect {
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub initial: Duration,
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub max: Duration,
-    /// Fraction of each delay that is random: 1.0 is "full jitter", 0.0 none.
-    #[serde(default = "default_jitter")]
-    pub jitter: f64,
-}
-
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
 }
@@ -382,21 +201,6 @@ fn default_message_interval() -> Duration {
 }
 fn default_payload_size() -> usize {
     64
-}
-fn default_heartbeat_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_heartbeat_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_backoff_initial() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_jitter() -> f64 {
-    1.0
 }
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(10)
@@ -422,23 +226,14 @@ fn default_progress_interval() -> Duration {
     Duration::from_secs(10)
 }
 
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Self {
-            interval: default_heartbeat_interval(),
-            timeout: default_heartbeat_timeout(),
-        }
-    }
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self {
-            initial: default_backoff_initial(),
-            max: default_backoff_max(),
-            jitter: default_jitter(),
-        }
-    }
+/// A valid config compiled once ([`Config::plan`]): what [`crate::daemon::Daemon`] runs.
+pub struct Plan {
+    pub config: Config,
+    pub scenario: Scenario,
+    pub tls: ClientTls,
+    pub shard: Shard,
+    pub api_token: Option<String>,
+    pub session: Settings,
 }
 
 /// Why a configuration was refused; each message names the file, field or flag at fault.
@@ -685,9 +480,39 @@ impl Config {
         changed
     }
 
-    /// The extra CA certificates of `tls.ca_file` (none without it).
+    /// What every user of the fleet is told: the per-user settings, owned by [`crate::session`].
+    pub fn session(&self) -> Settings {
+        Settings {
+            connect_rate: self.connect_rate,
+            connect_timeout: self.connect_timeout,
+            heartbeat: self.heartbeat.clone(),
+            reconnect: self.reconnect.clone(),
+            schedule: self.schedule,
+            ack_timeout: self.ack_timeout,
+            loss_grace: self.loss_grace,
+            lifetime: self.lifetime.clone(),
+            max_message_size: self.max_message_size,
+            resend_unacked: self.resend_unacked,
+            source_addresses: self.source_addresses.clone(),
+        }
+    }
+
+    /// This config compiled into what the daemon runs: the one place the scenario, the TLS
+    /// client, the shard and the token are derived (validation builds it too, so whatever a
+    /// valid config names can be built).
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        Ok(Plan {
+            scenario: self.compile_scenario()?,
+            tls: self.client_tls()?,
+            shard: self.shard()?,
+            api_token: self.api_token()?,
+            session: self.session(),
+            config: self.clone(),
+        })
+    }
+
     /// The client side of TLS from `tls:`; the error names the field.
-    pub fn client_tls(&self) -> Result<crate::session::tls::ClientTls, ConfigError> {
+    pub fn client_tls(&self) -> Result<ClientTls, ConfigError> {
         crate::session::tls::client(&self.tls, &self.base_dir)
             .map_err(|(field, problem)| ConfigError::Invalid { field, problem })
     }
@@ -729,7 +554,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let scenario = self.compile_scenario()?;
+        let Plan { scenario, .. } = self.plan()?;
         if let Some(capacity) = &self.capacity {
             capacity
                 .validate(&self.sla)
@@ -743,7 +568,6 @@ impl Config {
             self.check_stream_target(target, &scenario)?;
         }
         self.limits.validate()?;
-        self.shard()?;
         if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
             return Err(ConfigError::Invalid {
                 field: "max_message_size",
@@ -757,8 +581,6 @@ impl Config {
         }
         let load = self.load().validate().map_err(in_file)?;
         self.limits.check(&load).map_err(in_file)?;
-        self.api_token()?;
-        self.client_tls()?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         let ms = Duration::from_millis(1);
         let zero = Duration::ZERO;
@@ -999,7 +821,7 @@ mod tests {
             .expect("valid config");
         assert_eq!(config.message_interval, Duration::from_millis(250));
         assert_eq!(config.heartbeat.interval, Duration::from_secs(30));
-        assert_eq!(config.heartbeat.timeout, default_heartbeat_timeout());
+        assert_eq!(config.heartbeat.timeout, Heartbeat::default().timeout);
     }
 
     #[test]

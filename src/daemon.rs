@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, Plan};
 use crate::fleet::{DrainReport, Fleet, FleetHandle};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtimes::Runtimes;
 use crate::session::Context;
 use crate::target;
+use crate::telemetry::Telemetry;
 
 /// A started daemon. Dropping it does not stop it: call [`Daemon::shutdown`] (or
 /// [`Daemon::finish`] for a verdict), or cancel the token it was started with.
@@ -35,7 +36,8 @@ pub struct Daemon {
     target: Url,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
-    sla: tokio::sync::watch::Receiver<crate::config::Sla>,
+    history: Arc<crate::history::History>,
+    sla: tokio::sync::watch::Receiver<crate::sla::Sla>,
     started: Instant,
     drain_timeout: Duration,
     shutdown: CancellationToken,
@@ -70,11 +72,16 @@ impl Daemon {
                 url
             }
         };
-        let scenario = config
-            .compile_scenario()
-            .context("compiling the scenario")?;
-        let token = config.api_token()?;
-        let metrics = Arc::new(Metrics::with_window(config.status_window));
+        let Plan {
+            config,
+            scenario,
+            tls,
+            shard,
+            api_token: token,
+            session,
+        } = config.plan()?;
+        let telemetry = Telemetry::new(config.status_window);
+        let metrics = Arc::clone(&telemetry.metrics);
         metrics.set_sla_thresholds(&config.sla);
         // The one SLA: the gauge, the status, the report, capacity and the verdict read it.
         let (sla_tx, sla) = tokio::sync::watch::channel(config.sla.clone());
@@ -91,11 +98,12 @@ impl Daemon {
         );
         core.add("health probe", health_task);
         let ctx = Arc::new(Context::new(
-            &config,
+            &session,
+            shard,
             target.clone(),
             scenario,
-            Arc::clone(&metrics),
-            config.client_tls()?,
+            &telemetry,
+            tls,
         ));
         let (fleet, fleet_task) = Fleet::spawn(
             ctx,
@@ -127,7 +135,7 @@ impl Daemon {
         core.add(
             "history sampler",
             spawn_history(
-                Arc::clone(&metrics),
+                telemetry.clone(),
                 fleet.clone(),
                 Arc::clone(&health),
                 shutdown.clone(),
@@ -148,6 +156,8 @@ impl Daemon {
         let state = ApiState {
             fleet: fleet.clone(),
             metrics: Arc::clone(&metrics),
+            failures: Arc::clone(&telemetry.failures),
+            history: Arc::clone(&telemetry.history),
             target: target.clone(),
             started,
             sla: sla.clone(),
@@ -214,6 +224,7 @@ impl Daemon {
             addr,
             target,
             fleet,
+            history: Arc::clone(&telemetry.history),
             metrics,
             sla,
             started,
@@ -241,8 +252,13 @@ impl Daemon {
         &self.metrics
     }
 
+    /// The run's history: what the live page and the report chart.
+    pub fn history(&self) -> &Arc<crate::history::History> {
+        &self.history
+    }
+
     /// The SLA in force, as reloads change it.
-    pub fn sla(&self) -> tokio::sync::watch::Receiver<crate::config::Sla> {
+    pub fn sla(&self) -> tokio::sync::watch::Receiver<crate::sla::Sla> {
         self.sla.clone()
     }
 
@@ -387,7 +403,7 @@ async fn start_embedded_target(
 /// Samples the run's history once a second (for the live page and the report) until
 /// `shutdown`.
 fn spawn_history(
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     fleet: FleetHandle,
     health: Arc<std::sync::Mutex<crate::health::Health>>,
     shutdown: CancellationToken,
@@ -401,9 +417,9 @@ fn spawn_history(
                 _ = ticks.tick() => {}
             }
             let health = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            metrics
+            telemetry
                 .history
-                .sample(&metrics, fleet.local_users(), &health);
+                .sample(&telemetry.metrics, fleet.local_users(), &health);
         }
     })
 }

@@ -485,7 +485,7 @@ impl Fleet {
             "load changed"
         );
         self.ctx.metrics.load_changes(origin.source).inc();
-        self.ctx.metrics.history.change(
+        self.ctx.history.change(
             origin.source.as_str(),
             &origin.who,
             current.load.describe_change(&next),
@@ -505,7 +505,7 @@ impl Fleet {
         }
         tracing::info!(source = origin.source.as_str(), who = %origin.who, paused, "pause changed");
         self.ctx.metrics.load_changes(origin.source).inc();
-        self.ctx.metrics.history.change(
+        self.ctx.history.change(
             origin.source.as_str(),
             &origin.who,
             if paused { "paused" } else { "resumed" }.into(),

@@ -42,16 +42,16 @@ pub fn memory() -> Option<u64> {
 }
 
 /// The most users one process here can hold: its file limit less [`RESERVED_FDS`], or its
-/// memory at [`MEMORY_PER_USER`], whichever is fewer; and the reason, for error messages.
-pub fn default_max_users(fds: Option<u64>, memory: Option<u64>) -> (u32, String) {
+/// memory at [`MEMORY_PER_USER`], whichever is fewer (at least one; `u64::MAX` when neither is
+/// known: the caller caps it); and the reason, for error messages.
+pub fn default_max_users(fds: Option<u64>, memory: Option<u64>) -> (u64, String) {
     let by_fds = fds.map(|limit| limit.saturating_sub(RESERVED_FDS));
     let by_memory = memory.map(|bytes| bytes / MEMORY_PER_USER);
     let max = by_fds
         .into_iter()
         .chain(by_memory)
         .min()
-        .unwrap_or(u64::from(crate::load::MAX_USERS))
-        .clamp(1, u64::from(crate::load::MAX_USERS));
+        .map_or(u64::MAX, |max| max.max(1));
     let why = format!(
         "by default what this process can hold: its open-file limit ({}) less {RESERVED_FDS} kept for the API, or its memory ({}) at {} KiB per user; set limits.max_users to change it",
         fds.map_or_else(|| "unknown".into(), |f| f.to_string()),
@@ -61,7 +61,7 @@ pub fn default_max_users(fds: Option<u64>, memory: Option<u64>) -> (u32, String)
         ),
         MEMORY_PER_USER / 1024,
     );
-    (max as u32, why)
+    (max, why)
 }
 
 /// How many sockets users may hold at once: the file limit less what was open at start and
@@ -84,7 +84,11 @@ mod tests {
         let (by_memory, _) = default_max_users(Some(1 << 20), Some(1 << 30));
         assert_eq!(by_memory, (1 << 30) / (64 * 1024));
         assert_eq!(default_max_users(Some(100), None).0, 1, "at least one");
-        assert_eq!(default_max_users(None, None).0, crate::load::MAX_USERS);
+        assert_eq!(
+            default_max_users(None, None).0,
+            u64::MAX,
+            "unknown: the caller caps it"
+        );
         assert!(fd_limit().is_some() && memory().is_some(), "linux /proc");
     }
 }

@@ -4,30 +4,37 @@
 //!
 //! Data flows one way: config / API -> desired [`load::Load`] (a `watch` channel) -> the
 //! [`fleet`] supervisor -> one [`session`] task per simulated user -> [`metrics`] ->
-//! `GET /metrics`.
+//! `GET /metrics`. Imports follow the same direction: each module below imports only modules
+//! listed before it (`scripts/module-cycles`, run by the tests, fails on a circle).
 //!
-//! - [`config`]: the YAML schema, defaults and validation; errors name the field. [`files`]:
-//!   the files it names, read without blocking and up to a cap.
-//! - [`load`]: the part of the config that can change while the daemon runs, and its patches.
-//! - [`fleet`]: the supervisor actor that holds the number of users at the desired count.
-//! - [`session`]: one simulated user: connect, log in, heartbeat, send, receive, reconnect.
+//! - Leaves: [`clock`], [`files`] (files read without blocking, up to a cap), [`host`] (what
+//!   the process may use of its machine), [`label`] (closed label sets), [`bearer`] (token
+//!   checks), [`shard`], [`roster`] (what each user publishes), [`runtimes`] (the user
+//!   threads), [`heap`] (the allocator's figures), [`output`] (files a run writes, whole),
+//!   [`codec`] (what the bytes of a frame mean, how streams are cut into frames).
+//! - [`target`]: the reference IM server (with fault injection) for demos, tests and
+//!   benchmarks; it uses only leaves.
+//! - [`load`]: the part of the config that can change while the daemon runs, its patches and
+//!   caps; [`pacer`]: the connect-rate limiter; [`sla`]: the SLOs and the one judgement.
+//! - Telemetry: [`metrics`] (the typed Prometheus registry and HdrHistogram windows),
+//!   [`failures`] (the last failures, rate-limited logs), [`health`] (the generator judging its
+//!   own numbers), [`history`] (what the page and report chart), held together by
+//!   [`telemetry`].
 //! - [`scenario`]: what users say and expect, as data: templates, matchers, sequence tracking.
-//! - [`codec`]: what the bytes of a frame mean (text, MQTT, ...) and how byte streams are cut
-//!   into frames.
-//! - [`pacer`] and [`backoff`]: the connect-rate limiter shared by all users, and reconnect delays.
-//! - [`metrics`]: the typed Prometheus registry and HdrHistogram windows; [`heap`]: the
-//!   allocator's own figures and heap profile.
-//! - [`api`]: the HTTP control API (tokens checked by [`bearer`]), `/metrics` and the live page; [`history`] and [`report`]:
-//!   what the page and the run report show; [`output`]: the files a run writes, whole.
-//! - [`capacity`]: the search for the most load the server holds within its SLA.
-//! - [`health`]: the generator judging its own numbers; [`host`]: what the process may use of
-//!   its machine (files, memory), for the default caps.
-//! - [`daemon`]: wires the parts together and runs them until shutdown.
-//! - [`target`]: the reference IM server (with fault injection) for demos, tests and benchmarks.
-//! - [`cli`]: command-line parsing, shared by `main` and the tests.
+//! - [`session`]: one simulated user — connect, log in, heartbeat, send, receive, reconnect —
+//!   with the settings it owns ([`session::settings`]: heartbeat, reconnect, churn, TLS).
+//! - [`profile`]: load shapes over time; [`fleet`]: the supervisor actor that holds the number
+//!   of users at the desired count; [`capacity`]: the search for the most load the server
+//!   holds within its SLA; [`progress`]: the periodic log line.
+//! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
+//!   validation (errors name the file's field) and the [`config::Plan`] a daemon runs.
+//! - [`summary`] and [`report`]: the verdict and the HTML report; [`reload`]: re-reading the
+//!   config file; [`cli`]: command-line parsing; [`ctl`]: the `wsfleet ctl` client.
+//! - [`api`]: the HTTP control API, `/metrics` and the live page.
+//! - [`daemon`]: the composition root: builds every task from a plan and runs them until
+//!   shutdown.
 
 pub mod api;
-pub mod backoff;
 pub mod bearer;
 pub mod capacity;
 pub mod cli;
@@ -43,6 +50,7 @@ pub mod health;
 pub mod heap;
 pub mod history;
 pub mod host;
+pub mod label;
 pub mod load;
 pub mod metrics;
 pub mod output;
@@ -56,5 +64,7 @@ pub mod runtimes;
 pub mod scenario;
 pub mod session;
 pub mod shard;
+pub mod sla;
 pub mod summary;
 pub mod target;
+pub mod telemetry;

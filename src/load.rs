@@ -180,7 +180,11 @@ impl Limits {
         let (per_process, why) =
             crate::host::default_max_users(crate::host::fd_limit(), crate::host::memory());
         Limits {
-            max_users: Some(per_process.saturating_mul(shards.max(1)).min(MAX_USERS)),
+            max_users: Some(
+                u32::try_from(per_process.saturating_mul(u64::from(shards.max(1))))
+                    .unwrap_or(u32::MAX)
+                    .min(MAX_USERS),
+            ),
             default_reason: Some(if shards > 1 {
                 format!("{why}, times {shards} shards")
             } else {

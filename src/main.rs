@@ -190,6 +190,7 @@ async fn run_daemon(
     }
     let desired = daemon.fleet().local_users();
     let metrics = Arc::clone(daemon.metrics());
+    let history = Arc::clone(daemon.history());
     let profile = daemon.fleet().profile().await.unwrap_or(None);
     let target = daemon.target().clone();
     let in_force = daemon.sla();
@@ -213,8 +214,14 @@ async fn run_daemon(
         }
     }
     if let Some(output) = &report_out {
-        let report =
-            wsfleet::report::Report::new(&summary, &metrics, profile, &sla, &target, config_json);
+        let report = wsfleet::report::Report::new(
+            &summary,
+            history.run(),
+            profile,
+            &sla,
+            &target,
+            config_json,
+        );
         if let Err(err) = output.write(report.render().as_bytes()) {
             eprintln!("error: {err}");
             unwritten = true;

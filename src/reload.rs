@@ -17,10 +17,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Sla};
+use crate::config::{Config, ConfigError};
 use crate::fleet::{FleetError, FleetHandle, Origin};
 use crate::load::{Load, LoadPatch};
 use crate::metrics::{Metrics, Source};
+use crate::sla::Sla;
 
 /// Quiet time after a file-change event before reloading: editors write in several steps.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);

@@ -33,12 +33,12 @@ pub struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    /// The report of `summary`, with the run's history from `metrics`.
+    /// The report of `summary`, with the run's `history`.
     pub fn new(
         summary: &'a Summary,
-        metrics: &crate::metrics::Metrics,
+        history: Snapshot,
         profile: Option<ProfileStatus>,
-        sla: &crate::config::Sla,
+        sla: &crate::sla::Sla,
         target: &url::Url,
         config: serde_json::Value,
     ) -> Report<'a> {
@@ -46,13 +46,9 @@ impl<'a> Report<'a> {
             generated: crate::history::unix_now(),
             target: crate::failures::redact(target.as_str()).into_owned(),
             summary,
-            history: metrics.history.run(),
+            history,
             profile,
-            sla: sla
-                .thresholds()
-                .into_iter()
-                .map(|(slo, v)| (slo.as_str().to_string(), v))
-                .collect(),
+            sla: sla.by_label(),
             config,
         }
     }

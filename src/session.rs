@@ -11,8 +11,10 @@
 //! login), `conversation` (one connection's protocol state, a state machine with no I/O) and
 //! `talk` (the loop that drives a conversation over any `Sink + Stream`).
 
+mod backoff;
 mod connect;
 mod conversation;
+pub mod settings;
 mod talk;
 pub mod tls;
 mod upgrade;
@@ -26,15 +28,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::backoff;
-use crate::config::{Config, Heartbeat, Lifetime, Reconnect, Schedule};
-use crate::failures::Failure;
+use crate::failures::{Failure, Failures};
+use crate::history::History;
 use crate::load::{Desired, Load};
 use crate::metrics::{ConnectResult, DisconnectReason, Metrics};
 use crate::pacer::Pacer;
 use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
 use crate::shard::Shard;
+use crate::telemetry::Telemetry;
+pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig, TlsVersion};
 
 /// What every user of a fleet shares, read-only.
 pub struct Context {
@@ -59,6 +62,10 @@ pub struct Context {
     /// Built once: a TLS config per connect would reload the root store every time.
     pub tls: tls::ClientTls,
     pub metrics: Arc<Metrics>,
+    /// The last failures, for the status API.
+    pub failures: Arc<Failures>,
+    /// The run's history; the fleet writes its load changes there.
+    pub history: Arc<History>,
     /// Connect permits at `connect_rate`; the supervisor sets the rate.
     pub pacer: Pacer,
     /// What each user publishes to the others (sequences sent, connected or not).
@@ -115,35 +122,38 @@ impl Drop for SocketPermit<'_> {
 }
 
 impl Context {
+    /// What the users of this instance's part (`shard`) of a fleet share.
     pub fn new(
-        config: &Config,
+        settings: &Settings,
+        shard: Shard,
         target: Url,
         scenario: Scenario,
-        metrics: Arc<Metrics>,
+        telemetry: &Telemetry,
         tls: tls::ClientTls,
     ) -> Context {
-        let shard = config.shard().unwrap_or_default();
         Context {
             shard,
             tls,
             target,
             scenario,
-            connect_timeout: config.connect_timeout,
-            write_timeout: config.heartbeat.timeout.max(Duration::from_secs(1)),
-            heartbeat: config.heartbeat.clone(),
-            reconnect: config.reconnect.clone(),
-            schedule: config.schedule,
-            ack_timeout: config.ack_timeout,
-            loss_grace: config.loss_grace,
-            lifetime: config.lifetime.clone(),
-            ws_config: ws_config(config.max_message_size),
-            max_message_size: config.max_message_size,
-            resend_unacked: config.resend_unacked,
-            metrics,
-            pacer: Pacer::new(shard.rate(config.connect_rate)),
+            connect_timeout: settings.connect_timeout,
+            write_timeout: settings.heartbeat.timeout.max(Duration::from_secs(1)),
+            heartbeat: settings.heartbeat.clone(),
+            reconnect: settings.reconnect.clone(),
+            schedule: settings.schedule,
+            ack_timeout: settings.ack_timeout,
+            loss_grace: settings.loss_grace,
+            lifetime: settings.lifetime.clone(),
+            ws_config: ws_config(settings.max_message_size),
+            max_message_size: settings.max_message_size,
+            resend_unacked: settings.resend_unacked,
+            metrics: Arc::clone(&telemetry.metrics),
+            failures: Arc::clone(&telemetry.failures),
+            history: Arc::clone(&telemetry.history),
+            pacer: Pacer::new(shard.rate(settings.connect_rate)),
             roster: Roster::default(),
             books: Books::default(),
-            source_addresses: config.source_addresses.clone(),
+            source_addresses: settings.source_addresses.clone(),
             next_source: std::sync::atomic::AtomicUsize::new(0),
             sockets: SocketBudget::new(crate::host::user_sockets(
                 crate::health::open_fds().unwrap_or(0),
@@ -266,8 +276,7 @@ impl User {
                         "disconnected"
                     );
                     if let Some(detail) = &ended.detail {
-                        ctx.metrics
-                            .failures
+                        ctx.failures
                             .record(Failure::Disconnect(ended.reason), detail);
                     }
                     match ended.reason {
@@ -282,8 +291,7 @@ impl User {
                     if let Some(status) = failure.status {
                         ctx.metrics.http_status(status).inc();
                     }
-                    ctx.metrics
-                        .failures
+                    ctx.failures
                         .record(Failure::Connect(failure.result), &failure.detail);
                     retry_after = failure.retry_after;
                 }
@@ -338,12 +346,13 @@ pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
 /// [`test_context`] from a config of its own.
 #[cfg(test)]
 pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
-    let config = Config::parse(yaml).expect("valid");
+    let config = crate::config::Config::parse(yaml).expect("valid");
     Arc::new(Context::new(
-        &config,
+        &config.session(),
+        config.shard().expect("shard"),
         Url::parse("ws://127.0.0.1:1/ws").expect("url"),
         config.compile_scenario().expect("scenario"),
-        Arc::new(Metrics::new()),
+        &Telemetry::default(),
         config.client_tls().expect("tls"),
     ))
 }
@@ -383,7 +392,7 @@ mod tests {
     }
 
     fn load() -> Load {
-        Config::embedded_default().load()
+        crate::config::Config::embedded_default().load()
     }
 
     async fn admitted_within(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Sla;
-use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Metrics, Quantiles, Slo};
+use crate::metrics::{DisconnectReason, MessageCounts, Metrics, Quantiles};
+use crate::sla::{Observed, Sla, SloResult, verdict};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -67,14 +67,6 @@ pub struct Latency {
     pub delivery: Quantiles,
 }
 
-#[derive(Debug, Serialize)]
-pub struct SloResult {
-    pub slo: &'static str,
-    pub threshold: f64,
-    pub observed: f64,
-    pub breached: bool,
-}
-
 impl Summary {
     /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
     /// `desired` is this instance's share of the users, `elapsed` how long the load ran,
@@ -90,12 +82,10 @@ impl Summary {
     ) -> Summary {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let attempts = metrics.connect_attempts();
-        let errors: BTreeMap<_, _> = ConnectResult::ALL
-            .iter()
-            .filter(|&&r| r != ConnectResult::Ok)
-            .map(|&r| (r.as_str(), metrics.connect_result(r).get()))
+        let errors: BTreeMap<_, _> = metrics
+            .connect_failures()
+            .map(|(r, n)| (r.as_str(), n))
             .collect();
-        let failed: u64 = errors.values().sum();
         let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
         let counts = metrics.message_counts();
         let sent = counts.sent;
@@ -108,11 +98,7 @@ impl Summary {
                 1.0,
             ),
         };
-        let error_rate = ratio(
-            (failed + counts.ack_timeouts + counts.lost) as f64,
-            (attempts + sent + counts.deliveries_expected) as f64,
-            0.0,
-        );
+        let error_rate = metrics.errors().rate();
         let latency = Latency {
             connect: metrics.connect_window.total(),
             message_rtt: metrics.rtt_window.total(),
@@ -123,33 +109,17 @@ impl Summary {
             active,
             connected_ratio: ratio(active as f64, f64::from(desired), 1.0),
         };
-        let slos: Vec<SloResult> = sla
-            .thresholds()
-            .into_iter()
-            .map(|(slo, threshold)| {
-                let observed = match slo {
-                    Slo::P99Rtt => latency.message_rtt.p99,
-                    Slo::P99Delivery => latency.delivery.p99,
-                    Slo::P99Connect => latency.connect.p99,
-                    Slo::ErrorRate => error_rate,
-                    Slo::MinConnectedRatio => users.connected_ratio,
-                };
-                SloResult {
-                    slo: slo.as_str(),
-                    breached: slo.breached(observed, threshold),
-                    threshold,
-                    observed,
-                }
-            })
-            .collect();
+        let slos = sla.judge(&Observed {
+            p99_rtt: latency.message_rtt.p99,
+            p99_delivery: latency.delivery.p99,
+            p99_connect: latency.connect.p99,
+            error_rate,
+            connected_ratio: users.connected_ratio,
+        });
         Summary {
             duration_seconds: secs,
             passed: slos.iter().all(|s| !s.breached),
-            verdict: match (slos.is_empty(), slos.iter().any(|s| s.breached)) {
-                (true, _) => "none",
-                (false, true) => "fail",
-                (false, false) => "pass",
-            },
+            verdict: verdict(&slos),
             connects: Counted {
                 count: attempts,
                 rate_per_second: attempts as f64 / secs,

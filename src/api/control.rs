@@ -116,13 +116,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         },
         limits: state.fleet.limits().clone(),
         profile,
-        sla: state
-            .sla
-            .borrow()
-            .thresholds()
-            .into_iter()
-            .map(|(slo, v)| (slo.as_str().to_string(), v))
-            .collect(),
+        sla: state.sla.borrow().by_label(),
         connects: totals(
             ConnectResult::ALL
                 .iter()
@@ -135,7 +129,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
                 .map(|&r| (r.as_str(), m.disconnect(r).get()))
                 .collect(),
         ),
-        errors: m.failures.samples(),
+        errors: state.failures.samples(),
         messages: m.message_counts(),
         latency: LatencyStatus {
             message_rtt: m.rtt_window.quantiles(),
@@ -364,7 +358,7 @@ pub async fn histograms(State(state): State<ApiState>) -> Json<Histograms> {
     responses((status = 200, body = crate::history::Snapshot, description = "the last 15 minutes, one point a second, and the recent load changes"),
         (status = 401, body = ErrorBody)))]
 pub async fn history(State(state): State<ApiState>) -> Json<crate::history::Snapshot> {
-    Json(state.metrics.history.recent())
+    Json(state.history.recent())
 }
 
 #[utoipa::path(get, path = "/api/v1/report", tag = "status",
@@ -384,7 +378,7 @@ pub async fn report(
     summary.capacity = state.searches.outcome();
     let report = crate::report::Report::new(
         &summary,
-        &state.metrics,
+        state.history.run(),
         state.fleet.profile().await?,
         &sla,
         &state.target,

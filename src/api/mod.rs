@@ -30,10 +30,10 @@ use url::Url;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::config::Sla;
 use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::Metrics;
 use crate::reload::ReloadError;
+use crate::sla::Sla;
 
 pub use control::Status;
 pub use guard::Allowed;
@@ -53,6 +53,10 @@ fn timeout(limit: Duration) -> TimeoutLayer {
 pub struct ApiState {
     pub fleet: FleetHandle,
     pub metrics: Arc<Metrics>,
+    /// The last failures, shown by the status.
+    pub failures: Arc<crate::failures::Failures>,
+    /// The run's history, for the live page and the report.
+    pub history: Arc<crate::history::History>,
     pub target: Url,
     pub started: Instant,
     /// The SLA in force: the one copy, which a reload replaces ([`crate::reload`]).

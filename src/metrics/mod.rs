@@ -18,6 +18,9 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use crate::label::label_enum;
+use crate::sla::{Errors, Sla};
+
 /// Latency buckets from 100 µs to 30 s on a 1-2-5 scale, so SLA thresholds such as 200 ms or
 /// 1 s fall on a bucket boundary.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -27,23 +30,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Length of the HdrHistogram window behind the status API's quantiles.
 pub const WINDOW: Duration = Duration::from_secs(10);
-
-/// Declares a closed set of label values with its string form and the list of all values.
-macro_rules! label_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &[$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-    };
-}
 
 label_enum! {
     /// Outcome of one connection attempt (`wsfleet_connects_total{result}`).
@@ -89,28 +75,6 @@ impl DisconnectReason {
 }
 
 label_enum! {
-    /// The service levels an SLA can set (`wsfleet_sla_threshold{slo}`).
-    Slo {
-        P99Rtt => "p99_rtt_seconds",
-        P99Delivery => "p99_delivery_seconds",
-        P99Connect => "p99_connect_seconds",
-        ErrorRate => "error_rate",
-        MinConnectedRatio => "min_connected_ratio",
-    }
-}
-
-impl Slo {
-    /// Whether `observed` breaks `threshold`: a floor for the connected ratio, a ceiling for
-    /// the rest.
-    pub fn breached(self, observed: f64, threshold: f64) -> bool {
-        match self {
-            Slo::MinConnectedRatio => observed < threshold,
-            _ => observed > threshold,
-        }
-    }
-}
-
-label_enum! {
     /// Who changed the desired load (`wsfleet_load_changes_total{source}`).
     Source {
         Api => "api",
@@ -145,8 +109,6 @@ pub struct Metrics {
     pub resent: IntCounter,
     pub generator_saturations: IntCounter,
     connect_phases: Vec<Histogram>,
-    /// One point a second for the live page and the report (sampled by the daemon).
-    pub history: crate::history::History,
     /// Where a capacity search stands (`wsfleet_capacity_*`).
     pub capacity: CapacityGauges,
     connect_http_status: IntCounterVec,
@@ -171,8 +133,6 @@ pub struct Metrics {
     pub event_loop_lag: Histogram,
     pub fds_available: IntGauge,
     pub generator_saturated: IntGauge,
-    /// The last sample of each kind of failure, and their rate-limited log lines.
-    pub failures: crate::failures::Failures,
 }
 
 impl Metrics {
@@ -293,7 +253,6 @@ impl Metrics {
                     .map(|p| vec.with_label_values(&[p.as_str()]))
                     .collect()
             },
-            history: crate::history::History::default(),
             capacity: CapacityGauges {
                 running: reg.gauge(
                     "wsfleet_capacity_search_running",
@@ -407,7 +366,6 @@ impl Metrics {
                 "wsfleet_generator_saturated",
                 "1 when the generator is overloaded (loop lag or file descriptors) and stops adding users.",
             ),
-            failures: crate::failures::Failures::default(),
             rtt_window: LatencyWindow::new(window),
             connect_window: LatencyWindow::new(window),
             delivery_window: LatencyWindow::new(window),
@@ -510,7 +468,7 @@ impl Metrics {
     }
 
     /// Exports the SLA's thresholds (only those it sets) as `wsfleet_sla_threshold{slo}`.
-    pub fn set_sla_thresholds(&self, sla: &crate::config::Sla) {
+    pub fn set_sla_thresholds(&self, sla: &Sla) {
         self.sla_threshold.reset();
         for (slo, threshold) in sla.thresholds() {
             self.sla_threshold
@@ -522,6 +480,27 @@ impl Metrics {
     /// Connection attempts so far, successful or not.
     pub fn connect_attempts(&self) -> u64 {
         self.connects.iter().map(IntCounter::get).sum()
+    }
+
+    /// Failed connection attempts so far, by result (every result but `ok`).
+    pub fn connect_failures(&self) -> impl Iterator<Item = (ConnectResult, u64)> + '_ {
+        ConnectResult::ALL
+            .iter()
+            .filter(|&&r| r != ConnectResult::Ok)
+            .map(|&r| (r, self.connect_result(r).get()))
+    }
+
+    /// The error rate's counts so far ([`Errors::rate`]).
+    pub fn errors(&self) -> Errors {
+        let counts = self.message_counts();
+        Errors {
+            connect_attempts: self.connect_attempts(),
+            connect_failures: self.connect_failures().map(|(_, n)| n).sum(),
+            sent: counts.sent,
+            ack_timeouts: counts.ack_timeouts,
+            deliveries_expected: counts.deliveries_expected,
+            lost: counts.lost,
+        }
     }
 
     /// The registry in Prometheus text format.

@@ -13,10 +13,10 @@ use rand::RngExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::settings::Schedule;
 use super::wire::describe_close;
 use super::{Context, User};
 use crate::clock;
-use crate::config::Schedule;
 use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason, Latency};
 use crate::roster::Slot;

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::{TlsConfig, TlsVersion};
+use super::settings::{TlsConfig, TlsVersion};
 
 /// How often the client certificate's files are looked at for a rotation, at most.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::config::Reconnect;
+use super::settings::Reconnect;
 
 /// Delay before reconnect attempt number `attempt` (1 for the first retry).
 pub fn delay(policy: &Reconnect, attempt: u32) -> Duration {
