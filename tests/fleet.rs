@@ -19,11 +19,16 @@ async fn a_thousand_users_connect_exchange_messages_and_close_cleanly() {
     ))
     .await;
     let api = daemon.addr();
-    wait_active(api, 1000.0, 60).await;
-    wait_for("RTT and heartbeat samples", 30, || async {
+    // Progress, not a budget: a debug build on two busy cores connects 1,000 users slowly.
+    wait_progressing("users connecting", 1000.0, 30, 300, || async {
+        scrape(api).await.get("wsfleet_users_active")
+    })
+    .await;
+    wait_progressing("RTT and heartbeat samples", 1.0, 30, 300, || async {
         let m = scrape(api).await;
-        m.get("wsfleet_message_rtt_seconds_count") >= 2000.0
-            && m.get("wsfleet_heartbeat_rtt_seconds_count") >= 1000.0
+        let rtt = m.get("wsfleet_message_rtt_seconds_count") / 2000.0;
+        let heartbeat = m.get("wsfleet_heartbeat_rtt_seconds_count") / 1000.0;
+        rtt.min(heartbeat)
     })
     .await;
 
@@ -81,7 +86,8 @@ async fn ramp_to(api: std::net::SocketAddr, goal: f64, patch: serde_json::Value,
         load["message_interval"], "2s",
         "unpatched fields keep their values"
     );
-    wait_for(&format!("a ramp to {goal} users"), 60, || async {
+    // Progress is the distance to the goal shrinking; never faster than the rate.
+    wait_progressing(&format!("a ramp to {goal} users"), 0.0, 30, 300, || async {
         let active = scrape(api).await.get("wsfleet_users_active");
         let allowed = rate * (start.elapsed().as_secs_f64() + 0.1) + 2.0;
         let moved = (active - start_count).abs();
@@ -90,7 +96,7 @@ async fn ramp_to(api: std::net::SocketAddr, goal: f64, patch: serde_json::Value,
             "moved {moved} users in {:?}, faster than {rate}/s",
             start.elapsed()
         );
-        active == goal
+        -(active - goal).abs()
     })
     .await;
 }

@@ -209,6 +209,42 @@ where
     }
 }
 
+/// Waits until `progress` reaches `goal`, for as long as it keeps moving: it fails only when
+/// the figure has not grown for `stall` seconds (or after `bound` seconds in all). A load that
+/// a debug build on a busy machine reaches slowly is still reached; one that stops is not.
+pub async fn wait_progressing<F, Fut>(
+    what: &str,
+    goal: f64,
+    stall: u64,
+    bound: u64,
+    mut progress: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = f64>,
+{
+    let start = tokio::time::Instant::now();
+    let (mut best, mut moved) = (f64::NEG_INFINITY, start);
+    loop {
+        let now_at = progress().await;
+        if now_at >= goal {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now_at > best {
+            (best, moved) = (now_at, now);
+        }
+        assert!(
+            now.duration_since(moved) < Duration::from_secs(stall),
+            "{what}: stuck at {best} of {goal} for {stall} s"
+        );
+        assert!(
+            now.duration_since(start) < Duration::from_secs(bound),
+            "{what}: {best} of {goal} after {bound} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `series` counts at least `count`, then checks that `detail` is in the error
 /// samples of the status API.
 pub async fn counted_with_sample(api: SocketAddr, series: &str, count: f64, detail: &str) {
