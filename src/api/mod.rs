@@ -20,7 +20,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json};
 use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 use url::Url;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::Metrics;
@@ -75,37 +76,23 @@ pub struct ApiState {
     pub allowed: Allowed,
 }
 
+/// The API: each endpoint listed once, in [`endpoints`]; its OpenAPI document is made from
+/// the same list (so the two cannot drift) and served at `/api/v1/openapi.json`.
 pub fn router(state: ApiState) -> Router {
-    let guarded = Router::new()
-        .route("/api/v1/status", get(control::status))
-        .route("/api/v1/histograms", get(control::histograms))
+    let (guarded, document) = endpoints().split_for_parts();
+    let document = axum::body::Bytes::from(
+        serde_json::to_vec(&document).expect("the OpenAPI document serializes"),
+    );
+    let guarded = guarded
         .route(
-            "/api/v1/load",
-            get(control::get_load).patch(control::patch_load),
-        )
-        .route("/api/v1/pause", post(control::pause))
-        .route("/api/v1/resume", post(control::resume))
-        .route(
-            "/api/v1/profile",
-            get(control::get_profile)
-                .put(control::put_profile)
-                .delete(control::delete_profile),
-        )
-        .route("/api/v1/reload", post(control::reload))
-        .route("/api/v1/history", get(control::history))
-        .route(
-            "/api/v1/capacity",
-            get(control::get_capacity).delete(control::delete_capacity),
-        )
-        .route("/api/v1/report", get(control::report))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/v1/status", get(k6::get_status).patch(k6::patch_status))
-        .route_layer(timeout(REQUEST_TIMEOUT))
-        // A profile takes as long as it was asked to: its own, longer bound.
-        .route("/debug/pprof/heap", get(debug::heap))
-        .route(
-            "/debug/pprof/profile",
-            get(debug::profile).layer(timeout(PROFILE_TIMEOUT)),
+            "/api/v1/openapi.json",
+            get(move || {
+                let json = (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.clone(),
+                );
+                std::future::ready(json)
+            }),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let guarding = middleware::from_fn_with_state(state.clone(), guard::guard);
@@ -121,6 +108,32 @@ pub fn router(state: ApiState) -> Router {
         .layer(guarding)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Every documented endpoint (behind the token when one is set): adding one is one line here
+/// and its handler. Handlers of one path are listed together.
+fn endpoints() -> OpenApiRouter<ApiState> {
+    let (schemas, paths, profile) = routes!(debug::profile);
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(control::status))
+        .routes(routes!(control::histograms))
+        .routes(routes!(control::get_load, control::patch_load))
+        .routes(routes!(control::pause))
+        .routes(routes!(control::resume))
+        .routes(routes!(
+            control::get_profile,
+            control::put_profile,
+            control::delete_profile
+        ))
+        .routes(routes!(control::reload))
+        .routes(routes!(control::history))
+        .routes(routes!(control::get_capacity, control::delete_capacity))
+        .routes(routes!(control::report))
+        .routes(routes!(k6::get_status, k6::patch_status))
+        .routes(routes!(debug::heap))
+        .route_layer(timeout(REQUEST_TIMEOUT))
+        // A profile takes as long as it was asked to: its own, longer bound.
+        .routes((schemas, paths, profile.layer(timeout(PROFILE_TIMEOUT))))
 }
 
 /// Who made a request, for the change log: peer address and user agent.
@@ -243,32 +256,12 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
-/// The OpenAPI document, generated from the handlers and types (so it cannot drift).
+/// The OpenAPI document's frame; its paths come from [`endpoints`].
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "wsfleet control API",
         description = "Steer a running wsfleet: load, pause, profiles, reload; plus k6's /v1/status dialect."
-    ),
-    paths(
-        control::status,
-        control::histograms,
-        control::get_load,
-        control::patch_load,
-        control::pause,
-        control::resume,
-        control::get_profile,
-        control::put_profile,
-        control::delete_profile,
-        control::reload,
-        control::history,
-        control::report,
-        control::get_capacity,
-        control::delete_capacity,
-        k6::get_status,
-        k6::patch_status,
-        debug::profile,
-        debug::heap,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []), ())
@@ -291,10 +284,6 @@ impl Modify for BearerAuth {
 /// The live page: static, self-contained; its calls to the API carry the token.
 async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(crate::report::PAGE)
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }
 
 /// Handlers take the caller's identity for the change log.

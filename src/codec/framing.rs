@@ -10,9 +10,9 @@ use tokio_util::codec::{Decoder, Encoder};
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// How frames are delimited on a byte stream. Written `newline`, `mqtt`, or
-/// `{length_prefixed: {...}}` (a map, not a YAML tag).
+/// `{length_prefixed: {...}}` (a map, not a YAML tag; read through [`super::named`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "serde_norway::Value")]
+#[serde(rename_all = "snake_case")]
 pub enum Framing {
     /// One frame per line, ended by `\n` (a `\r` before it is dropped).
     Newline,
@@ -59,39 +59,13 @@ enum WidthSpec {
     Name(String),
 }
 
-impl TryFrom<serde_norway::Value> for Framing {
-    type Error = String;
-    fn try_from(value: serde_norway::Value) -> Result<Framing, String> {
-        use serde_norway::Value;
-        match &value {
-            Value::String(name) if name == "newline" => return Ok(Framing::Newline),
-            Value::String(name) if name == "mqtt" => return Ok(Framing::Mqtt),
-            Value::Mapping(map) if map.len() == 1 => {
-                if let Some(prefix) = map.get("length_prefixed") {
-                    return serde_norway::from_value(prefix.clone())
-                        .map(Framing::LengthPrefixed)
-                        .map_err(|err| format!("length_prefixed: {err}"));
-                }
-            }
-            _ => {}
-        }
-        Err(format!(
-            "framing must be `newline`, `mqtt` or {{length_prefixed: {{bytes: 1|2|4|varint, endian: big|little, includes_header: false|true}}}}, got {}",
-            serde_norway::to_string(&value).unwrap_or_default().trim()
-        ))
-    }
-}
-
 impl Serialize for Framing {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Framing::Newline => serializer.serialize_str("newline"),
-            Framing::Mqtt => serializer.serialize_str("mqtt"),
+            Framing::Newline => s.serialize_str("newline"),
+            Framing::Mqtt => s.serialize_str("mqtt"),
             Framing::LengthPrefixed(prefix) => {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("length_prefixed", prefix)?;
-                map.end()
+                super::named::write("length_prefixed", prefix, false, s)
             }
         }
     }
@@ -353,7 +327,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn framing(yaml: &str) -> Framing {
-        serde_norway::from_str(yaml).expect("framing parses")
+        super::super::named::from_str(yaml).expect("framing parses")
     }
 
     fn round_trip(framing: Framing, frames: &[Vec<u8>], chunk: usize) -> Vec<Bytes> {
@@ -475,12 +449,16 @@ mod tests {
                 .cut(&mut lying, MAX_FRAME),
             Err(FramingError::Malformed(_))
         ));
-        let err = serde_norway::from_str::<Framing>("{length_prefixed: {bytes: 3}}")
+        let err = super::super::named::from_str::<Framing>("{length_prefixed: {bytes: 3}}")
             .expect_err("3 is no width");
         assert!(err.to_string().contains("1, 2, 4 or varint"), "{err}");
-        let err = serde_norway::from_str::<Framing>("lines").expect_err("no such framing");
-        assert!(err.to_string().contains("framing must be"), "{err}");
-        let again: Framing = serde_norway::from_str(
+        let err = super::super::named::from_str::<Framing>("lines").expect_err("no such framing");
+        assert!(
+            err.to_string()
+                .contains("expected one of `newline`, `length_prefixed`, `mqtt`"),
+            "{err}"
+        );
+        let again: Framing = super::super::named::from_str(
             &serde_norway::to_string(&framing("{length_prefixed: {bytes: varint}}"))
                 .expect("writes"),
         )

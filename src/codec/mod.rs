@@ -8,132 +8,123 @@
 //!   ([`mqtt`]), framed as MQTT.
 //! - `{protobuf: {files, message}}`: protobuf messages from the user's `.proto` files, read and
 //!   written as their JSON ([`protobuf`]).
+//!
+//! A new codec is a module implementing [`Protocol`] and one line in the `codecs!` table
+//! below: its spec is read as a name or `{name: {settings}}` ([`named`]), compiled, and
+//! dispatched from there.
 
 pub mod framing;
 pub mod mqtt;
+pub mod named;
 pub mod protobuf;
+pub mod text;
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 
 use framing::Framing;
 
-/// `scenario.codec` as a config gives it: `text`, `mqtt`, `{mqtt: {version: 5}}` or
-/// `{protobuf: {...}}` (maps, not YAML tags).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(try_from = "serde_norway::Value")]
-pub enum CodecSpec {
-    #[default]
-    Text,
-    Mqtt(mqtt::Version),
-    Protobuf(protobuf::ProtobufSpec),
-}
-
-impl TryFrom<serde_norway::Value> for CodecSpec {
-    type Error = String;
-    fn try_from(value: serde_norway::Value) -> Result<CodecSpec, String> {
-        use serde_norway::Value;
-        match &value {
-            Value::String(name) if name == "text" => return Ok(CodecSpec::Text),
-            Value::String(name) if name == "mqtt" => {
-                return Ok(CodecSpec::Mqtt(mqtt::Version::V311));
-            }
-            Value::Mapping(map) if map.len() == 1 => {
-                if let Some(Value::Mapping(spec)) = map.get("mqtt") {
-                    if let Some(key) = spec.keys().find(|k| k.as_str() != Some("version")) {
-                        return Err(format!(
-                            "mqtt: unknown field `{}`, expected `version`",
-                            serde_norway::to_string(key).unwrap_or_default().trim()
-                        ));
-                    }
-                    return spec
-                        .get("version")
-                        .map_or(Ok(mqtt::Version::V311), mqtt::Version::parse)
-                        .map(CodecSpec::Mqtt);
-                }
-                if let Some(spec) = map.get("protobuf") {
-                    return serde_norway::from_value(spec.clone())
-                        .map(CodecSpec::Protobuf)
-                        .map_err(|err| format!("protobuf: {err}"));
-                }
-            }
-            _ => {}
-        }
-        Err(format!(
-            "codec must be `text`, `mqtt`, {{mqtt: {{version: 5}}}} or {{protobuf: {{files: [...], message: package.Type}}}}, got {}",
-            serde_norway::to_string(&value).unwrap_or_default().trim()
-        ))
+/// One protocol's meaning of a frame: compiled from its settings in the config, then shared
+/// read-only by every user.
+pub trait Protocol: Sized {
+    /// Its settings as the config writes them under its name; `Default` is the bare name.
+    type Spec;
+    /// Builds it; paths in the settings are relative to `base_dir`.
+    fn compile(spec: &Self::Spec, base_dir: &Path) -> Result<Self, String>;
+    /// The framing it brings, if any (MQTT packets carry their own length).
+    fn framing(&self) -> Option<Framing> {
+        None
     }
-}
-
-impl Serialize for CodecSpec {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            CodecSpec::Text => serializer.serialize_str("text"),
-            CodecSpec::Mqtt(mqtt::Version::V311) => serializer.serialize_str("mqtt"),
-            CodecSpec::Mqtt(version) => {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("mqtt", &serde_json::json!({"version": version.name()}))?;
-                map.end()
-            }
-            CodecSpec::Protobuf(spec) => {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("protobuf", spec)?;
-                map.end()
-            }
-        }
-    }
-}
-
-/// A compiled codec, shared read-only by every user.
-#[derive(Debug, Clone, Default)]
-pub enum Codec {
-    #[default]
-    Text,
-    Mqtt(mqtt::Version),
-    Protobuf(Box<protobuf::Protobuf>),
-}
-
-impl Codec {
-    /// Compiles a codec; `.proto` paths are relative to `base_dir`.
-    pub fn compile(spec: &CodecSpec, base_dir: &std::path::Path) -> Result<Codec, String> {
-        Ok(match spec {
-            CodecSpec::Text => Codec::Text,
-            CodecSpec::Mqtt(version) => Codec::Mqtt(*version),
-            CodecSpec::Protobuf(spec) => {
-                Codec::Protobuf(Box::new(protobuf::Protobuf::compile(spec, base_dir)?))
-            }
-        })
-    }
-
-    /// The framing this codec brings, if any (MQTT packets carry their own length).
-    pub fn framing(&self) -> Option<Framing> {
-        match self {
-            Codec::Text | Codec::Protobuf(_) => None,
-            Codec::Mqtt(_) => Some(Framing::Mqtt),
-        }
-    }
-
     /// What a received frame says, as text for the scenario; `None` when it is not a frame of
     /// this protocol (counted as unmatched by the caller).
-    pub fn decode<'a>(&self, frame: &'a [u8]) -> Option<Cow<'a, str>> {
-        match self {
-            Codec::Text => std::str::from_utf8(frame).ok().map(Cow::Borrowed),
-            Codec::Mqtt(version) => mqtt::decode(frame, *version).ok().map(Cow::Owned),
-            Codec::Protobuf(codec) => codec.decode(frame).ok().map(Cow::Owned),
-        }
-    }
-
+    fn decode<'a>(&self, frame: &'a [u8]) -> Option<Cow<'a, str>>;
     /// The frame that says `text`; the error names what in it is wrong.
-    pub fn encode(&self, text: String) -> Result<Message, String> {
-        match self {
-            Codec::Text => Ok(Message::text(text)),
-            Codec::Mqtt(version) => mqtt::encode(&text, *version).map(Message::Binary),
-            Codec::Protobuf(codec) => codec.encode(&text).map(Message::Binary),
+    fn encode(&self, text: String) -> Result<Message, String>;
+}
+
+/// Declares the codecs: for each, its variant, its name in the config, and its [`Protocol`].
+/// Adding a codec is one line here and its module.
+macro_rules! codecs {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal: $protocol:ty),+ $(,)?) => {
+        /// `scenario.codec` as a config gives it: a name, or `{name: {settings}}`
+        /// ([`named`]).
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub enum CodecSpec {
+            $($(#[$doc])* #[serde(rename = $name)] $variant(<$protocol as Protocol>::Spec)),+
         }
+
+        impl Serialize for CodecSpec {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(CodecSpec::$variant(spec) => {
+                        named::write($name, spec, *spec == Default::default(), s)
+                    })+
+                }
+            }
+        }
+
+        /// A compiled codec, shared read-only by every user.
+        #[derive(Debug, Clone)]
+        pub enum Codec {
+            $($variant(Box<$protocol>)),+
+        }
+
+        impl Codec {
+            /// Compiles a codec; paths are relative to `base_dir`.
+            pub fn compile(spec: &CodecSpec, base_dir: &Path) -> Result<Codec, String> {
+                Ok(match spec {
+                    $(CodecSpec::$variant(spec) => {
+                        Codec::$variant(Box::new(<$protocol as Protocol>::compile(spec, base_dir)?))
+                    })+
+                })
+            }
+
+            /// The framing this codec brings, if any.
+            pub fn framing(&self) -> Option<Framing> {
+                match self {
+                    $(Codec::$variant(codec) => Protocol::framing(&**codec)),+
+                }
+            }
+
+            /// What a received frame says ([`Protocol::decode`]).
+            pub fn decode<'a>(&self, frame: &'a [u8]) -> Option<Cow<'a, str>> {
+                match self {
+                    $(Codec::$variant(codec) => Protocol::decode(&**codec, frame)),+
+                }
+            }
+
+            /// The frame that says `text` ([`Protocol::encode`]).
+            pub fn encode(&self, text: String) -> Result<Message, String> {
+                match self {
+                    $(Codec::$variant(codec) => Protocol::encode(&**codec, text)),+
+                }
+            }
+        }
+    };
+}
+
+codecs! {
+    /// Frames are text; a binary frame that is UTF-8 is read as text.
+    Text = "text": text::Text,
+    /// MQTT packets, read and written as JSON, framed as MQTT.
+    Mqtt = "mqtt": mqtt::Mqtt,
+    /// Protobuf messages from the user's `.proto` files, read and written as their JSON.
+    Protobuf = "protobuf": protobuf::Protobuf,
+}
+
+impl Default for CodecSpec {
+    fn default() -> CodecSpec {
+        CodecSpec::Text(text::TextSpec {})
+    }
+}
+
+impl Default for Codec {
+    fn default() -> Codec {
+        Codec::Text(Box::new(text::Text))
     }
 }
 
@@ -143,40 +134,75 @@ mod tests {
     use proptest::prelude::*;
 
     fn codecs() -> Vec<Codec> {
+        let mqtt = |version| Codec::Mqtt(Box::new(mqtt::Mqtt { version }));
         vec![
-            Codec::Text,
-            Codec::Mqtt(mqtt::Version::V311),
-            Codec::Mqtt(mqtt::Version::V5),
+            Codec::default(),
+            mqtt(mqtt::Version::V311),
+            mqtt(mqtt::Version::V5),
         ]
+    }
+
+    /// A config field holding a codec, as the scenario holds it.
+    #[derive(Debug, Deserialize, Serialize)]
+    struct Field {
+        #[serde(with = "named")]
+        codec: CodecSpec,
     }
 
     #[test]
     fn codecs_are_written_as_names_or_maps() {
-        let spec = |yaml: &str| serde_norway::from_str::<CodecSpec>(yaml);
-        assert_eq!(
-            spec("mqtt").expect("valid"),
-            CodecSpec::Mqtt(mqtt::Version::V311)
-        );
+        let spec = |yaml: &str| {
+            serde_norway::from_str::<Field>(&format!("codec: {yaml}")).map(|field| field.codec)
+        };
+        let mqtt = |version| CodecSpec::Mqtt(mqtt::MqttSpec { version });
+        assert_eq!(spec("text").expect("valid"), CodecSpec::default());
+        assert_eq!(spec("mqtt").expect("valid"), mqtt(mqtt::Version::V311));
         assert_eq!(
             spec("{mqtt: {version: 5}}").expect("valid"),
-            CodecSpec::Mqtt(mqtt::Version::V5)
+            mqtt(mqtt::Version::V5)
         );
         assert_eq!(
             spec("{mqtt: {version: 3.1.1}}").expect("valid"),
-            CodecSpec::Mqtt(mqtt::Version::V311)
+            mqtt(mqtt::Version::V311)
         );
         for (bad, says) in [
-            ("{mqtt: {version: 6}}", "3.1.1 or 5"),
-            ("{mqtt: {qos: 1}}", "unknown field"),
-            ("json", "codec must be"),
-            ("{protobuf: {files: []}}", "message"),
+            (
+                "{mqtt: {version: 6}}",
+                "mqtt.version: mqtt version must be 3.1.1 or 5",
+            ),
+            ("{mqtt: {qos: 1}}", "unknown field `qos`"),
+            (
+                "json",
+                "unknown variant `json`, expected one of `text`, `mqtt`, `protobuf`",
+            ),
+            ("{protobuf: {files: []}}", "missing field `message`"),
+            ("protobuf", "missing field `files`"),
+            ("{mqtt: {}, text: {}}", "a map of 2 entries"),
         ] {
             let err = spec(bad).expect_err(bad).to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
-        let v5 = spec("{mqtt: {version: 5}}").expect("valid");
-        let written = serde_norway::to_string(&v5).expect("writes");
-        assert_eq!(spec(&written).expect("reads back"), v5);
+        for written in ["text", "mqtt", "{mqtt: {version: 5}}"] {
+            let read = spec(written).expect("valid");
+            let field = serde_norway::to_string(&Field {
+                codec: read.clone(),
+            })
+            .expect("writes");
+            assert_eq!(
+                serde_norway::from_str::<Field>(&field)
+                    .expect("reads back")
+                    .codec,
+                read
+            );
+        }
+        assert_eq!(
+            serde_norway::to_string(&Field {
+                codec: mqtt(mqtt::Version::V311)
+            })
+            .expect("writes"),
+            "codec: mqtt\n",
+            "defaults are written as the bare name"
+        );
     }
 
     proptest! {

@@ -16,15 +16,54 @@
 use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::framing::MAX_FRAME;
 
+/// `codec: mqtt` (3.1.1) or `codec: {mqtt: {version: 5}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSpec {
+    #[serde(default)]
+    pub version: Version,
+}
+
+/// The MQTT codec: packets of `version`, framed as MQTT.
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    pub version: Version,
+}
+
+impl super::Protocol for Mqtt {
+    type Spec = MqttSpec;
+
+    fn compile(spec: &MqttSpec, _: &std::path::Path) -> Result<Mqtt, String> {
+        Ok(Mqtt {
+            version: spec.version,
+        })
+    }
+
+    fn framing(&self) -> Option<super::framing::Framing> {
+        Some(super::framing::Framing::Mqtt)
+    }
+
+    fn decode<'a>(&self, frame: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
+        decode(frame, self.version)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    }
+
+    fn encode(&self, text: String) -> Result<tokio_tungstenite::tungstenite::Message, String> {
+        encode(&text, self.version).map(tokio_tungstenite::tungstenite::Message::Binary)
+    }
+}
+
 /// The protocol version spoken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Version {
     /// MQTT 3.1.1 (protocol level 4).
+    #[default]
     V311,
     V5,
 }
@@ -49,6 +88,18 @@ impl Version {
             Version::V311 => "3.1.1",
             Version::V5 => "5",
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Version, D::Error> {
+        Version::parse(&serde_norway::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

@@ -16,7 +16,7 @@ use prost_reflect::{
 use serde::{Deserialize, Serialize};
 
 /// `codec: {protobuf: {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtobufSpec {
     /// The `.proto` files (relative to the config file).
@@ -60,6 +60,24 @@ struct ByType {
 const READ: SerializeOptions = SerializeOptions::new()
     .use_proto_field_name(true)
     .stringify_64_bit_integers(false);
+
+impl super::Protocol for Protobuf {
+    type Spec = ProtobufSpec;
+
+    fn compile(spec: &ProtobufSpec, base_dir: &Path) -> Result<Protobuf, String> {
+        Protobuf::compile(spec, base_dir)
+    }
+
+    fn decode<'a>(&self, frame: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
+        Protobuf::decode(self, frame)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    }
+
+    fn encode(&self, text: String) -> Result<tokio_tungstenite::tungstenite::Message, String> {
+        Protobuf::encode(self, &text).map(tokio_tungstenite::tungstenite::Message::Binary)
+    }
+}
 
 impl Protobuf {
     pub fn compile(spec: &ProtobufSpec, base_dir: &Path) -> Result<Protobuf, String> {

@@ -63,11 +63,19 @@ pub struct ScenarioSpec {
     #[serde(skip)]
     pub inherited_vars: std::collections::BTreeSet<String>,
     /// What the bytes of a frame mean: `text` (default), `mqtt`, or `{protobuf: {...}}`.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        with = "crate::codec::named",
+        skip_serializing_if = "is_default"
+    )]
     pub codec: CodecSpec,
     /// How frames are cut from a plain TCP stream (`tcp://`, `tls://` targets): `newline` or
     /// `{length_prefixed: {bytes: 1|2|4|varint, endian, includes_header}}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::codec::named::some",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub framing: Option<Framing>,
 }
 
