@@ -445,14 +445,10 @@ impl Config {
                 Ok(serde_json::Value::Object(fields)) => fields,
                 _ => serde_json::Map::new(),
             };
-            for live in [
-                "users",
-                "connect_rate",
-                "message_interval",
-                "payload_size",
-                "sla",
-            ] {
-                fields.remove(live);
+            // The live fields the file has at its top level, and the SLA; the two nested
+            // ones (heartbeat.interval, scenario.room_size) are zeroed below.
+            for live in Load::FIELDS.iter().chain(&["sla"]) {
+                fields.remove(*live);
             }
             let mut scenario = config.scenario.spec();
             scenario.room_size = 0;

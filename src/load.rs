@@ -49,96 +49,128 @@ pub fn check_duration(
     ))
 }
 
-/// What the fleet should be doing right now.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Load {
+/// Declares the live fields — the ones a running fleet can change — once: [`Load`] (each field
+/// with its docs and serde form), [`LoadPatch`] (each `Option`al, with its bounds for the API
+/// docs), and what is done with every field alike (patching, diffing, describing). Adding a
+/// live field is one entry here and its rule in [`Load::validate`].
+macro_rules! live_fields {
+    ($(
+        $(#[$load:meta])*
+        $name:ident: $ty:ty,
+        patch: { $(#[$patch:meta])* }
+    );+ $(;)?) => {
+        /// What the fleet should be doing right now.
+        #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+        pub struct Load {
+            $($(#[$load])* pub $name: $ty,)+
+        }
+
+        /// A partial update of [`Load`], as `PATCH /api/v1/load`, profile stages and reloads
+        /// give it. Durations are strings such as "250ms" or "1m". The bounds are
+        /// [`Load::validate`]'s.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct LoadPatch {
+            $(
+                $(#[$patch])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )+
+        }
+
+        /// Every field of a load, as a patch.
+        impl From<&Load> for LoadPatch {
+            fn from(load: &Load) -> Self {
+                LoadPatch { $($name: Some(load.$name),)+ }
+            }
+        }
+
+        impl LoadPatch {
+            /// The fields that differ from `old` in `new`, with `new`'s values.
+            pub fn between(old: &Load, new: &Load) -> LoadPatch {
+                LoadPatch { $($name: (old.$name != new.$name).then_some(new.$name),)+ }
+            }
+        }
+
+        impl Load {
+            /// The names of the live fields, as the API spells them.
+            pub const FIELDS: &[&str] = &[$(stringify!($name)),+];
+
+            /// This load with `patch`'s fields put in, unchecked.
+            fn patched(&self, patch: &LoadPatch) -> Load {
+                Load { $($name: patch.$name.unwrap_or(self.$name),)+ }
+            }
+
+            /// (field, old, new) for a person, for every field.
+            fn shown(&self, next: &Load) -> Vec<(&'static str, String, String)> {
+                vec![$((stringify!($name), Shown::show(&self.$name), Shown::show(&next.$name))),+]
+            }
+        }
+    };
+}
+
+live_fields! {
     /// Number of simulated users to keep connected.
-    pub users: u32,
+    users: u32,
+    patch: {
+        /// Users to keep connected (0..=10000000, and at most `limits.max_users`).
+        #[schema(minimum = 0, maximum = 10_000_000)]
+    };
     /// Connection attempts per second, for ramping up, ramping down and reconnecting.
-    pub connect_rate: f64,
+    connect_rate: f64,
+    patch: {
+        /// Connection attempts per second (0.001..=1000000).
+        #[schema(minimum = 0.001, maximum = 1_000_000)]
+    };
     /// Time between two messages of one user; zero sends no messages.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, example = "1s")]
-    pub message_interval: Duration,
+    message_interval: Duration,
+    patch: {
+        /// Time between two messages of one user: "0s" (none) or 1ms..1h.
+        #[serde(with = "humantime_serde")]
+        #[schema(value_type = Option<String>, example = "1s")]
+    };
     /// Bytes of padding carried by each message.
-    pub payload_size: usize,
+    payload_size: usize,
+    patch: {
+        /// Bytes of padding per message (0..=1048576).
+        #[schema(minimum = 0, maximum = 1_048_576)]
+    };
     /// Time between heartbeats of one user; zero turns the heartbeat off.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, example = "10s")]
-    pub heartbeat_interval: Duration,
+    heartbeat_interval: Duration,
+    patch: {
+        /// Time between heartbeats: "0s" (off) or 100ms..1h.
+        #[serde(with = "humantime_serde")]
+        #[schema(value_type = Option<String>, example = "10s")]
+    };
     /// Users per room; changing it moves users whose room changes (they reconnect).
-    pub room_size: u32,
+    room_size: u32,
+    patch: {
+        /// Users per room (1..=1000000).
+        #[schema(minimum = 1, maximum = 1_000_000)]
+    };
 }
 
-/// A partial update of [`Load`], as `PATCH /api/v1/load`, profile stages and reloads give it.
-/// Durations are strings such as "250ms" or "1m". The bounds are [`Load::validate`]'s.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoadPatch {
-    /// Users to keep connected (0..=10000000, and at most `limits.max_users`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0, maximum = 10_000_000)]
-    pub users: Option<u32>,
-    /// Connection attempts per second (0.001..=1000000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0.001, maximum = 1_000_000)]
-    pub connect_rate: Option<f64>,
-    /// Time between two messages of one user: "0s" (none) or 1ms..1h.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>, example = "1s")]
-    pub message_interval: Option<Duration>,
-    /// Bytes of padding per message (0..=1048576).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0, maximum = 1_048_576)]
-    pub payload_size: Option<usize>,
-    /// Time between heartbeats: "0s" (off) or 100ms..1h.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>, example = "10s")]
-    pub heartbeat_interval: Option<Duration>,
-    /// Users per room (1..=1000000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub room_size: Option<u32>,
+/// A live value as a person reads it in the change log.
+trait Shown {
+    fn show(&self) -> String;
 }
 
-/// Every field of a load, as a patch.
-impl From<&Load> for LoadPatch {
-    fn from(load: &Load) -> Self {
-        LoadPatch {
-            users: Some(load.users),
-            connect_rate: Some(load.connect_rate),
-            message_interval: Some(load.message_interval),
-            payload_size: Some(load.payload_size),
-            heartbeat_interval: Some(load.heartbeat_interval),
-            room_size: Some(load.room_size),
-        }
+macro_rules! shown_as_display {
+    ($($ty:ty),+) => { $(impl Shown for $ty { fn show(&self) -> String { self.to_string() } })+ };
+}
+shown_as_display!(u32, usize, f64);
+
+impl Shown for Duration {
+    fn show(&self) -> String {
+        humantime::format_duration(*self).to_string()
     }
 }
 
 impl LoadPatch {
-    /// The fields that differ from `old` in `new`, with `new`'s values.
-    pub fn between(old: &Load, new: &Load) -> LoadPatch {
-        fn changed<T: PartialEq + Copy>(old: T, new: T) -> Option<T> {
-            (old != new).then_some(new)
-        }
-        LoadPatch {
-            users: changed(old.users, new.users),
-            connect_rate: changed(old.connect_rate, new.connect_rate),
-            message_interval: changed(old.message_interval, new.message_interval),
-            payload_size: changed(old.payload_size, new.payload_size),
-            heartbeat_interval: changed(old.heartbeat_interval, new.heartbeat_interval),
-            room_size: changed(old.room_size, new.room_size),
-        }
-    }
-
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
         self == &LoadPatch::default()
@@ -354,35 +386,7 @@ impl Load {
     /// What differs from this load in `next`, for a person: `users 10 -> 20, message_interval
     /// 1s -> 500ms` (or `no change`).
     pub fn describe_change(&self, next: &Load) -> String {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
-        let fields = [
-            ("users", self.users.to_string(), next.users.to_string()),
-            (
-                "connect_rate",
-                self.connect_rate.to_string(),
-                next.connect_rate.to_string(),
-            ),
-            (
-                "message_interval",
-                d(self.message_interval),
-                d(next.message_interval),
-            ),
-            (
-                "payload_size",
-                self.payload_size.to_string(),
-                next.payload_size.to_string(),
-            ),
-            (
-                "heartbeat_interval",
-                d(self.heartbeat_interval),
-                d(next.heartbeat_interval),
-            ),
-            (
-                "room_size",
-                self.room_size.to_string(),
-                next.room_size.to_string(),
-            ),
-        ];
+        let fields = self.shown(next);
         let changed: Vec<String> = fields
             .into_iter()
             .filter(|(_, old, new)| old != new)
@@ -396,15 +400,7 @@ impl Load {
     }
 
     pub fn apply(&self, patch: &LoadPatch) -> Result<Load, LoadError> {
-        Load {
-            users: patch.users.unwrap_or(self.users),
-            connect_rate: patch.connect_rate.unwrap_or(self.connect_rate),
-            message_interval: patch.message_interval.unwrap_or(self.message_interval),
-            payload_size: patch.payload_size.unwrap_or(self.payload_size),
-            heartbeat_interval: patch.heartbeat_interval.unwrap_or(self.heartbeat_interval),
-            room_size: patch.room_size.unwrap_or(self.room_size),
-        }
-        .validate()
+        self.patched(patch).validate()
     }
 }
 
