@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use url::Url;
 
+use crate::api::Status;
 use crate::cli::{CtlAction, CtlArgs};
+use crate::profile::ProfileState;
 
 /// Why a `ctl` call failed; the exit code tells usage mistakes from failed calls.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,26 @@ fn request_body(action: &CtlAction) -> Result<Option<Value>, CtlError> {
     })
 }
 
+/// The endpoint each action calls: the one table of the API `ctl` uses.
+fn route(action: &CtlAction) -> (reqwest::Method, &'static str) {
+    use reqwest::Method;
+    match action {
+        CtlAction::Status => (Method::GET, "/api/v1/status"),
+        CtlAction::Set { .. } => (Method::PATCH, "/api/v1/load"),
+        CtlAction::Pause => (Method::POST, "/api/v1/pause"),
+        CtlAction::Resume => (Method::POST, "/api/v1/resume"),
+        CtlAction::Profile { .. } => (Method::PUT, "/api/v1/profile"),
+        CtlAction::Reload => (Method::POST, "/api/v1/reload"),
+    }
+}
+
+/// An instance's status, typed: the API's own [`Status`], so a renamed field is a compile
+/// error here, not a `null` on screen.
+fn typed(body: &Value) -> Result<Status, String> {
+    serde_json::from_value(body.clone())
+        .map_err(|err| format!("unreadable status (another wsfleet version?): {err}"))
+}
+
 /// One call of the action to one instance; the answer's JSON, or what went wrong.
 async fn call(
     client: &reqwest::Client,
@@ -127,14 +149,8 @@ async fn call(
             .join(path)
             .map_err(|err| CtlError::Usage(format!("--endpoint {endpoint}: {err}")))
     };
-    let request = match &args.action {
-        CtlAction::Status => client.get(url("/api/v1/status")?),
-        CtlAction::Set { .. } => client.patch(url("/api/v1/load")?),
-        CtlAction::Pause => client.post(url("/api/v1/pause")?),
-        CtlAction::Resume => client.post(url("/api/v1/resume")?),
-        CtlAction::Profile { .. } => client.put(url("/api/v1/profile")?),
-        CtlAction::Reload => client.post(url("/api/v1/reload")?),
-    };
+    let (method, path) = route(&args.action);
+    let request = client.request(method, url(path)?);
     let request = match body {
         Some(body) => request.json(body),
         None => request,
@@ -167,17 +183,15 @@ async fn fleet_status(
     endpoints: &[Url],
     statuses: &[Result<Value, CtlError>],
 ) -> Value {
-    let sum = |pointer: &str| -> u64 {
-        statuses
-            .iter()
-            .flatten()
-            .filter_map(|s| s.pointer(pointer)?.as_u64())
-            .sum()
-    };
-    let fleet_desired = statuses
+    let answering: Vec<Status> = statuses
         .iter()
         .flatten()
-        .filter_map(|s| s.pointer("/users/fleet_desired")?.as_u64())
+        .filter_map(|body| typed(body).ok())
+        .collect();
+    let sum = |users: fn(&Status) -> u64| -> u64 { answering.iter().map(users).sum() };
+    let fleet_desired = answering
+        .iter()
+        .map(|s| s.users.fleet_desired)
         .max()
         .unwrap_or(0);
     let histograms = futures_util::future::join_all(endpoints.iter().map(|endpoint| async move {
@@ -200,8 +214,12 @@ async fn fleet_status(
             .map_or(Value::Null, |q| serde_json::to_value(q).unwrap_or_default())
     };
     serde_json::json!({
-        "instances_answering": statuses.iter().flatten().count(),
-        "users": {"active": sum("/users/active"), "desired": sum("/users/desired"), "fleet_desired": fleet_desired},
+        "instances_answering": answering.len(),
+        "users": {
+            "active": sum(|s| u64::try_from(s.users.active).unwrap_or(0)),
+            "desired": sum(|s| u64::from(s.users.desired)),
+            "fleet_desired": fleet_desired,
+        },
         "latency_since_start": {"message_rtt": merged("message_rtt"), "delivery": merged("delivery"), "connect": merged("connect")},
     })
 }
@@ -315,20 +333,25 @@ fn describe(args: &CtlArgs, body: &Value) -> String {
         return format!("{body:#}");
     }
     match &args.action {
-        CtlAction::Status => describe_status(body),
+        CtlAction::Status => typed(body).map_or_else(|err| err, |s| describe_status(&s)),
         _ => describe_line(args, body),
     }
 }
 
 fn describe_line(args: &CtlArgs, body: &Value) -> String {
     match &args.action {
-        CtlAction::Status => format!(
-            "shard {}/{}  users {} active of {} (fleet {})",
-            body["shard"]["index"],
-            body["shard"]["count"],
-            body["users"]["active"],
-            body["users"]["desired"],
-            body["users"]["fleet_desired"]
+        CtlAction::Status => typed(body).map_or_else(
+            |err| err,
+            |s| {
+                format!(
+                    "shard {}/{}  users {} active of {} (fleet {})",
+                    s.shard.index,
+                    s.shard.count,
+                    s.users.active,
+                    s.users.desired,
+                    s.users.fleet_desired
+                )
+            },
         ),
         CtlAction::Pause | CtlAction::Resume => format!("paused: {}", body["paused"]),
         CtlAction::Profile { .. } => format!(
@@ -383,36 +406,39 @@ fn describe_load(load: &Value) -> String {
         .join("  ")
 }
 
-fn describe_status(s: &Value) -> String {
-    let ms = |v: &Value| {
-        v.as_f64()
-            .map_or("-".to_string(), |s| format!("{:.1} ms", s * 1000.0))
+fn describe_status(s: &Status) -> String {
+    let ms = |seconds: f64| format!("{:.1} ms", seconds * 1000.0);
+    let latency = |q: &crate::metrics::Quantiles| {
+        if q.count == 0 {
+            "p50 -  p99 -".to_string()
+        } else {
+            format!("p50 {}  p99 {}", ms(q.p50), ms(q.p99))
+        }
     };
-    let profile = match s["profile"]["state"].as_str() {
-        Some("running") => format!(
-            "stage {} of {}",
-            s["profile"]["stage"], s["profile"]["stages"]
-        ),
-        Some(state) => state.to_string(),
+    let profile = match &s.profile {
+        Some(p) if p.state == ProfileState::Running => format!("stage {} of {}", p.stage, p.stages),
+        Some(p) => serde_json::to_value(p.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         None => "none".into(),
     };
+    let load = serde_json::to_value(&s.load).unwrap_or_default();
+    let m = &s.messages;
     format!(
-        "target       {}\nusers        {} active of {} desired{}\nload         {}\nprofile      {profile}\nconnects     {} (failed {})\nmessages     sent {}  received {}  lost {}  duplicated {}\nrtt          p50 {}  p99 {}\ndelivery     p50 {}  p99 {}",
-        s["target"].as_str().unwrap_or("?"),
-        s["users"]["active"],
-        s["users"]["desired"],
-        if s["paused"] == true { " (PAUSED)" } else { "" },
-        describe_load(&s["load"]),
-        s["connects"]["total"],
-        s["connects"]["total"].as_u64().unwrap_or(0)
-            - s["connects"]["by_reason"]["ok"].as_u64().unwrap_or(0),
-        s["messages"]["sent"],
-        s["messages"]["received"],
-        s["messages"]["lost"],
-        s["messages"]["duplicated"],
-        ms(&s["latency"]["message_rtt"]["p50"]),
-        ms(&s["latency"]["message_rtt"]["p99"]),
-        ms(&s["latency"]["delivery"]["p50"]),
-        ms(&s["latency"]["delivery"]["p99"]),
+        "target       {}\nusers        {} active of {} desired{}\nload         {}\nprofile      {profile}\nconnects     {} (failed {})\nmessages     sent {}  received {}  lost {}  duplicated {}\nrtt          {}\ndelivery     {}",
+        s.target,
+        s.users.active,
+        s.users.desired,
+        if s.paused { " (PAUSED)" } else { "" },
+        describe_load(&load),
+        s.connects.total,
+        s.connects.total - s.connects.by_reason.get("ok").copied().unwrap_or(0),
+        m.sent,
+        m.received,
+        m.lost,
+        m.duplicated,
+        latency(&s.latency.message_rtt),
+        latency(&s.latency.delivery),
     )
 }

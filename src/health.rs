@@ -59,7 +59,7 @@ impl Default for HealthConfig {
 }
 
 /// The generator's view of itself, for the status API.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// True when the generator's own numbers cannot be trusted; no users are added meanwhile.
     pub saturated: bool,

@@ -29,8 +29,9 @@
 //! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
 //!   validation (errors name the file's field) and the [`config::Plan`] a daemon runs.
 //! - [`summary`] and [`report`]: the verdict and the HTML report; [`reload`]: re-reading the
-//!   config file; [`cli`]: command-line parsing; [`ctl`]: the `wsfleet ctl` client.
-//! - [`api`]: the HTTP control API, `/metrics` and the live page.
+//!   config file; [`cli`]: command-line parsing.
+//! - [`api`]: the HTTP control API, `/metrics` and the live page; [`ctl`]: the `wsfleet ctl`
+//!   client, which reads the API's own typed [`api::Status`].
 //! - [`daemon`]: the composition root: builds every task from a plan and runs them until
 //!   shutdown.
 

@@ -60,7 +60,7 @@ macro_rules! live_fields {
         patch: { $(#[$patch:meta])* }
     );+ $(;)?) => {
         /// What the fleet should be doing right now.
-        #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
         pub struct Load {
             $($(#[$load])* pub $name: $ty,)+
         }

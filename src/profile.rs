@@ -164,7 +164,7 @@ impl ProfileSpec {
 }
 
 /// Whether a profile is being followed, ran to its end, or was stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProfileState {
     Running,
@@ -173,7 +173,7 @@ pub enum ProfileState {
 }
 
 /// Where a profile stands, as the status API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileStatus {
     pub state: ProfileState,
     /// Current stage, from 1 (a ramp has one stage); 0 once no longer running.

@@ -965,6 +965,36 @@ async fn ctl_fleet_steers_every_instance_as_one() {
         load(a.addr(), None).await["users"] == 20 && load(b.addr(), None).await["users"] == 20
     })
     .await;
+
+    // The status, read as the API's typed Status: one line per instance, the fleet summed, and
+    // one instance's whole screen.
+    wait_active(a.addr(), 10.0, 30).await;
+    wait_active(b.addr(), 10.0, 30).await;
+    let (code, out) = ctl(format!("{},{}", a.addr(), b.addr()), &["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("shard 0/2  users 10 active of 10 (fleet 20)")
+            && out.contains("shard 1/2  users 10 active of 10 (fleet 20)")
+            && out.contains("fleet: users 20 active of 20"),
+        "{out}"
+    );
+    let one = Command::new(BIN)
+        .args([
+            "ctl",
+            "--endpoint",
+            &format!("http://{}", a.addr()),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success(), "{screen}");
+    assert!(
+        screen.contains("users        10 active of 10 desired")
+            && screen.contains("profile      stage 1 of 1")
+            && screen.contains(&format!("target       {}", target.ws_url())),
+        "{screen}"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

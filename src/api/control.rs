@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiState, Caller, ErrorBody};
@@ -18,7 +18,7 @@ use crate::profile::{ProfileSpec, ProfileStatus};
 use crate::shard::Shard;
 
 /// `GET /api/v1/status`: desired against reached, totals, and recent latency quantiles.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     pub target: String,
     pub uptime_seconds: f64,
@@ -47,7 +47,7 @@ pub struct Status {
     pub latency: LatencyStatus,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsersStatus {
     /// This instance's share of the fleet-wide desired users.
     pub desired: u32,
@@ -56,7 +56,7 @@ pub struct UsersStatus {
     pub active: i64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Reached {
     /// Connected users divided by desired users (1 when none are desired).
     pub connected_ratio: f64,
@@ -64,13 +64,13 @@ pub struct Reached {
     pub message_rate_target: f64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
     pub total: u64,
     pub by_reason: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LatencyStatus {
     pub message_rtt: Quantiles,
     pub delivery: Quantiles,

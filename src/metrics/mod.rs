@@ -16,7 +16,7 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::label::label_enum;
 use crate::sla::{Errors, Sla};
@@ -580,7 +580,7 @@ impl Phase {
 const HTTP_STATUSES: &[&str] = &["401", "403", "404", "429", "500", "502", "503", "504"];
 
 /// Message counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageCounts {
     pub sent: u64,
     pub received: u64,
@@ -600,7 +600,7 @@ pub struct MessageCounts {
 }
 
 /// Quantiles of one window, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quantiles {
     pub count: u64,
     pub p50: f64,
