@@ -127,14 +127,15 @@ pub struct FleetArgs {
     /// YAML config file.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// WebSocket URL of the server under test (ws:// or wss://).
+    /// URL of the server under test: WebSocket (ws://, wss://) or a plain stream (tcp://,
+    /// tls://).
     #[arg(long, value_name = "URL")]
     pub target: Option<Url>,
     /// Number of users to keep connected.
     #[arg(long, value_name = "N")]
     pub users: Option<u32>,
-    /// Built-in scenario: im (the reference target's protocol), echo, idle.
-    #[arg(long, value_name = "NAME")]
+    /// Built-in scenario (im is the reference target's protocol).
+    #[arg(long, value_name = "NAME", value_parser = builtin_names())]
     pub scenario: Option<String>,
     /// Address of the control API and /metrics.
     #[arg(long, value_name = "ADDR")]
@@ -213,4 +214,11 @@ impl FleetArgs {
         }
         Config::read(self.config.as_deref(), overrides)
     }
+}
+
+/// `--scenario`'s values: every built-in, from the one table of them.
+fn builtin_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        crate::scenario::Builtin::ALL.iter().map(|b| b.as_str()),
+    )
 }

@@ -160,48 +160,50 @@ fn default_step_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// The built-in scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Builtin {
-    Im,
-    Echo,
-    Idle,
-    Socketio,
-    Mqtt,
+/// Declares the built-in scenarios once: each a name and its `builtin/<name>.yaml`.
+macro_rules! builtins {
+    ($($variant:ident => $name:literal),+ $(,)?) => {
+        crate::label::label_enum! {
+            /// The built-in scenarios.
+            Builtin { $($variant => $name),+ }
+        }
+
+        impl Builtin {
+            /// Its description, as shipped.
+            fn yaml(self) -> &'static str {
+                match self {
+                    $(Builtin::$variant => include_str!(concat!("builtin/", $name, ".yaml"))),+
+                }
+            }
+        }
+    };
+}
+
+builtins! {
+    Im => "im",
+    Echo => "echo",
+    Idle => "idle",
+    Socketio => "socketio",
+    Mqtt => "mqtt",
 }
 
 impl Builtin {
-    pub const NAMES: &[&str] = &["im", "echo", "idle", "socketio", "mqtt"];
+    /// Every name, for help and error messages: `im, echo, ...`.
+    pub fn names() -> String {
+        let names: Vec<&str> = Builtin::ALL.iter().map(|b| b.as_str()).collect();
+        names.join(", ")
+    }
 
     pub fn from_name(name: &str) -> Option<Builtin> {
-        Some(match name {
-            "im" => Builtin::Im,
-            "echo" => Builtin::Echo,
-            "idle" => Builtin::Idle,
-            "socketio" => Builtin::Socketio,
-            "mqtt" => Builtin::Mqtt,
-            _ => return None,
-        })
+        Builtin::ALL.iter().copied().find(|b| b.as_str() == name)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Builtin::Im => "im",
-            Builtin::Echo => "echo",
-            Builtin::Idle => "idle",
-            Builtin::Socketio => "socketio",
-            Builtin::Mqtt => "mqtt",
-        }
+        self.as_str()
     }
 
     pub fn spec(self) -> ScenarioSpec {
-        let yaml = match self {
-            Builtin::Im => include_str!("builtin/im.yaml"),
-            Builtin::Echo => include_str!("builtin/echo.yaml"),
-            Builtin::Idle => include_str!("builtin/idle.yaml"),
-            Builtin::Socketio => include_str!("builtin/socketio.yaml"),
-            Builtin::Mqtt => include_str!("builtin/mqtt.yaml"),
-        };
+        let yaml = self.yaml();
         serde_norway::from_str(yaml).expect("built-in scenarios parse")
     }
 }
@@ -232,7 +234,7 @@ impl ScenarioChoice {
         Builtin::from_name(name).map(ScenarioChoice::Builtin).ok_or_else(|| {
             format!(
                 "unknown scenario `{name}`; built-in scenarios are {}, or describe one in the config file",
-                Builtin::NAMES.join(", ")
+                Builtin::names()
             )
         })
     }
@@ -256,7 +258,7 @@ impl<'de> Deserialize<'de> for ScenarioChoice {
                 write!(
                     f,
                     "a built-in scenario name ({}) or a scenario description",
-                    Builtin::NAMES.join(", ")
+                    Builtin::names()
                 )
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<ScenarioChoice, E> {
@@ -456,7 +458,7 @@ impl Scenario {
         if let Some(name) = &spec.extends {
             return Err(at("extends")(format!(
                 "unknown built-in scenario `{name}`; built-ins are {}",
-                Builtin::NAMES.join(", ")
+                Builtin::names()
             )));
         }
         let credentials = match &spec.credentials {
@@ -789,8 +791,7 @@ mod tests {
 
     #[test]
     fn builtins_compile() {
-        for name in Builtin::NAMES {
-            let builtin = Builtin::from_name(name).expect("known");
+        for &builtin in Builtin::ALL {
             Scenario::compile(&builtin.spec(), Path::new(".")).expect("built-ins are valid");
         }
     }
