@@ -25,7 +25,6 @@ use wsfleet::target;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const EXIT_INVALID_INPUT: u8 = 2;
-const EXIT_SLA_BREACHED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -236,14 +235,7 @@ async fn run_daemon(
     if unwritten {
         return Ok(ExitCode::FAILURE);
     }
-    if let Some(outcome) = &summary.capacity {
-        return Ok(ExitCode::from(wsfleet::capacity::exit_code(outcome)));
-    }
-    Ok(if summary.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_SLA_BREACHED)
-    })
+    Ok(ExitCode::from(summary.exit_code()))
 }
 
 async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {

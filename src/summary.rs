@@ -10,6 +10,9 @@ use serde::Serialize;
 use crate::metrics::{DisconnectReason, MessageCounts, Metrics, Quantiles};
 use crate::sla::{Observed, Sla, SloResult, verdict};
 
+/// The exit code of a run that breached its SLA.
+pub const EXIT_SLA_BREACHED: u8 = 3;
+
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub duration_seconds: f64,
@@ -144,6 +147,17 @@ impl Summary {
         }
     }
 
+    /// The run's exit code: a capacity search's own ([`crate::capacity::exit_code`]), else
+    /// [`EXIT_SLA_BREACHED`] when an SLO broke, else 0 — also without an SLA, whose verdict is
+    /// `none`: nothing was asked, so nothing failed.
+    pub fn exit_code(&self) -> u8 {
+        match &self.capacity {
+            Some(outcome) => crate::capacity::exit_code(outcome),
+            None if self.passed => 0,
+            None => EXIT_SLA_BREACHED,
+        }
+    }
+
     /// The SLOs that were breached.
     pub fn breaches(&self) -> impl Iterator<Item = &SloResult> {
         self.slos.iter().filter(|s| s.breached)
@@ -267,5 +281,39 @@ fn nonzero(counts: &BTreeMap<&'static str, u64>) -> String {
         "none".into()
     } else {
         parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ConnectResult;
+
+    /// A run whose every connect failed: judged by an SLA it fails; without one it has no
+    /// verdict (not a pass) and exits 0, the error rate still on its screen.
+    #[test]
+    fn the_verdict_and_exit_code_follow_the_sla_in_force() {
+        let metrics = Metrics::new();
+        metrics.connect_result(ConnectResult::Refused).inc_by(10);
+        let run = |sla: &str| {
+            let sla: Sla = serde_norway::from_str(sla).expect("sla");
+            Summary::collect(&metrics, 10, &sla, Duration::from_secs(1), 0)
+        };
+        let none = run("{}");
+        assert_eq!((none.verdict, none.exit_code()), ("none", 0));
+        assert!((none.error_rate - 1.0).abs() < 1e-12);
+        let rendered = none.render();
+        assert!(
+            rendered.contains("verdict      none (no sla configured)")
+                && rendered.contains("error rate   100.0000%"),
+            "{rendered}"
+        );
+        let failed = run("{error_rate: 1%}");
+        assert_eq!(
+            (failed.verdict, failed.exit_code()),
+            ("fail", EXIT_SLA_BREACHED)
+        );
+        let passed = run("{error_rate: 100%}");
+        assert_eq!((passed.verdict, passed.exit_code()), ("pass", 0));
     }
 }
