@@ -1,0 +1,299 @@
+//! Reading a config: the file (or the empty default), the flags set over it, and every rule
+//! checked once, each error naming the field as the file spells it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use url::Url;
+
+use super::{Config, ConfigError, MAX_FDS_SETTING, MESSAGE_SIZE_BOUNDS, Plan};
+use crate::failures::one_line;
+use crate::load::{LoadError, MAX_SPAN, MAX_TIMEOUT, check_duration};
+use crate::scenario::Scenario;
+
+impl Config {
+    /// Reads and validates a YAML file, which must be a regular file (what a reload reads:
+    /// a FIFO put in its place must not block the reader).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        Config::from_text(Some(path), &text, serde_norway::Mapping::new())
+    }
+
+    /// The config file named at start (any readable file: a pipe too), or the empty,
+    /// all-defaults config, with `overrides` (from flags) set over its top-level fields,
+    /// validated once: no way in can skip a rule.
+    pub fn read(
+        path: Option<&Path>,
+        overrides: serde_norway::Mapping,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => crate::files::read_text_at_start(path, crate::files::MAX_CONFIG_BYTES)
+                .map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            None => String::new(),
+        };
+        Config::from_text(path, &text, overrides)
+    }
+
+    fn from_text(
+        path: Option<&Path>,
+        text: &str,
+        overrides: serde_norway::Mapping,
+    ) -> Result<Config, ConfigError> {
+        let base_dir = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        let mut raw = parse_raw(text)?;
+        let flags: Vec<String> = overrides
+            .keys()
+            .filter_map(|key| key.as_str().map(str::to_string))
+            .collect();
+        if !overrides.is_empty() {
+            let serde_norway::Value::Mapping(fields) = &mut raw else {
+                return Err(ConfigError::Syntax {
+                    field: "(top level)".into(),
+                    message: "expected a mapping of fields".into(),
+                });
+            };
+            fields.extend(overrides);
+        }
+        let mut config = Config::from_raw(raw, base_dir).map_err(|err| {
+            // A flag's value breaking a rule: say so, the file may not even mention the field.
+            match err
+                .field()
+                .and_then(|f| flags.iter().find(|flag| f.starts_with(flag.as_str())))
+            {
+                Some(flag) => ConfigError::Flag {
+                    flag: flag.clone(),
+                    source: Box::new(err),
+                },
+                None => err,
+            }
+        })?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// Parses and validates YAML text; an empty document is the all-defaults config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// [`Config::parse`] with relative paths resolved from `base_dir`.
+    pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Config::from_raw(parse_raw(text)?, base_dir)
+    }
+
+    fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
+            let field = err.path().to_string();
+            ConfigError::Syntax {
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                message: one_line(&err.into_inner().to_string()),
+            }
+        })?;
+        let config = Config {
+            base_dir: base_dir.to_path_buf(),
+            limits: config.limits.clone().or_host_default(config.shard.count),
+            ..config
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in configuration: a small fleet against the in-process reference target.
+    pub fn embedded_default() -> Config {
+        Config::parse("").expect("the empty config is valid")
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Plan { scenario, .. } = self.plan()?;
+        if let Some(capacity) = &self.capacity {
+            capacity
+                .validate(&self.sla)
+                .map_err(|problem| ConfigError::Invalid {
+                    field: "capacity",
+                    problem,
+                })?;
+        }
+        if let Some(target) = &self.target {
+            validate_target(target)?;
+            self.check_stream_target(target, &scenario)?;
+        }
+        self.limits.validate()?;
+        if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
+            return Err(ConfigError::Invalid {
+                field: "max_message_size",
+                problem: format!(
+                    "must be between {} and {} bytes, got {}",
+                    MESSAGE_SIZE_BOUNDS.start(),
+                    MESSAGE_SIZE_BOUNDS.end(),
+                    self.max_message_size
+                ),
+            });
+        }
+        let load = self.load().validate().map_err(in_file)?;
+        self.limits.check(&load).map_err(in_file)?;
+        let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
+        let ms = Duration::from_millis(1);
+        let zero = Duration::ZERO;
+        for (field, value, min, max) in [
+            ("connect_timeout", self.connect_timeout, ms, MAX_TIMEOUT),
+            ("reconnect.initial", self.reconnect.initial, ms, MAX_TIMEOUT),
+            (
+                "reconnect.max",
+                self.reconnect.max,
+                self.reconnect.initial,
+                MAX_TIMEOUT,
+            ),
+            ("ack_timeout", self.ack_timeout, ms, MAX_TIMEOUT),
+            ("loss_grace", self.loss_grace, ms, MAX_TIMEOUT),
+            ("status_window", self.status_window, ms, MAX_TIMEOUT),
+            ("shutdown_timeout", self.shutdown_timeout, zero, MAX_TIMEOUT),
+            ("drain_timeout", self.drain_timeout(), zero, MAX_TIMEOUT),
+            (
+                "self_health.max_loop_lag",
+                self.self_health.max_loop_lag,
+                ms,
+                MAX_TIMEOUT,
+            ),
+        ] {
+            check_duration(field, value, min, max, None)?;
+        }
+        check_duration(
+            "progress_interval",
+            self.progress_interval,
+            Duration::from_secs(1),
+            MAX_TIMEOUT,
+            Some("off"),
+        )?;
+        if !self.heartbeat.interval.is_zero() {
+            check_duration(
+                "heartbeat.timeout",
+                self.heartbeat.timeout,
+                ms,
+                MAX_TIMEOUT,
+                None,
+            )?;
+        }
+        for (field, value) in [
+            ("sla.p99_rtt", self.sla.p99_rtt),
+            ("sla.p99_delivery", self.sla.p99_delivery),
+            ("sla.p99_connect", self.sla.p99_connect),
+        ] {
+            if let Some(value) = value {
+                check_duration(field, value, zero, MAX_TIMEOUT, None)?;
+            }
+        }
+        if let Some(lifetime) = &self.lifetime {
+            check_duration("lifetime.min", lifetime.min, ms, MAX_SPAN, None)?;
+            check_duration("lifetime.max", lifetime.max, lifetime.min, MAX_SPAN, None)?;
+        }
+        if self.self_health.min_fds_available > MAX_FDS_SETTING {
+            return invalid(
+                "self_health.min_fds_available",
+                format!(
+                    "must be at most {MAX_FDS_SETTING}, got {}",
+                    self.self_health.min_fds_available
+                ),
+            );
+        }
+        for (i, address) in self.source_addresses.iter().enumerate() {
+            // Binding to port 0 allocates nothing lasting; it fails for a foreign address.
+            if let Err(err) = std::net::TcpListener::bind((*address, 0)) {
+                return Err(ConfigError::Listed {
+                    field: format!("source_addresses[{i}]"),
+                    problem: format!("{address} is not an address of this host ({err})"),
+                });
+            }
+        }
+        if self.threads.is_some_and(|t| t == 0 || t > 1024) {
+            return invalid("threads", "must be between 1 and 1024".into());
+        }
+        if !(0.0..=1.0).contains(&self.reconnect.jitter) {
+            return invalid(
+                "reconnect.jitter",
+                format!("must be between 0.0 and 1.0, got {}", self.reconnect.jitter),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A load error with its field as the file spells it: the live fields the file nests
+/// (`heartbeat.interval`, `scenario.room_size`) have flat names in [`Load`] and the API.
+fn in_file(err: LoadError) -> LoadError {
+    let field = match err.field.as_str() {
+        "heartbeat_interval" => "heartbeat.interval",
+        "room_size" => "scenario.room_size",
+        _ => return err,
+    };
+    LoadError {
+        field: field.into(),
+        ..err
+    }
+}
+
+/// Checks that a target URL is one a WebSocket client can connect to.
+pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
+    let problem = if !matches!(target.scheme(), "ws" | "wss" | "tcp" | "tls") {
+        format!(
+            "scheme must be ws://, wss://, tcp:// or tls://, got `{}://` in {target}",
+            target.scheme()
+        )
+    } else if target.host_str().is_none_or(str::is_empty) {
+        format!("has no host: {target}")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        field: "target",
+        problem,
+    })
+}
+
+impl Config {
+    /// A plain-stream target (`tcp://`, `tls://`) needs a framing, and has no WebSocket pings
+    /// to be the heartbeat.
+    fn check_stream_target(&self, target: &Url, scenario: &Scenario) -> Result<(), ConfigError> {
+        if crate::session::is_websocket(target) || scenario.url.is_some() {
+            return Ok(());
+        }
+        let problem = if scenario.framing.is_none() {
+            format!(
+                "{target} is a plain stream: give the scenario a `framing` (newline or length_prefixed), or a codec that frames its packets (mqtt)"
+            )
+        } else if scenario.heartbeat.is_none() && !self.heartbeat.interval.is_zero() {
+            format!(
+                "{target} has no WebSocket pings: give the scenario an application heartbeat (scenario.heartbeat), or set heartbeat.interval: 0s"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid {
+            field: "target",
+            problem,
+        })
+    }
+}
+
+/// YAML text as a tree; an empty document is an empty mapping.
+fn parse_raw(text: &str) -> Result<serde_norway::Value, ConfigError> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_norway::from_str(text).map_err(|err| ConfigError::Syntax {
+        field: "(top level)".into(),
+        message: one_line(&err.to_string()),
+    })
+}

@@ -1,0 +1,105 @@
+//! A valid config compiled into what the daemon runs, in one place: the scenario, the TLS
+//! client, this instance's shard, the API token and the users' settings.
+
+use super::{Config, ConfigError};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::session::Settings;
+use crate::session::tls::ClientTls;
+use crate::shard::Shard;
+
+/// A valid config compiled once ([`Config::plan`]): what [`crate::daemon::Daemon`] runs.
+pub struct Plan {
+    pub config: Config,
+    pub scenario: Scenario,
+    pub tls: ClientTls,
+    pub shard: Shard,
+    pub api_token: Option<String>,
+    pub session: Settings,
+}
+
+impl Config {
+    /// This instance's shard: `shard.index`, else `WSFLEET_SHARD_INDEX`, else the ordinal of
+    /// the pod name in `HOSTNAME` (a StatefulSet's `wsfleet-3`); index 0 of 1 when unsharded.
+    pub fn shard(&self) -> Result<Shard, ConfigError> {
+        let invalid = |problem: String| ConfigError::Invalid {
+            field: "shard",
+            problem,
+        };
+        let count = self.shard.count;
+        let index = match self.shard.index {
+            Some(index) => index,
+            None if count == 1 => 0,
+            None => {
+                let from_env = std::env::var("WSFLEET_SHARD_INDEX").ok();
+                let from_pod = std::env::var("HOSTNAME")
+                    .ok()
+                    .and_then(|name| Shard::ordinal_of(&name));
+                match (from_env, from_pod) {
+                    (Some(text), _) => text.trim().parse().map_err(|_| {
+                        invalid(format!(
+                            "WSFLEET_SHARD_INDEX must be a number, got `{text}`"
+                        ))
+                    })?,
+                    (None, Some(ordinal)) => ordinal,
+                    (None, None) => {
+                        return Err(invalid(format!(
+                            "count is {count} but no index: set shard.index, --shard I/{count}, WSFLEET_SHARD_INDEX, or run as a StatefulSet pod (HOSTNAME wsfleet-N)"
+                        )));
+                    }
+                }
+            }
+        };
+        Shard::new(index, count).map_err(invalid)
+    }
+
+    /// This config compiled into what the daemon runs: the one place the scenario, the TLS
+    /// client, the shard and the token are derived (validation builds it too, so whatever a
+    /// valid config names can be built).
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        Ok(Plan {
+            scenario: self.compile_scenario()?,
+            tls: self.client_tls()?,
+            shard: self.shard()?,
+            api_token: self.api_token()?,
+            session: self.session(),
+            config: self.clone(),
+        })
+    }
+
+    /// The client side of TLS from `tls:`; the error names the field.
+    pub fn client_tls(&self) -> Result<ClientTls, ConfigError> {
+        crate::session::tls::client(&self.tls, &self.base_dir)
+            .map_err(|(field, problem)| ConfigError::Invalid { field, problem })
+    }
+
+    /// The API bearer token: from `api.token_file`, else `WSFLEET_API_TOKEN`, else none.
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.api.token_file {
+            let path = self.base_dir.join(path);
+            let token =
+                crate::files::read_text(&path, crate::files::MAX_CONFIG_BYTES).map_err(|err| {
+                    ConfigError::Invalid {
+                        field: "api.token_file",
+                        problem: format!("cannot read `{}`: {err}", path.display()),
+                    }
+                })?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "api.token_file",
+                    problem: format!("`{}` is empty", path.display()),
+                });
+            }
+            return Ok(Some(token.to_string()));
+        }
+        Ok(std::env::var("WSFLEET_API_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// The scenario, compiled.
+    pub fn compile_scenario(&self) -> Result<Scenario, ScenarioError> {
+        Scenario::compile(&self.scenario.spec(), &self.base_dir)
+    }
+}
