@@ -1,0 +1,234 @@
+//! [`Scenario::compile`]: a spec turned, once, into the templates, matchers and plans every
+//! user shares; each mistake named by its place in `scenario:`.
+
+use std::path::Path;
+
+use super::credentials::{Credentials, read_credentials};
+use super::matcher::Matcher;
+use super::spec::{Builtin, ScenarioSpec};
+use super::template::{Template, Values};
+use super::*;
+use crate::codec::Codec;
+
+impl Scenario {
+    /// Compiles a spec; relative credential paths are read from `base_dir`.
+    pub fn compile(spec: &ScenarioSpec, base_dir: &Path) -> Result<Scenario, ScenarioError> {
+        if let Some(name) = &spec.extends {
+            return Err(at("extends")(format!(
+                "unknown built-in scenario `{name}`; built-ins are {}",
+                Builtin::names()
+            )));
+        }
+        let credentials = match &spec.credentials {
+            Some(path) => read_credentials(&base_dir.join(path)).map_err(at("credentials"))?,
+            None => Credentials::default(),
+        };
+        let columns: template::Names = credentials.columns.iter().cloned().collect();
+        let mut custom = columns.clone();
+        let mut vars = Vec::new();
+        for (name, text) in &spec.vars {
+            if spec.inherited_vars.contains(name) && credentials.columns.contains(name) {
+                continue; // the user's column replaces the built-in's default
+            }
+            if template::BUILTINS.contains(&name.as_str()) || custom.contains(name) {
+                return Err(at(format!("vars.{name}"))(format!(
+                    "`{name}` is already a variable (built-in or credentials column)"
+                )));
+            }
+            // A var may use the built-ins and credential columns, not other vars.
+            vars.push(Template::compile(text, &columns).map_err(at(format!("vars.{name}")))?);
+            custom.push(name.clone());
+        }
+        let compile =
+            |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
+        let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
+
+        let url = spec
+            .url
+            .as_deref()
+            .map(|u| compile("url".into(), u))
+            .transpose()?;
+        let headers = spec
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    at(format!("headers.{name}"))("not a valid HTTP header name".into())
+                })?;
+                Ok((name.clone(), compile(format!("headers.{name}"), value)?))
+            })
+            .collect::<Result<_, ScenarioError>>()?;
+        let login = spec
+            .login
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                if step.send.is_none() && step.expect.is_none() {
+                    return Err(at(format!("login[{i}]"))(
+                        "a step needs `send`, `expect`, or both".into(),
+                    ));
+                }
+                crate::load::check_duration(
+                    "timeout",
+                    step.timeout,
+                    Duration::from_millis(1),
+                    crate::load::MAX_TIMEOUT,
+                    None,
+                )
+                .map_err(|err| at(format!("login[{i}].timeout"))(err.problem))?;
+                Ok(Step {
+                    send: step
+                        .send
+                        .as_deref()
+                        .map(|s| compile(format!("login[{i}].send"), s))
+                        .transpose()?,
+                    expect: step
+                        .expect
+                        .as_ref()
+                        .map(|m| matcher(format!("login[{i}].expect"), m))
+                        .transpose()?,
+                    reject: step
+                        .reject
+                        .as_ref()
+                        .map(|m| matcher(format!("login[{i}].reject"), m))
+                        .transpose()?,
+                    timeout: step.timeout,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let heartbeat = spec
+            .heartbeat
+            .as_ref()
+            .map(|hb| {
+                Ok(AppHeartbeat {
+                    send: compile("heartbeat.send".into(), &hb.send)?,
+                    expect: matcher("heartbeat.expect".into(), &hb.expect)?,
+                })
+            })
+            .transpose()?;
+        let message = spec
+            .message
+            .as_ref()
+            .map(|m| {
+                Ok(MessagePlan {
+                    send: compile("message.send".into(), &m.send)?,
+                    ack: m
+                        .ack
+                        .as_ref()
+                        .map(|a| {
+                            Ok(Ack {
+                                matcher: matcher("message.ack.match".into(), &a.matcher)?,
+                                key: match (&a.id, &a.seq) {
+                                    (Some(id), None) => AckKey::Id(id.clone()),
+                                    (None, Some(seq)) => AckKey::Seq(seq.clone()),
+                                    (None, None) => AckKey::Oldest,
+                                    (Some(_), Some(_)) => {
+                                        return Err(at("message.ack")(
+                                            "give `id` or `seq` (or neither, for acks in order), not both"
+                                                .into(),
+                                        ));
+                                    }
+                                },
+                            })
+                        })
+                        .transpose()?,
+                    delivery: m
+                        .delivery
+                        .as_ref()
+                        .map(|d| {
+                            Ok(DeliveryPlan {
+                                matcher: matcher("message.delivery.match".into(), &d.matcher)?,
+                                sender: d.sender.clone(),
+                                seq: d.seq.clone(),
+                                ts: d.ts.clone(),
+                            })
+                        })
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
+        if spec.room_size == 0 {
+            return Err(at("room_size")("must be at least 1".into()));
+        }
+        let replies = spec
+            .replies
+            .iter()
+            .enumerate()
+            .map(|(i, reply)| {
+                let matcher = matcher(format!("replies[{i}].match"), &reply.matcher)?;
+                // A reply may use the named captures of its regex, after the scenario's vars.
+                let mut names = custom.clone();
+                if let Matcher::Regex(regex) = &matcher {
+                    names.extend(regex.capture_names().flatten().map(str::to_string));
+                }
+                let send = Template::compile(&reply.send, &names)
+                    .map_err(at(format!("replies[{i}].send")))?;
+                Ok(Reply { matcher, send })
+            })
+            .collect::<Result<Vec<_>, ScenarioError>>()?;
+        let reading = reading::Reading::compile(heartbeat.as_ref(), message.as_ref(), &replies)
+            .map_err(|problem| match problem.split_once(": ") {
+                Some((field, problem)) => at(field)(problem.to_string()),
+                None => at("message")(problem),
+            })?;
+        let codec = Codec::compile(&spec.codec, base_dir).map_err(at("codec"))?;
+        let framing = match (spec.framing, codec.framing()) {
+            (Some(_), Some(_)) => {
+                return Err(at("framing")(
+                    "this codec frames its own packets; leave `framing` out".into(),
+                ));
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
+        let scenario = Scenario {
+            url,
+            headers,
+            user_id_column: credentials.columns.iter().position(|c| c == "user_id"),
+            credentials,
+            vars,
+            login,
+            heartbeat,
+            message,
+            reading,
+            room_size: spec.room_size,
+            codec,
+            framing,
+        };
+        scenario.check_encoding(&replies)?;
+        Ok(scenario)
+    }
+
+    /// Every send template, rendered for user 0 (captures of replies as `1`), must encode:
+    /// a template the codec cannot encode is a config error, not a failure per user later.
+    fn check_encoding(&self, replies: &[Reply]) -> Result<(), ScenarioError> {
+        let identity = self.identity(0, self.room_size);
+        let values = identity.values("ws://127.0.0.1/", 1, 1, 1);
+        let check = |field: String, text: String| {
+            self.codec
+                .encode(text)
+                .map(drop)
+                .map_err(|err| at(field)(format!("the codec cannot encode it: {err}")))
+        };
+        for (i, step) in self.login.iter().enumerate() {
+            if let Some(send) = &step.send {
+                check(format!("login[{i}].send"), send.render(&values))?;
+            }
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            check("heartbeat.send".into(), heartbeat.send.render(&values))?;
+        }
+        if let Some(message) = &self.message {
+            check("message.send".into(), message.send.render(&values))?;
+        }
+        for (i, reply) in replies.iter().enumerate() {
+            let mut custom = identity.custom.clone();
+            custom.resize(custom.len() + 16, "1".into());
+            let values = Values {
+                custom: &custom,
+                ..identity.values("ws://127.0.0.1/", 1, 1, 1)
+            };
+            check(format!("replies[{i}].send"), reply.send.render(&values))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! A scenario as a config describes it ([`ScenarioSpec`] and its parts), the built-ins kept as
+//! YAML under `builtin/`, and the choice the config makes between them ([`ScenarioChoice`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::matcher::MatcherSpec;
+use crate::codec::CodecSpec;
+use crate::codec::framing::Framing;
+
+/// A scenario as a config describes it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    /// A built-in scenario this one starts from: what is given here replaces the built-in's
+    /// part (`vars` are merged, name by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    /// Connect URL template; default: the `target` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Extra handshake headers (templates), e.g. `Authorization: "Bearer {{token}}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// CSV (with a header row) or JSON (array of objects) file: one row per user, cycled;
+    /// every column becomes a template variable. A `user_id` column sets the user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// Variables of your own, as templates over the built-ins and credential columns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    /// Frames exchanged after the upgrade, in order, before the user counts as active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub login: Vec<StepSpec>,
+    /// Application-level heartbeat; without it, WebSocket pings are the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<AppHeartbeatSpec>,
+    /// Frames answered whenever they arrive (a server's own heartbeat: Socket.IO's `2` → `3`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replies: Vec<ReplySpec>,
+    /// The message flow; without it, users send nothing (idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageSpec>,
+    /// Users are grouped into rooms of this many members: user i is in room `room-{i / size}`.
+    #[serde(default = "default_room_size")]
+    pub room_size: u32,
+    /// The built-in's vars, when this spec extends one: a credentials column of the same name
+    /// takes their place (the built-in's default gives way to the user's data).
+    #[serde(skip)]
+    pub inherited_vars: std::collections::BTreeSet<String>,
+    /// What the bytes of a frame mean: `text` (default), `mqtt`, or `{protobuf: {...}}`.
+    #[serde(
+        default,
+        with = "crate::codec::named",
+        skip_serializing_if = "is_default"
+    )]
+    pub codec: CodecSpec,
+    /// How frames are cut from a plain TCP stream (`tcp://`, `tls://` targets): `newline` or
+    /// `{length_prefixed: {bytes: 1|2|4|varint, endian, includes_header}}`.
+    #[serde(
+        default,
+        deserialize_with = "crate::codec::named::some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub framing: Option<Framing>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<MatcherSpec>,
+    /// A frame that fails the step at once (a login refused) unless it matches `expect`,
+    /// instead of waiting the timeout out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<MatcherSpec>,
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppHeartbeatSpec {
+    pub send: String,
+    pub expect: MatcherSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    pub send: String,
+    /// How to recognise the server's acknowledgement of one's own message, and where its id
+    /// (the `{{msg_id}}` that was sent) is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckSpec>,
+    /// How to recognise another member's message delivered to this user, and where its
+    /// sender (`{{user_id}}`), sequence (`{{seq}}`) and timestamp (`{{ts}}`) are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// How the server's ack names the message: `id` (where our `{{msg_id}}` is), `seq` (where our
+/// `{{seq}}` is, as in Socket.IO's ack ids), or neither (acks come in order, one per message).
+/// Each is a JSON pointer (`/id`), a capture of the regex (`$n`) or a pointer into one
+/// (`$body/id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckSpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<String>,
+}
+
+/// When a frame matches, send `send` (a template that may use the regex's named captures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplySpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    pub send: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySpec {
+    #[serde(rename = "match")]
+    pub matcher: MatcherSpec,
+    pub sender: String,
+    pub seq: String,
+    pub ts: String,
+}
+
+fn default_room_size() -> u32 {
+    10
+}
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Declares the built-in scenarios once: each a name and its `builtin/<name>.yaml`.
+macro_rules! builtins {
+    ($($variant:ident => $name:literal),+ $(,)?) => {
+        crate::label::label_enum! {
+            /// The built-in scenarios.
+            Builtin { $($variant => $name),+ }
+        }
+
+        impl Builtin {
+            /// Its description, as shipped.
+            fn yaml(self) -> &'static str {
+                match self {
+                    $(Builtin::$variant => include_str!(concat!("builtin/", $name, ".yaml"))),+
+                }
+            }
+        }
+    };
+}
+
+builtins! {
+    Im => "im",
+    Echo => "echo",
+    Idle => "idle",
+    Socketio => "socketio",
+    Mqtt => "mqtt",
+}
+
+impl Builtin {
+    /// Every name, for help and error messages: `im, echo, ...`.
+    pub fn names() -> String {
+        let names: Vec<&str> = Builtin::ALL.iter().map(|b| b.as_str()).collect();
+        names.join(", ")
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.iter().copied().find(|b| b.as_str() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    pub fn spec(self) -> ScenarioSpec {
+        let yaml = self.yaml();
+        serde_norway::from_str(yaml).expect("built-in scenarios parse")
+    }
+}
+
+/// `scenario:` in the config: a built-in's name, or a full description.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScenarioChoice {
+    Builtin(Builtin),
+    Custom(Box<ScenarioSpec>),
+}
+
+impl Default for ScenarioChoice {
+    fn default() -> Self {
+        ScenarioChoice::Builtin(Builtin::Im)
+    }
+}
+
+impl ScenarioChoice {
+    /// The full description: a built-in's, or the config's over the built-in it extends.
+    pub fn spec(&self) -> ScenarioSpec {
+        match self {
+            ScenarioChoice::Builtin(builtin) => builtin.spec(),
+            ScenarioChoice::Custom(spec) => spec.resolved(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<ScenarioChoice, String> {
+        Builtin::from_name(name).map(ScenarioChoice::Builtin).ok_or_else(|| {
+            format!(
+                "unknown scenario `{name}`; built-in scenarios are {}, or describe one in the config file",
+                Builtin::names()
+            )
+        })
+    }
+}
+
+impl Serialize for ScenarioChoice {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ScenarioChoice::Builtin(builtin) => serializer.serialize_str(builtin.name()),
+            ScenarioChoice::Custom(spec) => spec.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ScenarioChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoiceVisitor;
+        impl<'de> Visitor<'de> for ChoiceVisitor {
+            type Value = ScenarioChoice;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a built-in scenario name ({}) or a scenario description",
+                    Builtin::names()
+                )
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ScenarioChoice, E> {
+                ScenarioChoice::from_name(name).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ScenarioChoice, A::Error> {
+                let spec = ScenarioSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ScenarioChoice::Custom(Box::new(spec)))
+            }
+        }
+        deserializer.deserialize_any(ChoiceVisitor)
+    }
+}
+
+impl ScenarioSpec {
+    /// This spec over the built-in it `extends`, if any: every part given here replaces the
+    /// built-in's, and `vars` merge name by name (a credentials column replaces a built-in's
+    /// var of its name). An unknown built-in is left in place for [`Scenario::compile`] to
+    /// reject.
+    fn resolved(&self) -> ScenarioSpec {
+        let Some(base) = self.extends.as_deref().and_then(Builtin::from_name) else {
+            return self.clone();
+        };
+        let base = base.spec();
+        let inherited_vars = base
+            .vars
+            .keys()
+            .filter(|name| !self.vars.contains_key(*name))
+            .cloned()
+            .collect();
+        let mut vars = base.vars;
+        vars.extend(self.vars.clone());
+        let or = |mine: &Vec<StepSpec>, theirs: Vec<StepSpec>| {
+            if mine.is_empty() {
+                theirs
+            } else {
+                mine.clone()
+            }
+        };
+        ScenarioSpec {
+            extends: None,
+            inherited_vars,
+            url: self.url.clone().or(base.url),
+            headers: if self.headers.is_empty() {
+                base.headers
+            } else {
+                self.headers.clone()
+            },
+            credentials: self.credentials.clone().or(base.credentials),
+            vars,
+            login: or(&self.login, base.login),
+            heartbeat: self.heartbeat.clone().or(base.heartbeat),
+            replies: if self.replies.is_empty() {
+                base.replies
+            } else {
+                self.replies.clone()
+            },
+            message: self.message.clone().or(base.message),
+            room_size: self.room_size,
+            codec: if self.codec == CodecSpec::default() {
+                base.codec
+            } else {
+                self.codec.clone()
+            },
+            framing: self.framing.or(base.framing),
+        }
+    }
+}
