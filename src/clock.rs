@@ -21,11 +21,6 @@ pub fn now_micros() -> u64 {
     micros_at(Instant::now())
 }
 
-/// Time elapsed since a timestamp taken with [`micros_at`] or [`now_micros`].
-pub fn since_micros(stamp: u64) -> Duration {
-    Duration::from_micros(now_micros().saturating_sub(stamp))
-}
-
 /// Time from a timestamp taken with [`micros_at`] to `now`; `None` for a stamp after `now`,
 /// which this clock never gave (the frame carrying it is wrong).
 pub fn elapsed_to(stamp: u64, now: Instant) -> Option<Duration> {

@@ -101,6 +101,7 @@ impl Pacer {
     }
 
     /// Users waiting for a permit.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.shared.waiting.load(Ordering::Relaxed)
     }

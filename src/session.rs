@@ -37,7 +37,7 @@ use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::telemetry::Telemetry;
-pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig, TlsVersion};
+pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
 
 /// What every user of a fleet shares, read-only.
 pub struct Context {

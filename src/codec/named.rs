@@ -54,6 +54,7 @@ pub fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Resu
 }
 
 /// A kind read from YAML text, as a field holding it reads it.
+#[cfg(test)]
 pub fn from_str<T: DeserializeOwned>(yaml: &str) -> Result<T, serde_norway::Error> {
     deserialize(serde_norway::Deserializer::from_str(yaml))
 }

@@ -251,10 +251,6 @@ impl Fields {
         Ok(self.pointers.len() - 1)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pointers.is_empty()
-    }
-
     /// Every field in one walk of `text`; all absent if `text` is not JSON.
     pub fn read<'a>(&self, text: &'a str) -> FieldValues<'a> {
         let mut found = FieldValues::default();

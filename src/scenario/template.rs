@@ -198,7 +198,8 @@ fn resolve(name: &str, custom: &Names) -> Option<Var> {
     })
 }
 
-/// The id of message `seq` of a user: `{user_id}-{seq}`.
+/// The id of message `seq` of a user: `{user_id}-{seq}`, as `{{msg_id}}` renders it.
+#[cfg(test)]
 pub fn msg_id(user_id: &str, seq: u64) -> String {
     format!("{user_id}-{seq}")
 }
