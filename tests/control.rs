@@ -1170,3 +1170,61 @@ async fn a_reloaded_sla_is_the_one_every_reader_judges_by() {
         "the exit verdict"
     );
 }
+
+/// The README's metrics table names every series `/metrics` serves and every label value it
+/// has (every label value exists from the first scrape), so the table cannot drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_names_every_metric_and_label_value() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Metrics section");
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 1\nsla: {{p99_rtt: 1s, p99_delivery: 1s, p99_connect: 1s, error_rate: 1%, min_connected_ratio: 0.9}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let metrics = scrape(daemon.addr()).await;
+    let mut missing = std::collections::BTreeSet::new();
+    for series in metrics.0.keys().filter(|s| s.starts_with("wsfleet_")) {
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|family| {
+                metrics
+                    .0
+                    .keys()
+                    .any(|s| s.starts_with(&format!("{family}_bucket")))
+            })
+            .unwrap_or(name);
+        // A row may shorten names sharing a prefix with the one before: `_duplicated_total`.
+        let tail = family.splitn(3, '_').nth(2).map(|rest| format!("_{rest}"));
+        if !table.contains(family)
+            && !tail.is_some_and(|t| {
+                table.contains(&format!("`{t}`")) || table.contains(&format!("{t}`"))
+            })
+        {
+            missing.insert(family.to_string());
+        }
+        for pair in labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap();
+            if key != "le" && !table.contains(&format!("`{}`", value.trim_matches('"'))) {
+                missing.insert(format!("{family}{{{key}={value}}}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the README's metrics table: {missing:?}"
+    );
+    daemon.shutdown().await.unwrap();
+}
