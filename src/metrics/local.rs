@@ -12,47 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram as Hdr;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 
-use super::{Metrics, new_hdr};
-
-/// A counter touched per message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
-    Sent,
-    Received,
-    BytesSent,
-    BytesReceived,
-    DeliveriesExpected,
-    DeliveriesReceived,
-    Lost,
-    Duplicated,
-    Reordered,
-    AckTimeouts,
-    FramesInvalid,
-    FramesUnmatched,
-    Replies,
-    Resent,
-    DeliveriesForeign,
-}
-
-impl Count {
-    pub const ALL: [Count; 15] = [
-        Count::Sent,
-        Count::Received,
-        Count::BytesSent,
-        Count::BytesReceived,
-        Count::DeliveriesExpected,
-        Count::DeliveriesReceived,
-        Count::Lost,
-        Count::Duplicated,
-        Count::Reordered,
-        Count::AckTimeouts,
-        Count::FramesInvalid,
-        Count::FramesUnmatched,
-        Count::Replies,
-        Count::Resent,
-        Count::DeliveriesForeign,
-    ];
-}
+use super::{Count, Metrics, new_hdr};
 
 /// A latency measured per message (or per connect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

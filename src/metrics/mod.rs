@@ -6,7 +6,7 @@
 
 mod local;
 
-pub use local::{Count, Latency};
+pub use local::Latency;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -83,6 +83,49 @@ label_enum! {
         Profile => "profile",
         Capacity => "capacity",
     }
+}
+
+/// Declares the counters touched per message once: each a [`Count`] and the shared collector
+/// (a field of [`Metrics`]) its per-thread buffer ([`local`]) flushes into.
+macro_rules! per_message_counters {
+    ($($variant:ident => $field:ident),+ $(,)?) => {
+        /// A counter touched per message, recorded with [`Metrics::add`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Count {
+            $($variant),+
+        }
+
+        impl Count {
+            pub const ALL: &[Count] = &[$(Count::$variant),+];
+        }
+
+        impl Metrics {
+            /// The shared collector of a per-message counter.
+            fn counter(&self, count: Count) -> &IntCounter {
+                match count {
+                    $(Count::$variant => &self.$field),+
+                }
+            }
+        }
+    };
+}
+
+per_message_counters! {
+    Sent => messages_sent,
+    Received => messages_received,
+    BytesSent => bytes_sent,
+    BytesReceived => bytes_received,
+    DeliveriesExpected => deliveries_expected,
+    DeliveriesReceived => deliveries_received,
+    Lost => messages_lost,
+    Duplicated => messages_duplicated,
+    Reordered => messages_reordered,
+    AckTimeouts => message_timeouts,
+    FramesInvalid => frames_invalid,
+    FramesUnmatched => frames_unmatched,
+    Replies => replies,
+    Resent => resent,
+    DeliveriesForeign => deliveries_foreign,
 }
 
 /// The fleet's measurements.
@@ -406,27 +449,6 @@ impl Metrics {
 
     pub fn disconnect(&self, reason: DisconnectReason) -> &IntCounter {
         &self.disconnects[reason as usize]
-    }
-
-    /// The shared collector of a per-message counter.
-    fn counter(&self, count: Count) -> &IntCounter {
-        match count {
-            Count::Sent => &self.messages_sent,
-            Count::Received => &self.messages_received,
-            Count::BytesSent => &self.bytes_sent,
-            Count::BytesReceived => &self.bytes_received,
-            Count::DeliveriesExpected => &self.deliveries_expected,
-            Count::DeliveriesReceived => &self.deliveries_received,
-            Count::Lost => &self.messages_lost,
-            Count::Duplicated => &self.messages_duplicated,
-            Count::Reordered => &self.messages_reordered,
-            Count::AckTimeouts => &self.message_timeouts,
-            Count::FramesInvalid => &self.frames_invalid,
-            Count::FramesUnmatched => &self.frames_unmatched,
-            Count::Replies => &self.replies,
-            Count::Resent => &self.resent,
-            Count::DeliveriesForeign => &self.deliveries_foreign,
-        }
     }
 
     fn histogram(&self, latency: Latency) -> &Histogram {
