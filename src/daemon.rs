@@ -87,9 +87,8 @@ impl Daemon {
         let (sla_tx, sla) = tokio::sync::watch::channel(config.sla.clone());
         let runtimes =
             Arc::new(Runtimes::start_for(config.threads).context("starting the user runtimes")?);
-        // Per-message measurements are buffered per user thread, flushed by the health probe.
-        let adopting = Arc::clone(&metrics);
-        runtimes.on_each(move || adopting.adopt_thread()).await;
+        // Per-message measurements are buffered per user thread, flushed by metrics' own tick.
+        metrics.buffer_on(&runtimes, &shutdown).await;
         let (saturated, health, health_task) = crate::health::spawn(
             config.self_health.clone(),
             Arc::clone(&metrics),

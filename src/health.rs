@@ -187,8 +187,7 @@ pub fn spawn(
     (saturated_rx, health, task)
 }
 
-/// Ticks every 100 ms on one user runtime, reports how late each tick ran, and flushes the
-/// thread's buffered measurements.
+/// Ticks every 100 ms on one user runtime and reports how late each tick ran.
 async fn probe(
     thread: usize,
     samples: tokio::sync::mpsc::Sender<Sample>,
@@ -205,8 +204,6 @@ async fn probe(
         let now = Instant::now();
         let lag = now.saturating_duration_since(scheduled);
         metrics.event_loop_lag.observe(lag.as_secs_f64());
-        // This thread's users' buffered measurements: readers see them at most a tick late.
-        metrics.flush_thread();
         let _ = samples.try_send((thread, lag, now));
     }
 }

@@ -1,9 +1,10 @@
 //! Per-thread recording of the per-message measurements, so no lock and no shared cache line
 //! is touched per message: on a user thread, counters and histograms go into that thread's
 //! buffers (prometheus' local collectors, HdrHistograms of its own), which the thread flushes
-//! into the shared registry and windows every health-probe tick (100 ms) and once more when
-//! the fleet stops. Elsewhere (tests, the API) the shared collectors are written directly.
-//! What a reader sees is therefore at most one tick old.
+//! into the shared registry and windows every [`FLUSH_EVERY`] (a task of this module on each
+//! user thread, [`Metrics::buffer_on`]) and once more when the fleet stops. Elsewhere (tests,
+//! the API) the shared collectors are written directly. What a reader sees is therefore at
+//! most one tick old.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ impl Latency {
     ];
 }
 
+/// How often each user thread pushes its buffers out: what a reader sees is at most this old.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 /// One thread's buffers for one [`Metrics`].
 struct Local {
     owner: Arc<Metrics>,
@@ -67,6 +71,31 @@ impl Metrics {
             windows: (0..3).map(|_| new_hdr()).collect(),
         };
         LOCAL.with(|cell| *cell.borrow_mut() = Some(local));
+    }
+
+    /// Makes every user thread of `runtimes` buffer its measurements, and flushes each one's
+    /// buffers every [`FLUSH_EVERY`] on that thread until `shutdown` (the daemon flushes them
+    /// a last time when the users are closed).
+    pub async fn buffer_on(
+        self: &Arc<Self>,
+        runtimes: &crate::runtimes::Runtimes,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        let adopting = Arc::clone(self);
+        runtimes.on_each(move || adopting.adopt_thread()).await;
+        for handle in runtimes.handles() {
+            let (metrics, shutdown) = (Arc::clone(self), shutdown.clone());
+            handle.spawn(async move {
+                let mut ticks = tokio::time::interval(FLUSH_EVERY);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = ticks.tick() => metrics.flush_thread(),
+                    }
+                }
+            });
+        }
     }
 
     /// Pushes the calling thread's buffers into the shared registry and windows.
