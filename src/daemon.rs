@@ -97,7 +97,7 @@ impl Daemon {
         );
         core.add("health probe", health_task);
         let ctx = Arc::new(Context::new(
-            &session,
+            session,
             shard,
             target.clone(),
             scenario,

@@ -45,20 +45,11 @@ pub struct Context {
     /// This instance's part of the fleet: users are local ids, identities fleet-wide.
     pub shard: Shard,
     pub scenario: Scenario,
-    pub connect_timeout: Duration,
+    /// What the config tells every user (heartbeat, reconnect, timeouts, churn, ...).
+    pub settings: Settings,
     /// Bound on one frame write; a server that stops reading must not freeze a user.
     pub write_timeout: Duration,
-    pub heartbeat: Heartbeat,
-    pub reconnect: Reconnect,
-    pub schedule: Schedule,
-    pub ack_timeout: Duration,
-    pub loss_grace: Duration,
-    pub lifetime: Option<Lifetime>,
     pub ws_config: WebSocketConfig,
-    /// The longest message (or plain-stream frame) a user reads; longer ends the connection.
-    pub max_message_size: usize,
-    /// After a reconnect, send again what the last connection left unacknowledged.
-    pub resend_unacked: bool,
     /// Built once: a TLS config per connect would reload the root store every time.
     pub tls: tls::ClientTls,
     pub metrics: Arc<Metrics>,
@@ -72,8 +63,6 @@ pub struct Context {
     pub roster: Roster,
     /// Conversations whose books are not settled; the drain waits for none.
     pub books: Books,
-    /// Local addresses connections are made from, in turn; empty = the system's choice.
-    pub source_addresses: Vec<std::net::IpAddr>,
     next_source: std::sync::atomic::AtomicUsize,
     /// Sockets users may hold: the descriptors kept for the API are never theirs.
     pub sockets: SocketBudget,
@@ -124,7 +113,7 @@ impl Drop for SocketPermit<'_> {
 impl Context {
     /// What the users of this instance's part (`shard`) of a fleet share.
     pub fn new(
-        settings: &Settings,
+        settings: Settings,
         shard: Shard,
         target: Url,
         scenario: Scenario,
@@ -136,28 +125,19 @@ impl Context {
             tls,
             target,
             scenario,
-            connect_timeout: settings.connect_timeout,
             write_timeout: settings.heartbeat.timeout.max(Duration::from_secs(1)),
-            heartbeat: settings.heartbeat.clone(),
-            reconnect: settings.reconnect.clone(),
-            schedule: settings.schedule,
-            ack_timeout: settings.ack_timeout,
-            loss_grace: settings.loss_grace,
-            lifetime: settings.lifetime.clone(),
             ws_config: ws_config(settings.max_message_size),
-            max_message_size: settings.max_message_size,
-            resend_unacked: settings.resend_unacked,
             metrics: Arc::clone(&telemetry.metrics),
             failures: Arc::clone(&telemetry.failures),
             history: Arc::clone(&telemetry.history),
             pacer: Pacer::new(shard.rate(settings.connect_rate)),
             roster: Roster::default(),
             books: Books::default(),
-            source_addresses: settings.source_addresses.clone(),
             next_source: std::sync::atomic::AtomicUsize::new(0),
             sockets: SocketBudget::new(crate::host::user_sockets(
                 crate::health::open_fds().unwrap_or(0),
             )),
+            settings,
         }
     }
 }
@@ -175,13 +155,13 @@ impl Context {
 
     /// The next source address, round-robin.
     pub fn source_address(&self) -> Option<std::net::IpAddr> {
-        if self.source_addresses.is_empty() {
+        if self.settings.source_addresses.is_empty() {
             return None;
         }
         let turn = self
             .next_source
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(self.source_addresses[turn % self.source_addresses.len()])
+        Some(self.settings.source_addresses[turn % self.settings.source_addresses.len()])
     }
 }
 
@@ -298,7 +278,7 @@ impl User {
             }
             failures = failures.saturating_add(1);
             // The server's Retry-After, when it gave one, is the least we wait.
-            let wait = backoff::delay(&self.ctx.reconnect, failures)
+            let wait = backoff::delay(&self.ctx.settings.reconnect, failures)
                 .max(retry_after.take().unwrap_or_default());
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -348,7 +328,7 @@ pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
 pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
     let config = crate::config::Config::parse(yaml).expect("valid");
     Arc::new(Context::new(
-        &config.session(),
+        config.session(),
         config.shard().expect("shard"),
         Url::parse("ws://127.0.0.1:1/ws").expect("url"),
         config.compile_scenario().expect("scenario"),

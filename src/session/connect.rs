@@ -46,17 +46,20 @@ pub async fn open(
         None => ctx.target.clone(),
     };
     let started = Instant::now();
-    let mut socket = timeout(ctx.connect_timeout, handshake(ctx, &url, &identity))
-        .await
-        .map_err(|_| {
-            ConnectFailure::new(
-                ConnectResult::Timeout,
-                format!(
-                    "no WebSocket from {url} within connect_timeout ({})",
-                    humantime::format_duration(ctx.connect_timeout)
-                ),
-            )
-        })??;
+    let mut socket = timeout(
+        ctx.settings.connect_timeout,
+        handshake(ctx, &url, &identity),
+    )
+    .await
+    .map_err(|_| {
+        ConnectFailure::new(
+            ConnectResult::Timeout,
+            format!(
+                "no WebSocket from {url} within connect_timeout ({})",
+                humantime::format_duration(ctx.settings.connect_timeout)
+            ),
+        )
+    })??;
     ctx.metrics.observe(Latency::Connect, started.elapsed());
 
     let login_started = Instant::now();
@@ -110,7 +113,11 @@ async fn handshake(
                 format!("{url} is a plain stream, and the scenario gives no `framing`"),
             )
         })?;
-        return Ok(Socket::stream(stream, framing, ctx.max_message_size));
+        return Ok(Socket::stream(
+            stream,
+            framing,
+            ctx.settings.max_message_size,
+        ));
     }
     let headers: Vec<(String, String)> = ctx
         .scenario
@@ -133,7 +140,7 @@ async fn handshake(
     Ok(Socket::websocket(
         ws,
         ctx.scenario.framing,
-        ctx.max_message_size,
+        ctx.settings.max_message_size,
     ))
 }
 

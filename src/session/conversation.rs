@@ -139,7 +139,7 @@ impl Conversation {
         } else {
             0..0
         };
-        let mut tracker = Tracker::new(ctx.loss_grace);
+        let mut tracker = Tracker::new(ctx.settings.loss_grace);
         expect_members(
             &ctx,
             &mut tracker,
@@ -246,7 +246,7 @@ impl Conversation {
     /// heartbeat or at its churn time, expires acks and gaps, and makes what is due to be sent
     /// available from [`Conversation::next_outbound`].
     pub fn on_tick(&mut self, now: Instant) -> Result<(), Ended> {
-        let reply_timeout = self.ctx.heartbeat.timeout;
+        let reply_timeout = self.ctx.settings.heartbeat.timeout;
         if self.timers.pong_deadline.is_some_and(|d| now >= d) {
             return Err(Ended::failed(
                 DisconnectReason::HeartbeatTimeout,
@@ -288,7 +288,10 @@ impl Conversation {
         }
         while self.due.sends_left > 0 {
             self.due.sends_left -= 1;
-            let Some(scheduled) = self.timers.send_due(self.due.at, self.ctx.schedule) else {
+            let Some(scheduled) = self
+                .timers
+                .send_due(self.due.at, self.ctx.settings.schedule)
+            else {
                 break;
             };
             if let Some(message) = self.message(scheduled)? {
@@ -412,7 +415,7 @@ impl Conversation {
         let ack = self
             .pending
             .front()
-            .map(|&(_, scheduled)| clock::later(scheduled, self.ctx.ack_timeout));
+            .map(|&(_, scheduled)| clock::later(scheduled, self.ctx.settings.ack_timeout));
         if let Some(next) = ack.into_iter().chain(self.tracker.next_expiry()).min() {
             self.timers.next_sweep = next;
         }
@@ -538,7 +541,7 @@ impl Conversation {
         self.timers.postpone_sweep(now);
         let metrics = &self.ctx.metrics;
         while let Some(&(_, scheduled)) = self.pending.front() {
-            if now.duration_since(scheduled) < self.ctx.ack_timeout {
+            if now.duration_since(scheduled) < self.ctx.settings.ack_timeout {
                 break;
             }
             self.pending.pop_front();
@@ -573,7 +576,7 @@ impl Conversation {
             .chain(self.resend.drain(..).rev())
             .collect();
         let reconnects = !drained && reason != DisconnectReason::ClientClose;
-        if self.ctx.resend_unacked && reconnects {
+        if self.ctx.settings.resend_unacked && reconnects {
             unacked.sort_unstable_by_key(|&(seq, _)| seq);
         } else {
             if drained || reason.is_failure() {
@@ -648,14 +651,14 @@ impl Timers {
     /// First ping and first send at a random phase.
     fn start(ctx: &Context, message_interval: Duration, heartbeat_interval: Duration) -> Timers {
         let now = Instant::now();
-        let sweep_every = ctx.ack_timeout.max(ctx.loss_grace);
+        let sweep_every = ctx.settings.ack_timeout.max(ctx.settings.loss_grace);
         Timers {
             next_ping: random_phase(now, heartbeat_interval),
             pong_deadline: None,
             next_send: random_phase(now, message_interval),
             next_sweep: clock::later(now, sweep_every),
             sweep_every,
-            churn_at: ctx.lifetime.as_ref().map(|l| {
+            churn_at: ctx.settings.lifetime.as_ref().map(|l| {
                 let spread = l.max.saturating_sub(l.min);
                 clock::later(now, l.min + spread.mul_f64(rand::rng().random::<f64>()))
             }),
