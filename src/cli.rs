@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Plan};
 use crate::shard::Shard;
 
 #[derive(Debug, Parser)]
@@ -180,7 +180,7 @@ pub struct TargetArgs {
 impl FleetArgs {
     /// The config file (or the embedded default) with the flags set over its fields, then
     /// validated once, so a flag is held to every rule a file is (caps included).
-    pub fn resolve(&self) -> Result<Config, ConfigError> {
+    pub fn resolve(&self) -> Result<Plan, ConfigError> {
         use serde_norway::Value;
         let mut overrides = serde_norway::Mapping::new();
         let mut set = |field: &str, value: Value| {

@@ -54,13 +54,30 @@ pub struct Finished {
 }
 
 impl Daemon {
-    /// Starts the fleet and serves the API on `listener`. With no target in the config, it
-    /// first starts the reference target in-process on a free loopback port.
+    /// [`Daemon::run`] of `config`'s plan.
     pub async fn start(
         config: Config,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Daemon> {
+        Daemon::run(config.plan()?, listener, shutdown).await
+    }
+
+    /// Starts the fleet of `plan` and serves the API on `listener`. With no target in the
+    /// config, it first starts the reference target in-process on a free loopback port.
+    pub async fn run(
+        plan: Plan,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Daemon> {
+        let Plan {
+            config,
+            scenario,
+            tls,
+            shard,
+            api_token: token,
+            session,
+        } = plan;
         let addr = listener.local_addr().context("reading the API address")?;
         let mut core = CoreTasks::default();
         let target_shutdown = CancellationToken::new();
@@ -72,14 +89,6 @@ impl Daemon {
                 url
             }
         };
-        let Plan {
-            config,
-            scenario,
-            tls,
-            shard,
-            api_token: token,
-            session,
-        } = config.plan()?;
         let telemetry = Telemetry::new(config.status_window);
         let metrics = Arc::clone(&telemetry.metrics);
         metrics.set_sla_thresholds(&config.sla);

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use wsfleet::cli::{Cli, Command, CtlArgs, FleetArgs, RunArgs, TargetArgs};
-use wsfleet::config::Config;
+use wsfleet::config::Plan;
 use wsfleet::ctl::CtlError;
 use wsfleet::daemon::Daemon;
 use wsfleet::output::Output;
@@ -41,15 +41,15 @@ fn main() -> ExitCode {
         Command::Check(args) => Some(args),
         Command::Target(_) | Command::Ctl(_) => None,
     };
-    let config = match fleet_args.map(FleetArgs::resolve).transpose() {
-        Ok(config) => config,
+    let plan = match fleet_args.map(FleetArgs::resolve).transpose() {
+        Ok(plan) => plan,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    if let (Command::Check(_), Some(config)) = (&cli.command, &config) {
-        print!("{}", config.to_yaml());
+    if let (Command::Check(_), Some(plan)) = (&cli.command, &plan) {
+        print!("{}", plan.config.to_yaml());
         return ExitCode::SUCCESS;
     }
 
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match (cli.command, config) {
+        match (cli.command, plan) {
             (Command::Ctl(args), _) => Ok(run_ctl(&args).await),
             (Command::Target(args), _) => {
                 run_target(
@@ -70,13 +70,14 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            (Command::Run(args), Some(config)) => {
+            (Command::Run(args), Some(plan)) => {
                 // With a file, SIGHUP is the reloader's; without one it must not kill us.
-                let hangup = config
+                let hangup = plan
+                    .config
                     .source
                     .is_none()
                     .then_some("started without -c, there is no config file to reload");
-                run_daemon(args, config, signal_token(hangup)).await
+                run_daemon(args, plan, signal_token(hangup)).await
             }
             _ => unreachable!("run and check always resolve a config"),
         }
@@ -123,13 +124,14 @@ fn ignore_hangups(why: &'static str) {
 /// and exits with the SLA verdict; otherwise it just shuts down.
 async fn run_daemon(
     args: RunArgs,
-    config: Config,
+    plan: Plan,
     signal: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
+    let config = &plan.config;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
-    let config_json = wsfleet::report::config_json(&config);
+    let config_json = wsfleet::report::config_json(config);
     let search = match (&config.capacity, args.find_capacity) {
         (Some(spec), true) => Some(spec.clone()),
         (None, true) => {
@@ -153,7 +155,7 @@ async fn run_daemon(
         }
     }
     let [summary_out, report_out] = outputs;
-    let daemon = Daemon::start(config, listener, CancellationToken::new()).await?;
+    let daemon = Daemon::run(plan, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
     let searching = search.map(|spec| {

@@ -595,7 +595,8 @@ async fn protobuf_frames_are_measured_and_drops_counted() {
                 Some(&examples.join("protobuf-chat.yaml")),
                 overrides,
             )
-            .unwrap();
+            .unwrap()
+            .config;
             let metrics = measured_run(start_daemon_with(config).await, 20.0, 2000).await;
             Some((server.stats().await, metrics.message_counts()))
         }

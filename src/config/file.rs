@@ -22,16 +22,17 @@ impl Config {
                     source,
                 }
             })?;
-        Config::from_text(Some(path), &text, serde_norway::Mapping::new())
+        Config::from_text(Some(path), &text, serde_norway::Mapping::new()).map(|plan| plan.config)
     }
 
     /// The config file named at start (any readable file: a pipe too), or the empty,
     /// all-defaults config, with `overrides` (from flags) set over its top-level fields,
-    /// validated once: no way in can skip a rule.
+    /// validated once: no way in can skip a rule. What validation compiled is kept: the
+    /// returned plan is what the daemon runs, built once.
     pub fn read(
         path: Option<&Path>,
         overrides: serde_norway::Mapping,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Plan, ConfigError> {
         let text = match path {
             Some(path) => crate::files::read_text_at_start(path, crate::files::MAX_CONFIG_BYTES)
                 .map_err(|source| ConfigError::Read {
@@ -47,7 +48,7 @@ impl Config {
         path: Option<&Path>,
         text: &str,
         overrides: serde_norway::Mapping,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Plan, ConfigError> {
         let base_dir = path.and_then(Path::parent).unwrap_or(Path::new("."));
         let mut raw = parse_raw(text)?;
         let flags: Vec<String> = overrides
@@ -63,7 +64,7 @@ impl Config {
             };
             fields.extend(overrides);
         }
-        let mut config = Config::from_raw(raw, base_dir).map_err(|err| {
+        let mut plan = Config::from_raw(raw, base_dir).map_err(|err| {
             // A flag's value breaking a rule: say so, the file may not even mention the field.
             match err
                 .field()
@@ -76,8 +77,8 @@ impl Config {
                 None => err,
             }
         })?;
-        config.source = path.map(Path::to_path_buf);
-        Ok(config)
+        plan.config.source = path.map(Path::to_path_buf);
+        Ok(plan)
     }
 
     /// Parses and validates YAML text; an empty document is the all-defaults config.
@@ -87,10 +88,10 @@ impl Config {
 
     /// [`Config::parse`] with relative paths resolved from `base_dir`.
     pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        Config::from_raw(parse_raw(text)?, base_dir)
+        Config::from_raw(parse_raw(text)?, base_dir).map(|plan| plan.config)
     }
 
-    fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Config, ConfigError> {
+    fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Plan, ConfigError> {
         let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
             let field = err.path().to_string();
             ConfigError::Syntax {
@@ -107,8 +108,7 @@ impl Config {
             limits: config.limits.clone().or_host_default(config.shard.count),
             ..config
         };
-        config.validate()?;
-        Ok(config)
+        config.validate()
     }
 
     /// The built-in configuration: a small fleet against the in-process reference target.
@@ -118,8 +118,10 @@ impl Config {
 }
 
 impl Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let Plan { scenario, .. } = self.plan()?;
+    /// Every rule, and the plan built on the way (what the rules about the scenario, TLS and
+    /// token check is that it can be built).
+    fn validate(&self) -> Result<Plan, ConfigError> {
+        let plan = self.plan()?;
         if let Some(capacity) = &self.capacity {
             capacity
                 .validate(&self.sla)
@@ -130,7 +132,7 @@ impl Config {
         }
         if let Some(target) = &self.target {
             validate_target(target)?;
-            self.check_stream_target(target, &scenario)?;
+            self.check_stream_target(target, &plan.scenario)?;
         }
         self.limits.validate()?;
         if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
@@ -228,7 +230,7 @@ impl Config {
                 format!("must be between 0.0 and 1.0, got {}", self.reconnect.jitter),
             );
         }
-        Ok(())
+        Ok(plan)
     }
 }
 
