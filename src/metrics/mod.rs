@@ -576,25 +576,13 @@ pub struct CapacityGauges {
     pub broke: prometheus::Gauge,
 }
 
-/// A phase of the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Dns,
-    Tcp,
-    Tls,
-    Upgrade,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Dns, Phase::Tcp, Phase::Tls, Phase::Upgrade];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Dns => "dns",
-            Phase::Tcp => "tcp",
-            Phase::Tls => "tls",
-            Phase::Upgrade => "upgrade",
-        }
+label_enum! {
+    /// A phase of the handshake (`wsfleet_connect_phase_seconds{phase}`).
+    Phase {
+        Dns => "dns",
+        Tcp => "tcp",
+        Tls => "tls",
+        Upgrade => "upgrade",
     }
 }
 
