@@ -379,18 +379,21 @@ async fn a_target_restarted_under_five_thousand_users_gets_them_all_back() {
     let rate = 2500.0;
     let addr = free_addr();
     let mut target = TargetProcess::start(addr).await;
+    // As in tests/fleet.rs' killed-target test: a busy runner's loop lag must not stop the
+    // reconnects being counted, so the generator's lag threshold is out of reach.
     let daemon = start_daemon(&format!(
         "target: ws://{addr}/ws\nusers: {USERS}\nconnect_rate: {rate}\nscenario: idle\n\
-         heartbeat: {{interval: 2s, timeout: 2s}}\nreconnect: {{initial: 50ms, max: 500ms}}\n"
+         heartbeat: {{interval: 2s, timeout: 2s}}\nreconnect: {{initial: 50ms, max: 500ms}}\n\
+         self_health: {{max_loop_lag: 10s}}\n"
     ))
     .await;
     let api = daemon.addr();
     let last = std::sync::Mutex::new(Monotonic::default());
     let watch = |m: &Scrape| last.lock().unwrap().check(m);
-    wait_for("5,000 users", 60, || async {
+    wait_progressing("5,000 users", USERS, 30, 300, || async {
         let m = scrape(api).await;
         watch(&m);
-        m.get("wsfleet_users_active") == USERS
+        m.get("wsfleet_users_active")
     })
     .await;
     target.kill();
@@ -414,10 +417,10 @@ async fn a_target_restarted_under_five_thousand_users_gets_them_all_back() {
         window.elapsed()
     );
     let _target = TargetProcess::start(addr).await;
-    wait_for("everyone back", 60, || async {
+    wait_progressing("everyone back", USERS, 30, 300, || async {
         let m = scrape(api).await;
         watch(&m);
-        m.get("wsfleet_users_active") == USERS
+        m.get("wsfleet_users_active")
     })
     .await;
     daemon.shutdown().await.unwrap();
