@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::fleet::{FleetHandle, Origin};
 use crate::load::LoadPatch;
 use crate::metrics::{Metrics, Source};
-use crate::sla::{Errors, Observed, Sla};
+use crate::sla::{Errors, Observed, Sla, Slas};
 
 /// The dimension that grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -265,7 +265,7 @@ pub async fn run(
     spec: CapacitySpec,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
-    sla: watch::Receiver<Sla>,
+    sla: watch::Receiver<Slas>,
     shared: Shared,
     cancel: CancellationToken,
 ) -> Outcome {
@@ -349,7 +349,7 @@ async fn judge(
     value: f64,
     fleet: &FleetHandle,
     metrics: &Metrics,
-    sla: &watch::Receiver<Sla>,
+    sla: &watch::Receiver<Slas>,
 ) -> Result<Step, String> {
     let origin = Origin::new(Source::Capacity, format!("capacity search step {value}"));
     fleet
@@ -359,7 +359,7 @@ async fn judge(
     // Reach the step's users (bounded: a server that refuses them is judged as it is).
     let desired = fleet.local_users();
     let ramp = Duration::from_secs_f64(
-        f64::from(desired) / fleet.desired().load.connect_rate.max(1.0) * 2.0 + 10.0,
+        f64::from(desired) / fleet.desired().load.fleet.connect_rate.max(1.0) * 2.0 + 10.0,
     );
     let reached = tokio::time::timeout(ramp, async {
         while metrics.users_active.get() < i64::from(desired) {
@@ -389,7 +389,7 @@ async fn judge(
     } else {
         metrics.users_active.get() as f64 / f64::from(desired)
     };
-    let results = sla.borrow().judge(&Observed {
+    let results = sla.borrow().fleet.judge(&Observed {
         p99_rtt: metrics.rtt_window.quantiles_since(&mark.rtt).p99,
         p99_delivery: metrics.delivery_window.quantiles_since(&mark.delivery).p99,
         // Handshakes happen mostly in the ramp, before the window: judged there too.
@@ -428,7 +428,7 @@ impl Searches {
         spec: CapacitySpec,
         fleet: &FleetHandle,
         metrics: &Arc<Metrics>,
-        sla: &watch::Receiver<Sla>,
+        sla: &watch::Receiver<Slas>,
     ) -> Option<Outcome> {
         let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((shared, _)) = current.as_ref()

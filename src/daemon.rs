@@ -25,7 +25,7 @@ use crate::fleet::{DrainReport, Fleet, FleetHandle};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtimes::Runtimes;
-use crate::session::Context;
+use crate::session::{Context, GroupSetup, Shared};
 use crate::target;
 use crate::telemetry::Telemetry;
 
@@ -37,7 +37,7 @@ pub struct Daemon {
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
     history: Arc<crate::history::History>,
-    sla: tokio::sync::watch::Receiver<crate::sla::Sla>,
+    sla: tokio::sync::watch::Receiver<crate::sla::Slas>,
     started: Instant,
     drain_timeout: Duration,
     shutdown: CancellationToken,
@@ -70,13 +70,13 @@ impl Daemon {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Daemon> {
+        let slas = plan.slas();
         let Plan {
             config,
-            scenario,
-            tls,
+            groups,
+            load,
             shard,
             api_token: token,
-            session,
         } = plan;
         let addr = listener.local_addr().context("reading the API address")?;
         let mut core = CoreTasks::default();
@@ -89,11 +89,13 @@ impl Daemon {
                 url
             }
         };
-        let telemetry = Telemetry::new(config.status_window);
+        let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+        let telemetry = Telemetry::new(config.status_window, &names);
         let metrics = Arc::clone(&telemetry.metrics);
-        metrics.set_sla_thresholds(&config.sla);
-        // The one SLA: the gauge, the status, the report, capacity and the verdict read it.
-        let (sla_tx, sla) = tokio::sync::watch::channel(config.sla.clone());
+        metrics.set_sla_thresholds(&slas);
+        // The one set of SLAs: the gauge, the status, the report, capacity and the verdict
+        // read it.
+        let (sla_tx, sla) = tokio::sync::watch::channel(slas);
         let runtimes =
             Arc::new(Runtimes::start_for(config.threads).context("starting the user runtimes")?);
         // Per-message measurements are buffered per user thread, flushed by metrics' own tick.
@@ -105,17 +107,32 @@ impl Daemon {
             shutdown.clone(),
         );
         core.add("health probe", health_task);
-        let ctx = Arc::new(Context::new(
-            session,
-            shard,
-            target.clone(),
-            scenario,
-            &telemetry,
-            tls,
-        ));
+        let shared = Shared::new(config.connect_rate, shard);
+        let of = groups.len();
+        let contexts = groups
+            .into_iter()
+            .enumerate()
+            .map(|(index, group)| {
+                let setup = GroupSetup {
+                    index,
+                    of,
+                    // A group without a target of its own uses the fleet's (or the embedded one).
+                    target: group
+                        .config
+                        .target
+                        .clone()
+                        .unwrap_or_else(|| target.clone()),
+                    name: group.name,
+                    scenario: group.scenario,
+                    settings: group.session,
+                    tls: group.tls,
+                };
+                Arc::new(Context::new(setup, shard, &telemetry, &shared))
+            })
+            .collect();
         let (fleet, fleet_task) = Fleet::spawn(
-            ctx,
-            config.load(),
+            contexts,
+            load.clone(),
             config.limits.clone(),
             Arc::clone(&runtimes),
             saturated,
@@ -127,7 +144,7 @@ impl Daemon {
             Some(path) => {
                 let reloader = Arc::new(Reloader::new(
                     path,
-                    config.clone(),
+                    (config.clone(), load.clone()),
                     fleet.clone(),
                     Arc::clone(&metrics),
                     sla_tx,
@@ -266,7 +283,7 @@ impl Daemon {
     }
 
     /// The SLA in force, as reloads change it.
-    pub fn sla(&self) -> tokio::sync::watch::Receiver<crate::sla::Sla> {
+    pub fn sla(&self) -> tokio::sync::watch::Receiver<crate::sla::Slas> {
         self.sla.clone()
     }
 

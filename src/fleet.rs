@@ -11,7 +11,9 @@
 //! users while the generator is saturated, and drains the fleet at the end of a run.
 //!
 //! It is the one owner of the live state: the load, pause, saturation and drain reach users
-//! only through the [`Desired`] it publishes.
+//! only through the [`Desired`] it publishes to each group. The groups of a fleet share its
+//! pacer (one connect rate), its ramp-down allowance and its drain; each has its own users,
+//! its own [`Context`] (target, scenario, settings) and its own part of the [`FleetLoad`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock;
-use crate::load::{Desired, Limits, Load, LoadError, LoadPatch};
+use crate::groups::{FleetDesired, FleetLoad};
+use crate::load::{Desired, Limits, LoadError, LoadPatch};
 use crate::metrics::Source;
 use crate::profile::{ProfileSpec, ProfileState, ProfileStatus, Running};
 use crate::roster::Slot;
@@ -57,7 +60,7 @@ impl Origin {
 /// The result of a load update.
 #[derive(Debug, Clone)]
 pub struct Updated {
-    pub load: Load,
+    pub load: FleetLoad,
     /// The profile this update cancelled, if one was running.
     pub profile_cancelled: Option<ProfileStatus>,
 }
@@ -71,7 +74,7 @@ enum Command {
     Pause {
         paused: bool,
         origin: Origin,
-        reply: oneshot::Sender<Desired>,
+        reply: oneshot::Sender<FleetDesired>,
     },
     StartProfile {
         spec: ProfileSpec,
@@ -102,6 +105,8 @@ pub struct DrainReport {
     pub elapsed: Duration,
     /// Users connected when the drain ended.
     pub active: i64,
+    /// Of those, each group's, in the fleet's order.
+    pub active_by_group: Vec<i64>,
 }
 
 /// Why a request to the supervisor did not happen.
@@ -119,19 +124,19 @@ pub enum FleetError {
 #[derive(Clone)]
 pub struct FleetHandle {
     commands: mpsc::Sender<Command>,
-    desired: watch::Receiver<Desired>,
+    desired: watch::Receiver<FleetDesired>,
     limits: Limits,
     shard: Shard,
 }
 
 impl FleetHandle {
     /// The desired state right now.
-    pub fn desired(&self) -> Desired {
+    pub fn desired(&self) -> FleetDesired {
         self.desired.borrow().clone()
     }
 
     /// The desired state, to watch for changes.
-    pub fn subscribe(&self) -> watch::Receiver<Desired> {
+    pub fn subscribe(&self) -> watch::Receiver<FleetDesired> {
         self.desired.clone()
     }
 
@@ -145,10 +150,20 @@ impl FleetHandle {
         self.shard
     }
 
-    /// This instance's share of the desired users.
+    /// This instance's share of the desired users, every group's.
     pub fn local_users(&self) -> u32 {
+        self.local_users_by_group().iter().sum()
+    }
+
+    /// This instance's share of each group's desired users, in the fleet's order.
+    pub fn local_users_by_group(&self) -> Vec<u32> {
         let desired = self.desired.borrow();
-        self.shard.users(desired.load.users, desired.load.room_size)
+        desired
+            .load
+            .loads()
+            .iter()
+            .map(|load| self.shard.users(load.users, load.room_size))
+            .collect()
     }
 
     async fn ask<T>(
@@ -175,7 +190,11 @@ impl FleetHandle {
             .await??)
     }
 
-    pub async fn set_paused(&self, paused: bool, origin: Origin) -> Result<Desired, FleetError> {
+    pub async fn set_paused(
+        &self,
+        paused: bool,
+        origin: Origin,
+    ) -> Result<FleetDesired, FleetError> {
         self.ask(|reply| Command::Pause {
             paused,
             origin,
@@ -224,6 +243,51 @@ struct Member {
     slot: Arc<Slot>,
 }
 
+/// One group of users, as the supervisor holds it.
+struct Group {
+    ctx: Arc<Context>,
+    /// What this group's users are told: their part of the fleet's desired state.
+    desired: watch::Sender<Desired>,
+    users: Vec<Member>,
+}
+
+impl Group {
+    /// This instance's share of the group's desired users.
+    fn desired_users(&self) -> usize {
+        self.ctx.local_users(&self.desired.borrow().load) as usize
+    }
+
+    /// Users still to be spawned: below the desired count while users may connect.
+    fn unspawned(&self) -> usize {
+        if self.desired.borrow().may_connect() {
+            self.desired_users().saturating_sub(self.users.len())
+        } else {
+            0
+        }
+    }
+
+    fn has_excess(&self) -> bool {
+        self.users.len() > self.desired_users()
+    }
+
+    /// Users above the desired count that hold no connection (waiting for a permit, in
+    /// backoff, mid-handshake) end now: a ramp-down must not wait for them, nor let them
+    /// connect first.
+    fn end_unconnected_surplus(&mut self) {
+        let desired = self.desired_users();
+        for member in &self.users[desired.min(self.users.len())..] {
+            if !member.slot.connected() {
+                member.cancel.cancel();
+            }
+        }
+        while self.users.len() > desired
+            && self.users.last().is_some_and(|m| m.cancel.is_cancelled())
+        {
+            self.users.pop();
+        }
+    }
+}
+
 /// A drain under way.
 struct Drain {
     started: Instant,
@@ -233,11 +297,10 @@ struct Drain {
 
 /// The supervisor's state; runs as one task until shutdown.
 pub struct Fleet {
-    ctx: Arc<Context>,
-    desired: watch::Sender<Desired>,
+    groups: Vec<Group>,
+    desired: watch::Sender<FleetDesired>,
     limits: Limits,
     runtimes: Arc<Runtimes>,
-    users: Vec<Member>,
     /// Whether the generator is saturated, from the health probe.
     saturated: watch::Receiver<bool>,
     tracker: TaskTracker,
@@ -246,6 +309,8 @@ pub struct Fleet {
     /// Users the ramp-down may still close in the current step (fractional at low rates).
     close_allowance: f64,
     last_close: Instant,
+    /// The group the next closed or admitted user comes from, so groups take turns.
+    turn: usize,
     profile: Option<Running>,
     /// The last profile that ended, for the status API.
     last_profile: Option<ProfileStatus>,
@@ -255,37 +320,49 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts the supervisor; it runs until `shutdown` is cancelled, then closes every user
+    /// Starts the supervisor of the groups whose users share `contexts` (one per group of
+    /// `load`, in its order); it runs until `shutdown` is cancelled, then closes every user
     /// (waiting at most `shutdown_timeout`) and ends.
     pub fn spawn(
-        ctx: Arc<Context>,
-        load: Load,
+        contexts: Vec<Arc<Context>>,
+        load: FleetLoad,
         limits: Limits,
         runtimes: Arc<Runtimes>,
         saturated: watch::Receiver<bool>,
         shutdown: CancellationToken,
         shutdown_timeout: Duration,
     ) -> (FleetHandle, tokio::task::JoinHandle<()>) {
-        let (desired_tx, desired_rx) = watch::channel(Desired {
+        let desired = FleetDesired {
             saturated: *saturated.borrow(),
-            ..Desired::new(load)
-        });
+            ..FleetDesired::new(load)
+        };
+        let groups: Vec<Group> = contexts
+            .into_iter()
+            .enumerate()
+            .map(|(index, ctx)| Group {
+                ctx,
+                desired: watch::Sender::new(desired.group(index)),
+                users: Vec::new(),
+            })
+            .collect();
+        let (desired_tx, desired_rx) = watch::channel(desired);
         let (commands, inbox) = mpsc::channel(64);
-        let shard = ctx.shard;
-        ctx.metrics.shard_index.set(i64::from(shard.index));
-        ctx.metrics.shards.set(i64::from(shard.count));
+        let shard = groups[0].ctx.shard;
+        let metrics = &groups[0].ctx.metrics;
+        metrics.shard_index.set(i64::from(shard.index));
+        metrics.shards.set(i64::from(shard.count));
         let fleet = Fleet {
-            ctx,
+            groups,
             desired: desired_tx,
             limits: limits.clone(),
             runtimes,
-            users: Vec::new(),
             saturated,
             tracker: TaskTracker::new(),
             shutdown,
             shutdown_timeout,
             close_allowance: 0.0,
             last_close: Instant::now(),
+            turn: 0,
             profile: None,
             last_profile: None,
             drain: None,
@@ -303,18 +380,24 @@ impl Fleet {
         )
     }
 
+    /// The context every group shares the pacer, books, metrics and shard of.
+    fn ctx(&self) -> &Context {
+        &self.groups[0].ctx
+    }
+
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         self.publish_gauges();
         self.reconcile();
         let mut ramp_down = tokio::time::interval(RAMP_DOWN_TICK);
         ramp_down.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut health_open = true;
+        let books = Arc::clone(&self.groups[0].ctx.books);
         loop {
             let (paused, draining) = {
                 let desired = self.desired.borrow();
                 (desired.paused, desired.draining)
             };
-            let excess = self.users.len() > self.desired_users();
+            let excess = self.groups.iter().any(Group::has_excess);
             let profile_at = self.profile.as_ref().map(Running::next_at);
             let drain_deadline = self.drain.as_ref().map(|d| d.deadline);
             self.seek_admission();
@@ -338,12 +421,12 @@ impl Fleet {
                     Ok(()) => {
                         let saturated = *self.saturated.borrow_and_update();
                         let current = self.desired.borrow().clone();
-                        self.publish(Desired { saturated, ..current });
+                        self.publish(FleetDesired { saturated, ..current });
                     }
                     // The probe is gone; the daemon notices and stops. Nothing to follow here.
                     Err(_) => health_open = false,
                 },
-                _ = self.ctx.books.settled(), if self.drain.is_some() => self.end_drain(),
+                _ = books.settled(), if self.drain.is_some() => self.end_drain(),
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
                     self.end_drain();
                 }
@@ -416,17 +499,17 @@ impl Fleet {
         let origin = Origin::new(Source::Api, "drain");
         self.end_profile(ProfileState::Cancelled, &origin);
         let current = self.desired.borrow().clone();
-        self.publish(Desired {
+        self.publish(FleetDesired {
             draining: true,
             ..current
         });
         // Users without a connection have nothing to settle.
-        for member in self.users.iter().filter(|m| !m.slot.connected()) {
+        for member in self.members().filter(|m| !m.slot.connected()) {
             member.cancel.cancel();
         }
         let now = Instant::now();
         tracing::info!(
-            users = self.ctx.metrics.users_active.get(),
+            users = self.ctx().metrics.users_active.get(),
             timeout = %humantime::format_duration(timeout),
             "draining: sending and connecting stopped; waiting for outstanding acks and deliveries"
         );
@@ -437,16 +520,28 @@ impl Fleet {
         });
     }
 
+    /// Every spawned user of every group.
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.groups.iter().flat_map(|g| &g.users)
+    }
+
     fn end_drain(&mut self) {
         let Some(drain) = self.drain.take() else {
             return;
         };
-        let unsettled = self.ctx.books.unsettled();
+        let unsettled = self.ctx().books.unsettled();
         let report = DrainReport {
             settled: unsettled == 0,
             unsettled,
             elapsed: drain.started.elapsed(),
-            active: self.ctx.metrics.users_active.get(),
+            active: self.ctx().metrics.users_active.get(),
+            active_by_group: self
+                .ctx()
+                .metrics
+                .users_active
+                .iter()
+                .map(|g| g.get())
+                .collect(),
         };
         if report.settled {
             tracing::info!(
@@ -462,20 +557,14 @@ impl Fleet {
         let _ = drain.reply.send(Ok(report));
     }
 
-    /// This instance's share of the desired users.
-    fn desired_users(&self) -> usize {
-        self.ctx.local_users(&self.desired.borrow().load) as usize
-    }
-
     /// Validates and applies a patch, logging who changed what from what to what.
-    fn apply(&mut self, patch: &LoadPatch, origin: &Origin) -> Result<Load, LoadError> {
+    fn apply(&mut self, patch: &LoadPatch, origin: &Origin) -> Result<FleetLoad, LoadError> {
         let current = self.desired.borrow().clone();
         let next = current.load.apply(patch)?;
-        self.limits.check(&next)?;
-        if next.connect_rate != current.load.connect_rate {
-            self.ctx
-                .pacer
-                .set_rate(self.ctx.shard.rate(next.connect_rate));
+        next.check(&self.limits)?;
+        let ctx = self.ctx();
+        if next.fleet.connect_rate != current.load.fleet.connect_rate {
+            ctx.pacer.set_rate(ctx.shard.rate(next.fleet.connect_rate));
         }
         tracing::info!(
             source = origin.source.as_str(),
@@ -484,13 +573,13 @@ impl Fleet {
             new = ?next,
             "load changed"
         );
-        self.ctx.metrics.load_changes(origin.source).inc();
-        self.ctx.history.change(
+        ctx.metrics.load_changes(origin.source).inc();
+        ctx.history.change(
             origin.source.as_str(),
             &origin.who,
             current.load.describe_change(&next),
         );
-        self.publish(Desired {
+        self.publish(FleetDesired {
             load: next.clone(),
             ..current
         });
@@ -504,45 +593,59 @@ impl Fleet {
             return;
         }
         tracing::info!(source = origin.source.as_str(), who = %origin.who, paused, "pause changed");
-        self.ctx.metrics.load_changes(origin.source).inc();
-        self.ctx.history.change(
+        self.ctx().metrics.load_changes(origin.source).inc();
+        self.ctx().history.change(
             origin.source.as_str(),
             &origin.who,
             if paused { "paused" } else { "resumed" }.into(),
         );
-        self.publish(Desired { paused, ..current });
+        self.publish(FleetDesired { paused, ..current });
         // A ramp-down resumes from now, without a burst for the time spent paused.
         self.last_close = Instant::now();
     }
 
-    /// Sends the new desired state; users only wake if something they use changed.
-    fn publish(&mut self, next: Desired) {
-        self.desired.send_if_modified(|desired| {
-            let wakes_users = desired.concerns_users(&next);
-            *desired = next;
-            wakes_users
-        });
+    /// Sends the new desired state; each group's users only wake if something they use
+    /// changed.
+    fn publish(&mut self, next: FleetDesired) {
+        self.desired.send_replace(next);
+        self.tell_groups();
         self.publish_gauges();
+    }
+
+    /// Gives each group its part of the desired state.
+    fn tell_groups(&self) {
+        let desired = self.desired.borrow();
+        for (index, group) in self.groups.iter().enumerate() {
+            let next = desired.group(index);
+            group.desired.send_if_modified(|current| {
+                let wakes_users = current.concerns_users(&next);
+                *current = next;
+                wakes_users
+            });
+        }
     }
 
     fn publish_gauges(&self) {
         let desired = self.desired.borrow();
-        let metrics = &self.ctx.metrics;
-        let share = self.ctx.local_users(&desired.load);
-        metrics.users_target.set(i64::from(share));
+        let metrics = &self.ctx().metrics;
+        for (index, group) in self.groups.iter().enumerate() {
+            let load = group.desired.borrow().load.clone();
+            let local = group.ctx.local_users(&load);
+            metrics.users_target.of(index).set(i64::from(local));
+            let rate = crate::load::Load {
+                users: local,
+                ..load
+            }
+            .message_rate();
+            metrics
+                .message_rate_target
+                .of(index)
+                .set(if desired.paused { 0.0 } else { rate });
+        }
         metrics
             .fleet_users_target
-            .set(i64::from(desired.load.users));
+            .set(i64::from(desired.load.total_users()));
         metrics.paused.set(i64::from(desired.paused));
-        metrics.message_rate_target.set(if desired.paused {
-            0.0
-        } else {
-            Load {
-                users: share,
-                ..desired.load.clone()
-            }
-            .message_rate()
-        });
     }
 
     fn start_profile(
@@ -569,7 +672,7 @@ impl Fleet {
         };
         for (i, patch) in spec.patches().iter().enumerate() {
             load = load.apply(patch).map_err(|e| e.within(&prefix(i)))?;
-            self.limits.check(&load).map_err(|e| e.within(&prefix(i)))?;
+            load.check(&self.limits).map_err(|e| e.within(&prefix(i)))?;
         }
         self.end_profile(ProfileState::Cancelled, origin);
         tracing::info!(source = origin.source.as_str(), who = %origin.who, profile = ?spec, "profile started");
@@ -591,7 +694,7 @@ impl Fleet {
         };
         match running.advance(Instant::now()) {
             Some(step) => {
-                self.ctx.metrics.profile_stage.set(i64::from(step.stage));
+                self.ctx().metrics.profile_stage.set(i64::from(step.stage));
                 let origin = Origin::new(Source::Profile, format!("profile stage {}", step.stage));
                 if let Err(err) = self.apply(&step.patch, &origin) {
                     // Checked up front; only a changed cap could get here.
@@ -615,19 +718,14 @@ impl Fleet {
         if state == ProfileState::Cancelled {
             tracing::info!(source = origin.source.as_str(), who = %origin.who, "profile cancelled");
         }
-        self.ctx.metrics.profile_stage.set(0);
+        self.ctx().metrics.profile_stage.set(0);
         self.last_profile = Some(status.clone());
         Some(status)
     }
 
-    /// Users still to be spawned: below the desired count while users may connect.
+    /// Users still to be spawned, in every group.
     fn unspawned(&self) -> usize {
-        let may_connect = self.desired.borrow().may_connect();
-        if may_connect {
-            self.desired_users().saturating_sub(self.users.len())
-        } else {
-            0
-        }
+        self.groups.iter().map(Group::unspawned).sum()
     }
 
     /// Waits in the pacer while users are missing; gives the place up when none are (a
@@ -637,7 +735,7 @@ impl Fleet {
         if wanted == 0 {
             self.admission = None;
         } else if self.admission.is_none() {
-            let ctx = Arc::clone(&self.ctx);
+            let ctx = Arc::clone(&self.groups[0].ctx);
             let batch = wanted.min(ADMIT_BATCH);
             self.admission = Some(Box::pin(
                 async move { ctx.pacer.acquire_up_to(batch).await },
@@ -645,11 +743,26 @@ impl Fleet {
         }
     }
 
-    /// Spawns up to `granted` new users, each already holding its first connect permit.
+    /// The next group, in turn, for which `wants` holds.
+    fn next_turn(&mut self, wants: impl Fn(&Group) -> bool) -> Option<usize> {
+        let count = self.groups.len();
+        let found = (0..count)
+            .map(|step| (self.turn + step) % count)
+            .find(|&i| wants(&self.groups[i]))?;
+        self.turn = (found + 1) % count;
+        Some(found)
+    }
+
+    /// Spawns up to `granted` new users, each already holding its first connect permit; the
+    /// groups missing users take turns, so they ramp up together.
     fn spawn_admitted(&mut self, granted: usize) {
-        for _ in 0..granted.min(self.unspawned()) {
-            let user = self.spawn_user(self.users.len() as u32, true);
-            self.users.push(user);
+        for _ in 0..granted {
+            let Some(index) = self.next_turn(|g| g.unspawned() > 0) else {
+                break;
+            };
+            let id = self.groups[index].users.len() as u32;
+            let user = self.spawn_user(index, id, true);
+            self.groups[index].users.push(user);
         }
     }
 
@@ -660,30 +773,36 @@ impl Fleet {
         if self.desired.borrow().draining {
             return;
         }
-        let desired = self.desired_users();
-        // Users ended while waiting by a ramp-down that was then undone come back.
-        for id in 0..self.users.len().min(desired) {
-            if self.users[id].cancel.is_cancelled() {
-                self.users[id] = self.spawn_user(id as u32, false);
+        let mut surplus = false;
+        for index in 0..self.groups.len() {
+            let desired = self.groups[index].desired_users();
+            // Users ended while waiting by a ramp-down that was then undone come back.
+            for id in 0..self.groups[index].users.len().min(desired) {
+                if self.groups[index].users[id].cancel.is_cancelled() {
+                    self.groups[index].users[id] = self.spawn_user(index, id as u32, false);
+                }
+            }
+            if self.groups[index].has_excess() {
+                self.groups[index].end_unconnected_surplus();
+                surplus = true;
             }
         }
-        if self.users.len() > desired {
-            self.end_unconnected_surplus();
-            if self.close_allowance <= 0.0 {
-                // A ramp-down starts by closing one user at once, then follows the rate.
-                self.close_allowance = 1.0;
-                self.last_close = Instant::now();
-            }
+        if surplus && self.close_allowance <= 0.0 {
+            // A ramp-down starts by closing one user at once, then follows the rate.
+            self.close_allowance = 1.0;
+            self.last_close = Instant::now();
         }
     }
 
-    /// Spawns user `id`; `admitted`: it holds a connect permit for its first attempt.
-    fn spawn_user(&self, id: u32, admitted: bool) -> Member {
+    /// Spawns user `id` of group `group`; `admitted`: it holds a connect permit for its
+    /// first attempt.
+    fn spawn_user(&self, group: usize, id: u32, admitted: bool) -> Member {
         let cancel = self.shutdown.child_token();
+        let group = &self.groups[group];
         let mut user = User::new(
             id,
-            Arc::clone(&self.ctx),
-            self.desired.subscribe(),
+            Arc::clone(&group.ctx),
+            group.desired.subscribe(),
             cancel.clone(),
         );
         user.admitted = admitted;
@@ -692,52 +811,43 @@ impl Fleet {
         Member { cancel, slot }
     }
 
-    /// Users above the desired count that hold no connection (waiting for a permit, in
-    /// backoff, mid-handshake) end now: a ramp-down must not wait for them, nor let them
-    /// connect first.
-    fn end_unconnected_surplus(&mut self) {
-        let desired = self.desired_users();
-        for member in &self.users[desired.min(self.users.len())..] {
-            if !member.slot.connected() {
-                member.cancel.cancel();
-            }
-        }
-        while self.users.len() > desired
-            && self.users.last().is_some_and(|m| m.cancel.is_cancelled())
-        {
-            self.users.pop();
-        }
-    }
-
     /// One ramp-down step: closes the newest connected users, at most `connect_rate` per
-    /// second; the unconnected ones go for free.
+    /// second over every group (which take turns); the unconnected ones go for free.
     fn close_some(&mut self) {
         let now = Instant::now();
-        let rate = self.ctx.shard.rate(self.desired.borrow().load.connect_rate);
+        let ctx = self.ctx();
+        let rate = ctx
+            .shard
+            .rate(self.desired.borrow().load.fleet.connect_rate);
         let elapsed = now.duration_since(self.last_close).min(RAMP_DOWN_TICK * 10);
         self.last_close = now;
         self.close_allowance += rate * elapsed.as_secs_f64();
-        self.end_unconnected_surplus();
-        let desired = self.desired_users();
-        while self.users.len() > desired && self.close_allowance >= 1.0 {
-            if let Some(member) = self.users.pop() {
+        self.groups
+            .iter_mut()
+            .for_each(Group::end_unconnected_surplus);
+        while self.close_allowance >= 1.0 {
+            let Some(index) = self.next_turn(Group::has_excess) else {
+                break;
+            };
+            let group = &mut self.groups[index];
+            if let Some(member) = group.users.pop() {
                 member.cancel.cancel();
                 self.close_allowance -= 1.0;
             }
-            self.end_unconnected_surplus();
+            group.end_unconnected_surplus();
         }
-        if self.users.len() <= desired {
+        if !self.groups.iter().any(Group::has_excess) {
             self.close_allowance = 0.0;
         }
     }
 
     /// Closes every user, waiting at most the shutdown timeout for their close handshakes.
     async fn stop(self) {
-        for member in &self.users {
+        for member in self.members() {
             member.cancel.cancel();
         }
         self.tracker.close();
-        let users = self.users.len();
+        let users = self.members().count();
         if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
             .await
             .is_err()
@@ -748,7 +858,11 @@ impl Fleet {
                 "shutdown timeout: some users did not finish closing"
             );
         }
-        self.ctx.metrics.users_target.set(0);
+        self.ctx()
+            .metrics
+            .users_target
+            .iter()
+            .for_each(|g| g.set(0));
     }
 }
 
@@ -760,12 +874,12 @@ mod tests {
     /// A supervisor holding `connected.len()` members (no tasks: their state is set by hand).
     fn fleet(connect_rate: f64, connected: &[bool]) -> Fleet {
         let ctx = crate::session::test_context(connect_rate);
-        let load = Load {
+        let load = FleetLoad::single(crate::load::Load {
             users: connected.len() as u32,
             connect_rate,
             ..Config::embedded_default().load()
-        };
-        let (desired, _) = watch::channel(Desired::new(load));
+        });
+        let desired = FleetDesired::new(load);
         let (_, saturated) = watch::channel(false);
         let users = connected
             .iter()
@@ -780,17 +894,21 @@ mod tests {
             })
             .collect();
         Fleet {
-            ctx,
-            desired,
+            groups: vec![Group {
+                ctx,
+                desired: watch::Sender::new(desired.group(0)),
+                users,
+            }],
+            desired: watch::Sender::new(desired),
             limits: Limits::default(),
             runtimes: Arc::new(Runtimes::start(1).expect("a runtime")),
-            users,
             saturated,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             shutdown_timeout: Duration::from_secs(1),
             close_allowance: 0.0,
             last_close: Instant::now(),
+            turn: 0,
             profile: None,
             last_profile: None,
             drain: None,
@@ -799,8 +917,13 @@ mod tests {
     }
 
     fn cancelled(fleet: &Fleet, ids: std::ops::Range<usize>) -> Vec<bool> {
-        ids.map(|id| fleet.users.get(id).is_none_or(|m| m.cancel.is_cancelled()))
-            .collect()
+        ids.map(|id| {
+            fleet.groups[0]
+                .users
+                .get(id)
+                .is_none_or(|m| m.cancel.is_cancelled())
+        })
+        .collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -821,18 +944,26 @@ mod tests {
             )
             .expect("valid");
         // Not connected (waiting for a permit, in backoff): gone at once, whatever the rate.
-        assert_eq!(fleet.users.len(), 8, "9 and 8 are gone; 7 is connected");
+        assert_eq!(
+            fleet.groups[0].users.len(),
+            8,
+            "9 and 8 are gone; 7 is connected"
+        );
         assert!(cancelled(&fleet, 5..7).iter().all(|&c| c), "5 and 6 too");
         assert_eq!(cancelled(&fleet, 0..5), [false; 5]);
-        assert!(!fleet.users[7].cancel.is_cancelled());
+        assert!(!fleet.groups[0].users[7].cancel.is_cancelled());
         // Connected: the newest first, one per second at connect_rate 1.
         fleet.close_some();
-        assert_eq!(fleet.users.len(), 5, "7 closed; 6 and 5 were already ended");
+        assert_eq!(
+            fleet.groups[0].users.len(),
+            5,
+            "7 closed; 6 and 5 were already ended"
+        );
         let mut lengths = Vec::new();
         for _ in 0..300 {
             tokio::time::advance(RAMP_DOWN_TICK).await;
             fleet.close_some();
-            lengths.push(fleet.users.len());
+            lengths.push(fleet.groups[0].users.len());
         }
         // Ticks 1..=99 hold 5; the 100th (1 s) closes 4, the 200th closes 3; then it stays.
         assert_eq!(lengths[98], 5);
@@ -851,11 +982,11 @@ mod tests {
             ..LoadPatch::default()
         };
         fleet.apply(&users(0), &origin).expect("valid");
-        assert!(fleet.users[1].cancel.is_cancelled());
+        assert!(fleet.groups[0].users[1].cancel.is_cancelled());
         fleet.apply(&users(4), &origin).expect("valid");
         assert_eq!(cancelled(&fleet, 0..4), [false; 4]);
         fleet.tracker.close();
-        for member in &fleet.users {
+        for member in &fleet.groups[0].users {
             member.cancel.cancel();
         }
     }

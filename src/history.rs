@@ -279,7 +279,7 @@ mod tests {
         let history = History::default();
         let health = crate::health::Health::default();
         history.sample(&metrics, 10, &health);
-        metrics.add(Count::Sent, 50);
+        metrics.group(0).add(Count::Sent, 50);
         history.sample(&metrics, 10, &health);
         let snapshot = history.recent();
         assert_eq!(

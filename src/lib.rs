@@ -15,7 +15,7 @@
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and
 //!   benchmarks; it uses only leaves.
 //! - [`load`]: the part of the config that can change while the daemon runs, its patches and
-//!   caps; [`pacer`]: the connect-rate limiter; [`sla`]: the SLOs and the one judgement.
+//!   caps; [`groups`]: the fleet's groups of users and the live load of each; [`pacer`]: the connect-rate limiter; [`sla`]: the SLOs and the one judgement.
 //! - Telemetry: [`metrics`] (the typed Prometheus registry and HdrHistogram windows),
 //!   [`failures`] (the last failures, rate-limited logs), [`health`] (the generator judging its
 //!   own numbers), [`history`] (what the page and report chart), held together by
@@ -47,6 +47,7 @@ pub mod daemon;
 pub(crate) mod failures;
 pub(crate) mod files;
 pub(crate) mod fleet;
+pub(crate) mod groups;
 pub(crate) mod health;
 pub mod heap;
 pub(crate) mod history;

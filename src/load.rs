@@ -4,6 +4,7 @@
 //! through [`Load::validate`] and [`Limits::check`], so one set of rules (and one set of field
 //! names) guards every source.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -76,19 +77,33 @@ macro_rules! live_fields {
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub $name: Option<$ty>,
             )+
+            /// Changes of single groups, by name (`{"groups": {"chatters": {"users": 500}}}`):
+            /// the fields a group is given are its own from then on (the rest follow the
+            /// fleet's); `users` makes it hold that count instead of its share.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[schema(no_recursion)]
+            pub groups: BTreeMap<String, LoadPatch>,
         }
 
         /// Every field of a load, as a patch.
         impl From<&Load> for LoadPatch {
             fn from(load: &Load) -> Self {
-                LoadPatch { $($name: Some(load.$name),)+ }
+                LoadPatch { $($name: Some(load.$name),)+ groups: BTreeMap::new() }
             }
         }
 
         impl LoadPatch {
             /// The fields that differ from `old` in `new`, with `new`'s values.
             pub fn between(old: &Load, new: &Load) -> LoadPatch {
-                LoadPatch { $($name: (old.$name != new.$name).then_some(new.$name),)+ }
+                LoadPatch {
+                    $($name: (old.$name != new.$name).then_some(new.$name),)+
+                    groups: BTreeMap::new(),
+                }
+            }
+
+            /// This patch's fields with `later`'s set over them (groups left out).
+            pub fn merged(&self, later: &LoadPatch) -> LoadPatch {
+                LoadPatch { $($name: later.$name.or(self.$name),)+ groups: BTreeMap::new() }
             }
         }
 
@@ -96,8 +111,9 @@ macro_rules! live_fields {
             /// The names of the live fields, as the API spells them.
             pub const FIELDS: &[&str] = &[$(stringify!($name)),+];
 
-            /// This load with `patch`'s fields put in, unchecked.
-            fn patched(&self, patch: &LoadPatch) -> Load {
+            /// This load with `patch`'s fields put in, unchecked (its groups are not this
+            /// load's business: [`crate::groups::FleetLoad::apply`]).
+            pub fn patched(&self, patch: &LoadPatch) -> Load {
                 Load { $($name: patch.$name.unwrap_or(self.$name),)+ }
             }
 
@@ -176,6 +192,9 @@ impl LoadPatch {
         self == &LoadPatch::default()
     }
 }
+
+/// What [`Load::describe_change`] says when nothing changed.
+pub const NO_CHANGE: &str = "no change";
 
 /// Hard caps no API call, profile or reload may exceed (`limits:` in the config).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -393,7 +412,7 @@ impl Load {
             .map(|(name, old, new)| format!("{name} {old} -> {new}"))
             .collect();
         if changed.is_empty() {
-            "no change".into()
+            NO_CHANGE.into()
         } else {
             changed.join(", ")
         }

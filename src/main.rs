@@ -189,7 +189,7 @@ async fn run_daemon(
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let desired = daemon.fleet().local_users();
+    let desired = daemon.fleet().local_users_by_group();
     let metrics = Arc::clone(daemon.metrics());
     let history = Arc::clone(daemon.history());
     let profile = daemon.fleet().profile().await.unwrap_or(None);
@@ -198,11 +198,11 @@ async fn run_daemon(
     let finished = daemon.finish().await?;
     // Judged by the SLA in force at the end: a reload during the run changed it for everyone.
     let sla = in_force.borrow().clone();
-    let active = finished
-        .drain
-        .as_ref()
-        .map_or_else(|| metrics.users_active.get(), |d| d.active);
-    let mut summary = Summary::collect(&metrics, desired, &sla, finished.run_time, active);
+    let active = finished.drain.as_ref().map_or_else(
+        || metrics.users_active.iter().map(|g| g.get()).collect(),
+        |d| d.active_by_group.clone(),
+    );
+    let mut summary = Summary::judge(&metrics, &desired, &sla, finished.run_time, &active);
     summary.capacity = capacity;
     print!("{}", summary.render());
     // Each output is written whatever became of the other.

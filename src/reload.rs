@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::fleet::{FleetError, FleetHandle, Origin};
-use crate::load::{Load, LoadPatch};
+use crate::groups::FleetLoad;
+use crate::load::LoadPatch;
 use crate::metrics::{Metrics, Source};
-use crate::sla::Sla;
+use crate::sla::Slas;
 
 /// Quiet time after a file-change event before reloading: editors write in several steps.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -42,23 +43,24 @@ pub enum ReloadError {
 /// Re-reads one config file; counted in `wsfleet_config_reloads_total{result}`.
 pub struct Reloader {
     path: PathBuf,
-    /// The config as last applied, to tell which changes need a restart.
-    running: Mutex<Config>,
+    /// The config as last applied and its live load, to tell what changed and which changes
+    /// need a restart.
+    running: Mutex<(Config, FleetLoad)>,
     /// The file's text as last read, so a file event that changed nothing reloads nothing.
     last_text: Mutex<Option<String>>,
     fleet: FleetHandle,
     metrics: Arc<Metrics>,
     /// The one SLA every reader sees; a reload replaces it.
-    sla: watch::Sender<Sla>,
+    sla: watch::Sender<Slas>,
 }
 
 impl Reloader {
     pub fn new(
         path: PathBuf,
-        running: Config,
+        running: (Config, FleetLoad),
         fleet: FleetHandle,
         metrics: Arc<Metrics>,
-        sla: watch::Sender<Sla>,
+        sla: watch::Sender<Slas>,
     ) -> Self {
         Self {
             sla,
@@ -70,7 +72,7 @@ impl Reloader {
         }
     }
 
-    pub async fn reload(&self, who: &str) -> Result<Load, ReloadError> {
+    pub async fn reload(&self, who: &str) -> Result<FleetLoad, ReloadError> {
         // What is read now is what the watcher compares its next event with.
         self.file_changed().await;
         let result = self.try_reload(who).await;
@@ -88,15 +90,23 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self, who: &str) -> Result<Load, ReloadError> {
+    async fn try_reload(&self, who: &str) -> Result<FleetLoad, ReloadError> {
         let path = self.path.clone();
-        let next = off_the_runtime(move || Config::from_file(&path)).await??;
+        let plan = off_the_runtime(move || Config::plan_file(&path)).await??;
+        let slas = plan.slas();
+        let (next, next_load) = (plan.config, plan.load);
         let last = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .load();
-        let patch = LoadPatch::between(&last, &next.load());
+            .1
+            .clone();
+        // Groups added, removed or renamed take a restart (restart_only_changes names them).
+        let patch = if last.names() == next_load.names() {
+            last.patch_to(&next_load)
+        } else {
+            LoadPatch::between(&last.fleet, &next_load.fleet)
+        };
         let load = if patch.is_empty() {
             // Nothing live changed in the file: live changes made since stay, a profile runs on.
             self.fleet.desired().load
@@ -104,17 +114,17 @@ impl Reloader {
             let origin = Origin::new(Source::Reload, who);
             self.fleet.update(patch, origin).await?.load
         };
-        self.metrics.set_sla_thresholds(&next.sla);
-        self.sla.send_replace(next.sla.clone());
+        self.metrics.set_sla_thresholds(&slas);
+        self.sla.send_replace(slas);
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let restart_only = running.restart_only_changes(&next);
+        let restart_only = running.0.restart_only_changes(&next);
         if !restart_only.is_empty() {
             tracing::warn!(
                 fields = %restart_only.join(", "),
                 "the reloaded config changes fields that only take effect on restart"
             );
         }
-        *running = next;
+        *running = (next, next_load);
         Ok(load)
     }
 

@@ -38,7 +38,7 @@ impl<'a> Report<'a> {
         summary: &'a Summary,
         history: Snapshot,
         profile: Option<ProfileStatus>,
-        sla: &crate::sla::Sla,
+        sla: &crate::sla::Slas,
         target: &url::Url,
         config: serde_json::Value,
     ) -> Report<'a> {
@@ -48,7 +48,7 @@ impl<'a> Report<'a> {
             summary,
             history,
             profile,
-            sla: sla.by_label(),
+            sla: sla.fleet.by_label(),
             config,
         }
     }

@@ -39,8 +39,10 @@ use crate::shard::Shard;
 use crate::telemetry::Telemetry;
 pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
 
-/// What every user of a fleet shares, read-only.
+/// What every user of one group shares, read-only.
 pub struct Context {
+    /// The group's position in the fleet's groups (its `group` label's index).
+    pub group: usize,
     pub target: Url,
     /// This instance's part of the fleet: users are local ids, identities fleet-wide.
     pub shard: Shard,
@@ -57,15 +59,50 @@ pub struct Context {
     pub failures: Arc<Failures>,
     /// The run's history; the fleet writes its load changes there.
     pub history: Arc<History>,
-    /// Connect permits at `connect_rate`; the supervisor sets the rate.
-    pub pacer: Pacer,
-    /// What each user publishes to the others (sequences sent, connected or not).
+    /// Connect permits at `connect_rate`, shared by every group; the supervisor sets the rate.
+    pub pacer: Arc<Pacer>,
+    /// What each user of the group publishes to the others (sequences sent, connected or not).
     pub roster: Roster,
-    /// Conversations whose books are not settled; the drain waits for none.
-    pub books: Books,
+    /// Conversations whose books are not settled, in every group; the drain waits for none.
+    pub books: Arc<Books>,
     next_source: std::sync::atomic::AtomicUsize,
-    /// Sockets users may hold: the descriptors kept for the API are never theirs.
-    pub sockets: SocketBudget,
+    /// Sockets users of every group may hold: the descriptors kept for the API are never theirs.
+    pub sockets: Arc<SocketBudget>,
+}
+
+/// What the groups of one fleet share: one connect rate, one set of books, one socket budget.
+#[derive(Clone)]
+pub struct Shared {
+    pub pacer: Arc<Pacer>,
+    pub books: Arc<Books>,
+    pub sockets: Arc<SocketBudget>,
+}
+
+impl Shared {
+    /// The shared parts of this instance's share (`shard`) of a fleet connecting at
+    /// `connect_rate` fleet-wide.
+    pub fn new(connect_rate: f64, shard: Shard) -> Shared {
+        Shared {
+            pacer: Arc::new(Pacer::new(shard.rate(connect_rate))),
+            books: Arc::default(),
+            sockets: Arc::new(SocketBudget::new(crate::host::user_sockets(
+                crate::health::open_fds().unwrap_or(0),
+            ))),
+        }
+    }
+}
+
+/// One group of users as the config describes it: what its users are told and say.
+pub struct GroupSetup {
+    /// The group's position in the fleet's groups, and its name.
+    pub index: usize,
+    pub name: String,
+    /// The fleet's group count: with more than one, identities carry the group's name.
+    pub of: usize,
+    pub target: Url,
+    pub scenario: Scenario,
+    pub settings: Settings,
+    pub tls: tls::ClientTls,
 }
 
 /// How many sockets users hold, against the most they may; one atomic add per attempt.
@@ -111,16 +148,22 @@ impl Drop for SocketPermit<'_> {
 }
 
 impl Context {
-    /// What the users of this instance's part (`shard`) of a fleet share.
-    pub fn new(
-        settings: Settings,
-        shard: Shard,
-        target: Url,
-        scenario: Scenario,
-        telemetry: &Telemetry,
-        tls: tls::ClientTls,
-    ) -> Context {
+    /// What the users of `group` in this instance's part (`shard`) of a fleet share.
+    pub fn new(group: GroupSetup, shard: Shard, telemetry: &Telemetry, shared: &Shared) -> Context {
+        let GroupSetup {
+            index,
+            name,
+            of,
+            target,
+            mut scenario,
+            settings,
+            tls,
+        } = group;
+        if of > 1 {
+            scenario.set_group(&name, index);
+        }
         Context {
+            group: index,
             shard,
             tls,
             target,
@@ -130,13 +173,11 @@ impl Context {
             metrics: Arc::clone(&telemetry.metrics),
             failures: Arc::clone(&telemetry.failures),
             history: Arc::clone(&telemetry.history),
-            pacer: Pacer::new(shard.rate(settings.connect_rate)),
+            pacer: Arc::clone(&shared.pacer),
             roster: Roster::default(),
-            books: Books::default(),
+            books: Arc::clone(&shared.books),
             next_source: std::sync::atomic::AtomicUsize::new(0),
-            sockets: SocketBudget::new(crate::host::user_sockets(
-                crate::health::open_fds().unwrap_or(0),
-            )),
+            sockets: Arc::clone(&shared.sockets),
             settings,
         }
     }
@@ -151,6 +192,11 @@ impl Context {
     /// This instance's share of the users of `load`.
     pub fn local_users(&self, load: &Load) -> u32 {
         self.shard.users(load.users, load.room_size)
+    }
+
+    /// Where this group's users record their measurements.
+    pub fn meter(&self) -> crate::metrics::Meter<'_> {
+        self.metrics.group(self.group)
     }
 
     /// The next source address, round-robin.
@@ -244,12 +290,12 @@ impl User {
             match attempt {
                 Ok((socket, identity)) => {
                     failures = 0;
-                    ctx.metrics.users_active.inc();
+                    ctx.meter().users_active().inc();
                     self.slot.set_connected(true);
                     let ended = Box::pin(talk::run(&mut self, socket, identity)).await;
                     self.slot.set_connected(false);
-                    ctx.metrics.users_active.dec();
-                    ctx.metrics.disconnect(ended.reason).inc();
+                    ctx.meter().users_active().dec();
+                    ctx.meter().disconnect(ended.reason).inc();
                     tracing::debug!(
                         user = self.id,
                         reason = ended.reason.as_str(),
@@ -267,7 +313,7 @@ impl User {
                     }
                 }
                 Err(failure) => {
-                    ctx.metrics.connect_result(failure.result).inc();
+                    ctx.meter().connect_result(failure.result).inc();
                     if let Some(status) = failure.status {
                         ctx.metrics.http_status(status).inc();
                     }
@@ -327,14 +373,18 @@ pub(crate) fn test_context(connect_rate: f64) -> Arc<Context> {
 #[cfg(test)]
 pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
     let config = crate::config::Config::parse(yaml).expect("valid");
-    Arc::new(Context::new(
-        config.session(),
-        config.shard().expect("shard"),
-        Url::parse("ws://127.0.0.1:1/ws").expect("url"),
-        config.compile_scenario().expect("scenario"),
-        &Telemetry::default(),
-        config.client_tls().expect("tls"),
-    ))
+    let shard = config.shard().expect("shard");
+    let group = GroupSetup {
+        index: 0,
+        name: crate::groups::DEFAULT_GROUP.into(),
+        of: 1,
+        target: Url::parse("ws://127.0.0.1:1/ws").expect("url"),
+        scenario: config.compile_scenario().expect("scenario"),
+        settings: config.session(),
+        tls: config.client_tls().expect("tls"),
+    };
+    let shared = Shared::new(config.connect_rate, shard);
+    Arc::new(Context::new(group, shard, &Telemetry::default(), &shared))
 }
 
 #[cfg(test)]

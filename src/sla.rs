@@ -84,12 +84,18 @@ impl Sla {
 
     /// Every SLO this SLA sets, judged against `observed`.
     pub fn judge(&self, observed: &Observed) -> Vec<SloResult> {
+        self.judge_group(None, observed)
+    }
+
+    /// [`Sla::judge`] of one group's figures, each result naming the group.
+    pub fn judge_group(&self, group: Option<&str>, observed: &Observed) -> Vec<SloResult> {
         self.thresholds()
             .into_iter()
             .map(|(slo, threshold)| {
                 let observed = observed.of(slo);
                 SloResult {
                     slo: slo.as_str(),
+                    group: group.map(str::to_string),
                     threshold,
                     observed,
                     breached: slo.breached(observed, threshold),
@@ -108,7 +114,7 @@ impl Sla {
 }
 
 /// Ratios written as `0.1%` or `0.001`.
-mod ratio {
+pub(crate) mod ratio {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     #[derive(Deserialize)]
@@ -214,10 +220,33 @@ impl Observed {
     }
 }
 
+/// The SLAs a run is judged by: the fleet's and, in a fleet of several groups, each group's
+/// (the fleet's thresholds with the group's own set over them), which judge the groups'
+/// figures in its place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slas {
+    pub fleet: Sla,
+    /// (group name, its SLA), in the fleet's order; empty in a fleet of one group.
+    pub groups: Vec<(String, Sla)>,
+}
+
+impl Slas {
+    /// The SLA of a fleet of one group.
+    pub fn single(fleet: Sla) -> Slas {
+        Slas {
+            fleet,
+            groups: Vec::new(),
+        }
+    }
+}
+
 /// One SLO judged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SloResult {
     pub slo: &'static str,
+    /// The group judged, in a fleet of several groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub threshold: f64,
     pub observed: f64,
     pub breached: bool,

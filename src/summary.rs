@@ -1,5 +1,6 @@
 //! The end-of-run verdict of `wsfleet run --duration`: per-metric totals, rates and exact
-//! quantiles (from the whole-run HdrHistograms), errors by reason, and the SLA checks.
+//! quantiles (from the whole-run HdrHistograms), errors by reason, and the SLA checks — for
+//! the fleet and, when it has several groups, for each group, judged by its own SLA.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::metrics::{DisconnectReason, MessageCounts, Metrics, Quantiles};
-use crate::sla::{Observed, Sla, SloResult, verdict};
+use crate::sla::{Observed, Slas, SloResult, verdict};
 
 /// The exit code of a run that breached its SLA.
 pub const EXIT_SLA_BREACHED: u8 = 3;
@@ -16,15 +17,11 @@ pub const EXIT_SLA_BREACHED: u8 = 3;
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub duration_seconds: f64,
-    pub users: Users,
-    pub connects: Counted,
-    pub disconnects: BTreeMap<&'static str, u64>,
-    pub messages: Messages,
-    /// Seconds.
-    pub latency: Latency,
-    /// (failed connects + ack timeouts + lost deliveries) /
-    /// (connect attempts + messages sent + deliveries expected).
-    pub error_rate: f64,
+    /// The whole fleet's figures.
+    #[serde(flatten)]
+    pub fleet: Part,
+    /// Every SLO judged: the fleet's, or in a fleet of several groups each group's (by the
+    /// group's SLA), naming the group.
     pub slos: Vec<SloResult>,
     /// No SLO breached. Without an SLA there is nothing to pass: see `verdict`.
     pub passed: bool,
@@ -38,6 +35,42 @@ pub struct Summary {
     /// The answer of a capacity search (`--find-capacity`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<crate::capacity::Outcome>,
+    /// Each group's figures and verdict, in a fleet of several groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupSummary>,
+}
+
+/// A summary reads as the fleet's figures (`summary.messages`, `summary.users`, ...).
+impl std::ops::Deref for Summary {
+    type Target = Part;
+
+    fn deref(&self) -> &Part {
+        &self.fleet
+    }
+}
+
+/// The figures of the fleet or of one group.
+#[derive(Debug, Serialize)]
+pub struct Part {
+    pub users: Users,
+    pub connects: Counted,
+    pub disconnects: BTreeMap<&'static str, u64>,
+    pub messages: Messages,
+    /// Seconds.
+    pub latency: Latency,
+    /// (failed connects + ack timeouts + lost deliveries) /
+    /// (connect attempts + messages sent + deliveries expected).
+    pub error_rate: f64,
+}
+
+/// One group's figures and verdict.
+#[derive(Debug, Serialize)]
+pub struct GroupSummary {
+    pub name: String,
+    #[serde(flatten)]
+    pub figures: Part,
+    /// `pass`, `fail` or `none`, by the group's SLA.
+    pub verdict: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,104 +103,58 @@ pub struct Latency {
     pub delivery: Quantiles,
 }
 
-impl Summary {
-    /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
-    /// `desired` is this instance's share of the users, `elapsed` how long the load ran,
-    /// `active` the users connected at its end.
-    ///
-    /// [`Daemon::finish`]: crate::daemon::Daemon::finish
-    pub fn collect(
+impl Part {
+    /// The figures of the fleet (`group` None) or of one group, over `secs` of load, with
+    /// `desired` users wanted and `active` connected at the end.
+    fn collect(
         metrics: &Metrics,
+        group: Option<usize>,
+        secs: f64,
         desired: u32,
-        sla: &Sla,
-        elapsed: Duration,
         active: i64,
-    ) -> Summary {
-        let secs = elapsed.as_secs_f64().max(1e-9);
-        let attempts = metrics.connect_attempts();
-        let errors: BTreeMap<_, _> = metrics
-            .connect_failures()
-            .map(|(r, n)| (r.as_str(), n))
-            .collect();
+    ) -> Part {
+        let attempts = metrics.connect_attempts_in(group);
         let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
-        let counts = metrics.message_counts();
-        let sent = counts.sent;
-        let messages = Messages {
-            counts,
-            sent_per_second: sent as f64 / secs,
-            reach: ratio(
-                counts.deliveries_received as f64,
-                counts.deliveries_expected as f64,
-                1.0,
-            ),
-        };
-        let error_rate = metrics.errors().rate();
-        let latency = Latency {
-            connect: metrics.connect_window.total(),
-            message_rtt: metrics.rtt_window.total(),
-            delivery: metrics.delivery_window.total(),
-        };
-        let users = Users {
-            desired,
-            active,
-            connected_ratio: ratio(active as f64, f64::from(desired), 1.0),
-        };
-        let slos = sla.judge(&Observed {
-            p99_rtt: latency.message_rtt.p99,
-            p99_delivery: latency.delivery.p99,
-            p99_connect: latency.connect.p99,
-            error_rate,
-            connected_ratio: users.connected_ratio,
-        });
-        Summary {
-            duration_seconds: secs,
-            passed: slos.iter().all(|s| !s.breached),
-            verdict: verdict(&slos),
+        let counts = metrics.message_counts_in(group);
+        Part {
+            users: Users {
+                desired,
+                active,
+                connected_ratio: ratio(active as f64, f64::from(desired), 1.0),
+            },
             connects: Counted {
                 count: attempts,
                 rate_per_second: attempts as f64 / secs,
-                errors,
+                errors: metrics
+                    .connect_failures_in(group)
+                    .map(|(r, n)| (r.as_str(), n))
+                    .collect(),
             },
             disconnects: DisconnectReason::ALL
                 .iter()
-                .map(|&r| (r.as_str(), metrics.disconnect(r).get()))
+                .map(|&r| (r.as_str(), metrics.disconnect(r).get_in(group)))
                 .collect(),
-            users,
-            messages,
-            latency,
-            error_rate,
-            slos,
-            capacity: None,
-            suspect: match metrics.generator_saturations.get() {
-                0 => None,
-                n => Some(format!(
-                    "the generator was saturated {n} time(s) during the run (event-loop lag or file descriptors): its latency figures may be inflated"
-                )),
+            messages: Messages {
+                counts,
+                sent_per_second: counts.sent as f64 / secs,
+                reach: ratio(
+                    counts.deliveries_received as f64,
+                    counts.deliveries_expected as f64,
+                    1.0,
+                ),
             },
+            latency: Latency {
+                connect: metrics.connect_window.total_in(group),
+                message_rtt: metrics.rtt_window.total_in(group),
+                delivery: metrics.delivery_window.total_in(group),
+            },
+            error_rate: metrics.errors_in(group).rate(),
         }
     }
 
-    /// The run's exit code: a capacity search's own ([`crate::capacity::exit_code`]), else
-    /// [`EXIT_SLA_BREACHED`] when an SLO broke, else 0 — also without an SLA, whose verdict is
-    /// `none`: nothing was asked, so nothing failed.
-    pub fn exit_code(&self) -> u8 {
-        match &self.capacity {
-            Some(outcome) => crate::capacity::exit_code(outcome),
-            None if self.passed => 0,
-            None => EXIT_SLA_BREACHED,
-        }
-    }
-
-    /// The SLOs that were breached.
-    pub fn breaches(&self) -> impl Iterator<Item = &SloResult> {
-        self.slos.iter().filter(|s| s.breached)
-    }
-
-    /// A table for people.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// Users, connects, messages, latency and the error rate, one block of lines.
+    fn render(&self, out: &mut String) {
         let ms = |s: f64| format!("{:.2}", s * 1000.0);
-        let _ = writeln!(out, "wsfleet run summary ({:.1} s)", self.duration_seconds);
         let _ = writeln!(
             out,
             "users        desired {}  active {}  connected {:.1}%",
@@ -217,11 +204,136 @@ impl Summary {
             );
         }
         let _ = writeln!(out, "error rate   {:.4}%", self.error_rate * 100.0);
+    }
+
+    /// These figures in the SLOs' terms.
+    fn observed(&self) -> Observed {
+        Observed {
+            p99_rtt: self.latency.message_rtt.p99,
+            p99_delivery: self.latency.delivery.p99,
+            p99_connect: self.latency.connect.p99,
+            error_rate: self.error_rate,
+            connected_ratio: self.users.connected_ratio,
+        }
+    }
+}
+
+impl Summary {
+    /// [`Summary::judge`] of a fleet of one group: `desired` users, `active` at the end,
+    /// judged by `sla`.
+    pub fn collect(
+        metrics: &Metrics,
+        desired: u32,
+        sla: &crate::sla::Sla,
+        elapsed: Duration,
+        active: i64,
+    ) -> Summary {
+        Summary::judge(
+            metrics,
+            &[desired],
+            &Slas::single(sla.clone()),
+            elapsed,
+            &[active],
+        )
+    }
+
+    /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
+    /// `desired` is this instance's share of each group's users, `elapsed` how long the load
+    /// ran, `active` the users of each group connected at its end. A fleet of several groups
+    /// is judged group by group, each by its own SLA.
+    ///
+    /// [`Daemon::finish`]: crate::daemon::Daemon::finish
+    pub fn judge(
+        metrics: &Metrics,
+        desired: &[u32],
+        slas: &Slas,
+        elapsed: Duration,
+        active: &[i64],
+    ) -> Summary {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let fleet = Part::collect(
+            metrics,
+            None,
+            secs,
+            desired.iter().sum(),
+            active.iter().sum(),
+        );
+        let mut slos = Vec::new();
+        let mut groups = Vec::new();
+        if slas.groups.is_empty() {
+            slos = slas.fleet.judge(&fleet.observed());
+        }
+        for (index, (name, sla)) in slas.groups.iter().enumerate() {
+            let figures = Part::collect(
+                metrics,
+                Some(index),
+                secs,
+                desired.get(index).copied().unwrap_or(0),
+                active.get(index).copied().unwrap_or(0),
+            );
+            let judged = sla.judge_group(Some(name), &figures.observed());
+            groups.push(GroupSummary {
+                name: name.clone(),
+                figures,
+                verdict: verdict(&judged),
+            });
+            slos.extend(judged);
+        }
+        Summary {
+            duration_seconds: secs,
+            passed: slos.iter().all(|s| !s.breached),
+            verdict: verdict(&slos),
+            fleet,
+            slos,
+            capacity: None,
+            groups,
+            suspect: match metrics.generator_saturations.get() {
+                0 => None,
+                n => Some(format!(
+                    "the generator was saturated {n} time(s) during the run (event-loop lag or file descriptors): its latency figures may be inflated"
+                )),
+            },
+        }
+    }
+
+    /// The run's exit code: a capacity search's own ([`crate::capacity::exit_code`]), else
+    /// [`EXIT_SLA_BREACHED`] when an SLO broke, else 0 — also without an SLA, whose verdict is
+    /// `none`: nothing was asked, so nothing failed.
+    pub fn exit_code(&self) -> u8 {
+        match &self.capacity {
+            Some(outcome) => crate::capacity::exit_code(outcome),
+            None if self.passed => 0,
+            None => EXIT_SLA_BREACHED,
+        }
+    }
+
+    /// The SLOs that were breached.
+    pub fn breaches(&self) -> impl Iterator<Item = &SloResult> {
+        self.slos.iter().filter(|s| s.breached)
+    }
+
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "wsfleet run summary ({:.1} s)", self.duration_seconds);
+        self.fleet.render(&mut out);
+        for group in &self.groups {
+            let _ = writeln!(out, "group {} ({})", group.name, group.verdict);
+            let mut figures = String::new();
+            group.figures.render(&mut figures);
+            for line in figures.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         for slo in &self.slos {
+            let slo_name = match &slo.group {
+                Some(group) => format!("{group}/{}", slo.slo),
+                None => slo.slo.to_string(),
+            };
             let _ = writeln!(
                 out,
                 "SLO {:<22} observed {:<12.6} threshold {:<12.6} {}",
-                slo.slo,
+                slo_name,
                 slo.observed,
                 slo.threshold,
                 if slo.breached { "BREACHED" } else { "ok" }
@@ -294,9 +406,12 @@ mod tests {
     #[test]
     fn the_verdict_and_exit_code_follow_the_sla_in_force() {
         let metrics = Metrics::new();
-        metrics.connect_result(ConnectResult::Refused).inc_by(10);
+        metrics
+            .connect_result(ConnectResult::Refused)
+            .of(0)
+            .inc_by(10);
         let run = |sla: &str| {
-            let sla: Sla = serde_norway::from_str(sla).expect("sla");
+            let sla: crate::sla::Sla = serde_norway::from_str(sla).expect("sla");
             Summary::collect(&metrics, 10, &sla, Duration::from_secs(1), 0)
         };
         let none = run("{}");

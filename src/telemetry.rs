@@ -17,10 +17,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Telemetry whose status quantiles cover the last `window`.
-    pub fn new(window: Duration) -> Telemetry {
+    /// Telemetry of a fleet of `groups` (their names, in order) whose status quantiles cover
+    /// the last `window`.
+    pub fn new(window: Duration, groups: &[String]) -> Telemetry {
         Telemetry {
-            metrics: Arc::new(Metrics::with_window(window)),
+            metrics: Arc::new(Metrics::with_window(window, groups)),
             ..Telemetry::default()
         }
     }

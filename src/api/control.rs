@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::{ApiError, ApiState, Caller, ErrorBody};
 use crate::failures::Sample;
 use crate::fleet::Origin;
-use crate::load::{Limits, Load, LoadPatch};
+use crate::groups::LoadView;
+use crate::load::{Limits, LoadPatch};
 use crate::metrics::{ConnectResult, DisconnectReason, MessageCounts, Quantiles, Source};
 use crate::profile::{ProfileSpec, ProfileStatus};
 use crate::shard::Shard;
@@ -29,7 +30,7 @@ pub struct Status {
     pub generator: crate::health::Health,
     pub users: UsersStatus,
     /// The desired load.
-    pub load: Load,
+    pub load: LoadView,
     /// What is actually reached.
     pub reached: Reached,
     pub limits: Limits,
@@ -44,6 +45,24 @@ pub struct Status {
     pub errors: BTreeMap<String, Sample>,
     pub messages: MessageCounts,
     /// Quantiles (seconds) of the last complete `status_window`.
+    pub latency: LatencyStatus,
+    /// Each group's part, in a fleet of several groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One group's part of the status.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupStatus {
+    pub name: String,
+    /// This instance's share of the group's desired users, and those connected.
+    pub desired: u32,
+    pub active: i64,
+    /// Messages per second this group should send here (0 while paused).
+    pub message_rate_target: f64,
+    /// The group's SLA thresholds by SLO name.
+    pub sla: BTreeMap<String, f64>,
+    pub messages: MessageCounts,
     pub latency: LatencyStatus,
 }
 
@@ -82,7 +101,8 @@ pub struct LatencyStatus {
 pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let m = &state.metrics;
     let desired = state.fleet.desired();
-    let share = state.fleet.local_users();
+    let desired_by_group = state.fleet.local_users_by_group();
+    let share: u32 = desired_by_group.iter().sum();
     let load = desired.load;
     let active = m.users_active.get();
     let generator = state
@@ -103,7 +123,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         generator,
         users: UsersStatus {
             desired: share,
-            fleet_desired: load.users,
+            fleet_desired: load.total_users(),
             active,
         },
         reached: Reached {
@@ -116,7 +136,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         },
         limits: state.fleet.limits().clone(),
         profile,
-        sla: state.sla.borrow().by_label(),
+        sla: state.sla.borrow().fleet.by_label(),
         connects: totals(
             ConnectResult::ALL
                 .iter()
@@ -136,21 +156,45 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
             delivery: m.delivery_window.quantiles(),
             connect: m.connect_window.quantiles(),
         },
-        load,
+        groups: group_statuses(&state, &desired_by_group),
+        load: LoadView::from(&load),
     }))
 }
 
+/// Each group's status, in a fleet of several groups.
+fn group_statuses(state: &ApiState, desired: &[u32]) -> Vec<GroupStatus> {
+    let m = &state.metrics;
+    let slas = state.sla.borrow();
+    slas.groups
+        .iter()
+        .enumerate()
+        .map(|(g, (name, sla))| GroupStatus {
+            name: name.clone(),
+            desired: desired.get(g).copied().unwrap_or(0),
+            active: m.users_active.of(g).get(),
+            message_rate_target: m.message_rate_target.of(g).get(),
+            sla: sla.by_label(),
+            messages: m.message_counts_in(Some(g)),
+            latency: LatencyStatus {
+                message_rtt: m.rtt_window.of(g).quantiles(),
+                delivery: m.delivery_window.of(g).quantiles(),
+                connect: m.connect_window.of(g).quantiles(),
+            },
+        })
+        .collect()
+}
+
 #[utoipa::path(get, path = "/api/v1/load", tag = "load",
-    responses((status = 200, body = Load), (status = 401, body = ErrorBody)))]
-pub async fn get_load(State(state): State<ApiState>) -> Json<Load> {
-    Json(state.fleet.desired().load)
+    responses((status = 200, body = LoadView), (status = 401, body = ErrorBody)))]
+pub async fn get_load(State(state): State<ApiState>) -> Json<LoadView> {
+    Json(LoadView::from(&state.fleet.desired().load))
 }
 
 /// The load after a change, and the profile the change cancelled, if any.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoadChange {
     #[serde(flatten)]
-    pub load: Load,
+    pub load: LoadView,
     /// Set when a running profile was cancelled by this change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_cancelled: Option<ProfileStatus>,
@@ -174,7 +218,7 @@ pub async fn patch_load(
         .update(patch, Origin::new(Source::Api, caller.0.0))
         .await?;
     Ok(Json(LoadChange {
-        load: updated.load,
+        load: LoadView::from(&updated.load),
         profile_cancelled: updated.profile_cancelled,
     }))
 }
@@ -183,7 +227,7 @@ pub async fn patch_load(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PauseState {
     pub paused: bool,
-    pub load: Load,
+    pub load: LoadView,
 }
 
 async fn set_paused(
@@ -197,7 +241,7 @@ async fn set_paused(
         .await?;
     Ok(Json(PauseState {
         paused: desired.paused,
-        load: desired.load,
+        load: LoadView::from(&desired.load),
     }))
 }
 
@@ -253,7 +297,7 @@ pub async fn put_profile(
     if let Some(search) = body.as_object().and_then(|o| o.get("search")) {
         let spec: crate::capacity::CapacitySpec = serde_path_to_error::deserialize(search)
             .map_err(|err| invalid(format!("search.{err}")))?;
-        spec.validate(&state.sla.borrow()).map_err(invalid)?;
+        spec.validate(&state.sla.borrow().fleet).map_err(invalid)?;
         let outcome = state
             .searches
             .start(spec, &state.fleet, &state.metrics, &state.sla)
@@ -317,17 +361,20 @@ pub async fn delete_profile(
 
 /// Re-reads the config file, as SIGHUP does: a valid file is applied like a PATCH.
 #[utoipa::path(post, path = "/api/v1/reload", tag = "load",
-    responses((status = 200, body = Load), (status = 401, body = ErrorBody),
+    responses((status = 200, body = LoadView), (status = 401, body = ErrorBody),
         (status = 409, description = "started without a config file", body = ErrorBody),
         (status = 422, description = "the file is invalid; nothing changed", body = ErrorBody)))]
-pub async fn reload(State(state): State<ApiState>, caller: Caller) -> Result<Json<Load>, ApiError> {
+pub async fn reload(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<LoadView>, ApiError> {
     let Some(reload) = &state.reload else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "wsfleet was started without a config file (-c); nothing to reload",
         ));
     };
-    Ok(Json(reload.reload(&caller.0.0).await?))
+    Ok(Json(LoadView::from(&reload.reload(&caller.0.0).await?)))
 }
 
 /// `GET /api/v1/histograms`: every latency sample since the start, encoded so that another
@@ -368,12 +415,13 @@ pub async fn report(
     State(state): State<ApiState>,
 ) -> Result<axum::response::Html<String>, ApiError> {
     let sla = state.sla.borrow().clone();
-    let mut summary = crate::summary::Summary::collect(
+    let active: Vec<i64> = state.metrics.users_active.iter().map(|g| g.get()).collect();
+    let mut summary = crate::summary::Summary::judge(
         &state.metrics,
-        state.fleet.local_users(),
+        &state.fleet.local_users_by_group(),
         &sla,
         state.started.elapsed(),
-        state.metrics.users_active.get(),
+        &active,
     );
     summary.capacity = state.searches.outcome();
     let report = crate::report::Report::new(

@@ -71,7 +71,7 @@ fn current(state: &ApiState) -> K6Envelope {
             attributes: K6Status {
                 status: Some(K6_RUNNING),
                 paused: Some(desired.paused),
-                vus: Some(i64::from(desired.load.users)),
+                vus: Some(i64::from(desired.load.total_users())),
                 vus_max: Some(vus_max(state)),
                 stopped: Some(false),
                 running: Some(true),

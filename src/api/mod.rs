@@ -34,7 +34,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::Metrics;
 use crate::reload::ReloadError;
-use crate::sla::Sla;
+use crate::sla::Slas;
 
 pub use control::Status;
 pub use guard::Allowed;
@@ -61,7 +61,7 @@ pub struct ApiState {
     pub target: Url,
     pub started: Instant,
     /// The SLA in force: the one copy, which a reload replaces ([`crate::reload`]).
-    pub sla: tokio::sync::watch::Receiver<Sla>,
+    pub sla: tokio::sync::watch::Receiver<Slas>,
     /// The generator's view of its own health.
     pub health: Arc<std::sync::Mutex<crate::health::Health>>,
     /// Bearer token guarding `/api` and `/v1`; `None` leaves them open.

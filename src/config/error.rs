@@ -25,6 +25,12 @@ pub enum ConfigError {
     Listed { field: String, problem: String },
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
+    /// An error in one group's own config.
+    #[error("in {group}: {source}")]
+    Group {
+        group: String,
+        source: Box<ConfigError>,
+    },
     #[error("{source} (set by --{flag})")]
     Flag {
         flag: String,
@@ -41,7 +47,7 @@ impl ConfigError {
             ConfigError::Invalid { field, .. } => Some(field),
             ConfigError::Listed { field, .. } => Some(field),
             ConfigError::Scenario(_) => Some("scenario"),
-            ConfigError::Read { .. } | ConfigError::Flag { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Flag { .. } | ConfigError::Group { .. } => None,
         }
     }
 }

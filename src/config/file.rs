@@ -15,6 +15,11 @@ impl Config {
     /// Reads and validates a YAML file, which must be a regular file (what a reload reads:
     /// a FIFO put in its place must not block the reader).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::plan_file(path).map(|plan| plan.config)
+    }
+
+    /// [`Config::from_file`], compiled into its plan.
+    pub fn plan_file(path: &Path) -> Result<Plan, ConfigError> {
         let text =
             crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
                 ConfigError::Read {
@@ -22,7 +27,7 @@ impl Config {
                     source,
                 }
             })?;
-        Config::from_text(Some(path), &text, serde_norway::Mapping::new()).map(|plan| plan.config)
+        Config::from_text(Some(path), &text, serde_norway::Mapping::new())
     }
 
     /// The config file named at start (any readable file: a pipe too), or the empty,
@@ -86,12 +91,18 @@ impl Config {
         Config::parse_in(text, Path::new("."))
     }
 
+    /// Parses, validates and compiles YAML text (relative paths from the working directory).
+    #[cfg(test)]
+    pub(crate) fn read_text(text: &str) -> Result<Plan, ConfigError> {
+        Config::from_raw(parse_raw(text)?, Path::new("."))
+    }
+
     /// [`Config::parse`] with relative paths resolved from `base_dir`.
     pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         Config::from_raw(parse_raw(text)?, base_dir).map(|plan| plan.config)
     }
 
-    fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Plan, ConfigError> {
+    pub(super) fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Plan, ConfigError> {
         let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
             let field = err.path().to_string();
             ConfigError::Syntax {
@@ -132,7 +143,10 @@ impl Config {
         }
         if let Some(target) = &self.target {
             validate_target(target)?;
-            self.check_stream_target(target, &plan.scenario)?;
+            // Each group of several checks its own target, as a config of its own.
+            if self.groups.is_empty() {
+                self.check_stream_target(target, &plan.groups[0].scenario)?;
+            }
         }
         self.limits.validate()?;
         if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
@@ -146,8 +160,8 @@ impl Config {
                 ),
             });
         }
-        let load = self.load().validate().map_err(in_file)?;
-        self.limits.check(&load).map_err(in_file)?;
+        self.load().validate().map_err(in_file)?;
+        plan.load.check(&self.limits).map_err(in_file)?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         let ms = Duration::from_millis(1);
         let zero = Duration::ZERO;

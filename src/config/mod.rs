@@ -8,10 +8,12 @@
 
 mod error;
 mod file;
+mod groups;
 mod plan;
 
 pub use error::ConfigError;
 pub use file::validate_target;
+pub use groups::{GroupPlan, GroupSpec};
 pub use plan::Plan;
 
 use std::net::SocketAddr;
@@ -136,6 +138,11 @@ pub struct Config {
     /// When the generator counts itself as saturated (and stops adding users).
     #[serde(default)]
     pub self_health: crate::health::HealthConfig,
+    /// Kinds of users, each its own part of the fleet: a name, `users` or a `share` of the
+    /// fleet's `users`, and fields of its own over the ones above (target, scenario, timing,
+    /// SLA, ...). Without it the fleet is one group, `default`, of the fields above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupSpec>,
     /// Where relative paths in the config (credentials) are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -296,7 +303,6 @@ impl Config {
     /// What every user of the fleet is told: the per-user settings, owned by [`crate::session`].
     pub fn session(&self) -> Settings {
         Settings {
-            connect_rate: self.connect_rate,
             connect_timeout: self.connect_timeout,
             heartbeat: self.heartbeat.clone(),
             reconnect: self.reconnect.clone(),

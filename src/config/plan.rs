@@ -1,20 +1,40 @@
-//! A valid config compiled into what the daemon runs, in one place: the scenario, the TLS
-//! client, this instance's shard, the API token and the users' settings.
+//! A valid config compiled into what the daemon runs, in one place: each group's scenario,
+//! TLS client and users' settings, the live load, this instance's shard and the API token.
 
+use super::groups::GroupPlan;
 use super::{Config, ConfigError};
+use crate::groups::FleetLoad;
 use crate::scenario::{Scenario, ScenarioError};
-use crate::session::Settings;
 use crate::session::tls::ClientTls;
 use crate::shard::Shard;
+use crate::sla::Slas;
 
 /// A valid config compiled once ([`Config::plan`]): what [`crate::daemon::Daemon`] runs.
 pub struct Plan {
     pub config: Config,
-    pub scenario: Scenario,
-    pub tls: ClientTls,
+    /// Every group, in the config's order (one, `default`, without `groups:`).
+    pub groups: Vec<GroupPlan>,
+    /// The live load the fleet starts with.
+    pub load: FleetLoad,
     pub shard: Shard,
     pub api_token: Option<String>,
-    pub session: Settings,
+}
+
+impl Plan {
+    /// The SLAs this plan is judged by: the fleet's, and each group's when it has several.
+    pub fn slas(&self) -> Slas {
+        Slas {
+            fleet: self.config.sla.clone(),
+            groups: if self.groups.len() > 1 {
+                self.groups
+                    .iter()
+                    .map(|g| (g.name.clone(), g.config.sla.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 impl Config {
@@ -56,12 +76,12 @@ impl Config {
     /// client, the shard and the token are derived (validation builds it too, so whatever a
     /// valid config names can be built).
     pub fn plan(&self) -> Result<Plan, ConfigError> {
+        let groups = self.group_plans()?;
         Ok(Plan {
-            scenario: self.compile_scenario()?,
-            tls: self.client_tls()?,
+            load: self.fleet_load(&groups),
+            groups,
             shard: self.shard()?,
             api_token: self.api_token()?,
-            session: self.session(),
             config: self.clone(),
         })
     }

@@ -41,13 +41,57 @@ impl Latency {
 /// How often each user thread pushes its buffers out: what a reader sees is at most this old.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// One thread's buffers for one [`Metrics`].
+/// Latencies with exact-quantile windows: the first three of [`Latency::ALL`].
+const WINDOWED: usize = 3;
+
+/// One thread's buffers for one [`Metrics`], group by group: counter `count` of group `g` is
+/// at `g * Count::ALL.len() + count` (and likewise for the histograms and windows), so a
+/// fleet of one group indexes as before groups existed.
 struct Local {
     owner: Arc<Metrics>,
     counters: Vec<LocalIntCounter>,
     histograms: Vec<LocalHistogram>,
-    /// Samples for the exact-quantile windows, by [`Latency`] index (the first three).
+    /// Samples for the exact-quantile windows, by group and [`Latency`] index.
     windows: Vec<Hdr<u64>>,
+}
+
+/// Where one group records its measurements: [`Metrics::group`].
+#[derive(Clone, Copy)]
+pub struct Meter<'a> {
+    metrics: &'a Metrics,
+    group: usize,
+}
+
+impl Meter<'_> {
+    /// Adds `n` to a per-message counter of this group.
+    pub fn add(&self, count: Count, n: u64) {
+        self.metrics.add(self.group, count, n);
+    }
+
+    /// Records one latency sample of this group.
+    pub fn observe(&self, latency: Latency, took: Duration) {
+        self.metrics.observe(self.group, latency, took);
+    }
+
+    /// This group's connected users.
+    pub fn users_active(&self) -> &prometheus::IntGauge {
+        self.metrics.users_active.of(self.group)
+    }
+
+    /// This group's connection attempts that ended with `result`.
+    pub fn connect_result(&self, result: super::ConnectResult) -> &prometheus::IntCounter {
+        self.metrics.connect_result(result).of(self.group)
+    }
+
+    /// This group's disconnects for `reason`.
+    pub fn disconnect(&self, reason: super::DisconnectReason) -> &prometheus::IntCounter {
+        self.metrics.disconnect(reason).of(self.group)
+    }
+
+    /// This group's login times.
+    pub fn login_duration(&self) -> &prometheus::Histogram {
+        self.metrics.login_duration.of(self.group)
+    }
 }
 
 thread_local! {
@@ -58,17 +102,28 @@ impl Metrics {
     /// Makes the calling thread buffer its per-message measurements for `self` (until
     /// [`Metrics::flush_thread`] pushes them out). Call it on each user thread at start.
     pub fn adopt_thread(self: &Arc<Self>) {
+        let groups = 0..self.groups().len();
         let local = Local {
             owner: Arc::clone(self),
-            counters: Count::ALL
-                .iter()
-                .map(|&c| self.counter(c).local())
+            counters: groups
+                .clone()
+                .flat_map(|g| {
+                    Count::ALL
+                        .iter()
+                        .map(move |&c| self.counter(c).of(g).local())
+                })
                 .collect(),
-            histograms: Latency::ALL
-                .iter()
-                .map(|&l| self.histogram(l).local())
+            histograms: groups
+                .clone()
+                .flat_map(|g| {
+                    Latency::ALL
+                        .iter()
+                        .map(move |&l| self.histogram(l).of(g).local())
+                })
                 .collect(),
-            windows: (0..3).map(|_| new_hdr()).collect(),
+            windows: groups
+                .flat_map(|_| (0..WINDOWED).map(|_| new_hdr()))
+                .collect(),
         };
         LOCAL.with(|cell| *cell.borrow_mut() = Some(local));
     }
@@ -107,52 +162,67 @@ impl Metrics {
             };
             local.counters.iter().for_each(LocalIntCounter::flush);
             local.histograms.iter().for_each(LocalHistogram::flush);
-            for (latency, hdr) in Latency::ALL.iter().zip(local.windows.iter_mut()) {
+            for (i, hdr) in local.windows.iter_mut().enumerate() {
+                let (group, latency) = (i / WINDOWED, Latency::ALL[i % WINDOWED]);
                 if !hdr.is_empty()
-                    && let Some(window) = self.window(*latency)
+                    && let Some(window) = self.window(latency)
                 {
-                    window.merge(hdr);
+                    window.of(group).merge(hdr);
                     hdr.reset();
                 }
             }
         });
     }
 
-    /// Adds `n` to a per-message counter.
-    pub fn add(&self, count: Count, n: u64) {
+    /// Where group `group` records its measurements.
+    pub fn group(&self, group: usize) -> Meter<'_> {
+        Meter {
+            metrics: self,
+            group,
+        }
+    }
+
+    /// Adds `n` to a per-message counter of group `group`.
+    fn add(&self, group: usize, count: Count, n: u64) {
         let buffered = LOCAL.with(|cell| match cell.borrow_mut().as_mut() {
             Some(local) if std::ptr::eq(&*local.owner, self) => {
-                local.counters[count as usize].inc_by(n);
+                local.counters[group * Count::ALL.len() + count as usize].inc_by(n);
                 true
             }
             _ => false,
         });
         if !buffered {
-            self.counter(count).inc_by(n);
+            self.counter(count).of(group).inc_by(n);
         }
     }
 
-    /// Records one latency sample (and, for RTT, delivery and connect, in the windows).
-    pub fn observe(&self, latency: Latency, took: Duration) {
+    /// Records one latency sample of group `group` (and, for RTT, delivery and connect, in
+    /// the windows).
+    fn observe(&self, group: usize, latency: Latency, took: Duration) {
         let buffered = LOCAL.with(|cell| match cell.borrow_mut().as_mut() {
             Some(local) if std::ptr::eq(&*local.owner, self) => {
-                local.histograms[latency as usize].observe(took.as_secs_f64());
-                if let Some(hdr) = local.windows.get_mut(latency as usize) {
-                    hdr.saturating_record(super::micros(took));
+                local.histograms[group * Latency::ALL.len() + latency as usize]
+                    .observe(took.as_secs_f64());
+                if (latency as usize) < WINDOWED {
+                    local.windows[group * WINDOWED + latency as usize]
+                        .saturating_record(super::micros(took));
                 }
                 true
             }
             _ => false,
         });
         if !buffered {
-            self.histogram(latency).observe(took.as_secs_f64());
+            self.histogram(latency)
+                .of(group)
+                .observe(took.as_secs_f64());
             if let Some(window) = self.window(latency) {
-                window.record(took);
+                window.of(group).record(took);
             }
         }
     }
 
-    /// The shared value of a per-message counter (buffers not yet flushed excluded).
+    /// The shared value of a per-message counter, every group's (buffers not yet flushed
+    /// excluded).
     pub fn total(&self, count: Count) -> u64 {
         self.counter(count).get()
     }
@@ -169,10 +239,10 @@ mod tests {
         let (m, o) = (Arc::clone(&metrics), Arc::clone(&other));
         std::thread::spawn(move || {
             m.adopt_thread();
-            m.add(Count::Sent, 3);
-            m.observe(Latency::Rtt, Duration::from_millis(5));
+            m.group(0).add(Count::Sent, 3);
+            m.group(0).observe(Latency::Rtt, Duration::from_millis(5));
             // Another registry is not this thread's: written at once.
-            o.add(Count::Sent, 1);
+            o.group(0).add(Count::Sent, 1);
             assert_eq!(m.total(Count::Sent), 0, "buffered");
             assert_eq!(m.rtt_window.total().count, 0);
             m.flush_thread();
@@ -184,7 +254,7 @@ mod tests {
         .expect("thread");
         assert_eq!(other.total(Count::Sent), 1);
         // A thread that adopted nothing writes through.
-        metrics.add(Count::Lost, 2);
+        metrics.group(0).add(Count::Lost, 2);
         assert_eq!(metrics.total(Count::Lost), 2);
     }
 }

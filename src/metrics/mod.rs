@@ -4,9 +4,11 @@
 //! Label values come from closed enums ([`ConnectResult`], [`DisconnectReason`]); their series
 //! are created up front so every one of them exists (at 0) from the first scrape.
 
+mod grouped;
 mod local;
 
-pub use local::Latency;
+pub use grouped::PerGroup;
+pub use local::{Latency, Meter};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use prometheus::{
 use serde::{Deserialize, Serialize};
 
 use crate::label::label_enum;
-use crate::sla::{Errors, Sla};
+use crate::sla::{Errors, Slas};
 
 /// Latency buckets from 100 µs to 30 s on a 1-2-5 scale, so SLA thresholds such as 200 ms or
 /// 1 s fall on a bucket boundary.
@@ -100,8 +102,8 @@ macro_rules! per_message_counters {
         }
 
         impl Metrics {
-            /// The shared collector of a per-message counter.
-            fn counter(&self, count: Count) -> &IntCounter {
+            /// The shared collectors of a per-message counter, one per group.
+            fn counter(&self, count: Count) -> &PerGroup<IntCounter> {
                 match count {
                     $(Count::$variant => &self.$field),+
                 }
@@ -128,47 +130,50 @@ per_message_counters! {
     DeliveriesForeign => deliveries_foreign,
 }
 
-/// The fleet's measurements.
+/// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
+/// (labelled `group` when the fleet has several groups).
 pub struct Metrics {
     registry: Registry,
-    pub users_target: IntGauge,
+    /// The group names, in the fleet's order.
+    groups: Vec<String>,
+    pub users_target: PerGroup<IntGauge>,
     pub fleet_users_target: IntGauge,
     pub shard_index: IntGauge,
     pub shards: IntGauge,
-    pub users_active: IntGauge,
-    connects: Vec<IntCounter>,
-    pub connect_duration: Histogram,
-    disconnects: Vec<IntCounter>,
-    pub messages_sent: IntCounter,
-    pub messages_received: IntCounter,
-    pub message_rtt: Histogram,
-    pub heartbeat_rtt: Histogram,
-    pub send_lag: Histogram,
-    pub bytes_sent: IntCounter,
-    pub bytes_received: IntCounter,
-    pub frames_invalid: IntCounter,
-    pub frames_unmatched: IntCounter,
-    pub replies: IntCounter,
-    pub resent: IntCounter,
+    pub users_active: PerGroup<IntGauge>,
+    connects: Vec<PerGroup<IntCounter>>,
+    pub connect_duration: PerGroup<Histogram>,
+    disconnects: Vec<PerGroup<IntCounter>>,
+    pub messages_sent: PerGroup<IntCounter>,
+    pub messages_received: PerGroup<IntCounter>,
+    pub message_rtt: PerGroup<Histogram>,
+    pub heartbeat_rtt: PerGroup<Histogram>,
+    pub send_lag: PerGroup<Histogram>,
+    pub bytes_sent: PerGroup<IntCounter>,
+    pub bytes_received: PerGroup<IntCounter>,
+    pub frames_invalid: PerGroup<IntCounter>,
+    pub frames_unmatched: PerGroup<IntCounter>,
+    pub replies: PerGroup<IntCounter>,
+    pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
     connect_phases: Vec<Histogram>,
     /// Where a capacity search stands (`wsfleet_capacity_*`).
     pub capacity: CapacityGauges,
     connect_http_status: IntCounterVec,
-    pub login_duration: Histogram,
-    pub delivery_latency: Histogram,
-    pub message_timeouts: IntCounter,
-    pub messages_lost: IntCounter,
-    pub messages_duplicated: IntCounter,
-    pub messages_reordered: IntCounter,
-    pub deliveries_expected: IntCounter,
-    pub deliveries_received: IntCounter,
-    pub deliveries_foreign: IntCounter,
-    pub rtt_window: LatencyWindow,
-    pub connect_window: LatencyWindow,
-    pub delivery_window: LatencyWindow,
+    pub login_duration: PerGroup<Histogram>,
+    pub delivery_latency: PerGroup<Histogram>,
+    pub message_timeouts: PerGroup<IntCounter>,
+    pub messages_lost: PerGroup<IntCounter>,
+    pub messages_duplicated: PerGroup<IntCounter>,
+    pub messages_reordered: PerGroup<IntCounter>,
+    pub deliveries_expected: PerGroup<IntCounter>,
+    pub deliveries_received: PerGroup<IntCounter>,
+    pub deliveries_foreign: PerGroup<IntCounter>,
+    pub rtt_window: PerGroup<LatencyWindow>,
+    pub connect_window: PerGroup<LatencyWindow>,
+    pub delivery_window: PerGroup<LatencyWindow>,
     load_changes: Vec<IntCounter>,
-    pub message_rate_target: Gauge,
+    pub message_rate_target: PerGroup<Gauge>,
     pub paused: IntGauge,
     pub profile_stage: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -179,24 +184,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a fleet of one group, with status windows of [`WINDOW`].
     pub fn new() -> Metrics {
-        Metrics::with_window(WINDOW)
+        Metrics::with_window(WINDOW, &[crate::groups::DEFAULT_GROUP.to_string()])
     }
 
-    /// Metrics whose status-API quantiles cover windows of `window`.
-    pub fn with_window(window: Duration) -> Metrics {
+    /// Metrics of a fleet of `groups` (their names, in order) whose status-API quantiles
+    /// cover windows of `window`.
+    pub fn with_window(window: Duration, groups: &[String]) -> Metrics {
         let registry = Registry::new();
-        let reg = Registrar(&registry);
-        let connects_vec = reg.counter_vec(
-            "wsfleet_connects_total",
-            "Connection attempts by result: ok or the failure reason.",
-            "result",
-        );
-        let disconnects_vec = reg.counter_vec(
-            "wsfleet_disconnects_total",
-            "Connected users that lost their connection, by reason.",
-            "reason",
-        );
+        let reg = Registrar {
+            registry: &registry,
+            groups: if groups.len() > 1 { groups } else { &[] },
+            count: groups.len().max(1),
+        };
         let load_changes_vec = reg.counter_vec(
             "wsfleet_load_changes_total",
             "Changes of the desired load (users, rates, pause), by who made them.",
@@ -212,7 +213,7 @@ impl Metrics {
             .register(Box::new(crate::heap::HeapCollector::new()))
             .expect("heap collector registers once");
         let metrics = Metrics {
-            users_target: reg.gauge(
+            users_target: reg.grouped_gauge(
                 "wsfleet_users_target",
                 "Users this instance should hold (its shard's share of the fleet).",
             ),
@@ -225,52 +226,59 @@ impl Metrics {
                 "wsfleet_shards",
                 "Instances (shards) the fleet is split into.",
             ),
-            users_active: reg.gauge(
+            users_active: reg.grouped_gauge(
                 "wsfleet_users_active",
                 "Users connected right now (handshake done).",
             ),
-            connects: ConnectResult::ALL
-                .iter()
-                .map(|r| connects_vec.with_label_values(&[r.as_str()]))
-                .collect(),
-            connect_duration: reg.histogram(
+            connects: reg.grouped_counter_vec(
+                "wsfleet_connects_total",
+                "Connection attempts by result: ok or the failure reason.",
+                "result",
+                &ConnectResult::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ),
+            connect_duration: reg.grouped_histogram(
                 "wsfleet_connect_duration_seconds",
                 "Handshake time of successful connects: TCP connect, TLS and HTTP upgrade.",
             ),
-            disconnects: DisconnectReason::ALL
-                .iter()
-                .map(|r| disconnects_vec.with_label_values(&[r.as_str()]))
-                .collect(),
-            messages_sent: reg.counter("wsfleet_messages_sent_total", "Messages sent by users."),
-            messages_received: reg.counter(
+            disconnects: reg.grouped_counter_vec(
+                "wsfleet_disconnects_total",
+                "Connected users that lost their connection, by reason.",
+                "reason",
+                &DisconnectReason::ALL
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            messages_sent: reg.grouped_counter("wsfleet_messages_sent_total", "Messages sent by users."),
+            messages_received: reg.grouped_counter(
                 "wsfleet_messages_received_total",
                 "Messages received by users (pongs excluded).",
             ),
-            message_rtt: reg.histogram(
+            message_rtt: reg.grouped_histogram(
                 "wsfleet_message_rtt_seconds",
                 "Round trip of a message, from the time it was scheduled to be sent.",
             ),
-            heartbeat_rtt: reg.histogram(
+            heartbeat_rtt: reg.grouped_histogram(
                 "wsfleet_heartbeat_rtt_seconds",
                 "Time from a WebSocket ping to its pong.",
             ),
-            send_lag: reg.histogram(
+            send_lag: reg.grouped_histogram(
                 "wsfleet_send_lag_seconds",
                 "How late messages left compared to their schedule (generator or socket lag).",
             ),
-            bytes_sent: reg.counter(
+            bytes_sent: reg.grouped_counter(
                 "wsfleet_bytes_sent_total",
                 "Payload bytes of data frames sent.",
             ),
-            bytes_received: reg.counter(
+            bytes_received: reg.grouped_counter(
                 "wsfleet_bytes_received_total",
                 "Payload bytes of data frames received.",
             ),
-            frames_invalid: reg.counter(
+            frames_invalid: reg.grouped_counter(
                 "wsfleet_frames_invalid_total",
                 "Server frames that matched an ack or delivery but lacked a readable id, sender, sequence or timestamp, or carried a sequence its sender never sent or a timestamp in the future.",
             ),
-            frames_unmatched: reg.counter(
+            frames_unmatched: reg.grouped_counter(
                 "wsfleet_frames_unmatched_total",
                 "Server frames that matched nothing the scenario expects (presence, banners, ...).",
             ),
@@ -322,47 +330,47 @@ impl Metrics {
                 "wsfleet_generator_saturations_total",
                 "Times the generator became saturated (its latency figures are suspect while it is).",
             ),
-            resent: reg.counter(
+            resent: reg.grouped_counter(
                 "wsfleet_messages_resent_total",
                 "Messages sent again after a reconnect because they were never acknowledged (resend_unacked).",
             ),
-            replies: reg.counter(
+            replies: reg.grouped_counter(
                 "wsfleet_replies_total",
                 "Frames sent to answer the server's own frames (the scenario's `replies`, e.g. Socket.IO's pong).",
             ),
-            login_duration: reg.histogram(
+            login_duration: reg.grouped_histogram(
                 "wsfleet_login_duration_seconds",
                 "Time from the upgrade to the last login step's expected reply.",
             ),
-            delivery_latency: reg.histogram(
+            delivery_latency: reg.grouped_histogram(
                 "wsfleet_delivery_latency_seconds",
                 "End-to-end latency of room messages, from the sender's scheduled send time to each receiver.",
             ),
-            message_timeouts: reg.counter(
+            message_timeouts: reg.grouped_counter(
                 "wsfleet_message_timeouts_total",
                 "Messages whose acknowledgement did not arrive within ack_timeout (or before the server ended the connection).",
             ),
-            messages_lost: reg.counter(
+            messages_lost: reg.grouped_counter(
                 "wsfleet_messages_lost_total",
                 "Room deliveries missing after a later one from the same sender arrived and the grace period passed, or at session end.",
             ),
-            messages_duplicated: reg.counter(
+            messages_duplicated: reg.grouped_counter(
                 "wsfleet_messages_duplicated_total",
                 "Room deliveries received more than once.",
             ),
-            messages_reordered: reg.counter(
+            messages_reordered: reg.grouped_counter(
                 "wsfleet_messages_reordered_total",
                 "Room deliveries that arrived after a later one from the same sender.",
             ),
-            deliveries_expected: reg.counter(
+            deliveries_expected: reg.grouped_counter(
                 "wsfleet_deliveries_expected_total",
                 "Room deliveries the fleet's senders expected: other members of the room per message sent.",
             ),
-            deliveries_received: reg.counter(
+            deliveries_received: reg.grouped_counter(
                 "wsfleet_deliveries_received_total",
                 "Distinct room deliveries received.",
             ),
-            deliveries_foreign: reg.counter(
+            deliveries_foreign: reg.grouped_counter(
                 "wsfleet_deliveries_foreign_total",
                 "Deliveries from senders that are not users of this process (real users in the room, another fleet): not tracked, not latency samples.",
             ),
@@ -370,12 +378,9 @@ impl Metrics {
                 .iter()
                 .map(|s| load_changes_vec.with_label_values(&[s.as_str()]))
                 .collect(),
-            message_rate_target: reg.register(
-                Gauge::new(
-                    "wsfleet_message_rate_target",
-                    "Messages per second the fleet should send (users / message_interval, 0 when paused).",
-                )
-                .expect("valid metric"),
+            message_rate_target: reg.grouped_float_gauge(
+                "wsfleet_message_rate_target",
+                "Messages per second the fleet should send (users / message_interval, 0 when paused).",
             ),
             paused: reg.gauge("wsfleet_paused", "1 while the fleet is paused."),
             profile_stage: reg.gauge(
@@ -393,7 +398,7 @@ impl Metrics {
                         "wsfleet_sla_threshold",
                         "SLA thresholds from the config, for alert rules and dashboards (seconds or ratios).",
                     ),
-                    &["slo"],
+                    &reg.group_labels(&["slo"]),
                 )
                 .expect("valid metric"),
             ),
@@ -409,9 +414,10 @@ impl Metrics {
                 "wsfleet_generator_saturated",
                 "1 when the generator is overloaded (loop lag or file descriptors) and stops adding users.",
             ),
-            rtt_window: LatencyWindow::new(window),
-            connect_window: LatencyWindow::new(window),
-            delivery_window: LatencyWindow::new(window),
+            rtt_window: reg.windows(window),
+            connect_window: reg.windows(window),
+            delivery_window: reg.windows(window),
+            groups: groups.to_vec(),
             registry,
         };
         for result in ["ok", "rejected"] {
@@ -439,7 +445,7 @@ impl Metrics {
         self.connect_http_status.with_label_values(&[label])
     }
 
-    pub fn connect_result(&self, result: ConnectResult) -> &IntCounter {
+    pub fn connect_result(&self, result: ConnectResult) -> &PerGroup<IntCounter> {
         &self.connects[result as usize]
     }
 
@@ -447,11 +453,16 @@ impl Metrics {
         &self.load_changes[source as usize]
     }
 
-    pub fn disconnect(&self, reason: DisconnectReason) -> &IntCounter {
+    pub fn disconnect(&self, reason: DisconnectReason) -> &PerGroup<IntCounter> {
         &self.disconnects[reason as usize]
     }
 
-    fn histogram(&self, latency: Latency) -> &Histogram {
+    /// The group names, in the fleet's order.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    fn histogram(&self, latency: Latency) -> &PerGroup<Histogram> {
         match latency {
             Latency::Rtt => &self.message_rtt,
             Latency::Delivery => &self.delivery_latency,
@@ -461,7 +472,7 @@ impl Metrics {
         }
     }
 
-    fn window(&self, latency: Latency) -> Option<&LatencyWindow> {
+    fn window(&self, latency: Latency) -> Option<&PerGroup<LatencyWindow>> {
         match latency {
             Latency::Rtt => Some(&self.rtt_window),
             Latency::Delivery => Some(&self.delivery_window),
@@ -472,52 +483,85 @@ impl Metrics {
 
     /// The message counters, as the status API and the run summary show them.
     pub fn message_counts(&self) -> MessageCounts {
+        self.message_counts_in(None)
+    }
+
+    /// The message counters of the fleet (`None`) or of one group.
+    pub fn message_counts_in(&self, group: Option<usize>) -> MessageCounts {
         MessageCounts {
-            sent: self.total(Count::Sent),
-            received: self.messages_received.get(),
-            ack_timeouts: self.message_timeouts.get(),
-            lost: self.messages_lost.get(),
-            duplicated: self.messages_duplicated.get(),
-            reordered: self.messages_reordered.get(),
-            deliveries_expected: self.deliveries_expected.get(),
-            deliveries_received: self.deliveries_received.get(),
-            deliveries_foreign: self.deliveries_foreign.get(),
-            frames_invalid: self.frames_invalid.get(),
-            frames_unmatched: self.frames_unmatched.get(),
-            replies: self.replies.get(),
-            resent: self.resent.get(),
+            sent: self.messages_sent.get_in(group),
+            received: self.messages_received.get_in(group),
+            ack_timeouts: self.message_timeouts.get_in(group),
+            lost: self.messages_lost.get_in(group),
+            duplicated: self.messages_duplicated.get_in(group),
+            reordered: self.messages_reordered.get_in(group),
+            deliveries_expected: self.deliveries_expected.get_in(group),
+            deliveries_received: self.deliveries_received.get_in(group),
+            deliveries_foreign: self.deliveries_foreign.get_in(group),
+            frames_invalid: self.frames_invalid.get_in(group),
+            frames_unmatched: self.frames_unmatched.get_in(group),
+            replies: self.replies.get_in(group),
+            resent: self.resent.get_in(group),
         }
     }
 
-    /// Exports the SLA's thresholds (only those it sets) as `wsfleet_sla_threshold{slo}`.
-    pub fn set_sla_thresholds(&self, sla: &Sla) {
+    /// Exports the SLAs' thresholds (only those they set) as `wsfleet_sla_threshold{slo}`:
+    /// the fleet's, or in a fleet of several groups each group's, labelled `group`.
+    pub fn set_sla_thresholds(&self, slas: &Slas) {
         self.sla_threshold.reset();
-        for (slo, threshold) in sla.thresholds() {
-            self.sla_threshold
-                .with_label_values(&[slo.as_str()])
-                .set(threshold);
+        if slas.groups.is_empty() {
+            for (slo, threshold) in slas.fleet.thresholds() {
+                self.sla_threshold
+                    .with_label_values(&[slo.as_str()])
+                    .set(threshold);
+            }
+        }
+        for (group, sla) in &slas.groups {
+            for (slo, threshold) in sla.thresholds() {
+                self.sla_threshold
+                    .with_label_values(&[group.as_str(), slo.as_str()])
+                    .set(threshold);
+            }
         }
     }
 
     /// Connection attempts so far, successful or not.
     pub fn connect_attempts(&self) -> u64 {
-        self.connects.iter().map(IntCounter::get).sum()
+        self.connect_attempts_in(None)
+    }
+
+    /// Connection attempts of the fleet (`None`) or of one group.
+    pub fn connect_attempts_in(&self, group: Option<usize>) -> u64 {
+        self.connects.iter().map(|c| c.get_in(group)).sum()
     }
 
     /// Failed connection attempts so far, by result (every result but `ok`).
     pub fn connect_failures(&self) -> impl Iterator<Item = (ConnectResult, u64)> + '_ {
+        self.connect_failures_in(None)
+    }
+
+    /// [`Metrics::connect_failures`] of the fleet (`None`) or of one group.
+    pub fn connect_failures_in(
+        &self,
+        group: Option<usize>,
+    ) -> impl Iterator<Item = (ConnectResult, u64)> + '_ {
         ConnectResult::ALL
             .iter()
             .filter(|&&r| r != ConnectResult::Ok)
-            .map(|&r| (r, self.connect_result(r).get()))
+            .map(move |&r| (r, self.connect_result(r).get_in(group)))
     }
 
     /// The error rate's counts so far ([`Errors::rate`]).
     pub fn errors(&self) -> Errors {
-        let counts = self.message_counts();
+        self.errors_in(None)
+    }
+
+    /// The error rate's counts of the fleet (`None`) or of one group.
+    pub fn errors_in(&self, group: Option<usize>) -> Errors {
+        let counts = self.message_counts_in(group);
         Errors {
-            connect_attempts: self.connect_attempts(),
-            connect_failures: self.connect_failures().map(|(_, n)| n).sum(),
+            connect_attempts: self.connect_attempts_in(group),
+            connect_failures: self.connect_failures_in(group).map(|(_, n)| n).sum(),
             sent: counts.sent,
             ack_timeouts: counts.ack_timeouts,
             deliveries_expected: counts.deliveries_expected,
@@ -540,15 +584,105 @@ impl Default for Metrics {
 }
 
 /// Creates metrics and registers them; names and help are constants, so failure is a bug.
-struct Registrar<'a>(&'a Registry);
+struct Registrar<'a> {
+    registry: &'a Registry,
+    /// The `group` label's values; empty in a fleet of one group (no label).
+    groups: &'a [String],
+    /// Groups in the fleet.
+    count: usize,
+}
 
 impl Registrar<'_> {
     fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
-        self.0
+        self.registry
             .register(Box::new(c.clone()))
             .expect("metric names are unique");
         c
     }
+
+    /// The label names of a per-group family with `own` labels of its own.
+    fn group_labels<'b>(&self, own: &[&'b str]) -> Vec<&'b str> {
+        let group: &[&str] = if self.groups.is_empty() {
+            &[]
+        } else {
+            &["group"]
+        };
+        group.iter().chain(own).copied().collect()
+    }
+
+    /// Each group's label values followed by `own`.
+    fn values_of<'b>(&'b self, group: usize, own: &[&'b str]) -> Vec<&'b str> {
+        let name = self.groups.get(group).map(String::as_str);
+        name.into_iter().chain(own.iter().copied()).collect()
+    }
+
+    fn per_group<T>(&self, child: impl Fn(&[&str]) -> T) -> PerGroup<T> {
+        PerGroup::new(
+            (0..self.count)
+                .map(|g| child(&self.values_of(g, &[])))
+                .collect(),
+        )
+    }
+
+    fn grouped_counter(&self, name: &str, help: &str) -> PerGroup<IntCounter> {
+        let family = self.register(
+            IntCounterVec::new(Opts::new(name, help), &self.group_labels(&[]))
+                .expect("valid metric"),
+        );
+        self.per_group(|values| family.with_label_values(values))
+    }
+
+    /// A per-group counter for each value of `label` (in `values`' order).
+    fn grouped_counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> Vec<PerGroup<IntCounter>> {
+        let family = self.register(
+            IntCounterVec::new(Opts::new(name, help), &self.group_labels(&[label]))
+                .expect("valid metric"),
+        );
+        values
+            .iter()
+            .map(|value| {
+                PerGroup::new(
+                    (0..self.count)
+                        .map(|g| family.with_label_values(&self.values_of(g, &[value])))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn grouped_gauge(&self, name: &str, help: &str) -> PerGroup<IntGauge> {
+        let family = self.register(
+            prometheus::IntGaugeVec::new(Opts::new(name, help), &self.group_labels(&[]))
+                .expect("valid metric"),
+        );
+        self.per_group(|values| family.with_label_values(values))
+    }
+
+    fn grouped_float_gauge(&self, name: &str, help: &str) -> PerGroup<Gauge> {
+        let family = self.register(
+            GaugeVec::new(Opts::new(name, help), &self.group_labels(&[])).expect("valid metric"),
+        );
+        self.per_group(|values| family.with_label_values(values))
+    }
+
+    fn grouped_histogram(&self, name: &str, help: &str) -> PerGroup<Histogram> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let family = self.register(
+            prometheus::HistogramVec::new(opts, &self.group_labels(&[])).expect("valid metric"),
+        );
+        self.per_group(|values| family.with_label_values(values))
+    }
+
+    fn windows(&self, length: Duration) -> PerGroup<LatencyWindow> {
+        self.per_group(|_| LatencyWindow::new(length))
+    }
+
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
         self.register(IntGauge::new(name, help).expect("valid metric"))
     }
@@ -713,15 +847,25 @@ impl LatencyWindow {
         quantiles_of(&since)
     }
 
+    /// The last complete window, or the current one before the first ends.
+    pub fn latest(&self) -> Hdr<u64> {
+        let state = self.lock_rotated();
+        state.previous.as_ref().unwrap_or(&state.current).clone()
+    }
+
     /// Everything recorded since start (microseconds), HdrHistogram's V2 encoding in base64:
     /// what another process needs to merge this instance's samples exactly with its own.
     pub fn total_encoded(&self) -> String {
+        LatencyWindow::encode(&self.snapshot())
+    }
+
+    /// `samples` in HdrHistogram's V2 encoding, base64.
+    pub fn encode(samples: &Hdr<u64>) -> String {
         use base64::Engine as _;
         use hdrhistogram::serialization::Serializer as _;
-        let total = self.lock_rotated().total.clone();
         let mut bytes = Vec::new();
         // Writing into a Vec cannot fail; an empty string would read as "no samples".
-        let _ = hdrhistogram::serialization::V2Serializer::new().serialize(&total, &mut bytes);
+        let _ = hdrhistogram::serialization::V2Serializer::new().serialize(samples, &mut bytes);
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 }
@@ -785,6 +929,39 @@ mod tests {
         }
         assert!(text.contains("wsfleet_message_rtt_seconds_bucket{le=\"0.0001\"} 0"));
         assert!(text.contains("wsfleet_message_rtt_seconds_bucket{le=\"30\"} 0"));
+    }
+
+    #[test]
+    fn several_groups_label_their_series_and_sum_to_the_fleet() {
+        let names = ["chatters".to_string(), "bots".to_string()];
+        let metrics = Metrics::with_window(WINDOW, &names);
+        metrics.group(1).add(Count::Sent, 3);
+        metrics.group(0).add(Count::Sent, 2);
+        metrics
+            .group(1)
+            .observe(Latency::Rtt, Duration::from_millis(10));
+        metrics
+            .group(0)
+            .observe(Latency::Rtt, Duration::from_millis(30));
+        metrics.group(1).connect_result(ConnectResult::Ok).inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains("wsfleet_messages_sent_total{group=\"bots\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("wsfleet_messages_sent_total{group=\"chatters\"} 2"));
+        assert!(text.contains("wsfleet_connects_total{group=\"bots\",result=\"ok\"} 1"));
+        assert!(text.contains("wsfleet_connects_total{group=\"chatters\",result=\"ok\"} 0"));
+        assert_eq!(metrics.total(Count::Sent), 5);
+        assert_eq!(metrics.messages_sent.of(1).get(), 3);
+        let both = metrics.rtt_window.quantiles();
+        assert_eq!(both.count, 2);
+        assert!((both.max - 0.03).abs() < 0.001, "{both:?}");
+        assert_eq!(metrics.rtt_window.of(1).quantiles().count, 1);
+        // One group: no label at all, the series as they always were.
+        let single = Metrics::new().encode();
+        assert!(single.contains("wsfleet_messages_sent_total 0"));
+        assert!(!single.contains("group="));
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Scenario {
             room_size: spec.room_size,
             codec,
             framing,
+            group: None,
         };
         scenario.check_encoding(&replies)?;
         Ok(scenario)

@@ -109,7 +109,21 @@ pub struct Scenario {
     pub codec: Codec,
     /// How frames are cut from a byte stream: the scenario's, or its codec's own.
     pub framing: Option<Framing>,
+    /// In a fleet of several groups, the group this scenario's users belong to: their ids
+    /// and rooms carry its name, their numbers start at its own base ([`Scenario::set_group`]).
+    group: Option<GroupNames>,
 }
+
+/// How the users of one group of several are named.
+#[derive(Debug, Clone)]
+struct GroupNames {
+    prefix: String,
+    base: u32,
+}
+
+/// Users a group may number before the next group's numbers start (above
+/// [`crate::load::MAX_USERS`], so groups never share a number).
+const GROUP_NUMBERS: u32 = 1 << 24;
 
 /// Who a user is, for rendering its templates; made once per connection.
 #[derive(Debug, Clone)]
@@ -142,12 +156,28 @@ impl Identity {
 }
 
 impl Scenario {
-    /// The identity of user number `user` when rooms hold `room_size` users.
+    /// Makes this the scenario of group `name`, number `index` of several: its users go by
+    /// `NAME-u3` in rooms `NAME-room-0`, and `{{user}}` numbers them from `index` × 2^24, so
+    /// no two groups share an id, a room or a number (an MQTT client id, say).
+    pub fn set_group(&mut self, name: &str, index: usize) {
+        self.group = Some(GroupNames {
+            prefix: format!("{name}-"),
+            base: u32::try_from(index)
+                .unwrap_or(0)
+                .saturating_mul(GROUP_NUMBERS),
+        });
+    }
+
+    /// The identity of user number `user` (of its group) when rooms hold `room_size` users.
     pub fn identity(&self, user: u32, room_size: u32) -> Identity {
+        let (prefix, base) = match &self.group {
+            Some(group) => (group.prefix.as_str(), group.base),
+            None => ("", 0),
+        };
         let mut identity = Identity {
-            user,
+            user: base.saturating_add(user),
             user_id: self.user_id(user),
-            room: room_name(user, room_size),
+            room: format!("{prefix}{}", room_name(user, room_size)),
             custom: self.credentials_row(user).cloned().unwrap_or_default(),
         };
         identity.custom.reserve(self.vars.len());
@@ -167,10 +197,12 @@ impl Scenario {
             .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()])
     }
 
-    /// The id user number `user` goes by (`{{user_id}}`): `u{user}`, or its credentials row's.
+    /// The id user number `user` goes by (`{{user_id}}`): `u{user}` (`NAME-u{user}` in
+    /// group NAME of several), or its credentials row's.
     pub fn user_id(&self, user: u32) -> String {
-        match (self.credentials_row(user), self.user_id_column) {
-            (Some(row), Some(col)) => row[col].clone(),
+        match (self.credentials_row(user), self.user_id_column, &self.group) {
+            (Some(row), Some(col), _) => row[col].clone(),
+            (_, _, Some(group)) => format!("{}u{user}", group.prefix),
             _ => format!("u{user}"),
         }
     }

@@ -60,7 +60,7 @@ pub async fn open(
             ),
         )
     })??;
-    ctx.metrics.observe(Latency::Connect, started.elapsed());
+    ctx.meter().observe(Latency::Connect, started.elapsed());
 
     let login_started = Instant::now();
     if let Err(failure) = login(ctx, &mut socket, &identity).await {
@@ -68,11 +68,11 @@ pub async fn open(
         return Err(failure);
     }
     if !ctx.scenario.login.is_empty() {
-        ctx.metrics
-            .login_duration
+        ctx.meter()
+            .login_duration()
             .observe(login_started.elapsed().as_secs_f64());
     }
-    ctx.metrics.connect_result(ConnectResult::Ok).inc();
+    ctx.meter().connect_result(ConnectResult::Ok).inc();
     Ok((socket, identity))
 }
 
@@ -171,7 +171,7 @@ async fn login_steps(
             if let Some(send) = &step.send {
                 let text =
                     send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
-                ctx.metrics.add(Count::BytesSent, text.len() as u64);
+                ctx.meter().add(Count::BytesSent, text.len() as u64);
                 let frame = ctx.scenario.codec.encode(text).map_err(|err| {
                     (
                         ConnectResult::Protocol,
@@ -197,7 +197,7 @@ async fn login_steps(
                 };
                 // Read through the codec; frames it cannot read are skipped.
                 if let Some(data) = data {
-                    ctx.metrics.add(Count::BytesReceived, data.len() as u64);
+                    ctx.meter().add(Count::BytesReceived, data.len() as u64);
                     let Some(text) = ctx.scenario.codec.decode(data) else {
                         continue;
                     };
@@ -294,7 +294,7 @@ async fn reply(
         .send(frame)
         .await
         .map_err(|err| (broken(&err), format!("sending a reply failed: {err}")))?;
-    ctx.metrics.add(Count::Replies, 1);
+    ctx.meter().add(Count::Replies, 1);
     Ok(())
 }
 

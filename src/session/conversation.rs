@@ -316,7 +316,7 @@ impl Conversation {
         let Some(plan) = &self.ctx.scenario.message else {
             return;
         };
-        let metrics = &self.ctx.metrics;
+        let metrics = self.ctx.meter();
         metrics.add(Count::BytesSent, size as u64);
         if plan.ack.is_some() {
             self.pending.push_back((seq, scheduled));
@@ -438,7 +438,7 @@ impl Conversation {
 
     fn heartbeat_answered(&mut self) {
         if let Some(sent) = self.ping_sent.take() {
-            self.ctx.metrics.observe(Latency::Heartbeat, sent.elapsed());
+            self.ctx.meter().observe(Latency::Heartbeat, sent.elapsed());
         }
         self.timers.pong_deadline = None;
     }
@@ -447,13 +447,13 @@ impl Conversation {
     /// frames arrive as binary WebSocket frames are read as text); a frame the codec cannot
     /// read is counted unmatched.
     fn on_data(&mut self, data: &[u8]) {
-        let metrics = &self.ctx.metrics;
+        let metrics = self.ctx.meter();
         metrics.add(Count::Received, 1);
         metrics.add(Count::BytesReceived, data.len() as u64);
         // The text borrows the frame, not the context.
         match self.ctx.scenario.codec.decode(data) {
             Some(text) => self.on_text(&text),
-            None => self.ctx.metrics.add(Count::FramesUnmatched, 1),
+            None => self.ctx.meter().add(Count::FramesUnmatched, 1),
         }
         self.check_settled();
     }
@@ -478,7 +478,7 @@ impl Conversation {
             Meaning::Ack(Acked::Id(id)) => match seq_of_msg_id(&id, &self.identity.user_id) {
                 Some(seq) => self.on_ack(Some(seq)),
                 // Someone else's id: servers that fan acks out to the room are not our concern.
-                None => self.ctx.metrics.add(Count::FramesUnmatched, 1),
+                None => self.ctx.meter().add(Count::FramesUnmatched, 1),
             },
             Meaning::Ack(Acked::Seq(seq)) => self.on_ack(Some(seq)),
             Meaning::Ack(Acked::Oldest) => self.on_ack(None),
@@ -488,10 +488,10 @@ impl Conversation {
                 ts: Some(ts),
             } => self.on_delivery(&sender, seq, ts),
             Meaning::Ack(Acked::Unreadable) | Meaning::Delivery { .. } => {
-                self.ctx.metrics.add(Count::FramesInvalid, 1)
+                self.ctx.meter().add(Count::FramesInvalid, 1)
             }
             Meaning::Other if replied => {}
-            Meaning::Other => self.ctx.metrics.add(Count::FramesUnmatched, 1),
+            Meaning::Other => self.ctx.meter().add(Count::FramesUnmatched, 1),
         }
     }
 
@@ -503,14 +503,14 @@ impl Conversation {
             None => (!self.pending.is_empty()).then_some(0),
         };
         if let Some((_, scheduled)) = at.and_then(|at| self.pending.remove(at)) {
-            self.ctx.metrics.observe(Latency::Rtt, scheduled.elapsed());
+            self.ctx.meter().observe(Latency::Rtt, scheduled.elapsed());
         }
     }
 
     /// A room delivery. Its timestamp is this process's clock, so one from the future is a
     /// wrong frame; only a first arrival from a member is a latency sample.
     fn on_delivery(&mut self, sender: &str, seq: u64, ts: u64) {
-        let metrics = &self.ctx.metrics;
+        let metrics = self.ctx.meter();
         if sender == self.identity.user_id {
             return; // the server echoed our own message to us; not a delivery
         }
@@ -539,7 +539,7 @@ impl Conversation {
         // The fallback wake-up is one period after the last sweep: were it left in the past,
         // a quiet connection (heartbeat and messages rarer than the period) would spin.
         self.timers.postpone_sweep(now);
-        let metrics = &self.ctx.metrics;
+        let metrics = self.ctx.meter();
         while let Some(&(_, scheduled)) = self.pending.front() {
             if now.duration_since(scheduled) < self.ctx.settings.ack_timeout {
                 break;
@@ -566,7 +566,7 @@ impl Conversation {
         if drained {
             self.announce_final_sequences(Instant::now());
         }
-        let metrics = &self.ctx.metrics;
+        let metrics = self.ctx.meter();
         self.tracker.finish();
         metrics.add(Count::Lost, self.tracker.take_lost());
         // Unacknowledged: what is pending, and what was still waiting to be sent again.

@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 /// Everything a fleet's users share of the config ([`crate::config::Config::session`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Connects per second, fleet-wide (each shard paces its share).
-    pub connect_rate: f64,
     pub connect_timeout: Duration,
     pub heartbeat: Heartbeat,
     pub reconnect: Reconnect,

@@ -85,7 +85,7 @@ where
             Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
             Outbound::Reply(frame) => {
                 write(ctx, socket, frame).await?;
-                ctx.metrics.add(Count::Replies, 1);
+                ctx.meter().add(Count::Replies, 1);
             }
             Outbound::Message {
                 frame,
