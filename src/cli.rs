@@ -102,9 +102,10 @@ pub struct CtlArgs {
 pub enum CtlAction {
     /// Desired against reached users, totals, latency.
     Status,
-    /// Change the load: `ctl set users=5000 connect_rate=200 message_interval=1s`.
+    /// Change the load: `ctl set users=5000 connect_rate=200 chatters.message_interval=1s`.
     Set {
-        /// FIELD=VALUE pairs (fields of PATCH /api/v1/load).
+        /// FIELD=VALUE pairs (fields of PATCH /api/v1/load); GROUP.FIELD=VALUE changes one
+        /// group.
         #[arg(required = true, value_name = "FIELD=VALUE")]
         changes: Vec<String>,
     },

@@ -374,17 +374,37 @@ fn describe_line(args: &CtlArgs, body: &Value) -> String {
 
 /// `users=5000 message_interval=1s` -> `{"users": 5000, "message_interval": "1s"}`; numbers
 /// stay numbers, the server names any field or value it rejects.
+/// `users=5000 chatters.message_interval=5s` as a load patch: `GROUP.FIELD` changes one
+/// group (`{"groups": {"chatters": {"message_interval": "5s"}}}`).
 fn parse_changes(changes: &[String]) -> Result<Value, CtlError> {
     let mut patch = Map::new();
     for change in changes {
         let (field, value) = change.split_once('=').ok_or_else(|| {
-            CtlError::Usage(format!("`{change}`: expected FIELD=VALUE, e.g. users=5000"))
+            CtlError::Usage(format!(
+                "`{change}`: expected FIELD=VALUE or GROUP.FIELD=VALUE, e.g. users=5000"
+            ))
         })?;
         let value = match value.parse::<serde_json::Number>() {
             Ok(number) => Value::Number(number),
             Err(_) => Value::String(value.to_string()),
         };
-        patch.insert(field.trim().to_string(), value);
+        match field.trim().split_once('.') {
+            Some((group, field)) => {
+                let groups = patch
+                    .entry("groups")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(groups) = groups
+                    && let Value::Object(fields) = groups
+                        .entry(group.to_string())
+                        .or_insert_with(|| Value::Object(Map::new()))
+                {
+                    fields.insert(field.to_string(), value);
+                }
+            }
+            None => {
+                patch.insert(field.trim().to_string(), value);
+            }
+        }
     }
     Ok(Value::Object(patch))
 }
@@ -395,15 +415,30 @@ fn describe_load(load: &Value) -> String {
     let Some(fields) = load.as_object() else {
         return load.to_string();
     };
-    fields
+    let fleet = fields
         .iter()
-        .filter(|(name, _)| *name != "profile_cancelled")
+        .filter(|(name, _)| !matches!(name.as_str(), "profile_cancelled" | "groups"))
         .map(|(name, value)| match value.as_str() {
             Some(text) => format!("{name} {text}"),
             None => format!("{name} {value}"),
         })
         .collect::<Vec<_>>()
-        .join("  ")
+        .join("  ");
+    let groups = fields
+        .get("groups")
+        .and_then(Value::as_array)
+        .filter(|groups| groups.len() > 1);
+    let mut lines = vec![fleet];
+    for group in groups.into_iter().flatten() {
+        let mut group = group.clone();
+        let name = group
+            .as_object_mut()
+            .and_then(|g| g.remove("name"))
+            .and_then(|n| n.as_str().map(str::to_string))
+            .unwrap_or_default();
+        lines.push(format!("  group {name}: {}", describe_load(&group)));
+    }
+    lines.join("\n")
 }
 
 fn describe_status(s: &Status) -> String {
@@ -441,4 +476,28 @@ fn describe_status(s: &Status) -> String {
         latency(&s.latency.message_rtt),
         latency(&s.latency.delivery),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_fields_go_under_their_group() {
+        let changes = [
+            "users=50",
+            "bots.users=6",
+            "bots.message_interval=1s",
+            "a.users=1",
+        ];
+        let patch = parse_changes(&changes.map(String::from)).expect("valid");
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "users": 50,
+                "groups": {"bots": {"users": 6, "message_interval": "1s"}, "a": {"users": 1}}
+            })
+        );
+        assert!(parse_changes(&["users".to_string()]).is_err());
+    }
 }

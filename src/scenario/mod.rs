@@ -170,14 +170,11 @@ impl Scenario {
 
     /// The identity of user number `user` (of its group) when rooms hold `room_size` users.
     pub fn identity(&self, user: u32, room_size: u32) -> Identity {
-        let (prefix, base) = match &self.group {
-            Some(group) => (group.prefix.as_str(), group.base),
-            None => ("", 0),
-        };
+        let base = self.group.as_ref().map_or(0, |group| group.base);
         let mut identity = Identity {
             user: base.saturating_add(user),
             user_id: self.user_id(user),
-            room: format!("{prefix}{}", room_name(user, room_size)),
+            room: self.room_of(user, room_size),
             custom: self.credentials_row(user).cloned().unwrap_or_default(),
         };
         identity.custom.reserve(self.vars.len());
@@ -195,6 +192,16 @@ impl Scenario {
     fn credentials_row(&self, user: u32) -> Option<&Vec<String>> {
         (!self.credentials.rows.is_empty())
             .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()])
+    }
+
+    /// The room of user number `user` when rooms hold `room_size` users: `room-N`
+    /// (`NAME-room-N` in group NAME of several).
+    pub fn room_of(&self, user: u32, room_size: u32) -> String {
+        let prefix = self
+            .group
+            .as_ref()
+            .map_or("", |group| group.prefix.as_str());
+        format!("{prefix}{}", room_name(user, room_size))
     }
 
     /// The id user number `user` goes by (`{{user_id}}`): `u{user}` (`NAME-u{user}` in

@@ -23,7 +23,7 @@ use crate::roster::Slot;
 use crate::scenario::reading::{Acked, Meaning};
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
-use crate::scenario::{Identity, room_members, room_name, room_range};
+use crate::scenario::{Identity, room_members, room_range};
 
 /// Most messages one tick hands out: a backlog goes out in batches, with reads between them.
 const MAX_SENDS_PER_TICK: usize = 64;
@@ -197,7 +197,11 @@ impl Conversation {
     pub fn on_desired(&mut self, desired: &Desired) -> Result<(), Ended> {
         let ctx = Arc::clone(&self.ctx);
         let room_size = desired.load.room_size;
-        if room_name(ctx.global_id(self.local, room_size), room_size) != self.identity.room {
+        if ctx
+            .scenario
+            .room_of(ctx.global_id(self.local, room_size), room_size)
+            != self.identity.room
+        {
             return Err(Ended::planned(DisconnectReason::RoomChange));
         }
         self.share = Share::of(&ctx, desired);

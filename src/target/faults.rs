@@ -18,6 +18,9 @@ pub struct Faults {
     pub drop: f64,
     /// Fraction of deliveries sent twice (0..=1).
     pub duplicate: f64,
+    /// When set, `drop` and `duplicate` apply only to deliveries in this room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_room: Option<String>,
     /// New WebSocket upgrades are refused with `refuse_status`.
     pub refuse: bool,
     /// The status of a refused upgrade (400..=599; default 503).
@@ -48,6 +51,8 @@ pub struct FaultsPatch {
     pub delay: Option<Duration>,
     pub drop: Option<f64>,
     pub duplicate: Option<f64>,
+    /// The one room `drop` and `duplicate` apply to; `""` for every room again.
+    pub only_room: Option<String>,
     pub refuse: Option<bool>,
     pub refuse_status: Option<u16>,
     #[serde(default, with = "humantime_serde")]
@@ -65,6 +70,7 @@ impl Default for Faults {
             delay: Duration::ZERO,
             drop: 0.0,
             duplicate: 0.0,
+            only_room: None,
             refuse: false,
             refuse_status: 503,
             retry_after: None,
@@ -140,6 +146,15 @@ impl FaultSwitch {
         if let Some(duplicate) = patch.duplicate {
             faults.duplicate = duplicate;
         }
+        if let Some(room) = &patch.only_room {
+            if room.len() > 256 {
+                return Err(format!(
+                    "`only_room` must be a room name of at most 256 bytes, got {}",
+                    room.len()
+                ));
+            }
+            faults.only_room = (!room.is_empty()).then(|| room.clone());
+        }
         if let Some(refuse) = patch.refuse {
             faults.refuse = refuse;
         }
@@ -149,14 +164,15 @@ impl FaultSwitch {
         Ok(faults.clone())
     }
 
-    /// How to treat one delivery with `connections` open: how many copies to send (0 =
-    /// dropped) and when.
-    pub fn delivery(&self, connections: i64) -> (u8, Instant) {
+    /// How to treat one delivery in `room` with `connections` open: how many copies to send
+    /// (0 = dropped) and when.
+    pub fn delivery(&self, connections: i64, room: &str) -> (u8, Instant) {
         let faults = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::rng();
-        let copies = if faults.drop > 0.0 && rng.random::<f64>() < faults.drop {
+        let faulty = faults.only_room.as_deref().is_none_or(|only| only == room);
+        let copies = if faulty && faults.drop > 0.0 && rng.random::<f64>() < faults.drop {
             0
-        } else if faults.duplicate > 0.0 && rng.random::<f64>() < faults.duplicate {
+        } else if faulty && faults.duplicate > 0.0 && rng.random::<f64>() < faults.duplicate {
             2
         } else {
             1

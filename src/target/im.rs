@@ -35,43 +35,92 @@ type Outbox = mpsc::UnboundedSender<Outgoing>;
 /// Members of one room: connection id -> (user, outbox).
 type Members = HashMap<u64, (Arc<str>, Outbox)>;
 
-/// Room name -> members (connection id -> user and outbox).
+/// One room: its members now, and what it has carried since it was first joined (kept
+/// when it empties, so a test can compare the target's books with the fleet's).
+#[derive(Default)]
+struct Room {
+    members: Members,
+    stats: Arc<RoomCounters>,
+}
+
+/// What one room has carried.
+#[derive(Default)]
+struct RoomCounters {
+    messages: AtomicU64,
+    deliveries: AtomicU64,
+    dropped: AtomicU64,
+    duplicated: AtomicU64,
+}
+
+/// One room as `GET /admin/rooms` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoomReport {
+    /// Connections in the room now.
+    pub members: usize,
+    /// Messages sent to it, and deliveries made, dropped and duplicated by faults.
+    pub messages: u64,
+    pub deliveries: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+}
+
+/// Room name -> the room.
 #[derive(Default)]
 pub struct Rooms {
-    rooms: Mutex<HashMap<String, Members>>,
+    rooms: Mutex<HashMap<String, Room>>,
     next_id: AtomicU64,
 }
 
 impl Rooms {
     fn join(&self, room: &str, conn: u64, user: Arc<str>, outbox: Outbox) -> usize {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let members = rooms.entry(room.to_string()).or_default();
+        let members = &mut rooms.entry(room.to_string()).or_default().members;
         members.insert(conn, (user, outbox));
         members.len()
     }
 
     fn leave(&self, room: &str, conn: u64) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(members) = rooms.get_mut(room) {
-            members.remove(&conn);
-            if members.is_empty() {
-                rooms.remove(room);
-            }
+        if let Some(room) = rooms.get_mut(room) {
+            room.members.remove(&conn);
         }
     }
 
-    /// The outboxes of every member of `room` but `except`.
-    fn others(&self, room: &str, except: u64) -> Vec<Outbox> {
+    /// The outboxes of every member of `room` but `except`, and the room's counters (with
+    /// this message counted).
+    fn others(&self, room: &str, except: u64) -> (Vec<Outbox>, Option<Arc<RoomCounters>>) {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(room) = rooms.get(room) else {
+            return (Vec::new(), None);
+        };
+        room.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let outboxes = room
+            .members
+            .iter()
+            .filter(|(id, _)| **id != except)
+            .map(|(_, (_, outbox))| outbox.clone())
+            .collect();
+        (outboxes, Some(Arc::clone(&room.stats)))
+    }
+
+    /// Every room ever joined, by name.
+    pub fn report(&self) -> std::collections::BTreeMap<String, RoomReport> {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         rooms
-            .get(room)
-            .map(|m| {
-                m.iter()
-                    .filter(|(id, _)| **id != except)
-                    .map(|(_, (_, outbox))| outbox.clone())
-                    .collect()
+            .iter()
+            .map(|(name, room)| {
+                let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let stats = &room.stats;
+                let report = RoomReport {
+                    members: room.members.len(),
+                    messages: count(&stats.messages),
+                    deliveries: count(&stats.deliveries),
+                    dropped: count(&stats.dropped),
+                    duplicated: count(&stats.duplicated),
+                };
+                (name.clone(), report)
             })
-            .unwrap_or_default()
+            .collect()
     }
 }
 
@@ -295,16 +344,29 @@ impl Connection {
         frame.insert("from".into(), user.into());
         let text = Utf8Bytes::from(Value::Object(frame).to_string());
         let metrics = &self.state.metrics;
-        for outbox in self.state.rooms.others(room, self.id) {
+        let (outboxes, stats) = self.state.rooms.others(room, self.id);
+        let count = |counter: fn(&RoomCounters) -> &AtomicU64| {
+            if let Some(stats) = &stats {
+                counter(stats).fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        for outbox in outboxes {
             let connections = self.state.metrics.connections.get();
-            let (copies, at) = self.state.faults.delivery(connections);
+            let (copies, at) = self.state.faults.delivery(connections, room);
             match copies {
-                0 => metrics.dropped.inc(),
-                2 => metrics.duplicated.inc(),
+                0 => {
+                    metrics.dropped.inc();
+                    count(|s| &s.dropped);
+                }
+                2 => {
+                    metrics.duplicated.inc();
+                    count(|s| &s.duplicated);
+                }
                 _ => {}
             }
             for _ in 0..copies {
                 metrics.deliveries.inc();
+                count(|s| &s.deliveries);
                 self.queue(&outbox, Message::Text(text.clone()), at, "deliver");
             }
         }

@@ -211,6 +211,7 @@ fn router(state: TargetState) -> Router {
     let admin = Router::new()
         .route("/admin/faults", get(get_faults).patch(patch_faults))
         .route("/admin/close-all", post(close_all))
+        .route("/admin/rooms", get(rooms))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             authorize_admin,
@@ -401,6 +402,11 @@ async fn patch_faults(
         }
         Err(message) => admin_error(message),
     }
+}
+
+/// Every room ever joined: its members now and what it carried.
+async fn rooms(State(state): State<TargetState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "rooms": state.rooms.report() }))
 }
 
 async fn close_all(State(state): State<TargetState>) -> Json<serde_json::Value> {

@@ -1,0 +1,205 @@
+//! User groups end to end against the reference target: several kinds of users in one fleet,
+//! each held, paced, measured and steered on its own, compared room by room with what the
+//! target says it saw.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use helpers::*;
+use serde_json::{Value, json};
+
+/// 60 lurkers (a share of 100) in rooms of 20 who never speak, 30 chatters in rooms of 5,
+/// 10 bots in rooms of 2; nobody sends until told.
+fn three_groups(target: &Target) -> String {
+    format!(
+        "target: {}\nusers: 100\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
+         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: 0s\n\
+         groups:\n\
+         \x20 - {{name: lurkers, share: 60%, scenario: {{extends: im, room_size: 20}}}}\n\
+         \x20 - {{name: chatters, users: 30, scenario: {{extends: im, room_size: 5}}}}\n\
+         \x20 - {{name: bots, users: 10, scenario: {{extends: im, room_size: 2}}}}\n",
+        target.ws_url()
+    )
+}
+
+/// The groups of a status, by name.
+fn groups(status: &Value) -> BTreeMap<String, Value> {
+    status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap().to_string(), g.clone()))
+        .collect()
+}
+
+async fn rooms(target: &Target) -> BTreeMap<String, Value> {
+    let rooms = get_json(&format!("http://{}/admin/rooms", target.addr)).await;
+    serde_json::from_value(rooms["rooms"].clone()).unwrap()
+}
+
+/// Waits until every group holds its desired users.
+async fn wait_groups_held(api: std::net::SocketAddr, want: &[(&str, i64)]) {
+    wait_for("every group to hold its users", 60, || async {
+        let groups = groups(&status(api).await);
+        want.iter().all(|(name, users)| {
+            groups[*name]["active"] == *users && groups[*name]["desired"] == *users
+        })
+    })
+    .await;
+}
+
+async fn sent_by_group(api: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    groups(&status(api).await)
+        .into_iter()
+        .map(|(name, g)| (name, g["messages"]["sent"].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_groups_are_held_paced_and_judged_apart_and_match_the_targets_rooms() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&three_groups(&target)).await;
+    let api = daemon.addr();
+    wait_groups_held(api, &[("lurkers", 60), ("chatters", 30), ("bots", 10)]).await;
+
+    // Room by room, the target holds what the groups' topology says.
+    let rooms_now = rooms(&target).await;
+    let mut expected = BTreeMap::new();
+    for (group, users, size) in [("lurkers", 60, 20), ("chatters", 30, 5), ("bots", 10, 2)] {
+        for room in 0..users / size {
+            expected.insert(format!("{group}-room-{room}"), size);
+        }
+    }
+    let seen: BTreeMap<String, i64> = rooms_now
+        .iter()
+        .map(|(name, room)| (name.clone(), room["members"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(seen, expected, "rooms as the target reports them");
+
+    // One group's change moves that group alone.
+    let status_before = groups(&status(api).await);
+    let response = patch_load(api, json!({"groups": {"bots": {"users": 4}}})).await;
+    assert_eq!(response.status(), 200);
+    wait_groups_held(api, &[("lurkers", 60), ("chatters", 30), ("bots", 4)]).await;
+    let scrape_now = scrape(api).await;
+    assert_eq!(
+        scrape_now.get(r#"wsfleet_disconnects_total{group="bots",reason="client_close"}"#),
+        6.0
+    );
+    // An unknown group is refused and changes nothing.
+    let unknown = patch_load(api, json!({"groups": {"trolls": {"users": 5}}})).await;
+    assert_eq!(unknown.status(), 422);
+    let body: Value = unknown.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("groups.trolls"),
+        "{body}"
+    );
+    assert_eq!(
+        groups(&status(api).await)["chatters"]["desired"],
+        status_before["chatters"]["desired"]
+    );
+
+    // Each group's own pace: the chatters every 200 ms, the bots every 50 ms.
+    let response = patch_load(
+        api,
+        json!({"groups": {"chatters": {"message_interval": "200ms"}, "bots": {"message_interval": "50ms"}}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    // Once every sender is under way, count ten seconds of it.
+    wait_for("every sending group under way", 30, || async {
+        let sent = sent_by_group(api).await;
+        sent["chatters"] >= 150.0 && sent["bots"] >= 80.0
+    })
+    .await;
+    let (before, from) = (sent_by_group(api).await, Instant::now());
+    wait_for("ten seconds of messages", 30, || async {
+        from.elapsed() >= Duration::from_secs(10)
+    })
+    .await;
+    let (after, span) = (sent_by_group(api).await, from.elapsed().as_secs_f64());
+    for (group, scheduled) in [("lurkers", 0.0), ("chatters", 150.0), ("bots", 80.0)] {
+        let rate = (after[group] - before[group]) / span;
+        assert!(
+            (rate - scheduled).abs() <= scheduled * 0.05,
+            "{group}: {rate:.1} messages/s, scheduled {scheduled}"
+        );
+    }
+
+    // The target drops half of one chatters room's deliveries, nothing elsewhere.
+    target
+        .faults(json!({"drop": 0.5, "only_room": "chatters-room-1"}))
+        .await;
+    wait_for("drops in that room", 30, || async {
+        rooms(&target).await["chatters-room-1"]["dropped"]
+            .as_u64()
+            .unwrap()
+            >= 100
+    })
+    .await;
+
+    // Stop the faults, settle the books: lost is exactly what the target dropped, and only
+    // in the chatters' books.
+    target.faults(json!({"drop": 0.0, "only_room": ""})).await;
+    // Nobody but the six bots ramped down ever left.
+    let disconnects: f64 = scrape(api)
+        .await
+        .0
+        .iter()
+        .filter(|(series, _)| series.starts_with("wsfleet_disconnects_total{"))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(disconnects, 6.0);
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.expect("drained").settled);
+    let rooms_end = rooms(&target).await;
+    let dropped: u64 = rooms_end
+        .values()
+        .map(|room| room["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        rooms_end["chatters-room-1"]["dropped"].as_u64().unwrap(),
+        dropped,
+        "only that room dropped"
+    );
+    let names = metrics.groups().to_vec();
+    let target_delivered: u64 = rooms_end
+        .iter()
+        .filter(|(name, _)| name.starts_with("chatters-"))
+        .map(|(_, room)| room["deliveries"].as_u64().unwrap())
+        .sum();
+    let target_messages: u64 = rooms_end
+        .iter()
+        .filter(|(name, _)| name.starts_with("chatters-"))
+        .map(|(_, room)| room["messages"].as_u64().unwrap())
+        .sum();
+    let chatters = metrics.message_counts_in(Some(1));
+    assert_eq!(
+        (chatters.sent, chatters.deliveries_received),
+        (target_messages, target_delivered),
+        "the chatters' books are the target's"
+    );
+    let lost: BTreeMap<&str, u64> = names
+        .iter()
+        .enumerate()
+        .map(|(g, name)| (name.as_str(), metrics.messages_lost.of(g).get()))
+        .collect();
+    assert_eq!(
+        lost,
+        BTreeMap::from([("lurkers", 0), ("chatters", dropped), ("bots", 0)])
+    );
+    for (g, name) in names.iter().enumerate() {
+        let counts = metrics.message_counts_in(Some(g));
+        assert_eq!(
+            counts.deliveries_received + counts.lost,
+            counts.deliveries_expected,
+            "{name}: every expected delivery arrived or is counted lost"
+        );
+        assert_eq!(counts.duplicated, 0, "{name}");
+    }
+}
