@@ -49,6 +49,8 @@ pub struct Context {
     pub scenario: Scenario,
     /// What the config tells every user (heartbeat, reconnect, timeouts, churn, ...).
     pub settings: Settings,
+    /// When this group's users began: the origin of their send-and-rest cycles.
+    pub epoch: tokio::time::Instant,
     /// Bound on one frame write; a server that stops reading must not freeze a user.
     pub write_timeout: Duration,
     pub ws_config: WebSocketConfig,
@@ -164,6 +166,7 @@ impl Context {
         }
         Context {
             group: index,
+            epoch: tokio::time::Instant::now(),
             shard,
             tls,
             target,

@@ -103,7 +103,8 @@ impl Config {
     }
 
     pub(super) fn from_raw(raw: serde_norway::Value, base_dir: &Path) -> Result<Plan, ConfigError> {
-        let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
+        let interval_given = raw.get("message_interval").is_some();
+        let mut config: Config = serde_path_to_error::deserialize(raw).map_err(|err| {
             let field = err.path().to_string();
             ConfigError::Syntax {
                 field: if field == "." {
@@ -114,6 +115,21 @@ impl Config {
                 message: one_line(&err.into_inner().to_string()),
             }
         })?;
+        // A schedule with times of its own (uniform, lognormal) says what the mean gap is.
+        if let Some(mean) = config.schedule.gaps.mean() {
+            let apart = config.message_interval.abs_diff(mean);
+            if interval_given && apart > Duration::from_millis(1) {
+                return Err(ConfigError::Invalid {
+                    field: "message_interval",
+                    problem: format!(
+                        "{} contradicts the schedule, whose mean gap is {}: leave message_interval out (it follows the schedule)",
+                        humantime::format_duration(config.message_interval),
+                        humantime::format_duration(mean)
+                    ),
+                });
+            }
+            config.message_interval = mean;
+        }
         let config = Config {
             base_dir: base_dir.to_path_buf(),
             limits: config.limits.clone().or_host_default(config.shard.count),
@@ -213,6 +229,7 @@ impl Config {
                 check_duration(field, value, zero, MAX_TIMEOUT, None)?;
             }
         }
+        self.check_schedule()?;
         if let Some(lifetime) = &self.lifetime {
             check_duration("lifetime.min", lifetime.min, ms, MAX_SPAN, None)?;
             check_duration("lifetime.max", lifetime.max, lifetime.min, MAX_SPAN, None)?;
@@ -245,6 +262,83 @@ impl Config {
             );
         }
         Ok(plan)
+    }
+}
+
+impl Config {
+    /// The schedule's times are ones a user can keep: gaps between 1 ms and an hour, bursts
+    /// within a run's span, a skew with a finite mean.
+    fn check_schedule(&self) -> Result<(), ConfigError> {
+        use crate::load::{MAX_INTERVAL, MIN_MESSAGE_INTERVAL};
+        use crate::session::settings::Gaps;
+        let schedule = &self.schedule;
+        let ordered = |field: &'static str, low: Duration, high: Duration, what: &str| {
+            if low <= high {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    problem: format!(
+                        "{what} ({}) must not be below {} ",
+                        humantime::format_duration(high),
+                        humantime::format_duration(low)
+                    )
+                    .trim_end()
+                    .to_string(),
+                })
+            }
+        };
+        match schedule.gaps {
+            Gaps::Uniform { min, max } => {
+                ordered("schedule.uniform.max", min, max, "max")?;
+                check_duration(
+                    "schedule.uniform.max",
+                    max,
+                    MIN_MESSAGE_INTERVAL,
+                    MAX_INTERVAL,
+                    None,
+                )?;
+            }
+            Gaps::Lognormal { median, p99 } => {
+                check_duration(
+                    "schedule.lognormal.median",
+                    median,
+                    MIN_MESSAGE_INTERVAL,
+                    MAX_INTERVAL,
+                    None,
+                )?;
+                ordered("schedule.lognormal.p99", median, p99, "p99")?;
+                check_duration("schedule.lognormal.p99", p99, median, MAX_SPAN, None)?;
+            }
+            Gaps::Fixed | Gaps::Exponential => {}
+        }
+        if let Some(bursts) = schedule.bursts {
+            check_duration(
+                "schedule.bursts.on",
+                bursts.on,
+                MIN_MESSAGE_INTERVAL,
+                MAX_SPAN,
+                None,
+            )?;
+            check_duration(
+                "schedule.bursts.off",
+                bursts.off,
+                Duration::ZERO,
+                MAX_SPAN,
+                None,
+            )?;
+        }
+        if let Some(skew) = schedule.skew
+            && !(skew.is_finite() && skew > 1.0 && skew <= 10.0)
+        {
+            return Err(ConfigError::Invalid {
+                field: "schedule.skew",
+                problem: format!(
+                    "must be a Pareto shape above 1 (a finite mean) and at most 10, got {skew}; 1.16 gives the 80/20 split"
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -122,6 +122,13 @@ impl Config {
                 }
             }
             let mut own = Value::Mapping(fleet.clone());
+            // A group's own schedule brings its own mean gap, unless it sets the interval too.
+            if spec.fields.contains_key("schedule")
+                && !spec.fields.contains_key("message_interval")
+                && let Value::Mapping(fields) = &mut own
+            {
+                fields.remove("message_interval");
+            }
             merge(&mut own, Value::Mapping(spec.fields.clone()));
             let plan = Config::from_raw(own, &self.base_dir).map_err(in_group)?;
             let group = plan.groups.into_iter().next().expect("one group");
@@ -151,7 +158,10 @@ impl Config {
                     share: spec.share,
                     overrides: LoadPatch {
                         users: spec.users,
-                        message_interval: set("message_interval").then_some(own.message_interval),
+                        // A schedule with times of its own brings its own mean gap.
+                        message_interval: (set("message_interval")
+                            || plan.config.schedule.gaps.mean().is_some())
+                        .then_some(own.message_interval),
                         payload_size: set("payload_size").then_some(own.payload_size),
                         heartbeat_interval: set("heartbeat").then_some(own.heartbeat_interval),
                         room_size: set("scenario").then_some(own.room_size),
@@ -242,6 +252,16 @@ mod tests {
             .map(|i| format!("{{name: g{i}, users: 1}}"))
             .collect();
         assert!(refused(&format!("groups: [{}]", many.join(", "))).contains("at most 16"));
+    }
+
+    #[test]
+    fn a_group_with_its_own_schedule_has_its_own_mean_gap() {
+        let plan = Config::read_text(
+            "message_interval: 5s\ngroups:\n  - {name: people, users: 10, schedule: {uniform: {min: 1s, max: 3s}}}\n  - {name: bots, users: 1}\n",
+        )
+        .expect("valid");
+        assert_eq!(plan.load.group(0).message_interval, Duration::from_secs(2));
+        assert_eq!(plan.load.group(1).message_interval, Duration::from_secs(5));
     }
 
     #[test]

@@ -544,6 +544,52 @@ mod tests {
     }
 
     #[test]
+    fn schedules_with_times_of_their_own_set_the_mean_gap() {
+        let config = Config::parse("schedule: {lognormal: {median: 2s, p99: 30s}}").expect("valid");
+        let mean = config.message_interval.as_secs_f64();
+        // median * exp(sigma^2 / 2), sigma = ln(15) / z(0.99)
+        let sigma = 15f64.ln() / 2.326_347_874;
+        assert!(
+            (mean - 2.0 * (sigma * sigma / 2.0).exp()).abs() < 1e-6,
+            "{mean}"
+        );
+        assert_eq!(
+            Config::parse(&config.to_yaml()).expect("round trip"),
+            config
+        );
+        let long = Config::parse(
+            "schedule: {gaps: {uniform: {min: 1s, max: 3s}}, bursts: {on: 10s, off: 1m}, skew: 1.16}",
+        )
+        .expect("valid");
+        assert_eq!(long.message_interval, Duration::from_secs(2));
+        assert_eq!(Config::parse(&long.to_yaml()).expect("round trip"), long);
+        for (yaml, field) in [
+            (
+                "message_interval: 1s\nschedule: {uniform: {min: 1s, max: 5s}}",
+                "`message_interval`",
+            ),
+            (
+                "schedule: {uniform: {min: 3s, max: 1s}}",
+                "`schedule.uniform.max`",
+            ),
+            (
+                "schedule: {lognormal: {median: 2s, p99: 1s}}",
+                "`schedule.lognormal.p99`",
+            ),
+            ("schedule: {gaps: fixed, skew: 0.5}", "`schedule.skew`"),
+            (
+                "schedule: {gaps: fixed, bursts: {on: 0s, off: 1s}}",
+                "`schedule.bursts.on`",
+            ),
+            ("schedule: {gaps: sometimes}", "`schedule`"),
+            ("schedule: {gaps: fixed, often: 1}", "often"),
+        ] {
+            let err = field_of(yaml);
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let config =
             Config::parse("target: wss://chat.example.test/ws\nusers: 7\n").expect("valid config");

@@ -292,10 +292,12 @@ impl Conversation {
         }
         while self.due.sends_left > 0 {
             self.due.sends_left -= 1;
-            let Some(scheduled) = self
-                .timers
-                .send_due(self.due.at, self.ctx.settings.schedule)
-            else {
+            let Some(scheduled) = self.timers.send_due(
+                self.due.at,
+                &self.ctx.settings.schedule,
+                self.identity.user,
+                self.ctx.epoch,
+            ) else {
                 break;
             };
             if let Some(message) = self.message(scheduled)? {
@@ -695,19 +697,23 @@ impl Timers {
         true
     }
 
-    /// If a message is due, returns its *scheduled* time and schedules the next one. The
+    /// If a message is due, returns its *scheduled* time and schedules the next one, the gap
+    /// drawn from `schedule` for user `user` (whose bursts are phased from `epoch`). The
     /// schedule never slips: a late user sends its backlog back to back, each message stamped
     /// with the time it should have left (no coordinated omission).
-    fn send_due(&mut self, now: Instant, schedule: Schedule) -> Option<Instant> {
+    fn send_due(
+        &mut self,
+        now: Instant,
+        schedule: &Schedule,
+        user: u32,
+        epoch: Instant,
+    ) -> Option<Instant> {
         let due = self.next_send.filter(|&t| now >= t)?;
-        let gap = match schedule {
-            Schedule::Fixed => self.message_interval,
-            // Exponential gaps with the interval as mean: Poisson arrivals.
-            Schedule::Poisson => self
-                .message_interval
-                .mul_f64(-(1.0 - rand::rng().random::<f64>()).ln()),
-        };
-        self.next_send = Some(clock::later(due, gap));
+        let unit = schedule.gaps.sample_unit(&mut rand::rng()) / schedule.rate_factor(user);
+        // Bounded so that no draw, however far in a tail, overflows a duration.
+        let gap = self.message_interval.mul_f64(unit.clamp(0.0, 1e6));
+        let next = clock::later(due, gap);
+        self.next_send = Some(schedule.resting_until(user, epoch, next).unwrap_or(next));
         Some(due)
     }
 
@@ -774,7 +780,8 @@ mod tests {
         let mut t = timers(Duration::from_millis(100), Some(first));
         // Wake up 350 ms late: four messages are due, each stamped with its own slot.
         let now = first + Duration::from_millis(350);
-        let sent: Vec<_> = std::iter::from_fn(|| t.send_due(now, Schedule::Fixed)).collect();
+        let fixed = Schedule::default();
+        let sent: Vec<_> = std::iter::from_fn(|| t.send_due(now, &fixed, 0, first)).collect();
         let expected: Vec<_> = (0..4)
             .map(|i| first + Duration::from_millis(100 * i))
             .collect();
@@ -786,13 +793,107 @@ mod tests {
         let start = Instant::now();
         let mut t = timers(Duration::from_millis(100), Some(start));
         let far = start + Duration::from_secs(100_000);
+        let poisson = Schedule {
+            gaps: super::super::settings::Gaps::Exponential,
+            ..Schedule::default()
+        };
         let n = 20_000;
         let mut last = start;
         for _ in 0..n {
-            last = t.send_due(far, Schedule::Poisson).expect("due");
+            last = t.send_due(far, &poisson, 0, start).expect("due");
         }
         let mean = (last - start).as_secs_f64() / f64::from(n - 1);
         assert!((mean - 0.1).abs() < 0.005, "mean gap {mean}");
+    }
+
+    /// The gaps `schedule` gives a user whose mean gap is `interval`: `n` of them.
+    fn gaps_of(schedule: &Schedule, interval: Duration, user: u32, n: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut t = timers(interval, Some(start));
+        let far = start + Duration::from_secs(10_000_000);
+        let sends: Vec<Instant> = (0..=n)
+            .map(|_| t.send_due(far, schedule, user, start).expect("due"))
+            .collect();
+        sends.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn schedule(yaml: &str) -> Schedule {
+        serde_norway::from_str(yaml).expect("a schedule")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lognormal_and_uniform_gaps_have_their_shape_and_the_interval_as_mean() {
+        use super::super::settings::Gaps;
+        let lognormal = schedule("{lognormal: {median: 2s, p99: 30s}}");
+        let mean = lognormal.gaps.mean().expect("a mean of its own");
+        let mut gaps = gaps_of(&lognormal, mean, 0, 40_000);
+        gaps.sort();
+        let at = |q: f64| gaps[(q * gaps.len() as f64) as usize].as_secs_f64();
+        // Quantiles of 40,000 draws: within a few per cent of the distribution's own.
+        assert!((at(0.5) - 2.0).abs() < 0.1, "median {}", at(0.5));
+        assert!((at(0.99) - 30.0).abs() < 3.0, "p99 {}", at(0.99));
+        let average = gaps.iter().sum::<Duration>().as_secs_f64() / gaps.len() as f64;
+        assert!(
+            (average - mean.as_secs_f64()).abs() < mean.as_secs_f64() * 0.05,
+            "mean {average} against {mean:?}"
+        );
+        // A live interval twice the mean stretches every gap: same shape, half the rate.
+        let doubled = gaps_of(&lognormal, mean * 2, 0, 40_000);
+        let average = doubled.iter().sum::<Duration>().as_secs_f64() / doubled.len() as f64;
+        assert!(
+            (average / mean.as_secs_f64() - 2.0).abs() < 0.1,
+            "{average}"
+        );
+        let uniform = schedule("{uniform: {min: 100ms, max: 300ms}}");
+        assert!(matches!(uniform.gaps, Gaps::Uniform { .. }));
+        let gaps = gaps_of(&uniform, Duration::from_millis(200), 0, 10_000);
+        assert!(
+            gaps.iter()
+                .all(|g| (Duration::from_millis(100)..=Duration::from_millis(300)).contains(g))
+        );
+        let average = gaps.iter().sum::<Duration>().as_secs_f64() / gaps.len() as f64;
+        assert!((average - 0.2).abs() < 0.005, "{average}");
+    }
+
+    #[test]
+    fn a_skewed_group_keeps_its_rate_while_a_few_users_send_most() {
+        let even = schedule("{gaps: fixed, skew: 3}");
+        let n = 100_000u32;
+        let mean = (0..n).map(|u| even.rate_factor(u)).sum::<f64>() / f64::from(n);
+        assert!((mean - 1.0).abs() < 0.02, "mean rate factor {mean}");
+        assert_eq!(even.rate_factor(7), even.rate_factor(7), "fixed per user");
+        let pareto = schedule("{gaps: poisson, skew: 1.16}");
+        let mut rates: Vec<f64> = (0..n).map(|u| pareto.rate_factor(u)).collect();
+        rates.sort_by(|a, b| b.total_cmp(a));
+        let top: f64 = rates[..n as usize / 5].iter().sum();
+        let share = top / rates.iter().sum::<f64>();
+        assert!(
+            share > 0.6,
+            "the top fifth sends {share:.2} of the messages"
+        );
+        assert_eq!(Schedule::default().rate_factor(3), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_send_only_in_their_on_periods() {
+        let bursty = schedule("{gaps: fixed, bursts: {on: 1s, off: 4s}}");
+        let start = Instant::now();
+        let interval = Duration::from_millis(100);
+        let mut t = timers(interval, Some(start));
+        let far = start + Duration::from_secs(100_000);
+        let sends: Vec<Instant> = (0..1000)
+            .map(|_| t.send_due(far, &bursty, 5, start).expect("due"))
+            .collect();
+        for (i, at) in sends.iter().enumerate().skip(1) {
+            assert_eq!(
+                bursty.resting_until(5, start, *at),
+                None,
+                "send {i} in a rest"
+            );
+        }
+        // Ten per one-second burst, one burst every five seconds: 1000 sends span ~100 cycles.
+        let span = (sends[999] - sends[0]).as_secs_f64();
+        assert!((span - 500.0).abs() < 10.0, "{span}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,13 +70,285 @@ impl TlsConfig {
     }
 }
 
-/// How each user spaces its messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
+/// How each user spaces its messages: the shape of the gaps (whose mean is the live
+/// `message_interval`), optional bursts, and how unevenly users share the sending.
+///
+/// In YAML: `fixed`, `poisson` (or `exponential`), `{uniform: {min, max}}` or
+/// `{lognormal: {median, p99}}`, or the long form `{gaps: ..., bursts: {on, off}, skew: 1.2}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Schedule {
+    pub gaps: Gaps,
+    /// Users send only during `on` periods, then stay silent for `off` (each user at its
+    /// own phase).
+    pub bursts: Option<Bursts>,
+    /// Users do not all send at the same rate: each user's rate is the group's times a factor
+    /// drawn once per user from a Pareto distribution of this shape (mean 1; 1.16 is the
+    /// "80/20" split), so the group's total rate stays what `message_interval` says.
+    pub skew: Option<f64>,
+}
+
+/// The distribution of the gap between two messages of one user.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Gaps {
+    /// Exactly `message_interval`.
     #[default]
     Fixed,
-    Poisson,
+    /// Exponential with mean `message_interval`: Poisson arrivals.
+    Exponential,
+    /// Uniform between `min` and `max`.
+    Uniform { min: Duration, max: Duration },
+    /// Log-normal with this median and 99th percentile: most gaps short, a long tail.
+    Lognormal { median: Duration, p99: Duration },
+}
+
+/// Send-and-rest cycles of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bursts {
+    #[serde(with = "humantime_serde")]
+    pub on: Duration,
+    #[serde(with = "humantime_serde")]
+    pub off: Duration,
+}
+
+/// The 99th percentile of the standard normal distribution.
+const Z99: f64 = 2.326_347_874;
+
+impl Gaps {
+    /// The mean gap a schedule with times of its own implies (`uniform`, `lognormal`):
+    /// what `message_interval` is for it. `None` for the shapes that take the interval as
+    /// given.
+    pub fn mean(&self) -> Option<Duration> {
+        match *self {
+            Gaps::Fixed | Gaps::Exponential => None,
+            Gaps::Uniform { min, max } => Some((min + max) / 2),
+            Gaps::Lognormal { median, p99 } => {
+                let sigma = lognormal_sigma(median, p99);
+                Some(median.mul_f64((sigma * sigma / 2.0).exp()))
+            }
+        }
+    }
+
+    /// One gap, as a multiple of the mean gap (the samples average 1).
+    pub fn sample_unit(&self, rng: &mut impl rand::Rng) -> f64 {
+        use rand_distr::Distribution;
+        match *self {
+            Gaps::Fixed => 1.0,
+            Gaps::Exponential => rand_distr::Exp1.sample(rng),
+            Gaps::Uniform { min, max } => {
+                let (min, max) = (min.as_secs_f64(), max.as_secs_f64());
+                let mean = (min + max) / 2.0;
+                if mean <= 0.0 {
+                    return 1.0;
+                }
+                (min + (max - min) * rand::RngExt::random::<f64>(rng)) / mean
+            }
+            Gaps::Lognormal { median, p99 } => {
+                let sigma = lognormal_sigma(median, p99);
+                // exp(sigma * Z) / exp(sigma^2 / 2): the median's factor cancels in the ratio.
+                let z: f64 = rand_distr::StandardNormal.sample(rng);
+                (sigma * z - sigma * sigma / 2.0).exp()
+            }
+        }
+    }
+}
+
+/// The log-normal's sigma from its median and 99th percentile.
+fn lognormal_sigma(median: Duration, p99: Duration) -> f64 {
+    let (median, p99) = (median.as_secs_f64(), p99.as_secs_f64());
+    if median <= 0.0 || p99 <= median {
+        0.0
+    } else {
+        (p99 / median).ln() / Z99
+    }
+}
+
+impl Schedule {
+    /// The factor by which user `user`'s rate differs from the group's: 1 without `skew`;
+    /// with it, a Pareto draw of mean 1 fixed by the user's number (the same user keeps its
+    /// rate across reconnects), capped at 1000.
+    pub fn rate_factor(&self, user: u32) -> f64 {
+        let Some(shape) = self.skew else {
+            return 1.0;
+        };
+        let scale = (shape - 1.0) / shape;
+        (scale / self.user_fraction(user).powf(1.0 / shape)).min(1000.0)
+    }
+
+    /// A number in (0, 1) fixed by the user's number (splitmix64 of it): the same user draws
+    /// the same rate and burst phase on every connection.
+    pub fn user_fraction(&self, user: u32) -> f64 {
+        let mut x = u64::from(user).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Whether `at` falls in a silent period of user `user`, whose cycles run from `epoch`
+    /// at its own phase (so a group's users do not all burst together); if so, when its next
+    /// `on` period starts.
+    pub fn resting_until(
+        &self,
+        user: u32,
+        epoch: tokio::time::Instant,
+        at: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        let bursts = self.bursts?;
+        let cycle = bursts.on + bursts.off;
+        if bursts.off.is_zero() || cycle.is_zero() {
+            return None;
+        }
+        // Another draw than the user's rate: phase and rate are independent.
+        let phase = cycle.mul_f64(self.user_fraction(user.rotate_left(16) ^ 0x5bd1_e995));
+        let since = at.saturating_duration_since(epoch) + phase;
+        let into = since.as_nanos() % cycle.as_nanos();
+        let into = Duration::from_nanos(u64::try_from(into).unwrap_or(u64::MAX));
+        (into >= bursts.on).then(|| crate::clock::later(at, cycle - into))
+    }
+}
+
+/// How `schedule:` is written: a name, one distribution (`{uniform: {min, max}}`), or the
+/// long form. Written by hand rather than as serde enums, which YAML would want tagged.
+mod form {
+    use super::*;
+    use serde::de::Error as _;
+    use serde_norway::{Mapping, Value};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct UniformForm {
+        #[serde(with = "humantime_serde")]
+        min: Duration,
+        #[serde(with = "humantime_serde")]
+        max: Duration,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LognormalForm {
+        #[serde(with = "humantime_serde")]
+        median: Duration,
+        #[serde(with = "humantime_serde")]
+        p99: Duration,
+    }
+
+    const EXPECTED: &str = "expected fixed, poisson, exponential, {uniform: {min, max}}, {lognormal: {median, p99}} or {gaps, bursts, skew}";
+
+    fn inner<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+        serde_norway::from_value(value).map_err(|e| e.to_string())
+    }
+
+    fn gaps_of(value: Value) -> Result<Gaps, String> {
+        match value {
+            Value::String(name) => match name.as_str() {
+                "fixed" => Ok(Gaps::Fixed),
+                "poisson" | "exponential" => Ok(Gaps::Exponential),
+                other => Err(format!("{EXPECTED}, got `{other}`")),
+            },
+            Value::Mapping(map) if map.len() == 1 => {
+                let (key, value) = map.into_iter().next().expect("one entry");
+                match key.as_str() {
+                    Some("uniform") => {
+                        inner(value).map(|UniformForm { min, max }| Gaps::Uniform { min, max })
+                    }
+                    Some("lognormal") => inner(value)
+                        .map(|LognormalForm { median, p99 }| Gaps::Lognormal { median, p99 }),
+                    _ => Err(format!("{EXPECTED}, got `{}`", key.as_str().unwrap_or("?"))),
+                }
+            }
+            _ => Err(EXPECTED.into()),
+        }
+    }
+
+    fn value_of(gaps: Gaps) -> Value {
+        let one = |name: &str, inner: Result<Value, serde_norway::Error>| {
+            let mut map = Mapping::new();
+            map.insert(name.into(), inner.unwrap_or_default());
+            Value::Mapping(map)
+        };
+        match gaps {
+            Gaps::Fixed => "fixed".into(),
+            Gaps::Exponential => "poisson".into(),
+            Gaps::Uniform { min, max } => {
+                one("uniform", serde_norway::to_value(UniformForm { min, max }))
+            }
+            Gaps::Lognormal { median, p99 } => one(
+                "lognormal",
+                serde_norway::to_value(LognormalForm { median, p99 }),
+            ),
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Schedule {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Schedule, D::Error> {
+            let value = Value::deserialize(d)?;
+            let Value::Mapping(mut map) = value else {
+                return gaps_of(value).map(Schedule::from).map_err(D::Error::custom);
+            };
+            if !["gaps", "bursts", "skew"]
+                .iter()
+                .any(|k| map.contains_key(*k))
+            {
+                return gaps_of(Value::Mapping(map))
+                    .map(Schedule::from)
+                    .map_err(D::Error::custom);
+            }
+            let gaps = match map.remove("gaps") {
+                Some(gaps) => gaps_of(gaps).map_err(D::Error::custom)?,
+                None => Gaps::Fixed,
+            };
+            let bursts = map
+                .remove("bursts")
+                .map(|b| {
+                    serde_norway::from_value(b)
+                        .map_err(|e| D::Error::custom(format!("bursts: {e}")))
+                })
+                .transpose()?;
+            let skew = map
+                .remove("skew")
+                .map(|s| {
+                    serde_norway::from_value(s).map_err(|e| D::Error::custom(format!("skew: {e}")))
+                })
+                .transpose()?;
+            if let Some(key) = map.keys().next() {
+                return Err(D::Error::custom(format!(
+                    "unknown field `{}`, expected gaps, bursts or skew",
+                    key.as_str().unwrap_or("?")
+                )));
+            }
+            Ok(Schedule { gaps, bursts, skew })
+        }
+    }
+
+    impl From<Gaps> for Schedule {
+        fn from(gaps: Gaps) -> Schedule {
+            Schedule {
+                gaps,
+                ..Schedule::default()
+            }
+        }
+    }
+
+    impl Serialize for Schedule {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.bursts.is_none() && self.skew.is_none() {
+                return value_of(self.gaps).serialize(s);
+            }
+            let mut map = Mapping::new();
+            map.insert("gaps".into(), value_of(self.gaps));
+            if let Some(bursts) = self.bursts {
+                map.insert(
+                    "bursts".into(),
+                    serde_norway::to_value(bursts).unwrap_or_default(),
+                );
+            }
+            if let Some(skew) = self.skew {
+                map.insert("skew".into(), skew.into());
+            }
+            Value::Mapping(map).serialize(s)
+        }
+    }
 }
 
 /// Bounds of a connection's lifetime under churn.
