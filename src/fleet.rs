@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::arrivals::ArrivalClock;
 use crate::clock;
 use crate::groups::{FleetDesired, FleetLoad};
 use crate::load::{Desired, Limits, LoadError, LoadPatch};
@@ -249,31 +250,63 @@ struct Group {
     /// What this group's users are told: their part of the fleet's desired state.
     desired: watch::Sender<Desired>,
     users: Vec<Member>,
+    /// A group of open arrivals: its users come and go on this clock, up to its desired
+    /// count, instead of being held at it.
+    arrivals: Option<Visits>,
+}
+
+/// The users of an open-arrival group: who is present, whose number is free again.
+struct Visits {
+    clock: ArrivalClock,
+    present: usize,
+    /// Numbers of users who left, oldest first: the next arrivals take them.
+    vacant: std::collections::VecDeque<u32>,
 }
 
 impl Group {
-    /// This instance's share of the group's desired users.
+    fn new(ctx: Arc<Context>, desired: Desired) -> Group {
+        let arrivals = ctx.settings.arrivals.map(|spec| Visits {
+            clock: ArrivalClock::new(spec, ctx.shard.rate(spec.rate), Instant::now()),
+            present: 0,
+            vacant: std::collections::VecDeque::new(),
+        });
+        Group {
+            ctx,
+            desired: watch::Sender::new(desired),
+            users: Vec::new(),
+            arrivals,
+        }
+    }
+
+    /// This instance's share of the group's desired users (of an open-arrival group: the
+    /// most that may be present at once).
     fn desired_users(&self) -> usize {
         self.ctx.local_users(&self.desired.borrow().load) as usize
     }
 
-    /// Users still to be spawned: below the desired count while users may connect.
+    /// Users still to be spawned: below the desired count while users may connect (users of
+    /// open arrivals come on their own clock).
     fn unspawned(&self) -> usize {
-        if self.desired.borrow().may_connect() {
+        if self.desired.borrow().may_connect() && self.arrivals.is_none() {
             self.desired_users().saturating_sub(self.users.len())
         } else {
             0
         }
     }
 
+    /// Held users above the desired count (present users of open arrivals above it leave in
+    /// their own time: no one arrives until they have).
     fn has_excess(&self) -> bool {
-        self.users.len() > self.desired_users()
+        self.arrivals.is_none() && self.users.len() > self.desired_users()
     }
 
     /// Users above the desired count that hold no connection (waiting for a permit, in
     /// backoff, mid-handshake) end now: a ramp-down must not wait for them, nor let them
     /// connect first.
     fn end_unconnected_surplus(&mut self) {
+        if self.arrivals.is_some() {
+            return;
+        }
         let desired = self.desired_users();
         for member in &self.users[desired.min(self.users.len())..] {
             if !member.slot.connected() {
@@ -339,11 +372,7 @@ impl Fleet {
         let groups: Vec<Group> = contexts
             .into_iter()
             .enumerate()
-            .map(|(index, ctx)| Group {
-                ctx,
-                desired: watch::Sender::new(desired.group(index)),
-                users: Vec::new(),
-            })
+            .map(|(index, ctx)| Group::new(ctx, desired.group(index)))
             .collect();
         let (desired_tx, desired_rx) = watch::channel(desired);
         let (commands, inbox) = mpsc::channel(64);
@@ -399,6 +428,7 @@ impl Fleet {
             };
             let excess = self.groups.iter().any(Group::has_excess);
             let profile_at = self.profile.as_ref().map(Running::next_at);
+            let visits_at = self.next_visit();
             let drain_deadline = self.drain.as_ref().map(|d| d.deadline);
             self.seek_admission();
             let admitting = self.admission.is_some();
@@ -416,6 +446,9 @@ impl Fleet {
                 _ = ramp_down.tick(), if excess && !paused && !draining => self.close_some(),
                 _ = sleep_until(profile_at.unwrap_or_else(Instant::now)), if profile_at.is_some() => {
                     self.follow_profile();
+                }
+                _ = sleep_until(visits_at.unwrap_or_else(Instant::now)), if visits_at.is_some() => {
+                    self.follow_visits();
                 }
                 changed = self.saturated.changed(), if health_open => match changed {
                     Ok(()) => {
@@ -600,8 +633,13 @@ impl Fleet {
             if paused { "paused" } else { "resumed" }.into(),
         );
         self.publish(FleetDesired { paused, ..current });
-        // A ramp-down resumes from now, without a burst for the time spent paused.
-        self.last_close = Instant::now();
+        // A ramp-down resumes from now, without a burst for the time spent paused; so do
+        // arrivals.
+        let now = Instant::now();
+        self.last_close = now;
+        for visits in self.groups.iter_mut().filter_map(|g| g.arrivals.as_mut()) {
+            visits.clock.skip_to(now);
+        }
     }
 
     /// Sends the new desired state; each group's users only wake if something they use
@@ -723,6 +761,79 @@ impl Fleet {
         Some(status)
     }
 
+    /// When an open-arrival group next has an arrival or a departure due, while users may
+    /// come and go (not paused or draining).
+    fn next_visit(&self) -> Option<Instant> {
+        let desired = self.desired.borrow();
+        if desired.paused || desired.draining {
+            return None;
+        }
+        self.groups
+            .iter()
+            .filter_map(|g| g.arrivals.as_ref().map(|v| v.clock.next_event()))
+            .min()
+    }
+
+    /// Ends the stays that are over and lets in the users who arrived, up to each group's
+    /// desired count; arrivals while the generator may not connect are turned away (counted).
+    fn follow_visits(&mut self) {
+        let now = Instant::now();
+        let may_connect = self.desired.borrow().may_connect();
+        for index in 0..self.groups.len() {
+            let cap = self.groups[index].desired_users();
+            let meter = Arc::clone(&self.groups[index].ctx);
+            let meter = meter.meter();
+            let group = &mut self.groups[index];
+            let Some(visits) = group.arrivals.as_mut() else {
+                continue;
+            };
+            for id in visits.clock.departures_due(now) {
+                if let Some(member) = group.users.get(id as usize) {
+                    member.cancel.cancel();
+                }
+                visits.present = visits.present.saturating_sub(1);
+                visits.vacant.push_back(id);
+                meter.departures().inc();
+            }
+            let mut admitted = Vec::new();
+            let mut next_new = group.users.len() as u32;
+            for _ in 0..visits.clock.arrivals_due(now) {
+                if !may_connect || visits.present >= cap {
+                    meter.arrivals_turned_away().inc();
+                    continue;
+                }
+                // The oldest vacant number whose last user has finished, else a new one.
+                let reusable = visits
+                    .vacant
+                    .front()
+                    .copied()
+                    .filter(|&id| !group.users[id as usize].slot.running());
+                let id = match reusable {
+                    Some(id) => {
+                        visits.vacant.pop_front();
+                        id
+                    }
+                    None => {
+                        next_new += 1;
+                        next_new - 1
+                    }
+                };
+                visits.clock.arrived(id, now);
+                visits.present += 1;
+                meter.arrivals().inc();
+                admitted.push(id);
+            }
+            for id in admitted {
+                let member = self.spawn_user(index, id, false);
+                let users = &mut self.groups[index].users;
+                match users.get_mut(id as usize) {
+                    Some(slot) => *slot = member,
+                    None => users.push(member),
+                }
+            }
+        }
+    }
+
     /// Users still to be spawned, in every group.
     fn unspawned(&self) -> usize {
         self.groups.iter().map(Group::unspawned).sum()
@@ -775,6 +886,10 @@ impl Fleet {
         }
         let mut surplus = false;
         for index in 0..self.groups.len() {
+            // Users of open arrivals who left are gone for good.
+            if self.groups[index].arrivals.is_some() {
+                continue;
+            }
             let desired = self.groups[index].desired_users();
             // Users ended while waiting by a ramp-down that was then undone come back.
             for id in 0..self.groups[index].users.len().min(desired) {
@@ -807,6 +922,7 @@ impl Fleet {
         );
         user.admitted = admitted;
         let slot = Arc::clone(&user.slot);
+        slot.set_running(true);
         self.tracker.spawn_on(user.run(), self.runtimes.next());
         Member { cancel, slot }
     }
@@ -895,9 +1011,8 @@ mod tests {
             .collect();
         Fleet {
             groups: vec![Group {
-                ctx,
-                desired: watch::Sender::new(desired.group(0)),
                 users,
+                ..Group::new(ctx, desired.group(0))
             }],
             desired: watch::Sender::new(desired),
             limits: Limits::default(),

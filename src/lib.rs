@@ -23,7 +23,8 @@
 //! - [`scenario`]: what users say and expect, as data: templates, matchers, sequence tracking.
 //! - [`session`]: one simulated user — connect, log in, heartbeat, send, receive, reconnect —
 //!   with the settings it owns ([`session::settings`]: heartbeat, reconnect, churn, TLS).
-//! - [`profile`]: load shapes over time; [`fleet`]: the supervisor actor that holds the number
+//! - [`profile`]: load shapes over time; [`arrivals`]: a group's open-arrival clock;
+//!   [`fleet`]: the supervisor actor that holds the number
 //!   of users at the desired count; [`capacity`]: the search for the most load the server
 //!   holds within its SLA; [`progress`]: the periodic log line.
 //! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
@@ -36,6 +37,7 @@
 //!   shutdown.
 
 pub mod api;
+pub(crate) mod arrivals;
 pub(crate) mod bearer;
 pub mod capacity;
 pub mod cli;

@@ -62,6 +62,8 @@ pub struct Slot {
     sent: AtomicU64,
     /// Connected and logged in: closing it is a ramp-down step; otherwise it goes at once.
     connected: AtomicBool,
+    /// A task runs this user: its number may not go to another arrival until it ends.
+    running: AtomicBool,
 }
 
 impl Slot {
@@ -91,6 +93,7 @@ impl Slot {
             issued: AtomicU64::new(issued),
             sent: AtomicU64::new(sent),
             connected: AtomicBool::new(false),
+            running: AtomicBool::new(false),
         })
     }
 
@@ -100,6 +103,15 @@ impl Slot {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Release);
+    }
+
+    /// Whether a task still runs this user.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 }
 
@@ -134,6 +146,18 @@ impl Roster {
         users
             .map(|user| slots.get(user as usize).map_or(0, |slot| slot.sent()))
             .collect()
+    }
+
+    /// How many of `users` are connected now.
+    pub fn connected_in(&self, users: std::ops::Range<u32>) -> usize {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        users
+            .filter(|&user| {
+                slots
+                    .get(user as usize)
+                    .is_some_and(|slot| slot.connected())
+            })
+            .count()
     }
 
     /// The slots of `users`, created if new (a room's members, for its receivers' books).

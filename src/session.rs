@@ -268,8 +268,15 @@ impl User {
         }
     }
 
-    /// Keeps this user connected until its token is cancelled or the fleet drains.
-    pub async fn run(mut self) {
+    /// Keeps this user connected until its token is cancelled or the fleet drains; then
+    /// its slot says no task runs it any more (the supervisor said one did when it spawned it).
+    pub async fn run(self) {
+        let slot = Arc::clone(&self.slot);
+        self.hold().await;
+        slot.set_running(false);
+    }
+
+    async fn hold(mut self) {
         let mut failures: u32 = 0;
         let mut retry_after = None;
         while self.admit().await {

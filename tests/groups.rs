@@ -203,3 +203,57 @@ async fn three_groups_are_held_paced_and_judged_apart_and_match_the_targets_room
         assert_eq!(counts.duplicated, 0, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_arrivals_settle_at_rate_times_mean_stay() {
+    let target = Target::start().await;
+    // 100 arrivals a second staying ~1.79 s on average (median 1.5 s, p99 6 s): ~179 there.
+    let yaml = format!(
+        "target: {}\nusers: 1000\nconnect_rate: 2000\nmessage_interval: 0s\nstatus_window: 1s\n\
+         arrivals: {{rate: 100, stay: {{lognormal: {{median: 1500ms, p99: 6s}}}}}}\n",
+        target.ws_url()
+    );
+    let sigma = 4f64.ln() / 2.326_347_874;
+    let expected = 100.0 * 1.5 * (sigma * sigma / 2.0).exp();
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    // Past a few stays (the tail included), the population is in its steady state.
+    wait_for("ten seconds of arrivals", 60, || async {
+        scrape(api).await.get("wsfleet_arrivals_total") >= 1000.0
+    })
+    .await;
+    let mut samples = Vec::new();
+    let from = Instant::now();
+    while from.elapsed() < Duration::from_secs(8) {
+        samples.push(scrape(api).await.get("wsfleet_users_active"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let concurrency = samples.iter().sum::<f64>() / samples.len() as f64;
+    assert!(
+        (concurrency - expected).abs() <= expected * 0.15,
+        "{concurrency:.1} users on average, expected {expected:.1}"
+    );
+    let m = scrape(api).await;
+    let (arrived, left) = (
+        m.get("wsfleet_arrivals_total"),
+        m.get("wsfleet_departures_total"),
+    );
+    assert!(
+        left > 0.0 && arrived > left,
+        "{arrived} arrived, {left} left"
+    );
+    assert_eq!(m.get("wsfleet_arrivals_turned_away_total"), 0.0);
+    // Every departure of a connected user is a polite close (one still connecting just ends).
+    let closes = m.get(r#"wsfleet_disconnects_total{reason="client_close"}"#);
+    assert!(
+        closes <= left && closes >= left * 0.95,
+        "{closes} closes, {left} left"
+    );
+    let failures: f64 =
+        m.0.iter()
+            .filter(|(series, _)| series.starts_with("wsfleet_disconnects_total{"))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            - closes;
+    assert_eq!(failures, 0.0, "no other disconnects");
+}

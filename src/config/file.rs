@@ -312,6 +312,24 @@ impl Config {
             }
             Gaps::Fixed | Gaps::Exponential => {}
         }
+        if let Some(arrivals) = &self.arrivals {
+            if !(arrivals.rate.is_finite() && (0.001..=100_000.0).contains(&arrivals.rate)) {
+                return Err(ConfigError::Invalid {
+                    field: "arrivals.rate",
+                    problem: format!(
+                        "must be a number of arrivals per second between 0.001 and 100000, got {}",
+                        arrivals.rate
+                    ),
+                });
+            }
+            check_duration(
+                "arrivals.stay",
+                arrivals.stay.mean,
+                MIN_MESSAGE_INTERVAL,
+                MAX_SPAN,
+                None,
+            )?;
+        }
         if let Some(bursts) = schedule.bursts {
             check_duration(
                 "schedule.bursts.on",

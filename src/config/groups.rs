@@ -19,6 +19,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "payload_size",
     "heartbeat",
     "lifetime",
+    "arrivals",
     "reconnect",
     "resend_unacked",
     "ack_timeout",

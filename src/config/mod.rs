@@ -81,6 +81,10 @@ pub struct Config {
     /// Churn: each connection lives a random time in [min, max], then closes and reconnects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,
+    /// Open arrivals: `{rate, stay}` — users arrive at `rate` per second and stay a time
+    /// drawn from `stay`; `users` caps how many are there at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<crate::session::settings::Arrivals>,
     /// Window of the exact (HdrHistogram) quantiles in the status API.
     #[serde(default = "default_status_window", with = "humantime_serde")]
     pub status_window: Duration,
@@ -310,6 +314,7 @@ impl Config {
             ack_timeout: self.ack_timeout,
             loss_grace: self.loss_grace,
             lifetime: self.lifetime.clone(),
+            arrivals: self.arrivals,
             max_message_size: self.max_message_size,
             resend_unacked: self.resend_unacked,
             source_addresses: self.source_addresses.clone(),

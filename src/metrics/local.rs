@@ -88,6 +88,19 @@ impl Meter<'_> {
         self.metrics.disconnect(reason).of(self.group)
     }
 
+    /// This group's arrivals let in, turned away, and departures (open arrivals).
+    pub fn arrivals(&self) -> &prometheus::IntCounter {
+        self.metrics.arrivals.of(self.group)
+    }
+
+    pub fn arrivals_turned_away(&self) -> &prometheus::IntCounter {
+        self.metrics.arrivals_turned_away.of(self.group)
+    }
+
+    pub fn departures(&self) -> &prometheus::IntCounter {
+        self.metrics.departures.of(self.group)
+    }
+
     /// This group's login times.
     pub fn login_duration(&self) -> &prometheus::Histogram {
         self.metrics.login_duration.of(self.group)

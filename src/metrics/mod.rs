@@ -169,6 +169,9 @@ pub struct Metrics {
     pub deliveries_expected: PerGroup<IntCounter>,
     pub deliveries_received: PerGroup<IntCounter>,
     pub deliveries_foreign: PerGroup<IntCounter>,
+    pub arrivals: PerGroup<IntCounter>,
+    pub arrivals_turned_away: PerGroup<IntCounter>,
+    pub departures: PerGroup<IntCounter>,
     pub rtt_window: PerGroup<LatencyWindow>,
     pub connect_window: PerGroup<LatencyWindow>,
     pub delivery_window: PerGroup<LatencyWindow>,
@@ -413,6 +416,18 @@ impl Metrics {
             generator_saturated: reg.gauge(
                 "wsfleet_generator_saturated",
                 "1 when the generator is overloaded (loop lag or file descriptors) and stops adding users.",
+            ),
+            arrivals: reg.grouped_counter(
+                "wsfleet_arrivals_total",
+                "Users of open-arrival groups who arrived and were let in.",
+            ),
+            arrivals_turned_away: reg.grouped_counter(
+                "wsfleet_arrivals_turned_away_total",
+                "Arrivals turned away: the group already held its `users`, or the generator could not connect (saturated).",
+            ),
+            departures: reg.grouped_counter(
+                "wsfleet_departures_total",
+                "Users of open-arrival groups whose stay ended.",
             ),
             rtt_window: reg.windows(window),
             connect_window: reg.windows(window),

@@ -338,9 +338,17 @@ impl Conversation {
             Instant::now().saturating_duration_since(scheduled),
         );
         if plan.delivery.is_some() {
-            let others = room_members(self.local, self.share.local_users, self.share.room_size)
-                .saturating_sub(1);
-            metrics.add(Count::DeliveriesExpected, u64::from(others));
+            let others = if self.ctx.settings.arrivals.is_some() {
+                // Users of open arrivals come and go: the members here now are expected.
+                let room = room_range(self.local, self.share.local_users, self.share.room_size);
+                self.ctx.roster.connected_in(room).saturating_sub(1) as u64
+            } else {
+                u64::from(
+                    room_members(self.local, self.share.local_users, self.share.room_size)
+                        .saturating_sub(1),
+                )
+            };
+            metrics.add(Count::DeliveriesExpected, others);
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Settings {
     pub ack_timeout: Duration,
     pub loss_grace: Duration,
     pub lifetime: Option<Lifetime>,
+    /// Open arrivals: users arrive at a rate and stay a while, instead of being held.
+    pub arrivals: Option<Arrivals>,
     /// The longest message (or plain-stream frame) a user reads; longer ends the connection.
     pub max_message_size: usize,
     /// After a reconnect, send again what the last connection left unacknowledged.
@@ -321,6 +323,55 @@ mod form {
         }
     }
 
+    impl<'de> Deserialize<'de> for Spread {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Spread, D::Error> {
+            let value = Value::deserialize(d)?;
+            let spread = match value {
+                Value::String(text) => humantime::parse_duration(&text)
+                    .map(|mean| Spread {
+                        shape: Gaps::Fixed,
+                        mean,
+                    })
+                    .map_err(|e| format!("`{text}`: {e}")),
+                Value::Mapping(map) if map.get("exponential").is_some() && map.len() == 1 => {
+                    let mean = map.get("exponential").cloned().unwrap_or_default();
+                    inner::<String>(mean).and_then(|text| {
+                        humantime::parse_duration(&text)
+                            .map(|mean| Spread {
+                                shape: Gaps::Exponential,
+                                mean,
+                            })
+                            .map_err(|e| format!("exponential: `{text}`: {e}"))
+                    })
+                }
+                other => gaps_of(other).and_then(|shape| {
+                    shape
+                        .mean()
+                        .map(|mean| Spread { shape, mean })
+                        .ok_or_else(|| {
+                            "expected a duration, {exponential: MEAN}, {uniform: {min, max}} or {lognormal: {median, p99}}".to_string()
+                        })
+                }),
+            };
+            spread.map_err(D::Error::custom)
+        }
+    }
+
+    impl Serialize for Spread {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mean = humantime::format_duration(self.mean).to_string();
+            match self.shape {
+                Gaps::Fixed => mean.serialize(s),
+                Gaps::Exponential => {
+                    let mut map = Mapping::new();
+                    map.insert("exponential".into(), mean.into());
+                    Value::Mapping(map).serialize(s)
+                }
+                shape => value_of(shape).serialize(s),
+            }
+        }
+    }
+
     impl From<Gaps> for Schedule {
         fn from(gaps: Gaps) -> Schedule {
             Schedule {
@@ -348,6 +399,32 @@ mod form {
             }
             Value::Mapping(map).serialize(s)
         }
+    }
+}
+
+/// Sessions that come and go: users arrive as a Poisson process at `rate` (per second,
+/// fleet-wide; each shard its share), each stays a time drawn from `stay`, then leaves. The
+/// group's `users` caps how many are there at once; concurrency settles at rate × mean stay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arrivals {
+    pub rate: f64,
+    pub stay: Spread,
+}
+
+/// A random span of time: `5m` (always), `{exponential: 5m}` (that mean),
+/// `{uniform: {min, max}}` or `{lognormal: {median, p99}}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub shape: Gaps,
+    pub mean: Duration,
+}
+
+impl Spread {
+    /// One draw.
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> Duration {
+        self.mean
+            .mul_f64(self.shape.sample_unit(rng).clamp(0.0, 1e6))
     }
 }
 
