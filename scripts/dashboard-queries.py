@@ -1,7 +1,9 @@
 """Runs every PromQL expression of every dashboard panel against a Prometheus, with the
 dashboard's variables substituted, and fails while any comes back empty.
 
-usage: dashboard-queries.py PROMETHEUS_URL DASHBOARD.json [TIMEOUT_SECONDS]
+usage: dashboard-queries.py PROMETHEUS_URL DASHBOARD.json [TIMEOUT_SECONDS] [GROUP]
+
+With GROUP, the dashboard's $group variable is set to that group of users (default: all).
 """
 import json
 import sys
@@ -9,7 +11,8 @@ import time
 import urllib.parse
 import urllib.request
 
-SUBSTITUTIONS = {"$__rate_interval": "15s", "$__interval": "5s", "$__range": "1m", "$job": ".*", "$instance": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "15s", "$__interval": "5s", "$__range": "1m", "$job": ".*", "$instance": ".*",
+                 "$group": ".*"}
 
 
 def expressions(dashboard):
@@ -37,6 +40,8 @@ def query(base, expr):
 def main():
     base, path = sys.argv[1], sys.argv[2]
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 120
+    if len(sys.argv) > 4:
+        SUBSTITUTIONS["$group"] = sys.argv[4]
     with open(path) as f:
         exprs = list(expressions(json.load(f)))
     deadline = time.monotonic() + timeout
@@ -50,7 +55,7 @@ def main():
                 print(f"FAIL {title}: {substitute(expr)}: {err}")
                 sys.exit(1)
         if not empty:
-            print(f"dashboard-queries: all {len(exprs)} panel queries return data")
+            print(f"dashboard-queries: all {len(exprs)} panel queries return data (group {SUBSTITUTIONS['$group']})")
             return
         if time.monotonic() > deadline:
             for title, expr in empty:

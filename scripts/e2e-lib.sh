@@ -58,10 +58,11 @@ value() {  # value QUERY -> the first result's value, or empty
   query "$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")'
 }
 equals() { [ "$(value "$1")" = "$2" ]; }  # equals QUERY VALUE
-alert_state() {  # alert_state NAME -> firing|pending|none
+alert_state() {  # alert_state NAME [GROUP] -> firing|pending|none (of that group's, if given)
   curl -fsS "$prom/api/v1/alerts" | python3 -c "
 import json,sys
-states=[a['state'] for a in json.load(sys.stdin)['data']['alerts'] if a['labels']['alertname']=='$1']
+states=[a['state'] for a in json.load(sys.stdin)['data']['alerts'] if a['labels']['alertname']=='$1'
+        and ('$2' == '' or a['labels'].get('group') == '$2')]
 print('firing' if 'firing' in states else ('pending' if states else 'none'))"
 }
-firing() { [ "$(alert_state "$1")" = firing ]; }
+firing() { [ "$(alert_state "$1" "${2:-}")" = firing ]; }  # firing NAME [GROUP]
