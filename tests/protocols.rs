@@ -614,3 +614,76 @@ async fn protobuf_frames_are_measured_and_drops_counted() {
     assert_eq!(counts.frames_invalid, 0, "{counts:?}");
     assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
 }
+
+/// One fleet, three protocols at once: web users on Socket.IO (npm socket.io), devices on
+/// MQTT (mosquitto) and chat users on the reference target, each group held, measured and
+/// judged on its own — the chat group by an SLA it cannot meet, which fails it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fleet_speaks_three_protocols_and_judges_each_group_apart() {
+    let Some(sio) = NodeServer::start("socket.io", SOCKET_IO_SERVER, &[]) else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start().await else {
+        return;
+    };
+    let target = Target::start().await;
+    let yaml = format!(
+        "users: 30\nconnect_rate: 500\nmessage_interval: 200ms\nack_timeout: 2s\nloss_grace: 1s\n\
+         heartbeat: {{interval: 1s, timeout: 2s}}\nsla: {{error_rate: 0%}}\ngroups:\n\
+         \x20 - {{name: web, users: 10, target: 'ws://{}/socket.io/?EIO=4&transport=websocket', scenario: {{extends: socketio, vars: {{token: s3cret}}}}}}\n\
+         \x20 - {{name: devices, users: 10, target: 'tcp://{}', scenario: mqtt}}\n\
+         \x20 - {{name: chat, users: 10, target: '{}', sla: {{p99_delivery: 0s}}}}\n",
+        sio.addr,
+        broker.addr,
+        target.ws_url()
+    );
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    wait_for("every group connected and hearing its room", 60, || async {
+        let status = status(api).await;
+        status["groups"].as_array().unwrap().iter().all(|g| {
+            g["active"] == 10 && g["messages"]["deliveries_received"].as_u64().unwrap() >= 200
+        })
+    })
+    .await;
+    let desired = daemon.fleet().local_users_by_group();
+    let slas = daemon.sla().borrow().clone();
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    let drain = finished.drain.expect("drained");
+    assert!(drain.settled, "{drain:?}");
+    let summary = wsfleet::summary::Summary::judge(
+        &metrics,
+        &desired,
+        &slas,
+        finished.run_time,
+        &drain.active_by_group,
+    );
+    let verdicts: Vec<(&str, &str)> = summary
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.verdict))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [("web", "pass"), ("devices", "pass"), ("chat", "fail")]
+    );
+    for group in &summary.groups {
+        let counts = &group.figures.messages.counts;
+        assert!(
+            counts.sent > 0 && counts.deliveries_received > 0,
+            "{}: {counts:?}",
+            group.name
+        );
+        assert_eq!(counts.lost, 0, "{}: {counts:?}", group.name);
+        assert_eq!(counts.frames_invalid, 0, "{}: {counts:?}", group.name);
+        assert_eq!(group.figures.users.active, 10, "{}", group.name);
+    }
+    let broke: Vec<_> = summary
+        .breaches()
+        .map(|slo| (slo.group.as_deref(), slo.slo))
+        .collect();
+    assert_eq!(broke, [(Some("chat"), "p99_delivery_seconds")]);
+    // Each server saw only its own group.
+    assert_eq!(sio.stats().await["connections"], 10);
+}
