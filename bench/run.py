@@ -20,6 +20,9 @@ loopback — so the whole cost of a connection shows.
 usage: bench/run.py [--quick] [--peers k6,artillery]
   --quick: smaller and shorter, for trying the script
   --peers: which peers to run (Artillery is installed with npm into .bench-tools/)
+environment: GROUPS=N splits wsfleet's idle fleet into N groups of equal shares (what a
+  fleet of several groups costs); ONLY=idle,echo,storm runs only those scenarios;
+  HOLD, LAST override the idle step holds (seconds).
 """
 import json
 import os
@@ -50,6 +53,8 @@ STORM = 2000
 # The machine's 2 cores are shared with the target: one user thread wakes less and batches more
 # (README "Benchmarks" has the figures for both settings).
 WSFLEET_THREADS = 1
+GROUPS = int(os.environ.get("GROUPS", "1"))
+ONLY = [s for s in os.environ.get("ONLY", "idle,echo,storm").split(",") if s]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -211,7 +216,9 @@ def idle_wsfleet(tmp):
     slab0 = kernel_slab_kb()
     with target() as tport:
         api = free_port()
-        config = wsfleet_config(tmp, tport, api, WSFLEET_STEPS[0], "idle", "connect_rate: 5000\n")
+        groups = "".join(f"  - {{name: g{i}, share: {1 / GROUPS}}}\n" for i in range(GROUPS))
+        extra = "connect_rate: 5000\n" + (f"groups:\n{groups}" if GROUPS > 1 else "")
+        config = wsfleet_config(tmp, tport, api, WSFLEET_STEPS[0], "idle", extra)
         with process([WSFLEET, "run", "-c", config]) as proc:
             points = []
             for i, n in enumerate(WSFLEET_STEPS):
@@ -440,6 +447,7 @@ def main():
                  "k6": echo_k6, "artillery": echo_artillery},
         "storm": {"wsfleet": storm_wsfleet, "k6": storm_k6, "artillery": storm_artillery},
     }
+    runs = {name: tools for name, tools in runs.items() if name in ONLY}
     results = {name: {tool: [] for tool in tools} for name, tools in runs.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(REPEATS):
@@ -467,7 +475,7 @@ def report(results, versions, elapsed):
         rows.append((label, values, ratio))
 
     def each(name, f):
-        return {tool: median([f(r) for r in runs]) for tool, runs in results[name].items() if runs}
+        return {tool: median([f(r) for r in runs]) for tool, runs in results.get(name, {}).items() if runs}
 
     row("idle: KB per connection (slope)", "lower", each("idle", lambda r: slope_kb(r["points"])))
     row("idle: kernel slab KB per connection (both ends)", "lower", each("idle", lambda r: r["slab_kb"]))
@@ -496,6 +504,8 @@ def report(results, versions, elapsed):
     for label, values, ratio in rows:
         cells = " | ".join(f"{values.get(p, float('nan')):>9.2f}" for p in peers)
         print(f"| {label:<52} | {values.get('wsfleet', float('nan')):>9.2f} | {cells} | {ratio:>11.2f}x |")
+    if "idle" not in results:
+        return
     idle = results["idle"]["wsfleet"]
     print(f"\nwsfleet at {WSFLEET_STEPS[-1]} idle users: heartbeat timeouts {median([r['heartbeat_timeouts'] for r in idle]):.0f}, "
           f"heartbeat RTT p99 <= {median([r['heartbeat_rtt_p99'] for r in idle]) * 1000:.1f} ms, "

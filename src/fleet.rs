@@ -674,7 +674,8 @@ impl Fleet {
                 users: local,
                 ..load
             }
-            .message_rate();
+            .message_rate()
+                * group.ctx.settings.schedule.speaking();
             metrics
                 .message_rate_target
                 .of(index)

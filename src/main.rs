@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     };
     if let (Command::Check(_), Some(plan)) = (&cli.command, &plan) {
         print!("{}", plan.config.to_yaml());
+        print!("{}", plan.describe_groups());
         return ExitCode::SUCCESS;
     }
 

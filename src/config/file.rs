@@ -178,6 +178,7 @@ impl Config {
         }
         self.load().validate().map_err(in_file)?;
         plan.load.check(&self.limits).map_err(in_file)?;
+        self.check_rooms_fit(&plan)?;
         let invalid = |field, problem: String| Err(ConfigError::Invalid { field, problem });
         let ms = Duration::from_millis(1);
         let zero = Duration::ZERO;
@@ -266,6 +267,31 @@ impl Config {
 }
 
 impl Config {
+    /// A room never spans two instances: one bigger than an instance may hold is refused.
+    fn check_rooms_fit(&self, plan: &Plan) -> Result<(), ConfigError> {
+        let Some(max) = self.limits.max_users else {
+            return Ok(());
+        };
+        let per_instance = max / self.shard.count.max(1);
+        for (group, load) in plan.groups.iter().zip(plan.load.loads()) {
+            if load.room_size > per_instance && load.users >= load.room_size {
+                let field = if self.groups.is_empty() {
+                    "scenario.room_size".to_string()
+                } else {
+                    format!("groups.{}.scenario.room_size", group.name)
+                };
+                return Err(ConfigError::Listed {
+                    field,
+                    problem: format!(
+                        "a room of {} users does not fit one instance, which may hold {per_instance} (limits.max_users {max} over {} shard(s)); rooms never span instances: make rooms smaller or raise the cap",
+                        load.room_size, self.shard.count
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The schedule's times are ones a user can keep: gaps between 1 ms and an hour, bursts
     /// within a run's span, a skew with a finite mean.
     fn check_schedule(&self) -> Result<(), ConfigError> {
@@ -345,6 +371,16 @@ impl Config {
                 MAX_SPAN,
                 None,
             )?;
+        }
+        if let Some(speakers) = schedule.speakers
+            && !(speakers > 0.0 && speakers <= 1.0)
+        {
+            return Err(ConfigError::Invalid {
+                field: "schedule.speakers",
+                problem: format!(
+                    "must be a fraction of the users above 0 and at most 1 (e.g. 1%), got {speakers}"
+                ),
+            });
         }
         if let Some(skew) = schedule.skew
             && !(skew.is_finite() && skew > 1.0 && skew <= 10.0)

@@ -595,6 +595,24 @@ mod tests {
     }
 
     #[test]
+    fn a_room_bigger_than_an_instance_is_refused_with_the_numbers() {
+        let err = field_of(
+            "users: 100\nlimits: {max_users: 100}\nscenario: {extends: im, room_size: 60}\nshard: {index: 0, count: 2}",
+        );
+        assert!(
+            err.contains("`scenario.room_size`") && err.contains("60") && err.contains("50"),
+            "{err}"
+        );
+        let grouped = field_of(
+            "limits: {max_users: 100}\ngroups: [{name: town, users: 80, scenario: {extends: im, room_size: 80}}]\nshard: {index: 0, count: 2}",
+        );
+        assert!(
+            grouped.contains("groups.town.scenario.room_size"),
+            "{grouped}"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let config =
             Config::parse("target: wss://chat.example.test/ws\nusers: 7\n").expect("valid config");

@@ -21,6 +21,38 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Each group's users, rooms and pace, for a person (`wsfleet check` prints it as YAML
+    /// comments after the effective config).
+    pub fn describe_groups(&self) -> String {
+        let mut out = String::from("# groups: users, rooms (one per user), messages per second\n");
+        for (plan, load) in self.groups.iter().zip(self.load.loads()) {
+            let schedule = &plan.config.schedule;
+            let rooms = load.users.div_ceil(load.room_size.max(1));
+            let bursting = schedule.bursts.map_or(1.0, |b| {
+                let cycle = (b.on + b.off).as_secs_f64();
+                if cycle > 0.0 {
+                    b.on.as_secs_f64() / cycle
+                } else {
+                    1.0
+                }
+            });
+            let rate = load.message_rate() * schedule.speaking() * bursting;
+            let arrivals = plan.config.arrivals.map_or(String::new(), |a| {
+                format!(
+                    ", arriving {}/s for {} on average (up to {} at once)",
+                    a.rate,
+                    humantime::format_duration(a.stay.mean),
+                    load.users
+                )
+            });
+            out.push_str(&format!(
+                "#   {:<16} {:>8} users  {:>7} rooms of {:<6}  {:>9.1} msg/s{arrivals}\n",
+                plan.name, load.users, rooms, load.room_size, rate
+            ));
+        }
+        out
+    }
+
     /// The SLAs this plan is judged by: the fleet's, and each group's when it has several.
     pub fn slas(&self) -> Slas {
         Slas {

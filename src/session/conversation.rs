@@ -151,7 +151,7 @@ impl Conversation {
         let mut talk = Conversation {
             timers: Timers::start(
                 &ctx,
-                sending_interval(&ctx, &desired),
+                sending_interval(&ctx, &desired, identity.user),
                 desired.load.heartbeat_interval,
             ),
             slot: Arc::clone(&user.slot),
@@ -215,7 +215,7 @@ impl Conversation {
             }
         }
         self.timers
-            .set_message_interval(sending_interval(&ctx, desired));
+            .set_message_interval(sending_interval(&ctx, desired, self.identity.user));
         self.timers
             .set_heartbeat_interval(desired.load.heartbeat_interval);
         if desired.draining && !self.draining {
@@ -647,8 +647,9 @@ struct Timers {
 }
 
 /// Messages go out only with a message flow in the scenario, while not paused or draining.
-fn sending_interval(ctx: &Context, desired: &crate::load::Desired) -> Duration {
-    if !desired.may_send() || ctx.scenario.message.is_none() {
+fn sending_interval(ctx: &Context, desired: &crate::load::Desired, user: u32) -> Duration {
+    if !desired.may_send() || ctx.scenario.message.is_none() || !ctx.settings.schedule.speaks(user)
+    {
         Duration::ZERO
     } else {
         desired.load.message_interval
@@ -880,6 +881,23 @@ mod tests {
             "the top fifth sends {share:.2} of the messages"
         );
         assert_eq!(Schedule::default().rate_factor(3), 1.0);
+    }
+
+    #[test]
+    fn only_the_speakers_speak_and_always_the_same_ones() {
+        let crowd = schedule("{gaps: poisson, speakers: 1%}");
+        let speakers: Vec<u32> = (0..100_000).filter(|&u| crowd.speaks(u)).collect();
+        // 1,000 expected; a binomial count's standard deviation is ~31.
+        assert!(
+            (speakers.len() as i64 - 1000).abs() < 200,
+            "{}",
+            speakers.len()
+        );
+        assert!(
+            speakers.iter().all(|&u| crowd.speaks(u)),
+            "the same users each time"
+        );
+        assert!((0..100).all(|u| Schedule::default().speaks(u)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -76,7 +76,8 @@ impl TlsConfig {
 /// `message_interval`), optional bursts, and how unevenly users share the sending.
 ///
 /// In YAML: `fixed`, `poisson` (or `exponential`), `{uniform: {min, max}}` or
-/// `{lognormal: {median, p99}}`, or the long form `{gaps: ..., bursts: {on, off}, skew: 1.2}`.
+/// `{lognormal: {median, p99}}`, or the long form
+/// `{gaps: ..., bursts: {on, off}, skew: 1.2, speakers: 1%}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Schedule {
     pub gaps: Gaps,
@@ -87,6 +88,9 @@ pub struct Schedule {
     /// drawn once per user from a Pareto distribution of this shape (mean 1; 1.16 is the
     /// "80/20" split), so the group's total rate stays what `message_interval` says.
     pub skew: Option<f64>,
+    /// The fraction of the group's users who send at all (the same users every time); the
+    /// others only listen. `message_interval` is the speakers' pace.
+    pub speakers: Option<f64>,
 }
 
 /// The distribution of the gap between two messages of one user.
@@ -177,6 +181,17 @@ impl Schedule {
         (scale / self.user_fraction(user).powf(1.0 / shape)).min(1000.0)
     }
 
+    /// Whether user `user` sends at all (see `speakers`).
+    pub fn speaks(&self, user: u32) -> bool {
+        self.speakers
+            .is_none_or(|share| self.user_fraction(user ^ 0x2545_f491) < share)
+    }
+
+    /// The fraction of users who send.
+    pub fn speaking(&self) -> f64 {
+        self.speakers.unwrap_or(1.0)
+    }
+
     /// A number in (0, 1) fixed by the user's number (splitmix64 of it): the same user draws
     /// the same rate and burst phase on every connection.
     pub fn user_fraction(&self, user: u32) -> f64 {
@@ -235,7 +250,19 @@ mod form {
         p99: Duration,
     }
 
-    const EXPECTED: &str = "expected fixed, poisson, exponential, {uniform: {min, max}}, {lognormal: {median, p99}} or {gaps, bursts, skew}";
+    const EXPECTED: &str = "expected fixed, poisson, exponential, {uniform: {min, max}}, {lognormal: {median, p99}} or {gaps, bursts, skew, speakers}";
+
+    /// `1%` or `0.01`.
+    fn ratio_of(value: Value) -> Result<f64, String> {
+        match value {
+            Value::String(text) => match text.trim().strip_suffix('%') {
+                Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+                None => text.trim().parse::<f64>(),
+            }
+            .map_err(|_| format!("expected a fraction like 0.01 or 1%, got {text:?}")),
+            other => inner(other),
+        }
+    }
 
     fn inner<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
         serde_norway::from_value(value).map_err(|e| e.to_string())
@@ -288,7 +315,7 @@ mod form {
             let Value::Mapping(mut map) = value else {
                 return gaps_of(value).map(Schedule::from).map_err(D::Error::custom);
             };
-            if !["gaps", "bursts", "skew"]
+            if !["gaps", "bursts", "skew", "speakers"]
                 .iter()
                 .any(|k| map.contains_key(*k))
             {
@@ -313,13 +340,22 @@ mod form {
                     serde_norway::from_value(s).map_err(|e| D::Error::custom(format!("skew: {e}")))
                 })
                 .transpose()?;
+            let speakers = map
+                .remove("speakers")
+                .map(|s| ratio_of(s).map_err(|e| D::Error::custom(format!("speakers: {e}"))))
+                .transpose()?;
             if let Some(key) = map.keys().next() {
                 return Err(D::Error::custom(format!(
-                    "unknown field `{}`, expected gaps, bursts or skew",
+                    "unknown field `{}`, expected gaps, bursts, skew or speakers",
                     key.as_str().unwrap_or("?")
                 )));
             }
-            Ok(Schedule { gaps, bursts, skew })
+            Ok(Schedule {
+                gaps,
+                bursts,
+                skew,
+                speakers,
+            })
         }
     }
 
@@ -383,7 +419,7 @@ mod form {
 
     impl Serialize for Schedule {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            if self.bursts.is_none() && self.skew.is_none() {
+            if self.bursts.is_none() && self.skew.is_none() && self.speakers.is_none() {
                 return value_of(self.gaps).serialize(s);
             }
             let mut map = Mapping::new();
@@ -396,6 +432,9 @@ mod form {
             }
             if let Some(skew) = self.skew {
                 map.insert("skew".into(), skew.into());
+            }
+            if let Some(speakers) = self.speakers {
+                map.insert("speakers".into(), speakers.into());
             }
             Value::Mapping(map).serialize(s)
         }
