@@ -113,3 +113,50 @@ async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+/// A fleet of several groups: the page lists them and changes one group's users alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_the_groups_and_steers_one() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nconnect_rate: 200\nmessage_interval: 200ms\ngroups:\n\
+         \x20 - {{name: chatters, users: 6}}\n\x20 - {{name: bots, users: 4}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_for("both groups connected", 30, || async {
+        scrape(api).await.sum("wsfleet_users_active") == 10.0
+    })
+    .await;
+    let out = tokio::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/groups.py"
+        ))
+        .args([&format!("http://{}/", daemon.addr()), "bots", "7"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = script_json(&out);
+    assert_eq!(
+        seen["groups"],
+        serde_json::json!(["chatters", "bots"]),
+        "{seen}"
+    );
+    assert_eq!(seen["users_shown"], 4, "{seen}");
+    assert_eq!(seen["users_after"].as_f64(), Some(7.0), "{seen}");
+    assert_eq!(seen["others_before"], seen["others_after"], "{seen}");
+    assert_eq!(
+        seen["others_after"]["chatters"].as_f64(),
+        Some(6.0),
+        "{seen}"
+    );
+    daemon.shutdown().await.unwrap();
+}

@@ -15,11 +15,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL, TOKEN, REPORT, OUT = sys.argv[1:5]
+URL, TOKEN, REPORT, OUT = (sys.argv[1:5] + [""] * 4)[:4] if __name__ == "__main__" else ("",) * 4
 
 
-def metrics():
-    with urllib.request.urlopen(URL.rstrip("/") + "/metrics", timeout=5) as r:
+def metrics(url=None):
+    """The daemon's /metrics as series -> value (of the page at `url`, by default this run's)."""
+    with urllib.request.urlopen((url or URL).rstrip("/") + "/metrics", timeout=5) as r:
         return {k: float(v) for k, _, v in
                 (line.rpartition(" ") for line in r.read().decode().splitlines() if line and not line.startswith("#"))}
 
