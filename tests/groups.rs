@@ -257,3 +257,39 @@ async fn open_arrivals_settle_at_rate_times_mean_stay() {
             - closes;
     assert_eq!(failures, 0.0, "no other disconnects");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_stage_moves_one_group() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nconnect_rate: 500\nmessage_interval: 0s\ngroups:\n\
+         \x20 - {{name: chatters, users: 6}}\n\x20 - {{name: bots, users: 2}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_groups_held(api, &[("chatters", 6), ("bots", 2)]).await;
+    let response = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"stages": [
+            {"duration": "1m", "groups": {"bots": {"users": 5}}},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    wait_groups_held(api, &[("chatters", 6), ("bots", 5)]).await;
+    // A stage naming a group the fleet does not have is refused up front, naming it.
+    let response = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"stages": [{"duration": "1m", "groups": {"trolls": {"users": 5}}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("stages[0].groups.trolls"),
+        "{body}"
+    );
+}
