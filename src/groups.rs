@@ -48,6 +48,9 @@ pub struct GroupLoad {
     /// The live fields this group sets itself (never `connect_rate`, which is fleet-wide).
     #[serde(default, skip_serializing_if = "LoadPatch::is_empty")]
     pub overrides: LoadPatch,
+    /// Caps of this group's own (its `limits:`), besides the fleet's on every group together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// The live load of every group.
@@ -67,6 +70,7 @@ impl FleetLoad {
                 name: DEFAULT_GROUP.into(),
                 share: Some(1.0),
                 overrides: LoadPatch::default(),
+                limits: None,
             }],
         }
     }
@@ -173,6 +177,12 @@ impl FleetLoad {
     /// Checks the caps: on the one group as [`Limits::check`] says it, or on the fleet's
     /// total users and messages per second.
     pub fn check(&self, limits: &Limits) -> Result<(), LoadError> {
+        for (index, group) in self.groups.iter().enumerate() {
+            if let Some(own) = &group.limits {
+                own.check(&self.group(index))
+                    .map_err(|err| err.within(&format!("groups.{}.", group.name)))?;
+            }
+        }
         if let [_] = self.groups.as_slice() {
             return limits.check(&self.group(0));
         }
@@ -348,6 +358,7 @@ mod tests {
                         users: count,
                         ..LoadPatch::default()
                     },
+                    limits: None,
                 })
                 .collect(),
         }

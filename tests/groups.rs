@@ -289,7 +289,10 @@ async fn a_profile_stage_moves_one_group() {
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("stages[0].groups.trolls"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("stages[0].groups.trolls"),
         "{body}"
     );
 }

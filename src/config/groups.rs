@@ -28,6 +28,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "max_message_size",
     "sla",
     "tls",
+    "limits",
 ];
 
 /// One entry of `groups:`.
@@ -157,6 +158,8 @@ impl Config {
                 GroupLoad {
                     name: spec.name.clone(),
                     share: spec.share,
+                    // Only caps the group sets itself: the fleet's bound every group together.
+                    limits: set("limits").then(|| plan.config.limits.clone()),
                     overrides: LoadPatch {
                         users: spec.users,
                         // A schedule with times of its own brings its own mean gap.
@@ -263,6 +266,32 @@ mod tests {
         .expect("valid");
         assert_eq!(plan.load.group(0).message_interval, Duration::from_secs(2));
         assert_eq!(plan.load.group(1).message_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_group_s_own_caps_hold_beside_the_fleet_s() {
+        let err = refused(
+            "groups: [{name: bots, users: 50, limits: {max_users: 10}}, {name: b, users: 1}]",
+        );
+        assert!(
+            err.contains("groups.bots.users") && err.contains("10"),
+            "{err}"
+        );
+        let err =
+            refused("limits: {max_users: 10}\ngroups: [{name: a, users: 6}, {name: b, users: 6}]");
+        assert!(err.contains("12 exceeds the cap of 10"), "{err}");
+        let plan = Config::read_text(
+            "groups: [{name: bots, users: 5, limits: {max_users: 10}}, {name: b, users: 1}]",
+        )
+        .expect("valid");
+        let over: LoadPatch =
+            serde_json::from_value(serde_json::json!({"groups": {"bots": {"users": 11}}}))
+                .expect("a patch");
+        let next = plan.load.apply(&over).expect("within the rules");
+        let err = next
+            .check(&plan.config.limits)
+            .expect_err("over the group's cap");
+        assert_eq!(err.field, "groups.bots.users");
     }
 
     #[test]
