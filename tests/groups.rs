@@ -296,3 +296,45 @@ async fn a_profile_stage_moves_one_group() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_file_moves_the_groups_it_changes() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    let yaml = |bots: u32, interval: &str| {
+        format!(
+            "target: {}\nconnect_rate: 500\nmessage_interval: 0s\ngroups:\n\
+             \x20 - {{name: chatters, users: 6, message_interval: {interval}}}\n\
+             \x20 - {{name: bots, users: {bots}, sla: {{p99_rtt: 1s}}}}\n",
+            target.ws_url()
+        )
+    };
+    let daemon = start_daemon_from_file(&path, &yaml(2, "0s")).await;
+    let api = daemon.addr();
+    wait_groups_held(api, &[("chatters", 6), ("bots", 2)]).await;
+    std::fs::write(&path, yaml(4, "250ms")).unwrap();
+    let response = http()
+        .post(format!("http://{api}/api/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    wait_groups_held(api, &[("chatters", 6), ("bots", 4)]).await;
+    let load = get_json(&format!("http://{api}/api/v1/load")).await;
+    let interval: Vec<_> = load["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["message_interval"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(interval, ["250ms", "0s"], "{load}");
+    assert_eq!(load["users_total"], 10);
+    // The groups' SLAs are the file's: the bots' threshold is exported with its group.
+    assert_eq!(
+        scrape(api)
+            .await
+            .get(r#"wsfleet_sla_threshold{group="bots",slo="p99_rtt_seconds"}"#),
+        1.0
+    );
+}
