@@ -22,7 +22,9 @@ usage: bench/run.py [--quick] [--peers k6,artillery]
   --peers: which peers to run (Artillery is installed with npm into .bench-tools/)
 environment: GROUPS=N splits wsfleet's idle fleet into N groups of equal shares (what a
   fleet of several groups costs); ONLY=idle,echo,storm runs only those scenarios;
-  HOLD, LAST override the idle step holds (seconds).
+  HOLD, LAST override the idle step holds and ECHO_SECONDS the echo load (seconds);
+  TARGET_WSFLEET runs the reference target from another binary (the same target for a
+  before/after comparison of the generator).
 """
 import json
 import os
@@ -48,7 +50,7 @@ PEERS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--peers=")),
 PEERS = [p for p in PEERS.split(",") if p]
 HOLD, LAST = (5, 10) if QUICK else (15, 60)
 HOLD, LAST = (int(os.environ.get("HOLD", HOLD)), int(os.environ.get("LAST", LAST)))
-ECHO_USERS, ECHO_RATE, ECHO_SECONDS = 200, 50, (15 if QUICK else 60)
+ECHO_USERS, ECHO_RATE, ECHO_SECONDS = 200, 50, int(os.environ.get("ECHO_SECONDS", 15 if QUICK else 60))
 STORM = 2000
 # The machine's 2 cores are shared with the target: one user thread wakes less and batches more
 # (README "Benchmarks" has the figures for both settings).
@@ -176,7 +178,7 @@ def process(args, **kwargs):
 @contextmanager
 def target():
     port = free_port()
-    with process([WSFLEET, "target", "--listen", f"127.0.0.1:{port}"]):
+    with process([os.environ.get("TARGET_WSFLEET", WSFLEET), "target", "--listen", f"127.0.0.1:{port}"]):
         wait_until("the target", 30, lambda: metrics(port) is not None)
         yield port
 

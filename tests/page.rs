@@ -12,6 +12,24 @@ use helpers::*;
 
 const TOKEN: &str = "page-t0ken";
 
+/// Runs `tests/browser/SCRIPT` with `args` (bounded to two minutes): what it saw, as JSON.
+async fn browse(python: &std::path::Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(python)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/browser")
+                .join(script),
+        )
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    script_json(&out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
     let Some(python) = selenium() else {
@@ -63,21 +81,8 @@ async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
     )
     .await;
     let url = format!("http://{}/", daemon.addr());
-    let out = tokio::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/page.py"
-        ))
-        .args([&url, TOKEN])
-        .arg(&report)
-        .arg(dir.path())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
-        .await
-        .unwrap()
-        .unwrap();
-    let seen = script_json(&out);
+    let (report, out_dir) = (report.to_str().unwrap(), dir.path().to_str().unwrap());
+    let seen = browse(&python, "page.py", &[&url, TOKEN, report, out_dir]).await;
     assert!(seen["prompt"].as_str().unwrap().contains("token"), "{seen}");
     for chart in ["users", "rtt", "messages", "connects"] {
         assert!(
@@ -132,19 +137,8 @@ async fn the_page_lists_the_groups_and_steers_one() {
         scrape(api).await.sum("wsfleet_users_active") == 10.0
     })
     .await;
-    let out = tokio::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/groups.py"
-        ))
-        .args([&format!("http://{}/", daemon.addr()), "bots", "7"])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
-        .await
-        .unwrap()
-        .unwrap();
-    let seen = script_json(&out);
+    let url = format!("http://{api}/");
+    let seen = browse(&python, "groups.py", &[&url, "bots", "7"]).await;
     assert_eq!(
         seen["groups"],
         serde_json::json!(["chatters", "bots"]),
