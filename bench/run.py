@@ -23,8 +23,9 @@ usage: bench/run.py [--quick] [--peers k6,artillery]
 environment: GROUPS=N splits wsfleet's idle fleet into N groups of equal shares (what a
   fleet of several groups costs); ONLY=idle,echo,storm runs only those scenarios;
   HOLD, LAST override the idle step holds and ECHO_SECONDS the echo load (seconds);
-  TARGET_WSFLEET runs the reference target from another binary (the same target for a
-  before/after comparison of the generator).
+  WSFLEET_BIN measures that wsfleet binary as it is (no build: an older commit's, for a
+  before/after comparison); TARGET_WSFLEET runs the reference target from another binary
+  (the same target for both sides of such a comparison).
 """
 import json
 import os
@@ -423,8 +424,10 @@ def median(values):
 def main():
     global WSFLEET, K6, ARTILLERY
     started = time.monotonic()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    WSFLEET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "wsfleet")
+    WSFLEET = os.environ.get("WSFLEET_BIN")
+    if not WSFLEET:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        WSFLEET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "wsfleet")
     versions = {}
     if "k6" in PEERS:
         K6 = shutil.which("k6") or os.path.join(ROOT, ".venv-test/bin/k6")
