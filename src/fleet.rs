@@ -668,7 +668,13 @@ impl Fleet {
         let metrics = &self.ctx().metrics;
         for (index, group) in self.groups.iter().enumerate() {
             let load = group.desired.borrow().load.clone();
-            let local = group.ctx.local_users(&load);
+            let mut local = group.ctx.local_users(&load);
+            // Open arrivals: as many as rate x mean stay are to be there, up to the cap.
+            if let Some(arrivals) = group.ctx.settings.arrivals {
+                let expected =
+                    group.ctx.shard.rate(arrivals.rate) * arrivals.stay.mean.as_secs_f64();
+                local = local.min(expected.round().min(f64::from(u32::MAX)) as u32);
+            }
             metrics.users_target.of(index).set(i64::from(local));
             let rate = crate::load::Load {
                 users: local,

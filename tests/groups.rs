@@ -243,6 +243,8 @@ async fn open_arrivals_settle_at_rate_times_mean_stay() {
         "{arrived} arrived, {left} left"
     );
     assert_eq!(m.get("wsfleet_arrivals_turned_away_total"), 0.0);
+    // The target for such a group is what should be there, not the cap.
+    assert_eq!(m.get("wsfleet_users_target"), expected.round());
     // Every departure of a connected user is a polite close (one still connecting just ends).
     let closes = m.get(r#"wsfleet_disconnects_total{reason="client_close"}"#);
     assert!(
