@@ -475,7 +475,22 @@ fn describe_status(s: &Status) -> String {
         m.duplicated,
         latency(&s.latency.message_rtt),
         latency(&s.latency.delivery),
-    )
+    ) + &s
+        .groups
+        .iter()
+        .map(|g| {
+            format!(
+                "\ngroup {:<10} {} active of {}  sent {}  lost {}  rtt {}  delivery {}",
+                g.name,
+                g.active,
+                g.desired,
+                g.messages.sent,
+                g.messages.lost,
+                latency(&g.latency.message_rtt),
+                latency(&g.latency.delivery)
+            )
+        })
+        .collect::<String>()
 }
 
 #[cfg(test)]
