@@ -1,7 +1,8 @@
 //! What the live page and the report chart: one point a second of what users feel and what the
 //! generator does, kept in memory with a fixed size — the last 15 minutes at full resolution,
 //! and the whole run downsampled (every other point dropped whenever it fills, so a run of any
-//! length fits) — plus the recent load changes with who made them.
+//! length fits) — plus the recent load changes with who made them. A fleet of several groups
+//! also keeps each group's users, pace, delivery p99 and loss beside each point.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -47,6 +48,18 @@ pub struct Point {
     pub saturated: bool,
 }
 
+/// One group's part of a [`Point`] (a fleet of several groups only).
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct GroupPoint {
+    pub users_active: i64,
+    /// Messages sent per second.
+    pub sent: f32,
+    pub rtt_p99: f32,
+    pub delivery_p99: f32,
+    /// Deliveries lost per second.
+    pub lost: f32,
+}
+
 /// A change of the desired load, as the fleet applied it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Change {
@@ -67,17 +80,22 @@ pub struct History(Mutex<Inner>);
 struct Inner {
     recent: VecDeque<Point>,
     run: Vec<Point>,
+    /// Each point's groups, beside `recent` and `run` (empty in a fleet of one group).
+    recent_groups: VecDeque<Box<[GroupPoint]>>,
+    run_groups: Vec<Box<[GroupPoint]>>,
     /// Seconds between two points of `run`; doubles when it fills.
     run_step: u32,
     /// Points seen since the last one kept in `run`.
     since_kept: u32,
     changes: VecDeque<Change>,
+    /// The group names, in a fleet of several.
+    names: Vec<String>,
     /// The counters at the previous point, for rates.
     last: Option<Totals>,
 }
 
 /// Counter totals at one instant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Totals {
     at: std::time::Instant,
     connects: u64,
@@ -90,6 +108,8 @@ struct Totals {
     reordered: u64,
     expected: u64,
     delivered: u64,
+    /// (sent, lost) of each group, in a fleet of several.
+    groups: Vec<(u64, u64)>,
 }
 
 impl Totals {
@@ -114,6 +134,18 @@ impl Totals {
             reordered: counts.reordered,
             expected: counts.deliveries_expected,
             delivered: counts.deliveries_received,
+            groups: if metrics.groups().len() > 1 {
+                (0..metrics.groups().len())
+                    .map(|g| {
+                        (
+                            metrics.messages_sent.of(g).get(),
+                            metrics.messages_lost.of(g).get(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -126,6 +158,12 @@ pub struct Snapshot {
     pub points: Vec<Point>,
     /// The recent load changes, oldest first.
     pub changes: Vec<Change>,
+    /// In a fleet of several groups: their names, and for each point its groups' figures in
+    /// that order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub group_points: Vec<Box<[GroupPoint]>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -142,11 +180,24 @@ impl History {
         let rtt = metrics.rtt_window.quantiles();
         let delivery = metrics.delivery_window.quantiles();
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(last) = inner.last.replace(now) else {
+        let Some(last) = inner.last.replace(now.clone()) else {
             return; // the first reading only starts the rates
         };
         let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         let rate = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs) as f32;
+        let groups: Box<[GroupPoint]> = now
+            .groups
+            .iter()
+            .zip(&last.groups)
+            .enumerate()
+            .map(|(g, (&(sent, lost), &(sent_then, lost_then)))| GroupPoint {
+                users_active: metrics.users_active.of(g).get(),
+                sent: rate(sent, sent_then),
+                rtt_p99: metrics.rtt_window.of(g).quantiles().p99 as f32,
+                delivery_p99: metrics.delivery_window.of(g).quantiles().p99 as f32,
+                lost: rate(lost, lost_then),
+            })
+            .collect();
         let expected = now.expected.saturating_sub(last.expected);
         let point = Point {
             t: unix_now(),
@@ -174,7 +225,10 @@ impl History {
             loop_lag: health.loop_lag_max_seconds as f32,
             saturated: health.saturated,
         };
-        inner.push(point);
+        inner.push(point, groups);
+        if inner.names.is_empty() && metrics.groups().len() > 1 {
+            inner.names = metrics.groups().to_vec();
+        }
     }
 
     /// Remembers a load change.
@@ -198,6 +252,8 @@ impl History {
             step: 1,
             points: inner.recent.iter().copied().collect(),
             changes: inner.changes.iter().cloned().collect(),
+            groups: inner.names.clone(),
+            group_points: inner.recent_groups.iter().cloned().collect(),
         }
     }
 
@@ -208,16 +264,24 @@ impl History {
             step: inner.run_step.max(1),
             points: inner.run.clone(),
             changes: inner.changes.iter().cloned().collect(),
+            groups: inner.names.clone(),
+            group_points: inner.run_groups.clone(),
         }
     }
 }
 
 impl Inner {
-    fn push(&mut self, point: Point) {
+    /// Keeps `point` (and its groups' figures, empty in a fleet of one group).
+    fn push(&mut self, point: Point, groups: Box<[GroupPoint]>) {
+        let grouped = !groups.is_empty();
         if self.recent.len() == RECENT_POINTS {
             self.recent.pop_front();
+            self.recent_groups.pop_front();
         }
         self.recent.push_back(point);
+        if grouped {
+            self.recent_groups.push_back(groups.clone());
+        }
         self.run_step = self.run_step.max(1);
         self.since_kept += 1;
         if self.since_kept < self.run_step {
@@ -226,15 +290,24 @@ impl Inner {
         self.since_kept = 0;
         if self.run.len() == RUN_POINTS {
             // Full: keep every other point, and one point per twice as many seconds from now.
-            let mut index = 0;
-            self.run.retain(|_| {
-                index += 1;
-                index % 2 == 1
-            });
+            keep_every_other(&mut self.run);
+            keep_every_other(&mut self.run_groups);
             self.run_step *= 2;
         }
         self.run.push(point);
+        if grouped {
+            self.run_groups.push(groups);
+        }
     }
+}
+
+/// Drops every second element, from the second on.
+fn keep_every_other<T>(items: &mut Vec<T>) {
+    let mut index = 0;
+    items.retain(|_| {
+        index += 1;
+        index % 2 == 1
+    });
 }
 
 #[cfg(test)]
@@ -245,10 +318,13 @@ mod tests {
     fn memory_is_bounded_however_long_the_run() {
         let mut inner = Inner::default();
         for i in 0..100_000 {
-            inner.push(Point {
-                t: f64::from(i),
-                ..Point::default()
-            });
+            inner.push(
+                Point {
+                    t: f64::from(i),
+                    ..Point::default()
+                },
+                Box::new([]),
+            );
         }
         assert_eq!(inner.recent.len(), RECENT_POINTS);
         assert!(inner.run.len() <= RUN_POINTS);
@@ -290,5 +366,28 @@ mod tests {
         assert!(snapshot.points[0].sent > 0.0);
         history.change("api", "127.0.0.1", "users 10 -> 20".into());
         assert_eq!(history.recent().changes[0].what, "users 10 -> 20");
+        assert!(
+            history.recent().groups.is_empty(),
+            "one group: no group series"
+        );
+    }
+
+    #[test]
+    fn a_fleet_of_groups_keeps_each_group_beside_each_point() {
+        let names = ["chatters".to_string(), "bots".to_string()];
+        let metrics = Metrics::with_window(crate::metrics::WINDOW, &names);
+        let history = History::default();
+        let health = crate::health::Health::default();
+        history.sample(&metrics, 10, &health);
+        metrics.group(1).add(Count::Sent, 40);
+        metrics.group(1).add(Count::Lost, 2);
+        history.sample(&metrics, 10, &health);
+        history.sample(&metrics, 10, &health);
+        let snapshot = history.run();
+        assert_eq!(snapshot.groups, names);
+        assert_eq!(snapshot.group_points.len(), snapshot.points.len());
+        let first = &snapshot.group_points[0];
+        assert!(first[1].sent > 0.0 && first[1].lost > 0.0 && first[0].sent == 0.0);
+        assert_eq!(snapshot.group_points[1][1].sent, 0.0, "a rate, not a total");
     }
 }

@@ -152,5 +152,6 @@ async fn the_page_lists_the_groups_and_steers_one() {
         Some(6.0),
         "{seen}"
     );
+    assert!(seen["group_chart_points"].as_u64().unwrap() >= 2, "{seen}");
     daemon.shutdown().await.unwrap();
 }

@@ -41,6 +41,9 @@ def main():
         seen["users_after"] = active(GROUP)
         seen["others_before"], seen["others_after"] = others, {g: active(g) for g in others}
         seen["message"] = driver.find_element(By.ID, "message").text
+        # One line per group on the groups' charts.
+        wait.until(lambda d: int(d.find_element(By.ID, "chart-g-users").get_attribute("data-points") or 0) >= 2)
+        seen["group_chart_points"] = int(driver.find_element(By.ID, "chart-g-users").get_attribute("data-points"))
     finally:
         driver.quit()
     print(json.dumps(seen))
