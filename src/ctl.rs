@@ -221,7 +221,41 @@ async fn fleet_status(
             "fleet_desired": fleet_desired,
         },
         "latency_since_start": {"message_rtt": merged("message_rtt"), "delivery": merged("delivery"), "connect": merged("connect")},
+        "groups": group_totals(&answering),
     })
+}
+
+/// Each group's users and messages summed over the instances (which split every group by its
+/// rooms), in the order the first instance lists them; empty for a fleet of one group.
+fn group_totals(answering: &[Status]) -> Value {
+    let mut totals: Vec<(String, [u64; 4])> = Vec::new();
+    for group in answering.iter().flat_map(|s| &s.groups) {
+        let index = match totals.iter().position(|(name, _)| *name == group.name) {
+            Some(index) => index,
+            None => {
+                totals.push((group.name.clone(), [0; 4]));
+                totals.len() - 1
+            }
+        };
+        let sums = &mut totals[index].1;
+        let figures = [
+            u64::try_from(group.active).unwrap_or(0),
+            u64::from(group.desired),
+            group.messages.sent,
+            group.messages.lost,
+        ];
+        for (sum, figure) in sums.iter_mut().zip(figures) {
+            *sum += figure;
+        }
+    }
+    Value::Array(
+        totals
+            .into_iter()
+            .map(|(name, [active, desired, sent, lost])| {
+                serde_json::json!({"name": name, "active": active, "desired": desired, "sent": sent, "lost": lost})
+            })
+            .collect(),
+    )
 }
 
 fn describe_fleet(fleet: &Value) -> String {
@@ -239,7 +273,21 @@ fn describe_fleet(fleet: &Value) -> String {
         ms(&latency["message_rtt"]["p99"]),
         ms(&latency["delivery"]["p50"]),
         ms(&latency["delivery"]["p99"]),
-    )
+    ) + &fleet["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            format!(
+                "\n  group {}: users {} active of {}, sent {}, lost {}",
+                g["name"].as_str().unwrap_or("?"),
+                g["active"],
+                g["desired"],
+                g["sent"],
+                g["lost"]
+            )
+        })
+        .collect::<String>()
 }
 
 /// A profile for every instance, with one start time so they run in step: the start of an

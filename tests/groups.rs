@@ -340,3 +340,43 @@ async fn a_reloaded_file_moves_the_groups_it_changes() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_fleet_splits_every_group_over_the_shards_and_sums_them() {
+    let target = Target::start().await;
+    let yaml = |index: u32| {
+        format!(
+            "target: {}\nconnect_rate: 500\nmessage_interval: 0s\nshard: {{index: {index}, count: 2}}\n\
+             groups:\n\x20 - {{name: chatters, users: 20, scenario: {{extends: im, room_size: 10}}}}\n\
+             \x20 - {{name: bots, users: 4, scenario: {{extends: im, room_size: 2}}}}\n",
+            target.ws_url()
+        )
+    };
+    let (a, b) = (start_daemon(&yaml(0)).await, start_daemon(&yaml(1)).await);
+    for api in [a.addr(), b.addr()] {
+        // Each shard holds whole rooms of each group: half of each here.
+        wait_groups_held(api, &[("chatters", 10), ("bots", 2)]).await;
+    }
+    let fleet = format!("{},{}", a.addr(), b.addr());
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["ctl", "--fleet", &fleet])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ctl(&["set", "bots.users=8"]);
+    for api in [a.addr(), b.addr()] {
+        wait_groups_held(api, &[("chatters", 10), ("bots", 4)]).await;
+    }
+    let out = ctl(&["status"]);
+    assert!(
+        out.contains("group chatters: users 20 active of 20")
+            && out.contains("group bots: users 8 active of 8"),
+        "{out}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
