@@ -113,16 +113,23 @@ impl FleetLoad {
 
     /// The load of group `index` (its fields over the fleet's, its users).
     pub fn group(&self, index: usize) -> Load {
-        let group = &self.groups[index];
-        Load {
-            users: self.users()[index],
-            ..self.fleet.patched(&group.overrides)
-        }
+        self.with_users(index, self.users()[index])
     }
 
-    /// Every group's load, in order.
+    /// Every group's load, in order (the shares split once for all of them).
     pub fn loads(&self) -> Vec<Load> {
-        (0..self.groups.len()).map(|i| self.group(i)).collect()
+        let users = self.users();
+        (0..self.groups.len())
+            .map(|i| self.with_users(i, users[i]))
+            .collect()
+    }
+
+    /// Group `index`'s fields over the fleet's, holding `users`.
+    fn with_users(&self, index: usize, users: u32) -> Load {
+        Load {
+            users,
+            ..self.fleet.patched(&self.groups[index].overrides)
+        }
     }
 
     /// The index of the group named `name`.

@@ -718,9 +718,11 @@ impl Timers {
         epoch: Instant,
     ) -> Option<Instant> {
         let due = self.next_send.filter(|&t| now >= t)?;
-        let unit = schedule.gaps.sample_unit(&mut rand::rng()) / schedule.rate_factor(user);
-        // Bounded so that no draw, however far in a tail, overflows a duration.
-        let gap = self.message_interval.mul_f64(unit.clamp(0.0, 1e6));
+        let gap = match schedule.gap_factor(user) {
+            // Exact, as a fixed schedule always was (no round trip through a float).
+            1.0 => self.message_interval,
+            factor => self.message_interval.mul_f64(factor),
+        };
         let next = clock::later(due, gap);
         self.next_send = Some(schedule.resting_until(user, epoch, next).unwrap_or(next));
         Some(due)

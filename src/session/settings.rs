@@ -170,6 +170,17 @@ fn lognormal_sigma(median: Duration, p99: Duration) -> f64 {
 }
 
 impl Schedule {
+    /// The next gap of user `user`, as a multiple of the mean gap: drawn from the shape and
+    /// divided by the user's rate factor (bounded, so no tail overflows a duration). A fixed
+    /// schedule without skew, the common case, draws nothing.
+    pub fn gap_factor(&self, user: u32) -> f64 {
+        if self.gaps == Gaps::Fixed && self.skew.is_none() {
+            return 1.0;
+        }
+        let unit = self.gaps.sample_unit(&mut rand::rng()) / self.rate_factor(user);
+        unit.clamp(0.0, 1e6)
+    }
+
     /// The factor by which user `user`'s rate differs from the group's: 1 without `skew`;
     /// with it, a Pareto draw of mean 1 fixed by the user's number (the same user keeps its
     /// rate across reconnects), capped at 1000.
