@@ -33,6 +33,7 @@ use crate::roster::Slot;
 use crate::runtimes::Runtimes;
 use crate::session::{Context, User};
 use crate::shard::Shard;
+use crate::topology::Rooms;
 
 /// Shortest pause between two ramp-down steps: closes are batched at high rates.
 const RAMP_DOWN_TICK: Duration = Duration::from_millis(10);
@@ -128,6 +129,8 @@ pub struct FleetHandle {
     desired: watch::Receiver<FleetDesired>,
     limits: Limits,
     shard: Shard,
+    /// Each group's rooms, for the blocks its users are dealt out in.
+    rooms: Vec<Rooms>,
 }
 
 impl FleetHandle {
@@ -163,7 +166,12 @@ impl FleetHandle {
             .load
             .loads()
             .iter()
-            .map(|load| self.shard.users(load.users, load.room_size))
+            .zip(&self.rooms)
+            .map(|(load, rooms)| {
+                rooms
+                    .topology(load.room_size)
+                    .local_users(&self.shard, load.users)
+            })
             .collect()
     }
 
@@ -377,6 +385,10 @@ impl Fleet {
         let (desired_tx, desired_rx) = watch::channel(desired);
         let (commands, inbox) = mpsc::channel(64);
         let shard = groups[0].ctx.shard;
+        let rooms = groups
+            .iter()
+            .map(|group| group.ctx.scenario.rooms)
+            .collect();
         let metrics = &groups[0].ctx.metrics;
         metrics.shard_index.set(i64::from(shard.index));
         metrics.shards.set(i64::from(shard.count));
@@ -404,6 +416,7 @@ impl Fleet {
                 desired: desired_rx,
                 limits,
                 shard,
+                rooms,
             },
             task,
         )

@@ -51,7 +51,14 @@ pub struct GroupLoad {
     /// Caps of this group's own (its `limits:`), besides the fleet's on every group together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Its rooms come from its scenario's `rooms` table, fixed at start: `room_size` does not
+    /// apply to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_rooms: bool,
 }
+
+/// Why `room_size` cannot change a group of [`GroupLoad::fixed_rooms`].
+const FIXED_ROOMS: &str = "this group's rooms come from its scenario's `rooms` table, fixed at start; room_size does not apply";
 
 /// The live load of every group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -71,6 +78,7 @@ impl FleetLoad {
                 share: Some(1.0),
                 overrides: LoadPatch::default(),
                 limits: None,
+                fixed_rooms: false,
             }],
         }
     }
@@ -146,6 +154,9 @@ impl FleetLoad {
     /// naming the field (`groups.chatters.users`); `self` is never modified. A group given
     /// `users` holds that count from then on, whatever its share was.
     pub fn apply(&self, patch: &LoadPatch) -> Result<FleetLoad, LoadError> {
+        if patch.room_size.is_some() && self.groups.iter().all(|g| g.fixed_rooms) {
+            return Err(LoadError::new("room_size", FIXED_ROOMS));
+        }
         let mut next = FleetLoad {
             fleet: self.fleet.apply(patch)?,
             groups: self.groups.clone(),
@@ -168,6 +179,9 @@ impl FleetLoad {
                 ));
             }
             let group = &mut next.groups[index];
+            if change.room_size.is_some() && group.fixed_rooms {
+                return Err(LoadError::new(at("room_size"), FIXED_ROOMS));
+            }
             group.overrides = group.overrides.merged(change);
             if change.users.is_some() {
                 group.share = None;
@@ -366,6 +380,7 @@ mod tests {
                         ..LoadPatch::default()
                     },
                     limits: None,
+                    fixed_rooms: false,
                 })
                 .collect(),
         }

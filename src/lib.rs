@@ -9,7 +9,7 @@
 //!
 //! - Leaves: [`clock`], [`files`] (files read without blocking, up to a cap), [`host`] (what
 //!   the process may use of its machine), [`label`] (closed label sets), [`bearer`] (token
-//!   checks), [`shard`], [`roster`] (what each user publishes), [`runtimes`] (the user
+//!   checks), [`shard`], [`topology`] (who is in which room), [`roster`] (what each user publishes), [`runtimes`] (the user
 //!   threads), [`heap`] (the allocator's figures), [`output`] (files a run writes, whole),
 //!   [`codec`] (what the bytes of a frame mean, how streams are cut into frames).
 //! - [`target`]: the reference IM server (with fault injection) for demos, tests and
@@ -72,3 +72,4 @@ pub(crate) mod sla;
 pub mod summary;
 pub mod target;
 pub(crate) mod telemetry;
+pub(crate) mod topology;

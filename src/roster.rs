@@ -141,6 +141,7 @@ impl Roster {
     }
 
     /// The last sequence sent by each user in `users` (0 for users never spawned).
+    #[cfg(test)]
     pub fn sent(&self, users: std::ops::Range<u32>) -> Vec<u64> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         users
@@ -149,7 +150,7 @@ impl Roster {
     }
 
     /// How many of `users` are connected now.
-    pub fn connected_in(&self, users: std::ops::Range<u32>) -> usize {
+    pub fn connected_among(&self, users: impl Iterator<Item = u32>) -> usize {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         users
             .filter(|&user| {
@@ -158,20 +159,6 @@ impl Roster {
                     .is_some_and(|slot| slot.connected())
             })
             .count()
-    }
-
-    /// The slots of `users`, created if new (a room's members, for its receivers' books).
-    pub fn slots(&self, users: std::ops::Range<u32>) -> Vec<Arc<Slot>> {
-        match users.end.checked_sub(1) {
-            Some(last) if !users.is_empty() => {
-                self.slot(last);
-                let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
-                users
-                    .map(|user| Arc::clone(&slots[user as usize]))
-                    .collect()
-            }
-            _ => Vec::new(),
-        }
     }
 }
 

@@ -37,6 +37,7 @@ use crate::roster::{Books, Roster, Slot};
 use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::telemetry::Telemetry;
+use crate::topology::Topology;
 pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
 
 /// What every user of one group shares, read-only.
@@ -187,14 +188,19 @@ impl Context {
 }
 
 impl Context {
-    /// The fleet-wide id of this instance's user `local`, in rooms of `room_size`.
-    pub fn global_id(&self, local: u32, room_size: u32) -> u32 {
-        self.shard.global(local, room_size)
+    /// How this group's users are laid out into rooms under `load`.
+    pub fn topology(&self, load: &Load) -> Topology {
+        self.scenario.topology(load.room_size)
+    }
+
+    /// The fleet-wide id of this instance's user `local` in `topology`.
+    pub fn global_id(&self, local: u32, topology: Topology) -> u32 {
+        topology.global(&self.shard, local)
     }
 
     /// This instance's share of the users of `load`.
     pub fn local_users(&self, load: &Load) -> u32 {
-        self.shard.users(load.users, load.room_size)
+        self.topology(load).local_users(&self.shard, load.users)
     }
 
     /// Where this group's users record their measurements.
@@ -280,14 +286,14 @@ impl User {
         let mut failures: u32 = 0;
         let mut retry_after = None;
         while self.admit().await {
-            let room_size = self.desired.borrow().load.room_size;
+            let topology = self.ctx.topology(&self.desired.borrow().load);
             let ctx = Arc::clone(&self.ctx);
             // Held for as long as this attempt's socket lives.
             let socket = ctx.sockets.take();
             let attempt = match &socket {
                 Some(_) => tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    attempt = Box::pin(connect::open(&self.ctx, self.id, room_size)) => attempt,
+                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology)) => attempt,
                 },
                 None => Err(wire::ConnectFailure::new(
                     ConnectResult::FdsExhausted,

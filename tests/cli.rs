@@ -82,6 +82,52 @@ fn check_prints_the_effective_config() {
     );
 }
 
+#[test]
+fn check_summarises_each_groups_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &path,
+        "target: ws://127.0.0.1:9001/ws\nusers: 100\n\
+         groups:\n\
+         \x20 - {name: people, share: 60%, scenario: {extends: im, rooms: [{size: 2, per_user: 2}, {size: 30}]}}\n\
+         \x20 - {name: teams, share: 40%, scenario: {extends: im, room_size: 5, rooms_per_user: 3}}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = wsfleet(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // 60 people in blocks of 60 (lcm of 4 and 30): 30 + 30 rooms of 2, 2 of 30.
+    let summary = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("#") && l.contains(name))
+            .unwrap()
+    };
+    let people = summary("people");
+    assert!(
+        people.contains("62 rooms") && people.contains("2×2 + 30"),
+        "{stdout}"
+    );
+    // 40 teams users in 3 rooms of 5: two full blocks of 15 (9 rooms each) and a short one.
+    let teams = summary("teams");
+    assert!(
+        teams.contains("26 rooms") && teams.contains("3×5"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &path,
+        "target: ws://127.0.0.1:9001/ws\nscenario: {extends: im, rooms_per_user: 2, rooms: [{size: 2}]}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = wsfleet(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rooms_per_user") && stderr.contains("per_user"),
+        "{stderr}"
+    );
+}
+
 /// The README's first command: `wsfleet run` with nothing else, here on a free API port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_shows_live_numbers_and_stops_on_sigterm() {

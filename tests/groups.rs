@@ -380,3 +380,164 @@ async fn ctl_fleet_splits_every_group_over_the_shards_and_sums_them() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_in_several_rooms_are_expected_room_by_room_and_exact_after_the_drain() {
+    let target = Target::start().await;
+    // 40 users, each in 3 rooms of 5: two full blocks of 15 and a short one of 10.
+    let config = format!(
+        "target: {}\nusers: 40\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
+         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: 0s\n\
+         scenario: {{extends: im, room_size: 5, rooms_per_user: 3}}\n",
+        target.ws_url()
+    );
+    let daemon = start_daemon(&config).await;
+    let api = daemon.addr();
+    wait_active(api, 40.0, 60).await;
+
+    // Every user joined three rooms; no room holds more than five, and the full blocks' rooms
+    // are full.
+    let joined = rooms(&target).await;
+    let members: Vec<i64> = joined
+        .values()
+        .map(|room| room["members"].as_i64().unwrap())
+        .collect();
+    assert_eq!(members.iter().sum::<i64>(), 40 * 3, "{joined:?}");
+    assert!(members.iter().all(|&m| (1..=5).contains(&m)), "{members:?}");
+    assert!(
+        members.iter().filter(|&&m| m == 5).count() >= 2 * 9,
+        "{members:?}"
+    );
+
+    // Messages go to every room of their sender in turn.
+    assert_eq!(
+        patch_load(api, json!({"message_interval": "100ms"}))
+            .await
+            .status(),
+        200
+    );
+    wait_for("messages in every room", 30, || async {
+        rooms(&target)
+            .await
+            .values()
+            .all(|room| room["messages"].as_u64().unwrap() >= 10)
+    })
+    .await;
+    // One room of the second layer drops half its deliveries.
+    target
+        .faults(json!({"drop": 0.5, "only_room": "room-3"}))
+        .await;
+    wait_for("drops in that room", 30, || async {
+        rooms(&target).await["room-3"]["dropped"].as_u64().unwrap() >= 50
+    })
+    .await;
+    target.faults(json!({"drop": 0.0, "only_room": ""})).await;
+
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.expect("drained").settled);
+    let rooms_end = rooms(&target).await;
+    let total = |field: &str| -> u64 {
+        rooms_end
+            .values()
+            .map(|room| room[field].as_u64().unwrap())
+            .sum()
+    };
+    let counts = metrics.message_counts();
+    assert_eq!(
+        counts.sent,
+        total("messages"),
+        "every message reached one room"
+    );
+    assert_eq!(counts.deliveries_received, total("deliveries"));
+    assert_eq!(
+        counts.lost,
+        rooms_end["room-3"]["dropped"].as_u64().unwrap(),
+        "lost is what that room dropped"
+    );
+    assert_eq!(counts.lost, total("dropped"), "and no other room dropped");
+    assert_eq!(
+        counts.deliveries_received + counts.lost,
+        counts.deliveries_expected
+    );
+    assert_eq!((counts.duplicated, counts.reordered), (0, 0));
+    assert_eq!(
+        counts.deliveries_foreign, 0,
+        "every delivery was of a shared room"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_table_puts_each_user_in_rooms_of_every_size_as_the_target_sees_them() {
+    let target = Target::start().await;
+    // Each user in two DMs and one room of 6: blocks of 12 (lcm of 2 × 2 and 6), two here.
+    let config = format!(
+        "target: {}\nusers: 24\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
+         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: 0s\n\
+         scenario: {{extends: im, rooms: [{{size: 2, per_user: 2}}, {{size: 6}}]}}\n",
+        target.ws_url()
+    );
+    let daemon = start_daemon(&config).await;
+    let api = daemon.addr();
+    wait_active(api, 24.0, 60).await;
+    let joined = rooms(&target).await;
+    let mut sizes: BTreeMap<i64, usize> = BTreeMap::new();
+    for room in joined.values() {
+        *sizes.entry(room["members"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        sizes,
+        BTreeMap::from([(2, 24), (6, 4)]),
+        "per block: 6 + 6 DMs and 2 rooms of 6"
+    );
+
+    // The table is fixed: room_size does not apply, and saying so changes nothing.
+    let refused = patch_load(api, json!({"room_size": 4})).await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("rooms"), "{body}");
+
+    // Everyone is in: now they talk.
+    let talk = patch_load(api, json!({"message_interval": "100ms"})).await;
+    assert_eq!(talk.status(), 200);
+
+    wait_for("messages in every room", 30, || async {
+        rooms(&target)
+            .await
+            .values()
+            .all(|room| room["messages"].as_u64().unwrap() >= 5)
+    })
+    .await;
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.expect("drained").settled);
+    let rooms_end = rooms(&target).await;
+    let counts = metrics.message_counts();
+    let total = |field: &str| -> u64 {
+        rooms_end
+            .values()
+            .map(|room| room[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (counts.sent, counts.deliveries_received),
+        (total("messages"), total("deliveries")),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts.lost, counts.duplicated, counts.deliveries_foreign),
+        (0, 0, 0)
+    );
+    assert_eq!(counts.deliveries_received, counts.deliveries_expected);
+    // Round robin over a user's three rooms: its DMs carry two thirds of its messages.
+    let in_dms: u64 = rooms_end
+        .iter()
+        .filter(|(name, _)| joined[*name]["members"].as_i64() == Some(2))
+        .map(|(_, room)| room["messages"].as_u64().unwrap())
+        .sum();
+    assert!(
+        in_dms.abs_diff(counts.sent * 2 / 3) <= 24,
+        "{in_dms} of {} messages in DMs",
+        counts.sent
+    );
+}

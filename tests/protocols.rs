@@ -330,6 +330,30 @@ async fn mqtt_over_tcp_against_mosquitto_is_measured_without_loss() {
     assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
 }
 
+/// Devices in two rooms each against mosquitto: a SUBSCRIBE per room at login, PUBLISHes to
+/// the rooms in turn, every delivery judged in the room it came through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_devices_in_two_rooms_each_are_measured_room_by_room_against_mosquitto() {
+    let Some(broker) = Mosquitto::start().await else {
+        return;
+    };
+    let yaml = mqtt_config(
+        &format!("tcp://{}", broker.addr),
+        20,
+        "scenario: {extends: mqtt, room_size: 5, rooms_per_user: 2}\n",
+    );
+    let metrics = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
+    let counts = metrics.message_counts();
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+    assert_eq!(
+        counts.deliveries_foreign, 0,
+        "each delivery came through a room it shares with its sender: {counts:?}"
+    );
+}
+
 /// The same against mosquitto in MQTT 5, subscribing with no_local: the broker sends no
 /// one their own messages back, so every publish that arrives is a delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,24 +267,35 @@ impl Config {
 }
 
 impl Config {
-    /// A room never spans two instances: one bigger than an instance may hold is refused.
+    /// A room never spans two instances: rooms are dealt out in blocks (of `room_size ×
+    /// rooms_per_user` users), and a block bigger than an instance may hold is refused.
     fn check_rooms_fit(&self, plan: &Plan) -> Result<(), ConfigError> {
         let Some(max) = self.limits.max_users else {
             return Ok(());
         };
         let per_instance = max / self.shard.count.max(1);
         for (group, load) in plan.groups.iter().zip(plan.load.loads()) {
-            if load.room_size > per_instance && load.users >= load.room_size {
+            let topology = group.scenario.topology(load.room_size);
+            let block = topology.block();
+            if block > per_instance && load.users >= block {
                 let field = if self.groups.is_empty() {
                     "scenario.room_size".to_string()
                 } else {
                     format!("groups.{}.scenario.room_size", group.name)
                 };
+                let of = if topology.rooms_per_user() > 1 {
+                    format!(
+                        "a block of {block} users (rooms of {} per user, laid out together)",
+                        topology.describe()
+                    )
+                } else {
+                    format!("a room of {block} users")
+                };
                 return Err(ConfigError::Listed {
                     field,
                     problem: format!(
-                        "a room of {} users does not fit one instance, which may hold {per_instance} (limits.max_users {max} over {} shard(s)); rooms never span instances: make rooms smaller or raise the cap",
-                        load.room_size, self.shard.count
+                        "{of} does not fit one instance, which may hold {per_instance} (limits.max_users {max} over {} shard(s)); rooms never span instances: make rooms smaller or raise the cap",
+                        self.shard.count
                     ),
                 });
             }

@@ -145,7 +145,9 @@ impl Config {
     /// The live load of the groups `plans` describe (this config's [`Config::group_plans`]).
     pub(super) fn fleet_load(&self, plans: &[GroupPlan]) -> FleetLoad {
         if self.groups.is_empty() {
-            return FleetLoad::single(self.load());
+            let mut single = FleetLoad::single(self.load());
+            single.groups[0].fixed_rooms = plans[0].scenario.rooms.is_table();
+            return single;
         }
         let fleet = self.load();
         let groups = self
@@ -160,6 +162,7 @@ impl Config {
                     share: spec.share,
                     // Only caps the group sets itself: the fleet's bound every group together.
                     limits: set("limits").then(|| plan.config.limits.clone()),
+                    fixed_rooms: plan.scenario.rooms.is_table(),
                     overrides: LoadPatch {
                         users: spec.users,
                         // A schedule with times of its own brings its own mean gap.

@@ -24,10 +24,13 @@ impl Plan {
     /// Each group's users, rooms and pace, for a person (`wsfleet check` prints it as YAML
     /// comments after the effective config).
     pub fn describe_groups(&self) -> String {
-        let mut out = String::from("# groups: users, rooms (one per user), messages per second\n");
+        let mut out = String::from(
+            "# groups: users, rooms, the sizes of each user's rooms, messages per second\n",
+        );
         for (plan, load) in self.groups.iter().zip(self.load.loads()) {
             let schedule = &plan.config.schedule;
-            let rooms = load.users.div_ceil(load.room_size.max(1));
+            let topology = plan.scenario.topology(load.room_size);
+            let rooms = topology.rooms(load.users);
             let bursting = schedule.bursts.map_or(1.0, |b| {
                 let cycle = (b.on + b.off).as_secs_f64();
                 if cycle > 0.0 {
@@ -46,8 +49,12 @@ impl Plan {
                 )
             });
             out.push_str(&format!(
-                "#   {:<16} {:>8} users  {:>7} rooms of {:<6}  {:>9.1} msg/s{arrivals}\n",
-                plan.name, load.users, rooms, load.room_size, rate
+                "#   {:<16} {:>8} users  {:>7} rooms  each user in {:<12}  {:>9.1} msg/s{arrivals}\n",
+                plan.name,
+                load.users,
+                rooms,
+                topology.describe(),
+                rate
             ));
         }
         out

@@ -9,6 +9,8 @@ use super::spec::{Builtin, ScenarioSpec};
 use super::template::{Template, Values};
 use super::*;
 use crate::codec::Codec;
+use crate::load::MAX_ROOM_SIZE;
+use crate::topology::{MAX_ROOMS_PER_USER, Rooms, Topology};
 
 impl Scenario {
     /// Compiles a spec; relative credential paths are read from `base_dir`.
@@ -150,6 +152,31 @@ impl Scenario {
         if spec.room_size == 0 {
             return Err(at("room_size")("must be at least 1".into()));
         }
+        if !(1..=MAX_ROOMS_PER_USER).contains(&spec.rooms_per_user) {
+            return Err(at("rooms_per_user")(format!(
+                "must be between 1 and {MAX_ROOMS_PER_USER}, got {}",
+                spec.rooms_per_user
+            )));
+        }
+        let rooms = if spec.rooms.is_empty() {
+            Rooms::Uniform {
+                rooms_per_user: spec.rooms_per_user,
+            }
+        } else {
+            if spec.rooms_per_user != 1 {
+                return Err(at("rooms_per_user")(
+                    "a `rooms` table says how many rooms of each size (`per_user`); leave `rooms_per_user` out".into(),
+                ));
+            }
+            if let Some(row) = spec.rooms.iter().position(|r| r.size > MAX_ROOM_SIZE) {
+                return Err(at(format!("rooms[{row}].size"))(format!(
+                    "must be at most {MAX_ROOM_SIZE}, got {}",
+                    spec.rooms[row].size
+                )));
+            }
+            let rows: Vec<(u32, u32)> = spec.rooms.iter().map(|r| (r.size, r.per_user)).collect();
+            Rooms::Table(Topology::table(&rows).map_err(at("rooms"))?)
+        };
         let replies = spec
             .replies
             .iter()
@@ -191,6 +218,7 @@ impl Scenario {
             message,
             reading,
             room_size: spec.room_size,
+            rooms,
             codec,
             framing,
             group: None,
@@ -202,7 +230,7 @@ impl Scenario {
     /// Every send template, rendered for user 0 (captures of replies as `1`), must encode:
     /// a template the codec cannot encode is a config error, not a failure per user later.
     fn check_encoding(&self, replies: &[Reply]) -> Result<(), ScenarioError> {
-        let identity = self.identity(0, self.room_size);
+        let identity = self.identity(0, self.topology(self.room_size));
         let values = identity.values("ws://127.0.0.1/", 1, 1, 1);
         let check = |field: String, text: String| {
             self.codec

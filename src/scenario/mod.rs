@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::codec::framing::Framing;
+use crate::topology::{Rooms, Topology};
 use matcher::{Matcher, MatcherSpec};
 use template::{Template, Values};
 
@@ -105,6 +106,8 @@ pub struct Scenario {
     /// The receive side: what each frame means, read in one walk.
     pub reading: reading::Reading,
     pub room_size: u32,
+    /// Where rooms come from; with the live `room_size`, the [`Topology`].
+    pub rooms: Rooms,
     /// What frames mean, in bytes.
     pub codec: Codec,
     /// How frames are cut from a byte stream: the scenario's, or its codec's own.
@@ -130,11 +133,45 @@ const GROUP_NUMBERS: u32 = 1 << 24;
 pub struct Identity {
     pub user: u32,
     pub user_id: String,
-    pub room: String,
+    /// Its rooms, layer by layer ([`Topology`]): `{{room}}` is the first, except in a message
+    /// (the room it goes to) and in a login step that joins each. The first apart, so a user
+    /// in one room holds no list.
+    room: String,
+    more_rooms: Vec<String>,
     pub custom: Vec<String>,
 }
 
 impl Identity {
+    /// A user of `rooms` (the first is the room of its templates outside messages).
+    pub fn new(user: u32, user_id: String, rooms: Vec<String>, custom: Vec<String>) -> Identity {
+        let mut rooms = rooms.into_iter();
+        Identity {
+            user,
+            user_id,
+            room: rooms.next().unwrap_or_default(),
+            more_rooms: rooms.collect(),
+            custom,
+        }
+    }
+
+    /// Its room in layer `layer` ("" past its last).
+    pub fn room(&self, layer: usize) -> &str {
+        match layer {
+            0 => &self.room,
+            _ => self.more_rooms.get(layer - 1).map_or("", String::as_str),
+        }
+    }
+
+    /// Its rooms, layer by layer.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.room.as_str()).chain(self.more_rooms.iter().map(String::as_str))
+    }
+
+    /// How many rooms it is in.
+    pub fn room_count(&self) -> usize {
+        1 + self.more_rooms.len()
+    }
+
     pub fn values<'a>(
         &'a self,
         target: &'a str,
@@ -168,15 +205,20 @@ impl Scenario {
         });
     }
 
-    /// The identity of user number `user` (of its group) when rooms hold `room_size` users.
-    pub fn identity(&self, user: u32, room_size: u32) -> Identity {
+    /// How this scenario's users are laid out into rooms of `room_size` (the live value).
+    pub fn topology(&self, room_size: u32) -> Topology {
+        self.rooms.topology(room_size)
+    }
+
+    /// The identity of user number `user` (of its group, fleet-wide) in `topology`.
+    pub fn identity(&self, user: u32, topology: Topology) -> Identity {
         let base = self.group.as_ref().map_or(0, |group| group.base);
-        let mut identity = Identity {
-            user: base.saturating_add(user),
-            user_id: self.user_id(user),
-            room: self.room_of(user, room_size),
-            custom: self.credentials_row(user).cloned().unwrap_or_default(),
-        };
+        let mut identity = Identity::new(
+            base.saturating_add(user),
+            self.user_id(user),
+            self.rooms_of(user, topology),
+            self.credentials_row(user).cloned().unwrap_or_default(),
+        );
         identity.custom.reserve(self.vars.len());
         // Each var reads only credential columns, which come first: the values rendered so far
         // can stay where they are (copying them for each var was quadratic, per connect).
@@ -194,14 +236,16 @@ impl Scenario {
             .then(|| &self.credentials.rows[user as usize % self.credentials.rows.len()])
     }
 
-    /// The room of user number `user` when rooms hold `room_size` users: `room-N`
-    /// (`NAME-room-N` in group NAME of several).
-    pub fn room_of(&self, user: u32, room_size: u32) -> String {
+    /// The rooms of user number `user` (fleet-wide), layer by layer: `room-N` (`NAME-room-N`
+    /// in group NAME of several).
+    pub fn rooms_of(&self, user: u32, topology: Topology) -> Vec<String> {
         let prefix = self
             .group
             .as_ref()
             .map_or("", |group| group.prefix.as_str());
-        format!("{prefix}{}", room_name(user, room_size))
+        (0..topology.rooms_per_user())
+            .map(|layer| format!("{prefix}room-{}", topology.room(user, layer)))
+            .collect()
     }
 
     /// The id user number `user` goes by (`{{user_id}}`): `u{user}` (`NAME-u{user}` in
@@ -213,24 +257,6 @@ impl Scenario {
             _ => format!("u{user}"),
         }
     }
-}
-
-/// The users of user `user`'s room among the first `users` users.
-pub fn room_range(user: u32, users: u32, room_size: u32) -> std::ops::Range<u32> {
-    let room_size = room_size.max(1);
-    let first = user / room_size * room_size;
-    first..first.saturating_add(room_size).min(users.max(first))
-}
-
-/// The room of user `user` when rooms hold `room_size` users.
-pub fn room_name(user: u32, room_size: u32) -> String {
-    format!("room-{}", user / room_size.max(1))
-}
-
-/// Members of user `user`'s room among the first `users` users.
-pub fn room_members(user: u32, users: u32, room_size: u32) -> u32 {
-    let range = room_range(user, users, room_size);
-    range.end - range.start
 }
 
 #[cfg(test)]
@@ -248,10 +274,44 @@ mod tests {
     #[test]
     fn rooms_group_users() {
         let scenario = Scenario::compile(&Builtin::Im.spec(), Path::new(".")).expect("valid");
-        assert_eq!(scenario.identity(0, 10).room, "room-0");
-        assert_eq!(scenario.identity(19, 10).room, "room-1");
-        assert_eq!(room_members(15, 100, 10), 10);
-        assert_eq!(room_members(15, 13, 10), 3, "a partly filled last room");
+        assert_eq!(
+            scenario
+                .identity(0, scenario.topology(10))
+                .rooms()
+                .collect::<Vec<_>>(),
+            ["room-0"]
+        );
+        assert_eq!(
+            scenario
+                .identity(19, scenario.topology(10))
+                .rooms()
+                .collect::<Vec<_>>(),
+            ["room-1"]
+        );
+        assert_eq!(scenario.topology(10).room_members(15, 0, 100), 10);
+        assert_eq!(
+            scenario.topology(10).room_members(15, 0, 13),
+            3,
+            "a partly filled last room"
+        );
+        let mut spec = Builtin::Im.spec();
+        spec.rooms_per_user = 3;
+        let three = Scenario::compile(&spec, Path::new(".")).expect("valid");
+        let identity = three.identity(31, three.topology(10));
+        let rooms: Vec<&str> = identity.rooms().collect();
+        assert_eq!(rooms.len(), 3);
+        assert_eq!(
+            rooms[0], "room-9",
+            "block 1 (users 30..60) holds rooms 9..18"
+        );
+        spec.rooms_per_user = 17;
+        let err = Scenario::compile(&spec, Path::new("."))
+            .expect_err("17 rooms")
+            .to_string();
+        assert!(
+            err.contains("rooms_per_user") && err.contains("17"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -267,7 +327,7 @@ mod tests {
         )
         .expect("parses");
         let scenario = Scenario::compile(&spec, dir.path()).expect("valid");
-        let bob = scenario.identity(3, 10);
+        let bob = scenario.identity(3, scenario.topology(10));
         assert_eq!(bob.user_id, "bob");
         let send = scenario.login[0].send.as_ref().expect("has send");
         assert_eq!(send.render(&bob.values("", 0, 0, 0)), "bob:tok-bob-pw2");
@@ -284,7 +344,7 @@ mod tests {
         let spec = choice.spec();
         assert_eq!(spec.replies, Builtin::Socketio.spec().replies, "kept");
         let scenario = Scenario::compile(&spec, dir.path()).expect("the token column wins");
-        let alice = scenario.identity(0, 4);
+        let alice = scenario.identity(0, scenario.topology(4));
         let send = scenario.login[1].send.as_ref().expect("CONNECT");
         assert_eq!(
             send.render(&alice.values("", 0, 0, 0)),

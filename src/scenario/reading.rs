@@ -396,12 +396,12 @@ mod tests {
     }
 
     fn user0(custom: usize) -> Identity {
-        Identity {
-            user: 0,
-            user_id: "u0".into(),
-            room: "room-0".into(),
-            custom: vec![String::new(); custom],
-        }
+        Identity::new(
+            0,
+            "u0".into(),
+            vec!["room-0".into()],
+            vec![String::new(); custom],
+        )
     }
 
     #[test]

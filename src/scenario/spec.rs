@@ -49,6 +49,14 @@ pub struct ScenarioSpec {
     /// Users are grouped into rooms of this many members: user i is in room `room-{i / size}`.
     #[serde(default = "default_room_size")]
     pub room_size: u32,
+    /// Rooms each user is in (1..=16), its messages going to them in turn; rooms are cut
+    /// from blocks of `room_size × rooms_per_user` users (see [`crate::topology`]).
+    #[serde(default = "one_room", skip_serializing_if = "is_one_room")]
+    pub rooms_per_user: u32,
+    /// Rooms of several sizes instead: each user is in `per_user` rooms of each row's `size`
+    /// (a DM, a team room, a big room), fixed at start (`room_size` does not apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<RoomsRowSpec>,
     /// The built-in's vars, when this spec extends one: a credentials column of the same name
     /// takes their place (the built-in's default gives way to the user's data).
     #[serde(skip)]
@@ -144,8 +152,23 @@ pub struct DeliverySpec {
     pub ts: String,
 }
 
+/// One row of a `rooms` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsRowSpec {
+    pub size: u32,
+    #[serde(default = "one_room", skip_serializing_if = "is_one_room")]
+    pub per_user: u32,
+}
+
 fn default_room_size() -> u32 {
     10
+}
+fn one_room() -> u32 {
+    1
+}
+fn is_one_room(rooms: &u32) -> bool {
+    *rooms == 1
 }
 fn default_step_timeout() -> Duration {
     Duration::from_secs(5)
@@ -309,6 +332,12 @@ impl ScenarioSpec {
             },
             message: self.message.clone().or(base.message),
             room_size: self.room_size,
+            rooms_per_user: self.rooms_per_user,
+            rooms: if self.rooms.is_empty() {
+                base.rooms
+            } else {
+                self.rooms.clone()
+            },
             codec: if self.codec == CodecSpec::default() {
                 base.codec
             } else {

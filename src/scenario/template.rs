@@ -46,6 +46,13 @@ pub struct Values<'a> {
     pub payload_size: usize,
 }
 
+impl<'a> Values<'a> {
+    /// The same values with `{{room}}` naming `room`.
+    pub fn in_room(self, room: &'a str) -> Values<'a> {
+        Values { room, ..self }
+    }
+}
+
 impl Template {
     /// Compiles `text`; `custom` names the variables beyond the built-ins.
     pub fn compile(text: &str, custom: &Names) -> Result<Template, String> {
@@ -80,6 +87,11 @@ impl Template {
             segments.push(Segment::Text(rest.to_string()));
         }
         Ok(Template { segments })
+    }
+
+    /// Whether the template names the user's room (`{{room}}`).
+    pub fn uses_room(&self) -> bool {
+        self.segments.contains(&Segment::Var(Var::Room))
     }
 
     /// Whether the template uses a variable that changes per message.

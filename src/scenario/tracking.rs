@@ -16,6 +16,9 @@
 //! has arrived and the gap is older than the grace period, or when the receiving session ends.
 //! A gap filled in time counts as reordered, not lost.
 //!
+//! A sender in several rooms numbers its messages once; a receiver keeps one track per room
+//! it shares with the sender, a [`Lane`] of the sender's sequence, and judges each apart.
+//!
 //! The tail: a message whose copy to this receiver was the last one dropped is followed by no
 //! later sequence, so no gap ever shows it. At the end of a run each receiver learns every
 //! member's last sent sequence ([`Tracker::expect_until`]); what has not arrived a grace
@@ -28,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::roster::Slot;
+use crate::topology::Lane;
 
 /// Sequences tracked behind the highest one; a gap that falls further behind is lost at once.
 const WINDOW: u64 = 128;
@@ -57,10 +61,13 @@ impl Delivery {
     }
 }
 
+/// What one receiver knows of one sender's messages to one room they share. Sequences here
+/// are numbers within the lane (the sender's sequence itself for a sender in one room).
 #[derive(Debug)]
 struct Sender {
     /// The sender's public state: the last sequence it issued bounds what may arrive.
     slot: Arc<Slot>,
+    lane: Lane,
     baseline: u64,
     /// The sender's last sent sequence, once the end of the run announced it (0 before).
     until: u64,
@@ -92,7 +99,11 @@ impl Sender {
 #[derive(Debug)]
 pub struct Tracker {
     grace: Duration,
+    /// The first room shared with each sender.
     senders: HashMap<Box<str>, Sender>,
+    /// Further rooms shared with a sender already in `senders` (rare: users in several rooms
+    /// whose rooms overlap).
+    shared: Vec<(Box<str>, Sender)>,
     /// Gaps that became losses and have not been collected by [`Tracker::take_lost`].
     lost: u64,
     /// When the senders' final sequences were announced: the tail's grace runs from then.
@@ -104,45 +115,92 @@ impl Tracker {
         Self {
             grace,
             senders: HashMap::new(),
+            shared: Vec::new(),
             lost: 0,
             tail_since: None,
         }
     }
 
-    /// Expects from `sender` (whose public state is `slot`) every sequence after the last one
-    /// it sent by now. A sender already known keeps its baseline.
-    pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>) {
-        if self.senders.contains_key(sender) {
+    /// Expects from `sender` (whose public state is `slot`) every message of `lane` after
+    /// the last one it sent by now. A lane already known keeps its baseline.
+    pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>, lane: Lane) {
+        let known = |t: &Sender| t.lane == lane;
+        if self.senders.get(sender).is_some_and(known)
+            || self.shared.iter().any(|(s, t)| &**s == sender && known(t))
+        {
             return;
         }
-        let sent = slot.sent();
-        self.senders.insert(
-            sender.into(),
-            Sender {
-                slot,
-                baseline: sent + 1,
-                until: 0,
-                highest: sent,
-                // Everything up to the baseline counts as seen; it is below the baseline anyway.
-                seen: u128::MAX,
-                gaps: VecDeque::new(),
-            },
-        );
+        let sent = lane.count(slot.sent());
+        let track = Sender {
+            slot,
+            lane,
+            baseline: sent + 1,
+            until: 0,
+            highest: sent,
+            // Everything up to the baseline counts as seen; it is below the baseline anyway.
+            seen: u128::MAX,
+            gaps: VecDeque::new(),
+        };
+        if self.senders.contains_key(sender) {
+            self.shared.push((sender.into(), track));
+        } else {
+            self.senders.insert(sender.into(), track);
+        }
     }
 
-    /// Expects `sender`'s messages up to `sent`, its final sequence. Only senders with a
-    /// baseline are judged: for the others this receiver cannot tell what it should have had.
+    /// Expects `sender`'s messages up to `sent`, its final sequence, in every room shared
+    /// with it. Only senders with a baseline are judged: for the others this receiver cannot
+    /// tell what it should have had.
     pub fn expect_until(&mut self, sender: &str, sent: u64, now: Instant) {
-        if let Some(track) = self.senders.get_mut(sender) {
-            track.until = track.until.max(sent);
+        let shared = self.shared.iter_mut().filter(|(s, _)| &**s == sender);
+        let mut any = false;
+        for track in self
+            .senders
+            .get_mut(sender)
+            .into_iter()
+            .chain(shared.map(|(_, t)| t))
+        {
+            track.until = track.until.max(track.lane.count(sent));
+            any = true;
+        }
+        if any {
             self.tail_since.get_or_insert(now);
         }
     }
 
-    /// Whether nothing is awaited: no open gap, every announced final sequence arrived.
-    pub fn is_settled(&self) -> bool {
+    /// Every track: one per (sender, shared room).
+    fn tracks(&self) -> impl Iterator<Item = &Sender> {
         self.senders
             .values()
+            .chain(self.shared.iter().map(|(_, t)| t))
+    }
+
+    fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Sender> {
+        self.senders
+            .values_mut()
+            .chain(self.shared.iter_mut().map(|(_, t)| t))
+    }
+
+    /// The track `seq` of `sender` belongs to, with its number there.
+    fn track_of<'a>(
+        senders: &'a mut HashMap<Box<str>, Sender>,
+        shared: &'a mut [(Box<str>, Sender)],
+        sender: &str,
+        seq: u64,
+    ) -> Option<(&'a mut Sender, u64)> {
+        let first = senders.get_mut(sender)?;
+        if let Some(index) = first.lane.index(seq) {
+            return Some((first, index));
+        }
+        shared
+            .iter_mut()
+            .filter(|(s, _)| &**s == sender)
+            .find_map(|(_, t)| t.lane.index(seq).map(|index| (t, index)))
+    }
+
+    /// Whether nothing is awaited: no open gap, every announced final sequence arrived.
+    pub fn is_settled(&self) -> bool {
+        self.tracks()
             .all(|t| t.gaps.is_empty() && t.until <= t.highest)
     }
 
@@ -150,18 +208,19 @@ impl Tracker {
     pub fn next_expiry(&self) -> Option<Instant> {
         let tail = self
             .tail_since
-            .filter(|_| self.senders.values().any(|t| t.until > t.highest));
-        self.senders
-            .values()
+            .filter(|_| self.tracks().any(|t| t.until > t.highest));
+        self.tracks()
             .filter_map(|t| t.gaps.front().map(|&(_, found)| found))
             .chain(tail)
             .min()
             .map(|since| crate::clock::later(since, self.grace))
     }
 
-    /// Records one delivery of `seq` from `sender`.
+    /// Records one delivery of `seq` from `sender`: a message of a room this receiver does
+    /// not share with the sender is foreign.
     pub fn observe(&mut self, sender: &str, seq: u64, now: Instant) -> Delivery {
-        let Some(track) = self.senders.get_mut(sender) else {
+        let Some((track, seq)) = Self::track_of(&mut self.senders, &mut self.shared, sender, seq)
+        else {
             return Delivery::Foreign;
         };
         if seq < track.baseline {
@@ -169,7 +228,7 @@ impl Tracker {
         }
         if seq > track.highest {
             // Read only for a new highest sequence: one relaxed load of the sender's slot.
-            if seq > track.slot.issued() {
+            if seq > track.lane.count(track.slot.issued()) {
                 return Delivery::Invalid;
             }
             let shift = seq - track.highest;
@@ -216,27 +275,32 @@ impl Tracker {
         let tail_due = self
             .tail_since
             .is_some_and(|since| now.duration_since(since) >= self.grace);
-        for track in self.senders.values_mut() {
+        let grace = self.grace;
+        let mut lost = 0;
+        for track in self.tracks_mut() {
             while let Some(&(_, found)) = track.gaps.front() {
-                if now.duration_since(found) < self.grace {
+                if now.duration_since(found) < grace {
                     break;
                 }
                 track.gaps.pop_front();
-                self.lost += 1;
+                lost += 1;
             }
             if tail_due {
-                self.lost += track.give_up_tail();
+                lost += track.give_up_tail();
             }
         }
+        self.lost += lost;
     }
 
     /// Ends tracking (the session is over): every open gap and missing tail is lost.
     pub fn finish(&mut self) {
-        for track in self.senders.values_mut() {
-            self.lost += track.gaps.len() as u64;
+        let mut lost = 0;
+        for track in self.tracks_mut() {
+            lost += track.gaps.len() as u64;
             track.gaps.clear();
-            self.lost += track.give_up_tail();
+            lost += track.give_up_tail();
         }
+        self.lost += lost;
     }
 
     /// Losses found since the last call.
@@ -256,8 +320,8 @@ mod tests {
     /// A tracker expecting senders "a" and "b" from after `sent`.
     fn tracker(sent: u64) -> Tracker {
         let mut t = Tracker::new(GRACE);
-        t.expect_from("a", Slot::at(sent, ISSUED));
-        t.expect_from("b", Slot::at(sent, ISSUED));
+        t.expect_from("a", Slot::at(sent, ISSUED), Lane::ALL);
+        t.expect_from("b", Slot::at(sent, ISSUED), Lane::ALL);
         t
     }
 
@@ -404,7 +468,7 @@ mod tests {
     fn a_sequence_its_sender_never_issued_is_invalid_and_costs_nothing() {
         let now = Instant::now();
         let mut t = Tracker::new(GRACE);
-        t.expect_from("a", Slot::at(44, 44));
+        t.expect_from("a", Slot::at(44, 44), Lane::ALL);
         assert_eq!(t.observe("a", 40, now), Delivery::Untracked);
         // One frame with a sequence of 2^63: before, a loop of 2^63 steps; now refused.
         assert_eq!(t.observe("a", 1 << 63, now), Delivery::Invalid);
@@ -433,5 +497,41 @@ mod tests {
         }
         assert_eq!(t.senders.len(), 2, "only the members are tracked");
         assert!(!Delivery::Foreign.is_first_arrival());
+    }
+
+    #[test]
+    fn a_sender_in_several_rooms_is_judged_room_by_room() {
+        let now = Instant::now();
+        let slot = Slot::at(0, ISSUED);
+        // Rooms in turn: odd sequences to the first room, even ones to the second.
+        let (first, second) = (
+            Lane {
+                stride: 2,
+                phase: 0,
+            },
+            Lane {
+                stride: 2,
+                phase: 1,
+            },
+        );
+        let mut both = Tracker::new(GRACE);
+        both.expect_from("a", Arc::clone(&slot), first);
+        both.expect_from("a", Arc::clone(&slot), second);
+        both.expect_from("a", Arc::clone(&slot), second);
+        let mut one = Tracker::new(GRACE);
+        one.expect_from("a", Arc::clone(&slot), second);
+        for seq in [1, 2, 4, 6] {
+            assert_eq!(both.observe("a", seq, now), Delivery::New, "seq {seq}");
+        }
+        assert_eq!(one.observe("a", 1, now), Delivery::Foreign, "not our room");
+        assert_eq!(one.observe("a", 2, now), Delivery::New);
+        assert_eq!(one.observe("a", 6, now), Delivery::New, "4 is a gap");
+        assert_eq!(both.observe("a", 4, now), Delivery::Duplicate);
+        both.expect_until("a", 6, now);
+        one.expect_until("a", 6, now);
+        both.finish();
+        one.finish();
+        assert_eq!(both.take_lost(), 2, "3 and 5 of the first room");
+        assert_eq!(one.take_lost(), 1, "4 of the second room");
     }
 }

@@ -19,17 +19,19 @@ use crate::failures::truncate;
 use crate::metrics::{ConnectResult, Count, Latency, Phase};
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
+use crate::scenario::template::Template;
+use crate::topology::Topology;
 
 /// Connects and logs this instance's user `local` in. The handshake time is recorded on
 /// success.
 pub async fn open(
     ctx: &Context,
     local: u32,
-    room_size: u32,
+    topology: Topology,
 ) -> Result<(Socket, Identity), ConnectFailure> {
     let identity = ctx
         .scenario
-        .identity(ctx.global_id(local, room_size), room_size);
+        .identity(ctx.global_id(local, topology), topology);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
             ctx.target.as_str(),
@@ -165,91 +167,104 @@ async fn login_steps(
 ) -> Result<(), (ConnectResult, String)> {
     let refused = |detail: String| (ConnectResult::Login, detail);
     for (i, step) in ctx.scenario.login.iter().enumerate() {
-        let step_no = i + 1;
-        let mut unmatched: Option<String> = None;
-        let exchange = async {
-            if let Some(send) = &step.send {
-                let text =
-                    send.render(&identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0));
-                ctx.meter().add(Count::BytesSent, text.len() as u64);
-                let frame = ctx.scenario.codec.encode(text).map_err(|err| {
-                    (
-                        ConnectResult::Protocol,
-                        format!("login step {step_no}: cannot encode: {err}"),
-                    )
-                })?;
-                socket.send(frame).await.map_err(|err| {
-                    (
-                        broken(&err),
-                        format!("login step {step_no}: sending failed: {err}"),
-                    )
-                })?;
-            }
-            let Some(expect) = &step.expect else {
-                return Ok(());
+        // A step that names `{{room}}` joins: it runs once for each of the user's rooms.
+        let joins = step.send.as_ref().is_some_and(Template::uses_room);
+        let rooms = if joins { identity.room_count() } else { 1 };
+        for room in 0..rooms {
+            let step_no = if rooms > 1 {
+                format!("{} (room {})", i + 1, identity.room(room))
+            } else {
+                (i + 1).to_string()
             };
-            loop {
-                let frame = socket.next().await;
-                let data = match &frame {
-                    Some(Ok(Message::Text(text))) => Some(text.as_bytes()),
-                    Some(Ok(Message::Binary(data))) => Some(data.as_ref()),
-                    _ => None,
+            let room = identity.room(room);
+            let mut unmatched: Option<String> = None;
+            let exchange = async {
+                if let Some(send) = &step.send {
+                    let text = send.render(
+                        &identity
+                            .values(ctx.target.as_str(), 0, clock::now_micros(), 0)
+                            .in_room(room),
+                    );
+                    ctx.meter().add(Count::BytesSent, text.len() as u64);
+                    let frame = ctx.scenario.codec.encode(text).map_err(|err| {
+                        (
+                            ConnectResult::Protocol,
+                            format!("login step {step_no}: cannot encode: {err}"),
+                        )
+                    })?;
+                    socket.send(frame).await.map_err(|err| {
+                        (
+                            broken(&err),
+                            format!("login step {step_no}: sending failed: {err}"),
+                        )
+                    })?;
+                }
+                let Some(expect) = &step.expect else {
+                    return Ok(());
                 };
-                // Read through the codec; frames it cannot read are skipped.
-                if let Some(data) = data {
-                    ctx.meter().add(Count::BytesReceived, data.len() as u64);
-                    let Some(text) = ctx.scenario.codec.decode(data) else {
-                        continue;
+                loop {
+                    let frame = socket.next().await;
+                    let data = match &frame {
+                        Some(Ok(Message::Text(text))) => Some(text.as_bytes()),
+                        Some(Ok(Message::Binary(data))) => Some(data.as_ref()),
+                        _ => None,
                     };
-                    let text = text.as_ref();
-                    let frame = Frame::new(text);
-                    if expect.matches(&frame) {
-                        return Ok(());
+                    // Read through the codec; frames it cannot read are skipped.
+                    if let Some(data) = data {
+                        ctx.meter().add(Count::BytesReceived, data.len() as u64);
+                        let Some(text) = ctx.scenario.codec.decode(data) else {
+                            continue;
+                        };
+                        let text = text.as_ref();
+                        let frame = Frame::new(text);
+                        if expect.matches(&frame) {
+                            return Ok(());
+                        }
+                        if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
+                            return Err(refused(format!(
+                                "login step {step_no}: refused by the server: {}",
+                                truncate(text, 200)
+                            )));
+                        }
+                        reply(ctx, socket, identity, text)
+                            .await
+                            .map_err(|(result, err)| {
+                                (result, format!("login step {step_no}: {err}"))
+                            })?;
+                        unmatched = Some(truncate(text, 200).to_string());
+                        continue;
                     }
-                    if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
-                        return Err(refused(format!(
-                            "login step {step_no}: refused by the server: {}",
-                            truncate(text, 200)
-                        )));
+                    match frame {
+                        Some(Ok(Message::Close(frame))) => {
+                            return Err(refused(format!(
+                                "login step {step_no}: the server closed the connection ({})",
+                                describe_close(frame.as_ref())
+                            )));
+                        }
+                        Some(Err(err)) => {
+                            return Err((broken(&err), format!("login step {step_no}: {err}")));
+                        }
+                        None => {
+                            return Err((
+                                ConnectResult::Io,
+                                format!(
+                                    "login step {step_no}: the connection ended without a close frame"
+                                ),
+                            ));
+                        }
+                        Some(Ok(_)) => {}
                     }
-                    reply(ctx, socket, identity, text)
-                        .await
-                        .map_err(|(result, err)| {
-                            (result, format!("login step {step_no}: {err}"))
-                        })?;
-                    unmatched = Some(truncate(text, 200).to_string());
-                    continue;
                 }
-                match frame {
-                    Some(Ok(Message::Close(frame))) => {
-                        return Err(refused(format!(
-                            "login step {step_no}: the server closed the connection ({})",
-                            describe_close(frame.as_ref())
-                        )));
-                    }
-                    Some(Err(err)) => {
-                        return Err((broken(&err), format!("login step {step_no}: {err}")));
-                    }
-                    None => {
-                        return Err((
-                            ConnectResult::Io,
-                            format!(
-                                "login step {step_no}: the connection ended without a close frame"
-                            ),
-                        ));
-                    }
-                    Some(Ok(_)) => {}
+            };
+            match timeout(step.timeout, exchange).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(refused(format!(
+                        "login step {step_no}: no matching frame within {}; last frame that did not match: {}",
+                        humantime::format_duration(step.timeout),
+                        unmatched.as_deref().unwrap_or("(none)")
+                    )));
                 }
-            }
-        };
-        match timeout(step.timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(refused(format!(
-                    "login step {step_no}: no matching frame within {}; last frame that did not match: {}",
-                    humantime::format_duration(step.timeout),
-                    unmatched.as_deref().unwrap_or("(none)")
-                )));
             }
         }
     }

@@ -20,10 +20,11 @@ use crate::clock;
 use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason, Latency};
 use crate::roster::Slot;
+use crate::scenario::Identity;
 use crate::scenario::reading::{Acked, Meaning};
 use crate::scenario::template::seq_of_msg_id;
 use crate::scenario::tracking::{Delivery, Tracker};
-use crate::scenario::{Identity, room_members, room_range};
+use crate::topology::Topology;
 
 /// Most messages one tick hands out: a backlog goes out in batches, with reads between them.
 const MAX_SENDS_PER_TICK: usize = 64;
@@ -78,9 +79,8 @@ pub enum Outbound {
 #[derive(Debug, Clone, Copy)]
 struct Share {
     payload_size: usize,
-    /// This instance's users, for the size of this user's room.
+    /// This instance's users, for the size of this user's rooms.
     local_users: u32,
-    room_size: u32,
 }
 
 /// What the last tick made due and has not been handed out yet.
@@ -109,11 +109,13 @@ pub struct Conversation {
     /// The answer to the last frame, if a reply rule matched it (the driver writes it before
     /// reading again, so one is enough).
     reply: Option<String>,
-    /// This user's local id, and the room size it joined with.
+    /// This user's local id, and the live room size it joined with (its rooms are
+    /// [`Conversation::topology`]).
     local: u32,
     room_size: u32,
-    /// The users of this user's room when it joined (local ids): the senders it expects.
-    members: std::ops::Range<u32>,
+    /// Its rooms' members are expected from among the first this many users (local ids):
+    /// this instance's users when it joined, or since; 0 when deliveries are not tracked.
+    expected_among: u32,
     /// The fleet is draining: nothing is sent, and the books are settled.
     draining: bool,
     /// This conversation's books were closed in [`Books`](crate::roster::Books).
@@ -133,20 +135,15 @@ impl Conversation {
             .as_ref()
             .is_some_and(|m| m.delivery.is_some());
         let share = Share::of(&ctx, &desired);
-        // Local ids: a shard holds whole rooms, numbered room by room.
-        let members = if tracks_deliveries {
-            room_range(user.id, share.local_users, share.room_size)
+        let topology = ctx.topology(&desired.load);
+        // Local ids: a shard holds whole blocks of rooms, numbered block by block.
+        let expected_among = if tracks_deliveries {
+            share.local_users
         } else {
-            0..0
+            0
         };
         let mut tracker = Tracker::new(ctx.settings.loss_grace);
-        expect_members(
-            &ctx,
-            &mut tracker,
-            user.id,
-            members.clone(),
-            share.room_size,
-        );
+        expect_members(&ctx, &mut tracker, user.id, topology, 0..expected_among);
         ctx.books.open();
         let mut talk = Conversation {
             timers: Timers::start(
@@ -171,8 +168,8 @@ impl Conversation {
             ping_sent: None,
             reply: None,
             local: user.id,
-            room_size: share.room_size,
-            members,
+            room_size: desired.load.room_size,
+            expected_among,
             draining: false,
             settled: false,
             ctx,
@@ -181,6 +178,11 @@ impl Conversation {
             talk.start_drain();
         }
         talk
+    }
+
+    /// How this user's rooms are laid out (as when it joined, or since).
+    fn topology(&self) -> Topology {
+        self.ctx.scenario.topology(self.room_size)
     }
 
     /// When [`Conversation::on_tick`] is due next (at once while there is something to send
@@ -193,26 +195,29 @@ impl Conversation {
         }
     }
 
-    /// The desired load changed. A user whose room changed must rejoin: it ends (planned).
+    /// The desired load changed. A user whose rooms changed must rejoin: it ends (planned).
     pub fn on_desired(&mut self, desired: &Desired) -> Result<(), Ended> {
         let ctx = Arc::clone(&self.ctx);
-        let room_size = desired.load.room_size;
-        if ctx
-            .scenario
-            .room_of(ctx.global_id(self.local, room_size), room_size)
-            != self.identity.room
-        {
-            return Err(Ended::planned(DisconnectReason::RoomChange));
-        }
+        let topology = ctx.topology(&desired.load);
         self.share = Share::of(&ctx, desired);
-        // More users: the last room may have grown. Its new members are expected from now.
-        if !self.members.is_empty() {
-            let room = room_range(self.local, self.share.local_users, room_size);
-            if room.end > self.members.end {
-                let added = self.members.end..room.end;
-                expect_members(&ctx, &mut self.tracker, self.local, added, room_size);
-                self.members.end = room.end;
+        if topology != self.topology() {
+            let me = ctx.global_id(self.local, topology);
+            let rooms = ctx.scenario.rooms_of(me, topology);
+            if !rooms.iter().map(String::as_str).eq(self.identity.rooms()) {
+                return Err(Ended::planned(DisconnectReason::RoomChange));
             }
+            // Same rooms, cut differently (bigger rooms): the new room-mates are expected.
+            self.room_size = desired.load.room_size;
+            let among = 0..self.expected_among;
+            expect_members(&ctx, &mut self.tracker, self.local, topology, among);
+        }
+        // More users: the rooms of the last block may have grown. Their new members are
+        // expected from now.
+        if self.expected_among > 0 && self.share.local_users > self.expected_among {
+            let added = self.expected_among..self.share.local_users;
+            let topology = self.topology();
+            expect_members(&ctx, &mut self.tracker, self.local, topology, added);
+            self.expected_among = self.share.local_users;
         }
         self.timers
             .set_message_interval(sending_interval(&ctx, desired, self.identity.user));
@@ -338,13 +343,16 @@ impl Conversation {
             Instant::now().saturating_duration_since(scheduled),
         );
         if plan.delivery.is_some() {
+            let (topology, users) = (self.topology(), self.share.local_users);
+            let layer = topology.layer_of(seq);
             let others = if self.ctx.settings.arrivals.is_some() {
                 // Users of open arrivals come and go: the members here now are expected.
-                let room = room_range(self.local, self.share.local_users, self.share.room_size);
-                self.ctx.roster.connected_in(room).saturating_sub(1) as u64
+                let room = topology.members(self.local, layer, 0..users);
+                self.ctx.roster.connected_among(room).saturating_sub(1) as u64
             } else {
                 u64::from(
-                    room_members(self.local, self.share.local_users, self.share.room_size)
+                    topology
+                        .room_members(self.local, layer, users)
                         .saturating_sub(1),
                 )
             };
@@ -390,12 +398,13 @@ impl Conversation {
             return Ok(None);
         };
         let ts = clock::micros_at(scheduled.into_std());
-        let text = plan.send.render(&self.identity.values(
-            ctx.target.as_str(),
-            seq,
-            ts,
-            self.share.payload_size,
-        ));
+        let room = self.identity.room(self.topology().layer_of(seq) as usize);
+        let text = plan.send.render(
+            &self
+                .identity
+                .values(ctx.target.as_str(), seq, ts, self.share.payload_size)
+                .in_room(room),
+        );
         Ok(Some(Outbound::Message {
             frame: self.encode(text)?,
             seq,
@@ -414,12 +423,14 @@ impl Conversation {
     }
 
     fn announce_final_sequences(&mut self, now: Instant) {
-        let ctx = &self.ctx;
-        let members = self.members.clone();
-        for (member, sent) in members.clone().zip(ctx.roster.sent(members)) {
-            if member != self.local {
-                let id = ctx.scenario.user_id(ctx.global_id(member, self.room_size));
-                self.tracker.expect_until(&id, sent, now);
+        let (ctx, topology) = (&self.ctx, self.topology());
+        for layer in 0..topology.rooms_per_user() {
+            for member in topology.members(self.local, layer, 0..self.expected_among) {
+                if member != self.local {
+                    let id = ctx.scenario.user_id(ctx.global_id(member, topology));
+                    let sent = ctx.roster.slot(member).sent();
+                    self.tracker.expect_until(&id, sent, now);
+                }
             }
         }
     }
@@ -606,19 +617,21 @@ impl Conversation {
     }
 }
 
-/// Expects in `tracker` the messages of the room members `members` (local ids) but `me`,
-/// from what each has sent by now.
+/// Expects in `tracker` the messages of `me`'s room-mates among the users `among` (local
+/// ids), room by room, from what each has sent by now.
 fn expect_members(
     ctx: &Context,
     tracker: &mut Tracker,
     me: u32,
-    members: std::ops::Range<u32>,
-    room_size: u32,
+    topology: Topology,
+    among: std::ops::Range<u32>,
 ) {
-    for (member, slot) in members.clone().zip(ctx.roster.slots(members)) {
-        if member != me {
-            let id = ctx.scenario.user_id(ctx.global_id(member, room_size));
-            tracker.expect_from(&id, slot);
+    for layer in 0..topology.rooms_per_user() {
+        for member in topology.members(me, layer, among.clone()) {
+            if member != me {
+                let id = ctx.scenario.user_id(ctx.global_id(member, topology));
+                tracker.expect_from(&id, ctx.roster.slot(member), topology.lane(layer));
+            }
         }
     }
 }
@@ -628,7 +641,6 @@ impl Share {
         Share {
             payload_size: desired.load.payload_size,
             local_users: ctx.local_users(&desired.load),
-            room_size: desired.load.room_size,
         }
     }
 }
@@ -958,7 +970,11 @@ mod tests {
             desired.subscribe(),
             tokio_util::sync::CancellationToken::new(),
         );
-        let mut talk = Conversation::new(&user, ctx.scenario.identity(id, 10), Vec::new());
+        let mut talk = Conversation::new(
+            &user,
+            ctx.scenario.identity(id, ctx.scenario.topology(10)),
+            Vec::new(),
+        );
         talk.timers.next_ping = None;
         talk.timers.next_send = None;
         (ctx, desired, user, talk)
@@ -1130,7 +1146,11 @@ mod tests {
             [first, second]
         );
         assert_eq!(ctx.metrics.total(Count::AckTimeouts), 0, "not given up");
-        let mut again = Conversation::new(&user, ctx.scenario.identity(0, 10), carried);
+        let mut again = Conversation::new(
+            &user,
+            ctx.scenario.identity(0, ctx.scenario.topology(10)),
+            carried,
+        );
         again.timers.next_send = None;
         again.timers.next_ping = None;
         assert!(again.deadline() <= Instant::now(), "due at once");
