@@ -185,6 +185,17 @@ impl Part {
         );
         let _ = writeln!(
             out,
+            "frames       replies {}  heartbeats {}  unmatched {}  invalid {}  ignored {}  own echoes {}  foreign deliveries {}",
+            c.replies,
+            c.heartbeats,
+            c.frames_unmatched,
+            c.frames_invalid,
+            c.frames_ignored,
+            c.own_echoes,
+            c.deliveries_foreign
+        );
+        let _ = writeln!(
+            out,
             "latency (ms)        count      p50      p90      p99     p999      max"
         );
         for (name, q) in [

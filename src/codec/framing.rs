@@ -1,6 +1,8 @@
 //! Cutting a byte stream into frames: what a WebSocket does for us, done for plain TCP
-//! (`tcp://`, `tls://`) — a line per frame, a length prefix, or MQTT's own packet framing —
-//! and for MQTT over WebSocket, whose packets may span WebSocket messages or share one.
+//! (`tcp://`, `tls://`) — a line per frame, frames ended by a delimiter byte, a length
+//! prefix, or MQTT's own packet framing — and on WebSocket for protocols whose frames may span
+//! WebSocket messages or share one (MQTT over WebSocket; nats-server packs several lines into
+//! one message).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -9,13 +11,16 @@ use tokio_util::codec::{Decoder, Encoder};
 /// The largest frame any framing reads or writes, whatever `max_message_size` says.
 pub const MAX_FRAME: usize = 64 << 20;
 
-/// How frames are delimited on a byte stream. Written `newline`, `mqtt`, or
-/// `{length_prefixed: {...}}` (a map, not a YAML tag; read through [`super::named`]).
+/// How frames are delimited on a byte stream. Written `newline`, `mqtt`,
+/// `{delimiter: "\0"}` or `{length_prefixed: {...}}` (a map, not a YAML tag; read through
+/// [`super::named`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Framing {
     /// One frame per line, ended by `\n` (a `\r` before it is dropped).
     Newline,
+    /// Each frame ended by this byte (given as a one-byte string or a number 0..=255).
+    Delimiter(#[serde(deserialize_with = "one_byte")] u8),
     /// A length header before each frame.
     LengthPrefixed(LengthPrefix),
     /// MQTT packets (fixed header with its remaining-length varint).
@@ -64,10 +69,33 @@ impl Serialize for Framing {
         match self {
             Framing::Newline => s.serialize_str("newline"),
             Framing::Mqtt => s.serialize_str("mqtt"),
+            Framing::Delimiter(byte) => super::named::write("delimiter", byte, false, s),
             Framing::LengthPrefixed(prefix) => {
                 super::named::write("length_prefixed", prefix, false, s)
             }
         }
+    }
+}
+
+/// A delimiter as written: a string of one byte (`"\0"`, `"|"`) or its number.
+fn one_byte<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ByteSpec {
+        Number(u64),
+        Text(String),
+    }
+    let invalid = |what: String| {
+        serde::de::Error::custom(format!(
+            "a delimiter is one byte: a one-character ASCII string or a number 0..=255, got {what}"
+        ))
+    };
+    match ByteSpec::deserialize(d)? {
+        ByteSpec::Number(n) => u8::try_from(n).map_err(|_| invalid(n.to_string())),
+        ByteSpec::Text(text) => match text.as_bytes() {
+            [byte] => Ok(*byte),
+            _ => Err(invalid(format!("{text:?}"))),
+        },
     }
 }
 
@@ -114,6 +142,21 @@ impl Framing {
     pub fn cut(&self, buffer: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FramingError> {
         let max = max.min(MAX_FRAME);
         match self {
+            Framing::Delimiter(byte) => {
+                let Some(end) = buffer.iter().position(|b| b == byte) else {
+                    return if buffer.len() > max {
+                        Err(FramingError::TooLong {
+                            size: buffer.len(),
+                            max,
+                        })
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let mut frame = buffer.split_to(end + 1);
+                frame.truncate(end);
+                Ok(Some(frame.freeze()))
+            }
             Framing::Newline => {
                 let Some(end) = buffer.iter().position(|&b| b == b'\n') else {
                     return if buffer.len() > max {
@@ -153,10 +196,14 @@ impl Framing {
             });
         }
         match self {
-            Framing::Newline => {
+            Framing::Newline | Framing::Delimiter(_) => {
+                let end = match self {
+                    Framing::Delimiter(byte) => *byte,
+                    _ => b'\n',
+                };
                 out.reserve(frame.len() + 1);
                 out.put_slice(frame);
-                out.put_u8(b'\n');
+                out.put_u8(end);
             }
             Framing::LengthPrefixed(prefix) => prefix.put(frame, out)?,
             Framing::Mqtt => out.put_slice(frame),
@@ -366,6 +413,29 @@ mod tests {
     }
 
     #[test]
+    fn delimited_frames_are_read_as_written() {
+        for yaml in ["{delimiter: \"\\0\"}", "{delimiter: 0}", "{delimiter: '|'}"] {
+            let framing = framing(yaml);
+            let frames = vec![b"hello".to_vec(), Vec::new(), vec![b'x'; 200]];
+            assert_eq!(round_trip(framing, &frames, 3), frames, "{yaml}");
+        }
+        let mut out = BytesMut::new();
+        framing("{delimiter: 0}")
+            .put(b"ab", &mut out)
+            .expect("fits");
+        assert_eq!(&out[..], b"ab\0");
+        for bad in ["{delimiter: 300}", "{delimiter: ab}", "{delimiter: ''}"] {
+            let err = super::super::named::from_str::<Framing>(bad).expect_err("refused");
+            assert!(err.to_string().contains("one byte"), "{bad}: {err}");
+        }
+        let mut long = BytesMut::from(&[b'x'; 20][..]);
+        assert!(matches!(
+            framing("{delimiter: 0}").cut(&mut long, 10),
+            Err(FramingError::TooLong { .. })
+        ));
+    }
+
+    #[test]
     fn headers_are_as_specified() {
         let mut out = BytesMut::new();
         framing("{length_prefixed: {bytes: 2, endian: little, includes_header: true}}")
@@ -455,7 +525,7 @@ mod tests {
         let err = super::super::named::from_str::<Framing>("lines").expect_err("no such framing");
         assert!(
             err.to_string()
-                .contains("expected one of `newline`, `length_prefixed`, `mqtt`"),
+                .contains("expected one of `newline`, `delimiter`, `length_prefixed`, `mqtt`"),
             "{err}"
         );
         let again: Framing = super::super::named::from_str(

@@ -128,6 +128,8 @@ per_message_counters! {
     Replies => replies,
     Resent => resent,
     DeliveriesForeign => deliveries_foreign,
+    OwnEchoes => own_echoes,
+    FramesIgnored => frames_ignored,
 }
 
 /// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
@@ -153,6 +155,8 @@ pub struct Metrics {
     pub bytes_received: PerGroup<IntCounter>,
     pub frames_invalid: PerGroup<IntCounter>,
     pub frames_unmatched: PerGroup<IntCounter>,
+    pub own_echoes: PerGroup<IntCounter>,
+    pub frames_ignored: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
     pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
@@ -284,6 +288,14 @@ impl Metrics {
             frames_unmatched: reg.grouped_counter(
                 "wsfleet_frames_unmatched_total",
                 "Server frames that matched nothing the scenario expects (presence, banners, ...).",
+            ),
+            own_echoes: reg.grouped_counter(
+                "wsfleet_frames_own_echo_total",
+                "Deliveries of a user's own message, echoed back to it by the server (not deliveries).",
+            ),
+            frames_ignored: reg.grouped_counter(
+                "wsfleet_frames_ignored_total",
+                "Server frames the scenario's `ignore` rules expect and that carry nothing to measure.",
             ),
             connect_http_status: reg.counter_vec(
                 "wsfleet_connect_http_status_total",
@@ -515,6 +527,12 @@ impl Metrics {
             deliveries_foreign: self.deliveries_foreign.get_in(group),
             frames_invalid: self.frames_invalid.get_in(group),
             frames_unmatched: self.frames_unmatched.get_in(group),
+            own_echoes: self.own_echoes.get_in(group),
+            frames_ignored: self.frames_ignored.get_in(group),
+            heartbeats: match group {
+                Some(g) => self.heartbeat_rtt.of(g).get_sample_count(),
+                None => self.heartbeat_rtt.get_sample_count(),
+            },
             replies: self.replies.get_in(group),
             resent: self.resent.get_in(group),
         }
@@ -754,6 +772,12 @@ pub struct MessageCounts {
     pub deliveries_foreign: u64,
     pub frames_invalid: u64,
     pub frames_unmatched: u64,
+    /// Deliveries of a user's own messages the server echoed back to it.
+    pub own_echoes: u64,
+    /// Frames the scenario's `ignore` rules matched.
+    pub frames_ignored: u64,
+    /// Heartbeats answered (round trips measured).
+    pub heartbeats: u64,
     pub replies: u64,
     pub resent: u64,
 }

@@ -27,7 +27,7 @@ impl Scenario {
         };
         let columns: template::Names = credentials.columns.iter().cloned().collect();
         let mut custom = columns.clone();
-        let mut vars = Vec::new();
+        let mut var_specs = Vec::new();
         for (name, text) in &spec.vars {
             if spec.inherited_vars.contains(name) && credentials.columns.contains(name) {
                 continue; // the user's column replaces the built-in's default
@@ -37,10 +37,41 @@ impl Scenario {
                     "`{name}` is already a variable (built-in or credentials column)"
                 )));
             }
-            // A var may use the built-ins and credential columns, not other vars.
-            vars.push(Template::compile(text, &columns).map_err(at(format!("vars.{name}")))?);
             custom.push(name.clone());
+            var_specs.push((name, text));
         }
+        // A var may use the built-ins, credential columns and other vars (not itself).
+        let vars = var_specs
+            .iter()
+            .map(|(name, text)| {
+                Template::compile(text, &custom).map_err(at(format!("vars.{name}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let first_var = credentials.columns.len();
+        let mut var_order = render_order(&vars, first_var).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&v| var_specs[v].0.as_str()).collect();
+            at(format!("vars.{}", names[0]))(format!(
+                "the vars use one another in a circle: {}",
+                names.join(" -> ")
+            ))
+        })?;
+        // A var that uses per-message values (or another such var) is rendered where it is
+        // used, each time; the others once per connection.
+        let mut per_message = vec![false; vars.len()];
+        for &var in &var_order {
+            let uses = vars[var].uses_message_vars()
+                || vars[var]
+                    .customs()
+                    .any(|c| c.checked_sub(first_var).is_some_and(|v| per_message[v]));
+            if uses {
+                per_message[var] = true;
+                let (name, text) = var_specs[var];
+                let inline =
+                    Template::compile(text, &custom).map_err(at(format!("vars.{name}")))?;
+                custom.set_inline(name, inline);
+            }
+        }
+        var_order.retain(|&var| !per_message[var]);
         let compile =
             |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
         let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
@@ -104,7 +135,11 @@ impl Scenario {
             .map(|hb| {
                 Ok(AppHeartbeat {
                     send: compile("heartbeat.send".into(), &hb.send)?,
-                    expect: matcher("heartbeat.expect".into(), &hb.expect)?,
+                    expect: hb
+                        .expect
+                        .as_ref()
+                        .map(|m| matcher("heartbeat.expect".into(), m))
+                        .transpose()?,
                 })
             })
             .transpose()?;
@@ -193,11 +228,18 @@ impl Scenario {
                 Ok(Reply { matcher, send })
             })
             .collect::<Result<Vec<_>, ScenarioError>>()?;
-        let reading = reading::Reading::compile(heartbeat.as_ref(), message.as_ref(), &replies)
-            .map_err(|problem| match problem.split_once(": ") {
-                Some((field, problem)) => at(field)(problem.to_string()),
-                None => at("message")(problem),
-            })?;
+        let ignore = spec
+            .ignore
+            .iter()
+            .enumerate()
+            .map(|(i, m)| matcher(format!("ignore[{i}]"), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reading =
+            reading::Reading::compile(heartbeat.as_ref(), message.as_ref(), &replies, &ignore)
+                .map_err(|problem| match problem.split_once(": ") {
+                    Some((field, problem)) => at(field)(problem.to_string()),
+                    None => at("message")(problem),
+                })?;
         let codec = Codec::compile(&spec.codec, base_dir).map_err(at("codec"))?;
         let framing = match (spec.framing, codec.framing()) {
             (Some(_), Some(_)) => {
@@ -213,6 +255,7 @@ impl Scenario {
             user_id_column: credentials.columns.iter().position(|c| c == "user_id"),
             credentials,
             vars,
+            var_order,
             login,
             heartbeat,
             message,
@@ -260,4 +303,56 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// The order to render `vars` in (a var after those it uses: custom variables from
+/// `first_var` on are vars), or the vars of a circle, the first again at its end.
+fn render_order(vars: &[Template], first_var: usize) -> Result<Vec<usize>, Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit(
+        var: usize,
+        vars: &[Template],
+        first_var: usize,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        order: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
+        match marks[var] {
+            Mark::Done => return Ok(()),
+            Mark::Open => {
+                let start = path.iter().position(|&v| v == var).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(var);
+                return Err(cycle);
+            }
+            Mark::New => {}
+        }
+        marks[var] = Mark::Open;
+        path.push(var);
+        for used in vars[var].customs().filter_map(|c| c.checked_sub(first_var)) {
+            visit(used, vars, first_var, marks, path, order)?;
+        }
+        path.pop();
+        marks[var] = Mark::Done;
+        order.push(var);
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; vars.len()];
+    let mut order = Vec::with_capacity(vars.len());
+    for var in 0..vars.len() {
+        visit(
+            var,
+            vars,
+            first_var,
+            &mut marks,
+            &mut Vec::new(),
+            &mut order,
+        )?;
+    }
+    Ok(order)
 }

@@ -1,5 +1,6 @@
-//! Recognising server frames: a matcher is a JSON-pointer test or a regular expression, and an
-//! extractor reads one field by JSON pointer. A frame is parsed as JSON at most once.
+//! Recognising server frames: a matcher is a JSON-pointer test, a regular expression, or a
+//! combination of matchers (`not`, `all`, `any`); an extractor reads one field by JSON
+//! pointer. A frame is parsed as JSON at most once.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -7,8 +8,9 @@ use serde_json::Value;
 use super::json::{self, Found, Pointer};
 
 /// How a config describes a matcher: `{pointer: /type, equals: ack}`, `{pointer: /id}` (the
-/// field exists), or `{regex: '^pong'}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// field exists), `{regex: '^pong'}`, or a combination: `{not: {...}}`, `{all: [...]}`,
+/// `{any: [...]}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatcherSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -17,7 +19,19 @@ pub struct MatcherSpec {
     pub equals: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// Matches what the inner matcher does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<MatcherSpec>>,
+    /// Matches what every inner matcher matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<MatcherSpec>>,
+    /// Matches what some inner matcher matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<MatcherSpec>>,
 }
+
+/// Deepest nesting of `not`, `all` and `any`.
+const MAX_DEPTH: usize = 8;
 
 #[derive(Debug, Clone)]
 pub enum Matcher {
@@ -26,10 +40,52 @@ pub enum Matcher {
         equals: Option<Value>,
     },
     Regex(regex::Regex),
+    Not(Box<Matcher>),
+    All(Vec<Matcher>),
+    Any(Vec<Matcher>),
 }
 
 impl Matcher {
     pub fn compile(spec: &MatcherSpec) -> Result<Matcher, String> {
+        Matcher::compile_at(spec, 0)
+    }
+
+    fn compile_at(spec: &MatcherSpec, depth: usize) -> Result<Matcher, String> {
+        let combined = [spec.not.is_some(), spec.all.is_some(), spec.any.is_some()];
+        let simple = spec.pointer.is_some() || spec.regex.is_some();
+        match combined.iter().filter(|&&c| c).count() {
+            0 => {}
+            1 if !simple && spec.equals.is_none() => {
+                if depth >= MAX_DEPTH {
+                    return Err(format!(
+                        "matchers nest at most {MAX_DEPTH} deep (not, all, any)"
+                    ));
+                }
+                let inner = |specs: &[MatcherSpec], name: &str| {
+                    if specs.is_empty() {
+                        return Err(format!("`{name}` needs at least one matcher"));
+                    }
+                    specs
+                        .iter()
+                        .map(|s| Matcher::compile_at(s, depth + 1))
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                return match (&spec.not, &spec.all, &spec.any) {
+                    (Some(not), _, _) => {
+                        Ok(Matcher::Not(Box::new(Matcher::compile_at(not, depth + 1)?)))
+                    }
+                    (_, Some(all), _) => inner(all, "all").map(Matcher::All),
+                    (_, _, Some(any)) => inner(any, "any").map(Matcher::Any),
+                    _ => unreachable!("one combination is set"),
+                };
+            }
+            _ => {
+                return Err(
+                    "give one of `pointer`, `regex`, `not`, `all` or `any` per matcher (nest them to combine)"
+                        .into(),
+                );
+            }
+        }
         match (&spec.pointer, &spec.regex) {
             (Some(pointer), None) => Ok(Matcher::Json {
                 pointer: Pointer::parse(pointer)?,
@@ -53,6 +109,9 @@ impl Matcher {
 
     pub fn matches(&self, frame: &Frame<'_>) -> bool {
         match self {
+            Matcher::Not(inner) => !inner.matches(frame),
+            Matcher::All(all) => all.iter().all(|m| m.matches(frame)),
+            Matcher::Any(any) => any.iter().any(|m| m.matches(frame)),
             Matcher::Regex(regex) => regex.is_match(frame.text),
             Matcher::Json { pointer, equals } => match (frame.pointer(pointer), equals) {
                 (None, _) => false,
@@ -101,7 +160,7 @@ mod tests {
             regex in proptest::option::of("\\PC{0,16}"),
             frame in "\\PC{0,64}",
         ) {
-            let spec = MatcherSpec { pointer, equals: None, regex };
+            let spec = MatcherSpec { pointer, regex, ..MatcherSpec::default() };
             if let Ok(matcher) = Matcher::compile(&spec) {
                 let _ = matcher.matches(&Frame::new(&frame));
             }
@@ -133,6 +192,19 @@ mod tests {
     }
 
     #[test]
+    fn matchers_combine() {
+        let frame = Frame::new(r#"{"type":"msg","id":"s2"}"#);
+        assert!(spec("{not: {pointer: /id, equals: s1}}").matches(&frame));
+        assert!(!spec("{not: {pointer: /id}}").matches(&frame));
+        let both = "{all: [{pointer: /type, equals: msg}, {not: {regex: 's1'}}]}";
+        assert!(spec(both).matches(&frame));
+        assert!(!spec(both).matches(&Frame::new(r#"{"type":"msg","id":"s1"}"#)));
+        let either = "{any: [{pointer: /type, equals: ack}, {regex: '^PING'}]}";
+        assert!(spec(either).matches(&Frame::new("PING")));
+        assert!(!spec(either).matches(&frame));
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         let bad = |yaml: &str| {
             Matcher::compile(&serde_norway::from_str(yaml).expect("spec parses"))
@@ -142,5 +214,9 @@ mod tests {
         assert!(bad("{regex: '('}").contains("invalid regex"));
         assert!(bad("{}").contains("needs"));
         assert!(bad("{pointer: /a, regex: b}").contains("not both"));
+        assert!(bad("{all: []}").contains("at least one"));
+        assert!(bad("{not: {regex: a}, pointer: /a}").contains("one of"));
+        let deep = (0..10).fold("{regex: a}".to_string(), |m, _| format!("{{not: {m}}}"));
+        assert!(bad(&deep).contains("nest"));
     }
 }

@@ -50,7 +50,8 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct AppHeartbeat {
     pub send: Template,
-    pub expect: Matcher,
+    /// `None`: one-way, any frame answers it.
+    pub expect: Option<Matcher>,
 }
 
 /// Field references (`/pointer`, `$capture`, `$capture/pointer`) are resolved by
@@ -100,6 +101,8 @@ pub struct Scenario {
     user_id_column: Option<usize>,
     /// Templates of `vars`, rendered per user after the credential columns.
     vars: Vec<Template>,
+    /// The order to render `vars` in: each after the vars it uses.
+    var_order: Vec<usize>,
     pub login: Vec<Step>,
     pub heartbeat: Option<AppHeartbeat>,
     pub message: Option<MessagePlan>,
@@ -219,12 +222,14 @@ impl Scenario {
             self.rooms_of(user, topology),
             self.credentials_row(user).cloned().unwrap_or_default(),
         );
-        identity.custom.reserve(self.vars.len());
-        // Each var reads only credential columns, which come first: the values rendered so far
-        // can stay where they are (copying them for each var was quadratic, per connect).
-        for var in &self.vars {
-            let value = var.render(&identity.values("", 0, 0, 0));
-            identity.custom.push(value);
+        // After the credential columns, each var in an order that renders what it uses first.
+        let first_var = identity.custom.len();
+        identity
+            .custom
+            .resize(first_var + self.vars.len(), String::new());
+        for &var in &self.var_order {
+            let value = self.vars[var].render(&identity.values("", 0, 0, 0));
+            identity.custom[first_var + var] = value;
         }
         identity
     }
@@ -310,6 +315,32 @@ mod tests {
             .to_string();
         assert!(
             err.contains("rooms_per_user") && err.contains("17"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vars_use_one_another_in_any_order_but_not_in_a_circle() {
+        let choice: ScenarioChoice = serde_norway::from_str(
+            "{extends: socketio, vars: {auth: '{\"user\":\"{{user_id}}\",\"token\":\"{{token}}\"}', token: 't-{{zz}}', zz: '{{user}}'}}",
+        )
+        .expect("parses");
+        let scenario = Scenario::compile(&choice.spec(), Path::new(".")).expect("valid");
+        let identity = scenario.identity(7, scenario.topology(10));
+        let connect = scenario.login[1]
+            .send
+            .as_ref()
+            .expect("CONNECT")
+            .render(&identity.values("", 0, 0, 0));
+        assert_eq!(connect, r#"40{"user":"u7","token":"t-7"}"#);
+        let circle: ScenarioSpec =
+            serde_norway::from_str("{vars: {a: '{{b}}', b: 'x{{c}}', c: '{{a}}'}}")
+                .expect("parses");
+        let err = Scenario::compile(&circle, Path::new("."))
+            .expect_err("a circle")
+            .to_string();
+        assert!(
+            err.contains("circle") && err.contains("a -> b -> c -> a"),
             "{err}"
         );
     }

@@ -27,6 +27,8 @@ pub struct Reading {
     /// Sender, sequence, timestamp.
     delivery: Option<Rule<3>>,
     replies: Vec<(Test, Template)>,
+    /// Frames expected that carry nothing (`ignore`).
+    ignore: Vec<Test>,
 }
 
 /// How an ack names the message it acknowledges.
@@ -61,6 +63,9 @@ enum Test {
         /// JSON pointers into captures: by capture group, the pointers read from it.
         inside: Vec<(usize, Fields)>,
     },
+    Not(Box<Test>),
+    All(Vec<Test>),
+    Any(Vec<Test>),
 }
 
 /// Where one field comes from.
@@ -96,6 +101,8 @@ pub enum Meaning<'a> {
         seq: Option<u64>,
         ts: Option<u64>,
     },
+    /// A frame an `ignore` rule expects.
+    Ignored,
     /// Nothing the scenario expects.
     Other,
 }
@@ -122,10 +129,12 @@ impl Reading {
         heartbeat: Option<&AppHeartbeat>,
         message: Option<&MessagePlan>,
         replies: &[Reply],
+        ignore: &[Matcher],
     ) -> Result<Reading, String> {
         let mut fields = Fields::default();
         let heartbeat = heartbeat
-            .map(|hb| Rule::compile(&hb.expect, [], &mut fields))
+            .and_then(|hb| hb.expect.as_ref())
+            .map(|expect| Rule::compile(expect, [], &mut fields))
             .transpose()
             .map_err(|err| format!("heartbeat.expect: {err}"))?;
         let ack = message
@@ -160,12 +169,17 @@ impl Reading {
                 Ok((rule.test, reply.send.clone()))
             })
             .collect::<Result<_, String>>()?;
+        let ignore = ignore
+            .iter()
+            .map(|m| Test::compile(m, &mut fields))
+            .collect::<Result<_, String>>()?;
         Ok(Reading {
             fields,
             heartbeat,
             ack,
             delivery,
             replies,
+            ignore,
         })
     }
 
@@ -200,16 +214,31 @@ impl Reading {
                     .map_or(Acked::Unreadable, Acked::Seq),
             });
         }
-        if let Some(rule) = &self.delivery
-            && let Some([sender, seq, ts]) = rule.read(text, values)
-        {
-            return Meaning::Delivery {
-                sender: sender.and_then(Found::text),
-                seq: seq.as_ref().and_then(Found::as_u64),
-                ts: ts.as_ref().and_then(Found::as_u64),
-            };
+        if let Some(delivery) = self.delivery_in(text, values) {
+            return delivery;
+        }
+        if self.ignore.iter().any(|test| test.passes(text, values)) {
+            return Meaning::Ignored;
         }
         Meaning::Other
+    }
+
+    /// What the delivery rule reads of `text`, if it matches: for a frame that matched the
+    /// ack rule but acknowledges nothing of ours (every occupant of an XMPP room gets the
+    /// same stanza), read again as a delivery.
+    pub fn delivery<'a>(&self, text: &'a str) -> Option<Meaning<'a>> {
+        self.delivery.as_ref()?;
+        let mut values = self.fields.read(text);
+        self.delivery_in(text, &mut values)
+    }
+
+    fn delivery_in<'a>(&self, text: &'a str, values: &mut FieldValues<'a>) -> Option<Meaning<'a>> {
+        let [sender, seq, ts] = self.delivery.as_ref()?.read(text, values)?;
+        Some(Meaning::Delivery {
+            sender: sender.and_then(Found::text),
+            seq: seq.as_ref().and_then(Found::as_u64),
+            ts: ts.as_ref().and_then(Found::as_u64),
+        })
     }
 
     /// The first reply rule that answers `text`, if any.
@@ -222,7 +251,7 @@ impl Reading {
                     rule,
                     captures: Some(captures),
                 }),
-                Test::Field { .. } => test.passes_field(values).then_some(ReplyDue {
+                _ => test.passes(text, values).then_some(ReplyDue {
                     rule,
                     captures: None,
                 }),
@@ -254,16 +283,7 @@ impl<const N: usize> Rule<N> {
     /// A matcher and its field references: `/pointer`, `$capture` or `$capture/pointer`; an
     /// empty reference reads nothing.
     fn compile(matcher: &Matcher, refs: [&str; N], fields: &mut Fields) -> Result<Rule<N>, String> {
-        let mut test = match matcher {
-            Matcher::Json { pointer, equals } => Test::Field {
-                index: fields.add(pointer)?,
-                equals: equals.clone(),
-            },
-            Matcher::Regex(regex) => Test::Regex {
-                regex: regex.clone(),
-                inside: Vec::new(),
-            },
-        };
+        let mut test = Test::compile(matcher, fields)?;
         let mut sources = [Source::Nowhere; N];
         for (source, reference) in sources.iter_mut().zip(refs) {
             *source = test.source(reference, fields)?;
@@ -285,7 +305,7 @@ impl<const N: usize> Rule<N> {
         frame: &mut FieldValues<'a>,
     ) -> Option<[Option<Found<'a>>; N]> {
         let Test::Regex { regex, inside } = &self.test else {
-            return self.test.passes_field(frame).then(|| {
+            return self.test.passes(text, frame).then(|| {
                 self.sources.map(|source| match source {
                     Source::Frame(index) => frame.take(index),
                     _ => None,
@@ -327,6 +347,29 @@ fn take_frame<'a>(source: Source, frame: &mut FieldValues<'a>) -> Option<Found<'
 }
 
 impl Test {
+    /// The test of `matcher`, its pointers added to `fields`.
+    fn compile(matcher: &Matcher, fields: &mut Fields) -> Result<Test, String> {
+        let all = |matchers: &[Matcher], fields: &mut Fields| {
+            matchers
+                .iter()
+                .map(|m| Test::compile(m, fields))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match matcher {
+            Matcher::Json { pointer, equals } => Test::Field {
+                index: fields.add(pointer)?,
+                equals: equals.clone(),
+            },
+            Matcher::Regex(regex) => Test::Regex {
+                regex: regex.clone(),
+                inside: Vec::new(),
+            },
+            Matcher::Not(inner) => Test::Not(Box::new(Test::compile(inner, fields)?)),
+            Matcher::All(inner) => Test::All(all(inner, fields)?),
+            Matcher::Any(inner) => Test::Any(all(inner, fields)?),
+        })
+    }
+
     /// Where a field reference reads from, checked against this test.
     fn source(&mut self, reference: &str, fields: &mut Fields) -> Result<Source, String> {
         if reference.is_empty() {
@@ -365,14 +408,18 @@ impl Test {
         Ok(Source::InCapture { slot, index })
     }
 
-    fn passes_field(&self, values: &FieldValues<'_>) -> bool {
+    /// Whether the frame `text`, walked into `values`, passes.
+    fn passes(&self, text: &str, values: &FieldValues<'_>) -> bool {
         match self {
-            Test::Regex { .. } => false,
+            Test::Regex { regex, .. } => regex.is_match(text),
             Test::Field { index, equals } => match (values.get(*index), equals) {
                 (None, _) => false,
                 (Some(_), None) => true,
                 (Some(found), Some(wanted)) => found.equals(wanted),
             },
+            Test::Not(inner) => !inner.passes(text, values),
+            Test::All(all) => all.iter().all(|t| t.passes(text, values)),
+            Test::Any(any) => any.iter().any(|t| t.passes(text, values)),
         }
     }
 }

@@ -40,6 +40,10 @@ pub struct ScenarioSpec {
     /// Application-level heartbeat; without it, WebSocket pings are the heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<AppHeartbeatSpec>,
+    /// Frames that are expected and carry nothing to measure (a server's `complete` after each
+    /// reply): counted as ignored, not as unmatched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<MatcherSpec>,
     /// Frames answered whenever they arrive (a server's own heartbeat: Socket.IO's `2` → `3`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replies: Vec<ReplySpec>,
@@ -101,7 +105,10 @@ pub struct StepSpec {
 #[serde(deny_unknown_fields)]
 pub struct AppHeartbeatSpec {
     pub send: String,
-    pub expect: MatcherSpec,
+    /// The server's answer; without it the heartbeat is one-way: any frame from the server
+    /// within `heartbeat.timeout` of a heartbeat proves it alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<MatcherSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +336,11 @@ impl ScenarioSpec {
                 base.replies
             } else {
                 self.replies.clone()
+            },
+            ignore: if self.ignore.is_empty() {
+                base.ignore
+            } else {
+                self.ignore.clone()
             },
             message: self.message.clone().or(base.message),
             room_size: self.room_size,

@@ -217,10 +217,8 @@ async fn login_steps(
                         };
                         let text = text.as_ref();
                         let frame = Frame::new(text);
-                        if expect.matches(&frame) {
-                            return Ok(());
-                        }
-                        if step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
+                        let expected = expect.matches(&frame);
+                        if !expected && step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
                             return Err(refused(format!(
                                 "login step {step_no}: refused by the server: {}",
                                 truncate(text, 200)
@@ -231,6 +229,10 @@ async fn login_steps(
                             .map_err(|(result, err)| {
                                 (result, format!("login step {step_no}: {err}"))
                             })?;
+                        // The frame a step waits for may need an answer too (a PING).
+                        if expected {
+                            return Ok(());
+                        }
                         unmatched = Some(truncate(text, 200).to_string());
                         continue;
                     }

@@ -498,15 +498,55 @@ impl Conversation {
                     .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
             self.reply = Some(reading.render_reply(due, &values));
         }
-        match read.meaning {
-            Meaning::HeartbeatReply => self.heartbeat_answered(),
+        if self
+            .ctx
+            .scenario
+            .heartbeat
+            .as_ref()
+            .is_some_and(|hb| hb.expect.is_none())
+        {
+            // A one-way heartbeat: any frame shows the server alive.
+            self.timers.pong_deadline = None;
+        }
+        let foreign_ack = match read.meaning {
+            // An ack of ours no longer pending came after its timeout: nothing more to do.
             Meaning::Ack(Acked::Id(id)) => match seq_of_msg_id(&id, &self.identity.user_id) {
-                Some(seq) => self.on_ack(Some(seq)),
-                // Someone else's id: servers that fan acks out to the room are not our concern.
-                None => self.ctx.meter().add(Count::FramesUnmatched, 1),
+                Some(seq) => {
+                    self.on_ack(Some(seq));
+                    false
+                }
+                None => true,
             },
-            Meaning::Ack(Acked::Seq(seq)) => self.on_ack(Some(seq)),
-            Meaning::Ack(Acked::Oldest) => self.on_ack(None),
+            Meaning::Ack(Acked::Seq(seq)) => {
+                self.on_ack(Some(seq));
+                false
+            }
+            Meaning::Ack(Acked::Oldest) => {
+                self.on_ack(None);
+                false
+            }
+            meaning => {
+                self.on_meaning(meaning, replied);
+                false
+            }
+        };
+        if foreign_ack {
+            // Shaped like an ack, but naming someone else's message (every occupant of an
+            // XMPP room gets the same stanza): it may be a delivery.
+            let meaning = self
+                .ctx
+                .scenario
+                .reading
+                .delivery(text)
+                .unwrap_or(Meaning::Other);
+            self.on_meaning(meaning, replied);
+        }
+    }
+
+    /// Counts and acts on a frame that is not an ack of ours.
+    fn on_meaning(&mut self, meaning: Meaning<'_>, replied: bool) {
+        match meaning {
+            Meaning::HeartbeatReply => self.heartbeat_answered(),
             Meaning::Delivery {
                 sender: Some(sender),
                 seq: Some(seq),
@@ -515,8 +555,9 @@ impl Conversation {
             Meaning::Ack(Acked::Unreadable) | Meaning::Delivery { .. } => {
                 self.ctx.meter().add(Count::FramesInvalid, 1)
             }
+            Meaning::Ignored => self.ctx.meter().add(Count::FramesIgnored, 1),
             Meaning::Other if replied => {}
-            Meaning::Other => self.ctx.meter().add(Count::FramesUnmatched, 1),
+            Meaning::Ack(_) | Meaning::Other => self.ctx.meter().add(Count::FramesUnmatched, 1),
         }
     }
 
@@ -537,7 +578,9 @@ impl Conversation {
     fn on_delivery(&mut self, sender: &str, seq: u64, ts: u64) {
         let metrics = self.ctx.meter();
         if sender == self.identity.user_id {
-            return; // the server echoed our own message to us; not a delivery
+            // The server echoed our own message to us: not a delivery.
+            metrics.add(Count::OwnEchoes, 1);
+            return;
         }
         let now = Instant::now();
         let Some(latency) = clock::elapsed_to(ts, now.into_std()) else {
@@ -1288,6 +1331,89 @@ scenario:
         let ended = talk.on_tick(Instant::now()).expect_err("no reply");
         assert_eq!(ended.reason, DisconnectReason::HeartbeatTimeout);
         assert!(!ended.is_planned());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_way_heartbeat_is_answered_by_any_frame() {
+        let yaml = "heartbeat: {interval: 1s, timeout: 500ms}\nmessage_interval: 0s\n\
+                    scenario: {extends: im, heartbeat: {send: 'PING'}}";
+        let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        talk.timers.next_ping = Some(Instant::now());
+        let out = tick(&mut talk, Instant::now()).expect("connected");
+        assert!(
+            matches!(out.front(), Some(Outbound::Heartbeat(_))),
+            "{out:?}"
+        );
+        // Any frame, even one nothing expects, shows the server alive.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        talk.on_frame(&Message::text("banner")).expect("connected");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        tick(&mut talk, Instant::now()).expect("a frame came in time");
+        // The next heartbeat (at 1 s) meets silence: it times out.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        tick(&mut talk, Instant::now()).expect("just sent");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let ended = talk.on_tick(Instant::now()).expect_err("silence");
+        assert_eq!(ended.reason, DisconnectReason::HeartbeatTimeout);
+        ctx.metrics.flush_thread();
+        assert_eq!(
+            ctx.metrics.heartbeat_rtt.get_sample_count(),
+            0,
+            "no round trip to time"
+        );
+    }
+
+    /// One shape for ack and delivery, as XMPP rooms send every occupant the same stanza: a
+    /// frame naming our message is its ack, one naming another's is a delivery; our own
+    /// message delivered back, frames an `ignore` rule expects, and the rest are counted apart.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_shaped_frame_of_someone_elses_message_is_a_delivery() {
+        let yaml = r#"message_interval: 1s
+scenario:
+  extends: im
+  message:
+    send: '{"type":"msg","id":"{{msg_id}}","from":"{{user_id}}","seq":{{seq}},"ts":{{ts}}}'
+    ack: {match: {pointer: /type, equals: msg}, id: /id}
+    delivery: {match: {pointer: /type, equals: msg}, sender: /from, seq: /seq, ts: /ts}
+  ignore: [{pointer: /type, equals: complete}]"#;
+        let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        let seq = send_one(&mut talk);
+        let member = ctx.roster.slot(1);
+        member.mark_sent(member.next_seq());
+        let now = clock::micros_at(Instant::now().into_std());
+        let stanza = |id: &str, from: &str, seq: u64| {
+            Message::text(format!(
+                r#"{{"type":"msg","id":"{id}","from":"{from}","seq":{seq},"ts":{now}}}"#
+            ))
+        };
+        talk.on_frame(&stanza(&format!("u0-{seq}"), "u0", seq))
+            .expect("connected");
+        talk.on_frame(&stanza("u1-1", "u1", 1)).expect("connected");
+        talk.on_frame(&Message::text(r#"{"type":"complete"}"#))
+            .expect("connected");
+        talk.on_frame(&Message::text(r#"{"type":"presence"}"#))
+            .expect("connected");
+        ctx.metrics.flush_thread();
+        assert_eq!(ctx.metrics.message_rtt.get_sample_count(), 1, "our ack");
+        assert_eq!(
+            ctx.metrics.total(Count::DeliveriesReceived),
+            1,
+            "u1's message"
+        );
+        assert_eq!(ctx.metrics.total(Count::FramesIgnored), 1);
+        assert_eq!(ctx.metrics.total(Count::FramesUnmatched), 1, "the presence");
+        // A server that sends the im protocol's delivery of our own message back.
+        let (ctx, _desired, _user, mut talk) = conversation("users: 10", 0);
+        let seq = send_one(&mut talk);
+        deliver(
+            &mut talk,
+            "u0",
+            seq,
+            clock::micros_at(Instant::now().into_std()),
+        );
+        ctx.metrics.flush_thread();
+        assert_eq!(ctx.metrics.total(Count::OwnEchoes), 1);
+        assert_eq!(ctx.metrics.total(Count::DeliveriesReceived), 0);
     }
 
     #[tokio::test(start_paused = true)]
