@@ -456,15 +456,19 @@ impl Desired {
         !self.paused && !self.draining
     }
 
-    /// Whether users must react to the change from `self` to `next` (the user count and the
-    /// connect rate are the supervisor's business, not theirs).
+    /// Whether users must react to the change from `self` to `next`: how they send, what
+    /// they send, their rooms — and the user count, since the rooms of the last block gain or
+    /// lose members whom its users' books must expect (the connect rate is the supervisor's
+    /// business alone).
     pub fn concerns_users(&self, next: &Desired) -> bool {
         self.may_connect() != next.may_connect()
             || self.may_send() != next.may_send()
             || self.draining != next.draining
             || self.load.message_interval != next.load.message_interval
             || self.load.heartbeat_interval != next.load.heartbeat_interval
+            || self.load.payload_size != next.load.payload_size
             || self.load.room_size != next.load.room_size
+            || self.load.users != next.load.users
     }
 }
 
@@ -577,5 +581,19 @@ mod tests {
             ..Default::default()
         };
         assert!(base().apply(&patch).is_ok());
+    }
+
+    #[test]
+    fn users_wake_for_what_they_send_and_whom_they_expect_not_for_the_connect_rate() {
+        let now = Desired::new(base());
+        let with = |change: fn(&mut Load)| {
+            let mut next = base();
+            change(&mut next);
+            now.concerns_users(&Desired::new(next))
+        };
+        assert!(with(|l| l.payload_size = 65));
+        assert!(with(|l| l.users = 11));
+        assert!(with(|l| l.room_size = 3));
+        assert!(!with(|l| l.connect_rate = 5.0));
     }
 }

@@ -433,6 +433,15 @@ async fn users_in_several_rooms_are_expected_room_by_room_and_exact_after_the_dr
     .await;
     target.faults(json!({"drop": 0.0, "only_room": ""})).await;
 
+    // Five more users fill the short block: its rooms' members expect them from now on.
+    assert_eq!(patch_load(api, json!({"users": 45})).await.status(), 200);
+    wait_active(api, 45.0, 60).await;
+    let grown = scrape(api).await.get("wsfleet_deliveries_received_total");
+    wait_for("deliveries after the growth", 30, || async {
+        scrape(api).await.get("wsfleet_deliveries_received_total") >= grown + 500.0
+    })
+    .await;
+
     let metrics = std::sync::Arc::clone(daemon.metrics());
     let finished = daemon.finish().await.unwrap();
     assert!(finished.drain.expect("drained").settled);

@@ -224,8 +224,7 @@ async fn refused_logins(daemon: wsfleet::daemon::Daemon, detail: &str) {
 /// Debian's mosquitto on a loopback port, anonymous clients allowed. Killed on drop.
 struct Mosquitto {
     addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
+    _server: ServerProcess,
 }
 
 impl Mosquitto {
@@ -242,38 +241,19 @@ impl Mosquitto {
             })?;
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
-        let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
-            &conf,
+            dir.path().join("mosquitto.conf"),
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
                 addr.port()
             ),
         )
         .unwrap();
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        wait_for("mosquitto to listen", 10, || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        let server = ServerProcess::spawn(&program, &["-c", "mosquitto.conf"], dir, &[addr]).await;
         Some(Mosquitto {
             addr,
-            child,
-            _dir: dir,
+            _server: server,
         })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -206,6 +206,8 @@ builtins! {
     Idle => "idle",
     Socketio => "socketio",
     Mqtt => "mqtt",
+    Nats => "nats",
+    Xmpp => "xmpp",
 }
 
 impl Builtin {

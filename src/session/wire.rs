@@ -131,7 +131,29 @@ impl Sink<Message> for Socket {
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
         match &mut self.get_mut().0 {
-            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.start_send_unpin(message),
+            Transport::WebSocket(ws) => ws.start_send_unpin(message),
+            // Each frame delimited as the framing says (a line ends in `\n`), one per message.
+            Transport::Recut { ws, cut } => {
+                let framing = cut.0.framing;
+                let delimited = |data: &[u8]| {
+                    let mut out = BytesMut::with_capacity(data.len() + 1);
+                    framing.put(data, &mut out).map(|()| out.freeze())
+                };
+                let message = match message {
+                    Message::Text(text) => {
+                        let data = delimited(text.as_bytes()).map_err(framing_failure)?;
+                        match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(data.clone()) {
+                            Ok(text) => Message::Text(text),
+                            Err(_) => Message::Binary(data),
+                        }
+                    }
+                    Message::Binary(data) => {
+                        Message::Binary(delimited(&data).map_err(framing_failure)?)
+                    }
+                    other => other,
+                };
+                ws.start_send_unpin(message)
+            }
             Transport::Bytes {
                 framed,
                 shutting_down,

@@ -76,6 +76,49 @@ impl Drop for Target {
     }
 }
 
+/// A real third-party server a test started (mosquitto, nats-server, prosody), with the
+/// directory of its config: killed and removed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Runs `program` with `args` in `dir` (which holds its config) and waits until each of
+    /// `listens` accepts TCP.
+    pub async fn spawn(
+        program: &std::path::Path,
+        args: &[&str],
+        dir: tempfile::TempDir,
+        listens: &[SocketAddr],
+    ) -> ServerProcess {
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("{}: {err}", program.display()));
+        let server = ServerProcess { child, dir };
+        for &addr in listens {
+            wait_for(
+                &format!("{} to listen on {addr}", program.display()),
+                20,
+                || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
+            )
+            .await;
+        }
+        server
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The reference target as a real `wsfleet target` process, so a test can kill it.
 pub struct TargetProcess {
     pub addr: SocketAddr,

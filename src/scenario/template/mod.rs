@@ -70,7 +70,11 @@ impl Template {
     pub fn compile(text: &str, custom: &Names) -> Result<Template, String> {
         let mut segments = Vec::new();
         let mut rest = text;
-        while let Some(start) = rest.find("{{") {
+        while let Some(mut start) = rest.find("{{") {
+            // `{{{x}}`: a literal `{` before a placeholder (JSON that opens with one).
+            while rest[start + 2..].starts_with('{') {
+                start += 1;
+            }
             if start > 0 {
                 segments.push(Segment::Text(rest[..start].to_string()));
             }
@@ -470,6 +474,13 @@ mod tests {
             "{}",
             &err[err.len() - 40..]
         );
+    }
+
+    #[test]
+    fn a_brace_before_a_placeholder_is_text() {
+        let custom = vec![String::new()];
+        let t = Template::compile(r#"{{{user_id}}: 1}"#, &Names::default()).expect("compiles");
+        assert_eq!(t.render(&values(&custom)), "{u7: 1}");
     }
 
     #[test]
