@@ -185,14 +185,16 @@ impl Part {
         );
         let _ = writeln!(
             out,
-            "frames       replies {}  heartbeats {}  unmatched {}  invalid {}  ignored {}  own echoes {}  foreign deliveries {}",
+            "frames       replies {}  heartbeats {}  unmatched {}  invalid {}  ignored {}  own echoes {}  foreign deliveries {}  token refreshes {} (failed {})",
             c.replies,
             c.heartbeats,
             c.frames_unmatched,
             c.frames_invalid,
             c.frames_ignored,
             c.own_echoes,
-            c.deliveries_foreign
+            c.deliveries_foreign,
+            c.token_refreshes,
+            c.token_refresh_failures
         );
         let _ = writeln!(
             out,

@@ -130,6 +130,8 @@ per_message_counters! {
     DeliveriesForeign => deliveries_foreign,
     OwnEchoes => own_echoes,
     FramesIgnored => frames_ignored,
+    TokenRefreshes => token_refreshes,
+    TokenRefreshFailures => token_refresh_failures,
 }
 
 /// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
@@ -157,6 +159,8 @@ pub struct Metrics {
     pub frames_unmatched: PerGroup<IntCounter>,
     pub own_echoes: PerGroup<IntCounter>,
     pub frames_ignored: PerGroup<IntCounter>,
+    pub token_refreshes: PerGroup<IntCounter>,
+    pub token_refresh_failures: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
     pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
@@ -296,6 +300,14 @@ impl Metrics {
             frames_ignored: reg.grouped_counter(
                 "wsfleet_frames_ignored_total",
                 "Server frames the scenario's `ignore` rules expect and that carry nothing to measure.",
+            ),
+            token_refreshes: reg.grouped_counter(
+                "wsfleet_token_refreshes_total",
+                "Fresh tokens sent (the scenario's `refresh`).",
+            ),
+            token_refresh_failures: reg.grouped_counter(
+                "wsfleet_token_refresh_failures_total",
+                "Token refreshes the server did not answer within refresh.timeout.",
             ),
             connect_http_status: reg.counter_vec(
                 "wsfleet_connect_http_status_total",
@@ -529,6 +541,8 @@ impl Metrics {
             frames_unmatched: self.frames_unmatched.get_in(group),
             own_echoes: self.own_echoes.get_in(group),
             frames_ignored: self.frames_ignored.get_in(group),
+            token_refreshes: self.token_refreshes.get_in(group),
+            token_refresh_failures: self.token_refresh_failures.get_in(group),
             heartbeats: match group {
                 Some(g) => self.heartbeat_rtt.of(g).get_sample_count(),
                 None => self.heartbeat_rtt.get_sample_count(),
@@ -776,6 +790,8 @@ pub struct MessageCounts {
     pub own_echoes: u64,
     /// Frames the scenario's `ignore` rules matched.
     pub frames_ignored: u64,
+    pub token_refreshes: u64,
+    pub token_refresh_failures: u64,
     /// Heartbeats answered (round trips measured).
     pub heartbeats: u64,
     pub replies: u64,

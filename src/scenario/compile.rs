@@ -72,9 +72,40 @@ impl Scenario {
             }
         }
         var_order.retain(|&var| !per_message[var]);
+        // Tokens come after the vars: their claims may use any per-connection value.
+        let mut tokens = Vec::new();
+        for (name, token) in &spec.tokens {
+            if template::BUILTINS.contains(&name.as_str()) || custom.contains(name) {
+                return Err(at(format!("tokens.{name}"))(format!(
+                    "`{name}` is already a variable (built-in, credentials column or var)"
+                )));
+            }
+            let slot = first_var + vars.len() + tokens.len();
+            tokens.push(
+                tokens::Token::compile(name, token, slot, &custom, base_dir)
+                    .map_err(at(format!("tokens.{name}")))?,
+            );
+            custom.push(name.clone());
+        }
         let compile =
             |field: String, text: &str| Template::compile(text, &custom).map_err(at(field));
-        let matcher = |field: String, spec: &MatcherSpec| Matcher::compile(spec).map_err(at(field));
+        // Matchers may compare a field with the user's own values (`equals: "{{user_id}}"`):
+        // each such template is rendered once per connection.
+        let mine = std::cell::RefCell::new(Vec::new());
+        let matcher = |field: String, spec: &MatcherSpec| {
+            Matcher::compile_with(spec, &mut |text| {
+                let template = Template::compile(text, &custom)?;
+                if template.uses_message_vars() {
+                    return Err(format!(
+                        "`equals: {text}` may use the user's own variables, not per-message ones"
+                    ));
+                }
+                let mut mine = mine.borrow_mut();
+                mine.push(template);
+                Ok(mine.len() - 1)
+            })
+            .map_err(at(field))
+        };
 
         let url = spec
             .url
@@ -140,6 +171,30 @@ impl Scenario {
                         .as_ref()
                         .map(|m| matcher("heartbeat.expect".into(), m))
                         .transpose()?,
+                })
+            })
+            .transpose()?;
+        let refresh = spec
+            .refresh
+            .as_ref()
+            .map(|r| {
+                crate::load::check_duration(
+                    "every",
+                    r.every,
+                    Duration::from_secs(1),
+                    Duration::from_secs(366 * 86_400),
+                    None,
+                )
+                .map_err(|err| at("refresh.every")(err.problem))?;
+                Ok(tokens::Refresh {
+                    every: r.every,
+                    send: compile("refresh.send".into(), &r.send)?,
+                    expect: r
+                        .expect
+                        .as_ref()
+                        .map(|m| matcher("refresh.expect".into(), m))
+                        .transpose()?,
+                    timeout: r.timeout,
                 })
             })
             .transpose()?;
@@ -234,12 +289,17 @@ impl Scenario {
             .enumerate()
             .map(|(i, m)| matcher(format!("ignore[{i}]"), m))
             .collect::<Result<Vec<_>, _>>()?;
-        let reading =
-            reading::Reading::compile(heartbeat.as_ref(), message.as_ref(), &replies, &ignore)
-                .map_err(|problem| match problem.split_once(": ") {
-                    Some((field, problem)) => at(field)(problem.to_string()),
-                    None => at("message")(problem),
-                })?;
+        let reading = reading::Reading::compile(
+            heartbeat.as_ref(),
+            refresh.as_ref(),
+            message.as_ref(),
+            &replies,
+            &ignore,
+        )
+        .map_err(|problem| match problem.split_once(": ") {
+            Some((field, problem)) => at(field)(problem.to_string()),
+            None => at("message")(problem),
+        })?;
         let codec = Codec::compile(&spec.codec, base_dir).map_err(at("codec"))?;
         let framing = match (spec.framing, codec.framing()) {
             (Some(_), Some(_)) => {
@@ -256,6 +316,9 @@ impl Scenario {
             credentials,
             vars,
             var_order,
+            tokens,
+            refresh,
+            mine: mine.into_inner(),
             login,
             heartbeat,
             message,
@@ -273,7 +336,14 @@ impl Scenario {
     /// Every send template, rendered for user 0 (captures of replies as `1`), must encode:
     /// a template the codec cannot encode is a config error, not a failure per user later.
     fn check_encoding(&self, replies: &[Reply]) -> Result<(), ScenarioError> {
-        let identity = self.identity(0, self.topology(self.room_size));
+        // Claims that give no JSON object for user 0 never will: a config error.
+        let mut identity = self.identity(0, self.topology(self.room_size));
+        for token in &self.tokens {
+            token
+                .mint(&identity.values("", 0, 0, 0))
+                .map_err(at(format!("tokens.{}", token.name)))?;
+        }
+        self.mint_tokens(&mut identity);
         let values = identity.values("ws://127.0.0.1/", 1, 1, 1);
         let check = |field: String, text: String| {
             self.codec
@@ -291,6 +361,9 @@ impl Scenario {
         }
         if let Some(message) = &self.message {
             check("message.send".into(), message.send.render(&values))?;
+        }
+        if let Some(refresh) = &self.refresh {
+            check("refresh.send".into(), refresh.send.render(&values))?;
         }
         for (i, reply) in replies.iter().enumerate() {
             let mut custom = identity.custom.clone();

@@ -25,6 +25,18 @@ pub enum Found<'a> {
 impl<'a> Found<'a> {
     /// Whether this equals a value from the config; numbers and strings compare loosely
     /// (`"5"` equals `5`), as configs are hand-written. Allocates nothing.
+    /// Whether this is the text `wanted` (a number compared as its decimal text).
+    pub fn equals_text(&self, wanted: &str) -> bool {
+        match self {
+            Found::Str(s) => s == wanted,
+            Found::U64(v) => wanted.parse::<u64>() == Ok(*v),
+            Found::I64(v) => wanted.parse::<i64>() == Ok(*v),
+            Found::F64(v) => wanted.parse::<f64>() == Ok(*v),
+            Found::Bool(b) => wanted == if *b { "true" } else { "false" },
+            _ => false,
+        }
+    }
+
     pub fn equals(&self, wanted: &Value) -> bool {
         match (self, wanted) {
             (Found::Str(s), Value::String(w)) => s == w,

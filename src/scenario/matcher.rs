@@ -33,11 +33,34 @@ pub struct MatcherSpec {
 /// Deepest nesting of `not`, `all` and `any`.
 const MAX_DEPTH: usize = 8;
 
+/// What a JSON field must equal: a value, or one of the user's own (an `equals` naming
+/// `{{user_id}}` or another per-connection variable), by its index among the scenario's
+/// per-user templates — rendered once per connection, compared without a per-frame cost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Equals {
+    Value(Value),
+    Mine(usize),
+}
+
+impl Equals {
+    /// Whether `found` is what this wants, given the user's own values `mine`.
+    pub fn holds(&self, found: &Found<'_>, mine: &[String]) -> bool {
+        match self {
+            Equals::Value(wanted) => found.equals(wanted),
+            Equals::Mine(i) => mine.get(*i).is_some_and(|m| found.equals_text(m)),
+        }
+    }
+}
+
+/// Registers a matcher's per-user template (the text of an `equals` with `{{...}}`); returns
+/// its index, or why it cannot be one.
+pub type Mine<'a> = dyn FnMut(&str) -> Result<usize, String> + 'a;
+
 #[derive(Debug, Clone)]
 pub enum Matcher {
     Json {
         pointer: Pointer,
-        equals: Option<Value>,
+        equals: Option<Equals>,
     },
     Regex(regex::Regex),
     Not(Box<Matcher>),
@@ -46,11 +69,23 @@ pub enum Matcher {
 }
 
 impl Matcher {
+    /// A matcher of fixed values only.
     pub fn compile(spec: &MatcherSpec) -> Result<Matcher, String> {
-        Matcher::compile_at(spec, 0)
+        Matcher::compile_with(spec, &mut |_| {
+            Err("only a scenario's matchers may name the user's own variables".into())
+        })
     }
 
-    fn compile_at(spec: &MatcherSpec, depth: usize) -> Result<Matcher, String> {
+    /// A matcher whose `equals` may name the user's variables, each registered by `mine`.
+    pub fn compile_with(spec: &MatcherSpec, mine: &mut Mine<'_>) -> Result<Matcher, String> {
+        Matcher::compile_at(spec, 0, mine)
+    }
+
+    fn compile_at(
+        spec: &MatcherSpec,
+        depth: usize,
+        mine: &mut Mine<'_>,
+    ) -> Result<Matcher, String> {
         let combined = [spec.not.is_some(), spec.all.is_some(), spec.any.is_some()];
         let simple = spec.pointer.is_some() || spec.regex.is_some();
         match combined.iter().filter(|&&c| c).count() {
@@ -61,19 +96,21 @@ impl Matcher {
                         "matchers nest at most {MAX_DEPTH} deep (not, all, any)"
                     ));
                 }
-                let inner = |specs: &[MatcherSpec], name: &str| {
+                let mut inner = |specs: &[MatcherSpec], name: &str| {
                     if specs.is_empty() {
                         return Err(format!("`{name}` needs at least one matcher"));
                     }
                     specs
                         .iter()
-                        .map(|s| Matcher::compile_at(s, depth + 1))
+                        .map(|s| Matcher::compile_at(s, depth + 1, &mut *mine))
                         .collect::<Result<Vec<_>, _>>()
                 };
                 return match (&spec.not, &spec.all, &spec.any) {
-                    (Some(not), _, _) => {
-                        Ok(Matcher::Not(Box::new(Matcher::compile_at(not, depth + 1)?)))
-                    }
+                    (Some(not), _, _) => Ok(Matcher::Not(Box::new(Matcher::compile_at(
+                        not,
+                        depth + 1,
+                        mine,
+                    )?))),
                     (_, Some(all), _) => inner(all, "all").map(Matcher::All),
                     (_, _, Some(any)) => inner(any, "any").map(Matcher::Any),
                     _ => unreachable!("one combination is set"),
@@ -89,7 +126,12 @@ impl Matcher {
         match (&spec.pointer, &spec.regex) {
             (Some(pointer), None) => Ok(Matcher::Json {
                 pointer: Pointer::parse(pointer)?,
-                equals: spec.equals.clone(),
+                equals: match &spec.equals {
+                    Some(Value::String(text)) if text.contains("{{") => {
+                        Some(Equals::Mine(mine(text)?))
+                    }
+                    other => other.clone().map(Equals::Value),
+                },
             }),
             (None, Some(pattern)) if spec.equals.is_none() => regex::Regex::new(pattern)
                 .map(Matcher::Regex)
@@ -108,15 +150,20 @@ impl Matcher {
     }
 
     pub fn matches(&self, frame: &Frame<'_>) -> bool {
+        self.matches_for(frame, &[])
+    }
+
+    /// Whether `frame` matches for the user whose own values are `mine`.
+    pub fn matches_for(&self, frame: &Frame<'_>, mine: &[String]) -> bool {
         match self {
-            Matcher::Not(inner) => !inner.matches(frame),
-            Matcher::All(all) => all.iter().all(|m| m.matches(frame)),
-            Matcher::Any(any) => any.iter().any(|m| m.matches(frame)),
+            Matcher::Not(inner) => !inner.matches_for(frame, mine),
+            Matcher::All(all) => all.iter().all(|m| m.matches_for(frame, mine)),
+            Matcher::Any(any) => any.iter().any(|m| m.matches_for(frame, mine)),
             Matcher::Regex(regex) => regex.is_match(frame.text),
             Matcher::Json { pointer, equals } => match (frame.pointer(pointer), equals) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(found), Some(wanted)) => found.equals(wanted),
+                (Some(found), Some(wanted)) => wanted.holds(&found, mine),
             },
         }
     }

@@ -12,6 +12,7 @@ pub mod matcher;
 pub mod reading;
 mod spec;
 pub mod template;
+pub mod tokens;
 pub mod tracking;
 
 use credentials::Credentials;
@@ -103,6 +104,12 @@ pub struct Scenario {
     vars: Vec<Template>,
     /// The order to render `vars` in: each after the vars it uses.
     var_order: Vec<usize>,
+    /// Tokens minted per connection, after the vars.
+    tokens: Vec<tokens::Token>,
+    /// Fresh tokens while connected.
+    pub refresh: Option<tokens::Refresh>,
+    /// The per-user values matchers compare fields with (`equals: "{{user_id}}"`).
+    mine: Vec<Template>,
     pub login: Vec<Step>,
     pub heartbeat: Option<AppHeartbeat>,
     pub message: Option<MessagePlan>,
@@ -208,6 +215,25 @@ impl Scenario {
         });
     }
 
+    /// The values `identity`'s matchers compare with (empty for most scenarios: no
+    /// allocation).
+    pub fn mine_of(&self, identity: &Identity) -> Box<[String]> {
+        let values = identity.values("", 0, 0, 0);
+        self.mine.iter().map(|t| t.render(&values)).collect()
+    }
+
+    /// Mints `identity`'s tokens afresh (at each connect, and at each refresh). A token whose
+    /// claims cannot be made is left empty: the server refuses it, and the login failure
+    /// says why.
+    pub fn mint_tokens(&self, identity: &mut Identity) {
+        for token in &self.tokens {
+            let minted = token
+                .mint(&identity.values("", 0, 0, 0))
+                .unwrap_or_default();
+            identity.custom[token.slot] = minted;
+        }
+    }
+
     /// How this scenario's users are laid out into rooms of `room_size` (the live value).
     pub fn topology(&self, room_size: u32) -> Topology {
         self.rooms.topology(room_size)
@@ -231,6 +257,11 @@ impl Scenario {
             let value = self.vars[var].render(&identity.values("", 0, 0, 0));
             identity.custom[first_var + var] = value;
         }
+        identity.custom.resize(
+            first_var + self.vars.len() + self.tokens.len(),
+            String::new(),
+        );
+        self.mint_tokens(&mut identity);
         identity
     }
 }

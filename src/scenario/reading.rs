@@ -10,10 +10,8 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 use super::json::{FieldValues, Fields, Found, Pointer};
-use super::matcher::Matcher;
+use super::matcher::{Equals, Matcher};
 use super::template::{Template, Values};
 use super::{AckKey, AppHeartbeat, MessagePlan, Reply};
 
@@ -23,6 +21,8 @@ pub struct Reading {
     /// Pointers into the whole frame, read in one walk.
     fields: Fields,
     heartbeat: Option<Rule<0>>,
+    /// The answer to a token refresh.
+    refresh: Option<Rule<0>>,
     ack: Option<(Rule<1>, AckRead)>,
     /// Sender, sequence, timestamp.
     delivery: Option<Rule<3>>,
@@ -56,7 +56,7 @@ struct Rule<const N: usize> {
 enum Test {
     Field {
         index: usize,
-        equals: Option<Value>,
+        equals: Option<Equals>,
     },
     Regex {
         regex: regex::Regex,
@@ -93,6 +93,8 @@ pub struct Read<'a> {
 #[derive(Debug, PartialEq)]
 pub enum Meaning<'a> {
     HeartbeatReply,
+    /// The server took our fresh tokens.
+    RefreshReply,
     /// The ack of one of our messages, by what it names.
     Ack(Acked<'a>),
     /// A room delivery, with what could be read of it.
@@ -127,6 +129,7 @@ pub struct ReplyDue<'a> {
 impl Reading {
     pub fn compile(
         heartbeat: Option<&AppHeartbeat>,
+        refresh: Option<&super::tokens::Refresh>,
         message: Option<&MessagePlan>,
         replies: &[Reply],
         ignore: &[Matcher],
@@ -137,6 +140,11 @@ impl Reading {
             .map(|expect| Rule::compile(expect, [], &mut fields))
             .transpose()
             .map_err(|err| format!("heartbeat.expect: {err}"))?;
+        let refresh = refresh
+            .and_then(|r| r.expect.as_ref())
+            .map(|expect| Rule::compile(expect, [], &mut fields))
+            .transpose()
+            .map_err(|err| format!("refresh.expect: {err}"))?;
         let ack = message
             .and_then(|m| m.ack.as_ref())
             .map(|ack| {
@@ -176,6 +184,7 @@ impl Reading {
         Ok(Reading {
             fields,
             heartbeat,
+            refresh,
             ack,
             delivery,
             replies,
@@ -183,25 +192,36 @@ impl Reading {
         })
     }
 
-    /// Reads one frame: what it means, and the reply rule that answers it, if any (one walk
-    /// of it, if any test needs a field of the whole frame).
-    pub fn read<'a>(&self, text: &'a str) -> Read<'a> {
+    /// Reads one frame for the user whose own values (for matchers that name them) are
+    /// `mine`: what it means, and the reply rule that answers it, if any (one walk of it, if
+    /// any test needs a field of the whole frame).
+    pub fn read<'a>(&self, text: &'a str, mine: &[String]) -> Read<'a> {
         let mut values = self.fields.read(text);
-        let reply = self.reply_to(text, &values);
+        let reply = self.reply_to(text, &values, mine);
         Read {
-            meaning: self.meaning(text, &mut values),
+            meaning: self.meaning(text, &mut values, mine),
             reply,
         }
     }
 
-    fn meaning<'a>(&self, text: &'a str, values: &mut FieldValues<'a>) -> Meaning<'a> {
+    fn meaning<'a>(
+        &self,
+        text: &'a str,
+        values: &mut FieldValues<'a>,
+        mine: &[String],
+    ) -> Meaning<'a> {
         if let Some(rule) = &self.heartbeat
-            && rule.read(text, values).is_some()
+            && rule.read(text, values, mine).is_some()
         {
             return Meaning::HeartbeatReply;
         }
+        if let Some(rule) = &self.refresh
+            && rule.read(text, values, mine).is_some()
+        {
+            return Meaning::RefreshReply;
+        }
         if let Some((rule, how)) = &self.ack
-            && let Some([key]) = rule.read(text, values)
+            && let Some([key]) = rule.read(text, values, mine)
         {
             return Meaning::Ack(match how {
                 AckRead::Oldest => Acked::Oldest,
@@ -214,10 +234,14 @@ impl Reading {
                     .map_or(Acked::Unreadable, Acked::Seq),
             });
         }
-        if let Some(delivery) = self.delivery_in(text, values) {
+        if let Some(delivery) = self.delivery_in(text, values, mine) {
             return delivery;
         }
-        if self.ignore.iter().any(|test| test.passes(text, values)) {
+        if self
+            .ignore
+            .iter()
+            .any(|test| test.passes(text, values, mine))
+        {
             return Meaning::Ignored;
         }
         Meaning::Other
@@ -226,14 +250,19 @@ impl Reading {
     /// What the delivery rule reads of `text`, if it matches: for a frame that matched the
     /// ack rule but acknowledges nothing of ours (every occupant of an XMPP room gets the
     /// same stanza), read again as a delivery.
-    pub fn delivery<'a>(&self, text: &'a str) -> Option<Meaning<'a>> {
+    pub fn delivery<'a>(&self, text: &'a str, mine: &[String]) -> Option<Meaning<'a>> {
         self.delivery.as_ref()?;
         let mut values = self.fields.read(text);
-        self.delivery_in(text, &mut values)
+        self.delivery_in(text, &mut values, mine)
     }
 
-    fn delivery_in<'a>(&self, text: &'a str, values: &mut FieldValues<'a>) -> Option<Meaning<'a>> {
-        let [sender, seq, ts] = self.delivery.as_ref()?.read(text, values)?;
+    fn delivery_in<'a>(
+        &self,
+        text: &'a str,
+        values: &mut FieldValues<'a>,
+        mine: &[String],
+    ) -> Option<Meaning<'a>> {
+        let [sender, seq, ts] = self.delivery.as_ref()?.read(text, values, mine)?;
         Some(Meaning::Delivery {
             sender: sender.and_then(Found::text),
             seq: seq.as_ref().and_then(Found::as_u64),
@@ -242,7 +271,12 @@ impl Reading {
     }
 
     /// The first reply rule that answers `text`, if any.
-    fn reply_to<'a>(&self, text: &'a str, values: &FieldValues<'a>) -> Option<ReplyDue<'a>> {
+    fn reply_to<'a>(
+        &self,
+        text: &'a str,
+        values: &FieldValues<'a>,
+        mine: &[String],
+    ) -> Option<ReplyDue<'a>> {
         self.replies
             .iter()
             .enumerate()
@@ -251,7 +285,7 @@ impl Reading {
                     rule,
                     captures: Some(captures),
                 }),
-                _ => test.passes(text, values).then_some(ReplyDue {
+                _ => test.passes(text, values, mine).then_some(ReplyDue {
                     rule,
                     captures: None,
                 }),
@@ -303,9 +337,10 @@ impl<const N: usize> Rule<N> {
         &self,
         text: &'a str,
         frame: &mut FieldValues<'a>,
+        mine: &[String],
     ) -> Option<[Option<Found<'a>>; N]> {
         let Test::Regex { regex, inside } = &self.test else {
-            return self.test.passes(text, frame).then(|| {
+            return self.test.passes(text, frame, mine).then(|| {
                 self.sources.map(|source| match source {
                     Source::Frame(index) => frame.take(index),
                     _ => None,
@@ -408,18 +443,18 @@ impl Test {
         Ok(Source::InCapture { slot, index })
     }
 
-    /// Whether the frame `text`, walked into `values`, passes.
-    fn passes(&self, text: &str, values: &FieldValues<'_>) -> bool {
+    /// Whether the frame `text`, walked into `values`, passes for the user of `mine`.
+    fn passes(&self, text: &str, values: &FieldValues<'_>, mine: &[String]) -> bool {
         match self {
             Test::Regex { regex, .. } => regex.is_match(text),
             Test::Field { index, equals } => match (values.get(*index), equals) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(found), Some(wanted)) => found.equals(wanted),
+                (Some(found), Some(wanted)) => wanted.holds(found, mine),
             },
-            Test::Not(inner) => !inner.passes(text, values),
-            Test::All(all) => all.iter().all(|t| t.passes(text, values)),
-            Test::Any(any) => any.iter().any(|t| t.passes(text, values)),
+            Test::Not(inner) => !inner.passes(text, values, mine),
+            Test::All(all) => all.iter().all(|t| t.passes(text, values, mine)),
+            Test::Any(any) => any.iter().any(|t| t.passes(text, values, mine)),
         }
     }
 }
@@ -454,7 +489,7 @@ mod tests {
     #[test]
     fn the_im_protocol_is_read_in_one_walk() {
         let reading = reading_of(Builtin::Im);
-        let meaning = |text| reading.read(text).meaning;
+        let meaning = |text| reading.read(text, &[]).meaning;
         assert_eq!(
             meaning(r#"{"type":"pong","ts":5}"#),
             Meaning::HeartbeatReply
@@ -483,7 +518,7 @@ mod tests {
         assert_eq!(meaning(r#"{"type":"joined"}"#), Meaning::Other);
         assert_eq!(meaning("not json"), Meaning::Other);
         assert!(
-            reading.read(r#"{"type":"ping"}"#).reply.is_none(),
+            reading.read(r#"{"type":"ping"}"#, &[]).reply.is_none(),
             "no replies in im"
         );
     }
@@ -491,7 +526,7 @@ mod tests {
     #[test]
     fn socket_io_frames_are_read_through_captures() {
         let reading = reading_of(Builtin::Socketio);
-        let meaning = |text| reading.read(text).meaning;
+        let meaning = |text| reading.read(text, &[]).meaning;
         assert_eq!(
             meaning(r#"4317[{"ok":true}]"#),
             Meaning::Ack(Acked::Seq(17))
@@ -505,7 +540,7 @@ mod tests {
             }
         );
         assert_eq!(meaning(r#"42["other",{}]"#), Meaning::Other);
-        let ping = reading.read("2");
+        let ping = reading.read("2", &[]);
         assert_eq!(ping.meaning, Meaning::Other, "a ping is not ours");
         let due = ping.reply.expect("the Engine.IO ping is answered");
         let identity = user0(8);
@@ -513,7 +548,7 @@ mod tests {
             reading.render_reply(&due, &identity.values("", 0, 0, 0)),
             "3"
         );
-        assert!(reading.read("3").reply.is_none());
+        assert!(reading.read("3", &[]).reply.is_none());
     }
 
     #[test]
@@ -523,13 +558,16 @@ mod tests {
              message:\n  send: 'PUB {{seq}}'\n  ack: {match: {regex: '^\\+OK$'}}\n",
         )
         .expect("valid");
-        let due = reading.read("PING abc").reply.expect("matches");
+        let due = reading.read("PING abc", &[]).reply.expect("matches");
         assert_eq!(
             reading.render_reply(&due, &user0(0).values("", 0, 0, 0)),
             "PONG abc from u0"
         );
-        assert_eq!(reading.read("+OK").meaning, Meaning::Ack(Acked::Oldest));
-        assert_eq!(reading.read("-ERR").meaning, Meaning::Other);
+        assert_eq!(
+            reading.read("+OK", &[]).meaning,
+            Meaning::Ack(Acked::Oldest)
+        );
+        assert_eq!(reading.read("-ERR", &[]).meaning, Meaning::Other);
     }
 
     #[test]
@@ -560,12 +598,43 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            reading.read(r#"MSG alice {"n":4,"t":"99"}"#).meaning,
+            reading.read(r#"MSG alice {"n":4,"t":"99"}"#, &[]).meaning,
             Meaning::Delivery {
                 sender: Some("alice".into()),
                 seq: Some(4),
                 ts: Some(99)
             }
         );
+    }
+
+    /// A matcher may compare a field with the user's own id: rendered once per connection,
+    /// each user recognises what is addressed to it.
+    #[test]
+    fn a_matcher_knows_the_user_it_reads_for() {
+        let spec: ScenarioSpec = serde_norway::from_str(
+            r#"{message: {send: 'x', delivery: {match: {all: [{pointer: /type, equals: msg}, {pointer: /to, equals: "{{user_id}}"}]}, sender: /from, seq: /seq, ts: /ts}}}"#,
+        )
+        .expect("parses");
+        let scenario = Scenario::compile(&spec, std::path::Path::new(".")).expect("valid");
+        let me = scenario.mine_of(&scenario.identity(3, scenario.topology(10)));
+        assert_eq!(&*me, ["u3".to_string()]);
+        let frame =
+            |to: &str| format!(r#"{{"type":"msg","to":"{to}","from":"u1","seq":1,"ts":5}}"#);
+        assert!(matches!(
+            scenario.reading.read(&frame("u3"), &me).meaning,
+            Meaning::Delivery { .. }
+        ));
+        assert_eq!(
+            scenario.reading.read(&frame("u4"), &me).meaning,
+            Meaning::Other
+        );
+        let bad: ScenarioSpec = serde_norway::from_str(
+            r#"{message: {send: 'x', ack: {match: {pointer: /id, equals: "{{seq}}"}}}}"#,
+        )
+        .expect("parses");
+        let err = Scenario::compile(&bad, std::path::Path::new("."))
+            .expect_err("per-message")
+            .to_string();
+        assert!(err.contains("not per-message"), "{err}");
     }
 }

@@ -34,6 +34,13 @@ pub struct ScenarioSpec {
     /// Variables of your own, as templates over the built-ins and credential columns.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, String>,
+    /// Tokens minted for each connection, each a variable (`{{jwt}}`): `{jwt: {alg: HS256,
+    /// secret: ..., claims: '{"sub":"{{user_id}}"}', expires_in: 30s}}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, TokenSpec>,
+    /// Fresh tokens sent while connected, before the old ones expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshSpec>,
     /// Frames exchanged after the upgrade, in order, before the user counts as active.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub login: Vec<StepSpec>,
@@ -157,6 +164,46 @@ pub struct DeliverySpec {
     pub sender: String,
     pub seq: String,
     pub ts: String,
+}
+
+/// A token minted per connection: a JWT signed with HS256 (a `secret`) or RS256 (a PEM
+/// private key in `key_file`, relative to the config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub alg: TokenAlg,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The claims, a template of a JSON object; `iat` and `exp` are added unless it sets them.
+    pub claims: String,
+    /// How long a minted token is valid (`exp` = now + this).
+    #[serde(with = "humantime_serde")]
+    pub expires_in: Duration,
+    /// The header's key id, if the server picks its key by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenAlg {
+    HS256,
+    RS256,
+}
+
+/// Sending fresh tokens: every `every`, the tokens are minted again and `send` rendered with
+/// them; `expect` (if given) must answer within `timeout`, or the refresh counts as failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSpec {
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    pub send: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<MatcherSpec>,
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// One row of a `rooms` table.
@@ -332,6 +379,12 @@ impl ScenarioSpec {
             },
             credentials: self.credentials.clone().or(base.credentials),
             vars,
+            tokens: if self.tokens.is_empty() {
+                base.tokens
+            } else {
+                self.tokens.clone()
+            },
+            refresh: self.refresh.clone().or(base.refresh),
             login: or(&self.login, base.login),
             heartbeat: self.heartbeat.clone().or(base.heartbeat),
             replies: if self.replies.is_empty() {

@@ -166,6 +166,7 @@ async fn login_steps(
     identity: &Identity,
 ) -> Result<(), (ConnectResult, String)> {
     let refused = |detail: String| (ConnectResult::Login, detail);
+    let mine = ctx.scenario.mine_of(identity);
     for (i, step) in ctx.scenario.login.iter().enumerate() {
         // A step that names `{{room}}` joins: it runs once for each of the user's rooms.
         let joins = step.send.as_ref().is_some_and(Template::uses_room);
@@ -217,18 +218,21 @@ async fn login_steps(
                         };
                         let text = text.as_ref();
                         let frame = Frame::new(text);
-                        let expected = expect.matches(&frame);
-                        if !expected && step.reject.as_ref().is_some_and(|r| r.matches(&frame)) {
+                        let expected = expect.matches_for(&frame, &mine);
+                        if !expected
+                            && step
+                                .reject
+                                .as_ref()
+                                .is_some_and(|r| r.matches_for(&frame, &mine))
+                        {
                             return Err(refused(format!(
                                 "login step {step_no}: refused by the server: {}",
                                 truncate(text, 200)
                             )));
                         }
-                        reply(ctx, socket, identity, text)
-                            .await
-                            .map_err(|(result, err)| {
-                                (result, format!("login step {step_no}: {err}"))
-                            })?;
+                        reply(ctx, socket, identity, &mine, text).await.map_err(
+                            |(result, err)| (result, format!("login step {step_no}: {err}")),
+                        )?;
                         // The frame a step waits for may need an answer too (a PING).
                         if expected {
                             return Ok(());
@@ -290,10 +294,11 @@ async fn reply(
     ctx: &Context,
     socket: &mut Socket,
     identity: &Identity,
+    mine: &[String],
     text: &str,
 ) -> Result<(), (ConnectResult, String)> {
     let reading = &ctx.scenario.reading;
-    let Some(due) = reading.read(text).reply else {
+    let Some(due) = reading.read(text, mine).reply else {
         return Ok(());
     };
     let values = identity.values(ctx.target.as_str(), 0, clock::now_micros(), 0);

@@ -64,6 +64,8 @@ pub enum Outbound {
     Reply(Message),
     /// A heartbeat: a WebSocket ping or the scenario's app frame.
     Heartbeat(Message),
+    /// Fresh tokens (the scenario's `refresh`).
+    Refresh(Message),
     /// A scheduled message; once written, report it with [`Conversation::sent`]. `resent`:
     /// the same message again, unacknowledged before a reconnect (`resend_unacked`).
     Message {
@@ -88,7 +90,16 @@ struct Share {
 struct Due {
     at: Instant,
     heartbeat: bool,
+    refresh: bool,
     sends_left: usize,
+}
+
+/// When a connection sends fresh tokens next, and when the last refresh's answer is due
+/// (boxed: most scenarios have no refresh, and their users pay one pointer for it).
+#[derive(Debug)]
+struct Refreshing {
+    next: Instant,
+    answer_by: Option<Instant>,
 }
 
 /// State of one connection; dropped when it ends.
@@ -106,6 +117,9 @@ pub struct Conversation {
     resend: Vec<(u64, Instant)>,
     tracker: Tracker,
     ping_sent: Option<Instant>,
+    refreshing: Option<Box<Refreshing>>,
+    /// The user's own values its matchers compare with (usually none).
+    mine: Box<[String]>,
     /// The answer to the last frame, if a reply rule matched it (the driver writes it before
     /// reading again, so one is enough).
     reply: Option<String>,
@@ -144,6 +158,7 @@ impl Conversation {
         };
         let mut tracker = Tracker::new(ctx.settings.loss_grace);
         expect_members(&ctx, &mut tracker, user.id, topology, 0..expected_among);
+        let mine = ctx.scenario.mine_of(&identity);
         ctx.books.open();
         let mut talk = Conversation {
             timers: Timers::start(
@@ -156,8 +171,16 @@ impl Conversation {
             due: Due {
                 at: Instant::now(),
                 heartbeat: false,
+                refresh: false,
                 sends_left: 0,
             },
+            mine,
+            refreshing: ctx.scenario.refresh.as_ref().map(|r| {
+                Box::new(Refreshing {
+                    next: clock::later(Instant::now(), r.every),
+                    answer_by: None,
+                })
+            }),
             share,
             pending: VecDeque::new(),
             resend: {
@@ -188,10 +211,16 @@ impl Conversation {
     /// When [`Conversation::on_tick`] is due next (at once while there is something to send
     /// again).
     pub fn deadline(&self) -> Instant {
-        if self.resend.is_empty() {
-            self.timers.earliest()
-        } else {
-            Instant::now()
+        if !self.resend.is_empty() {
+            return Instant::now();
+        }
+        let earliest = self.timers.earliest();
+        match &self.refreshing {
+            Some(r) => [Some(r.next), r.answer_by]
+                .into_iter()
+                .flatten()
+                .fold(earliest, Instant::min),
+            None => earliest,
         }
     }
 
@@ -272,9 +301,27 @@ impl Conversation {
         self.due = Due {
             at: now,
             heartbeat: self.timers.ping_due(now, reply_timeout),
+            refresh: self.refresh_due(now),
             sends_left: MAX_SENDS_PER_TICK,
         };
         Ok(())
+    }
+
+    /// Whether fresh tokens are due; counts a refresh whose answer never came.
+    fn refresh_due(&mut self, now: Instant) -> bool {
+        let (Some(refreshing), Some(refresh)) = (&mut self.refreshing, &self.ctx.scenario.refresh)
+        else {
+            return false;
+        };
+        if refreshing.answer_by.is_some_and(|by| now >= by) {
+            refreshing.answer_by = None;
+            self.ctx.meter().add(Count::TokenRefreshFailures, 1);
+        }
+        if now < refreshing.next {
+            return false;
+        }
+        refreshing.next = clock::later(now, refresh.every);
+        true
     }
 
     /// The next frame due, if any: a reply to the last frame first, then the heartbeat the
@@ -294,6 +341,11 @@ impl Conversation {
             return self
                 .heartbeat(self.due.at)
                 .map(|frame| Some(Outbound::Heartbeat(frame)));
+        }
+        if std::mem::take(&mut self.due.refresh) {
+            return self
+                .refresh(self.due.at)
+                .map(|frame| frame.map(Outbound::Refresh));
         }
         while self.due.sends_left > 0 {
             self.due.sends_left -= 1;
@@ -358,6 +410,27 @@ impl Conversation {
             };
             metrics.add(Count::DeliveriesExpected, others);
         }
+    }
+
+    /// The refresh frame, with tokens minted afresh; its answer is awaited from now.
+    fn refresh(&mut self, now: Instant) -> Result<Option<Message>, Ended> {
+        let ctx = Arc::clone(&self.ctx);
+        let Some(refresh) = &ctx.scenario.refresh else {
+            return Ok(None);
+        };
+        ctx.scenario.mint_tokens(&mut self.identity);
+        if let (Some(refreshing), true) = (&mut self.refreshing, refresh.expect.is_some()) {
+            refreshing
+                .answer_by
+                .get_or_insert(clock::later(now, refresh.timeout));
+        }
+        let values = self.identity.values(
+            ctx.target.as_str(),
+            0,
+            clock::micros_at(now.into_std()),
+            self.share.payload_size,
+        );
+        self.encode(refresh.send.render(&values)).map(Some)
     }
 
     fn heartbeat(&mut self, now: Instant) -> Result<Message, Ended> {
@@ -488,7 +561,7 @@ impl Conversation {
     fn on_text(&mut self, text: &str) {
         // What the frame means borrows the frame, not the context.
         let reading = &self.ctx.scenario.reading;
-        let read = reading.read(text);
+        let read = reading.read(text, &self.mine);
         let replied = read.reply.is_some();
         if let Some(due) = &read.reply {
             let ctx = &self.ctx;
@@ -537,7 +610,7 @@ impl Conversation {
                 .ctx
                 .scenario
                 .reading
-                .delivery(text)
+                .delivery(text, &self.mine)
                 .unwrap_or(Meaning::Other);
             self.on_meaning(meaning, replied);
         }
@@ -547,6 +620,11 @@ impl Conversation {
     fn on_meaning(&mut self, meaning: Meaning<'_>, replied: bool) {
         match meaning {
             Meaning::HeartbeatReply => self.heartbeat_answered(),
+            Meaning::RefreshReply => {
+                if let Some(refreshing) = &mut self.refreshing {
+                    refreshing.answer_by = None;
+                }
+            }
             Meaning::Delivery {
                 sender: Some(sender),
                 seq: Some(seq),

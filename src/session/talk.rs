@@ -83,6 +83,10 @@ where
     while let Some(outbound) = talk.next_outbound()? {
         match outbound {
             Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
+            Outbound::Refresh(frame) => {
+                write(ctx, socket, frame).await?;
+                ctx.meter().add(Count::TokenRefreshes, 1);
+            }
             Outbound::Reply(frame) => {
                 write(ctx, socket, frame).await?;
                 ctx.meter().add(Count::Replies, 1);
