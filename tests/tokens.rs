@@ -65,6 +65,9 @@ scenario:
     )
 }
 
+/// An HS256 secret as long as RFC 7518 asks (32 bytes).
+const SECRET: &str = "a-shared-secret-of-32-bytes-or-more";
+
 fn disconnects(scrape: &Scrape) -> f64 {
     scrape.sum("wsfleet_disconnects_total")
 }
@@ -74,7 +77,7 @@ fn disconnects(scrape: &Scrape) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshed_hs256_tokens_keep_a_two_minute_run_connected() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((addr, _server)) = jwt_server(&["--secret", "s3cret"], dir).await else {
+    let Some((addr, _server)) = jwt_server(&["--secret", SECRET], dir).await else {
         return;
     };
     let refresh = r#"  refresh:
@@ -85,7 +88,9 @@ async fn refreshed_hs256_tokens_keep_a_two_minute_run_connected() {
     let yaml = fleet(
         addr,
         5,
-        r#"{alg: HS256, secret: s3cret, claims: '{"sub":"{{user_id}}"}', expires_in: 30s}"#,
+        &format!(
+            r#"{{alg: HS256, secret: {SECRET}, claims: '{{"sub":"{{{{user_id}}}}"}}', expires_in: 30s}}"#
+        ),
         refresh,
     );
     let daemon = start_daemon(&yaml).await;

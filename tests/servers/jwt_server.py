@@ -13,6 +13,7 @@ usage: jwt_server.py --port P (--secret S | --public-key FILE)
 import argparse
 import asyncio
 import json
+import logging
 import time
 
 import jwt
@@ -69,6 +70,9 @@ def main():
                     await ws.close(4001, "bad token")
                     return
                 await ws.send(json.dumps({"type": "refreshed"}))
+
+    # The test's readiness probe opens and closes a bare TCP connection: not worth a traceback.
+    logging.getLogger("websockets.server").setLevel(logging.CRITICAL)
 
     async def serve():
         async with websockets.serve(handler, "127.0.0.1", args.port):
