@@ -185,7 +185,7 @@ impl Part {
         );
         let _ = writeln!(
             out,
-            "frames       replies {}  heartbeats {}  unmatched {}  invalid {}  ignored {}  own echoes {}  foreign deliveries {}  token refreshes {} (failed {})",
+            "frames       replies {}  heartbeats {}  unmatched {}  invalid {}  ignored {}  own echoes {}  foreign deliveries {}  untracked deliveries {}  token refreshes {} (failed {})",
             c.replies,
             c.heartbeats,
             c.frames_unmatched,
@@ -193,6 +193,7 @@ impl Part {
             c.frames_ignored,
             c.own_echoes,
             c.deliveries_foreign,
+            c.deliveries_untracked,
             c.token_refreshes,
             c.token_refresh_failures
         );

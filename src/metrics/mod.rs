@@ -130,6 +130,7 @@ per_message_counters! {
     DeliveriesForeign => deliveries_foreign,
     OwnEchoes => own_echoes,
     FramesIgnored => frames_ignored,
+    DeliveriesUntracked => deliveries_untracked,
     TokenRefreshes => token_refreshes,
     TokenRefreshFailures => token_refresh_failures,
 }
@@ -159,6 +160,7 @@ pub struct Metrics {
     pub frames_unmatched: PerGroup<IntCounter>,
     pub own_echoes: PerGroup<IntCounter>,
     pub frames_ignored: PerGroup<IntCounter>,
+    pub deliveries_untracked: PerGroup<IntCounter>,
     pub token_refreshes: PerGroup<IntCounter>,
     pub token_refresh_failures: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
@@ -300,6 +302,10 @@ impl Metrics {
             frames_ignored: reg.grouped_counter(
                 "wsfleet_frames_ignored_total",
                 "Server frames the scenario's `ignore` rules expect and that carry nothing to measure.",
+            ),
+            deliveries_untracked: reg.grouped_counter(
+                "wsfleet_deliveries_untracked_total",
+                "Deliveries of messages sent before the receiver's books opened (it was still joining): received, not judged.",
             ),
             token_refreshes: reg.grouped_counter(
                 "wsfleet_token_refreshes_total",
@@ -541,6 +547,7 @@ impl Metrics {
             frames_unmatched: self.frames_unmatched.get_in(group),
             own_echoes: self.own_echoes.get_in(group),
             frames_ignored: self.frames_ignored.get_in(group),
+            deliveries_untracked: self.deliveries_untracked.get_in(group),
             token_refreshes: self.token_refreshes.get_in(group),
             token_refresh_failures: self.token_refresh_failures.get_in(group),
             heartbeats: match group {
@@ -790,6 +797,8 @@ pub struct MessageCounts {
     pub own_echoes: u64,
     /// Frames the scenario's `ignore` rules matched.
     pub frames_ignored: u64,
+    /// Deliveries of messages sent before the receiver's books opened: not judged.
+    pub deliveries_untracked: u64,
     pub token_refreshes: u64,
     pub token_refresh_failures: u64,
     /// Heartbeats answered (round trips measured).

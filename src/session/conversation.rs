@@ -675,7 +675,8 @@ impl Conversation {
             Delivery::Duplicate => metrics.add(Count::Duplicated, 1),
             Delivery::Foreign => metrics.add(Count::DeliveriesForeign, 1),
             Delivery::Invalid => metrics.add(Count::FramesInvalid, 1),
-            Delivery::New | Delivery::Untracked => {}
+            Delivery::Untracked => metrics.add(Count::DeliveriesUntracked, 1),
+            Delivery::New => {}
         }
         metrics.add(Count::Lost, self.tracker.take_lost());
     }
