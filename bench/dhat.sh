@@ -5,8 +5,10 @@
 #   bench/dhat.sh [echo|im]     (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-E2E_NAME=dhat WSFLEET=target/release/wsfleet
+# DHAT counts what passes through malloc: jemalloc would hide every allocation from it, so the
+# measured build keeps the system's (in its own target directory: target/release stays as is).
+CARGO_TARGET_DIR=target/dhat cargo build --release --quiet --features system-allocator
+E2E_NAME=dhat WSFLEET=target/dhat/release/wsfleet
 . scripts/e2e-lib.sh
 command -v valgrind >/dev/null || { apt-get update -qq; apt-get install -y -qq valgrind >/dev/null; }
 short=${SHORT:-10}; long=${LONG:-20}

@@ -20,7 +20,10 @@ use wsfleet::summary::Summary;
 use wsfleet::target;
 
 /// jemalloc: its heap profile and statistics are served (`wsfleet::heap`), and it holds idle
-/// connections in no more memory than glibc's malloc (README "Benchmarks").
+/// connections in no more memory than glibc's malloc (README "Benchmarks"). The feature
+/// `system-allocator` leaves the system's malloc in place, so valgrind's DHAT sees every
+/// allocation (`bench/dhat.sh`); jemalloc's figures then read zero.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
