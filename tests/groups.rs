@@ -381,17 +381,21 @@ async fn ctl_fleet_splits_every_group_over_the_shards_and_sums_them() {
     b.shutdown().await.unwrap();
 }
 
+/// 40 users in 3 rooms of 5 each (two full blocks of 15 and a short one of 10), sending every
+/// `interval`.
+fn three_rooms_each(target: &Target, interval: &str) -> String {
+    format!(
+        "target: {}\nusers: 40\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
+         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: {interval}\n\
+         scenario: {{extends: im, room_size: 5, rooms_per_user: 3}}\n",
+        target.ws_url()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_in_several_rooms_are_expected_room_by_room_and_exact_after_the_drain() {
     let target = Target::start().await;
-    // 40 users, each in 3 rooms of 5: two full blocks of 15 and a short one of 10.
-    let config = format!(
-        "target: {}\nusers: 40\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
-         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: 0s\n\
-         scenario: {{extends: im, room_size: 5, rooms_per_user: 3}}\n",
-        target.ws_url()
-    );
-    let daemon = start_daemon(&config).await;
+    let daemon = start_daemon(&three_rooms_each(&target, "0s")).await;
     let api = daemon.addr();
     wait_active(api, 40.0, 60).await;
 
@@ -553,13 +557,7 @@ async fn a_rooms_table_puts_each_user_in_rooms_of_every_size_as_the_target_sees_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_growing_block_expects_its_newcomers() {
     let target = Target::start().await;
-    let config = format!(
-        "target: {}\nusers: 40\nconnect_rate: 1000\nloss_grace: 500ms\nstatus_window: 1s\n\
-         heartbeat: {{interval: 1s, timeout: 5s}}\nmessage_interval: 100ms\n\
-         scenario: {{extends: im, room_size: 5, rooms_per_user: 3}}\n",
-        target.ws_url()
-    );
-    let daemon = start_daemon(&config).await;
+    let daemon = start_daemon(&three_rooms_each(&target, "100ms")).await;
     let api = daemon.addr();
     wait_active(api, 40.0, 60).await;
     assert_eq!(patch_load(api, json!({"users": 45})).await.status(), 200);

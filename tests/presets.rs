@@ -52,6 +52,31 @@ impl Nats {
     }
 }
 
+/// Drains the run and checks its books: settled, nothing lost, every ack in time, every frame
+/// understood. Returns the metrics and their counts.
+async fn settled_without_loss(
+    daemon: wsfleet::daemon::Daemon,
+) -> (
+    std::sync::Arc<wsfleet::metrics::Metrics>,
+    wsfleet::metrics::MessageCounts,
+) {
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let finished = daemon.finish().await.unwrap();
+    assert!(finished.drain.expect("drained").settled);
+    let counts = metrics.message_counts();
+    assert_eq!(
+        (
+            counts.lost,
+            counts.ack_timeouts,
+            counts.frames_invalid,
+            counts.frames_unmatched
+        ),
+        (0, 0, 0, 0),
+        "{counts:?}"
+    );
+    (metrics, counts)
+}
+
 fn disconnects(scrape: &Scrape) -> f64 {
     scrape.sum("wsfleet_disconnects_total")
 }
@@ -105,20 +130,7 @@ async fn nats_over_websocket_is_measured_without_loss_through_a_payload_change()
         "the big bodies went out: {sent_bytes}"
     );
     assert_eq!(disconnects(&scrape(api).await), 0.0, "nobody left");
-    let metrics = std::sync::Arc::clone(daemon.metrics());
-    let finished = daemon.finish().await.unwrap();
-    assert!(finished.drain.expect("drained").settled);
-    let counts = metrics.message_counts();
-    assert_eq!(
-        (
-            counts.lost,
-            counts.ack_timeouts,
-            counts.frames_invalid,
-            counts.frames_unmatched
-        ),
-        (0, 0, 0, 0),
-        "{counts:?}"
-    );
+    let (_, counts) = settled_without_loss(daemon).await;
     assert_eq!(counts.own_echoes, 0, "echo: false");
     assert!(counts.heartbeats > 0, "PING/PONG timed: {counts:?}");
     assert_eq!(
@@ -215,20 +227,7 @@ async fn xmpp_multi_user_chat_against_prosody_is_measured_without_loss() {
     })
     .await;
     assert_eq!(disconnects(&scrape(api).await), 0.0, "nobody left");
-    let metrics = std::sync::Arc::clone(daemon.metrics());
-    let finished = daemon.finish().await.unwrap();
-    assert!(finished.drain.expect("drained").settled);
-    let counts = metrics.message_counts();
-    assert_eq!(
-        (
-            counts.lost,
-            counts.ack_timeouts,
-            counts.frames_invalid,
-            counts.frames_unmatched
-        ),
-        (0, 0, 0, 0),
-        "{counts:?}"
-    );
+    let (metrics, counts) = settled_without_loss(daemon).await;
     assert_eq!(
         counts.deliveries_received, counts.deliveries_expected,
         "each message reached the nine others: {counts:?}"

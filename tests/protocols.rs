@@ -294,6 +294,16 @@ async fn measured_run(
     metrics
 }
 
+/// The run's counts, checked: nothing lost, every ack in time, every frame understood.
+fn understood_without_loss(metrics: &wsfleet::metrics::Metrics) -> wsfleet::metrics::MessageCounts {
+    let counts = metrics.message_counts();
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
+    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
+    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+    counts
+}
+
 /// MQTT over TCP against mosquitto: CONNECT, SUBSCRIBE to the room's topic, PUBLISH at QoS 1
 /// timed by its PUBACK, deliveries from the subscription — no loss, every frame understood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,11 +313,7 @@ async fn mqtt_over_tcp_against_mosquitto_is_measured_without_loss() {
     };
     let yaml = mqtt_config(&format!("tcp://{}", broker.addr), 20, "scenario: mqtt\n");
     let metrics = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
-    let counts = metrics.message_counts();
-    assert_eq!(counts.lost, 0, "{counts:?}");
-    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
-    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
-    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+    understood_without_loss(&metrics);
 }
 
 /// Devices in two rooms each against mosquitto: a SUBSCRIBE per room at login, PUBLISHes to
@@ -323,11 +329,7 @@ async fn mqtt_devices_in_two_rooms_each_are_measured_room_by_room_against_mosqui
         "scenario: {extends: mqtt, room_size: 5, rooms_per_user: 2}\n",
     );
     let metrics = measured_run(start_daemon(&yaml).await, 20.0, 500).await;
-    let counts = metrics.message_counts();
-    assert_eq!(counts.lost, 0, "{counts:?}");
-    assert_eq!(counts.ack_timeouts, 0, "{counts:?}");
-    assert_eq!(counts.frames_invalid, 0, "{counts:?}");
-    assert_eq!(counts.frames_unmatched, 0, "{counts:?}");
+    let counts = understood_without_loss(&metrics);
     assert_eq!(
         counts.deliveries_foreign, 0,
         "each delivery came through a room it shares with its sender: {counts:?}"

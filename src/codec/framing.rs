@@ -142,39 +142,11 @@ impl Framing {
     pub fn cut(&self, buffer: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FramingError> {
         let max = max.min(MAX_FRAME);
         match self {
-            Framing::Delimiter(byte) => {
-                let Some(end) = buffer.iter().position(|b| b == byte) else {
-                    return if buffer.len() > max {
-                        Err(FramingError::TooLong {
-                            size: buffer.len(),
-                            max,
-                        })
-                    } else {
-                        Ok(None)
-                    };
-                };
-                let mut frame = buffer.split_to(end + 1);
-                frame.truncate(end);
-                Ok(Some(frame.freeze()))
-            }
-            Framing::Newline => {
-                let Some(end) = buffer.iter().position(|&b| b == b'\n') else {
-                    return if buffer.len() > max {
-                        Err(FramingError::TooLong {
-                            size: buffer.len(),
-                            max,
-                        })
-                    } else {
-                        Ok(None)
-                    };
-                };
-                let mut line = buffer.split_to(end + 1);
-                line.truncate(end);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(end - 1);
-                }
-                Ok(Some(line.freeze()))
-            }
+            Framing::Delimiter(byte) => cut_at(buffer, *byte, max),
+            Framing::Newline => Ok(cut_at(buffer, b'\n', max)?.map(|line| match line.last() {
+                Some(b'\r') => line.slice(..line.len() - 1),
+                _ => line,
+            })),
             Framing::LengthPrefixed(prefix) => prefix.cut(buffer, max),
             Framing::Mqtt => match rumqttc::mqttbytes::check(buffer.iter(), max) {
                 Ok(header) => Ok(Some(buffer.split_to(header.frame_length()).freeze())),
@@ -210,6 +182,24 @@ impl Framing {
         }
         Ok(())
     }
+}
+
+/// The frame before the first `end` byte in `buffer`, cut off with its delimiter; a buffer
+/// longer than `max` without one is an error.
+fn cut_at(buffer: &mut BytesMut, end: u8, max: usize) -> Result<Option<Bytes>, FramingError> {
+    let Some(at) = buffer.iter().position(|&b| b == end) else {
+        return if buffer.len() > max {
+            Err(FramingError::TooLong {
+                size: buffer.len(),
+                max,
+            })
+        } else {
+            Ok(None)
+        };
+    };
+    let mut frame = buffer.split_to(at + 1);
+    frame.truncate(at);
+    Ok(Some(frame.freeze()))
 }
 
 impl LengthPrefix {
