@@ -6,14 +6,15 @@
 //! lives on the heap only while in use), all timers share one `sleep_until` on the earliest
 //! deadline, and socket buffers are sized in [`ws_config`].
 //!
-//! Parts, each depending only on those before it: `wire` (the socket type, connect failures,
-//! a polite close), `upgrade` (TLS and the HTTP upgrade), `connect` (an attempt: TCP, upgrade,
+//! Parts, each depending only on those before it: `deflate` (permessage-deflate under the
+//! WebSocket), `wire` (the socket type, connect failures, a polite close), `upgrade` (TLS and the HTTP upgrade), `connect` (an attempt: TCP, upgrade,
 //! login), `conversation` (one connection's protocol state, a state machine with no I/O) and
 //! `talk` (the loop that drives a conversation over any `Sink + Stream`).
 
 mod backoff;
 mod connect;
 mod conversation;
+pub mod deflate;
 pub mod settings;
 mod talk;
 pub mod tls;

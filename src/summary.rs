@@ -197,6 +197,19 @@ impl Part {
             c.token_refreshes,
             c.token_refresh_failures
         );
+        let z = &c.compression;
+        if z.negotiated + z.declined > 0 {
+            let _ = writeln!(
+                out,
+                "compression  deflate on {} connections (declined by {})  sent {} → {} bytes on the wire  received {} ← {}",
+                z.negotiated,
+                z.declined,
+                z.bytes_sent,
+                z.wire_bytes_sent,
+                z.bytes_received,
+                z.wire_bytes_received
+            );
+        }
         let _ = writeln!(
             out,
             "latency (ms)        count      p50      p90      p99     p999      max"

@@ -8,32 +8,14 @@
 mod helpers;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use helpers::*;
 
-/// The test venv's Python with PyJWT and websockets (scripts/test installs them).
-fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python3");
-    let ready = venv.is_file()
-        && std::process::Command::new(&venv)
-            .args(["-c", "import jwt, websockets"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ready {
-        Some(venv)
-    } else {
-        tool(
-            "no-such-program-jwt-venv",
-            "the test venv with PyJWT and websockets (scripts/test makes .venv-test)",
-        )
-    }
-}
-
 /// The JWT server, verifying with `key` (`--secret S` or `--public-key FILE`).
 async fn jwt_server(key: &[&str], dir: tempfile::TempDir) -> Option<(SocketAddr, ServerProcess)> {
-    let python = python()?;
+    let python = venv_python("jwt, websockets")?;
     let addr = free_addr();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/jwt_server.py");
     let port = addr.port().to_string();

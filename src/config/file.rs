@@ -164,6 +164,24 @@ impl Config {
                 self.check_stream_target(target, &plan.groups[0].scenario)?;
             }
         }
+        if let Some(compression) = &self.compression {
+            let plain_stream = self.groups.is_empty()
+                && self
+                    .target
+                    .as_ref()
+                    .is_some_and(|t| !crate::session::is_websocket(t));
+            let problem = compression.deflate().problem().or_else(|| {
+                plain_stream.then(|| {
+                    "permessage-deflate is a WebSocket extension: a plain-stream target (tcp://, tls://) has no upgrade to offer it in".to_string()
+                })
+            });
+            if let Some(problem) = problem {
+                return Err(ConfigError::Invalid {
+                    field: "compression",
+                    problem,
+                });
+            }
+        }
         self.limits.validate()?;
         if !MESSAGE_SIZE_BOUNDS.contains(&self.max_message_size) {
             return Err(ConfigError::Invalid {

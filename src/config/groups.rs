@@ -22,6 +22,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "arrivals",
     "reconnect",
     "resend_unacked",
+    "compression",
     "ack_timeout",
     "loss_grace",
     "connect_timeout",

@@ -25,6 +25,7 @@ use url::Url;
 
 use crate::load::{Limits, Load};
 use crate::scenario::ScenarioChoice;
+use crate::session::deflate::Compression;
 use crate::session::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
 use crate::sla::Sla;
 
@@ -124,6 +125,15 @@ pub struct Config {
     /// TLS for `wss://` and `tls://` targets.
     #[serde(default, skip_serializing_if = "TlsConfig::is_default")]
     pub tls: TlsConfig,
+    /// WebSocket compression users offer in their upgrade: `deflate` (permessage-deflate as
+    /// a browser offers it) or `{deflate: {...}}` (see [`crate::session::deflate`]). Off by
+    /// default.
+    #[serde(
+        default,
+        deserialize_with = "crate::codec::named::some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub compression: Option<Compression>,
     /// Threads running users (each a single-threaded runtime); default: one per core but one
     /// (at least one), see [`crate::runtimes::default_threads`]. Fewer
     /// threads batch more socket events per wake-up: on a machine shared with the server under
@@ -318,6 +328,7 @@ impl Config {
             max_message_size: self.max_message_size,
             resend_unacked: self.resend_unacked,
             source_addresses: self.source_addresses.clone(),
+            compression: self.compression.as_ref().map(|c| *c.deflate()),
         }
     }
 
@@ -399,6 +410,49 @@ mod tests {
         Config::parse(text)
             .expect_err("must be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn compression_is_read_as_a_kind_and_its_settings_checked() {
+        let config = Config::parse("compression: deflate").expect("valid");
+        assert_eq!(
+            config.session().compression,
+            Some(crate::session::deflate::DeflateOffer::default())
+        );
+        assert!(
+            config.to_yaml().contains("compression: deflate"),
+            "written back as it was read"
+        );
+        let config = Config::parse("compression: {deflate: {server_no_context_takeover: true, client_max_window_bits: 10}}")
+            .expect("valid");
+        let offer = config.session().compression.expect("offered");
+        assert!(offer.server_no_context_takeover && offer.client_max_window_bits == Some(10));
+        assert_eq!(
+            Config::parse("").expect("valid").session().compression,
+            None
+        );
+        for (bad, says) in [
+            ("compression: gzip", "unknown variant `gzip`"),
+            (
+                "compression: {deflate: {client_max_window_bits: 8}}",
+                "client_max_window_bits must be 9..=15",
+            ),
+            ("compression: {deflate: {level: 11}}", "level must be 0..=9"),
+            (
+                "compression: {deflate: {window: 9}}",
+                "unknown field `window`",
+            ),
+            (
+                "target: tcp://127.0.0.1:9/\nscenario: {framing: newline}\nheartbeat: {interval: 0s}\ncompression: deflate",
+                "WebSocket extension",
+            ),
+        ] {
+            let err = field_of(bad);
+            assert!(
+                err.contains("`compression") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -133,6 +133,12 @@ per_message_counters! {
     DeliveriesUntracked => deliveries_untracked,
     TokenRefreshes => token_refreshes,
     TokenRefreshFailures => token_refresh_failures,
+    DeflateNegotiated => deflate_negotiated,
+    DeflateDeclined => deflate_declined,
+    DeflateBytesSent => deflate_bytes_sent,
+    DeflateWireBytesSent => deflate_wire_bytes_sent,
+    DeflateBytesReceived => deflate_bytes_received,
+    DeflateWireBytesReceived => deflate_wire_bytes_received,
 }
 
 /// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
@@ -163,6 +169,12 @@ pub struct Metrics {
     pub deliveries_untracked: PerGroup<IntCounter>,
     pub token_refreshes: PerGroup<IntCounter>,
     pub token_refresh_failures: PerGroup<IntCounter>,
+    pub deflate_negotiated: PerGroup<IntCounter>,
+    pub deflate_declined: PerGroup<IntCounter>,
+    pub deflate_bytes_sent: PerGroup<IntCounter>,
+    pub deflate_wire_bytes_sent: PerGroup<IntCounter>,
+    pub deflate_bytes_received: PerGroup<IntCounter>,
+    pub deflate_wire_bytes_received: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
     pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
@@ -314,6 +326,30 @@ impl Metrics {
             token_refresh_failures: reg.grouped_counter(
                 "wsfleet_token_refresh_failures_total",
                 "Token refreshes the server did not answer within refresh.timeout.",
+            ),
+            deflate_negotiated: reg.grouped_counter(
+                "wsfleet_deflate_negotiated_total",
+                "Connections that offered permessage-deflate (`compression: deflate`) and got it.",
+            ),
+            deflate_declined: reg.grouped_counter(
+                "wsfleet_deflate_declined_total",
+                "Connections that offered permessage-deflate and were answered without it (uncompressed).",
+            ),
+            deflate_bytes_sent: reg.grouped_counter(
+                "wsfleet_deflate_bytes_sent_total",
+                "Payload bytes of the messages sent compressed, before compression.",
+            ),
+            deflate_wire_bytes_sent: reg.grouped_counter(
+                "wsfleet_deflate_wire_bytes_sent_total",
+                "Payload bytes of the messages sent compressed, as they went on the wire.",
+            ),
+            deflate_bytes_received: reg.grouped_counter(
+                "wsfleet_deflate_bytes_received_total",
+                "Payload bytes of the compressed messages received, once inflated.",
+            ),
+            deflate_wire_bytes_received: reg.grouped_counter(
+                "wsfleet_deflate_wire_bytes_received_total",
+                "Payload bytes of the compressed messages received, as they came off the wire.",
             ),
             connect_http_status: reg.counter_vec(
                 "wsfleet_connect_http_status_total",
@@ -550,6 +586,14 @@ impl Metrics {
             deliveries_untracked: self.deliveries_untracked.get_in(group),
             token_refreshes: self.token_refreshes.get_in(group),
             token_refresh_failures: self.token_refresh_failures.get_in(group),
+            compression: Compressed {
+                negotiated: self.deflate_negotiated.get_in(group),
+                declined: self.deflate_declined.get_in(group),
+                bytes_sent: self.deflate_bytes_sent.get_in(group),
+                wire_bytes_sent: self.deflate_wire_bytes_sent.get_in(group),
+                bytes_received: self.deflate_bytes_received.get_in(group),
+                wire_bytes_received: self.deflate_wire_bytes_received.get_in(group),
+            },
             heartbeats: match group {
                 Some(g) => self.heartbeat_rtt.of(g).get_sample_count(),
                 None => self.heartbeat_rtt.get_sample_count(),
@@ -805,6 +849,21 @@ pub struct MessageCounts {
     pub heartbeats: u64,
     pub replies: u64,
     pub resent: u64,
+    /// permessage-deflate, where it was offered.
+    #[serde(default)]
+    pub compression: Compressed,
+}
+
+/// What permessage-deflate did: connections that got it or not, and the payload bytes of
+/// compressed messages before and after compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Compressed {
+    pub negotiated: u64,
+    pub declined: u64,
+    pub bytes_sent: u64,
+    pub wire_bytes_sent: u64,
+    pub bytes_received: u64,
+    pub wire_bytes_received: u64,
 }
 
 /// Quantiles of one window, in seconds.

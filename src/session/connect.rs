@@ -3,6 +3,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use url::Url;
 
 use super::Context;
+use super::deflate::Deflated;
 use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_failure};
 use super::{is_websocket, upgrade};
 use crate::clock;
@@ -131,15 +133,32 @@ async fn handshake(
             (name.clone(), value)
         })
         .collect();
-    let early_frames = upgrade::upgrade(&mut stream, url, &headers).await?;
+    let offer = ctx.settings.compression.as_ref();
+    let upgraded = upgrade::upgrade(&mut stream, url, &headers, offer).await?;
     phase.done(Phase::Upgrade);
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        early_frames,
-        Role::Client,
-        Some(ctx.ws_config),
-    )
-    .await;
+    let (stream, early) = match upgraded.deflate {
+        Some(agreed) => {
+            ctx.meter().add(Count::DeflateNegotiated, 1);
+            tracing::debug!(%agreed, "negotiated");
+            let deflated = Deflated::new(
+                stream,
+                agreed,
+                upgraded.early,
+                ctx.settings.max_message_size,
+                Arc::clone(&ctx.metrics),
+                ctx.group,
+            );
+            (Stream::Deflate(Box::new(deflated)), Vec::new())
+        }
+        None => {
+            if offer.is_some() {
+                ctx.meter().add(Count::DeflateDeclined, 1);
+            }
+            (stream, upgraded.early)
+        }
+    };
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(ctx.ws_config))
+        .await;
     Ok(Socket::websocket(
         ws,
         ctx.scenario.framing,

@@ -25,6 +25,8 @@ pub struct Settings {
     pub resend_unacked: bool,
     /// Local addresses connections are made from, in turn; empty = the system's choice.
     pub source_addresses: Vec<std::net::IpAddr>,
+    /// The permessage-deflate offer of WebSocket upgrades (`compression: deflate`).
+    pub compression: Option<super::deflate::DeflateOffer>,
 }
 
 /// TLS settings for `wss://` and `tls://` targets.

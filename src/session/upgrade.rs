@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use url::Url;
 
+use super::deflate::{self, Agreed, DeflateOffer};
 use super::tls::ClientTls;
 use super::wire::{ConnectFailure, Stream, io_failure};
 use crate::metrics::ConnectResult;
@@ -47,14 +48,29 @@ pub async fn secure(tcp: TcpStream, url: &Url, tls: &ClientTls) -> Result<Stream
     Ok(Stream::Tls(Box::new(stream)))
 }
 
-/// Sends the upgrade request and checks the server's 101 answer. Returns any bytes the server
-/// sent after its headers (the start of the first frames), for the WebSocket to read first.
+/// A WebSocket the server accepted.
+pub struct Upgraded {
+    /// Bytes the server sent after its headers (the start of the first frames), to be read
+    /// first.
+    pub early: Vec<u8>,
+    /// The permessage-deflate agreement, when one was offered and taken.
+    pub deflate: Option<Agreed>,
+}
+
+/// Sends the upgrade request — with the permessage-deflate `offer`, if any — and checks the
+/// server's 101 answer.
 pub async fn upgrade(
     stream: &mut Stream,
     url: &Url,
     headers: &[(String, String)],
-) -> Result<Vec<u8>, ConnectFailure> {
+    offer: Option<&DeflateOffer>,
+) -> Result<Upgraded, ConnectFailure> {
     let key = generate_key();
+    let mut headers = headers.to_vec();
+    if let Some(offer) = offer {
+        headers.push(("Sec-WebSocket-Extensions".into(), offer.header()));
+    }
+    let headers = &headers[..];
     let request = request(url, &key, headers)?;
     stream
         .write_all(request.as_bytes())
@@ -79,14 +95,20 @@ pub async fn upgrade(
         let mut parsed = httparse::Response::new(&mut parsed_headers);
         match parsed.parse(&response) {
             Ok(httparse::Status::Complete(end)) => {
-                check(&parsed, &key, headers).map_err(|answer| match answer {
-                    Answer::Refused => refusal(&parsed, url),
-                    Answer::Invalid(why) => ConnectFailure::new(
+                let invalid = |why: String| {
+                    ConnectFailure::new(
                         ConnectResult::Protocol,
                         format!("{url} answered the upgrade {why}"),
-                    ),
+                    )
+                };
+                check(&parsed, &key, headers).map_err(|answer| match answer {
+                    Answer::Refused => refusal(&parsed, url),
+                    Answer::Invalid(why) => invalid(why),
                 })?;
-                return Ok(response[end..].to_vec());
+                return Ok(Upgraded {
+                    early: response[end..].to_vec(),
+                    deflate: deflate_answer(&parsed, offer).map_err(invalid)?,
+                });
             }
             Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE => {}
             _ => {
@@ -230,6 +252,36 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// The server's permessage-deflate answer read against our offer. An extension chosen
+/// without our offer (a scenario's own `Sec-WebSocket-Extensions` header) cannot be spoken.
+fn deflate_answer(
+    response: &httparse::Response<'_, '_>,
+    offer: Option<&DeflateOffer>,
+) -> Result<Option<Agreed>, String> {
+    let mut chosen = response
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .filter(|t| token_name(t).eq_ignore_ascii_case(deflate::EXTENSION));
+    let Some(answer) = chosen.next() else {
+        return Ok(None);
+    };
+    let Some(offer) = offer else {
+        return Err(format!(
+            "with {}, which wsfleet speaks only when the config says `compression: deflate`",
+            deflate::EXTENSION
+        ));
+    };
+    if chosen.next().is_some() {
+        return Err(format!("with {} twice", deflate::EXTENSION));
+    }
+    Agreed::parse(offer, answer.trim())
+        .map(Some)
+        .map_err(|why| format!("with an invalid {} ({why})", deflate::EXTENSION))
 }
 
 /// An offered or chosen token without its parameters: `permessage-deflate; x=1` is

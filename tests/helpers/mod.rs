@@ -516,6 +516,23 @@ pub fn tool(program: &str, what: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// The test venv's Python (scripts/test makes `.venv-test`), if it imports `modules`
+/// (`"jwt, websockets"`); if not, see [`tool`].
+pub fn venv_python(modules: &str) -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python3");
+    let ready = venv.is_file()
+        && Command::new(&venv)
+            .args(["-c", &format!("import {modules}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        missing(&format!(
+            "the test venv with Python's {modules} (scripts/test makes .venv-test)"
+        ));
+    }
+    ready.then_some(venv)
+}
+
 /// Whether this process runs as root (network namespaces, `tc`); if not, see [`tool`].
 pub fn root(what: &str) -> bool {
     let uid0 = std::fs::read_to_string("/proc/self/status")
