@@ -16,6 +16,7 @@ mod connect;
 mod conversation;
 pub mod deflate;
 pub mod settings;
+mod sse;
 mod talk;
 pub mod tls;
 mod upgrade;
@@ -226,6 +227,11 @@ pub fn is_websocket(url: &url::Url) -> bool {
     matches!(url.scheme(), "ws" | "wss")
 }
 
+/// `sse+http://` and `sse+https://` are Server-Sent Events streams.
+pub fn is_sse(url: &url::Url) -> bool {
+    matches!(url.scheme(), "sse+http" | "sse+https")
+}
+
 /// Socket buffers sized for many mostly-idle connections: tungstenite's defaults reserve
 /// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users. No message
 /// or frame longer than `max_message_size` is buffered: it ends the connection.
@@ -254,6 +260,8 @@ pub struct User {
     pub unacked: Vec<(u64, tokio::time::Instant)>,
     /// The supervisor got this user's first connect permit before spawning it.
     pub admitted: bool,
+    /// Where its event stream resumes across connections (SSE targets only).
+    pub resume: Option<Arc<sse::Resume>>,
 }
 
 impl User {
@@ -272,6 +280,7 @@ impl User {
             slot,
             unacked: Vec::new(),
             admitted: false,
+            resume: None,
         }
     }
 
@@ -286,6 +295,9 @@ impl User {
     async fn hold(mut self) {
         let mut failures: u32 = 0;
         let mut retry_after = None;
+        if is_sse(&self.ctx.target) {
+            self.resume = Some(Arc::default());
+        }
         while self.admit().await {
             let topology = self.ctx.topology(&self.desired.borrow().load);
             let ctx = Arc::clone(&self.ctx);
@@ -294,7 +306,7 @@ impl User {
             let attempt = match &socket {
                 Some(_) => tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology)) => attempt,
+                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology, self.resume.as_ref())) => attempt,
                 },
                 None => Err(wire::ConnectFailure::new(
                     ConnectResult::FdsExhausted,
@@ -340,9 +352,16 @@ impl User {
                 }
             }
             failures = failures.saturating_add(1);
-            // The server's Retry-After, when it gave one, is the least we wait.
+            // The server's Retry-After (or an event stream's `retry:`), when it gave one, is
+            // the least we wait.
             let wait = backoff::delay(&self.ctx.settings.reconnect, failures)
-                .max(retry_after.take().unwrap_or_default());
+                .max(retry_after.take().unwrap_or_default())
+                .max(
+                    self.resume
+                        .as_ref()
+                        .and_then(|r| r.retry())
+                        .unwrap_or_default(),
+                );
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

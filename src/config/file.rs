@@ -172,7 +172,7 @@ impl Config {
                     .is_some_and(|t| !crate::session::is_websocket(t));
             let problem = compression.deflate().problem().or_else(|| {
                 plain_stream.then(|| {
-                    "permessage-deflate is a WebSocket extension: a plain-stream target (tcp://, tls://) has no upgrade to offer it in".to_string()
+                    "permessage-deflate is a WebSocket extension: a target that is not ws:// or wss:// has no upgrade to offer it in".to_string()
                 })
             });
             if let Some(problem) = problem {
@@ -441,9 +441,12 @@ fn in_file(err: LoadError) -> LoadError {
 
 /// Checks that a target URL is one a WebSocket client can connect to.
 pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
-    let problem = if !matches!(target.scheme(), "ws" | "wss" | "tcp" | "tls") {
+    let problem = if !matches!(
+        target.scheme(),
+        "ws" | "wss" | "tcp" | "tls" | "sse+http" | "sse+https"
+    ) {
         format!(
-            "scheme must be ws://, wss://, tcp:// or tls://, got `{}://` in {target}",
+            "scheme must be ws://, wss://, tcp://, tls://, sse+http:// or sse+https://, got `{}://` in {target}",
             target.scheme()
         )
     } else if target.host_str().is_none_or(str::is_empty) {
@@ -458,13 +461,19 @@ pub fn validate_target(target: &Url) -> Result<(), ConfigError> {
 }
 
 impl Config {
-    /// A plain-stream target (`tcp://`, `tls://`) needs a framing, and has no WebSocket pings
-    /// to be the heartbeat.
+    /// A plain-stream target (`tcp://`, `tls://`) needs a framing, an SSE target a way to
+    /// send (`scenario.publish`); neither has WebSocket pings to be the heartbeat.
     fn check_stream_target(&self, target: &Url, scenario: &Scenario) -> Result<(), ConfigError> {
         if crate::session::is_websocket(target) || scenario.url.is_some() {
             return Ok(());
         }
-        let problem = if scenario.framing.is_none() {
+        let sse = crate::session::is_sse(target);
+        let sends = scenario.message.is_some() || scenario.login.iter().any(|s| s.send.is_some());
+        let problem = if sse && scenario.publish.is_none() && sends {
+            format!(
+                "{target} is an event stream: give the scenario a `publish` (the HTTP request each frame is sent in)"
+            )
+        } else if !sse && scenario.framing.is_none() {
             format!(
                 "{target} is a plain stream: give the scenario a `framing` (newline or length_prefixed), or a codec that frames its packets (mqtt)"
             )

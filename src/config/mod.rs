@@ -446,6 +446,10 @@ mod tests {
                 "target: tcp://127.0.0.1:9/\nscenario: {framing: newline}\nheartbeat: {interval: 0s}\ncompression: deflate",
                 "WebSocket extension",
             ),
+            (
+                "target: sse+http://127.0.0.1:9/\nscenario: idle\nheartbeat: {interval: 0s}\ncompression: deflate",
+                "WebSocket extension",
+            ),
         ] {
             let err = field_of(bad);
             assert!(
@@ -478,6 +482,23 @@ mod tests {
         assert!(field_of("users: many").contains("`users`"));
         assert!(field_of("connect_rate: -3").contains("`connect_rate`"));
         assert!(field_of("target: http://example.test/").contains("`target`"));
+        let sse = "target: sse+http://127.0.0.1:9/events\nheartbeat: {interval: 0s}\n";
+        assert!(field_of(sse).contains("give the scenario a `publish`"));
+        assert!(
+            field_of(&format!("{sse}scenario: {{extends: echo, publish: {{url: 'http://127.0.0.1:9/pub', method: GET}}}}"))
+                .contains("scenario.publish.method")
+        );
+        assert!(
+            Config::parse(&format!(
+                "{sse}scenario: {{extends: echo, publish: {{url: 'http://127.0.0.1:9/pub'}}}}"
+            ))
+            .is_ok()
+        );
+        assert!(
+            field_of("target: sse+http://127.0.0.1:9/\nscenario: idle\n")
+                .contains("no WebSocket pings"),
+            "an event stream has no pings to be the heartbeat"
+        );
         assert!(field_of("target: not a url").contains("`target`"));
         assert!(field_of("heartbeat: {intervall: 1s}").contains("intervall"));
         assert!(field_of("bogus: 1").contains("bogus"));

@@ -139,6 +139,7 @@ per_message_counters! {
     DeflateWireBytesSent => deflate_wire_bytes_sent,
     DeflateBytesReceived => deflate_bytes_received,
     DeflateWireBytesReceived => deflate_wire_bytes_received,
+    PublishRefused => publish_refused,
 }
 
 /// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
@@ -175,6 +176,7 @@ pub struct Metrics {
     pub deflate_wire_bytes_sent: PerGroup<IntCounter>,
     pub deflate_bytes_received: PerGroup<IntCounter>,
     pub deflate_wire_bytes_received: PerGroup<IntCounter>,
+    pub publish_refused: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
     pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
@@ -350,6 +352,10 @@ impl Metrics {
             deflate_wire_bytes_received: reg.grouped_counter(
                 "wsfleet_deflate_wire_bytes_received_total",
                 "Payload bytes of the compressed messages received, as they came off the wire.",
+            ),
+            publish_refused: reg.grouped_counter(
+                "wsfleet_publish_refused_total",
+                "Frames an SSE target's publish endpoint answered with an error status (their acks never come).",
             ),
             connect_http_status: reg.counter_vec(
                 "wsfleet_connect_http_status_total",

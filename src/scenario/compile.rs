@@ -112,16 +112,36 @@ impl Scenario {
             .as_deref()
             .map(|u| compile("url".into(), u))
             .transpose()?;
-        let headers = spec
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    at(format!("headers.{name}"))("not a valid HTTP header name".into())
-                })?;
-                Ok((name.clone(), compile(format!("headers.{name}"), value)?))
+        let headers_at = |field: &str, headers: &std::collections::BTreeMap<String, String>| {
+            headers
+                .iter()
+                .map(|(name, value)| {
+                    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        at(format!("{field}.{name}"))("not a valid HTTP header name".into())
+                    })?;
+                    Ok((name.clone(), compile(format!("{field}.{name}"), value)?))
+                })
+                .collect::<Result<Vec<_>, ScenarioError>>()
+        };
+        let headers = headers_at("headers", &spec.headers)?;
+        let publish = spec
+            .publish
+            .as_ref()
+            .map(|publish| {
+                let method = match publish.method.to_ascii_uppercase().as_str() {
+                    "POST" => http::Method::POST,
+                    "PUT" => http::Method::PUT,
+                    other => {
+                        return Err(at("publish.method")(format!("POST or PUT, got `{other}`")));
+                    }
+                };
+                Ok(Publish {
+                    url: compile("publish.url".into(), &publish.url)?,
+                    method,
+                    headers: headers_at("publish.headers", &publish.headers)?,
+                })
             })
-            .collect::<Result<_, ScenarioError>>()?;
+            .transpose()?;
         let login = spec
             .login
             .iter()
@@ -312,6 +332,7 @@ impl Scenario {
         let scenario = Scenario {
             url,
             headers,
+            publish,
             user_id_column: credentials.columns.iter().position(|c| c == "user_id"),
             credentials,
             vars,

@@ -93,11 +93,21 @@ pub struct MessagePlan {
     pub delivery: Option<DeliveryPlan>,
 }
 
+/// The HTTP request a frame is sent in to an SSE target: the frame is its body.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub url: Template,
+    pub method: http::Method,
+    pub headers: Vec<(String, Template)>,
+}
+
 /// A compiled scenario, shared read-only by every user.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub url: Option<Template>,
     pub headers: Vec<(String, Template)>,
+    /// How frames are sent to a Server-Sent Events target (`scenario.publish`).
+    pub publish: Option<Publish>,
     credentials: Credentials,
     user_id_column: Option<usize>,
     /// Templates of `vars`, rendered per user after the credential columns.

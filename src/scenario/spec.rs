@@ -27,6 +27,10 @@ pub struct ScenarioSpec {
     /// Extra handshake headers (templates), e.g. `Authorization: "Bearer {{token}}"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// How a user of a Server-Sent Events target (`sse+http://`) sends: each frame is the
+    /// body of an HTTP request to `url`, and the answer's body is a frame it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSpec>,
     /// CSV (with a header row) or JSON (array of objects) file: one row per user, cycled;
     /// every column becomes a template variable. A `user_id` column sets the user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,25 @@ pub struct ScenarioSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub framing: Option<Framing>,
+}
+
+/// `scenario.publish`: the HTTP request each frame is sent in (SSE targets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSpec {
+    /// `http://` or `https://` URL template (`http://host/pub/{{room}}`), rendered per
+    /// connection.
+    pub url: String,
+    /// `POST` (default) or `PUT`.
+    #[serde(default = "post")]
+    pub method: String,
+    /// Request headers (templates), e.g. `Content-Type: application/json`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn post() -> String {
+    "POST".into()
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -377,6 +400,7 @@ impl ScenarioSpec {
             } else {
                 self.headers.clone()
             },
+            publish: self.publish.clone().or(base.publish),
             credentials: self.credentials.clone().or(base.credentials),
             vars,
             tokens: if self.tokens.is_empty() {

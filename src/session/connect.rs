@@ -14,8 +14,9 @@ use url::Url;
 
 use super::Context;
 use super::deflate::Deflated;
+use super::sse::{Dial, PublishRequest, Resume, Sse};
 use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_failure};
-use super::{is_websocket, upgrade};
+use super::{is_sse, is_websocket, upgrade};
 use crate::clock;
 use crate::failures::truncate;
 use crate::metrics::{ConnectResult, Count, Latency, Phase};
@@ -31,6 +32,7 @@ pub async fn open(
     ctx: &Context,
     local: u32,
     topology: Topology,
+    resume: Option<&Arc<Resume>>,
 ) -> Result<(Socket, Identity), ConnectFailure> {
     let identity = ctx
         .scenario
@@ -53,7 +55,7 @@ pub async fn open(
     let started = Instant::now();
     let mut socket = timeout(
         ctx.settings.connect_timeout,
-        handshake(ctx, &url, &identity),
+        handshake(ctx, &url, &identity, resume),
     )
     .await
     .map_err(|_| {
@@ -85,22 +87,10 @@ async fn handshake(
     ctx: &Context,
     url: &Url,
     identity: &Identity,
+    resume: Option<&Arc<Resume>>,
 ) -> Result<Socket, ConnectFailure> {
-    let host = url.host_str().ok_or(ConnectResult::Dns)?;
-    let port = url.port_or_known_default().ok_or(ConnectResult::Protocol)?;
     let mut phase = Phases::start(ctx);
-    let addr = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|err| {
-                ConnectFailure::new(ConnectResult::Dns, format!("cannot resolve {host}: {err}"))
-            })?
-            .next()
-            .ok_or_else(|| {
-                ConnectFailure::new(ConnectResult::Dns, format!("{host} resolves to no address"))
-            })?,
-    };
+    let addr = resolve(url).await?;
     phase.done(Phase::Dns);
     let tcp = tcp_connect(addr, ctx.source_address()).await?;
     phase.done(Phase::Tcp);
@@ -110,6 +100,11 @@ async fn handshake(
     let mut stream = upgrade::secure(tcp, url, &ctx.tls).await?;
     if matches!(stream, Stream::Tls(_)) {
         phase.done(Phase::Tls);
+    }
+    if is_sse(url) {
+        let socket = event_stream(ctx, url, identity, stream, resume).await?;
+        phase.done(Phase::Upgrade);
+        return Ok(socket);
     }
     if !is_websocket(url) {
         let framing = ctx.scenario.framing.ok_or_else(|| {
@@ -371,8 +366,172 @@ impl<'a> Phases<'a> {
     }
 }
 
+/// Opens a Server-Sent Events stream over `stream`: a GET of `url` (without its `sse+`)
+/// asking for `text/event-stream`, resumed from the last event id seen; a publisher for what
+/// the user sends, on connections of its own to `scenario.publish`'s URL.
+async fn event_stream(
+    ctx: &Context,
+    url: &Url,
+    identity: &Identity,
+    stream: Stream,
+    resume: Option<&Arc<Resume>>,
+) -> Result<Socket, ConnectFailure> {
+    let resume = resume.cloned().unwrap_or_default();
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+
+    let values = identity.values(url.as_str(), 0, clock::now_micros(), 0);
+    let plain = |what: &str, err: &dyn std::fmt::Display| {
+        ConnectFailure::new(ConnectResult::Protocol, format!("{what} {url}: {err}"))
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| plain("HTTP with", &err))?;
+    // The connection runs beside the user: it carries the event stream's body.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = http::Request::builder()
+        .uri(&url[url::Position::BeforePath..url::Position::AfterQuery])
+        .header(http::header::HOST, host_header(url))
+        .header(http::header::ACCEPT, "text/event-stream")
+        .header(http::header::CACHE_CONTROL, "no-cache");
+    if let Some(id) = resume.last_event_id() {
+        request = request.header("Last-Event-ID", id);
+    }
+    for (name, template) in &ctx.scenario.headers {
+        request = request.header(name.as_str(), template.render(&values));
+    }
+    let request = request
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|err| plain("a request for", &err))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| io_failure(&std::io::Error::other(err), "asking for the event stream"))?;
+    let status = response.status();
+    let is_events = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !status.is_success() || !is_events {
+        let mut failure = ConnectFailure::new(
+            ConnectResult::HttpStatus,
+            format!(
+                "HTTP {status} for {url}{}",
+                if is_events {
+                    ""
+                } else {
+                    " (not text/event-stream)"
+                }
+            ),
+        );
+        failure.status = Some(status.as_u16());
+        failure.retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(upgrade::parse_retry_after);
+        return Err(failure);
+    }
+    let publish = ctx.scenario.publish.as_ref().ok_or_else(|| {
+        ConnectFailure::new(
+            ConnectResult::Protocol,
+            "an SSE target needs `scenario.publish`",
+        )
+    })?;
+    let publish_url = Url::parse(&publish.url.render(&values)).map_err(|err| {
+        ConnectFailure::new(
+            ConnectResult::Protocol,
+            format!("scenario.publish.url gives no URL: {err}"),
+        )
+    })?;
+    let mut headers = http::HeaderMap::new();
+    let host = http::HeaderValue::from_str(&host_header(&publish_url))
+        .map_err(|err| plain("the publish host of", &err))?;
+    headers.insert(http::header::HOST, host);
+    for (name, template) in &publish.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|err| plain("a publish header for", &err))?;
+        let value = http::HeaderValue::from_str(&template.render(&values))
+            .map_err(|err| plain("a publish header for", &err))?;
+        headers.insert(name, value);
+    }
+    let request = PublishRequest {
+        uri: publish_url[url::Position::BeforePath..url::Position::AfterQuery]
+            .parse()
+            .map_err(|err| plain("the publish URL of", &err))?,
+        method: publish.method.clone(),
+        headers,
+    };
+    let (tls, source) = (ctx.tls.clone(), ctx.source_address());
+    let dial: Dial = Box::new(move || {
+        let (url, tls) = (publish_url.clone(), tls.clone());
+        Box::pin(async move {
+            let tcp = tcp_connect(resolve(&url).await.map_err(|f| f.detail)?, source)
+                .await
+                .map_err(|f| f.detail)?;
+            tcp.set_nodelay(true).map_err(|err| err.to_string())?;
+            let stream = upgrade::secure(tcp, &url, &tls)
+                .await
+                .map_err(|f| f.detail)?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|err| err.to_string())?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(sender)
+        })
+    });
+    let sse = Sse::new(
+        response.into_body(),
+        resume,
+        request,
+        dial,
+        Arc::clone(&ctx.metrics),
+        ctx.group,
+    );
+    Ok(Socket::sse(sse))
+}
+
+/// `host` or `host:port`, as a `Host` header says it.
+fn host_header(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
+/// The address of `url`'s host and port (given, or the scheme's).
+pub(super) async fn resolve(url: &Url) -> Result<SocketAddr, ConnectFailure> {
+    let host = url.host_str().ok_or(ConnectResult::Dns)?;
+    let port = url
+        .port()
+        .or_else(|| match url.scheme() {
+            "sse+http" => Some(80),
+            "sse+https" => Some(443),
+            _ => url.port_or_known_default(),
+        })
+        .ok_or(ConnectResult::Protocol)?;
+    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|err| {
+                ConnectFailure::new(ConnectResult::Dns, format!("cannot resolve {host}: {err}"))
+            })?
+            .next()
+            .ok_or_else(|| {
+                ConnectFailure::new(ConnectResult::Dns, format!("{host} resolves to no address"))
+            }),
+    }
+}
+
 /// TCP connect, from `source` if given (bound before connecting).
-async fn tcp_connect(
+pub(super) async fn tcp_connect(
     addr: SocketAddr,
     source: Option<IpAddr>,
 ) -> Result<TcpStream, ConnectFailure> {

@@ -39,7 +39,7 @@ const RSV1: u8 = 0x40;
 /// Compressed frames waiting for the socket beyond this make a writer wait.
 const HIGH_WATER: usize = 64 * 1024;
 
-/// How much is read from the socket at a time.
+/// How much is read from the socket at a time (on the stack).
 const READ_CHUNK: usize = 4096;
 
 /// `compression:` — what a user offers in its upgrade. Written `deflate` (offered as a
@@ -476,13 +476,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Deflated<S> {
             if this.cut_received()? {
                 continue;
             }
-            this.received.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut this.received
-            ))?;
-            if n == 0 {
+            // Read on the stack, so an idle connection keeps no read buffer of its own.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut chunk = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
+            this.received.extend_from_slice(chunk.filled());
+            if chunk.filled().is_empty() {
                 // The end: what is left of a frame goes up as it is, for tungstenite to judge.
                 if this.received.is_empty() {
                     return Poll::Ready(Ok(()));

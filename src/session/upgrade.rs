@@ -20,10 +20,10 @@ use crate::metrics::ConnectResult;
 /// Largest upgrade response accepted (headers included).
 const MAX_RESPONSE: usize = 16 * 1024;
 
-/// Wraps `tcp` in TLS when the URL is `wss://` or `tls://`, asking for the URL's host (or
+/// Wraps `tcp` in TLS when the URL is `wss://`, `tls://`, `https://` or `sse+https://`, asking for the URL's host (or
 /// `tls.server_name`).
 pub async fn secure(tcp: TcpStream, url: &Url, tls: &ClientTls) -> Result<Stream, ConnectFailure> {
-    if !matches!(url.scheme(), "wss" | "tls") {
+    if !matches!(url.scheme(), "wss" | "tls" | "https" | "sse+https") {
         return Ok(Stream::Plain(tcp));
     }
     let name = match &tls.server_name {
@@ -146,7 +146,7 @@ fn refusal(response: &httparse::Response<'_, '_>, url: &Url) -> ConnectFailure {
 }
 
 /// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`, bounded.
-fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+pub(super) fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => std::time::Duration::from_secs(seconds),

@@ -48,6 +48,8 @@ enum Transport {
         framed: Framed<Stream, FrameCodec>,
         shutting_down: bool,
     },
+    /// A Server-Sent Events stream and its publisher (`sse+http://`).
+    Sse(Box<super::sse::Sse>),
 }
 
 /// A raw stream's read buffer starts this small and grows only for big frames.
@@ -64,6 +66,11 @@ impl Socket {
                 cut: Box::new((FrameCodec { framing, max }, BytesMut::new())),
             },
         })
+    }
+
+    /// An event stream and its publisher.
+    pub fn sse(sse: super::sse::Sse) -> Socket {
+        Socket(Transport::Sse(Box::new(sse)))
     }
 
     /// A plain TCP or TLS stream cut by `framing` into frames of at most `max` bytes.
@@ -113,6 +120,7 @@ impl futures_util::Stream for Socket {
             Transport::Bytes { framed, .. } => framed
                 .poll_next_unpin(cx)
                 .map(|item| item.map(|frame| frame.map(Message::Binary).map_err(framing_failure))),
+            Transport::Sse(sse) => sse.poll_next_unpin(cx),
         }
     }
 }
@@ -126,6 +134,7 @@ impl Sink<Message> for Socket {
             Transport::Bytes { framed, .. } => {
                 SinkExt::<Bytes>::poll_ready_unpin(framed, cx).map_err(framing_failure)
             }
+            Transport::Sse(sse) => sse.poll_ready_unpin(cx),
         }
     }
 
@@ -167,6 +176,7 @@ impl Sink<Message> for Socket {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
             }
             .map_err(framing_failure),
+            Transport::Sse(sse) => sse.start_send_unpin(message),
         }
     }
 
@@ -181,6 +191,7 @@ impl Sink<Message> for Socket {
             Transport::Bytes { framed, .. } => {
                 SinkExt::<Bytes>::poll_flush_unpin(framed, cx).map_err(framing_failure)
             }
+            Transport::Sse(sse) => sse.poll_flush_unpin(cx),
         }
     }
 
@@ -190,6 +201,7 @@ impl Sink<Message> for Socket {
             Transport::Bytes { framed, .. } => {
                 SinkExt::<Bytes>::poll_close_unpin(framed, cx).map_err(framing_failure)
             }
+            Transport::Sse(sse) => sse.poll_close_unpin(cx),
         }
     }
 }

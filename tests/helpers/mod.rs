@@ -516,6 +516,15 @@ pub fn tool(program: &str, what: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// Whether `path` (a file a package installs) exists; if not, see [`tool`].
+pub fn installed(path: &str, what: &str) -> bool {
+    let there = std::path::Path::new(path).exists();
+    if !there {
+        missing(what);
+    }
+    there
+}
+
 /// The test venv's Python (scripts/test makes `.venv-test`), if it imports `modules`
 /// (`"jwt, websockets"`); if not, see [`tool`].
 pub fn venv_python(modules: &str) -> Option<std::path::PathBuf> {
