@@ -73,6 +73,9 @@ pub struct Context {
     next_source: std::sync::atomic::AtomicUsize,
     /// Sockets users of every group may hold: the descriptors kept for the API are never theirs.
     pub sockets: Arc<SocketBudget>,
+    /// Where each user's event stream resumes across its connections (SSE targets only: kept
+    /// here, not by the user, so other users carry nothing for it).
+    resumes: Option<std::sync::Mutex<std::collections::HashMap<u32, Arc<sse::Resume>>>>,
 }
 
 /// What the groups of one fleet share: one connect rate, one set of books, one socket budget.
@@ -172,7 +175,6 @@ impl Context {
             epoch: tokio::time::Instant::now(),
             shard,
             tls,
-            target,
             scenario,
             write_timeout: settings.heartbeat.timeout.max(Duration::from_secs(1)),
             ws_config: ws_config(settings.max_message_size),
@@ -184,6 +186,8 @@ impl Context {
             books: Arc::clone(&shared.books),
             next_source: std::sync::atomic::AtomicUsize::new(0),
             sockets: Arc::clone(&shared.sockets),
+            resumes: is_sse(&target).then(Default::default),
+            target,
             settings,
         }
     }
@@ -208,6 +212,19 @@ impl Context {
     /// Where this group's users record their measurements.
     pub fn meter(&self) -> crate::metrics::Meter<'_> {
         self.metrics.group(self.group)
+    }
+
+    /// Where user `local`'s event stream resumes (made at its first connect), if the group's
+    /// target is an event stream.
+    pub fn stream_resume(&self, local: u32) -> Option<Arc<sse::Resume>> {
+        let mut resumes = self.resumes.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        Some(Arc::clone(resumes.entry(local).or_default()))
+    }
+
+    /// The reconnection time user `local`'s event stream asked for (`retry:`).
+    pub fn stream_retry(&self, local: u32) -> Option<std::time::Duration> {
+        let resumes = self.resumes.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        resumes.get(&local)?.retry()
     }
 
     /// The next source address, round-robin.
@@ -260,8 +277,6 @@ pub struct User {
     pub unacked: Vec<(u64, tokio::time::Instant)>,
     /// The supervisor got this user's first connect permit before spawning it.
     pub admitted: bool,
-    /// Where its event stream resumes across connections (SSE targets only).
-    pub resume: Option<Arc<sse::Resume>>,
 }
 
 impl User {
@@ -280,7 +295,6 @@ impl User {
             slot,
             unacked: Vec::new(),
             admitted: false,
-            resume: None,
         }
     }
 
@@ -295,9 +309,6 @@ impl User {
     async fn hold(mut self) {
         let mut failures: u32 = 0;
         let mut retry_after = None;
-        if is_sse(&self.ctx.target) {
-            self.resume = Some(Arc::default());
-        }
         while self.admit().await {
             let topology = self.ctx.topology(&self.desired.borrow().load);
             let ctx = Arc::clone(&self.ctx);
@@ -306,7 +317,7 @@ impl User {
             let attempt = match &socket {
                 Some(_) => tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology, self.resume.as_ref())) => attempt,
+                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology)) => attempt,
                 },
                 None => Err(wire::ConnectFailure::new(
                     ConnectResult::FdsExhausted,
@@ -356,12 +367,7 @@ impl User {
             // the least we wait.
             let wait = backoff::delay(&self.ctx.settings.reconnect, failures)
                 .max(retry_after.take().unwrap_or_default())
-                .max(
-                    self.resume
-                        .as_ref()
-                        .and_then(|r| r.retry())
-                        .unwrap_or_default(),
-                );
+                .max(self.ctx.stream_retry(self.id).unwrap_or_default());
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

@@ -14,7 +14,7 @@ use url::Url;
 
 use super::Context;
 use super::deflate::Deflated;
-use super::sse::{Dial, PublishRequest, Resume, Sse};
+use super::sse::{Dial, PublishRequest, Sse};
 use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_failure};
 use super::{is_sse, is_websocket, upgrade};
 use crate::clock;
@@ -32,7 +32,6 @@ pub async fn open(
     ctx: &Context,
     local: u32,
     topology: Topology,
-    resume: Option<&Arc<Resume>>,
 ) -> Result<(Socket, Identity), ConnectFailure> {
     let identity = ctx
         .scenario
@@ -55,7 +54,7 @@ pub async fn open(
     let started = Instant::now();
     let mut socket = timeout(
         ctx.settings.connect_timeout,
-        handshake(ctx, &url, &identity, resume),
+        handshake(ctx, local, &url, &identity),
     )
     .await
     .map_err(|_| {
@@ -85,9 +84,9 @@ pub async fn open(
 
 async fn handshake(
     ctx: &Context,
+    local: u32,
     url: &Url,
     identity: &Identity,
-    resume: Option<&Arc<Resume>>,
 ) -> Result<Socket, ConnectFailure> {
     let mut phase = Phases::start(ctx);
     let addr = resolve(url).await?;
@@ -102,7 +101,7 @@ async fn handshake(
         phase.done(Phase::Tls);
     }
     if is_sse(url) {
-        let socket = event_stream(ctx, url, identity, stream, resume).await?;
+        let socket = event_stream(ctx, local, url, identity, stream).await?;
         phase.done(Phase::Upgrade);
         return Ok(socket);
     }
@@ -134,7 +133,7 @@ async fn handshake(
     let (stream, early) = match upgraded.deflate {
         Some(agreed) => {
             ctx.meter().add(Count::DeflateNegotiated, 1);
-            tracing::debug!(%agreed, "negotiated");
+            tracing::debug!(user = %identity.user_id, %agreed, "permessage-deflate negotiated");
             let deflated = Deflated::new(
                 stream,
                 agreed,
@@ -371,12 +370,14 @@ impl<'a> Phases<'a> {
 /// the user sends, on connections of its own to `scenario.publish`'s URL.
 async fn event_stream(
     ctx: &Context,
+    local: u32,
     url: &Url,
     identity: &Identity,
     stream: Stream,
-    resume: Option<&Arc<Resume>>,
 ) -> Result<Socket, ConnectFailure> {
-    let resume = resume.cloned().unwrap_or_default();
+    // A `scenario.url` may make an event stream of a group whose target is not one: its
+    // users then start afresh at each connect.
+    let resume = ctx.stream_resume(local).unwrap_or_default();
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
 

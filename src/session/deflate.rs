@@ -5,9 +5,9 @@
 //! tungstenite writes. A connection that did not negotiate it has no layer and no state.
 //!
 //! Memory: a deflate context kept across messages ("context takeover", what browsers do) is
-//! the costly part — zlib's compressor holds its window, hash chains and pending buffer (about
-//! 2^(w+2) + 130 KB for a window of 2^w bytes), its inflater the window and ~7 KB. Both are made
-//! at the first message that needs them. With `client_no_context_takeover` /
+//! the costly part — measured (README "Benchmarks", windows of 2^12) ~200 KB for zlib's
+//! compressor (window, hash chains, pending buffer) and ~21 KB for an inflater, each made at
+//! the first message that needs it. With `client_no_context_takeover` /
 //! `server_no_context_takeover` each message stands alone, so one context per thread serves
 //! every connection and a compressed user costs no more than a plain one.
 
