@@ -217,13 +217,21 @@ impl Context {
     /// Where user `local`'s event stream resumes (made at its first connect), if the group's
     /// target is an event stream.
     pub fn stream_resume(&self, local: u32) -> Option<Arc<sse::Resume>> {
-        let mut resumes = self.resumes.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        let mut resumes = self
+            .resumes
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         Some(Arc::clone(resumes.entry(local).or_default()))
     }
 
     /// The reconnection time user `local`'s event stream asked for (`retry:`).
     pub fn stream_retry(&self, local: u32) -> Option<std::time::Duration> {
-        let resumes = self.resumes.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        let resumes = self
+            .resumes
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         resumes.get(&local)?.retry()
     }
 
