@@ -128,15 +128,15 @@ impl SocketBudget {
         }
     }
 
-    /// A socket to open, held until the guard drops; none when the budget is spent.
-    pub fn take(&self) -> Option<SocketPermit<'_>> {
+    /// `n` sockets to open, held until the guard drops; none when the budget is spent.
+    pub fn take(&self, n: usize) -> Option<SocketPermit<'_>> {
         use std::sync::atomic::Ordering;
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        let before = self.open.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.max {
+            self.open.fetch_sub(n, Ordering::AcqRel);
             return None;
         }
-        Some(SocketPermit(self))
+        Some(SocketPermit(self, n))
     }
 
     pub fn max(&self) -> usize {
@@ -144,14 +144,14 @@ impl SocketBudget {
     }
 }
 
-/// One socket of a [`SocketBudget`], given back on drop.
-pub struct SocketPermit<'a>(&'a SocketBudget);
+/// Sockets of a [`SocketBudget`], given back on drop.
+pub struct SocketPermit<'a>(&'a SocketBudget, usize);
 
 impl Drop for SocketPermit<'_> {
     fn drop(&mut self) {
         self.0
             .open
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            .fetch_sub(self.1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -223,6 +223,11 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         Some(Arc::clone(resumes.entry(local).or_default()))
+    }
+
+    /// Sockets a connected user holds: an SSE user has its publish connection too.
+    pub fn sockets_per_user(&self) -> usize {
+        if self.resumes.is_some() { 2 } else { 1 }
     }
 
     /// The reconnection time user `local`'s event stream asked for (`retry:`).
@@ -321,7 +326,7 @@ impl User {
             let topology = self.ctx.topology(&self.desired.borrow().load);
             let ctx = Arc::clone(&self.ctx);
             // Held for as long as this attempt's socket lives.
-            let socket = ctx.sockets.take();
+            let socket = ctx.sockets.take(ctx.sockets_per_user());
             let attempt = match &socket {
                 Some(_) => tokio::select! {
                     _ = self.cancel.cancelled() => return,
@@ -428,7 +433,8 @@ pub(crate) fn test_context_with(yaml: &str) -> Arc<Context> {
         index: 0,
         name: crate::groups::DEFAULT_GROUP.into(),
         of: 1,
-        target: Url::parse("ws://127.0.0.1:1/ws").expect("url"),
+        target: (config.target.clone())
+            .unwrap_or_else(|| Url::parse("ws://127.0.0.1:1/ws").expect("url")),
         scenario: config.compile_scenario().expect("scenario"),
         settings: config.session(),
         tls: config.client_tls().expect("tls"),
@@ -443,6 +449,27 @@ mod tests {
     use tokio::time::Instant;
 
     use super::test_context as context;
+
+    /// An SSE user takes two sockets (its stream and its publish connection); the budget
+    /// never lends more than it has, and takes back what a permit held.
+    #[tokio::test]
+    async fn the_socket_budget_lends_sockets_in_twos_for_event_streams() {
+        let budget = SocketBudget::new(3);
+        let pair = budget.take(2).expect("two of three");
+        assert!(budget.take(2).is_none(), "one left");
+        let one = budget.take(1).expect("the last one");
+        assert!(budget.take(1).is_none());
+        drop(pair);
+        assert!(budget.take(2).is_some(), "the pair came back");
+        drop(one);
+        let sse = test_context_with(
+            "target: sse+http://127.0.0.1:1/\nscenario: idle\nheartbeat: {interval: 0s}",
+        );
+        assert_eq!(
+            (context(10.0).sockets_per_user(), sse.sockets_per_user()),
+            (1, 2)
+        );
+    }
 
     /// `n` users waiting to be admitted; each reports when it was (its id and the time).
     fn admissions(
