@@ -365,6 +365,9 @@ impl<'a> Phases<'a> {
     }
 }
 
+/// What an event stream reads from its socket at a time.
+const STREAM_READ: usize = 1024;
+
 /// Opens a Server-Sent Events stream over `stream`: a GET of `url` (without its `sse+`)
 /// asking for `text/event-stream`, resumed from the last event id seen; a publisher for what
 /// the user sends, on connections of its own to `scenario.publish`'s URL.
@@ -385,7 +388,11 @@ async fn event_stream(
     let plain = |what: &str, err: &dyn std::fmt::Display| {
         ConnectFailure::new(ConnectResult::Protocol, format!("{what} {url}: {err}"))
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // hyper reads into 8 KiB by default, a buffer every idle user would keep: an event
+    // stream's events are small, and a longer one is read in several turns.
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(STREAM_READ))
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|err| plain("HTTP with", &err))?;
     // The connection runs beside the user: it carries the event stream's body.
