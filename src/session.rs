@@ -40,7 +40,7 @@ use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::telemetry::Telemetry;
 use crate::topology::Topology;
-pub use settings::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
+pub use settings::{Heartbeat, Lifetime, Offline, Reconnect, Schedule, Settings, TlsConfig};
 
 /// What every user of one group shares, read-only.
 pub struct Context {
@@ -345,7 +345,7 @@ impl User {
                     failures = 0;
                     ctx.meter().users_active().inc();
                     self.slot.set_connected(true);
-                    let ended = Box::pin(talk::run(&mut self, socket, identity)).await;
+                    let (ended, held) = Box::pin(talk::run(&mut self, socket, identity)).await;
                     self.slot.set_connected(false);
                     ctx.meter().users_active().dec();
                     ctx.meter().disconnect(ended.reason).inc();
@@ -362,6 +362,12 @@ impl User {
                         DisconnectReason::ClientClose => return,
                         // Planned: reconnect at once (through the pacer), no backoff.
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
+                        DisconnectReason::Offline => {
+                            if self.away(held).await {
+                                continue;
+                            }
+                            return;
+                        }
                         _ => {}
                     }
                 }
@@ -386,6 +392,25 @@ impl User {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Stays away for a time drawn from `offline.for`, holding a vanished user's socket
+    /// (unread, unwritten) meanwhile. False when the user is cancelled while away.
+    async fn away<S>(&self, held: Option<S>) -> bool {
+        let Some(offline) = self.ctx.settings.offline else {
+            return true;
+        };
+        let gone = offline.away.sample(&mut rand::rng());
+        let meter = self.ctx.meter();
+        let offline_now = meter.users_offline();
+        offline_now.inc();
+        let back = tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(gone) => true,
+        };
+        offline_now.dec();
+        drop(held);
+        back
     }
 
     /// Waits until this user may connect and has a connect permit. Decisions are taken when

@@ -283,6 +283,90 @@ async fn churn_closes_and_reopens_connections() {
     daemon.shutdown().await.unwrap();
 }
 
+/// Users going offline on a schedule, cleanly: each goes away with a close frame (the
+/// target counts them), is reported `offline` while away — not connected, not a failure —
+/// and comes back; nothing is lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_go_offline_with_a_close_and_come_back() {
+    let target = Target::start().await;
+    let yaml = im_config(
+        &target,
+        10,
+        "200ms",
+        "offline: {every: {uniform: {min: 500ms, max: 1s}}, for: 500ms}\n",
+    );
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    wait_for("users away and users back", 30, || async {
+        let m = scrape(api).await;
+        m.get(r#"wsfleet_disconnects_total{reason="offline"}"#) >= 20.0
+            && m.get(r#"wsfleet_connects_total{result="ok"}"#) >= 30.0
+    })
+    .await;
+    wait_for("a user reported offline", 30, || async {
+        scrape(api).await.get("wsfleet_users_offline") >= 1.0
+    })
+    .await;
+    let m = scrape(api).await;
+    let failures = m.sum("wsfleet_disconnects_total")
+        - m.get(r#"wsfleet_disconnects_total{reason="offline"}"#);
+    assert_eq!(failures, 0.0, "going away is no failure");
+    assert!(m.get("wsfleet_users_offline") <= 10.0);
+    let t = target.metrics().await;
+    assert!(
+        t.get(r#"wsfleet_target_frames_received_total{kind="close"}"#) >= 20.0,
+        "each went away with a close"
+    );
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    daemon.finish().await.unwrap();
+    assert_eq!(metrics.message_counts().lost, 0);
+}
+
+/// Users vanishing: gone without a close, their sockets held open and silent while they
+/// are away — the target still holds connections our users no longer use — then back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_vanish_without_a_close_and_come_back() {
+    let target = Target::start().await;
+    let yaml = im_config(
+        &target,
+        10,
+        "0s",
+        "offline: {every: 500ms, for: 2s, how: vanish}\n",
+    );
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    wait_for(
+        "vanished users' sockets still open at the target",
+        30,
+        || async {
+            let m = scrape(api).await;
+            let held = target.metrics().await.get("wsfleet_target_connections");
+            m.get("wsfleet_users_offline") >= 1.0 && held > m.get("wsfleet_users_active")
+        },
+    )
+    .await;
+    wait_for("vanished users back", 30, || async {
+        let m = scrape(api).await;
+        m.get(r#"wsfleet_connects_total{result="ok"}"#) >= 20.0
+    })
+    .await;
+    let m = scrape(api).await;
+    assert_eq!(
+        m.sum("wsfleet_disconnects_total"),
+        m.get(r#"wsfleet_disconnects_total{reason="offline"}"#),
+        "only offline ends"
+    );
+    assert_eq!(
+        target
+            .metrics()
+            .await
+            .get(r#"wsfleet_target_frames_received_total{kind="close"}"#),
+        0.0,
+        "no close frame from a vanished user"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
 /// A protocol with nothing in common with the reference target's but JSON: other field
 /// names, nested ack and event bodies, string sequence numbers. Config only, no code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,17 @@ impl Config {
                 self.check_stream_target(target, &plan.groups[0].scenario)?;
             }
         }
+        if let Some(offline) = &self.offline {
+            let zero = [("every", offline.every), ("for", offline.away)]
+                .into_iter()
+                .find(|(_, spread)| spread.mean.is_zero());
+            if let Some((name, _)) = zero {
+                return Err(ConfigError::Invalid {
+                    field: "offline",
+                    problem: format!("`{name}` must be longer than 0s"),
+                });
+            }
+        }
         if let Some(compression) = &self.compression {
             let plain_stream = self.groups.is_empty()
                 && self

@@ -23,6 +23,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "reconnect",
     "resend_unacked",
     "compression",
+    "offline",
     "ack_timeout",
     "loss_grace",
     "connect_timeout",

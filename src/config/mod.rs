@@ -26,7 +26,7 @@ use url::Url;
 use crate::load::{Limits, Load};
 use crate::scenario::ScenarioChoice;
 use crate::session::deflate::Compression;
-use crate::session::{Heartbeat, Lifetime, Reconnect, Schedule, Settings, TlsConfig};
+use crate::session::{Heartbeat, Lifetime, Offline, Reconnect, Schedule, Settings, TlsConfig};
 use crate::sla::Sla;
 
 /// Most file descriptors `self_health.min_fds_available` may ask to keep free.
@@ -82,6 +82,11 @@ pub struct Config {
     /// Churn: each connection lives a random time in [min, max], then closes and reconnects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,
+    /// Users going away and coming back: `{every: 10m, for: {exponential: 30s}, how: close |
+    /// vanish}` — connected for a time drawn from `every`, away for one drawn from `for`,
+    /// reported as `offline`, not as failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<Offline>,
     /// Open arrivals: `{rate, stay}` — users arrive at `rate` per second and stay a time
     /// drawn from `stay`; `users` caps how many are there at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,6 +333,7 @@ impl Config {
             max_message_size: self.max_message_size,
             resend_unacked: self.resend_unacked,
             source_addresses: self.source_addresses.clone(),
+            offline: self.offline,
             compression: self.compression.as_ref().map(|c| *c.deflate()),
         }
     }
@@ -482,6 +488,20 @@ mod tests {
         assert!(field_of("users: many").contains("`users`"));
         assert!(field_of("connect_rate: -3").contains("`connect_rate`"));
         assert!(field_of("target: http://example.test/").contains("`target`"));
+        assert!(
+            field_of("offline: {every: 0s, for: 1s}").contains("`every` must be longer than 0s")
+        );
+        assert!(
+            field_of("offline: {every: 1m}").contains("`offline`"),
+            "no `for`"
+        );
+        assert!(field_of("offline: {every: 1m, for: 1s, how: teleport}").contains("teleport"));
+        let offline = Config::parse("offline: {every: {exponential: 10m}, for: 30s, how: vanish}")
+            .expect("valid")
+            .session()
+            .offline
+            .expect("offline");
+        assert_eq!(offline.how, crate::session::settings::Away::Vanish);
         let sse = "target: sse+http://127.0.0.1:9/events\nheartbeat: {interval: 0s}\n";
         assert!(field_of(sse).contains("give the scenario a `publish`"));
         assert!(

@@ -78,6 +78,11 @@ impl Meter<'_> {
         self.metrics.users_active.of(self.group)
     }
 
+    /// This group's users away on purpose (`offline:`).
+    pub fn users_offline(&self) -> &prometheus::IntGauge {
+        self.metrics.users_offline.of(self.group)
+    }
+
     /// This group's connection attempts that ended with `result`.
     pub fn connect_result(&self, result: super::ConnectResult) -> &prometheus::IntCounter {
         self.metrics.connect_result(result).of(self.group)

@@ -62,16 +62,20 @@ label_enum! {
         Protocol => "protocol",
         Churn => "churn",
         RoomChange => "room_change",
+        Offline => "offline",
     }
 }
 
 impl DisconnectReason {
-    /// Whether the fleet did not choose this end (ramp-down, shutdown, churn and room
-    /// changes are its own choices).
+    /// Whether the fleet did not choose this end (ramp-down, shutdown, churn, room changes
+    /// and going offline are its own choices).
     pub fn is_failure(self) -> bool {
         !matches!(
             self,
-            DisconnectReason::ClientClose | DisconnectReason::Churn | DisconnectReason::RoomChange
+            DisconnectReason::ClientClose
+                | DisconnectReason::Churn
+                | DisconnectReason::RoomChange
+                | DisconnectReason::Offline
         )
     }
 }
@@ -153,6 +157,7 @@ pub struct Metrics {
     pub shard_index: IntGauge,
     pub shards: IntGauge,
     pub users_active: PerGroup<IntGauge>,
+    pub users_offline: PerGroup<IntGauge>,
     connects: Vec<PerGroup<IntCounter>>,
     pub connect_duration: PerGroup<Histogram>,
     disconnects: Vec<PerGroup<IntCounter>>,
@@ -256,6 +261,10 @@ impl Metrics {
             users_active: reg.grouped_gauge(
                 "wsfleet_users_active",
                 "Users connected right now (handshake done).",
+            ),
+            users_offline: reg.grouped_gauge(
+                "wsfleet_users_offline",
+                "Users away on purpose (`offline:`): desired, not connected, coming back.",
             ),
             connects: reg.grouped_counter_vec(
                 "wsfleet_connects_total",

@@ -297,6 +297,9 @@ impl Conversation {
         if self.timers.churn_at.is_some_and(|d| now >= d) {
             return Err(Ended::planned(DisconnectReason::Churn));
         }
+        if self.timers.offline_at.is_some_and(|d| now >= d) {
+            return Err(Ended::planned(DisconnectReason::Offline));
+        }
         self.sweep(now);
         self.due = Due {
             at: now,
@@ -776,6 +779,8 @@ struct Timers {
     next_sweep: Instant,
     sweep_every: Duration,
     churn_at: Option<Instant>,
+    /// When the user goes away (`offline:`).
+    offline_at: Option<Instant>,
     message_interval: Duration,
     heartbeat_interval: Duration,
 }
@@ -811,6 +816,10 @@ impl Timers {
                 let spread = l.max.saturating_sub(l.min);
                 clock::later(now, l.min + spread.mul_f64(rand::rng().random::<f64>()))
             }),
+            offline_at: ctx
+                .settings
+                .offline
+                .map(|o| clock::later(now, o.every.sample(&mut rand::rng()))),
             message_interval,
             heartbeat_interval,
         }
@@ -822,6 +831,7 @@ impl Timers {
             self.pong_deadline,
             self.next_send,
             self.churn_at,
+            self.offline_at,
         ]
         .into_iter()
         .flatten()
@@ -914,6 +924,7 @@ mod tests {
             next_sweep: now + Duration::from_secs(60),
             sweep_every: Duration::from_secs(60),
             churn_at: None,
+            offline_at: None,
             message_interval,
             heartbeat_interval: Duration::from_secs(1),
         }
@@ -1493,6 +1504,19 @@ scenario:
         ctx.metrics.flush_thread();
         assert_eq!(ctx.metrics.total(Count::OwnEchoes), 1);
         assert_eq!(ctx.metrics.total(Count::DeliveriesReceived), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_offline_ends_the_connection_by_choice_when_its_time_comes() {
+        let yaml = "offline: {every: 3s, for: 1s}\nmessage_interval: 0s\nheartbeat: {interval: 0s}";
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        assert_eq!(talk.deadline(), Instant::now() + Duration::from_secs(3));
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        tick(&mut talk, Instant::now()).expect("not yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let ended = talk.on_tick(Instant::now());
+        assert_eq!(ended, Err(Ended::planned(DisconnectReason::Offline)));
+        assert!(!DisconnectReason::Offline.is_failure());
     }
 
     #[tokio::test(start_paused = true)]

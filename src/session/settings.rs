@@ -25,6 +25,8 @@ pub struct Settings {
     pub resend_unacked: bool,
     /// Local addresses connections are made from, in turn; empty = the system's choice.
     pub source_addresses: Vec<std::net::IpAddr>,
+    /// Users going away on a schedule (`offline:`).
+    pub offline: Option<Offline>,
     /// The permessage-deflate offer of WebSocket upgrades (`compression: deflate`).
     pub compression: Option<super::deflate::DeflateOffer>,
 }
@@ -478,6 +480,31 @@ impl Spread {
         self.mean
             .mul_f64(self.shape.sample_unit(rng).clamp(0.0, 1e6))
     }
+}
+
+/// `offline:` — users go away on a schedule and come back, as phones do: connected for a
+/// time drawn from `every`, then away for one drawn from `for`, then reconnecting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offline {
+    pub every: Spread,
+    #[serde(rename = "for")]
+    pub away: Spread,
+    #[serde(default)]
+    pub how: Away,
+}
+
+/// How a user goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Away {
+    /// A clean close (a WebSocket close frame), as an app sent to the background.
+    #[default]
+    Close,
+    /// Gone without a word, as a phone losing coverage: the socket is held, unread and
+    /// unwritten, for the time away (the server learns only from its own timeouts), then
+    /// dropped.
+    Vanish,
 }
 
 /// Bounds of a connection's lifetime under churn.

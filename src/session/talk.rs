@@ -15,8 +15,10 @@ use super::{Context, User};
 use crate::metrics::{Count, DisconnectReason};
 use crate::scenario::Identity;
 
-/// Talks over one connection until it ends, settles its books, and says why it ended.
-pub async fn run<S>(user: &mut User, mut socket: S, identity: Identity) -> Ended
+/// Talks over one connection until it ends, settles its books, and says why it ended. A
+/// user that vanished (`offline: {how: vanish}`) gets its socket back, unclosed, to hold
+/// while it is away.
+pub async fn run<S>(user: &mut User, mut socket: S, identity: Identity) -> (Ended, Option<S>)
 where
     S: Sink<Message, Error = tungstenite::Error>
         + Stream<Item = Result<Message, tungstenite::Error>>
@@ -26,7 +28,18 @@ where
     let mut talk = Conversation::new(user, identity, unacked);
     let ended = drive(user, &mut talk, &mut socket).await;
     user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
-    ended
+    let held = vanishes(user, &ended).then_some(socket);
+    (ended, held)
+}
+
+/// Whether this end is going away without a word.
+fn vanishes(user: &User, ended: &Ended) -> bool {
+    ended.reason == DisconnectReason::Offline
+        && user
+            .ctx
+            .settings
+            .offline
+            .is_some_and(|o| o.how == crate::session::settings::Away::Vanish)
 }
 
 async fn drive<S>(user: &User, talk: &mut Conversation, socket: &mut S) -> Ended
@@ -69,7 +82,7 @@ where
             break ended;
         }
     };
-    if ended.is_planned() {
+    if ended.is_planned() && !vanishes(user, &ended) {
         close(socket).await;
     }
     ended
