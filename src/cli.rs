@@ -56,9 +56,18 @@ pub struct RunArgs {
 
 /// `--duration`: a human duration of at most 30 days.
 fn parse_run_duration(text: &str) -> Result<std::time::Duration, String> {
+    parse_span("--duration", text)
+}
+
+/// `--idle-timeout`: likewise (0s would close every client at once).
+fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
+    parse_span("--idle-timeout", text)
+}
+
+fn parse_span(flag: &str, text: &str) -> Result<std::time::Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
     crate::load::check_duration(
-        "--duration",
+        flag,
         duration,
         std::time::Duration::from_millis(1),
         crate::load::MAX_SPAN,
@@ -176,6 +185,10 @@ pub struct TargetArgs {
     /// length prefix (aim a `tcp://` target at it).
     #[arg(long, value_name = "ADDR")]
     pub tcp_listen: Option<SocketAddr>,
+    /// Close a client silent (no frame, not even a ping) for this long, as servers do with
+    /// clients that vanished (`--idle-timeout 30s`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl FleetArgs {

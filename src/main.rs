@@ -271,6 +271,7 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
         tls,
         tcp: args.tcp_listen,
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        idle_timeout: args.idle_timeout,
     };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)

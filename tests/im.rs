@@ -323,15 +323,20 @@ async fn users_go_offline_with_a_close_and_come_back() {
 }
 
 /// Users vanishing: gone without a close, their sockets held open and silent while they
-/// are away — the target still holds connections our users no longer use — then back.
+/// are away — the target still holds connections our users no longer use, until its own idle
+/// timeout closes them: the silent drop shows as the server's timeout, not ours — then back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_vanish_without_a_close_and_come_back() {
-    let target = Target::start().await;
+async fn users_vanish_without_a_close_and_the_server_times_them_out() {
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        idle_timeout: Some(std::time::Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
     let yaml = im_config(
         &target,
         10,
         "0s",
-        "offline: {every: 500ms, for: 2s, how: vanish}\n",
+        "offline: {every: 500ms, for: 4s, how: vanish}\n",
     );
     let daemon = start_daemon(&yaml).await;
     let api = daemon.addr();
@@ -345,6 +350,14 @@ async fn users_vanish_without_a_close_and_come_back() {
         },
     )
     .await;
+    wait_for("the target timing vanished users out", 30, || async {
+        target
+            .metrics()
+            .await
+            .get("wsfleet_target_idle_timeouts_total")
+            >= 5.0
+    })
+    .await;
     wait_for("vanished users back", 30, || async {
         let m = scrape(api).await;
         m.get(r#"wsfleet_connects_total{result="ok"}"#) >= 20.0
@@ -354,7 +367,7 @@ async fn users_vanish_without_a_close_and_come_back() {
     assert_eq!(
         m.sum("wsfleet_disconnects_total"),
         m.get(r#"wsfleet_disconnects_total{reason="offline"}"#),
-        "only offline ends"
+        "only offline ends: no heartbeat timeout of ours, no reset"
     );
     assert_eq!(
         target

@@ -202,9 +202,21 @@ where
         rooms: Vec::new(),
     };
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
+    let idle_timeout = state.options.idle_timeout;
+    let mut heard = Instant::now();
     loop {
         let next_release = queue.front().map(|o| state.faults.release_time(o.at));
+        let idle_at = idle_timeout.map(|t| heard + t);
         tokio::select! {
+            _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                metrics.idle_timeouts.inc();
+                let goodbye = Message::Close(Some(CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "idle timeout".into(),
+                }));
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(goodbye)).await;
+                break;
+            }
             _ = close.cancelled() => {
                 let goodbye = Message::Close(Some(CloseFrame {
                     code: close_code::AWAY,
@@ -215,6 +227,7 @@ where
             }
             received = socket.next() => {
                 let Some(Ok(message)) = received else { break };
+                heard = Instant::now();
                 metrics.frames_received.inc(kind(&message));
                 match message {
                     Message::Text(text) => conn.on_text(text),

@@ -42,6 +42,9 @@ pub struct TargetOptions {
     /// If set, `/admin` calls must carry `Authorization: Bearer <this>`: anyone who can
     /// reach the port could otherwise stall or close every connection.
     pub admin_token: Option<String>,
+    /// If set, a client heard from (any frame, pings included) less recently than this is
+    /// closed (1001, "idle timeout"), as servers do with clients that vanished.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -59,6 +62,7 @@ pub struct TargetMetrics {
     pub dropped: IntCounter,
     pub duplicated: IntCounter,
     pub errors: IntCounterVec,
+    pub idle_timeouts: IntCounter,
 }
 
 impl TargetMetrics {
@@ -149,6 +153,10 @@ impl TargetMetrics {
                 "wsfleet_target_errors_total",
                 "Client frames answered with an error, by reason.",
                 "reason",
+            ),
+            idle_timeouts: counter(
+                "wsfleet_target_idle_timeouts_total",
+                "Connections closed because the client was silent for --idle-timeout.",
             ),
             registry,
         }
