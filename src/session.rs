@@ -363,7 +363,7 @@ impl User {
                         // Planned: reconnect at once (through the pacer), no backoff.
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
                         DisconnectReason::Offline => {
-                            if self.away(held).await {
+                            if self.away(held, ended.away).await {
                                 continue;
                             }
                             return;
@@ -394,13 +394,14 @@ impl User {
         }
     }
 
-    /// Stays away for a time drawn from `offline.for`, holding a vanished user's socket
-    /// (unread, unwritten) meanwhile. False when the user is cancelled while away.
-    async fn away<S>(&self, held: Option<S>) -> bool {
+    /// Stays away for a time drawn from `offline.for` (or what is `left` of one), holding a
+    /// vanished user's socket (unread, unwritten) meanwhile. False when the user is
+    /// cancelled while away.
+    async fn away<S>(&self, held: Option<S>, left: Option<Duration>) -> bool {
         let Some(offline) = self.ctx.settings.offline else {
             return true;
         };
-        let gone = offline.away.sample(&mut rand::rng());
+        let gone = left.unwrap_or_else(|| offline.away.sample(&mut rand::rng()));
         let meter = self.ctx.meter();
         let offline_now = meter.users_offline();
         offline_now.inc();

@@ -350,25 +350,7 @@ async fn users_vanish_without_a_close_and_the_server_times_them_out() {
         },
     )
     .await;
-    wait_for("the target timing vanished users out", 30, || async {
-        target
-            .metrics()
-            .await
-            .get("wsfleet_target_idle_timeouts_total")
-            >= 5.0
-    })
-    .await;
-    wait_for("vanished users back", 30, || async {
-        let m = scrape(api).await;
-        m.get(r#"wsfleet_connects_total{result="ok"}"#) >= 20.0
-    })
-    .await;
-    let m = scrape(api).await;
-    assert_eq!(
-        m.sum("wsfleet_disconnects_total"),
-        m.get(r#"wsfleet_disconnects_total{reason="offline"}"#),
-        "only offline ends: no heartbeat timeout of ours, no reset"
-    );
+    timed_out_and_back(api, &target, 5.0).await;
     assert_eq!(
         target
             .metrics()
@@ -378,6 +360,55 @@ async fn users_vanish_without_a_close_and_the_server_times_them_out() {
         "no close frame from a vanished user"
     );
     daemon.shutdown().await.unwrap();
+}
+
+/// Users going silent: connected, but sending nothing, not even a ping, until the target's
+/// idle timeout closes them; that close counts as their going offline (not a server close),
+/// and they come back once their time away is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_users_are_timed_out_by_the_server_and_come_back() {
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        idle_timeout: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .await;
+    let yaml = format!(
+        "target: {}\nusers: 10\nconnect_rate: 1000\nmessage_interval: 0s\n\
+         heartbeat: {{interval: 500ms, timeout: 5s}}\n\
+         offline: {{every: 500ms, for: 4s, how: silent}}\n",
+        target.ws_url()
+    );
+    let daemon = start_daemon(&yaml).await;
+    let api = daemon.addr();
+    let m = timed_out_and_back(api, &target, 10.0).await;
+    assert!(m.get(r#"wsfleet_disconnects_total{reason="offline"}"#) >= 10.0);
+    daemon.shutdown().await.unwrap();
+}
+
+/// Waits until the target's idle timeout closed `timeouts` of our users and 20 connects
+/// succeeded (ten users, each back at least once), then checks that every end was a user
+/// going offline: none was a heartbeat timeout of ours, a reset or a server close.
+async fn timed_out_and_back(api: std::net::SocketAddr, target: &Target, timeouts: f64) -> Scrape {
+    wait_for("the target timing users out", 30, || async {
+        target
+            .metrics()
+            .await
+            .get("wsfleet_target_idle_timeouts_total")
+            >= timeouts
+    })
+    .await;
+    wait_for("users back", 30, || async {
+        let m = scrape(api).await;
+        m.get(r#"wsfleet_connects_total{result="ok"}"#) >= 20.0
+    })
+    .await;
+    let m = scrape(api).await;
+    assert_eq!(
+        m.sum("wsfleet_disconnects_total"),
+        m.get(r#"wsfleet_disconnects_total{reason="offline"}"#),
+        "only offline ends"
+    );
+    m
 }
 
 /// A protocol with nothing in common with the reference target's but JSON: other field

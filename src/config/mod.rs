@@ -83,7 +83,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,
     /// Users going away and coming back: `{every: 10m, for: {exponential: 30s}, how: close |
-    /// vanish}` — connected for a time drawn from `every`, away for one drawn from `for`,
+    /// vanish | silent}` — connected for a time drawn from `every`, away for one drawn from `for`,
     /// reported as `offline`, not as failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<Offline>,

@@ -34,6 +34,8 @@ const MAX_SENDS_PER_TICK: usize = 64;
 pub struct Ended {
     pub reason: DisconnectReason,
     pub detail: Option<String>,
+    /// A silent user's time still away when the server ended its connection.
+    pub away: Option<Duration>,
 }
 
 impl Ended {
@@ -41,6 +43,7 @@ impl Ended {
         Ended {
             reason,
             detail: None,
+            away: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl Ended {
         Ended {
             reason,
             detail: Some(detail.into()),
+            away: None,
         }
     }
 
@@ -284,6 +288,14 @@ impl Conversation {
     /// heartbeat or at its churn time, expires acks and gaps, and makes what is due to be sent
     /// available from [`Conversation::next_outbound`].
     pub fn on_tick(&mut self, now: Instant) -> Result<(), Ended> {
+        if let Some(until) = self.timers.quiet_until {
+            if now < until {
+                self.sweep(now);
+                return Ok(());
+            }
+            // Back before the server noticed: the same connection speaks again.
+            self.timers.speak_again(&self.ctx, now);
+        }
         let reply_timeout = self.ctx.settings.heartbeat.timeout;
         if self.timers.pong_deadline.is_some_and(|d| now >= d) {
             return Err(Ended::failed(
@@ -298,7 +310,21 @@ impl Conversation {
             return Err(Ended::planned(DisconnectReason::Churn));
         }
         if self.timers.offline_at.is_some_and(|d| now >= d) {
-            return Err(Ended::planned(DisconnectReason::Offline));
+            let silent = self
+                .ctx
+                .settings
+                .offline
+                .filter(|o| o.how == crate::session::settings::Away::Silent);
+            let Some(offline) = silent else {
+                return Err(Ended::planned(DisconnectReason::Offline));
+            };
+            let away = offline.away.sample(&mut rand::rng());
+            self.timers.quiet_until = Some(clock::later(now, away));
+            self.timers.offline_at = None;
+            self.timers.pong_deadline = None;
+            self.reply = None;
+            self.sweep(now);
+            return Ok(());
         }
         self.sweep(now);
         self.due = Due {
@@ -327,11 +353,28 @@ impl Conversation {
         true
     }
 
+    /// How a connection that ended while its user was silent counts: the server's timeout
+    /// of a user that chose to go quiet is its going offline, for the rest of its time away.
+    pub fn while_silent(&self, ended: Ended) -> Ended {
+        match self.timers.quiet_until {
+            Some(until) if ended.reason.is_failure() => Ended {
+                reason: DisconnectReason::Offline,
+                detail: None,
+                away: Some(until.saturating_duration_since(Instant::now())),
+            },
+            _ => ended,
+        }
+    }
+
     /// The next frame due, if any: a reply to the last frame first, then the heartbeat the
     /// last tick made due, then its messages in schedule order. Handed out one at a time, so a
     /// connection keeps no buffer of them. A frame the codec cannot encode ends the
     /// connection (the scenario's templates were checked at start, so this is rare).
     pub fn next_outbound(&mut self) -> Result<Option<Outbound>, Ended> {
+        if self.timers.quiet_until.is_some() {
+            self.reply = None;
+            return Ok(None);
+        }
         if let Some(reply) = self.reply.take() {
             return self.encode(reply).map(|frame| Some(Outbound::Reply(frame)));
         }
@@ -781,6 +824,8 @@ struct Timers {
     churn_at: Option<Instant>,
     /// When the user goes away (`offline:`).
     offline_at: Option<Instant>,
+    /// A silent user (`offline: {how: silent}`) sends nothing until then.
+    quiet_until: Option<Instant>,
     message_interval: Duration,
     heartbeat_interval: Duration,
 }
@@ -802,6 +847,19 @@ fn random_phase(now: Instant, period: Duration) -> Option<Instant> {
 }
 
 impl Timers {
+    /// The end of a silence: pings and sends start again at a random phase, and the next
+    /// absence is drawn.
+    fn speak_again(&mut self, ctx: &Context, now: Instant) {
+        self.quiet_until = None;
+        self.pong_deadline = None;
+        self.next_ping = random_phase(now, self.heartbeat_interval);
+        self.next_send = random_phase(now, self.message_interval);
+        self.offline_at = ctx
+            .settings
+            .offline
+            .map(|o| clock::later(now, o.every.sample(&mut rand::rng())));
+    }
+
     /// First ping and first send at a random phase.
     fn start(ctx: &Context, message_interval: Duration, heartbeat_interval: Duration) -> Timers {
         let now = Instant::now();
@@ -820,12 +878,16 @@ impl Timers {
                 .settings
                 .offline
                 .map(|o| clock::later(now, o.every.sample(&mut rand::rng()))),
+            quiet_until: None,
             message_interval,
             heartbeat_interval,
         }
     }
 
     fn earliest(&self) -> Instant {
+        if let Some(until) = self.quiet_until {
+            return until.min(self.next_sweep);
+        }
         [
             self.next_ping,
             self.pong_deadline,
@@ -925,6 +987,7 @@ mod tests {
             sweep_every: Duration::from_secs(60),
             churn_at: None,
             offline_at: None,
+            quiet_until: None,
             message_interval,
             heartbeat_interval: Duration::from_secs(1),
         }
@@ -1517,6 +1580,48 @@ scenario:
         let ended = talk.on_tick(Instant::now());
         assert_eq!(ended, Err(Ended::planned(DisconnectReason::Offline)));
         assert!(!DisconnectReason::Offline.is_failure());
+    }
+
+    /// A silent user sends nothing from its offline time on — no message, no heartbeat —
+    /// sleeps until its silence ends, then speaks again on the same connection; a connection
+    /// the server ends meanwhile counts as going offline, for the rest of the silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_user_sends_nothing_until_its_time_away_is_up() {
+        let yaml = "offline: {every: 2s, for: 5s, how: silent}\nmessage_interval: 100ms\nheartbeat: {interval: 1s}";
+        let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        let start = Instant::now();
+        talk.timers.next_ping = Some(start);
+        talk.timers.next_send = Some(start);
+        let mut sent_before = 0;
+        while Instant::now() < start + Duration::from_secs(2) {
+            tokio::time::advance(talk.deadline().saturating_duration_since(Instant::now())).await;
+            sent_before += tick(&mut talk, Instant::now()).expect("talking").len();
+        }
+        assert!(sent_before > 10, "messages and pings before: {sent_before}");
+        assert_eq!(
+            talk.deadline(),
+            start + Duration::from_secs(7),
+            "asleep until the silence ends"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(tick(&mut talk, Instant::now()).expect("silent").is_empty());
+        let ended = talk.while_silent(Ended::failed(DisconnectReason::ServerClose, "idle timeout"));
+        assert_eq!(ended.reason, DisconnectReason::Offline);
+        assert_eq!(
+            ended.away,
+            Some(Duration::from_secs(2)),
+            "the rest of the silence"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut after = 0;
+        let back = Instant::now();
+        while Instant::now() < back + Duration::from_secs(1) {
+            after += tick(&mut talk, Instant::now()).expect("talking").len();
+            tokio::time::advance(talk.deadline().saturating_duration_since(Instant::now())).await;
+        }
+        assert!(after > 5, "speaking again: {after}");
+        let not_silent = talk.while_silent(Ended::failed(DisconnectReason::ServerClose, "bye"));
+        assert_eq!(not_silent.reason, DisconnectReason::ServerClose);
     }
 
     #[tokio::test(start_paused = true)]

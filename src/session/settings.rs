@@ -505,6 +505,10 @@ pub enum Away {
     /// unwritten, for the time away (the server learns only from its own timeouts), then
     /// dropped.
     Vanish,
+    /// Still connected but sending nothing, heartbeats included, for the time away: the
+    /// server's timeout ends it (the user is then away for the rest of the time), or the user
+    /// speaks again when the time is up, on the same connection.
+    Silent,
 }
 
 /// Bounds of a connection's lifetime under churn.

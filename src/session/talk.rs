@@ -76,13 +76,14 @@ where
             _ = &mut sleep => talk.on_tick(Instant::now()),
         };
         if let Err(ended) = step {
-            break ended;
+            break talk.while_silent(ended);
         }
         if let Err(ended) = flush(&ctx, talk, socket).await {
-            break ended;
+            break talk.while_silent(ended);
         }
     };
-    if ended.is_planned() && !vanishes(user, &ended) {
+    // A silent user the server timed out has no connection left to close.
+    if ended.is_planned() && ended.away.is_none() && !vanishes(user, &ended) {
         close(socket).await;
     }
     ended
