@@ -363,7 +363,9 @@ impl User {
                         // Planned: reconnect at once (through the pacer), no backoff.
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
                         DisconnectReason::Offline => {
-                            if self.away(held, ended.away).await {
+                            // Boxed: a held socket and a timer in the task itself would make
+                            // every user's task bigger, away or not.
+                            if Box::pin(self.away(held, ended.away)).await {
                                 continue;
                             }
                             return;
