@@ -36,7 +36,8 @@ async fn nchan() -> Option<(SocketAddr, ServerProcess)> {
         format!(
             r#"load_module {MODULE};
 daemon off;
-worker_processes 1;
+# One process: killing it (the test's cleanup) leaves no orphaned worker behind.
+master_process off;
 pid nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
