@@ -194,7 +194,7 @@ impl Stream for Sse {
             this.sender = sender;
             match answer {
                 Ok((status, body)) if status.is_success() => {
-                    return Poll::Ready(Some(Ok(frame(body))));
+                    return Poll::Ready(Some(Ok(text_or_binary(body))));
                 }
                 Ok((status, _)) => {
                     // Refused: the frame's ack never comes, so it times out as lost would.
@@ -221,7 +221,7 @@ impl Stream for Sse {
                 if let Some(retry) = event.retry {
                     *this.resume.retry.lock().unwrap_or_else(|e| e.into_inner()) = Some(retry);
                 }
-                Poll::Ready(Some(Ok(frame(Bytes::from(event.data)))))
+                Poll::Ready(Some(Ok(text_or_binary(Bytes::from(event.data)))))
             }
             Poll::Ready(Some(Err(EventStreamError::Transport(err)))) => {
                 Poll::Ready(Some(Err(WsError::Io(io::Error::other(err)))))
@@ -236,8 +236,8 @@ impl Stream for Sse {
     }
 }
 
-/// A frame read: text if it is UTF-8.
-fn frame(data: Bytes) -> Message {
+/// Bytes as a message: text if they are UTF-8, else binary.
+pub(super) fn text_or_binary(data: Bytes) -> Message {
     match Utf8Bytes::try_from(data.clone()) {
         Ok(text) => Message::Text(text),
         Err(_) => Message::Binary(data),

@@ -149,13 +149,9 @@ impl Sink<Message> for Socket {
                     framing.put(data, &mut out).map(|()| out.freeze())
                 };
                 let message = match message {
-                    Message::Text(text) => {
-                        let data = delimited(text.as_bytes()).map_err(framing_failure)?;
-                        match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(data.clone()) {
-                            Ok(text) => Message::Text(text),
-                            Err(_) => Message::Binary(data),
-                        }
-                    }
+                    Message::Text(text) => super::sse::text_or_binary(
+                        delimited(text.as_bytes()).map_err(framing_failure)?,
+                    ),
                     Message::Binary(data) => {
                         Message::Binary(delimited(&data).map_err(framing_failure)?)
                     }
