@@ -76,6 +76,20 @@ pub struct Context {
     /// Where each user's event stream resumes across its connections (SSE targets only: kept
     /// here, not by the user, so other users carry nothing for it).
     resumes: Option<std::sync::Mutex<std::collections::HashMap<u32, Arc<sse::Resume>>>>,
+    /// What users carry from one connection to the next: their books while away (groups
+    /// that go `offline:` to a server that syncs) and the last cursor they saw (scenarios
+    /// whose deliveries carry one). Made only for such groups, kept here so other users carry
+    /// nothing for it.
+    kept: Option<std::sync::Mutex<std::collections::HashMap<u32, Kept>>>,
+}
+
+/// What one user carries between connections ([`Context::keep`]).
+#[derive(Default)]
+pub struct Kept {
+    /// Its delivery books, kept open while it is away.
+    pub books: Option<crate::scenario::tracking::Tracker>,
+    /// `{{last_seen.cursor}}`.
+    pub cursor: String,
 }
 
 /// What the groups of one fleet share: one connect rate, one set of books, one socket budget.
@@ -170,6 +184,7 @@ impl Context {
         if of > 1 {
             scenario.set_group(&name, index);
         }
+        let kept = keeps_books(&settings, &scenario) || reads_cursor(&scenario);
         Context {
             group: index,
             epoch: tokio::time::Instant::now(),
@@ -187,6 +202,7 @@ impl Context {
             next_source: std::sync::atomic::AtomicUsize::new(0),
             sockets: Arc::clone(&shared.sockets),
             resumes: is_sse(&target).then(Default::default),
+            kept: kept.then(Default::default),
             target,
             settings,
         }
@@ -225,6 +241,69 @@ impl Context {
         Some(Arc::clone(resumes.entry(local).or_default()))
     }
 
+    /// Whether this group's users keep their books while away.
+    pub fn keeps_books(&self) -> bool {
+        keeps_books(&self.settings, &self.scenario)
+    }
+
+    /// Puts away what user `local` carries to its next connection: books count as unsettled
+    /// while kept (the drain waits for them to come back).
+    pub fn keep(&self, local: u32, kept: Kept) {
+        let Some(map) = &self.kept else { return };
+        if kept.books.is_some() {
+            self.books.open();
+        }
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(earlier) = map.insert(local, kept)
+            && earlier.books.is_some()
+        {
+            self.books.close();
+        }
+    }
+
+    /// The last cursor user `local` saw, for its next login.
+    pub fn last_seen(&self, local: u32) -> String {
+        let Some(map) = &self.kept else {
+            return String::new();
+        };
+        let map = map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&local)
+            .map(|k| k.cursor.clone())
+            .unwrap_or_default()
+    }
+
+    /// Takes back user `local`'s kept books, if it has any.
+    pub fn take_books(&self, local: u32) -> Option<crate::scenario::tracking::Tracker> {
+        let mut map = self
+            .kept
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let books = map.get_mut(&local)?.books.take();
+        if books.is_some() {
+            self.books.close();
+        }
+        books
+    }
+
+    /// Ends user `local`'s kept books for good (it is not coming back): what it still
+    /// awaited is lost.
+    pub fn give_up_books(&self, local: u32) {
+        if let Some(mut books) = self.take_books(local) {
+            books.finish();
+            let lost = books.take_lost();
+            self.meter().add(crate::metrics::Count::Lost, lost.live);
+            self.meter().add(crate::metrics::Count::LostSync, lost.sync);
+        }
+    }
+
+    /// Whether user `local` is away with its books kept.
+    pub fn holds_books(&self, local: u32) -> bool {
+        let Some(map) = &self.kept else { return false };
+        let map = map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&local).is_some_and(|k| k.books.is_some())
+    }
+
     /// Sockets a connected user holds: an SSE user has its publish connection too.
     pub fn sockets_per_user(&self) -> usize {
         if self.resumes.is_some() { 2 } else { 1 }
@@ -250,6 +329,23 @@ impl Context {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(self.settings.source_addresses[turn % self.settings.source_addresses.len()])
     }
+}
+
+/// Whether users of this group keep their books across time away: they go offline to a
+/// server that syncs, and their deliveries are tracked.
+fn keeps_books(settings: &Settings, scenario: &Scenario) -> bool {
+    settings.offline.is_some_and(|o| o.expect_sync)
+        && scenario
+            .message
+            .as_ref()
+            .is_some_and(|m| m.delivery.is_some())
+}
+
+/// Whether the scenario's deliveries carry a cursor (`{{last_seen.cursor}}`).
+fn reads_cursor(scenario: &Scenario) -> bool {
+    (scenario.message.as_ref())
+        .and_then(|m| m.delivery.as_ref())
+        .is_some_and(|d| !d.cursor.is_empty())
 }
 
 /// `ws://` and `wss://` speak WebSocket; `tcp://` and `tls://` are plain streams.
@@ -314,8 +410,9 @@ impl User {
     /// Keeps this user connected until its token is cancelled or the fleet drains; then
     /// its slot says no task runs it any more (the supervisor said one did when it spawned it).
     pub async fn run(self) {
-        let slot = Arc::clone(&self.slot);
+        let (slot, ctx, id) = (Arc::clone(&self.slot), Arc::clone(&self.ctx), self.id);
         self.hold().await;
+        ctx.give_up_books(id);
         slot.set_running(false);
     }
 
@@ -407,9 +504,13 @@ impl User {
         let meter = self.ctx.meter();
         let offline_now = meter.users_offline();
         offline_now.inc();
+        // A drain cuts the time away short: the user comes back for what it missed, so the
+        // books settle with it.
+        let mut desired = self.desired.clone();
         let back = tokio::select! {
             _ = self.cancel.cancelled() => false,
             _ = tokio::time::sleep(gone) => true,
+            _ = desired.wait_for(|d| d.draining), if self.ctx.holds_books(self.id) => true,
         };
         offline_now.dec();
         drop(held);
@@ -424,11 +525,14 @@ impl User {
         if std::mem::take(&mut self.admitted) && !self.cancel.is_cancelled() {
             return true;
         }
+        // A user away with its books kept comes back even to a drain, for what it missed.
+        let returning = self.ctx.holds_books(self.id);
+        let may = move |d: &Desired| d.may_connect() || (returning && d.draining && !d.paused);
         loop {
             let allowed = tokio::select! {
                 _ = self.cancel.cancelled() => return false,
-                desired = self.desired.wait_for(|d| d.may_connect() || d.draining) => {
-                    desired.map(|d| !d.draining).unwrap_or(false)
+                desired = self.desired.wait_for(|d| may(d) || d.draining) => {
+                    desired.map(|d| may(&d)).unwrap_or(false)
                 }
             };
             if !allowed {
@@ -437,9 +541,9 @@ impl User {
             let granted = tokio::select! {
                 _ = self.cancel.cancelled() => return false,
                 _ = self.ctx.pacer.acquire() => true,
-                _ = self.desired.wait_for(|d| !d.may_connect()) => false,
+                _ = self.desired.wait_for(|d| !may(d)) => false,
             };
-            if granted && self.desired.borrow().may_connect() {
+            if granted && may(&self.desired.borrow()) {
                 return true;
             }
         }

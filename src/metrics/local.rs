@@ -26,15 +26,21 @@ pub enum Latency {
     Connect,
     Heartbeat,
     SendLag,
+    /// A delivery of what its receiver missed while away, from the scheduled send time.
+    OfflineDelivery,
+    /// A returning receiver's time to its last missed message.
+    Catchup,
 }
 
 impl Latency {
-    pub const ALL: [Latency; 5] = [
+    pub const ALL: [Latency; 7] = [
         Latency::Rtt,
         Latency::Delivery,
         Latency::Connect,
         Latency::Heartbeat,
         Latency::SendLag,
+        Latency::OfflineDelivery,
+        Latency::Catchup,
     ];
 }
 

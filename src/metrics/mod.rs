@@ -124,7 +124,10 @@ per_message_counters! {
     DeliveriesExpected => deliveries_expected,
     DeliveriesReceived => deliveries_received,
     Lost => messages_lost,
+    LostSync => messages_lost_sync,
     Duplicated => messages_duplicated,
+    DuplicatedSync => messages_duplicated_sync,
+    OfflineDeliveries => offline_deliveries,
     Reordered => messages_reordered,
     AckTimeouts => message_timeouts,
     FramesInvalid => frames_invalid,
@@ -192,8 +195,15 @@ pub struct Metrics {
     pub login_duration: PerGroup<Histogram>,
     pub delivery_latency: PerGroup<Histogram>,
     pub message_timeouts: PerGroup<IntCounter>,
+    /// Lost and duplicated deliveries by path: `live`, or `sync` (what a receiver missed
+    /// while away, expected through the server's sync).
     pub messages_lost: PerGroup<IntCounter>,
+    pub messages_lost_sync: PerGroup<IntCounter>,
     pub messages_duplicated: PerGroup<IntCounter>,
+    pub messages_duplicated_sync: PerGroup<IntCounter>,
+    pub offline_deliveries: PerGroup<IntCounter>,
+    pub offline_delivery_latency: PerGroup<Histogram>,
+    pub offline_catchup: PerGroup<Histogram>,
     pub messages_reordered: PerGroup<IntCounter>,
     pub deliveries_expected: PerGroup<IntCounter>,
     pub deliveries_received: PerGroup<IntCounter>,
@@ -244,7 +254,38 @@ impl Metrics {
         registry
             .register(Box::new(crate::heap::HeapCollector::new()))
             .expect("heap collector registers once");
+        let by_path = |name: &str, help: &str| {
+            let mut paths = reg
+                .grouped_counter_vec(name, help, "path", &["live", "sync"])
+                .into_iter();
+            let live = paths.next().expect("two paths");
+            (live, paths.next().expect("two paths"))
+        };
+        let (messages_lost, messages_lost_sync) = by_path(
+            "wsfleet_messages_lost_total",
+            "Room deliveries missing, by path: live (after a later one from the same sender arrived and the grace period passed, or at session end) or sync (missed while the receiver was away and never delivered by the server's sync).",
+        );
+        let (messages_duplicated, messages_duplicated_sync) = by_path(
+            "wsfleet_messages_duplicated_total",
+            "Room deliveries received more than once, by path: live, or sync (a message missed while away, received twice through the sync or live and again in it).",
+        );
         let metrics = Metrics {
+            messages_lost,
+            messages_lost_sync,
+            messages_duplicated,
+            messages_duplicated_sync,
+            offline_deliveries: reg.grouped_counter(
+                "wsfleet_offline_deliveries_total",
+                "Room messages sent while their receiver was away (offline:) and delivered when it came back, through the server's sync.",
+            ),
+            offline_delivery_latency: reg.grouped_histogram(
+                "wsfleet_offline_delivery_latency_seconds",
+                "Latency of offline deliveries, from the sender's scheduled send time: it includes the receiver's time away.",
+            ),
+            offline_catchup: reg.grouped_histogram(
+                "wsfleet_offline_catchup_seconds",
+                "Time from a receiver's return (its login done) to the last message it had missed while away.",
+            ),
             users_target: reg.grouped_gauge(
                 "wsfleet_users_target",
                 "Users this instance should hold (its shard's share of the fleet).",
@@ -434,14 +475,6 @@ impl Metrics {
                 "wsfleet_message_timeouts_total",
                 "Messages whose acknowledgement did not arrive within ack_timeout (or before the server ended the connection).",
             ),
-            messages_lost: reg.grouped_counter(
-                "wsfleet_messages_lost_total",
-                "Room deliveries missing after a later one from the same sender arrived and the grace period passed, or at session end.",
-            ),
-            messages_duplicated: reg.grouped_counter(
-                "wsfleet_messages_duplicated_total",
-                "Room deliveries received more than once.",
-            ),
             messages_reordered: reg.grouped_counter(
                 "wsfleet_messages_reordered_total",
                 "Room deliveries that arrived after a later one from the same sender.",
@@ -565,6 +598,8 @@ impl Metrics {
             Latency::Connect => &self.connect_duration,
             Latency::Heartbeat => &self.heartbeat_rtt,
             Latency::SendLag => &self.send_lag,
+            Latency::OfflineDelivery => &self.offline_delivery_latency,
+            Latency::Catchup => &self.offline_catchup,
         }
     }
 
@@ -573,7 +608,9 @@ impl Metrics {
             Latency::Rtt => Some(&self.rtt_window),
             Latency::Delivery => Some(&self.delivery_window),
             Latency::Connect => Some(&self.connect_window),
-            Latency::Heartbeat | Latency::SendLag => None,
+            Latency::Heartbeat | Latency::SendLag | Latency::OfflineDelivery | Latency::Catchup => {
+                None
+            }
         }
     }
 
@@ -588,8 +625,18 @@ impl Metrics {
             sent: self.messages_sent.get_in(group),
             received: self.messages_received.get_in(group),
             ack_timeouts: self.message_timeouts.get_in(group),
-            lost: self.messages_lost.get_in(group),
-            duplicated: self.messages_duplicated.get_in(group),
+            lost: self.messages_lost.get_in(group) + self.messages_lost_sync.get_in(group),
+            duplicated: self.messages_duplicated.get_in(group)
+                + self.messages_duplicated_sync.get_in(group),
+            offline: Offline {
+                deliveries: self.offline_deliveries.get_in(group),
+                lost: self.messages_lost_sync.get_in(group),
+                duplicated: self.messages_duplicated_sync.get_in(group),
+                catchups: match group {
+                    Some(g) => self.offline_catchup.of(g).get_sample_count(),
+                    None => self.offline_catchup.get_sample_count(),
+                },
+            },
             reordered: self.messages_reordered.get_in(group),
             deliveries_expected: self.deliveries_expected.get_in(group),
             deliveries_received: self.deliveries_received.get_in(group),
@@ -867,6 +914,21 @@ pub struct MessageCounts {
     /// permessage-deflate, where it was offered.
     #[serde(default)]
     pub compression: Compressed,
+    /// What users missed while away (`offline:`) and got back through the server's sync;
+    /// `lost` and `duplicated` above include these.
+    #[serde(default)]
+    pub offline: Offline,
+}
+
+/// The sync path's books: messages sent while their receivers were away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Offline {
+    /// First arrivals through the sync.
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Returns whose every missed message arrived (catch-up times measured).
+    pub catchups: u64,
 }
 
 /// What permessage-deflate did: connections that got it or not, and the payload bytes of

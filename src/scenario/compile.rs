@@ -253,6 +253,7 @@ impl Scenario {
                                 sender: d.sender.clone(),
                                 seq: d.seq.clone(),
                                 ts: d.ts.clone(),
+                                cursor: d.cursor.clone().unwrap_or_default(),
                             })
                         })
                         .transpose()?,
@@ -391,6 +392,7 @@ impl Scenario {
             custom.resize(custom.len() + 16, "1".into());
             let values = Values {
                 custom: &custom,
+                last_seen: "",
                 ..identity.values("ws://127.0.0.1/", 1, 1, 1)
             };
             check(format!("replies[{i}].send"), reply.send.render(&values))?;

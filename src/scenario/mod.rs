@@ -77,6 +77,8 @@ pub struct DeliveryPlan {
     pub sender: String,
     pub seq: String,
     pub ts: String,
+    /// Where the server's cursor is (`{{last_seen.cursor}}`); "" reads none.
+    pub cursor: String,
 }
 
 /// A compiled reply rule.
@@ -159,6 +161,9 @@ pub struct Identity {
     room: String,
     more_rooms: Vec<String>,
     pub custom: Vec<String>,
+    /// The cursor of the last delivery received (`{{last_seen.cursor}}`), carried from one
+    /// connection to the next; empty before one (and when the delivery rule reads none).
+    pub last_seen: String,
 }
 
 impl Identity {
@@ -171,6 +176,7 @@ impl Identity {
             room: rooms.next().unwrap_or_default(),
             more_rooms: rooms.collect(),
             custom,
+            last_seen: String::new(),
         }
     }
 
@@ -205,6 +211,7 @@ impl Identity {
             room: &self.room,
             target,
             custom: &self.custom,
+            last_seen: &self.last_seen,
             seq,
             ts,
             payload_size,

@@ -25,7 +25,7 @@ pub struct Reading {
     refresh: Option<Rule<0>>,
     ack: Option<(Rule<1>, AckRead)>,
     /// Sender, sequence, timestamp.
-    delivery: Option<Rule<3>>,
+    delivery: Option<Rule<4>>,
     replies: Vec<(Test, Template)>,
     /// Frames expected that carry nothing (`ignore`).
     ignore: Vec<Test>,
@@ -102,6 +102,8 @@ pub enum Meaning<'a> {
         sender: Option<Cow<'a, str>>,
         seq: Option<u64>,
         ts: Option<u64>,
+        /// The server's cursor, where the rule reads one.
+        cursor: Option<Cow<'a, str>>,
     },
     /// A frame an `ignore` rule expects.
     Ignored,
@@ -162,7 +164,12 @@ impl Reading {
             .map(|d| {
                 Rule::compile(
                     &d.matcher,
-                    [d.sender.as_str(), d.seq.as_str(), d.ts.as_str()],
+                    [
+                        d.sender.as_str(),
+                        d.seq.as_str(),
+                        d.ts.as_str(),
+                        d.cursor.as_str(),
+                    ],
                     &mut fields,
                 )
             })
@@ -262,11 +269,12 @@ impl Reading {
         values: &mut FieldValues<'a>,
         mine: &[String],
     ) -> Option<Meaning<'a>> {
-        let [sender, seq, ts] = self.delivery.as_ref()?.read(text, values, mine)?;
+        let [sender, seq, ts, cursor] = self.delivery.as_ref()?.read(text, values, mine)?;
         Some(Meaning::Delivery {
             sender: sender.and_then(Found::text),
             seq: seq.as_ref().and_then(Found::as_u64),
             ts: ts.as_ref().and_then(Found::as_u64),
+            cursor: cursor.and_then(Found::text),
         })
     }
 
@@ -503,7 +511,8 @@ mod tests {
             Meaning::Delivery {
                 sender: Some("u1".into()),
                 seq: Some(9),
-                ts: Some(123)
+                ts: Some(123),
+                cursor: None
             }
         );
         assert_eq!(
@@ -511,7 +520,8 @@ mod tests {
             Meaning::Delivery {
                 sender: None,
                 seq: Some(9),
-                ts: None
+                ts: None,
+                cursor: None
             },
             "matched but incomplete: the caller counts it invalid"
         );
@@ -536,7 +546,8 @@ mod tests {
             Meaning::Delivery {
                 sender: Some("u4".into()),
                 seq: Some(3),
-                ts: Some(1_700_000_000_000_000)
+                ts: Some(1_700_000_000_000_000),
+                cursor: None
             }
         );
         assert_eq!(meaning(r#"42["other",{}]"#), Meaning::Other);
@@ -602,7 +613,8 @@ mod tests {
             Meaning::Delivery {
                 sender: Some("alice".into()),
                 seq: Some(4),
-                ts: Some(99)
+                ts: Some(99),
+                cursor: None
             }
         );
     }

@@ -187,6 +187,10 @@ pub struct DeliverySpec {
     pub sender: String,
     pub seq: String,
     pub ts: String,
+    /// Where the server's cursor (a position in its history) is in a delivery: the last one
+    /// received is `{{last_seen.cursor}}`, for a login step asking for what was missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// A token minted per connection: a JWT signed with HS256 (a `secret`) or RS256 (a PEM

@@ -136,6 +136,7 @@ mod tests {
             room: "room-0",
             target: "",
             custom,
+            last_seen: "",
             seq: 0,
             ts: 0,
             payload_size: 0,

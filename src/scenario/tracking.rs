@@ -23,6 +23,14 @@
 //! later sequence, so no gap ever shows it. At the end of a run each receiver learns every
 //! member's last sent sequence ([`Tracker::expect_until`]); what has not arrived a grace
 //! period later, or when the session ends, is lost too.
+//!
+//! Across a gap: a receiver that went away on purpose, to a server that stores what it
+//! missed, keeps its books; when it comes back ([`Tracker::back`]) everything its members sent
+//! since its last delivery (and every gap still open) is its *backlog*, expected through the
+//! server's sync. A first arrival from it is an offline delivery, a second one a duplicate of
+//! the sync path; what has not come once the sync made no progress for the grace period (or
+//! when the session ends) is lost on the sync path. When the last of it arrives, the receiver
+//! has caught up: the time since its return is the catch-up time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -51,13 +59,21 @@ pub enum Delivery {
     Foreign,
     /// A sequence its sender never issued: the frame is wrong, not the books.
     Invalid,
+    /// First arrival of a message the receiver missed while away (its backlog): through the
+    /// server's sync.
+    Offline,
+    /// A message of the backlog seen again (sent twice by the sync, or live and in the sync).
+    SyncDuplicate,
 }
 
 impl Delivery {
     /// Whether this is the first arrival of a message this receiver expected: the only kind
     /// whose latency is a sample (a duplicate's would count one message many times).
     pub fn is_first_arrival(self) -> bool {
-        matches!(self, Delivery::New | Delivery::Reordered)
+        matches!(
+            self,
+            Delivery::New | Delivery::Reordered | Delivery::Offline
+        )
     }
 }
 
@@ -76,6 +92,94 @@ struct Sender {
     seen: u128,
     /// Missing sequences and when they were found missing, oldest first.
     gaps: VecDeque<(u64, Instant)>,
+    /// What the receiver missed while away and awaits from the sync, if anything.
+    backlog: Option<Box<Backlog>>,
+}
+
+/// Most sequences of one sender a backlog tracks (a bit each: 512 KiB): older ones are lost
+/// at once, counted without waiting for them.
+const MAX_BACKLOG: u64 = 1 << 22;
+
+/// The sequences `from..=until` of one sender, missed while away: which have arrived.
+#[derive(Debug)]
+struct Backlog {
+    from: u64,
+    until: u64,
+    /// Bit i of word i / 64: sequence `from + i` arrived.
+    seen: Vec<u64>,
+    arrived: u64,
+    /// The sync stalled: what had not arrived was counted lost.
+    given_up: bool,
+}
+
+impl Backlog {
+    fn new(from: u64, until: u64) -> Backlog {
+        let len = until + 1 - from;
+        Backlog {
+            from,
+            until,
+            seen: vec![0; len.div_ceil(64) as usize],
+            arrived: 0,
+            given_up: false,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.until + 1 - self.from
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        (self.from..=self.until).contains(&seq)
+    }
+
+    /// Marks `seq` (inside) arrived; false if it had already.
+    fn mark(&mut self, seq: u64) -> bool {
+        let i = seq - self.from;
+        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        let first = self.seen[word] & bit == 0;
+        self.seen[word] |= bit;
+        self.arrived += u64::from(first);
+        first
+    }
+
+    /// What is still awaited (nothing once given up).
+    fn missing(&self) -> u64 {
+        if self.given_up {
+            0
+        } else {
+            self.len() - self.arrived
+        }
+    }
+
+    /// Whether `seq` is inside and arrived.
+    fn has(&self, seq: u64) -> bool {
+        self.contains(seq) && {
+            let i = seq - self.from;
+            self.seen[(i / 64) as usize] & (1u64 << (i % 64)) != 0
+        }
+    }
+}
+
+/// A receiver back from time away: when it returned, and how its sync goes.
+#[derive(Debug)]
+struct Return {
+    at: Instant,
+    /// The last arrival from a backlog (the return itself before one): the sync is given
+    /// up a grace period after it.
+    progress: Instant,
+    /// Backlogs still open.
+    open: usize,
+    /// Losses of the sync path not yet collected.
+    lost: u64,
+    /// The catch-up time, once every backlog arrived, until collected.
+    caught_up: Option<std::time::Duration>,
+}
+
+/// Losses found since the last collection, by the path the message should have taken.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses {
+    pub live: u64,
+    pub sync: u64,
 }
 
 impl Sender {
@@ -108,6 +212,8 @@ pub struct Tracker {
     lost: u64,
     /// When the senders' final sequences were announced: the tail's grace runs from then.
     tail_since: Option<Instant>,
+    /// Set when the receiver came back from time away with its books kept ([`Tracker::back`]).
+    back: Option<Box<Return>>,
 }
 
 impl Tracker {
@@ -118,6 +224,7 @@ impl Tracker {
             shared: Vec::new(),
             lost: 0,
             tail_since: None,
+            back: None,
         }
     }
 
@@ -140,6 +247,7 @@ impl Tracker {
             // Everything up to the baseline counts as seen; it is below the baseline anyway.
             seen: u128::MAX,
             gaps: VecDeque::new(),
+            backlog: None,
         };
         if self.senders.contains_key(sender) {
             self.shared.push((sender.into(), track));
@@ -198,10 +306,100 @@ impl Tracker {
             .find_map(|(_, t)| t.lane.index(seq).map(|index| (t, index)))
     }
 
-    /// Whether nothing is awaited: no open gap, every announced final sequence arrived.
+    /// The receiver is back from time away, its books kept since: everything each member
+    /// sent since the last delivery from it, and every gap still open, is its backlog,
+    /// expected through the server's sync from `now`.
+    pub fn back(&mut self, now: Instant) {
+        let (mut open, mut lost) = (0, 0);
+        for track in self.tracks_mut() {
+            let sent = track.lane.count(track.slot.sent()).max(track.highest);
+            // From the window of what arrived live (a copy of that in the sync is the sync's
+            // duplicate), the first gap still open, or an earlier return's backlog still
+            // awaited.
+            let window = (track.highest + 1)
+                .saturating_sub(WINDOW)
+                .max(track.baseline);
+            let earlier = track.backlog.take();
+            let awaited = earlier.as_ref().filter(|e| e.missing() > 0);
+            let first_gap = track.gaps.front().map(|&(seq, _)| seq);
+            let mut from = [first_gap, awaited.map(|e| e.from)]
+                .into_iter()
+                .flatten()
+                .fold(window, u64::min);
+            track.gaps.clear();
+            if sent < from {
+                continue;
+            }
+            if sent + 1 - from > MAX_BACKLOG {
+                lost += sent + 1 - MAX_BACKLOG - from;
+                from = sent + 1 - MAX_BACKLOG;
+            }
+            let mut backlog = Backlog::new(from, sent);
+            for seq in from..=track.highest {
+                let behind = track.highest - seq;
+                let seen_live = behind < WINDOW && track.seen & (1u128 << behind) != 0;
+                // An earlier backlog's bits are the truth for its range (what it gave up on
+                // was counted lost then).
+                let seen_earlier = earlier
+                    .as_ref()
+                    .is_some_and(|e| e.has(seq) || e.given_up && e.contains(seq));
+                if seen_live || seen_earlier {
+                    backlog.mark(seq);
+                }
+            }
+            if sent > track.highest {
+                // The backlog is judged by its own bits (every sequence in it goes there
+                // first); the window moves past it.
+                let shift = sent - track.highest;
+                track.seen = if shift >= 128 { 0 } else { track.seen << shift };
+                track.highest = sent;
+            }
+            open += usize::from(backlog.missing() > 0);
+            // Kept once complete too: a second copy is still the sync's duplicate.
+            track.backlog = Some(Box::new(backlog));
+        }
+        self.back = Some(Box::new(Return {
+            at: now,
+            progress: now,
+            open,
+            lost,
+            caught_up: (open == 0).then_some(std::time::Duration::ZERO),
+        }));
+    }
+
+    /// Counts what every backlog still awaits as lost on the sync path.
+    fn give_up_sync(&mut self) {
+        let mut lost = 0;
+        for track in self.tracks_mut() {
+            if let Some(backlog) = &mut track.backlog {
+                lost += backlog.missing();
+                backlog.given_up = true;
+            }
+        }
+        if let Some(back) = &mut self.back {
+            back.lost += lost;
+            back.open = 0;
+        }
+    }
+
+    /// Whether a backlog is still awaited from the sync.
+    fn syncing(&self) -> Option<&Return> {
+        self.back.as_deref().filter(|back| back.open > 0)
+    }
+
+    /// The time from the return to the last message of the backlog, once it has all
+    /// arrived (zero when nothing was missed); given once.
+    pub fn take_caught_up(&mut self) -> Option<std::time::Duration> {
+        self.back.as_mut()?.caught_up.take()
+    }
+
+    /// Whether nothing is awaited: no open gap or backlog, every announced final sequence
+    /// arrived.
     pub fn is_settled(&self) -> bool {
-        self.tracks()
-            .all(|t| t.gaps.is_empty() && t.until <= t.highest)
+        self.syncing().is_none()
+            && self
+                .tracks()
+                .all(|t| t.gaps.is_empty() && t.until <= t.highest)
     }
 
     /// When the next open gap or tail turns into a loss, if any is open.
@@ -209,9 +407,11 @@ impl Tracker {
         let tail = self
             .tail_since
             .filter(|_| self.tracks().any(|t| t.until > t.highest));
+        let sync = self.syncing().map(|back| back.progress);
         self.tracks()
             .filter_map(|t| t.gaps.front().map(|&(_, found)| found))
             .chain(tail)
+            .chain(sync)
             .min()
             .map(|since| crate::clock::later(since, self.grace))
     }
@@ -223,6 +423,25 @@ impl Tracker {
         else {
             return Delivery::Foreign;
         };
+        if let Some(backlog) = track.backlog.as_mut().filter(|b| b.contains(seq)) {
+            if !backlog.mark(seq) {
+                return Delivery::SyncDuplicate;
+            }
+            if backlog.given_up {
+                // Already counted lost: a late arrival.
+                return Delivery::Reordered;
+            }
+            if let Some(back) = &mut self.back {
+                back.progress = now;
+                if backlog.missing() == 0 {
+                    back.open = back.open.saturating_sub(1);
+                    if back.open == 0 {
+                        back.caught_up = Some(now.saturating_duration_since(back.at));
+                    }
+                }
+            }
+            return Delivery::Offline;
+        }
         if seq < track.baseline {
             return Delivery::Untracked;
         }
@@ -270,8 +489,15 @@ impl Tracker {
         Delivery::Reordered
     }
 
-    /// Turns gaps and tails older than the grace period into losses.
+    /// Turns gaps and tails older than the grace period into losses, and a backlog whose
+    /// sync made no progress for as long.
     pub fn expire(&mut self, now: Instant) {
+        if self
+            .syncing()
+            .is_some_and(|back| now.duration_since(back.progress) >= self.grace)
+        {
+            self.give_up_sync();
+        }
         let tail_due = self
             .tail_since
             .is_some_and(|since| now.duration_since(since) >= self.grace);
@@ -292,8 +518,9 @@ impl Tracker {
         self.lost += lost;
     }
 
-    /// Ends tracking (the session is over): every open gap and missing tail is lost.
+    /// Ends tracking (the session is over): every open gap, backlog and missing tail is lost.
     pub fn finish(&mut self) {
+        self.give_up_sync();
         let mut lost = 0;
         for track in self.tracks_mut() {
             lost += track.gaps.len() as u64;
@@ -304,8 +531,14 @@ impl Tracker {
     }
 
     /// Losses found since the last call.
-    pub fn take_lost(&mut self) -> u64 {
-        std::mem::take(&mut self.lost)
+    pub fn take_lost(&mut self) -> Losses {
+        Losses {
+            live: std::mem::take(&mut self.lost),
+            sync: self
+                .back
+                .as_mut()
+                .map_or(0, |back| std::mem::take(&mut back.lost)),
+        }
     }
 }
 
@@ -339,7 +572,7 @@ mod tests {
                 .all(|d| *d == Delivery::New)
         );
         t.finish();
-        assert_eq!(t.take_lost(), 0);
+        assert_eq!(t.take_lost().live, 0);
     }
 
     #[test]
@@ -349,7 +582,7 @@ mod tests {
         feed(&mut t, &[100, 101], now);
         assert_eq!(t.observe("a", 50, now), Delivery::Untracked);
         t.finish();
-        assert_eq!(t.take_lost(), 0);
+        assert_eq!(t.take_lost().live, 0);
     }
 
     #[test]
@@ -358,9 +591,9 @@ mod tests {
         let mut t = tracker(0);
         feed(&mut t, &[1, 2, 4], start);
         t.expire(start + Duration::from_millis(999));
-        assert_eq!(t.take_lost(), 0, "still within grace");
+        assert_eq!(t.take_lost().live, 0, "still within grace");
         t.expire(start + GRACE);
-        assert_eq!(t.take_lost(), 1);
+        assert_eq!(t.take_lost().live, 1);
     }
 
     #[test]
@@ -371,7 +604,7 @@ mod tests {
         assert_eq!(t.observe("a", 2, start), Delivery::Reordered);
         t.expire(start + 10 * GRACE);
         t.finish();
-        assert_eq!(t.take_lost(), 0);
+        assert_eq!(t.take_lost().live, 0);
     }
 
     #[test]
@@ -395,7 +628,7 @@ mod tests {
         let mut t = tracker(0);
         feed(&mut t, &[1, 4], now);
         t.finish();
-        assert_eq!(t.take_lost(), 2);
+        assert_eq!(t.take_lost().live, 2);
     }
 
     #[test]
@@ -406,7 +639,7 @@ mod tests {
         // 11 and 12 were dropped: the first delivery no longer hides them.
         assert_eq!(t.observe("a", 13, now), Delivery::New);
         t.finish();
-        assert_eq!(t.take_lost(), 2);
+        assert_eq!(t.take_lost().live, 2);
     }
 
     #[test]
@@ -426,7 +659,7 @@ mod tests {
             "in flight, not reordered"
         );
         t.expire(start + GRACE);
-        assert_eq!(t.take_lost(), 1, "4 never came");
+        assert_eq!(t.take_lost().live, 1, "4 never came");
         assert!(t.is_settled());
         assert_eq!(t.next_expiry(), None);
         assert_eq!(
@@ -444,7 +677,7 @@ mod tests {
         t.expect_until("stranger", 8, now);
         t.finish();
         assert_eq!(
-            t.take_lost(),
+            t.take_lost().live,
             3,
             "6, 7, 8 of a; b sent nothing more; a stranger is not judged"
         );
@@ -456,12 +689,12 @@ mod tests {
         let mut t = tracker(0);
         feed(&mut t, &[1, 3], now);
         t.observe("a", 3 + WINDOW, now);
-        assert_eq!(t.take_lost(), 1, "seq 2 left the window");
+        assert_eq!(t.take_lost().live, 1, "seq 2 left the window");
         t.observe("a", 1000, now);
         // 4..=130 left the window with the jump, and so did 132..=872; 873..=999 stay open.
-        assert_eq!(t.take_lost(), (3 + WINDOW - 4) + (872 - 132 + 1));
+        assert_eq!(t.take_lost().live, (3 + WINDOW - 4) + (872 - 132 + 1));
         t.finish();
-        assert_eq!(t.take_lost(), 999 - 873 + 1);
+        assert_eq!(t.take_lost().live, 999 - 873 + 1);
     }
 
     #[test]
@@ -475,7 +708,7 @@ mod tests {
         assert_eq!(t.observe("a", u64::MAX, now), Delivery::Invalid);
         assert_eq!(t.observe("a", 45, now), Delivery::Invalid, "not issued yet");
         t.finish();
-        assert_eq!(t.take_lost(), 0, "nothing it sent is missing");
+        assert_eq!(t.take_lost().live, 0, "nothing it sent is missing");
     }
 
     #[test]
@@ -483,9 +716,9 @@ mod tests {
         let now = Instant::now();
         let mut t = tracker(0);
         assert_eq!(t.observe("a", 3_000_000_001, now), Delivery::New);
-        assert_eq!(t.take_lost(), 3_000_000_000 - (WINDOW - 1));
+        assert_eq!(t.take_lost().live, 3_000_000_000 - (WINDOW - 1));
         t.finish();
-        assert_eq!(t.take_lost(), WINDOW - 1);
+        assert_eq!(t.take_lost().live, WINDOW - 1);
     }
 
     #[test]
@@ -531,7 +764,144 @@ mod tests {
         one.expect_until("a", 6, now);
         both.finish();
         one.finish();
-        assert_eq!(both.take_lost(), 2, "3 and 5 of the first room");
-        assert_eq!(one.take_lost(), 1, "4 of the second room");
+        assert_eq!(both.take_lost().live, 2, "3 and 5 of the first room");
+        assert_eq!(one.take_lost().live, 1, "4 of the second room");
+    }
+
+    /// Books across a gap: a receiver that saw 1..=3 of "a" goes away; "a" sends 4..=9
+    /// meanwhile (its slot says so at the return).
+    fn back_after_gap(
+        sent_before: u64,
+        seen: &[u64],
+        sent_at_return: u64,
+    ) -> (Tracker, Arc<Slot>, Instant) {
+        let start = Instant::now();
+        let slot = Slot::at(sent_before, ISSUED);
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", Arc::clone(&slot), Lane::ALL);
+        for &seq in seen {
+            t.observe("a", seq, start);
+        }
+        for seq in sent_before + 1..=sent_at_return {
+            slot.mark_sent(seq);
+        }
+        t.back(start + Duration::from_secs(30));
+        (t, slot, start + Duration::from_secs(30))
+    }
+
+    #[test]
+    fn what_was_sent_while_away_is_expected_through_the_sync_and_times_the_catch_up() {
+        let (mut t, _slot, back) = back_after_gap(0, &[1, 2, 3], 9);
+        assert!(!t.is_settled(), "4..=9 are awaited");
+        assert_eq!(t.next_expiry(), Some(back + GRACE));
+        let at = |ms| back + Duration::from_millis(ms);
+        for (seq, ms) in [(4, 10), (5, 20), (6, 30), (7, 40), (8, 50)] {
+            assert_eq!(t.observe("a", seq, at(ms)), Delivery::Offline, "seq {seq}");
+        }
+        assert_eq!(t.take_caught_up(), None, "9 is still missing");
+        assert_eq!(
+            t.observe("a", 3, at(55)),
+            Delivery::SyncDuplicate,
+            "seen live before going away, again in the sync"
+        );
+        assert_eq!(t.observe("a", 9, at(60)), Delivery::Offline);
+        assert_eq!(t.take_caught_up(), Some(Duration::from_millis(60)));
+        assert_eq!(t.take_caught_up(), None, "given once");
+        assert!(t.is_settled());
+        assert_eq!(t.observe("a", 10, at(70)), Delivery::New, "live again");
+        t.finish();
+        assert_eq!(t.take_lost(), Losses::default());
+    }
+
+    #[test]
+    fn a_backlog_sent_twice_is_counted_twice_on_the_sync_path() {
+        let (mut t, _slot, back) = back_after_gap(0, &[1], 4);
+        for seq in [2, 3, 4] {
+            assert_eq!(t.observe("a", seq, back), Delivery::Offline);
+        }
+        for seq in [2, 3, 4] {
+            assert_eq!(t.observe("a", seq, back), Delivery::SyncDuplicate);
+        }
+        assert!(!Delivery::SyncDuplicate.is_first_arrival());
+        assert!(Delivery::Offline.is_first_arrival());
+        t.finish();
+        assert_eq!(t.take_lost(), Losses::default());
+    }
+
+    #[test]
+    fn a_truncated_backlog_is_lost_on_the_sync_path_once_the_sync_stalls() {
+        let (mut t, _slot, back) = back_after_gap(0, &[1, 2], 10);
+        // The server sends the first 3 of 8 and stops.
+        for (seq, ms) in [(3, 100), (4, 200), (5, 300)] {
+            t.observe("a", seq, back + Duration::from_millis(ms));
+        }
+        let last = back + Duration::from_millis(300);
+        assert_eq!(
+            t.next_expiry(),
+            Some(last + GRACE),
+            "from the last progress"
+        );
+        t.expire(last + GRACE - Duration::from_millis(1));
+        assert_eq!(t.take_lost(), Losses::default(), "still within grace");
+        t.expire(last + GRACE);
+        assert_eq!(t.take_lost(), Losses { live: 0, sync: 5 }, "6..=10");
+        assert!(t.is_settled());
+        assert_eq!(t.take_caught_up(), None, "it never caught up");
+        assert_eq!(
+            t.observe("a", 7, last + GRACE),
+            Delivery::Reordered,
+            "too late: already lost"
+        );
+    }
+
+    #[test]
+    fn a_gap_open_when_the_receiver_left_joins_its_backlog_and_a_return_with_nothing_missed_is_caught_up_at_once()
+     {
+        let (mut t, _slot, back) = back_after_gap(0, &[1, 3], 4);
+        // 2 was a gap when it left: expected through the sync with 4.
+        assert_eq!(t.observe("a", 2, back), Delivery::Offline);
+        assert_eq!(t.observe("a", 4, back), Delivery::Offline);
+        assert_eq!(t.take_caught_up(), Some(Duration::ZERO));
+        let (mut quiet, _slot, _) = back_after_gap(0, &[1, 2], 2);
+        assert!(quiet.is_settled());
+        assert_eq!(
+            quiet.take_caught_up(),
+            Some(Duration::ZERO),
+            "nothing to catch up"
+        );
+    }
+
+    #[test]
+    fn what_never_came_when_the_session_ends_is_lost_by_its_path() {
+        let (mut t, slot, back) = back_after_gap(0, &[1], 5);
+        t.observe("a", 2, back);
+        // Live again: 6 and 8 arrive, 7 does not.
+        for seq in 6..=8 {
+            slot.mark_sent(seq);
+        }
+        assert_eq!(t.observe("a", 6, back), Delivery::New);
+        assert_eq!(t.observe("a", 8, back), Delivery::New);
+        t.finish();
+        assert_eq!(
+            t.take_lost(),
+            Losses { live: 1, sync: 3 },
+            "7 live; 3, 4, 5 sync"
+        );
+    }
+
+    #[test]
+    fn coming_back_again_before_the_sync_ended_keeps_what_was_still_awaited() {
+        let (mut t, slot, back) = back_after_gap(0, &[1], 4);
+        t.observe("a", 2, back);
+        for seq in 5..=6 {
+            slot.mark_sent(seq);
+        }
+        t.back(back + Duration::from_millis(500));
+        for seq in [3, 4, 5, 6] {
+            assert_eq!(t.observe("a", seq, back), Delivery::Offline, "seq {seq}");
+        }
+        assert_eq!(t.observe("a", 2, back), Delivery::SyncDuplicate);
+        t.finish();
+        assert_eq!(t.take_lost(), Losses::default());
     }
 }

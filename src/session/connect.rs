@@ -33,9 +33,10 @@ pub async fn open(
     local: u32,
     topology: Topology,
 ) -> Result<(Socket, Identity), ConnectFailure> {
-    let identity = ctx
+    let mut identity = ctx
         .scenario
         .identity(ctx.global_id(local, topology), topology);
+    identity.last_seen = ctx.last_seen(local);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
             ctx.target.as_str(),

@@ -13,6 +13,7 @@ use rand::RngExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::Kept;
 use super::settings::Schedule;
 use super::wire::describe_close;
 use super::{Context, User};
@@ -160,8 +161,15 @@ impl Conversation {
         } else {
             0
         };
-        let mut tracker = Tracker::new(ctx.settings.loss_grace);
+        // Back from time away with its books kept: what it missed is expected now.
+        let kept = ctx.take_books(user.id);
+        let returning = kept.is_some();
+        let mut tracker = kept.unwrap_or_else(|| Tracker::new(ctx.settings.loss_grace));
         expect_members(&ctx, &mut tracker, user.id, topology, 0..expected_among);
+        if returning {
+            tracker.back(Instant::now());
+            count_books(&ctx, &mut tracker);
+        }
         let mine = ctx.scenario.mine_of(&identity);
         ctx.books.open();
         let mut talk = Conversation {
@@ -675,7 +683,14 @@ impl Conversation {
                 sender: Some(sender),
                 seq: Some(seq),
                 ts: Some(ts),
-            } => self.on_delivery(&sender, seq, ts),
+                cursor,
+            } => {
+                if let Some(cursor) = cursor {
+                    self.identity.last_seen.clear();
+                    self.identity.last_seen.push_str(&cursor);
+                }
+                self.on_delivery(&sender, seq, ts)
+            }
             Meaning::Ack(Acked::Unreadable) | Meaning::Delivery { .. } => {
                 self.ctx.meter().add(Count::FramesInvalid, 1)
             }
@@ -712,19 +727,25 @@ impl Conversation {
             return;
         };
         let delivery = self.tracker.observe(sender, seq, now);
-        if delivery.is_first_arrival() {
+        if delivery == Delivery::Offline {
+            metrics.observe(Latency::OfflineDelivery, latency);
+            metrics.add(Count::OfflineDeliveries, 1);
+        } else if delivery.is_first_arrival() {
             metrics.observe(Latency::Delivery, latency);
+        }
+        if delivery.is_first_arrival() {
             metrics.add(Count::DeliveriesReceived, 1);
         }
         match delivery {
             Delivery::Reordered => metrics.add(Count::Reordered, 1),
             Delivery::Duplicate => metrics.add(Count::Duplicated, 1),
+            Delivery::SyncDuplicate => metrics.add(Count::DuplicatedSync, 1),
             Delivery::Foreign => metrics.add(Count::DeliveriesForeign, 1),
             Delivery::Invalid => metrics.add(Count::FramesInvalid, 1),
             Delivery::Untracked => metrics.add(Count::DeliveriesUntracked, 1),
-            Delivery::New => {}
+            Delivery::New | Delivery::Offline => {}
         }
-        metrics.add(Count::Lost, self.tracker.take_lost());
+        count_books(&self.ctx, &mut self.tracker);
     }
 
     /// Expires acks past their timeout and delivery gaps past their grace period.
@@ -741,7 +762,7 @@ impl Conversation {
             metrics.add(Count::AckTimeouts, 1);
         }
         self.tracker.expire(now);
-        metrics.add(Count::Lost, self.tracker.take_lost());
+        count_books(&self.ctx, &mut self.tracker);
         if self.draining {
             self.schedule_settling();
             self.check_settled();
@@ -755,13 +776,31 @@ impl Conversation {
     /// now), so a dropped last message is lost, and unanswered acks are timeouts. With
     /// `resend_unacked`, a user that will reconnect keeps what was never acked, to send again:
     /// returned, oldest first.
+    ///
+    /// A user going offline to a server that syncs keeps its books open (only what is past
+    /// its grace counts now), and every user keeps the last cursor it saw, for its next
+    /// connection ([`Context::keep`]).
     pub fn finish(&mut self, drained: bool, reason: DisconnectReason) -> Vec<(u64, Instant)> {
+        let now = Instant::now();
         if drained {
-            self.announce_final_sequences(Instant::now());
+            self.announce_final_sequences(now);
         }
+        let away = !drained && reason == DisconnectReason::Offline && self.ctx.keeps_books();
+        if away {
+            self.tracker.expire(now);
+        } else {
+            self.tracker.finish();
+        }
+        count_books(&self.ctx, &mut self.tracker);
+        let books = away.then(|| {
+            std::mem::replace(
+                &mut self.tracker,
+                Tracker::new(self.ctx.settings.loss_grace),
+            )
+        });
+        let cursor = std::mem::take(&mut self.identity.last_seen);
+        self.ctx.keep(self.local, Kept { books, cursor });
         let metrics = self.ctx.meter();
-        self.tracker.finish();
-        metrics.add(Count::Lost, self.tracker.take_lost());
         // Unacknowledged: what is pending, and what was still waiting to be sent again.
         let mut unacked: Vec<(u64, Instant)> = self
             .pending
@@ -782,6 +821,20 @@ impl Conversation {
             self.ctx.books.close();
         }
         unacked
+    }
+}
+
+/// Counts what `tracker` found lost since last asked, by path, and a catch-up once complete.
+fn count_books(ctx: &Context, tracker: &mut Tracker) {
+    let metrics = ctx.meter();
+    let lost = tracker.take_lost();
+    for (count, n) in [(Count::Lost, lost.live), (Count::LostSync, lost.sync)] {
+        if n > 0 {
+            metrics.add(count, n);
+        }
+    }
+    if let Some(took) = tracker.take_caught_up() {
+        metrics.observe(Latency::Catchup, took);
     }
 }
 

@@ -492,6 +492,15 @@ pub struct Offline {
     pub away: Spread,
     #[serde(default)]
     pub how: Away,
+    /// The server stores what a user misses while away and syncs it on return (the
+    /// default): the user's books stay open across the gap and the missed messages are
+    /// expected. False: a returning user's books open afresh at its login, as for any join.
+    #[serde(default = "expects_sync")]
+    pub expect_sync: bool,
+}
+
+fn expects_sync() -> bool {
+    true
 }
 
 /// How a user goes away.

@@ -11,7 +11,15 @@ use functions::{Arg, Filter, Generator};
 
 /// Built-in variables; anything else must be a credentials column or a scenario `vars` entry.
 pub const BUILTINS: &[&str] = &[
-    "user_id", "user", "room", "seq", "msg_id", "ts", "payload", "target",
+    "user_id",
+    "user",
+    "room",
+    "seq",
+    "msg_id",
+    "ts",
+    "payload",
+    "target",
+    "last_seen.cursor",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +32,8 @@ enum Var {
     Ts,
     Payload,
     Target,
+    /// The cursor of the last delivery the user received (any connection), "" before one.
+    LastSeen,
     Custom(usize),
 }
 
@@ -53,6 +63,8 @@ pub struct Values<'a> {
     pub target: &'a str,
     /// Values of custom variables, in the order of the names given to [`Template::compile`].
     pub custom: &'a [String],
+    /// `{{last_seen.cursor}}`.
+    pub last_seen: &'a str,
     pub seq: u64,
     pub ts: u64,
     pub payload_size: usize,
@@ -162,6 +174,7 @@ impl Template {
                     Var::UserIndex => push_number(out, values.user),
                     Var::Room => out.push_str(values.room),
                     Var::Target => out.push_str(values.target),
+                    Var::LastSeen => out.push_str(values.last_seen),
                     Var::Seq => push_number(out, values.seq),
                     Var::MsgId => {
                         out.push_str(values.user_id);
@@ -390,6 +403,7 @@ fn resolve(name: &str, custom: &Names) -> Option<Var> {
         "ts" => Var::Ts,
         "payload" => Var::Payload,
         "target" => Var::Target,
+        "last_seen.cursor" => Var::LastSeen,
         _ => Var::Custom(custom.position(name)?),
     })
 }
@@ -423,6 +437,7 @@ mod tests {
                     room: "room-0",
                     target: "ws://x",
                     custom: &values,
+                    last_seen: "",
                     seq: u64::MAX,
                     ts: 0,
                     payload_size: 3,
@@ -438,6 +453,7 @@ mod tests {
             room: "room-0",
             target: "ws://t/ws",
             custom,
+            last_seen: "c9",
             seq: 42,
             ts: 1234,
             payload_size: 3,
