@@ -75,5 +75,5 @@ for api in "${apis[@]}"; do curl -fsS "http://$api/metrics"; done | awk '
   /^wsfleet_disconnects_total/ {gone += $2}
   /^wsfleet_generator_saturated / {sat += $2}
   /^wsfleet_messages_sent_total / {sent += $2}
-  /^wsfleet_messages_lost_total / {lost += $2}
+  /^wsfleet_messages_lost_total[{ ]/ {lost += $NF}
   END {printf "connects ok %d, failed %d; disconnects %d; messages sent %d, lost %d; shards saturated %d\n", ok, failed, gone, sent, lost, sat}'

@@ -94,7 +94,7 @@ def main():
     print("delivery p99 by phase (delay fault off / on 50 ms / off): "
           + ", ".join(f"{k} {v:.0f} ms" for k, v in p.items()))
     disc = {k: v for k, v in last.items() if k.startswith("wsfleet_disconnects_total") and v}
-    print(f"disconnects: {disc}; lost {last.get('wsfleet_messages_lost_total', 0):.0f}, "
+    print(f"disconnects: {disc}; lost {sum(v for k, v in last.items() if k.startswith('wsfleet_messages_lost_total')):.0f}, "
           f"saturated {last.get('wsfleet_generator_saturated', 0):.0f}")
     print("verdict:", "RSS flat" if growth < 2 else "RSS GREW", "- fds flat" if max(s[3] for s in warm) - min(s[3] for s in warm) < USERS * 0.05 else "- fds moved")
 

@@ -59,6 +59,11 @@ fn parse_run_duration(text: &str) -> Result<std::time::Duration, String> {
     parse_span("--duration", text)
 }
 
+/// `--history-age`: likewise (0s would keep nothing).
+fn parse_history_age(text: &str) -> Result<std::time::Duration, String> {
+    parse_span("--history-age", text)
+}
+
 /// `--idle-timeout`: likewise (0s would close every client at once).
 fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
     parse_span("--idle-timeout", text)
@@ -189,6 +194,13 @@ pub struct TargetArgs {
     /// clients that vanished (`--idle-timeout 30s`).
     #[arg(long, value_name = "DURATION", value_parser = parse_idle_timeout)]
     pub idle_timeout: Option<std::time::Duration>,
+    /// Keep each room's last N messages by cursor, so a client coming back can sync what it
+    /// missed (`{"type":"sync","after":CURSOR}`); deliveries then carry their `cursor`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub history: Option<u32>,
+    /// How long a room's history keeps a message (with --history).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_history_age, requires = "history")]
+    pub history_age: std::time::Duration,
 }
 
 impl FleetArgs {

@@ -94,6 +94,20 @@ enum Command {
         timeout: Duration,
         reply: oneshot::Sender<Result<DrainReport, FleetError>>,
     },
+    Disrupt {
+        storm: StormRequest,
+        origin: Origin,
+        reply: oneshot::Sender<Result<crate::load::Disruption, FleetError>>,
+    },
+}
+
+/// A sync storm asked for: `share` of the connected users of `group` (every group when
+/// `None`) drop at once and are back within `back_within`.
+#[derive(Debug, Clone)]
+pub struct StormRequest {
+    pub share: f64,
+    pub back_within: Duration,
+    pub group: Option<String>,
 }
 
 /// How the drain at the end of a run went.
@@ -243,6 +257,20 @@ impl FleetHandle {
     /// `timeout`). The fleet stays drained until it shuts down.
     pub async fn drain(&self, timeout: Duration) -> Result<DrainReport, FleetError> {
         self.ask(|reply| Command::Drain { timeout, reply }).await?
+    }
+
+    /// Starts a sync storm; the answer says which one (its number) and what it asked.
+    pub async fn disrupt(
+        &self,
+        storm: StormRequest,
+        origin: Origin,
+    ) -> Result<crate::load::Disruption, FleetError> {
+        self.ask(|reply| Command::Disrupt {
+            storm,
+            origin,
+            reply,
+        })
+        .await?
     }
 }
 
@@ -533,7 +561,74 @@ impl Fleet {
                 let _ = reply.send(Err(FleetError::Draining));
             }
             Command::Drain { timeout, reply } => self.start_drain(timeout, reply),
+            Command::Disrupt { reply, .. } if draining => {
+                let _ = reply.send(Err(FleetError::Draining));
+            }
+            Command::Disrupt {
+                storm,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(self.disrupt(&storm, &origin).map_err(FleetError::from));
+            }
         }
+    }
+
+    /// Checks a storm and tells the users of its group(s); nothing changes if it is wrong.
+    fn disrupt(
+        &mut self,
+        storm: &StormRequest,
+        origin: &Origin,
+    ) -> Result<crate::load::Disruption, LoadError> {
+        if !(storm.share > 0.0 && storm.share <= 1.0) {
+            return Err(LoadError::new(
+                "share",
+                format!(
+                    "must be a fraction above 0 and at most 1 (or 1%..100%), got {}",
+                    storm.share
+                ),
+            ));
+        }
+        if storm.back_within > crate::load::MAX_TIMEOUT {
+            return Err(LoadError::new(
+                "back_within",
+                format!(
+                    "must be at most {}, got {}",
+                    humantime::format_duration(crate::load::MAX_TIMEOUT),
+                    humantime::format_duration(storm.back_within)
+                ),
+            ));
+        }
+        let names = self.ctx().metrics.groups().to_vec();
+        let group = match &storm.group {
+            None => None,
+            Some(name) => Some(names.iter().position(|n| n == name).ok_or_else(|| {
+                LoadError::new(
+                    "group",
+                    format!("no group `{name}`; groups: {}", names.join(", ")),
+                )
+            })?),
+        };
+        let current = self.desired.borrow().clone();
+        let epoch = current.disruption.map_or(0, |(d, _)| d.epoch) + 1;
+        let disruption = crate::load::Disruption {
+            epoch,
+            share: storm.share,
+            back_within: storm.back_within,
+        };
+        tracing::info!(
+            epoch,
+            share = storm.share,
+            back_within = %humantime::format_duration(storm.back_within),
+            group = storm.group.as_deref().unwrap_or("(all)"),
+            by = %origin.who,
+            "sync storm: a share of the connected users drop now and come back within the window"
+        );
+        self.publish(FleetDesired {
+            disruption: Some((disruption, group)),
+            ..current
+        });
+        Ok(disruption)
     }
 
     /// Stops sending and connecting everywhere; connected users settle their books.
@@ -549,9 +644,14 @@ impl Fleet {
             draining: true,
             ..current
         });
-        // Users without a connection have nothing to settle.
-        for member in self.members().filter(|m| !m.slot.connected()) {
-            member.cancel.cancel();
+        // Users without a connection have nothing to settle, unless they are away with
+        // their books kept: those come back for what they missed.
+        for group in &self.groups {
+            for (id, member) in (0u32..).zip(&group.users) {
+                if !member.slot.connected() && !group.ctx.holds_books(id) {
+                    member.cancel.cancel();
+                }
+            }
         }
         let now = Instant::now();
         tracing::info!(

@@ -331,6 +331,8 @@ pub struct FleetDesired {
     pub saturated: bool,
     /// The run is ending: no messages, no new connections; connected users settle their books.
     pub draining: bool,
+    /// The last sync storm, and the group it struck (every group when `None`).
+    pub disruption: Option<(crate::load::Disruption, Option<usize>)>,
 }
 
 impl FleetDesired {
@@ -340,6 +342,7 @@ impl FleetDesired {
             paused: false,
             saturated: false,
             draining: false,
+            disruption: None,
         }
     }
 
@@ -350,6 +353,10 @@ impl FleetDesired {
             paused: self.paused,
             saturated: self.saturated,
             draining: self.draining,
+            disruption: self
+                .disruption
+                .filter(|(_, group)| group.is_none_or(|g| g == index))
+                .map(|(storm, _)| storm),
         }
     }
 

@@ -434,6 +434,44 @@ pub struct Desired {
     pub saturated: bool,
     /// The run is ending: no messages, no new connections; connected users settle their books.
     pub draining: bool,
+    /// The last sync storm asked for, if any.
+    pub disruption: Option<Disruption>,
+}
+
+/// A sync storm (`POST /api/v1/disrupt`): a share of the connected users drop at once and
+/// come back within a window, as phones do after a network blip. Each user draws its own
+/// part from the storm's number and its id, so nothing per user is sent or kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Disruption {
+    /// Numbers the storms (from 1), so a user takes part in each once.
+    pub epoch: u32,
+    /// The share of the connected users that drop (0..=1).
+    pub share: f64,
+    /// Each is back after a time drawn uniformly from zero to this.
+    pub back_within: Duration,
+}
+
+impl Disruption {
+    /// A uniform draw in [0, 1) for `user`, different for each storm and purpose.
+    fn draw(&self, user: u32, purpose: u64) -> f64 {
+        let mut x = (u64::from(self.epoch) << 32 | u64::from(user))
+            ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64's finaliser.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Whether `user` drops in this storm.
+    pub fn chooses(&self, user: u32) -> bool {
+        self.draw(user, 1) < self.share
+    }
+
+    /// How long `user` stays away.
+    pub fn away_for(&self, user: u32) -> Duration {
+        self.back_within.mul_f64(self.draw(user, 2))
+    }
 }
 
 impl Desired {
@@ -443,6 +481,7 @@ impl Desired {
             paused: false,
             saturated: false,
             draining: false,
+            disruption: None,
         }
     }
 
@@ -469,6 +508,7 @@ impl Desired {
             || self.load.payload_size != next.load.payload_size
             || self.load.room_size != next.load.room_size
             || self.load.users != next.load.users
+            || self.disruption != next.disruption
     }
 }
 

@@ -272,6 +272,10 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
         tcp: args.tcp_listen,
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         idle_timeout: args.idle_timeout,
+        history: args.history.map(|messages| target::store::HistoryLimits {
+            messages: messages as usize,
+            age: args.history_age,
+        }),
     };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)

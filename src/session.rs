@@ -331,10 +331,14 @@ impl Context {
     }
 }
 
-/// Whether users of this group keep their books across time away: they go offline to a
-/// server that syncs, and their deliveries are tracked.
+/// Whether users of this group keep their books across time away (on schedule or in a sync
+/// storm): their deliveries are tracked, and the server syncs — as `offline.expect_sync`
+/// says, or, without `offline:`, as a scenario whose deliveries carry a cursor implies.
 fn keeps_books(settings: &Settings, scenario: &Scenario) -> bool {
-    settings.offline.is_some_and(|o| o.expect_sync)
+    let syncs = settings
+        .offline
+        .map_or_else(|| reads_cursor(scenario), |o| o.expect_sync);
+    syncs
         && scenario
             .message
             .as_ref()
@@ -493,14 +497,15 @@ impl User {
         }
     }
 
-    /// Stays away for a time drawn from `offline.for` (or what is `left` of one), holding a
+    /// Stays away for a time drawn from `offline.for` (or `left`: what is left of one, or a
+    /// sync storm's time), holding a
     /// vanished user's socket (unread, unwritten) meanwhile. False when the user is
     /// cancelled while away.
     async fn away<S>(&self, held: Option<S>, left: Option<Duration>) -> bool {
-        let Some(offline) = self.ctx.settings.offline else {
+        let drawn = || Some(self.ctx.settings.offline?.away.sample(&mut rand::rng()));
+        let Some(gone) = left.or_else(drawn) else {
             return true;
         };
-        let gone = left.unwrap_or_else(|| offline.away.sample(&mut rand::rng()));
         let meter = self.ctx.meter();
         let offline_now = meter.users_offline();
         offline_now.inc();

@@ -528,7 +528,7 @@ async fn two_shards_split_the_fleet_by_whole_rooms() {
             },
         )
         .await;
-        assert_eq!(scrape(api).await.get("wsfleet_messages_lost_total"), 0.0);
+        assert_eq!(scrape(api).await.sum("wsfleet_messages_lost_total"), 0.0);
     }
     assert_eq!(
         target

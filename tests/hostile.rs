@@ -104,7 +104,7 @@ async fn an_impossible_sequence_is_invalid_and_freezes_nothing() {
     })
     .await;
     let scrape = scrape(api).await;
-    assert_eq!(scrape.get("wsfleet_messages_lost_total"), 0.0);
+    assert_eq!(scrape.sum("wsfleet_messages_lost_total"), 0.0);
     assert_eq!(scrape.get("wsfleet_deliveries_received_total"), 0.0);
     assert_eq!(scrape.get("wsfleet_generator_saturated"), 0.0);
     tokio::time::timeout(Duration::from_secs(30), daemon.finish())

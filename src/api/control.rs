@@ -223,6 +223,106 @@ pub async fn patch_load(
     }))
 }
 
+/// `POST /api/v1/disrupt`: a sync storm — a share of the connected users drop at once, as
+/// phones in a tunnel do, and come back within a window.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisruptRequest {
+    /// The share of the connected users that drop: a fraction (`0.3`) or a percentage
+    /// (`"30%"`).
+    #[schema(value_type = Object)]
+    pub share: serde_json::Value,
+    /// Each is back after a time drawn uniformly from zero to this (`"10s"`; default `0s`:
+    /// at once). Coming back goes through the connect pacer, like every connect.
+    #[serde(default)]
+    pub back_within: Option<String>,
+    /// Only this group's users (default: every group).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// The storm started: its number and what it asked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisruptAnswer {
+    pub storm: u32,
+    pub share: f64,
+    pub back_within: String,
+    /// Connected users now (of the group, or the fleet): about `share` of them drop.
+    pub connected: i64,
+}
+
+/// Starts a sync storm.
+#[utoipa::path(post, path = "/api/v1/disrupt", tag = "load", request_body = DisruptRequest,
+    responses(
+        (status = 200, body = DisruptAnswer),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "draining", body = ErrorBody),
+        (status = 422, description = "share, window or group wrong", body = ErrorBody)))]
+pub async fn disrupt(
+    State(state): State<ApiState>,
+    caller: Caller,
+    request: Result<Json<DisruptRequest>, JsonRejection>,
+) -> Result<Json<DisruptAnswer>, ApiError> {
+    let Json(request) = request?;
+    let invalid = |field: &str, problem: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`{field}` {problem}"),
+        )
+        .field(field.to_string())
+    };
+    let share = match &request.share {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(text) => text
+            .strip_suffix('%')
+            .and_then(|p| p.trim().parse::<f64>().ok())
+            .map(|p| p / 100.0),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        invalid(
+            "share",
+            format!(
+                "must be a fraction (0.3) or a percentage (\"30%\"), got {}",
+                request.share
+            ),
+        )
+    })?;
+    let back_within = match &request.back_within {
+        Some(text) => humantime::parse_duration(text).map_err(|err| {
+            invalid(
+                "back_within",
+                format!("must be a duration (\"10s\"): {err}"),
+            )
+        })?,
+        None => std::time::Duration::ZERO,
+    };
+    let storm = crate::fleet::StormRequest {
+        share,
+        back_within,
+        group: request.group.clone(),
+    };
+    let disruption = state
+        .fleet
+        .disrupt(storm, Origin::new(Source::Api, caller.0.0))
+        .await?;
+    let metrics = &state.metrics;
+    let connected = match &request.group {
+        Some(name) => metrics
+            .groups()
+            .iter()
+            .position(|g| g == name)
+            .map_or(0, |g| metrics.users_active.of(g).get()),
+        None => metrics.users_active.iter().map(|g| g.get()).sum(),
+    };
+    Ok(Json(DisruptAnswer {
+        storm: disruption.epoch,
+        share: disruption.share,
+        back_within: humantime::format_duration(disruption.back_within).to_string(),
+        connected,
+    }))
+}
+
 /// Whether the fleet is paused, and its load.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PauseState {

@@ -119,6 +119,7 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         .routes(routes!(control::histograms))
         .routes(routes!(control::get_load, control::patch_load))
         .routes(routes!(control::pause))
+        .routes(routes!(control::disrupt))
         .routes(routes!(control::resume))
         .routes(routes!(
             control::get_profile,

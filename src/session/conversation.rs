@@ -139,6 +139,8 @@ pub struct Conversation {
     draining: bool,
     /// This conversation's books were closed in [`Books`](crate::roster::Books).
     settled: bool,
+    /// The last sync storm this connection knew of (it takes part only in later ones).
+    storm: u32,
 }
 
 impl Conversation {
@@ -161,6 +163,9 @@ impl Conversation {
         } else {
             0
         };
+        // Opened before kept books are taken back (which closes them), so the drain never
+        // sees every book closed while a user is only coming back.
+        ctx.books.open();
         // Back from time away with its books kept: what it missed is expected now.
         let kept = ctx.take_books(user.id);
         let returning = kept.is_some();
@@ -171,7 +176,6 @@ impl Conversation {
             count_books(&ctx, &mut tracker);
         }
         let mine = ctx.scenario.mine_of(&identity);
-        ctx.books.open();
         let mut talk = Conversation {
             timers: Timers::start(
                 &ctx,
@@ -207,6 +211,7 @@ impl Conversation {
             expected_among,
             draining: false,
             settled: false,
+            storm: desired.disruption.map_or(0, |d| d.epoch),
             ctx,
         };
         if desired.draining {
@@ -267,6 +272,16 @@ impl Conversation {
         if desired.draining && !self.draining {
             self.start_drain();
         }
+        if let Some(storm) = desired.disruption.filter(|d| d.epoch != self.storm) {
+            self.storm = storm.epoch;
+            if !self.draining && storm.chooses(self.identity.user) {
+                return Err(Ended {
+                    reason: DisconnectReason::Offline,
+                    detail: None,
+                    away: Some(storm.away_for(self.identity.user)),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -317,7 +332,7 @@ impl Conversation {
         if self.timers.churn_at.is_some_and(|d| now >= d) {
             return Err(Ended::planned(DisconnectReason::Churn));
         }
-        if self.timers.offline_at.is_some_and(|d| now >= d) {
+        if !self.draining && self.timers.offline_at.is_some_and(|d| now >= d) {
             let silent = self
                 .ctx
                 .settings

@@ -36,6 +36,14 @@ pub struct Faults {
     /// Until when every outgoing frame (acks, deliveries, pongs) is held back.
     #[serde(skip)]
     pub stall_until: Option<Instant>,
+    /// The sync bugs (with `--history`): a sync sends at most this many of the backlog,
+    /// the rest never (0 = off) ...
+    pub sync_truncate: usize,
+    /// ... sends the backlog twice ...
+    pub sync_twice: bool,
+    /// ... or drops every live delivery to the client for this long after its sync request.
+    #[serde(with = "humantime_serde")]
+    pub sync_drop_live: Duration,
 }
 
 /// Longest delay, stall or `Retry-After` a fault may ask for: beyond it, a rehearsal is an
@@ -62,6 +70,10 @@ pub struct FaultsPatch {
     pub knee_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub stall: Option<Duration>,
+    pub sync_truncate: Option<usize>,
+    pub sync_twice: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub sync_drop_live: Option<Duration>,
 }
 
 impl Default for Faults {
@@ -77,6 +89,9 @@ impl Default for Faults {
             knee: 0,
             knee_delay: Duration::ZERO,
             stall_until: None,
+            sync_truncate: 0,
+            sync_twice: false,
+            sync_drop_live: Duration::ZERO,
         }
     }
 }
@@ -97,6 +112,7 @@ impl FaultSwitch {
             ("knee_delay", patch.knee_delay),
             ("retry_after", patch.retry_after),
             ("stall", patch.stall),
+            ("sync_drop_live", patch.sync_drop_live),
         ] {
             if let Some(span) = value
                 && span > MAX_FAULT_SPAN
@@ -157,6 +173,15 @@ impl FaultSwitch {
         }
         if let Some(refuse) = patch.refuse {
             faults.refuse = refuse;
+        }
+        if let Some(truncate) = patch.sync_truncate {
+            faults.sync_truncate = truncate;
+        }
+        if let Some(twice) = patch.sync_twice {
+            faults.sync_twice = twice;
+        }
+        if let Some(window) = patch.sync_drop_live {
+            faults.sync_drop_live = window;
         }
         if let Some(stall) = patch.stall {
             faults.stall_until = Some(crate::clock::later(Instant::now(), stall));

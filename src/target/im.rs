@@ -1,5 +1,6 @@
 //! One IM connection on the target: login, join, message -> ack + room broadcast, ping ->
-//! pong; frames that are not commands are echoed back. Output goes through a per-connection
+//! pong, and with `--history` sync -> what the client missed ([`store`]); frames that are
+//! not commands are echoed back. Output goes through a per-connection
 //! queue so delivery delays and stalls never block reading. The connection is any
 //! `Sink + Stream` of WebSocket messages: a WebSocket, or frames of a length-prefixed TCP
 //! stream ([`framed`]).
@@ -22,6 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::store::{self, RoomLog};
 
 /// A frame waiting to go out, and the earliest time it may.
 struct Outgoing {
@@ -41,6 +43,11 @@ type Members = HashMap<u64, (Arc<str>, Outbox)>;
 struct Room {
     members: Members,
     stats: Arc<RoomCounters>,
+    /// What it carried lately, by cursor (`--history`; empty otherwise).
+    log: RoomLog,
+    /// The cursor at which each user first joined it (`--history` only): a client that
+    /// has no cursor yet is owed everything since.
+    since: HashMap<Arc<str>, u64>,
 }
 
 /// What one room has carried.
@@ -69,43 +76,72 @@ pub struct RoomReport {
 pub struct Rooms {
     rooms: Mutex<HashMap<String, Room>>,
     next_id: AtomicU64,
+    /// The last cursor given to a message, in any room (taken under the rooms' lock, so
+    /// every member is sent a room's messages in cursor order).
+    cursor: AtomicU64,
 }
 
 impl Rooms {
-    fn join(&self, room: &str, conn: u64, user: Arc<str>, outbox: Outbox) -> usize {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let members = &mut rooms.entry(room.to_string()).or_default().members;
-        members.insert(conn, (user, outbox));
-        members.len()
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `user` missed in its rooms after `cursor` (without one: since it first joined
+    /// each), in cursor order: each room's
+    /// messages up to the cursor it joined at (what came later went to it live).
+    fn missed(
+        &self,
+        rooms: &[(String, u64)],
+        cursor: Option<u64>,
+        user: &str,
+        limits: store::HistoryLimits,
+    ) -> Vec<Utf8Bytes> {
+        let all = self.lock();
+        let mut missed: Vec<(u64, Utf8Bytes)> = rooms
+            .iter()
+            .filter_map(|(name, joined)| Some((all.get(name)?, *joined)))
+            .flat_map(|(room, joined)| {
+                let first = || room.since.get(user).copied().unwrap_or(joined);
+                room.log
+                    .after(cursor.unwrap_or_else(first), user, limits)
+                    .take_while(move |&(c, _)| c <= joined)
+            })
+            .collect();
+        missed.sort_unstable_by_key(|&(cursor, _)| cursor);
+        missed.into_iter().map(|(_, frame)| frame).collect()
+    }
+
+    /// Adds a member and answers it `joined` — under the lock, so no message of the room
+    /// reaches it before that answer; returns the last cursor given (every later message of
+    /// the room goes to the new member live).
+    fn join(&self, room: &str, conn: u64, user: Arc<str>, outbox: Outbox, history: bool) -> u64 {
+        let mut rooms = self.lock();
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let entry = rooms.entry(room.to_string()).or_default();
+        if history {
+            entry.since.entry(Arc::clone(&user)).or_insert(cursor);
+        }
+        let members = &mut entry.members;
+        members.insert(conn, (user, outbox.clone()));
+        let joined = serde_json::json!({"type": "joined", "room": room, "members": members.len()});
+        let _ = outbox.send(Outgoing {
+            message: Message::Text(joined.to_string().into()),
+            at: Instant::now(),
+            kind: "joined",
+        });
+        cursor
     }
 
     fn leave(&self, room: &str, conn: u64) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.lock();
         if let Some(room) = rooms.get_mut(room) {
             room.members.remove(&conn);
         }
     }
 
-    /// The outboxes of every member of `room` but `except`, and the room's counters (with
-    /// this message counted).
-    fn others(&self, room: &str, except: u64) -> (Vec<Outbox>, Option<Arc<RoomCounters>>) {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(room) = rooms.get(room) else {
-            return (Vec::new(), None);
-        };
-        room.stats.messages.fetch_add(1, Ordering::Relaxed);
-        let outboxes = room
-            .members
-            .iter()
-            .filter(|(id, _)| **id != except)
-            .map(|(_, (_, outbox))| outbox.clone())
-            .collect();
-        (outboxes, Some(Arc::clone(&room.stats)))
-    }
-
     /// Every room ever joined, by name.
     pub fn report(&self) -> std::collections::BTreeMap<String, RoomReport> {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.lock();
         rooms
             .iter()
             .map(|(name, room)| {
@@ -141,6 +177,11 @@ enum Command {
         id: Value,
     },
     Ping,
+    /// What was missed after the cursor `after` (`""` or none: everything kept).
+    Sync {
+        #[serde(default)]
+        after: Value,
+    },
 }
 
 struct Connection {
@@ -149,6 +190,10 @@ struct Connection {
     outbox: Outbox,
     user: Option<Arc<str>>,
     rooms: Vec<String>,
+    /// The last cursor of each room (in `rooms`' order) when this connection joined it.
+    joined_at: Vec<u64>,
+    /// The `sync_drop_live` fault: live deliveries to this client are dropped until then.
+    drop_live_until: Option<Instant>,
 }
 
 /// A TCP (or TLS) connection whose frames carry a 4-byte big-endian length prefix, as
@@ -200,6 +245,8 @@ where
         outbox,
         user: None,
         rooms: Vec::new(),
+        joined_at: Vec::new(),
+        drop_live_until: None,
     };
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
     let idle_timeout = state.options.idle_timeout;
@@ -238,7 +285,13 @@ where
                     Message::Close(_) => break,
                 }
             }
-            Some(out) = inbox.recv() => queue.push_back(out),
+            Some(out) = inbox.recv() => {
+                if out.kind == "deliver" && conn.drop_live_until.is_some_and(|until| Instant::now() < until) {
+                    metrics.sync_dropped.inc();
+                } else {
+                    queue.push_back(out);
+                }
+            }
             _ = sleep_until(next_release.unwrap_or_else(Instant::now)), if next_release.is_some() => {
                 // Re-check: a stall may have begun since the deadline was computed.
                 let Some(front) = queue.front() else { continue };
@@ -318,15 +371,15 @@ impl Connection {
                 let Some(user) = self.user.clone() else {
                     return self.error("not logged in");
                 };
-                let members = self
-                    .state
-                    .rooms
-                    .join(&room, self.id, user, self.outbox.clone());
-                self.reply(
-                    serde_json::json!({"type": "joined", "room": room, "members": members}),
-                    "joined",
+                let cursor = self.state.rooms.join(
+                    &room,
+                    self.id,
+                    user,
+                    self.outbox.clone(),
+                    self.state.options.history.is_some(),
                 );
                 self.rooms.push(room);
+                self.joined_at.push(cursor);
             }
             Command::Msg { room, id } => {
                 let Some(user) = self.user.clone() else {
@@ -340,6 +393,7 @@ impl Connection {
                 self.reply(serde_json::json!({"type": "ack", "id": id}), "ack");
                 self.broadcast(&room, &user, &text);
             }
+            Command::Sync { after } => self.sync(&after),
             Command::Ping => {
                 let mut pong: Map<String, Value> = serde_json::from_str(&text).unwrap_or_default();
                 pong.insert("type".into(), "pong".into());
@@ -348,21 +402,78 @@ impl Connection {
         }
     }
 
-    /// Sends the message to every other member, as `deliver` with the sender in `from`.
-    fn broadcast(&self, room: &str, user: &str, text: &str) {
+    /// Sends the client what it missed after the cursor `after` in its rooms, as the sync
+    /// faults have it, then `synced` with the count.
+    fn sync(&mut self, after: &Value) {
+        let state = Arc::clone(&self.state);
+        let Some(user) = self.user.clone() else {
+            return self.error("not logged in");
+        };
+        let Some(limits) = state.options.history else {
+            return self.error("no history is kept (the target runs without --history)");
+        };
+        let Ok(after) = store::parse_cursor(after) else {
+            return self.error("sync needs a cursor number in `after`");
+        };
+        let faults = state.faults.get();
+        let rooms: Vec<(String, u64)> = (self.rooms.iter().cloned())
+            .zip(self.joined_at.iter().copied())
+            .collect();
+        let missed = state.rooms.missed(&rooms, after, &user, limits);
+        let sync = store::Sync::of(missed, faults.sync_truncate, faults.sync_twice);
+        let metrics = &state.metrics;
+        metrics.sync_requests.inc();
+        metrics.synced.inc_by(sync.frames.len() as u64);
+        metrics.sync_truncated.inc_by(sync.truncated);
+        metrics.sync_duplicated.inc_by(sync.duplicated);
+        let count = sync.frames.len();
+        for frame in sync.frames {
+            self.queue(&self.outbox, Message::Text(frame), Instant::now(), "sync");
+        }
+        self.reply(
+            serde_json::json!({"type": "synced", "count": count}),
+            "synced",
+        );
+        if !faults.sync_drop_live.is_zero() {
+            self.drop_live_until = Some(crate::clock::later(Instant::now(), faults.sync_drop_live));
+        }
+    }
+
+    /// Sends the message to every other member, as `deliver` with the sender in `from` (and
+    /// its `cursor`, kept in the room's history, with `--history`). Under the rooms' lock,
+    /// so each member gets a room's messages in cursor order.
+    fn broadcast(&self, room: &str, user: &Arc<str>, text: &str) {
         let Ok(mut frame) = serde_json::from_str::<Map<String, Value>>(text) else {
             return;
         };
         frame.insert("type".into(), "deliver".into());
-        frame.insert("from".into(), user.into());
-        let text = Utf8Bytes::from(Value::Object(frame).to_string());
+        frame.insert("from".into(), (**user).into());
         let metrics = &self.state.metrics;
-        let (outboxes, stats) = self.state.rooms.others(room, self.id);
-        let count = |counter: fn(&RoomCounters) -> &AtomicU64| {
-            if let Some(stats) = &stats {
-                counter(stats).fetch_add(1, Ordering::Relaxed);
-            }
+        let mut rooms = self.state.rooms.lock();
+        let Some(room_state) = rooms.get_mut(room) else {
+            return;
         };
+        let stats = Arc::clone(&room_state.stats);
+        stats.messages.fetch_add(1, Ordering::Relaxed);
+        let text = match self.state.options.history {
+            Some(limits) => {
+                let cursor = self.state.rooms.cursor.fetch_add(1, Ordering::Relaxed) + 1;
+                frame.insert("cursor".into(), cursor.into());
+                let text = Utf8Bytes::from(Value::Object(frame).to_string());
+                let evicted = room_state
+                    .log
+                    .push(cursor, Arc::clone(user), text.clone(), limits);
+                metrics.history_evicted.inc_by(evicted);
+                text
+            }
+            None => Utf8Bytes::from(Value::Object(frame).to_string()),
+        };
+        let count = |counter: fn(&RoomCounters) -> &AtomicU64| {
+            counter(&stats).fetch_add(1, Ordering::Relaxed);
+        };
+        let outboxes = (room_state.members.iter())
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, (_, outbox))| outbox);
         for outbox in outboxes {
             let connections = self.state.metrics.connections.get();
             let (copies, at) = self.state.faults.delivery(connections, room);
@@ -380,7 +491,7 @@ impl Connection {
             for _ in 0..copies {
                 metrics.deliveries.inc();
                 count(|s| &s.deliveries);
-                self.queue(&outbox, Message::Text(text.clone()), at, "deliver");
+                self.queue(outbox, Message::Text(text.clone()), at, "deliver");
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod faults;
 mod im;
+pub mod store;
 mod tls;
 
 pub use tls::{mutual_server_config, server_config};
@@ -45,6 +46,9 @@ pub struct TargetOptions {
     /// If set, a client heard from (any frame, pings included) less recently than this is
     /// closed (1001, "idle timeout"), as servers do with clients that vanished.
     pub idle_timeout: Option<std::time::Duration>,
+    /// If set, rooms keep their history by cursor and a client may sync what it missed
+    /// (`--history`).
+    pub history: Option<store::HistoryLimits>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -63,6 +67,12 @@ pub struct TargetMetrics {
     pub duplicated: IntCounter,
     pub errors: IntCounterVec,
     pub idle_timeouts: IntCounter,
+    pub sync_requests: IntCounter,
+    pub synced: IntCounter,
+    pub sync_truncated: IntCounter,
+    pub sync_duplicated: IntCounter,
+    pub sync_dropped: IntCounter,
+    pub history_evicted: IntCounter,
 }
 
 impl TargetMetrics {
@@ -125,6 +135,8 @@ impl TargetMetrics {
                     "login_error",
                     "joined",
                     "error",
+                    "sync",
+                    "synced",
                 ],
             ),
             logins: counter_vec(
@@ -157,6 +169,30 @@ impl TargetMetrics {
             idle_timeouts: counter(
                 "wsfleet_target_idle_timeouts_total",
                 "Connections closed because the client was silent for --idle-timeout.",
+            ),
+            sync_requests: counter(
+                "wsfleet_target_sync_requests_total",
+                "Sync requests of returning clients (--history).",
+            ),
+            synced: counter(
+                "wsfleet_target_synced_total",
+                "Messages sent by syncs (copies of the sync_twice fault included).",
+            ),
+            sync_truncated: counter(
+                "wsfleet_target_sync_truncated_total",
+                "Messages of a backlog the sync_truncate fault never sent.",
+            ),
+            sync_duplicated: counter(
+                "wsfleet_target_sync_duplicated_total",
+                "Extra copies of backlog messages sent by the sync_twice fault.",
+            ),
+            sync_dropped: counter(
+                "wsfleet_target_sync_dropped_total",
+                "Live deliveries the sync_drop_live fault dropped during a client's sync.",
+            ),
+            history_evicted: counter(
+                "wsfleet_target_history_evicted_total",
+                "Messages pushed out of a room's history by its count or age limit.",
             ),
             registry,
         }

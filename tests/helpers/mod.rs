@@ -232,16 +232,22 @@ pub async fn get_text(url: &str) -> String {
 }
 
 pub async fn scrape(addr: SocketAddr) -> Scrape {
-    let text = get_text(&format!("http://{addr}/metrics")).await;
-    Scrape(
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                Some((series.to_string(), value.parse().ok()?))
-            })
-            .collect(),
-    )
+    Scrape::parse(&get_text(&format!("http://{addr}/metrics")).await)
+}
+
+impl Scrape {
+    /// The series of a Prometheus text exposition.
+    pub fn parse(text: &str) -> Scrape {
+        Scrape(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_string(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Polls `condition` every 50 ms until it holds; panics after `seconds`.

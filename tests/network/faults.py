@@ -156,7 +156,7 @@ def main():
         nft_clear()
         out["lossy_rtt_p99_ms"] = rtt_p99_ms(clean, lossy)
         out["lossy_disconnects"] = total(lossy, "wsfleet_disconnects_total") - total(clean, "wsfleet_disconnects_total")
-        out["lossy_lost"] = lossy.get("wsfleet_messages_lost_total", 0)
+        out["lossy_lost"] = total(lossy, "wsfleet_messages_lost_total")
 
         # A blackhole: every packet dropped. Heartbeats find it within interval + timeout.
         before = metrics()
