@@ -530,9 +530,10 @@ impl User {
         if std::mem::take(&mut self.admitted) && !self.cancel.is_cancelled() {
             return true;
         }
-        // A user away with its books kept comes back even to a drain, for what it missed.
+        // A user away with its books kept comes back even to a drain (paused or not), for
+        // what it missed: the verdict waits for it.
         let returning = self.ctx.holds_books(self.id);
-        let may = move |d: &Desired| d.may_connect() || (returning && d.draining && !d.paused);
+        let may = move |d: &Desired| d.may_connect() || (returning && d.draining);
         loop {
             let allowed = tokio::select! {
                 _ = self.cancel.cancelled() => return false,

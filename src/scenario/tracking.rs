@@ -326,7 +326,7 @@ impl Tracker {
                 .into_iter()
                 .flatten()
                 .fold(window, u64::min);
-            track.gaps.clear();
+            let gaps: Vec<u64> = track.gaps.drain(..).map(|(seq, _)| seq).collect();
             if sent < from {
                 continue;
             }
@@ -335,15 +335,14 @@ impl Tracker {
                 from = sent + 1 - MAX_BACKLOG;
             }
             let mut backlog = Backlog::new(from, sent);
+            // Up to the highest sequence, only the open gaps (and what an earlier backlog
+            // still awaits) are awaited: the rest arrived, or was counted lost already.
             for seq in from..=track.highest {
-                let behind = track.highest - seq;
-                let seen_live = behind < WINDOW && track.seen & (1u128 << behind) != 0;
-                // An earlier backlog's bits are the truth for its range (what it gave up on
-                // was counted lost then).
-                let seen_earlier = earlier
-                    .as_ref()
-                    .is_some_and(|e| e.has(seq) || e.given_up && e.contains(seq));
-                if seen_live || seen_earlier {
+                let settled = match &earlier {
+                    Some(e) if e.contains(seq) => e.has(seq) || e.given_up,
+                    _ => gaps.binary_search(&seq).is_err(),
+                };
+                if settled {
                     backlog.mark(seq);
                 }
             }
@@ -903,5 +902,34 @@ mod tests {
         assert_eq!(t.observe("a", 2, back), Delivery::SyncDuplicate);
         t.finish();
         assert_eq!(t.take_lost(), Losses::default());
+    }
+
+    #[test]
+    fn a_gap_already_counted_lost_before_going_away_is_not_awaited_again() {
+        let start = Instant::now();
+        let slot = Slot::at(0, ISSUED);
+        let mut t = Tracker::new(GRACE);
+        t.expect_from("a", Arc::clone(&slot), Lane::ALL);
+        for seq in 1..=5 {
+            slot.mark_sent(seq);
+        }
+        for seq in [1, 2, 4, 5] {
+            t.observe("a", seq, start);
+        }
+        t.expire(start + GRACE);
+        assert_eq!(t.take_lost().live, 1, "3 was lost live");
+        for seq in 6..=7 {
+            slot.mark_sent(seq);
+        }
+        t.back(start + 2 * GRACE);
+        assert_eq!(t.observe("a", 6, start), Delivery::Offline);
+        assert_eq!(t.observe("a", 7, start), Delivery::Offline);
+        assert_eq!(
+            t.take_caught_up(),
+            Some(Duration::ZERO),
+            "3 is not awaited again"
+        );
+        t.finish();
+        assert_eq!(t.take_lost(), Losses::default(), "counted once");
     }
 }
