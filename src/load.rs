@@ -636,4 +636,43 @@ mod tests {
         assert!(with(|l| l.room_size = 3));
         assert!(!with(|l| l.connect_rate = 5.0));
     }
+
+    /// A storm's share is drawn per user from its number and the user's id: about `share`
+    /// of the users, other ones in the next storm, each away for less than the window.
+    #[test]
+    fn a_storm_chooses_about_its_share_and_keeps_within_its_window() {
+        let storm = |epoch| Disruption {
+            epoch,
+            share: 0.3,
+            back_within: Duration::from_secs(3),
+        };
+        let chosen: Vec<u32> = (0..10_000).filter(|&u| storm(1).chooses(u)).collect();
+        assert!((2_800..=3_200).contains(&chosen.len()), "{}", chosen.len());
+        let again = chosen.iter().filter(|&&u| storm(2).chooses(u)).count();
+        assert!(
+            (700..=1_100).contains(&again),
+            "the next storm draws afresh: {again}"
+        );
+        assert!(
+            chosen
+                .iter()
+                .all(|&u| storm(1).away_for(u) < Duration::from_secs(3))
+        );
+        let mean = chosen
+            .iter()
+            .map(|&u| storm(1).away_for(u).as_secs_f64())
+            .sum::<f64>()
+            / chosen.len() as f64;
+        assert!(
+            (1.3..=1.7).contains(&mean),
+            "uniform over the window: {mean}"
+        );
+        assert!(
+            !Disruption {
+                share: 0.0,
+                ..storm(1)
+            }
+            .chooses(7)
+        );
+    }
 }

@@ -210,6 +210,14 @@ impl Part {
                 z.wire_bytes_received
             );
         }
+        let o = &c.offline;
+        if o.deliveries + o.lost + o.duplicated + o.catchups > 0 {
+            let _ = writeln!(
+                out,
+                "offline      {} returns caught up  {} offline deliveries  lost {}  duplicated {} on the sync path",
+                o.catchups, o.deliveries, o.lost, o.duplicated
+            );
+        }
         let _ = writeln!(
             out,
             "latency (ms)        count      p50      p90      p99     p999      max"

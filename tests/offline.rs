@@ -47,7 +47,9 @@ fn config(target: &Target, offline: &str) -> wsfleet::config::Config {
 /// Runs until `returns` users came back and synced something, drains, and gives the
 /// fleet's counts after the drain (the books settled) and the target's.
 async fn cycle(target: &Target, offline: &str, returns: f64) -> (MessageCounts, Scrape, Scrape) {
-    let daemon = start_daemon_with(config(target, offline)).await;
+    let config = config(target, offline);
+    let sla = config.sla.clone();
+    let daemon = start_daemon_with(config).await;
     let api = daemon.addr();
     wait_for("users back from offline, synced", 60, || async {
         let m = scrape(api).await;
@@ -61,6 +63,18 @@ async fn cycle(target: &Target, offline: &str, returns: f64) -> (MessageCounts, 
     let drain = finished.drain.expect("the fleet drained");
     assert!(drain.settled, "the books settled: {drain:?}");
     let text = metrics.encode();
+    let summary =
+        wsfleet::summary::Summary::collect(&metrics, 20, &sla, finished.run_time, drain.active)
+            .render();
+    let offline = metrics.message_counts().offline;
+    let told = format!(
+        "{} returns caught up  {} offline deliveries",
+        offline.catchups, offline.deliveries
+    );
+    assert!(
+        summary.contains(&told),
+        "the summary tells the sync path: {summary}"
+    );
     (
         metrics.message_counts(),
         Scrape::parse(&text),

@@ -502,6 +502,16 @@ mod tests {
             .offline
             .expect("offline");
         assert_eq!(offline.how, crate::session::settings::Away::Vanish);
+        assert!(
+            offline.expect_sync,
+            "books are kept across the gap by default"
+        );
+        let plain =
+            Config::parse("offline: {every: 1m, for: 1s, expect_sync: false}").expect("valid");
+        assert!(!plain.session().offline.expect("offline").expect_sync);
+        assert!(
+            field_of("offline: {every: 1m, for: 1s, expect_sync: maybe}").contains("expect_sync")
+        );
         let sse = "target: sse+http://127.0.0.1:9/events\nheartbeat: {interval: 0s}\n";
         assert!(field_of(sse).contains("give the scenario a `publish`"));
         assert!(

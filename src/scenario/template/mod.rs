@@ -464,14 +464,14 @@ mod tests {
     fn renders_every_variable() {
         let custom: Names = ["token"].into_iter().collect();
         let t = Template::compile(
-            r#"{"u":"{{user_id}}","i":{{user}},"r":"{{ room }}","s":{{seq}},"id":"{{msg_id}}","ts":{{ts}},"p":"{{payload}}","k":"{{token}}","t":"{{target}}"}"#,
+            r#"{"u":"{{user_id}}","i":{{user}},"r":"{{ room }}","s":{{seq}},"id":"{{msg_id}}","ts":{{ts}},"p":"{{payload}}","k":"{{token}}","t":"{{target}}","c":"{{last_seen.cursor}}"}"#,
             &custom,
         )
         .expect("compiles");
         let values_custom = vec!["secret".to_string()];
         assert_eq!(
             t.render(&values(&values_custom)),
-            r#"{"u":"u7","i":7,"r":"room-0","s":42,"id":"u7-42","ts":1234,"p":"xxx","k":"secret","t":"ws://t/ws"}"#
+            r#"{"u":"u7","i":7,"r":"room-0","s":42,"id":"u7-42","ts":1234,"p":"xxx","k":"secret","t":"ws://t/ws","c":"c9"}"#
         );
         assert!(t.uses_message_vars());
     }
