@@ -413,14 +413,13 @@ impl User {
 
     /// Keeps this user connected until its token is cancelled or the fleet drains; then
     /// its slot says no task runs it any more (the supervisor said one did when it spawned it).
-    pub async fn run(self) {
-        let (slot, ctx, id) = (Arc::clone(&self.slot), Arc::clone(&self.ctx), self.id);
+    pub async fn run(mut self) {
         self.hold().await;
-        ctx.give_up_books(id);
-        slot.set_running(false);
+        self.ctx.give_up_books(self.id);
+        self.slot.set_running(false);
     }
 
-    async fn hold(mut self) {
+    async fn hold(&mut self) {
         let mut failures: u32 = 0;
         let mut retry_after = None;
         while self.admit().await {
@@ -446,7 +445,7 @@ impl User {
                     failures = 0;
                     ctx.meter().users_active().inc();
                     self.slot.set_connected(true);
-                    let (ended, held) = Box::pin(talk::run(&mut self, socket, identity)).await;
+                    let (ended, held) = Box::pin(talk::run(self, socket, identity)).await;
                     self.slot.set_connected(false);
                     ctx.meter().users_active().dec();
                     ctx.meter().disconnect(ended.reason).inc();

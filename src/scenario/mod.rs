@@ -162,8 +162,11 @@ pub struct Identity {
     more_rooms: Vec<String>,
     pub custom: Vec<String>,
     /// The cursor of the last delivery received (`{{last_seen.cursor}}`), carried from one
-    /// connection to the next; empty before one (and when the delivery rule reads none).
-    pub last_seen: String,
+    /// connection to the next; none before one (and when the delivery rule reads none). Boxed:
+    /// one pointer in every connection, most of which never read a cursor (a `String` would
+    /// be three).
+    #[allow(clippy::box_collection)]
+    pub last_seen: Option<Box<String>>,
 }
 
 impl Identity {
@@ -176,7 +179,7 @@ impl Identity {
             room: rooms.next().unwrap_or_default(),
             more_rooms: rooms.collect(),
             custom,
-            last_seen: String::new(),
+            last_seen: None,
         }
     }
 
@@ -211,7 +214,7 @@ impl Identity {
             room: &self.room,
             target,
             custom: &self.custom,
-            last_seen: &self.last_seen,
+            last_seen: self.last_seen.as_deref().map_or("", String::as_str),
             seq,
             ts,
             payload_size,

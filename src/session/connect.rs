@@ -36,7 +36,9 @@ pub async fn open(
     let mut identity = ctx
         .scenario
         .identity(ctx.global_id(local, topology), topology);
-    identity.last_seen = ctx.last_seen(local);
+    identity.last_seen = Some(ctx.last_seen(local))
+        .filter(|c| !c.is_empty())
+        .map(Box::new);
     let url = match &ctx.scenario.url {
         Some(template) => Url::parse(&template.render(&identity.values(
             ctx.target.as_str(),

@@ -701,8 +701,9 @@ impl Conversation {
                 cursor,
             } => {
                 if let Some(cursor) = cursor {
-                    self.identity.last_seen.clear();
-                    self.identity.last_seen.push_str(&cursor);
+                    let last = self.identity.last_seen.get_or_insert_default();
+                    last.clear();
+                    last.push_str(&cursor);
                 }
                 self.on_delivery(&sender, seq, ts)
             }
@@ -813,7 +814,11 @@ impl Conversation {
                 Tracker::new(self.ctx.settings.loss_grace),
             )
         });
-        let cursor = std::mem::take(&mut self.identity.last_seen);
+        let cursor = self
+            .identity
+            .last_seen
+            .take()
+            .map_or_else(String::new, |c| *c);
         self.ctx.keep(self.local, Kept { books, cursor });
         let metrics = self.ctx.meter();
         // Unacknowledged: what is pending, and what was still waiting to be sent again.
