@@ -73,7 +73,7 @@ pub async fn open(
 
     let login_started = Instant::now();
     if let Err(failure) = login(ctx, &mut socket, &identity).await {
-        close(&mut socket).await;
+        close(&mut socket, |_| {}).await;
         return Err(failure);
     }
     if !ctx.scenario.login.is_empty() {

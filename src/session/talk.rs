@@ -82,9 +82,14 @@ where
             break talk.while_silent(ended);
         }
     };
-    // A silent user the server timed out has no connection left to close.
+    // A silent user the server timed out has no connection left to close. What arrives
+    // before the server answers the close is read as usual (a delivery still on its way
+    // counts, a sync's second copy too): the books close after it.
     if ended.is_planned() && ended.away.is_none() && !vanishes(user, &ended) {
-        close(socket).await;
+        close(socket, |frame| {
+            let _ = talk.on_frame(frame);
+        })
+        .await;
     }
     ended
 }

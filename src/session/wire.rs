@@ -325,10 +325,12 @@ pub fn describe_close(frame: Option<&CloseFrame>) -> String {
     }
 }
 
-/// Sends a close frame and waits (bounded) for the server to answer it.
-pub async fn close<S>(socket: &mut S)
+/// Sends a close frame and waits (bounded) for the server to answer it, handing `read`
+/// every frame the server sent before its answer: what was already on its way was
+/// delivered, and counts.
+pub async fn close<S, E>(socket: &mut S, mut read: impl FnMut(&Message))
 where
-    S: Sink<Message> + futures_util::Stream + Unpin,
+    S: Sink<Message> + futures_util::Stream<Item = Result<Message, E>> + Unpin,
 {
     let frame = CloseFrame {
         code: CloseCode::Normal,
@@ -336,7 +338,9 @@ where
     };
     let _ = timeout(CLOSE_TIMEOUT, async {
         if socket.send(Message::Close(Some(frame))).await.is_ok() {
-            while socket.next().await.is_some() {}
+            while let Some(Ok(frame)) = socket.next().await {
+                read(&frame);
+            }
         }
     })
     .await;

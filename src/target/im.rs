@@ -26,6 +26,10 @@ use super::Shared;
 use super::store::{self, RoomLog};
 
 /// A frame waiting to go out, and the earliest time it may.
+/// The kinds of a sync's frames: the backlog, and the `sync_twice` fault's copies of it.
+pub const SYNC: &str = "sync";
+pub const SYNC_AGAIN: &str = "sync_again";
+
 struct Outgoing {
     message: Message,
     at: Instant,
@@ -300,7 +304,7 @@ where
                 if socket.send(out.message).await.is_err() {
                     break;
                 }
-                metrics.frames_sent.inc(out.kind);
+                metrics.sent(out.kind);
             }
         }
     }
@@ -423,12 +427,12 @@ impl Connection {
         let sync = store::Sync::of(missed, faults.sync_truncate, faults.sync_twice);
         let metrics = &state.metrics;
         metrics.sync_requests.inc();
-        metrics.synced.inc_by(sync.frames.len() as u64);
         metrics.sync_truncated.inc_by(sync.truncated);
-        metrics.sync_duplicated.inc_by(sync.duplicated);
         let count = sync.frames.len();
-        for frame in sync.frames {
-            self.queue(&self.outbox, Message::Text(frame), Instant::now(), "sync");
+        let first = count - sync.duplicated as usize;
+        for (i, frame) in sync.frames.into_iter().enumerate() {
+            let kind = if i < first { SYNC } else { SYNC_AGAIN };
+            self.queue(&self.outbox, Message::Text(frame), Instant::now(), kind);
         }
         self.reply(
             serde_json::json!({"type": "synced", "count": count}),

@@ -135,7 +135,8 @@ impl TargetMetrics {
                     "login_error",
                     "joined",
                     "error",
-                    "sync",
+                    im::SYNC,
+                    im::SYNC_AGAIN,
                     "synced",
                 ],
             ),
@@ -176,7 +177,7 @@ impl TargetMetrics {
             ),
             synced: counter(
                 "wsfleet_target_synced_total",
-                "Messages sent by syncs (copies of the sync_twice fault included).",
+                "Messages of syncs written to clients (copies of the sync_twice fault included).",
             ),
             sync_truncated: counter(
                 "wsfleet_target_sync_truncated_total",
@@ -184,7 +185,7 @@ impl TargetMetrics {
             ),
             sync_duplicated: counter(
                 "wsfleet_target_sync_duplicated_total",
-                "Extra copies of backlog messages sent by the sync_twice fault.",
+                "Extra copies of backlog messages the sync_twice fault wrote to clients.",
             ),
             sync_dropped: counter(
                 "wsfleet_target_sync_dropped_total",
@@ -195,6 +196,18 @@ impl TargetMetrics {
                 "Messages pushed out of a room's history by its count or age limit.",
             ),
             registry,
+        }
+    }
+
+    /// A frame of `kind` written to a client; a sync's are counted here, as written, so a
+    /// backlog cut short by the client leaving counts only what it was sent.
+    pub fn sent(&self, kind: &'static str) {
+        self.frames_sent.inc(kind);
+        if kind == im::SYNC || kind == im::SYNC_AGAIN {
+            self.synced.inc();
+        }
+        if kind == im::SYNC_AGAIN {
+            self.sync_duplicated.inc();
         }
     }
 
