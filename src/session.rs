@@ -15,7 +15,9 @@ mod backoff;
 mod connect;
 mod conversation;
 pub mod deflate;
+pub mod network;
 pub mod settings;
+mod shaper;
 mod sse;
 mod talk;
 pub mod tls;
@@ -81,6 +83,9 @@ pub struct Context {
     /// whose deliveries carry one). Made only for such groups, kept here so other users carry
     /// nothing for it.
     kept: Option<std::sync::Mutex<std::collections::HashMap<u32, Kept>>>,
+    /// Where handed over users left from, until they connect again from another of the
+    /// `source_addresses` (made only for a shaped link with handovers and several addresses).
+    left_from: Option<std::sync::Mutex<std::collections::HashMap<u32, std::net::IpAddr>>>,
 }
 
 /// What one user carries between connections ([`Context::keep`]).
@@ -203,6 +208,9 @@ impl Context {
             sockets: Arc::clone(&shared.sockets),
             resumes: is_sse(&target).then(Default::default),
             kept: kept.then(Default::default),
+            left_from: (settings.network.is_some_and(|n| n.handover.is_some())
+                && settings.source_addresses.len() > 1)
+                .then(Default::default),
             target,
             settings,
         }
@@ -317,6 +325,27 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         resumes.get(&local)?.retry()
+    }
+
+    /// User `local` was handed over from `left`: its next connection comes from another.
+    pub fn source_after(&self, local: u32, left: std::net::IpAddr) {
+        if let Some(map) = &self.left_from {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(local, left);
+        }
+    }
+
+    /// The source address of user `local`'s next connection: after a handover the one
+    /// following the address it left from, else the next in turn.
+    pub fn source_for(&self, local: u32) -> Option<std::net::IpAddr> {
+        let addresses = &self.settings.source_addresses;
+        let left = (self.left_from.as_ref())
+            .and_then(|map| map.lock().unwrap_or_else(|e| e.into_inner()).remove(&local));
+        match left.and_then(|left| addresses.iter().position(|a| *a == left)) {
+            Some(at) => Some(addresses[(at + 1) % addresses.len()]),
+            None => self.source_address(),
+        }
     }
 
     /// The next source address, round-robin.
@@ -462,7 +491,12 @@ impl User {
                         DisconnectReason::ClientClose => return,
                         // Planned: reconnect at once (through the pacer), no backoff.
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
-                        DisconnectReason::Offline => {
+                        DisconnectReason::Offline | DisconnectReason::Handover => {
+                            if ended.reason == DisconnectReason::Handover
+                                && let Some(left) = held.as_ref().and_then(|s| s.local_ip())
+                            {
+                                ctx.source_after(self.id, left);
+                            }
                             // Boxed: a held socket and a timer in the task itself would make
                             // every user's task bigger, away or not.
                             if Box::pin(self.away(held, ended.away)).await {

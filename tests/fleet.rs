@@ -231,24 +231,6 @@ async fn a_saturated_generator_adds_no_users_and_says_why() {
     daemon.shutdown().await.unwrap();
 }
 
-/// Established TCP connections to `port` on 127.0.0.1, by the peer's IPv4 address, from the
-/// kernel's table (what the target really sees).
-fn peers_of(port: u16) -> std::collections::BTreeMap<String, usize> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let mut peers = std::collections::BTreeMap::new();
-    for line in table.lines().skip(1) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, remote, state) = (fields[1], fields[2], fields[3]);
-        if state != "01" || local != format!("0100007F:{port:04X}") {
-            continue;
-        }
-        let ip = u32::from_str_radix(&remote[..8], 16).unwrap().to_le_bytes();
-        let ip = std::net::Ipv4Addr::from(ip).to_string();
-        *peers.entry(ip).or_default() += 1;
-    }
-    peers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_source_addresses() {
     let target = Target::start().await;

@@ -24,6 +24,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "resend_unacked",
     "compression",
     "offline",
+    "network",
     "ack_timeout",
     "loss_grace",
     "connect_timeout",

@@ -87,6 +87,10 @@ pub struct Config {
     /// reported as `offline`, not as failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<Offline>,
+    /// The link the users sit behind: `{latency, jitter, down, up, stall, handover}` or a
+    /// preset (`3g`, `lte`, ...); see README "Weak networks". None: loopback as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::session::network::Network>,
     /// Open arrivals: `{rate, stay}` — users arrive at `rate` per second and stay a time
     /// drawn from `stay`; `users` caps how many are there at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +338,7 @@ impl Config {
             resend_unacked: self.resend_unacked,
             source_addresses: self.source_addresses.clone(),
             offline: self.offline,
+            network: self.network,
             compression: self.compression.as_ref().map(|c| *c.deflate()),
         }
     }

@@ -30,10 +30,14 @@ pub enum Latency {
     OfflineDelivery,
     /// A returning receiver's time to its last missed message.
     Catchup,
+    /// A chunk's time in a shaped user's link (`network:`), either way.
+    NetworkDelay,
+    /// The part of it spent waiting for the link's bandwidth.
+    NetworkThrottle,
 }
 
 impl Latency {
-    pub const ALL: [Latency; 7] = [
+    pub const ALL: [Latency; 9] = [
         Latency::Rtt,
         Latency::Delivery,
         Latency::Connect,
@@ -41,6 +45,8 @@ impl Latency {
         Latency::SendLag,
         Latency::OfflineDelivery,
         Latency::Catchup,
+        Latency::NetworkDelay,
+        Latency::NetworkThrottle,
     ];
 }
 

@@ -63,12 +63,14 @@ label_enum! {
         Churn => "churn",
         RoomChange => "room_change",
         Offline => "offline",
+        Handover => "handover",
     }
 }
 
 impl DisconnectReason {
     /// Whether the fleet did not choose this end (ramp-down, shutdown, churn, room changes
-    /// and going offline are its own choices).
+    /// going offline and a
+    /// shaped link's handovers are its own choices).
     pub fn is_failure(self) -> bool {
         !matches!(
             self,
@@ -76,7 +78,14 @@ impl DisconnectReason {
                 | DisconnectReason::Churn
                 | DisconnectReason::RoomChange
                 | DisconnectReason::Offline
+                | DisconnectReason::Handover
         )
+    }
+
+    /// Whether the user is away for a while and then back, its books kept where the server
+    /// syncs: gone offline, or handed over to another network.
+    pub fn is_away(self) -> bool {
+        matches!(self, DisconnectReason::Offline | DisconnectReason::Handover)
     }
 }
 
@@ -147,6 +156,7 @@ per_message_counters! {
     DeflateBytesReceived => deflate_bytes_received,
     DeflateWireBytesReceived => deflate_wire_bytes_received,
     PublishRefused => publish_refused,
+    NetworkStalls => network_stalls,
 }
 
 /// The fleet's measurements. The series people read per group of users are [`PerGroup`]s
@@ -185,6 +195,11 @@ pub struct Metrics {
     pub deflate_bytes_received: PerGroup<IntCounter>,
     pub deflate_wire_bytes_received: PerGroup<IntCounter>,
     pub publish_refused: PerGroup<IntCounter>,
+    /// Shaped users' links (`network:`): a chunk's time in the link, the part the bandwidth
+    /// took, and the stalls (handovers are disconnects with reason `handover`).
+    pub network_delay: PerGroup<Histogram>,
+    pub network_throttle: PerGroup<Histogram>,
+    pub network_stalls: PerGroup<IntCounter>,
     pub replies: PerGroup<IntCounter>,
     pub resent: PerGroup<IntCounter>,
     pub generator_saturations: IntCounter,
@@ -286,6 +301,19 @@ impl Metrics {
                 "wsfleet_offline_catchup_seconds",
                 "Time from a receiver's return (its login done) to the last message it had missed while away.",
             ),
+            network_delay: reg.grouped_histogram(
+                "wsfleet_network_delay_seconds",
+                "Time a chunk of bytes spent in a shaped user's link (network:), either way: latency, jitter, bandwidth and stalls.",
+            ),
+            network_throttle: reg.grouped_histogram(
+                "wsfleet_network_throttle_seconds",
+                "The part of a chunk's time in a shaped link spent waiting for the link's bandwidth (its own transmission included).",
+            ),
+            network_stalls: reg.grouped_counter(
+                "wsfleet_network_stalls_total",
+                "Stalls of shaped users' links (network: {stall}): nothing moved either way for a while.",
+            ),
+
             users_target: reg.grouped_gauge(
                 "wsfleet_users_target",
                 "Users this instance should hold (its shard's share of the fleet).",
@@ -600,6 +628,8 @@ impl Metrics {
             Latency::SendLag => &self.send_lag,
             Latency::OfflineDelivery => &self.offline_delivery_latency,
             Latency::Catchup => &self.offline_catchup,
+            Latency::NetworkDelay => &self.network_delay,
+            Latency::NetworkThrottle => &self.network_throttle,
         }
     }
 
@@ -608,9 +638,12 @@ impl Metrics {
             Latency::Rtt => Some(&self.rtt_window),
             Latency::Delivery => Some(&self.delivery_window),
             Latency::Connect => Some(&self.connect_window),
-            Latency::Heartbeat | Latency::SendLag | Latency::OfflineDelivery | Latency::Catchup => {
-                None
-            }
+            Latency::Heartbeat
+            | Latency::SendLag
+            | Latency::OfflineDelivery
+            | Latency::Catchup
+            | Latency::NetworkDelay
+            | Latency::NetworkThrottle => None,
         }
     }
 

@@ -16,7 +16,7 @@ use super::Context;
 use super::deflate::Deflated;
 use super::sse::{Dial, PublishRequest, Sse};
 use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_failure};
-use super::{is_sse, is_websocket, upgrade};
+use super::{is_sse, is_websocket, shaper, upgrade};
 use crate::clock;
 use crate::failures::truncate;
 use crate::metrics::{ConnectResult, Count, Latency, Phase};
@@ -94,7 +94,12 @@ async fn handshake(
     let mut phase = Phases::start(ctx);
     let addr = resolve(url).await?;
     phase.done(Phase::Dns);
-    let tcp = tcp_connect(addr, ctx.source_address()).await?;
+    let tcp = tcp_connect(addr, ctx.source_for(local)).await?;
+    if let Some(network) = &ctx.settings.network {
+        // TCP's handshake took one round trip of the link, which a shaper above the
+        // socket cannot see.
+        tokio::time::sleep(network.latency * 2).await;
+    }
     phase.done(Phase::Tcp);
     // Small frames must leave at once; Nagle would add up to 40 ms to every RTT.
     tcp.set_nodelay(true)
@@ -102,6 +107,13 @@ async fn handshake(
     let mut stream = upgrade::secure(tcp, url, &ctx.tls).await?;
     if matches!(stream, Stream::Tls(_)) {
         phase.done(Phase::Tls);
+    }
+    if let Some(network) = ctx.settings.network {
+        let tally = shaper::Tally {
+            metrics: Arc::clone(&ctx.metrics),
+            group: ctx.group,
+        };
+        stream = Stream::Shaped(Box::new(shaper::Shaped::new(stream, network, Some(tally))));
     }
     if is_sse(url) {
         let socket = event_stream(ctx, local, url, identity, stream).await?;

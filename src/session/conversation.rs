@@ -35,7 +35,8 @@ const MAX_SENDS_PER_TICK: usize = 64;
 pub struct Ended {
     pub reason: DisconnectReason,
     pub detail: Option<String>,
-    /// A silent user's time still away when the server ended its connection.
+    /// A silent user's time still away when the server ended its connection; a handed
+    /// over user's gap.
     pub away: Option<Duration>,
 }
 
@@ -793,7 +794,7 @@ impl Conversation {
     /// `resend_unacked`, a user that will reconnect keeps what was never acked, to send again:
     /// returned, oldest first.
     ///
-    /// A user going offline to a server that syncs keeps its books open (only what is past
+    /// A user going offline (or handed over) to a server that syncs keeps its books open (only what is past
     /// its grace counts now), and every user keeps the last cursor it saw, for its next
     /// connection ([`Context::keep`]).
     pub fn finish(&mut self, drained: bool, reason: DisconnectReason) -> Vec<(u64, Instant)> {
@@ -801,7 +802,7 @@ impl Conversation {
         if drained {
             self.announce_final_sequences(now);
         }
-        let away = !drained && reason == DisconnectReason::Offline && self.ctx.keeps_books();
+        let away = !drained && reason.is_away() && self.ctx.keeps_books();
         if away {
             self.tracker.expire(now);
         } else {

@@ -665,6 +665,13 @@ fn too_long(max: usize) -> io::Error {
     ))
 }
 
+impl<S> Deflated<S> {
+    /// The stream below.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,8 @@ pub struct Settings {
     pub source_addresses: Vec<std::net::IpAddr>,
     /// Users going away on a schedule (`offline:`).
     pub offline: Option<Offline>,
+    /// The weak link the users sit behind (`network:`); None leaves sockets unwrapped.
+    pub network: Option<super::network::Network>,
     /// The permessage-deflate offer of WebSocket upgrades (`compression: deflate`).
     pub compression: Option<super::deflate::DeflateOffer>,
 }

@@ -26,20 +26,30 @@ where
 {
     let unacked = std::mem::take(&mut user.unacked);
     let mut talk = Conversation::new(user, identity, unacked);
-    let ended = drive(user, &mut talk, &mut socket).await;
+    let mut ended = drive(user, &mut talk, &mut socket).await;
+    if ended.reason == DisconnectReason::Handover {
+        ended.away = user
+            .ctx
+            .settings
+            .network
+            .and_then(|n| n.handover)
+            .map(|h| h.gap);
+    }
     user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
     let held = vanishes(user, &ended).then_some(socket);
     (ended, held)
 }
 
-/// Whether this end is going away without a word.
+/// Whether this end is going away without a word: a handover, or a user going offline
+/// by vanishing.
 fn vanishes(user: &User, ended: &Ended) -> bool {
-    ended.reason == DisconnectReason::Offline
-        && user
-            .ctx
-            .settings
-            .offline
-            .is_some_and(|o| o.how == crate::session::settings::Away::Vanish)
+    ended.reason == DisconnectReason::Handover
+        || ended.reason == DisconnectReason::Offline
+            && user
+                .ctx
+                .settings
+                .offline
+                .is_some_and(|o| o.how == crate::session::settings::Away::Vanish)
 }
 
 async fn drive<S>(user: &User, talk: &mut Conversation, socket: &mut S) -> Ended
@@ -144,6 +154,10 @@ where
 
 fn failure(err: &tungstenite::Error) -> Ended {
     let reason = match err {
+        // The user's weak link handed over: no failure of the server's.
+        tungstenite::Error::Io(io) if super::shaper::is_handover(io) => {
+            return Ended::planned(DisconnectReason::Handover);
+        }
         // A malformed frame on a raw stream (see `wire::Socket`).
         tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
             DisconnectReason::Protocol

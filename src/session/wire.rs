@@ -56,6 +56,15 @@ enum Transport {
 const STREAM_READ_BUFFER: usize = 256;
 
 impl Socket {
+    /// The local address of the connection, where there is one of this user's own.
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        match &self.0 {
+            Transport::WebSocket(ws) | Transport::Recut { ws, .. } => ws.get_ref().local_ip(),
+            Transport::Bytes { framed, .. } => framed.get_ref().local_ip(),
+            Transport::Sse(_) => None,
+        }
+    }
+
     /// A WebSocket; with `framing`, its messages carry a framed byte stream (frames of at
     /// most `max` bytes).
     pub fn websocket(ws: WebSocketStream<Stream>, framing: Option<Framing>, max: usize) -> Socket {
@@ -203,11 +212,26 @@ impl Sink<Message> for Socket {
 }
 
 /// A client connection, plain or TLS; the TLS session is boxed so plain sockets stay small,
-/// and so is the permessage-deflate layer of a WebSocket that negotiated it.
+/// and so are the permessage-deflate layer of a WebSocket that negotiated it and the weak
+/// link of a shaped user.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Deflate(Box<super::deflate::Deflated<Stream>>),
+    /// Behind a weak link (`network:`).
+    Shaped(Box<super::shaper::Shaped<Stream>>),
+}
+
+impl Stream {
+    /// The local address of the TCP connection below.
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr().ok().map(|a| a.ip()),
+            Stream::Tls(s) => s.get_ref().0.local_addr().ok().map(|a| a.ip()),
+            Stream::Deflate(s) => s.get_ref().local_ip(),
+            Stream::Shaped(s) => s.get_ref().local_ip(),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -220,6 +244,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Shaped(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -234,6 +259,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Shaped(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -242,6 +268,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Shaped(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -250,6 +277,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Shaped(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -582,3 +582,21 @@ pub fn script_json(out: &std::process::Output) -> serde_json::Value {
     eprintln!("the script saw: {seen}");
     seen
 }
+
+/// Established TCP connections to `port` on 127.0.0.1, by the peer's IPv4 address, from the
+/// kernel's table (what the target really sees).
+pub fn peers_of(port: u16) -> std::collections::BTreeMap<String, usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut peers = std::collections::BTreeMap::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state) = (fields[1], fields[2], fields[3]);
+        if state != "01" || local != format!("0100007F:{port:04X}") {
+            continue;
+        }
+        let ip = u32::from_str_radix(&remote[..8], 16).unwrap().to_le_bytes();
+        let ip = std::net::Ipv4Addr::from(ip).to_string();
+        *peers.entry(ip).or_default() += 1;
+    }
+    peers
+}
