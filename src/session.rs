@@ -15,7 +15,6 @@ mod backoff;
 mod connect;
 mod conversation;
 pub mod deflate;
-pub mod network;
 pub mod settings;
 mod shaper;
 mod sse;

@@ -90,7 +90,7 @@ pub struct Config {
     /// The link the users sit behind: `{latency, jitter, down, up, stall, handover}` or a
     /// preset (`3g`, `lte`, ...); see README "Weak networks". None: loopback as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::session::network::Network>,
+    pub network: Option<crate::session::settings::Network>,
     /// Open arrivals: `{rate, stay}` — users arrive at `rate` per second and stay a time
     /// drawn from `stay`; `users` caps how many are there at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

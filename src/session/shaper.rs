@@ -22,7 +22,7 @@ use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::network::{Bandwidth, Network};
+use super::settings::{Bandwidth, Network};
 use crate::metrics::{Count, Latency, Metrics};
 
 /// Most bytes a direction holds in flight (a link's buffer).
