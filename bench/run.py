@@ -25,7 +25,9 @@ environment: GROUPS=N splits wsfleet's idle fleet into N groups of equal shares 
   HOLD, LAST override the idle step holds and ECHO_SECONDS the echo load (seconds);
   WSFLEET_BIN measures that wsfleet binary as it is (no build: an older commit's, for a
   before/after comparison); TARGET_WSFLEET runs the reference target from another binary
-  (the same target for both sides of such a comparison).
+  (the same target for both sides of such a comparison); NETWORK puts wsfleet's users behind
+  that `network:` profile (e.g. NETWORK=3g, NETWORK='{latency: 50ms}'): what a shaped user
+  costs.
 """
 import json
 import os
@@ -58,6 +60,7 @@ STORM = 2000
 WSFLEET_THREADS = 1
 GROUPS = int(os.environ.get("GROUPS", "1"))
 ONLY = [s for s in os.environ.get("ONLY", "idle,echo,storm").split(",") if s]
+NETWORK = os.environ.get("NETWORK", "")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -198,6 +201,8 @@ def slope_kb(points):
 def wsfleet_config(tmp, tport, api, users, scenario, extra="", threads=WSFLEET_THREADS):
     path = os.path.join(tmp, "fleet.yaml")
     threads = f"threads: {threads}\n" if threads else ""
+    if NETWORK:
+        extra += f"network: {NETWORK}\n"
     with open(path, "w") as f:
         f.write(
             f"target: ws://127.0.0.1:{tport}/ws\nlisten: 127.0.0.1:{api}\nusers: {users}\n"
