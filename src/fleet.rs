@@ -69,7 +69,8 @@ pub struct Updated {
 
 enum Command {
     Update {
-        patch: LoadPatch,
+        /// Boxed: a patch with its network profile is the largest command by far.
+        patch: Box<LoadPatch>,
         origin: Origin,
         reply: oneshot::Sender<Result<Updated, LoadError>>,
     },
@@ -206,7 +207,7 @@ impl FleetHandle {
     pub async fn update(&self, patch: LoadPatch, origin: Origin) -> Result<Updated, FleetError> {
         Ok(self
             .ask(|reply| Command::Update {
-                patch,
+                patch: Box::new(patch),
                 origin,
                 reply,
             })

@@ -17,8 +17,8 @@ use crate::load::{Desired, Limits, Load, LoadError, LoadPatch};
 pub const MAX_GROUPS: usize = 16;
 /// Longest group name.
 pub const MAX_NAME: usize = 32;
-/// The group of a fleet without `groups:`.
-pub const DEFAULT_GROUP: &str = "default";
+/// The group of a fleet without `groups:` (a label value: [`crate::label`] holds it).
+pub use crate::label::DEFAULT_GROUP;
 
 /// Checks that `name` can be a metric label value and a path segment: `[a-z0-9_-]`, 1 to
 /// [`MAX_NAME`] characters.
@@ -55,10 +55,17 @@ pub struct GroupLoad {
     /// apply to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed_rooms: bool,
+    /// Its users' sockets go through the shaper (its config gave `network:`): its `network`
+    /// can change live. Without it the group's link is `none`, whatever the fleet's says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shaped: bool,
 }
 
 /// Why `room_size` cannot change a group of [`GroupLoad::fixed_rooms`].
 const FIXED_ROOMS: &str = "this group's rooms come from its scenario's `rooms` table, fixed at start; room_size does not apply";
+
+/// Why `network` cannot change a group that is not [`GroupLoad::shaped`].
+const UNSHAPED: &str = "this group's sockets are not shaped (its config has no `network:`, so they cost nothing); give it `network: none` in the config to change its link while it runs";
 
 /// The live load of every group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -79,6 +86,7 @@ impl FleetLoad {
                 overrides: LoadPatch::default(),
                 limits: None,
                 fixed_rooms: false,
+                shaped: false,
             }],
         }
     }
@@ -132,11 +140,19 @@ impl FleetLoad {
             .collect()
     }
 
-    /// Group `index`'s fields over the fleet's, holding `users`.
+    /// Group `index`'s fields over the fleet's, holding `users` (and no link but the one it
+    /// has, when its sockets are not shaped).
     fn with_users(&self, index: usize, users: u32) -> Load {
+        let group = &self.groups[index];
+        let load = self.fleet.patched(&group.overrides);
         Load {
             users,
-            ..self.fleet.patched(&self.groups[index].overrides)
+            network: if group.shaped {
+                load.network
+            } else {
+                crate::session::settings::Network::NONE
+            },
+            ..load
         }
     }
 
@@ -156,6 +172,9 @@ impl FleetLoad {
     pub fn apply(&self, patch: &LoadPatch) -> Result<FleetLoad, LoadError> {
         if patch.room_size.is_some() && self.groups.iter().all(|g| g.fixed_rooms) {
             return Err(LoadError::new("room_size", FIXED_ROOMS));
+        }
+        if patch.network.is_some() && !self.groups.iter().any(|g| g.shaped) {
+            return Err(LoadError::new("network", UNSHAPED));
         }
         let mut next = FleetLoad {
             fleet: self.fleet.apply(patch)?,
@@ -181,6 +200,9 @@ impl FleetLoad {
             let group = &mut next.groups[index];
             if change.room_size.is_some() && group.fixed_rooms {
                 return Err(LoadError::new(at("room_size"), FIXED_ROOMS));
+            }
+            if change.network.is_some() && !group.shaped {
+                return Err(LoadError::new(at("network"), UNSHAPED));
             }
             group.overrides = group.overrides.merged(change);
             if change.users.is_some() {
@@ -369,6 +391,7 @@ impl FleetDesired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::settings::Network;
     use std::time::Duration;
 
     fn fleet(users: u32, groups: &[(&str, Option<f64>, Option<u32>)]) -> FleetLoad {
@@ -388,6 +411,7 @@ mod tests {
                     },
                     limits: None,
                     fixed_rooms: false,
+                    shaped: false,
                 })
                 .collect(),
         }
@@ -412,6 +436,54 @@ mod tests {
         assert_eq!(mixed.users(), [800, 7]);
         assert_eq!(mixed.total_users(), 807);
         assert_eq!(FleetLoad::single(mixed.fleet.clone()).users(), [1000]);
+    }
+
+    #[test]
+    fn only_a_shaped_group_changes_its_link_live() {
+        let mut load = fleet(
+            10,
+            &[("phones", Some(0.5), None), ("desks", Some(0.5), None)],
+        );
+        load.groups[0].shaped = true;
+        let patch = |body: serde_json::Value| -> LoadPatch {
+            serde_json::from_value(body).expect("a patch")
+        };
+        let slow = load
+            .apply(&patch(
+                serde_json::json!({"groups": {"phones": {"network": "3g"}}}),
+            ))
+            .expect("a shaped group's link changes");
+        assert_eq!(slow.group(0).network.to_string(), "3g");
+        assert_eq!(slow.group(1).network, Network::NONE);
+        assert_eq!(
+            load.describe_change(&slow),
+            "phones: network none -> 3g",
+            "the change log names the profile"
+        );
+        // The fleet's link reaches the shaped groups that follow it, never an unshaped one.
+        let everyone = load
+            .apply(&patch(serde_json::json!({"network": {"latency": "80ms"}})))
+            .expect("some group is shaped");
+        assert_eq!(everyone.group(0).network.latency, Duration::from_millis(80));
+        assert_eq!(everyone.group(1).network, Network::NONE);
+        let refused = load
+            .apply(&patch(
+                serde_json::json!({"groups": {"desks": {"network": "lte"}}}),
+            ))
+            .expect_err("an unshaped group's sockets are not wrapped");
+        assert_eq!(refused.field, "groups.desks.network");
+        assert!(refused.problem.contains("network: none"), "{refused}");
+        let broken = load
+            .apply(&patch(serde_json::json!({
+                "groups": {"phones": {"network": {"latency": "10ms", "jitter": "20ms"}}}
+            })))
+            .expect_err("jitter above latency");
+        assert_eq!(broken.field, "groups.phones.network");
+        load.groups[0].shaped = false;
+        let none_shaped = load
+            .apply(&patch(serde_json::json!({"network": "3g"})))
+            .expect_err("no group is shaped");
+        assert_eq!(none_shaped.field, "network");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Closed sets of label values: each a Rust enum with its Prometheus label text and the list of
 //! all values (so every series can be registered, at zero, before anything happens).
 
+/// The `group` label's value in a fleet without `groups:`.
+pub const DEFAULT_GROUP: &str = "default";
+
 /// Declares a closed set of label values with its string form and the list of all values.
 macro_rules! label_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::session::settings::Network;
+
 /// Upper bounds that keep a typo from asking for something no machine can do.
 pub const MAX_USERS: u32 = 10_000_000;
 pub const MAX_CONNECT_RATE: f64 = 1_000_000.0;
@@ -168,6 +170,17 @@ live_fields! {
         /// Users per room (1..=1000000).
         #[schema(minimum = 1, maximum = 1_000_000)]
     };
+    /// The link the users sit behind (README "Weak networks"): `none`, a preset, or
+    /// `{latency, jitter, down, up, stall, handover}`. It changes live only for groups whose
+    /// config gave `network:` (their sockets are shaped); bytes already in the link keep
+    /// the times they were given.
+    #[schema(value_type = Object)]
+    network: Network,
+    patch: {
+        /// The whole link profile: "none", a preset ("3g", "lte", ...) or {latency, jitter,
+        /// down, up, stall, handover}; only for groups whose config gave `network:`.
+        #[schema(value_type = Option<Object>, example = "3g")]
+    };
 }
 
 /// A live value as a person reads it in the change log.
@@ -179,6 +192,12 @@ macro_rules! shown_as_display {
     ($($ty:ty),+) => { $(impl Shown for $ty { fn show(&self) -> String { self.to_string() } })+ };
 }
 shown_as_display!(u32, usize, f64);
+
+impl Shown for Network {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
 
 impl Shown for Duration {
     fn show(&self) -> String {
@@ -389,6 +408,9 @@ impl Load {
                 ),
             ));
         }
+        if let Some(problem) = self.network.problem() {
+            return Err(LoadError::new("network", problem));
+        }
         if self.payload_size > MAX_PAYLOAD_SIZE {
             return Err(LoadError::new(
                 "payload_size",
@@ -508,6 +530,7 @@ impl Desired {
             || self.load.payload_size != next.load.payload_size
             || self.load.room_size != next.load.room_size
             || self.load.users != next.load.users
+            || self.load.network != next.load.network
             || self.disruption != next.disruption
     }
 }
@@ -524,6 +547,7 @@ mod tests {
             payload_size: 64,
             heartbeat_interval: Duration::from_secs(10),
             room_size: 10,
+            network: Network::NONE,
         }
     }
 

@@ -207,8 +207,7 @@ impl Context {
             sockets: Arc::clone(&shared.sockets),
             resumes: is_sse(&target).then(Default::default),
             kept: kept.then(Default::default),
-            left_from: (settings.network.is_some_and(|n| n.handover.is_some())
-                && settings.source_addresses.len() > 1)
+            left_from: (settings.shaped && settings.source_addresses.len() > 1)
                 .then(Default::default),
             target,
             settings,
@@ -458,7 +457,7 @@ impl User {
             let attempt = match &socket {
                 Some(_) => tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology)) => attempt,
+                    attempt = Box::pin(connect::open(&self.ctx, self.id, topology, &self.desired)) => attempt,
                 },
                 None => Err(wire::ConnectFailure::new(
                     ConnectResult::FdsExhausted,

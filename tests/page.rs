@@ -119,7 +119,8 @@ async fn the_page_shows_and_steers_the_fleet_and_the_report_opens() {
     daemon.shutdown().await.unwrap();
 }
 
-/// A fleet of several groups: the page lists them and changes one group's users alone.
+/// A fleet of several groups: the page lists them, shows the link of the shaped one, and
+/// changes one group's users alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_the_groups_and_steers_one() {
     let Some(python) = selenium() else {
@@ -128,7 +129,7 @@ async fn the_page_lists_the_groups_and_steers_one() {
     let target = Target::start().await;
     let daemon = start_daemon(&format!(
         "target: {}\nconnect_rate: 200\nmessage_interval: 200ms\ngroups:\n\
-         \x20 - {{name: chatters, users: 6}}\n\x20 - {{name: bots, users: 4}}\n",
+         \x20 - {{name: chatters, users: 6}}\n\x20 - {{name: bots, users: 4, network: lte}}\n",
         target.ws_url()
     ))
     .await;
@@ -143,6 +144,10 @@ async fn the_page_lists_the_groups_and_steers_one() {
         seen["groups"],
         serde_json::json!(["chatters", "bots"]),
         "{seen}"
+    );
+    assert!(
+        seen["network"].as_str().unwrap().ends_with("bots lte"),
+        "only the shaped group, with its preset: {seen}"
     );
     assert_eq!(seen["users_shown"], 4, "{seen}");
     assert_eq!(seen["users_after"].as_f64(), Some(7.0), "{seen}");

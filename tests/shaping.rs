@@ -1,7 +1,8 @@
 //! Weak networks inside the generator (`network:`), end to end against the reference
 //! target: a group's latency shows in its round trips and no other group's, a bandwidth
 //! cap in a big message's time, a stall past the server's idle timeout ends in a resync,
-//! and a handover comes back from another source address with nothing lost.
+//! a handover comes back from another source address with nothing lost, and a group's link
+//! changes while it runs (`PATCH`, profile stages).
 
 #![allow(clippy::unwrap_used)]
 
@@ -73,6 +74,92 @@ async fn a_groups_latency_shows_in_its_round_trips_and_no_one_elses() {
         m.get(r#"wsfleet_network_delay_seconds_count{group="plain"}"#),
         0.0
     );
+    daemon.shutdown().await.unwrap();
+}
+
+/// The status once a whole status window (1 s here) has passed since now, so its quantiles
+/// are of round trips that began after whatever was just changed.
+async fn window_after_now(api: std::net::SocketAddr) -> Value {
+    let uptime = |s: &Value| s["uptime_seconds"].as_f64().unwrap();
+    let changed = uptime(&status(api).await);
+    wait_for("a status window wholly after the change", 30, || async {
+        uptime(&status(api).await) >= changed + 2.5
+    })
+    .await;
+    status(api).await
+}
+
+/// A group given `network: none` is shaped, so its link can change while it runs: a `PATCH`
+/// puts its users' connections behind 50 ms each way (their round trips rise by 100 ms,
+/// the other group's do not move), a profile stage takes the link away again, and a group
+/// without `network:` is refused a link, naming why, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_link_changes_while_it_runs() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 20\nconnect_rate: 1000\nmessage_interval: 100ms\nstatus_window: 1s\n\
+         groups:\n\
+         \x20 - {{name: phones, users: 10, scenario: {{extends: im, room_size: 10}}, network: none}}\n\
+         \x20 - {{name: desks, users: 10, scenario: {{extends: im, room_size: 10}}}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_for("both groups connected", 30, || async {
+        scrape(api).await.sum("wsfleet_users_active") == 20.0
+    })
+    .await;
+    assert_eq!(status(api).await["network"], json!({"phones": "none"}));
+    let rtt_p50 = |s: &Value, g: &str| {
+        group(s, g)["latency"]["message_rtt"]["p50"]
+            .as_f64()
+            .unwrap()
+    };
+
+    let refused = patch_load(api, json!({"groups": {"desks": {"network": "3g"}}})).await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["field"], "groups.desks.network", "{body}");
+    assert_eq!(status(api).await["network"], json!({"phones": "none"}));
+
+    let slowed = patch_load(
+        api,
+        json!({"groups": {"phones": {"network": {"latency": "50ms"}}}}),
+    )
+    .await;
+    assert_eq!(slowed.status(), 200);
+    assert_eq!(status(api).await["network"], json!({"phones": "50ms"}));
+    // The connections already open take the new link: no one reconnects for it.
+    let s = window_after_now(api).await;
+    let added = rtt_p50(&s, "phones") - rtt_p50(&s, "desks");
+    eprintln!(
+        "rtt p50: phones {:.1} ms, desks {:.1} ms",
+        rtt_p50(&s, "phones") * 1e3,
+        rtt_p50(&s, "desks") * 1e3
+    );
+    assert!(
+        (0.097..=0.103).contains(&added),
+        "50 ms each way adds 100 ms: {:.1} ms",
+        added * 1e3
+    );
+    assert!(rtt_p50(&s, "desks") < 0.05, "desks are not shaped: {s}");
+    let m = scrape(api).await;
+    assert_eq!(
+        m.sum("wsfleet_disconnects_total"),
+        0.0,
+        "nobody reconnected for the change"
+    );
+
+    let profile = http()
+        .put(format!("http://{api}/api/v1/profile"))
+        .json(&json!({"stages": [{"duration": "1h", "groups": {"phones": {"network": "none"}}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), 200, "{}", profile.text().await.unwrap());
+    assert_eq!(status(api).await["network"], json!({"phones": "none"}));
+    let s = window_after_now(api).await;
+    assert!(rtt_p50(&s, "phones") < 0.05, "back on loopback: {s}");
     daemon.shutdown().await.unwrap();
 }
 

@@ -36,6 +36,10 @@ pub struct Status {
     pub limits: Limits,
     /// The running load profile, or the last one that ended.
     pub profile: Option<ProfileStatus>,
+    /// The link in force for each shaped group (`network:`), as a person reads it (`3g`,
+    /// `50ms±10ms, down 1mbit`, `none`); empty when no group is shaped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network: BTreeMap<String, String>,
     /// SLA thresholds by SLO name (seconds or ratios).
     pub sla: BTreeMap<String, f64>,
     pub connects: Totals,
@@ -136,6 +140,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         },
         limits: state.fleet.limits().clone(),
         profile,
+        network: links_in_force(&load),
         sla: state.sla.borrow().fleet.by_label(),
         connects: totals(
             ConnectResult::ALL
@@ -159,6 +164,16 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         groups: group_statuses(&state, &desired_by_group),
         load: LoadView::from(&load),
     }))
+}
+
+/// The link of each shaped group, by group name.
+fn links_in_force(load: &crate::groups::FleetLoad) -> BTreeMap<String, String> {
+    load.groups
+        .iter()
+        .zip(load.loads())
+        .filter(|(group, _)| group.shaped)
+        .map(|(group, effective)| (group.name.clone(), effective.network.to_string()))
+        .collect()
 }
 
 /// Each group's status, in a fleet of several groups.

@@ -175,12 +175,6 @@ impl Config {
                 });
             }
         }
-        if let Some(problem) = self.network.as_ref().and_then(|n| n.problem()) {
-            return Err(ConfigError::Invalid {
-                field: "network",
-                problem,
-            });
-        }
         if let Some(compression) = &self.compression {
             let plain_stream = self.groups.is_empty()
                 && self

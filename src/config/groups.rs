@@ -150,6 +150,7 @@ impl Config {
         if self.groups.is_empty() {
             let mut single = FleetLoad::single(self.load());
             single.groups[0].fixed_rooms = plans[0].scenario.rooms.is_table();
+            single.groups[0].shaped = plans[0].session.shaped;
             return single;
         }
         let fleet = self.load();
@@ -166,6 +167,7 @@ impl Config {
                     // Only caps the group sets itself: the fleet's bound every group together.
                     limits: set("limits").then(|| plan.config.limits.clone()),
                     fixed_rooms: plan.scenario.rooms.is_table(),
+                    shaped: plan.session.shaped,
                     overrides: LoadPatch {
                         users: spec.users,
                         // A schedule with times of its own brings its own mean gap.
@@ -175,6 +177,7 @@ impl Config {
                         payload_size: set("payload_size").then_some(own.payload_size),
                         heartbeat_interval: set("heartbeat").then_some(own.heartbeat_interval),
                         room_size: set("scenario").then_some(own.room_size),
+                        network: set("network").then_some(own.network),
                         ..LoadPatch::default()
                     },
                 }

@@ -26,6 +26,7 @@ use url::Url;
 use crate::load::{Limits, Load};
 use crate::scenario::ScenarioChoice;
 use crate::session::deflate::Compression;
+use crate::session::settings::Network;
 use crate::session::{Heartbeat, Lifetime, Offline, Reconnect, Schedule, Settings, TlsConfig};
 use crate::sla::Sla;
 
@@ -88,9 +89,11 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<Offline>,
     /// The link the users sit behind: `{latency, jitter, down, up, stall, handover}` or a
-    /// preset (`3g`, `lte`, ...); see README "Weak networks". None: loopback as it is.
+    /// preset (`3g`, `lte`, `none`, ...); see README "Weak networks". Given (`none` too), the
+    /// users' sockets are shaped and the profile is live (`PATCH`, profile stages); left out,
+    /// sockets stay unwrapped and cost nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::session::settings::Network>,
+    pub network: Option<Network>,
     /// Open arrivals: `{rate, stay}` — users arrive at `rate` per second and stay a time
     /// drawn from `stay`; `users` caps how many are there at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +284,7 @@ impl Config {
             payload_size: self.payload_size,
             heartbeat_interval: self.heartbeat.interval,
             room_size: self.scenario.spec().room_size,
+            network: self.network.unwrap_or(Network::NONE),
         }
     }
 
@@ -338,7 +342,7 @@ impl Config {
             resend_unacked: self.resend_unacked,
             source_addresses: self.source_addresses.clone(),
             offline: self.offline,
-            network: self.network,
+            shaped: self.network.is_some(),
             compression: self.compression.as_ref().map(|c| *c.deflate()),
         }
     }

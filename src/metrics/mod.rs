@@ -243,7 +243,7 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of a fleet of one group, with status windows of [`WINDOW`].
     pub fn new() -> Metrics {
-        Metrics::with_window(WINDOW, &[crate::groups::DEFAULT_GROUP.to_string()])
+        Metrics::with_window(WINDOW, &[crate::label::DEFAULT_GROUP.to_string()])
     }
 
     /// Metrics of a fleet of `groups` (their names, in order) whose status-API quantiles

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,6 +20,7 @@ use super::wire::{ConnectFailure, Socket, Stream, close, describe_close, io_fail
 use super::{is_sse, is_websocket, shaper, upgrade};
 use crate::clock;
 use crate::failures::truncate;
+use crate::load::Desired;
 use crate::metrics::{ConnectResult, Count, Latency, Phase};
 use crate::scenario::Identity;
 use crate::scenario::matcher::Frame;
@@ -32,6 +34,7 @@ pub async fn open(
     ctx: &Context,
     local: u32,
     topology: Topology,
+    desired: &watch::Receiver<Desired>,
 ) -> Result<(Socket, Identity), ConnectFailure> {
     let mut identity = ctx
         .scenario
@@ -57,7 +60,7 @@ pub async fn open(
     let started = Instant::now();
     let mut socket = timeout(
         ctx.settings.connect_timeout,
-        handshake(ctx, local, &url, &identity),
+        handshake(ctx, local, &url, &identity, desired),
     )
     .await
     .map_err(|_| {
@@ -90,12 +93,19 @@ async fn handshake(
     local: u32,
     url: &Url,
     identity: &Identity,
+    desired: &watch::Receiver<Desired>,
 ) -> Result<Socket, ConnectFailure> {
     let mut phase = Phases::start(ctx);
     let addr = resolve(url).await?;
     phase.done(Phase::Dns);
     let tcp = tcp_connect(addr, ctx.source_for(local)).await?;
-    if let Some(network) = &ctx.settings.network {
+    // A shaped group's link follows its live profile from the moment it connects.
+    let link = ctx.settings.shaped.then(|| {
+        let mut desired = desired.clone();
+        let network = desired.borrow_and_update().load.network;
+        (network, desired)
+    });
+    if let Some((network, _)) = &link {
         // TCP's handshake took one round trip of the link, which a shaper above the
         // socket cannot see.
         tokio::time::sleep(network.latency * 2).await;
@@ -108,12 +118,19 @@ async fn handshake(
     if matches!(stream, Stream::Tls(_)) {
         phase.done(Phase::Tls);
     }
-    if let Some(network) = ctx.settings.network {
+    if let Some((network, mut desired)) = link {
         let tally = shaper::Tally {
             metrics: Arc::clone(&ctx.metrics),
             group: ctx.group,
         };
-        stream = Stream::Shaped(Box::new(shaper::Shaped::new(stream, network, Some(tally))));
+        let follow: shaper::Follow = Box::new(move || {
+            desired
+                .has_changed()
+                .unwrap_or(false)
+                .then(|| desired.borrow_and_update().load.network)
+        });
+        let shaped = shaper::Shaped::new(stream, network, Some(follow), Some(tally));
+        stream = Stream::Shaped(Box::new(shaped));
     }
     if is_sse(url) {
         let socket = event_stream(ctx, local, url, identity, stream).await?;

@@ -30,8 +30,10 @@ pub struct Settings {
     pub source_addresses: Vec<std::net::IpAddr>,
     /// Users going away on a schedule (`offline:`).
     pub offline: Option<Offline>,
-    /// The weak link the users sit behind (`network:`); None leaves sockets unwrapped.
-    pub network: Option<Network>,
+    /// The users' sockets go through the shaper (the config gave `network:`, `none` too):
+    /// its profile is the live load's `network`, which may then change. Without it sockets
+    /// are unwrapped and the profile stays `none`.
+    pub shaped: bool,
     /// The permessage-deflate offer of WebSocket upgrades (`compression: deflate`).
     pub compression: Option<super::deflate::DeflateOffer>,
 }
@@ -750,8 +752,22 @@ const fn preset(latency_ms: u64, down: u64, up: u64) -> Network {
 }
 
 impl Network {
-    /// The preset called `name`.
+    /// The link as it is: nothing added either way (`network: none`). A group given it is
+    /// shaped all the same, so its profile can change while it runs.
+    pub const NONE: Network = Network {
+        latency: Duration::ZERO,
+        jitter: Duration::ZERO,
+        down: None,
+        up: None,
+        stall: None,
+        handover: None,
+    };
+
+    /// The preset called `name` (or [`Network::NONE`], called `none`).
     pub fn preset(name: &str) -> Result<Network, String> {
+        if name == NONE_NAME {
+            return Ok(Network::NONE);
+        }
         PRESETS
             .iter()
             .find(|(known, _)| *known == name)
@@ -759,7 +775,7 @@ impl Network {
             .ok_or_else(|| {
                 let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
                 format!(
-                    "unknown network preset {name:?}; known: {}",
+                    "unknown network preset {name:?}; known: {NONE_NAME}, {}",
                     names.join(", ")
                 )
             })
@@ -786,6 +802,32 @@ impl Network {
     }
 }
 
+/// What `network: none` is called.
+const NONE_NAME: &str = "none";
+
+/// A profile as a person reads it in the change log and on the live page: its preset's name
+/// when it is one, else its parts (`50ms±10ms, down 1mbit, up 256kbit, stalls, handovers`).
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Network::NONE {
+            return f.write_str(NONE_NAME);
+        }
+        if let Some((name, _)) = PRESETS.iter().find(|(_, preset)| preset == self) {
+            return f.write_str(name);
+        }
+        let fmt = humantime::format_duration;
+        let mut parts = vec![fmt(self.latency).to_string()];
+        if !self.jitter.is_zero() {
+            parts[0] = format!("{}±{}", parts[0], fmt(self.jitter));
+        }
+        parts.extend(self.down.map(|rate| format!("down {rate}")));
+        parts.extend(self.up.map(|rate| format!("up {rate}")));
+        parts.extend(self.stall.map(|_| "stalls".to_string()));
+        parts.extend(self.handover.map(|_| "handovers".to_string()));
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// The fields of a profile as written: any may be left out, and `preset:` fills what is.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -805,14 +847,7 @@ impl Written {
     fn resolve(self) -> Result<Network, String> {
         let base = match &self.preset {
             Some(name) => Network::preset(name)?,
-            None => Network {
-                latency: Duration::ZERO,
-                jitter: Duration::ZERO,
-                down: None,
-                up: None,
-                stall: None,
-                handover: None,
-            },
+            None => Network::NONE,
         };
         Ok(Network {
             latency: self.latency.unwrap_or(base.latency),
@@ -909,7 +944,11 @@ mod network_tests {
 
     #[test]
     fn a_wrong_profile_says_what_is_wrong() {
-        assert!(parse("5g").expect_err("unknown").contains("known: 3g-slow"));
+        assert!(
+            parse("5g")
+                .expect_err("unknown")
+                .contains("known: none, 3g-slow")
+        );
         assert!(
             parse("{latency: 50ms, speed: 1mbit}")
                 .expect_err("field")

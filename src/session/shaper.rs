@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::settings::{Bandwidth, Network};
+use super::settings::{Bandwidth, Network, Stall};
 use crate::metrics::{Count, Latency, Metrics};
 
 /// Most bytes a direction holds in flight (a link's buffer).
@@ -107,7 +107,7 @@ impl Lane {
 
     /// The chunk due by `now`, if any.
     fn due(&mut self, now: Instant) -> Option<&mut Chunk> {
-        self.queue.front_mut().filter(|c| c.due <= now)
+        self.queue.front_mut().filter(|c| reached(now, c.due))
     }
 
     /// Takes `n` more bytes of the front chunk as gone; the whole chunk, when it is.
@@ -141,33 +141,62 @@ pub struct Shaped<S> {
     handover_at: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     rng: SmallRng,
+    follow: Option<Follow>,
     tally: Option<Tally>,
 }
 
+/// Where a shaped connection hears of a new profile: called on every poll, it gives the new
+/// one when the profile changed since it last did. Nothing wakes the link for it: whoever
+/// changes the profile has the connection polled again (the conversation's loop does, on
+/// every change of the desired load).
+pub type Follow = Box<dyn FnMut() -> Option<Network> + Send + Sync>;
+
+/// The stall after `from`: its start and end.
+fn next_stall(spec: Stall, from: Instant, rng: &mut SmallRng) -> (Instant, Instant) {
+    let start = from + spec.every.sample(rng);
+    (start, start + spec.lasts.sample(rng))
+}
+
 impl<S> Shaped<S> {
-    pub fn new(inner: S, link: Network, tally: Option<Tally>) -> Shaped<S> {
+    /// `inner` behind `link`; with `follow`, the link becomes what `follow` gives whenever it
+    /// gives something (the group's live profile).
+    pub fn new(inner: S, link: Network, follow: Option<Follow>, tally: Option<Tally>) -> Shaped<S> {
         let now = Instant::now();
         let mut rng = SmallRng::from_rng(&mut rand::rng());
-        let stall = link.stall.map(|s| {
-            let start = now + s.every.sample(&mut rng);
-            (start, start + s.lasts.sample(&mut rng))
-        });
-        let handover_at = link.handover.map(|h| now + h.every.sample(&mut rng));
         Shaped {
             inner,
             link,
             down: Lane::new(link.down, now),
             up: Lane::new(link.up, now),
             down_end: None,
-            stall,
+            stall: link.stall.map(|spec| next_stall(spec, now, &mut rng)),
             stall_counted: false,
             up_blocked: false,
             up_failed: None,
-            handover_at,
+            handover_at: link.handover.map(|h| now + h.every.sample(&mut rng)),
             timer: Box::pin(sleep_until(now)),
             rng,
+            follow,
             tally,
         }
+    }
+
+    /// Takes up a new profile, if `follow` has one: from `now` bytes entering the link feel
+    /// it (those in it keep their times); a changed stall or handover schedule starts anew.
+    fn follow(&mut self, now: Instant) {
+        let Some(link) = self.follow.as_mut().and_then(|follow| follow()) else {
+            return;
+        };
+        self.down.rate = link.down;
+        self.up.rate = link.up;
+        if link.stall != self.link.stall {
+            self.stall = link.stall.map(|spec| next_stall(spec, now, &mut self.rng));
+            self.stall_counted = false;
+        }
+        if link.handover != self.link.handover {
+            self.handover_at = link.handover.map(|h| now + h.every.sample(&mut self.rng));
+        }
+        self.link = link;
     }
 
     /// The socket below.
@@ -189,13 +218,12 @@ impl<S> Shaped<S> {
     fn stalled(&mut self, now: Instant) -> Option<Instant> {
         let spec = self.link.stall?;
         let (start, end) = self.stall?;
-        if now >= end {
-            let next = end + spec.every.sample(&mut self.rng);
-            self.stall = Some((next, next + spec.lasts.sample(&mut self.rng)));
+        if reached(now, end) {
+            self.stall = Some(next_stall(spec, end, &mut self.rng));
             self.stall_counted = false;
             return self.stalled(now);
         }
-        if now < start {
+        if !reached(now, start) {
             return None;
         }
         if !self.stall_counted {
@@ -222,17 +250,30 @@ impl<S> Shaped<S> {
         }
     }
 
-    /// Sleeps until `at` (the earliest thing due); whether that time has come already.
+    /// Sleeps until `at` (the earliest thing due, [`reached`] half a tick early); whether
+    /// that time has come already.
     fn wait_until(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
-        if self.timer.deadline() != at {
-            self.timer.as_mut().reset(at);
+        let wake = at.checked_sub(HALF_TICK).unwrap_or(at);
+        if self.timer.deadline() != wake {
+            self.timer.as_mut().reset(wake);
         }
         self.timer.as_mut().poll(cx).is_ready()
     }
 
     fn handed_over(&self, now: Instant) -> bool {
-        self.handover_at.is_some_and(|at| now >= at)
+        self.handover_at.is_some_and(|at| reached(now, at))
     }
+}
+
+/// Half of tokio's timer tick (1 ms). A timer fires at the first tick at or after its
+/// deadline, so a link that waited for exact times would add ~1 ms each way to what its
+/// profile says; waking half a tick early and taking a time within half a tick as come keeps
+/// the error of each wait within ±0.5 ms, around zero.
+const HALF_TICK: Duration = Duration::from_micros(500);
+
+/// Whether `at` has come by `now`, give or take [`HALF_TICK`].
+fn reached(now: Instant, at: Instant) -> bool {
+    at <= now + HALF_TICK
 }
 
 fn earliest(times: impl IntoIterator<Item = Option<Instant>>) -> Option<Instant> {
@@ -320,47 +361,69 @@ fn handover_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, HandedOver)
 }
 
+/// What one side of the link does with `now` and the stall under way (if any): finished
+/// (`Some`), or waiting for the next thing due (`None`).
+type Step<'a, S, T> = dyn FnMut(&mut Shaped<S>, &mut Context<'_>, Instant, Option<Instant>) -> Option<Poll<io::Result<T>>>
+    + 'a;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shaped<S> {
+    /// The loop every side runs: take up a new profile, end on a handover, else `step`; what
+    /// `step` cannot finish waits for the next thing due either way.
+    fn run<T>(&mut self, cx: &mut Context<'_>, step: &mut Step<'_, S, T>) -> Poll<io::Result<T>> {
+        loop {
+            let now = Instant::now();
+            self.follow(now);
+            if self.handed_over(now) {
+                return Poll::Ready(Err(handover_error()));
+            }
+            let stall_end = self.stalled(now);
+            if let Some(done) = step(self, cx, now, stall_end) {
+                return done;
+            }
+            match self.next_due(stall_end) {
+                Some(at) if self.wait_until(at, cx) => continue,
+                _ => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Shaped<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            let now = Instant::now();
-            if this.handed_over(now) {
-                return Poll::Ready(Err(handover_error()));
+        self.get_mut().run(cx, &mut |this, cx, now, stall_end| {
+            if stall_end.is_some() {
+                return None;
             }
-            let stall_end = this.stalled(now);
-            if stall_end.is_none() {
-                // A write that failed is the writer's to hear (what the server sent before
-                // it went, its close frame say, is still to be read).
-                if let Err(err) = this.pump_up(cx, now) {
-                    this.up_failed = Some(err);
-                }
-                this.fill_down(cx, now);
-                if let Some(chunk) = this.down.due(now) {
-                    let n = buf.remaining().min(chunk.bytes.len() - chunk.sent);
-                    buf.put_slice(&chunk.bytes[chunk.sent..chunk.sent + n]);
-                    if let Some(done) = this.down.advance(n) {
-                        this.passed(&done, now);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                let ended = this.down_end.as_ref().is_some_and(|(at, _)| *at <= now);
-                if this.down.queue.is_empty() && ended {
-                    let (at, end) = this.down_end.take().expect("checked above");
-                    // Reading on after the end keeps giving the end.
-                    this.down_end = Some((at, Ok(())));
-                    return Poll::Ready(end);
-                }
+            // A write that failed is the writer's to hear (what the server sent before it
+            // went, its close frame say, is still to be read).
+            if let Err(err) = this.pump_up(cx, now) {
+                this.up_failed = Some(err);
             }
-            match this.next_due(stall_end) {
-                Some(at) if this.wait_until(at, cx) => continue,
-                _ => return Poll::Pending,
+            this.fill_down(cx, now);
+            if let Some(chunk) = this.down.due(now) {
+                let n = buf.remaining().min(chunk.bytes.len() - chunk.sent);
+                buf.put_slice(&chunk.bytes[chunk.sent..chunk.sent + n]);
+                if let Some(done) = this.down.advance(n) {
+                    this.passed(&done, now);
+                }
+                return Some(Poll::Ready(Ok(())));
             }
-        }
+            let ended = this
+                .down_end
+                .as_ref()
+                .is_some_and(|(at, _)| reached(now, *at));
+            if !(this.down.queue.is_empty() && ended) {
+                return None;
+            }
+            let (at, end) = this.down_end.take().expect("checked above");
+            // Reading on after the end keeps giving the end.
+            this.down_end = Some((at, Ok(())));
+            Some(Poll::Ready(end))
+        })
     }
 }
 
@@ -370,35 +433,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Shaped<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            let now = Instant::now();
-            if this.handed_over(now) {
-                return Poll::Ready(Err(handover_error()));
+        self.get_mut().run(cx, &mut |this, cx, now, stall_end| {
+            let mut flow = |this: &mut Shaped<S>| match stall_end {
+                None => this.pump_up(cx, now),
+                Some(_) => Ok(()),
+            };
+            if this.up.queued >= QUEUE_LIMIT
+                && let Err(err) = flow(this)
+            {
+                return Some(Poll::Ready(Err(err)));
             }
-            let stall_end = this.stalled(now);
-            if stall_end.is_none() {
-                this.pump_up(cx, now)?;
+            if this.up.queued >= QUEUE_LIMIT {
+                return None;
             }
-            if this.up.queued < QUEUE_LIMIT {
-                let delay = this.delay();
-                this.up.push(Bytes::copy_from_slice(buf), now, delay);
-                if stall_end.is_none() {
-                    this.pump_up(cx, now)?;
-                }
-                return Poll::Ready(Ok(buf.len()));
-            }
-            match this.next_due(stall_end) {
-                Some(at) if this.wait_until(at, cx) => continue,
-                _ => return Poll::Pending,
-            }
-        }
+            let delay = this.delay();
+            this.up.push(Bytes::copy_from_slice(buf), now, delay);
+            Some(Poll::Ready(flow(this).map(|()| buf.len())))
+        })
     }
 
     /// Bytes handed to the link are on their way, as bytes in a kernel's send buffer are.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let now = Instant::now();
+        this.follow(now);
         if this.stalled(now).is_none() {
             this.pump_up(cx, now)?;
         }
@@ -407,25 +465,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Shaped<S> {
 
     /// Shuts down once everything written went through the link.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            let now = Instant::now();
-            if this.handed_over(now) {
-                return Poll::Ready(Err(handover_error()));
+        self.get_mut().run(cx, &mut |this, cx, now, stall_end| {
+            stall_end?;
+            if let Err(err) = this.pump_up(cx, now) {
+                return Some(Poll::Ready(Err(err)));
             }
-            let stall_end = this.stalled(now);
-            if stall_end.is_none() {
-                this.pump_up(cx, now)?;
-                if this.up.queue.is_empty() {
-                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            match this.next_due(stall_end) {
-                Some(at) if this.wait_until(at, cx) => continue,
-                _ => return Poll::Pending,
-            }
-        }
+            this.up
+                .queue
+                .is_empty()
+                .then(|| Pin::new(&mut this.inner).poll_shutdown(cx))
+        })
     }
 }
 
@@ -441,7 +490,7 @@ mod tests {
     /// A shaped client end and the plain server end of an in-memory connection.
     fn pair(profile: &str) -> (Shaped<DuplexStream>, DuplexStream) {
         let (client, server) = duplex(1 << 20);
-        (Shaped::new(client, link(profile), None), server)
+        (Shaped::new(client, link(profile), None, None), server)
     }
 
     /// Reads exactly `n` bytes, and when the last of them came.
@@ -501,6 +550,40 @@ mod tests {
         }
         drop(writer.await.expect("writer"));
         delays
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_profile_shapes_the_bytes_that_enter_after_it() {
+        let (profile, mut heard) = tokio::sync::watch::channel(link("{latency: 50ms}"));
+        heard.mark_unchanged();
+        let follow: Follow = Box::new(move || {
+            heard
+                .has_changed()
+                .unwrap_or(false)
+                .then(|| *heard.borrow_and_update())
+        });
+        let (client, mut server) = duplex(1 << 20);
+        let mut client = Shaped::new(client, link("{latency: 50ms}"), Some(follow), None);
+        let start = Instant::now();
+        server.write_all(b"old!").await.expect("write");
+        let (_, first) = read_n(&mut client, 4).await;
+        assert_eq!(first - start, Duration::from_millis(50));
+        profile.send_replace(link("{latency: 10ms}"));
+        server.write_all(b"new!").await.expect("write");
+        let (_, second) = read_n(&mut client, 4).await;
+        assert_eq!(second - first, Duration::from_millis(10), "the new latency");
+
+        // An hour's stall, taken away while it holds bytes back: they move on at once.
+        profile.send_replace(link("{latency: 10ms, stall: {every: 1ms, for: 1h}}"));
+        server.write_all(b"held").await.expect("write");
+        let stalled = tokio::time::timeout(Duration::from_secs(1), read_n(&mut client, 4)).await;
+        assert!(stalled.is_err(), "held by the stall");
+        let lifted = Instant::now();
+        profile.send_replace(link("{latency: 10ms}"));
+        let (got, at) = read_n(&mut client, 4).await;
+        assert_eq!(got, b"held");
+        // They entered the link before the stall began: their latency has long passed.
+        assert_eq!(at, lifted, "what the stall held moves on at once");
     }
 
     #[tokio::test(start_paused = true)]

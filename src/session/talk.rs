@@ -28,12 +28,7 @@ where
     let mut talk = Conversation::new(user, identity, unacked);
     let mut ended = drive(user, &mut talk, &mut socket).await;
     if ended.reason == DisconnectReason::Handover {
-        ended.away = user
-            .ctx
-            .settings
-            .network
-            .and_then(|n| n.handover)
-            .map(|h| h.gap);
+        ended.away = user.desired.borrow().load.network.handover.map(|h| h.gap);
     }
     user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
     let held = vanishes(user, &ended).then_some(socket);

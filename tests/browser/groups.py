@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Steers one group of a fleet of several from the live page in headless Chromium, for
-tests/page.rs. Prints one JSON object of what it saw.
+tests/page.rs, and reads the network links it shows in force. Prints one JSON object of
+what it saw.
 
 usage: groups.py PAGE_URL GROUP USERS
 """
@@ -27,6 +28,10 @@ def main():
         driver.get(URL)
         wait.until(lambda d: d.find_element(By.ID, "groups-section").is_displayed()
                    and d.find_elements(By.CSS_SELECTOR, "#groups tr[data-group]"))
+        # The links in force, for a fleet whose groups are shaped.
+        wait.until(lambda d: "network in force" in d.find_element(By.ID, "happening").text)
+        seen["network"] = next(tr.text for tr in driver.find_elements(By.CSS_SELECTOR, "#happening tr")
+                               if tr.text.startswith("network in force"))
         rows = driver.find_elements(By.CSS_SELECTOR, "#groups tr[data-group]")
         seen["groups"] = [row.get_attribute("data-group") for row in rows]
         row = driver.find_element(By.CSS_SELECTOR, f'#groups tr[data-group="{GROUP}"]')
