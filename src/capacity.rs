@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::fleet::{FleetHandle, Origin};
 use crate::load::LoadPatch;
 use crate::metrics::{Metrics, Source};
-use crate::sla::{Errors, Observed, Sla, Slas};
+use crate::sla::{Measure, Sla, Slas};
 
 /// The dimension that grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -233,18 +233,14 @@ pub type Shared = Arc<Mutex<Outcome>>;
 
 /// Counter totals at the start of a judging window.
 struct Mark {
-    rtt: hdrhistogram::Histogram<u64>,
-    delivery: hdrhistogram::Histogram<u64>,
-    errors: Errors,
+    books: crate::metrics::Mark,
     saturations: u64,
 }
 
 impl Mark {
     fn take(metrics: &Metrics) -> Mark {
         Mark {
-            rtt: metrics.rtt_window.snapshot(),
-            delivery: metrics.delivery_window.snapshot(),
-            errors: metrics.errors(),
+            books: metrics.mark(),
             saturations: metrics.generator_saturations.get(),
         }
     }
@@ -389,22 +385,20 @@ async fn judge(
     } else {
         metrics.users_active.get() as f64 / f64::from(desired)
     };
-    let results = sla.borrow().fleet.judge(&Observed {
-        p99_rtt: metrics.rtt_window.quantiles_since(&mark.rtt).p99,
-        p99_delivery: metrics.delivery_window.quantiles_since(&mark.delivery).p99,
-        // Handshakes happen mostly in the ramp, before the window: judged there too.
-        p99_connect: metrics.connect_window.quantiles().p99,
-        error_rate: now.errors.since(&mark.errors).rate(),
-        connected_ratio: connected,
-    });
+    let mut observed = metrics.observed(None, Some(&mark.books), connected);
+    // Handshakes and logins happen mostly in the ramp, before the window: judged there too.
+    for measure in [Measure::Connect, Measure::Login] {
+        observed.latencies[measure as usize] = metrics.window_of(measure).latest();
+    }
+    let results = sla.borrow().fleet.judge(&observed);
     let observed = results
         .iter()
-        .map(|r| (r.slo.to_string(), r.observed))
+        .map(|r| (r.slo.clone(), r.observed))
         .collect();
     let broke: Vec<String> = results
         .iter()
         .filter(|r| r.breached)
-        .map(|r| r.slo.to_string())
+        .map(|r| r.slo.clone())
         .collect();
     let saturated = now.saturations > mark.saturations || metrics.generator_saturated.get() == 1;
     Ok(Step {

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// of the whole run, profile, config), to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Also write the verdict as JUnit XML to this file: one test case per SLO (per group),
+    /// a breach a failure with observed against threshold.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// `--duration`: a human duration of at most 30 days.

@@ -29,7 +29,8 @@
 //!   holds within its SLA; [`progress`]: the periodic log line.
 //! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
 //!   validation (errors name the file's field) and the [`config::Plan`] a daemon runs.
-//! - [`summary`] and [`report`]: the verdict and the HTML report; [`reload`]: re-reading the
+//! - [`summary`] and [`report`]: the verdict and the HTML report, [`junit`]: the verdict as
+//!   JUnit XML; [`reload`]: re-reading the
 //!   config file; [`cli`]: command-line parsing.
 //! - [`api`]: the HTTP control API, `/metrics` and the live page; [`ctl`]: the `wsfleet ctl`
 //!   client, which reads the API's own typed [`api::Status`].
@@ -54,6 +55,7 @@ pub(crate) mod health;
 pub mod heap;
 pub(crate) mod history;
 pub(crate) mod host;
+pub mod junit;
 pub(crate) mod label;
 pub(crate) mod load;
 pub mod metrics;

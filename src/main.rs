@@ -151,6 +151,9 @@ async fn run_daemon(
         args.report
             .as_deref()
             .map(|path| Output::new("--report", path)),
+        args.junit
+            .as_deref()
+            .map(|path| Output::new("--junit", path)),
     ];
     for output in outputs.iter().flatten() {
         if let Err(err) = output.check() {
@@ -158,7 +161,7 @@ async fn run_daemon(
             return Ok(ExitCode::from(EXIT_INVALID_INPUT));
         }
     }
-    let [summary_out, report_out] = outputs;
+    let [summary_out, report_out, junit_out] = outputs;
     let daemon = Daemon::run(plan, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
@@ -188,7 +191,8 @@ async fn run_daemon(
         || (capacity.is_none()
             && args.duration.is_none()
             && summary_out.is_none()
-            && report_out.is_none())
+            && report_out.is_none()
+            && junit_out.is_none())
     {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
@@ -231,6 +235,12 @@ async fn run_daemon(
             eprintln!("error: {err}");
             unwritten = true;
         }
+    }
+    if let Some(output) = &junit_out
+        && let Err(err) = output.write(wsfleet::junit::render(&summary).as_bytes())
+    {
+        eprintln!("error: {err}");
+        unwritten = true;
     }
     for slo in summary.breaches() {
         eprintln!(

@@ -1,31 +1,201 @@
 //! The service levels a run is judged by: the SLA's thresholds ([`Sla`], the config's `sla:`
-//! section), the SLOs they set ([`Slo`], also the label of `wsfleet_sla_threshold`), and the one
-//! judgement ([`Sla::judge`]) that the exit verdict, the capacity search, the status and the
-//! report all use — with the one error-rate formula ([`Errors::rate`]).
+//! section) — latencies at any quantile and in tiers, and rates — the SLOs they set ([`Slo`],
+//! also the labels of `wsfleet_sla_threshold{slo, quantile}`), and the one judgement
+//! ([`Sla::judge`]) that the exit verdict, the capacity search, the status, the report, JUnit
+//! and the baseline comparison all use — with the one formula of each rate ([`Tally`]).
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use hdrhistogram::Histogram as Hdr;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::label::label_enum;
 
 label_enum! {
-    /// The service levels an SLA can set (`wsfleet_sla_threshold{slo}`).
-    Slo {
-        P99Rtt => "p99_rtt_seconds",
-        P99Delivery => "p99_delivery_seconds",
-        P99Connect => "p99_connect_seconds",
-        ErrorRate => "error_rate",
-        MinConnectedRatio => "min_connected_ratio",
+    /// The latencies an SLA can set thresholds on, each measured into an exact-quantile
+    /// HdrHistogram.
+    Measure {
+        Rtt => "rtt",
+        Delivery => "delivery",
+        Connect => "connect",
+        Login => "login",
+        Catchup => "catchup",
     }
 }
 
+label_enum! {
+    /// The rates an SLA can bound.
+    Rate {
+        Errors => "error_rate",
+        Loss => "loss_rate",
+        Duplicates => "duplicate_rate",
+        Reconnects => "reconnect_rate",
+        Connected => "min_connected_ratio",
+    }
+}
+
+/// A quantile strictly between 0 and 1, written `p99`, `p995`, `p9999` (the digits after
+/// "0."), `99.5%`, or `0.995`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Quantile(f64);
+
+/// Finest quantile an SLO may ask for: the histograms keep three significant digits, and a
+/// p999999 needs a million samples to mean anything.
+const MAX_QUANTILE_DIGITS: usize = 6;
+
+impl Quantile {
+    pub fn value(self) -> f64 {
+        self.0
+    }
+
+    /// The quantile's digits after "0.": `99` for 0.99, `995` for 0.995.
+    fn digits(self) -> String {
+        let text = format!("{:.*}", MAX_QUANTILE_DIGITS, self.0);
+        let digits = text.trim_start_matches("0.").trim_end_matches('0');
+        if digits.len() == 1 {
+            format!("{digits}0")
+        } else {
+            digits.to_string()
+        }
+    }
+
+    /// `0.995`: the `quantile` label's value.
+    pub fn label(self) -> String {
+        format!("0.{}", self.digits())
+    }
+}
+
+impl fmt::Display for Quantile {
+    /// `p995`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.digits())
+    }
+}
+
+impl std::str::FromStr for Quantile {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Quantile, String> {
+        let text = text.trim();
+        let bad = || {
+            format!("expected a quantile like p99, p995, p9999, \"99.5%\" or 0.995, got {text:?}")
+        };
+        let value = if let Some(digits) = text.strip_prefix('p') {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            format!("0.{digits}").parse::<f64>().map_err(|_| bad())?
+        } else if let Some(percent) = text.strip_suffix('%') {
+            percent.trim().parse::<f64>().map_err(|_| bad())? / 100.0
+        } else {
+            text.parse::<f64>().map_err(|_| bad())?
+        };
+        if !(value > 0.0 && value < 1.0) {
+            return Err(format!(
+                "a quantile must be above 0 and below 1 (0% and 100%), got {text:?}"
+            ));
+        }
+        let scaled = value * 10f64.powi(MAX_QUANTILE_DIGITS as i32);
+        if (scaled.round() - scaled).abs() > 1e-6 {
+            return Err(format!(
+                "a quantile may have at most {MAX_QUANTILE_DIGITS} digits (p999999), got {text:?}"
+            ));
+        }
+        Ok(Quantile(value))
+    }
+}
+
+/// Longest latency threshold: the histograms record up to an hour.
+pub const MAX_THRESHOLD: Duration = Duration::from_secs(3600);
+
+/// Thresholds of one latency at several quantiles: `{p99: 200ms, "99.99%": 1s}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tiers(Vec<(Quantile, Duration)>);
+
+impl Tiers {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Quantile, Duration)> + '_ {
+        self.0.iter().copied()
+    }
+
+    fn get(&self, quantile: Quantile) -> Option<Duration> {
+        self.iter().find(|(q, _)| *q == quantile).map(|(_, d)| d)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tiers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tiers, D::Error> {
+        use serde::de::Error;
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        let mut tiers = Vec::new();
+        for (key, value) in raw {
+            let quantile: Quantile = key.parse().map_err(D::Error::custom)?;
+            let threshold = humantime::parse_duration(value.trim()).map_err(|err| {
+                D::Error::custom(format!(
+                    "{key}: expected a duration like 200ms, got {value:?} ({err})"
+                ))
+            })?;
+            if tiers.iter().any(|(q, _)| *q == quantile) {
+                return Err(D::Error::custom(format!(
+                    "{key} is the same quantile as another tier ({quantile})"
+                )));
+            }
+            tiers.push((quantile, threshold));
+        }
+        tiers.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(Tiers(tiers))
+    }
+}
+
+impl Serialize for Tiers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (quantile, threshold) in &self.0 {
+            map.serialize_entry(
+                &quantile.to_string(),
+                &humantime::format_duration(*threshold).to_string(),
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// One service level objective: a latency at a quantile, or a rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slo {
+    Latency(Measure, Quantile),
+    Rate(Rate),
+}
+
 impl Slo {
+    /// Its name in results and the `slo` label: `p99_rtt_seconds`, `p9999_delivery_seconds`,
+    /// `error_rate`.
+    pub fn name(self) -> String {
+        match self {
+            Slo::Latency(measure, quantile) => format!("{quantile}_{}_seconds", measure.as_str()),
+            Slo::Rate(rate) => rate.as_str().to_string(),
+        }
+    }
+
+    /// The `quantile` label's value of a latency SLO.
+    pub fn quantile(self) -> Option<Quantile> {
+        match self {
+            Slo::Latency(_, quantile) => Some(quantile),
+            Slo::Rate(_) => None,
+        }
+    }
+
     /// Whether `observed` breaks `threshold`: a floor for the connected ratio, a ceiling for
     /// the rest.
     pub fn breached(self, observed: f64, threshold: f64) -> bool {
         match self {
-            Slo::MinConnectedRatio => observed < threshold,
+            Slo::Rate(Rate::Connected) => observed < threshold,
             _ => observed > threshold,
         }
     }
@@ -35,51 +205,149 @@ impl Slo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sla {
-    /// Largest acceptable p99 of the message round trip (ack).
+    /// Largest acceptable p99 of the message round trip (ack): short for `rtt: {p99: ...}`.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub p99_rtt: Option<Duration>,
-    /// Largest acceptable p99 of end-to-end room delivery latency.
+    /// Largest acceptable p99 of end-to-end room delivery latency (`delivery: {p99: ...}`).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub p99_delivery: Option<Duration>,
-    /// Largest acceptable p99 of the connect handshake.
+    /// Largest acceptable p99 of the connect handshake (`connect: {p99: ...}`).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub p99_connect: Option<Duration>,
+    /// Message round trip (ack) thresholds by quantile: `{p99: 200ms, "99.99%": 1s}`.
+    #[serde(default, skip_serializing_if = "Tiers::is_empty")]
+    pub rtt: Tiers,
+    /// End-to-end room delivery latency thresholds by quantile.
+    #[serde(default, skip_serializing_if = "Tiers::is_empty")]
+    pub delivery: Tiers,
+    /// Connect handshake thresholds by quantile.
+    #[serde(default, skip_serializing_if = "Tiers::is_empty")]
+    pub connect: Tiers,
+    /// Login (upgrade to the last login step's reply) thresholds by quantile.
+    #[serde(default, skip_serializing_if = "Tiers::is_empty")]
+    pub login: Tiers,
+    /// Offline catch-up (a returning receiver's time to its last missed message) thresholds.
+    #[serde(default, skip_serializing_if = "Tiers::is_empty")]
+    pub catchup: Tiers,
     /// Largest acceptable error rate: "0.1%" or 0.001. Errors are failed connects, ack
     /// timeouts and lost deliveries; operations are connect attempts, messages sent and
     /// deliveries expected.
     #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
+    /// Largest acceptable share of expected deliveries lost.
+    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
+    pub loss_rate: Option<f64>,
+    /// Largest acceptable share of received deliveries that were duplicates.
+    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
+    pub duplicate_rate: Option<f64>,
+    /// Largest acceptable share of connections the user did not end (closed by the server,
+    /// reset, timed out, broken by the protocol) per connection made.
+    #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
+    pub reconnect_rate: Option<f64>,
     /// Smallest acceptable ratio of connected to desired users at the end of the run.
     #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
     pub min_connected_ratio: Option<f64>,
 }
 
 impl Sla {
-    /// (SLO, threshold) pairs for the SLOs set; durations in seconds.
+    /// The tiers of `measure`, with its `p99_*` shorthand among them.
+    fn tiers(&self, measure: Measure) -> Vec<(Quantile, Duration)> {
+        let (tiers, shorthand) = match measure {
+            Measure::Rtt => (&self.rtt, self.p99_rtt),
+            Measure::Delivery => (&self.delivery, self.p99_delivery),
+            Measure::Connect => (&self.connect, self.p99_connect),
+            Measure::Login => (&self.login, None),
+            Measure::Catchup => (&self.catchup, None),
+        };
+        let p99 = Quantile(0.99);
+        let mut all: Vec<_> = tiers.iter().collect();
+        if let Some(threshold) = shorthand
+            && tiers.get(p99).is_none()
+        {
+            all.push((p99, threshold));
+            all.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        }
+        all
+    }
+
+    /// Why this SLA cannot be used, naming the field: a shorthand that contradicts its
+    /// tier, or a threshold beyond what the histograms measure.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let measures = [
+            ("sla.p99_rtt", "sla.rtt", self.p99_rtt, &self.rtt),
+            (
+                "sla.p99_delivery",
+                "sla.delivery",
+                self.p99_delivery,
+                &self.delivery,
+            ),
+            (
+                "sla.p99_connect",
+                "sla.connect",
+                self.p99_connect,
+                &self.connect,
+            ),
+            ("sla.login", "sla.login", None, &self.login),
+            ("sla.catchup", "sla.catchup", None, &self.catchup),
+        ];
+        for (short_field, field, shorthand, tiers) in measures {
+            let format = |d: Duration| humantime::format_duration(d).to_string();
+            if let (Some(short), Some(tier)) = (shorthand, tiers.get(Quantile(0.99)))
+                && short != tier
+            {
+                let problem = format!(
+                    "is {} but {field}.p99 is {}: give one of them",
+                    format(short),
+                    format(tier)
+                );
+                return Some((short_field, problem));
+            }
+            let too_long = shorthand
+                .map(|d| (short_field, d))
+                .into_iter()
+                .chain(tiers.iter().map(|(_, d)| (field, d)))
+                .find(|(_, d)| *d > MAX_THRESHOLD);
+            if let Some((field, threshold)) = too_long {
+                let problem = format!(
+                    "{} is beyond what the histograms measure ({} at most)",
+                    format(threshold),
+                    format(MAX_THRESHOLD)
+                );
+                return Some((field, problem));
+            }
+        }
+        None
+    }
+
+    /// Every (SLO, threshold) this SLA sets, latencies first; durations in seconds.
     pub fn thresholds(&self) -> Vec<(Slo, f64)> {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        [
-            (Slo::P99Rtt, secs(self.p99_rtt)),
-            (Slo::P99Delivery, secs(self.p99_delivery)),
-            (Slo::P99Connect, secs(self.p99_connect)),
-            (Slo::ErrorRate, self.error_rate),
-            (Slo::MinConnectedRatio, self.min_connected_ratio),
+        let latencies = Measure::ALL.iter().flat_map(|&measure| {
+            self.tiers(measure)
+                .into_iter()
+                .map(move |(q, d)| (Slo::Latency(measure, q), d.as_secs_f64()))
+        });
+        let rates = [
+            (Rate::Errors, self.error_rate),
+            (Rate::Loss, self.loss_rate),
+            (Rate::Duplicates, self.duplicate_rate),
+            (Rate::Reconnects, self.reconnect_rate),
+            (Rate::Connected, self.min_connected_ratio),
         ]
         .into_iter()
-        .filter_map(|(slo, value)| Some((slo, value?)))
-        .collect()
+        .filter_map(|(rate, value)| Some((Slo::Rate(rate), value?)));
+        latencies.chain(rates).collect()
     }
 
     /// Every SLO this SLA sets, judged against `observed`.
@@ -92,23 +360,24 @@ impl Sla {
         self.thresholds()
             .into_iter()
             .map(|(slo, threshold)| {
-                let observed = observed.of(slo);
+                let value = observed.of(slo);
                 SloResult {
-                    slo: slo.as_str(),
+                    slo: slo.name(),
+                    quantile: slo.quantile().map(Quantile::value),
                     group: group.map(str::to_string),
                     threshold,
-                    observed,
-                    breached: slo.breached(observed, threshold),
+                    observed: value,
+                    breached: slo.breached(value, threshold),
                 }
             })
             .collect()
     }
 
-    /// The thresholds by their label, for the status, the report and the gauge.
-    pub fn by_label(&self) -> std::collections::BTreeMap<String, f64> {
+    /// The thresholds by their name, for the status and the report.
+    pub fn by_label(&self) -> BTreeMap<String, f64> {
         self.thresholds()
             .into_iter()
-            .map(|(slo, v)| (slo.as_str().to_string(), v))
+            .map(|(slo, v)| (slo.name(), v))
             .collect()
     }
 }
@@ -155,67 +424,102 @@ pub(crate) mod ratio {
     }
 }
 
-/// The operations of a span of the run and those that failed, for the error rate.
+/// The counts of a span of the run that its rates are made of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Errors {
+pub struct Tally {
     pub connect_attempts: u64,
     pub connect_failures: u64,
     pub sent: u64,
     pub ack_timeouts: u64,
     pub deliveries_expected: u64,
+    pub deliveries_received: u64,
     pub lost: u64,
+    pub duplicated: u64,
+    /// Connections the user did not end: closed by the server, reset, timed out, broken.
+    pub unplanned_disconnects: u64,
 }
 
-impl Errors {
+/// `num / den`, 0 when nothing was attempted.
+fn share(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+impl Tally {
     /// Errors (failed connects, ack timeouts, lost deliveries) per operation (connect
     /// attempts, messages sent, deliveries expected); 0 when nothing was attempted.
-    pub fn rate(&self) -> f64 {
-        let operations = self.connect_attempts + self.sent + self.deliveries_expected;
-        let errors = self.connect_failures + self.ack_timeouts + self.lost;
-        if operations == 0 {
-            0.0
-        } else {
-            errors as f64 / operations as f64
-        }
+    pub fn error_rate(&self) -> f64 {
+        share(
+            self.connect_failures + self.ack_timeouts + self.lost,
+            self.connect_attempts + self.sent + self.deliveries_expected,
+        )
+    }
+
+    /// Lost deliveries per delivery expected.
+    pub fn loss_rate(&self) -> f64 {
+        share(self.lost, self.deliveries_expected)
+    }
+
+    /// Duplicates per delivery received.
+    pub fn duplicate_rate(&self) -> f64 {
+        share(self.duplicated, self.deliveries_received)
+    }
+
+    /// Connections the user did not end per connection made.
+    pub fn reconnect_rate(&self) -> f64 {
+        share(
+            self.unplanned_disconnects,
+            self.connect_attempts.saturating_sub(self.connect_failures),
+        )
     }
 
     /// What happened between `earlier` and `self` (both totals).
-    pub fn since(&self, earlier: &Errors) -> Errors {
-        Errors {
-            connect_attempts: self
-                .connect_attempts
-                .saturating_sub(earlier.connect_attempts),
-            connect_failures: self
-                .connect_failures
-                .saturating_sub(earlier.connect_failures),
-            sent: self.sent.saturating_sub(earlier.sent),
-            ack_timeouts: self.ack_timeouts.saturating_sub(earlier.ack_timeouts),
-            deliveries_expected: self
-                .deliveries_expected
-                .saturating_sub(earlier.deliveries_expected),
-            lost: self.lost.saturating_sub(earlier.lost),
+    pub fn since(&self, earlier: &Tally) -> Tally {
+        let less = |now: u64, then: u64| now.saturating_sub(then);
+        Tally {
+            connect_attempts: less(self.connect_attempts, earlier.connect_attempts),
+            connect_failures: less(self.connect_failures, earlier.connect_failures),
+            sent: less(self.sent, earlier.sent),
+            ack_timeouts: less(self.ack_timeouts, earlier.ack_timeouts),
+            deliveries_expected: less(self.deliveries_expected, earlier.deliveries_expected),
+            deliveries_received: less(self.deliveries_received, earlier.deliveries_received),
+            lost: less(self.lost, earlier.lost),
+            duplicated: less(self.duplicated, earlier.duplicated),
+            unplanned_disconnects: less(self.unplanned_disconnects, earlier.unplanned_disconnects),
         }
     }
 }
 
-/// What a span of the run showed, in the SLOs' terms (latencies in seconds).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What a span of the run showed, in the SLOs' terms: each latency's samples (exact quantiles
+/// of any tier), the counts of the rates, and the connected ratio at its end.
+#[derive(Debug, Clone, Default)]
 pub struct Observed {
-    pub p99_rtt: f64,
-    pub p99_delivery: f64,
-    pub p99_connect: f64,
-    pub error_rate: f64,
+    /// The samples of each [`Measure`] (microseconds), by `Measure as usize`; a measure
+    /// without samples reads 0.
+    pub latencies: Vec<Hdr<u64>>,
+    pub tally: Tally,
     pub connected_ratio: f64,
 }
 
 impl Observed {
-    fn of(&self, slo: Slo) -> f64 {
+    /// The observed value of `slo`: a latency in seconds, or a rate.
+    pub fn of(&self, slo: Slo) -> f64 {
         match slo {
-            Slo::P99Rtt => self.p99_rtt,
-            Slo::P99Delivery => self.p99_delivery,
-            Slo::P99Connect => self.p99_connect,
-            Slo::ErrorRate => self.error_rate,
-            Slo::MinConnectedRatio => self.connected_ratio,
+            Slo::Latency(measure, quantile) => self
+                .latencies
+                .get(measure as usize)
+                .filter(|hdr| !hdr.is_empty())
+                .map_or(0.0, |hdr| {
+                    hdr.value_at_quantile(quantile.value()) as f64 / 1e6
+                }),
+            Slo::Rate(Rate::Errors) => self.tally.error_rate(),
+            Slo::Rate(Rate::Loss) => self.tally.loss_rate(),
+            Slo::Rate(Rate::Duplicates) => self.tally.duplicate_rate(),
+            Slo::Rate(Rate::Reconnects) => self.tally.reconnect_rate(),
+            Slo::Rate(Rate::Connected) => self.connected_ratio,
         }
     }
 }
@@ -241,15 +545,29 @@ impl Slas {
 }
 
 /// One SLO judged.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SloResult {
-    pub slo: &'static str,
+    /// [`Slo::name`]: `p9999_delivery_seconds`, `error_rate`.
+    pub slo: String,
+    /// The tier's quantile, for a latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
     /// The group judged, in a fleet of several groups.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub threshold: f64,
     pub observed: f64,
     pub breached: bool,
+}
+
+impl SloResult {
+    /// `chat/p99_rtt_seconds`, or the SLO's name alone in a fleet of one group.
+    pub fn qualified_name(&self) -> String {
+        match &self.group {
+            Some(group) => format!("{group}/{}", self.slo),
+            None => self.slo.clone(),
+        }
+    }
 }
 
 /// The verdict of a judgement: `none` when the SLA sets nothing (no SLA is not a pass).
@@ -265,46 +583,138 @@ pub fn verdict(results: &[SloResult]) -> &'static str {
 mod tests {
     use super::*;
 
+    fn sla(yaml: &str) -> Sla {
+        serde_norway::from_str(yaml).expect("sla")
+    }
+
+    /// Samples (milliseconds) of one latency, the rest empty.
+    fn observed(measure: Measure, millis: &[(u64, u64)]) -> Observed {
+        let mut latencies = vec![Hdr::new_with_bounds(1, 3_600_000_000, 3).expect("hdr"); 5];
+        for &(ms, count) in millis {
+            latencies[measure as usize]
+                .record_n(ms * 1000, count)
+                .expect("in range");
+        }
+        Observed {
+            latencies,
+            ..Observed::default()
+        }
+    }
+
     #[test]
     fn one_judgement_ceilings_floors_and_no_sla_is_no_verdict() {
-        let sla: Sla =
-            serde_norway::from_str("{p99_rtt: 100ms, error_rate: 1%, min_connected_ratio: 0.9}")
-                .expect("sla");
-        let observed = Observed {
-            p99_rtt: 0.2,
-            error_rate: 0.01,
-            connected_ratio: 0.8,
-            ..Observed::default()
+        let sla = sla("{p99_rtt: 100ms, error_rate: 1%, min_connected_ratio: 0.9}");
+        let mut observed = observed(Measure::Rtt, &[(200, 100)]);
+        observed.tally = Tally {
+            sent: 100,
+            ack_timeouts: 2,
+            ..Tally::default()
         };
+        observed.connected_ratio = 0.8;
         let results = sla.judge(&observed);
         let breached: Vec<_> = results
             .iter()
             .filter(|r| r.breached)
-            .map(|r| r.slo)
+            .map(|r| r.slo.as_str())
             .collect();
-        assert_eq!(breached, ["p99_rtt_seconds", "min_connected_ratio"]);
+        assert_eq!(
+            breached,
+            ["p99_rtt_seconds", "error_rate", "min_connected_ratio"]
+        );
         assert_eq!(verdict(&results), "fail");
         assert_eq!(verdict(&Sla::default().judge(&observed)), "none");
     }
 
+    /// 98.9% of deliveries at 10 ms, 1% at 150 ms, 0.1% at 900 ms: p99 150 ms, p9999 900 ms.
     #[test]
-    fn the_error_rate_counts_failures_per_operation_over_a_span() {
-        let start = Errors {
+    fn tiers_judge_each_quantile_exactly_and_name_the_tier() {
+        let observed = observed(Measure::Delivery, &[(10, 9890), (150, 100), (900, 10)]);
+        let judged = |yaml: &str| -> Vec<(String, bool)> {
+            sla(yaml)
+                .judge(&observed)
+                .into_iter()
+                .map(|r| (r.slo, r.breached))
+                .collect()
+        };
+        assert_eq!(
+            judged(r#"{delivery: {"99%": 200ms, "99.99%": 1s}}"#),
+            [
+                ("p99_delivery_seconds".into(), false),
+                ("p9999_delivery_seconds".into(), false)
+            ]
+        );
+        assert_eq!(
+            judged(r#"{delivery: {"99.99%": 500ms}}"#),
+            [("p9999_delivery_seconds".into(), true)]
+        );
+        let result = &sla("{delivery: {p995: 100ms}}").judge(&observed)[0];
+        assert_eq!(result.slo, "p995_delivery_seconds");
+        assert_eq!(result.quantile, Some(0.995));
+        assert!((result.observed - 0.15).abs() < 0.001, "{result:?}");
+    }
+
+    #[test]
+    fn quantiles_read_in_every_spelling_and_bad_ones_are_named() {
+        for (text, label, name) in [
+            ("p99", "0.99", "p99"),
+            ("p50", "0.50", "p50"),
+            ("p5", "0.50", "p50"),
+            ("p995", "0.995", "p995"),
+            ("99.5%", "0.995", "p995"),
+            ("99.99%", "0.9999", "p9999"),
+            ("0.999", "0.999", "p999"),
+        ] {
+            let q: Quantile = text.parse().expect(text);
+            assert_eq!((q.label().as_str(), q.to_string().as_str()), (label, name));
+        }
+        for bad in ["p", "p9x", "100%", "0", "1.5", "fast", "p99999999"] {
+            let err = bad.parse::<Quantile>().expect_err(bad);
+            assert!(err.contains(bad), "{err}");
+        }
+        let err = serde_norway::from_str::<Sla>(r#"{rtt: {"p99": 1s, "99%": 2s}}"#)
+            .expect_err("two tiers of one quantile");
+        assert!(err.to_string().contains("same quantile"), "{err}");
+        let err = serde_norway::from_str::<Sla>("{rtt: {p99: soon}}").expect_err("no duration");
+        assert!(err.to_string().contains("p99"), "{err}");
+        let clash = sla("{p99_rtt: 1s, rtt: {p99: 2s}}")
+            .problem()
+            .expect("clash");
+        assert_eq!(clash.0, "sla.p99_rtt");
+        let long = sla("{delivery: {p999: 2h}}").problem().expect("too long");
+        assert_eq!(long.0, "sla.delivery");
+        assert_eq!(
+            sla("{p99_rtt: 1s, rtt: {p99: 1s, p999: 2s}}")
+                .thresholds()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn every_rate_counts_per_its_own_operations_over_a_span() {
+        let start = Tally {
             connect_attempts: 10,
             connect_failures: 10,
-            ..Errors::default()
+            ..Tally::default()
         };
-        let end = Errors {
+        let end = Tally {
             connect_attempts: 20,
             connect_failures: 11,
             sent: 80,
             ack_timeouts: 1,
             deliveries_expected: 100,
+            deliveries_received: 99,
             lost: 2,
+            duplicated: 1,
+            unplanned_disconnects: 3,
         };
-        assert!((end.since(&start).rate() - 4.0 / 190.0).abs() < 1e-12);
+        let span = end.since(&start);
+        assert!((span.error_rate() - 4.0 / 190.0).abs() < 1e-12);
+        assert!((span.loss_rate() - 0.02).abs() < 1e-12);
+        assert!((span.duplicate_rate() - 1.0 / 99.0).abs() < 1e-12);
+        assert!((span.reconnect_rate() - 3.0 / 9.0).abs() < 1e-12);
         assert_eq!(
-            Errors::default().rate(),
+            Tally::default().error_rate(),
             0.0,
             "nothing attempted, nothing failed"
         );

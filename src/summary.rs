@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::metrics::{DisconnectReason, MessageCounts, Metrics, Quantiles};
-use crate::sla::{Observed, Slas, SloResult, verdict};
+use crate::sla::{Slas, SloResult, verdict};
 
 /// The exit code of a run that breached its SLA.
 pub const EXIT_SLA_BREACHED: u8 = 3;
@@ -61,6 +61,12 @@ pub struct Part {
     /// (failed connects + ack timeouts + lost deliveries) /
     /// (connect attempts + messages sent + deliveries expected).
     pub error_rate: f64,
+    /// Lost deliveries per delivery expected.
+    pub loss_rate: f64,
+    /// Duplicated deliveries per delivery received.
+    pub duplicate_rate: f64,
+    /// Connections the user did not end (server close, reset, timeouts) per connection made.
+    pub reconnect_rate: f64,
 }
 
 /// One group's figures and verdict.
@@ -101,6 +107,8 @@ pub struct Latency {
     pub connect: Quantiles,
     pub message_rtt: Quantiles,
     pub delivery: Quantiles,
+    pub login: Quantiles,
+    pub catchup: Quantiles,
 }
 
 impl Part {
@@ -116,6 +124,7 @@ impl Part {
         let attempts = metrics.connect_attempts_in(group);
         let ratio = |num: f64, den: f64, empty: f64| if den > 0.0 { num / den } else { empty };
         let counts = metrics.message_counts_in(group);
+        let tally = metrics.tally_in(group);
         Part {
             users: Users {
                 desired,
@@ -147,8 +156,13 @@ impl Part {
                 connect: metrics.connect_window.total_in(group),
                 message_rtt: metrics.rtt_window.total_in(group),
                 delivery: metrics.delivery_window.total_in(group),
+                login: metrics.login_window.total_in(group),
+                catchup: metrics.catchup_window.total_in(group),
             },
-            error_rate: metrics.errors_in(group).rate(),
+            error_rate: tally.error_rate(),
+            loss_rate: tally.loss_rate(),
+            duplicate_rate: tally.duplicate_rate(),
+            reconnect_rate: tally.reconnect_rate(),
         }
     }
 
@@ -222,11 +236,15 @@ impl Part {
             out,
             "latency (ms)        count      p50      p90      p99     p999      max"
         );
-        for (name, q) in [
-            ("connect", &self.latency.connect),
-            ("message rtt", &self.latency.message_rtt),
-            ("delivery", &self.latency.delivery),
-        ] {
+        let l = &self.latency;
+        let measured = [
+            ("connect", &l.connect),
+            ("message rtt", &l.message_rtt),
+            ("delivery", &l.delivery),
+            ("login", &l.login),
+            ("catchup", &l.catchup),
+        ];
+        for (name, q) in measured.into_iter().filter(|(_, q)| q.count > 0) {
             let _ = writeln!(
                 out,
                 "  {name:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -238,18 +256,14 @@ impl Part {
                 ms(q.max)
             );
         }
-        let _ = writeln!(out, "error rate   {:.4}%", self.error_rate * 100.0);
-    }
-
-    /// These figures in the SLOs' terms.
-    fn observed(&self) -> Observed {
-        Observed {
-            p99_rtt: self.latency.message_rtt.p99,
-            p99_delivery: self.latency.delivery.p99,
-            p99_connect: self.latency.connect.p99,
-            error_rate: self.error_rate,
-            connected_ratio: self.users.connected_ratio,
-        }
+        let _ = writeln!(
+            out,
+            "error rate   {:.4}%  loss {:.4}%  duplicates {:.4}%  reconnects {:.4}%",
+            self.error_rate * 100.0,
+            self.loss_rate * 100.0,
+            self.duplicate_rate * 100.0,
+            self.reconnect_rate * 100.0
+        );
     }
 }
 
@@ -296,7 +310,8 @@ impl Summary {
         let mut slos = Vec::new();
         let mut groups = Vec::new();
         if slas.groups.is_empty() {
-            slos = slas.fleet.judge(&fleet.observed());
+            let observed = metrics.observed(None, None, fleet.users.connected_ratio);
+            slos = slas.fleet.judge(&observed);
         }
         for (index, (name, sla)) in slas.groups.iter().enumerate() {
             let figures = Part::collect(
@@ -306,7 +321,8 @@ impl Summary {
                 desired.get(index).copied().unwrap_or(0),
                 active.get(index).copied().unwrap_or(0),
             );
-            let judged = sla.judge_group(Some(name), &figures.observed());
+            let observed = metrics.observed(Some(index), None, figures.users.connected_ratio);
+            let judged = sla.judge_group(Some(name), &observed);
             groups.push(GroupSummary {
                 name: name.clone(),
                 figures,
@@ -361,14 +377,10 @@ impl Summary {
             }
         }
         for slo in &self.slos {
-            let slo_name = match &slo.group {
-                Some(group) => format!("{group}/{}", slo.slo),
-                None => slo.slo.to_string(),
-            };
             let _ = writeln!(
                 out,
                 "SLO {:<22} observed {:<12.6} threshold {:<12.6} {}",
-                slo_name,
+                slo.qualified_name(),
                 slo.observed,
                 slo.threshold,
                 if slo.breached { "BREACHED" } else { "ok" }

@@ -336,7 +336,7 @@ async fn a_reloaded_file_moves_the_groups_it_changes() {
     assert_eq!(
         scrape(api)
             .await
-            .get(r#"wsfleet_sla_threshold{group="bots",slo="p99_rtt_seconds"}"#),
+            .get(r#"wsfleet_sla_threshold{group="bots",quantile="0.99",slo="p99_rtt_seconds"}"#),
         1.0
     );
 }

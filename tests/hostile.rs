@@ -624,11 +624,21 @@ async fn the_target_refuses_impossible_faults_and_strangers() {
         .await
         .unwrap();
     assert_eq!(stranger.status(), 401);
-    for (field, value) in [("delay", "500000000000y"), ("stall", "100000y")] {
+    for (field, value) in [
+        ("delay", json!("500000000000y")),
+        ("stall", json!("100000y")),
+        (
+            "tail",
+            json!([{"share": 0.7, "delay": "1s"}, {"share": 0.7, "delay": "1s"}]),
+        ),
+        ("tail[0].share", json!([{"share": -1, "delay": "1s"}])),
+        ("tail[0].delay", json!([{"share": 0.1, "delay": "1000y"}])),
+    ] {
+        let key = field.split('[').next().unwrap();
         let refused = http()
             .patch(&faults)
             .bearer_auth("s3cret")
-            .json(&json!({ field: value }))
+            .json(&json!({ key: value }))
             .send()
             .await
             .unwrap();
@@ -643,6 +653,7 @@ async fn the_target_refuses_impossible_faults_and_strangers() {
         .unwrap();
     let now: serde_json::Value = now.json().await.unwrap();
     assert_eq!(now["delay"], json!("0s"), "nothing changed: {now}");
+    assert_eq!(now["tail"], json!([]), "nothing changed: {now}");
     // It still serves a fleet.
     let daemon = start_daemon(&format!("target: {}\nusers: 2\n", target.ws_url())).await;
     wait_active(daemon.addr(), 2.0, 30).await;

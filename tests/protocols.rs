@@ -697,7 +697,7 @@ async fn one_fleet_speaks_three_protocols_and_judges_each_group_apart() {
     }
     let broke: Vec<_> = summary
         .breaches()
-        .map(|slo| (slo.group.as_deref(), slo.slo))
+        .map(|slo| (slo.group.as_deref(), slo.slo.as_str()))
         .collect();
     assert_eq!(broke, [(Some("chat"), "p99_delivery_seconds")]);
     // Each server saw only its own group.

@@ -250,14 +250,8 @@ impl Config {
                 None,
             )?;
         }
-        for (field, value) in [
-            ("sla.p99_rtt", self.sla.p99_rtt),
-            ("sla.p99_delivery", self.sla.p99_delivery),
-            ("sla.p99_connect", self.sla.p99_connect),
-        ] {
-            if let Some(value) = value {
-                check_duration(field, value, zero, MAX_TIMEOUT, None)?;
-            }
+        if let Some((field, problem)) = self.sla.problem() {
+            return Err(ConfigError::Invalid { field, problem });
         }
         self.check_schedule()?;
         if let Some(lifetime) = &self.lifetime {

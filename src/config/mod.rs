@@ -607,7 +607,7 @@ mod tests {
             .sla
             .thresholds()
             .into_iter()
-            .map(|(slo, _)| slo.as_str())
+            .map(|(slo, _)| slo.name())
             .collect();
         assert_eq!(
             slos,

@@ -76,6 +76,11 @@ impl PerGroup<LatencyWindow> {
         union
     }
 
+    /// The last complete window of every group together.
+    pub fn latest(&self) -> Hdr<u64> {
+        self.union(LatencyWindow::latest)
+    }
+
     /// Quantiles of the last complete window of every group together.
     pub fn quantiles(&self) -> Quantiles {
         match self.children.as_slice() {

@@ -24,12 +24,14 @@ pub enum Latency {
     Delivery,
     /// Handshake, also in the status windows.
     Connect,
+    /// From the upgrade to the last login step's reply, also in the windows.
+    Login,
+    /// A returning receiver's time to its last missed message, also in the windows.
+    Catchup,
     Heartbeat,
     SendLag,
     /// A delivery of what its receiver missed while away, from the scheduled send time.
     OfflineDelivery,
-    /// A returning receiver's time to its last missed message.
-    Catchup,
     /// A chunk's time in a shaped user's link (`network:`), either way.
     NetworkDelay,
     /// The part of it spent waiting for the link's bandwidth.
@@ -37,14 +39,15 @@ pub enum Latency {
 }
 
 impl Latency {
-    pub const ALL: [Latency; 9] = [
+    pub const ALL: [Latency; 10] = [
         Latency::Rtt,
         Latency::Delivery,
         Latency::Connect,
+        Latency::Login,
+        Latency::Catchup,
         Latency::Heartbeat,
         Latency::SendLag,
         Latency::OfflineDelivery,
-        Latency::Catchup,
         Latency::NetworkDelay,
         Latency::NetworkThrottle,
     ];
@@ -53,8 +56,9 @@ impl Latency {
 /// How often each user thread pushes its buffers out: what a reader sees is at most this old.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Latencies with exact-quantile windows: the first three of [`Latency::ALL`].
-const WINDOWED: usize = 3;
+/// Latencies with exact-quantile windows (the SLA's [`crate::sla::Measure`]s, in its order):
+/// the first five of [`Latency::ALL`].
+const WINDOWED: usize = crate::sla::Measure::ALL.len();
 
 /// One thread's buffers for one [`Metrics`], group by group: counter `count` of group `g` is
 /// at `g * Count::ALL.len() + count` (and likewise for the histograms and windows), so a
@@ -116,11 +120,6 @@ impl Meter<'_> {
 
     pub fn departures(&self) -> &prometheus::IntCounter {
         self.metrics.departures.of(self.group)
-    }
-
-    /// This group's login times.
-    pub fn login_duration(&self) -> &prometheus::Histogram {
-        self.metrics.login_duration.of(self.group)
     }
 }
 
@@ -226,8 +225,8 @@ impl Metrics {
         }
     }
 
-    /// Records one latency sample of group `group` (and, for RTT, delivery and connect, in
-    /// the windows).
+    /// Records one latency sample of group `group` (and, for the SLA's measures, in the
+    /// windows).
     fn observe(&self, group: usize, latency: Latency, took: Duration) {
         let buffered = LOCAL.with(|cell| match cell.borrow_mut().as_mut() {
             Some(local) if std::ptr::eq(&*local.owner, self) => {

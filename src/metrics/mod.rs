@@ -21,7 +21,7 @@ use prometheus::{
 use serde::{Deserialize, Serialize};
 
 use crate::label::label_enum;
-use crate::sla::{Errors, Slas};
+use crate::sla::{Measure, Observed, Slas, Tally};
 
 /// Latency buckets from 100 µs to 30 s on a 1-2-5 scale, so SLA thresholds such as 200 ms or
 /// 1 s fall on a bucket boundary.
@@ -229,6 +229,8 @@ pub struct Metrics {
     pub rtt_window: PerGroup<LatencyWindow>,
     pub connect_window: PerGroup<LatencyWindow>,
     pub delivery_window: PerGroup<LatencyWindow>,
+    pub login_window: PerGroup<LatencyWindow>,
+    pub catchup_window: PerGroup<LatencyWindow>,
     load_changes: Vec<IntCounter>,
     pub message_rate_target: PerGroup<Gauge>,
     pub paused: IntGauge,
@@ -543,7 +545,7 @@ impl Metrics {
                         "wsfleet_sla_threshold",
                         "SLA thresholds from the config, for alert rules and dashboards (seconds or ratios).",
                     ),
-                    &reg.group_labels(&["slo"]),
+                    &reg.group_labels(&["slo", "quantile"]),
                 )
                 .expect("valid metric"),
             ),
@@ -574,6 +576,8 @@ impl Metrics {
             rtt_window: reg.windows(window),
             connect_window: reg.windows(window),
             delivery_window: reg.windows(window),
+            login_window: reg.windows(window),
+            catchup_window: reg.windows(window),
             groups: groups.to_vec(),
             registry,
         };
@@ -624,6 +628,7 @@ impl Metrics {
             Latency::Rtt => &self.message_rtt,
             Latency::Delivery => &self.delivery_latency,
             Latency::Connect => &self.connect_duration,
+            Latency::Login => &self.login_duration,
             Latency::Heartbeat => &self.heartbeat_rtt,
             Latency::SendLag => &self.send_lag,
             Latency::OfflineDelivery => &self.offline_delivery_latency,
@@ -638,10 +643,11 @@ impl Metrics {
             Latency::Rtt => Some(&self.rtt_window),
             Latency::Delivery => Some(&self.delivery_window),
             Latency::Connect => Some(&self.connect_window),
+            Latency::Login => Some(&self.login_window),
+            Latency::Catchup => Some(&self.catchup_window),
             Latency::Heartbeat
             | Latency::SendLag
             | Latency::OfflineDelivery
-            | Latency::Catchup
             | Latency::NetworkDelay
             | Latency::NetworkThrottle => None,
         }
@@ -698,23 +704,78 @@ impl Metrics {
         }
     }
 
-    /// Exports the SLAs' thresholds (only those they set) as `wsfleet_sla_threshold{slo}`:
-    /// the fleet's, or in a fleet of several groups each group's, labelled `group`.
+    /// Exports the SLAs' thresholds (only those they set) as
+    /// `wsfleet_sla_threshold{slo, quantile}` (`quantile` empty for a rate): the fleet's, or
+    /// in a fleet of several groups each group's, labelled `group`.
     pub fn set_sla_thresholds(&self, slas: &Slas) {
         self.sla_threshold.reset();
-        if slas.groups.is_empty() {
-            for (slo, threshold) in slas.fleet.thresholds() {
-                self.sla_threshold
-                    .with_label_values(&[slo.as_str()])
-                    .set(threshold);
+        let fleet = [(None, &slas.fleet)];
+        let groups = slas
+            .groups
+            .iter()
+            .map(|(name, sla)| (Some(name.as_str()), sla));
+        let all: Vec<_> = if slas.groups.is_empty() {
+            fleet.into_iter().collect()
+        } else {
+            groups.collect()
+        };
+        for (group, sla) in all {
+            for (slo, threshold) in sla.thresholds() {
+                let (name, quantile) = (slo.name(), slo.quantile().map(|q| q.label()));
+                let mut labels: Vec<&str> = group.into_iter().collect();
+                labels.extend([name.as_str(), quantile.as_deref().unwrap_or("")]);
+                self.sla_threshold.with_label_values(&labels).set(threshold);
             }
         }
-        for (group, sla) in &slas.groups {
-            for (slo, threshold) in sla.thresholds() {
-                self.sla_threshold
-                    .with_label_values(&[group.as_str(), slo.as_str()])
-                    .set(threshold);
+    }
+
+    /// The exact-quantile window of an SLA's measure.
+    pub fn window_of(&self, measure: Measure) -> &PerGroup<LatencyWindow> {
+        match measure {
+            Measure::Rtt => &self.rtt_window,
+            Measure::Delivery => &self.delivery_window,
+            Measure::Connect => &self.connect_window,
+            Measure::Login => &self.login_window,
+            Measure::Catchup => &self.catchup_window,
+        }
+    }
+
+    /// What the fleet (`None`) or one group showed since `mark` (since start without one),
+    /// in the SLOs' terms, `connected_ratio` being the ratio at the end of that span.
+    pub fn observed(
+        &self,
+        group: Option<usize>,
+        mark: Option<&Mark>,
+        connected_ratio: f64,
+    ) -> Observed {
+        let snapshot = |measure: Measure| {
+            let window = self.window_of(measure);
+            group.map_or_else(|| window.snapshot(), |g| window.of(g).snapshot())
+        };
+        let mut latencies: Vec<_> = Measure::ALL.iter().map(|&m| snapshot(m)).collect();
+        let mut tally = self.tally_in(group);
+        if let Some(mark) = mark {
+            for (now, then) in latencies.iter_mut().zip(&mark.latencies) {
+                // `then` is a prefix of the same totals: subtracting cannot underflow a bucket.
+                let _ = now.subtract(then);
             }
+            tally = tally.since(&mark.tally);
+        }
+        Observed {
+            latencies,
+            tally,
+            connected_ratio,
+        }
+    }
+
+    /// The start of a span to judge by [`Metrics::observed`] (the fleet's).
+    pub fn mark(&self) -> Mark {
+        Mark {
+            latencies: Measure::ALL
+                .iter()
+                .map(|&m| self.window_of(m).snapshot())
+                .collect(),
+            tally: self.tally(),
         }
     }
 
@@ -744,21 +805,34 @@ impl Metrics {
             .map(move |&r| (r, self.connect_result(r).get_in(group)))
     }
 
-    /// The error rate's counts so far ([`Errors::rate`]).
-    pub fn errors(&self) -> Errors {
-        self.errors_in(None)
+    /// The counts of the SLA's rates so far ([`Tally`]).
+    pub fn tally(&self) -> Tally {
+        self.tally_in(None)
     }
 
-    /// The error rate's counts of the fleet (`None`) or of one group.
-    pub fn errors_in(&self, group: Option<usize>) -> Errors {
+    /// The counts of the SLA's rates of the fleet (`None`) or of one group.
+    pub fn tally_in(&self, group: Option<usize>) -> Tally {
         let counts = self.message_counts_in(group);
-        Errors {
+        let unplanned = [
+            DisconnectReason::ServerClose,
+            DisconnectReason::HeartbeatTimeout,
+            DisconnectReason::SendTimeout,
+            DisconnectReason::Reset,
+            DisconnectReason::Protocol,
+        ];
+        Tally {
             connect_attempts: self.connect_attempts_in(group),
             connect_failures: self.connect_failures_in(group).map(|(_, n)| n).sum(),
             sent: counts.sent,
             ack_timeouts: counts.ack_timeouts,
             deliveries_expected: counts.deliveries_expected,
+            deliveries_received: counts.deliveries_received,
             lost: counts.lost,
+            duplicated: counts.duplicated,
+            unplanned_disconnects: unplanned
+                .iter()
+                .map(|&r| self.disconnect(r).get_in(group))
+                .sum(),
         }
     }
 
@@ -985,6 +1059,13 @@ pub struct Quantiles {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+/// The start of a span the SLA judges ([`Metrics::mark`]): every measure's totals and the
+/// rates' counts.
+pub struct Mark {
+    latencies: Vec<Hdr<u64>>,
+    tally: Tally,
 }
 
 /// An HdrHistogram over a fixed window of time: exact quantiles of the latest window, which a

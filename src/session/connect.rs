@@ -80,9 +80,7 @@ pub async fn open(
         return Err(failure);
     }
     if !ctx.scenario.login.is_empty() {
-        ctx.meter()
-            .login_duration()
-            .observe(login_started.elapsed().as_secs_f64());
+        ctx.meter().observe(Latency::Login, login_started.elapsed());
     }
     ctx.meter().connect_result(ConnectResult::Ok).inc();
     Ok((socket, identity))

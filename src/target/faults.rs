@@ -14,6 +14,9 @@ pub struct Faults {
     /// Added to every room delivery.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// A slow tail: a share of deliveries waits longer, each apart (the rest overtake it, as
+    /// a slow shard or a retry path does) — for distributions with a p99 or a second mode.
+    pub tail: Vec<TailBand>,
     /// Fraction of deliveries silently dropped (0..=1).
     pub drop: f64,
     /// Fraction of deliveries sent twice (0..=1).
@@ -46,6 +49,18 @@ pub struct Faults {
     pub sync_drop_live: Duration,
 }
 
+/// One band of the slow tail: `share` of all deliveries wait `delay` more.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailBand {
+    pub share: f64,
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+/// Most bands a tail may have.
+const MAX_TAIL_BANDS: usize = 16;
+
 /// Longest delay, stall or `Retry-After` a fault may ask for: beyond it, a rehearsal is an
 /// outage (and before this bound, `{"delay": "500000000000y"}` overflowed the clock, panicking
 /// every sender's task).
@@ -57,6 +72,8 @@ pub const MAX_FAULT_SPAN: Duration = Duration::from_secs(3600);
 pub struct FaultsPatch {
     #[serde(default, with = "humantime_serde")]
     pub delay: Option<Duration>,
+    /// The slow tail's bands (`[]` for none); shares add up to at most 1.
+    pub tail: Option<Vec<TailBand>>,
     pub drop: Option<f64>,
     pub duplicate: Option<f64>,
     /// The one room `drop` and `duplicate` apply to; `""` for every room again.
@@ -80,6 +97,7 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             delay: Duration::ZERO,
+            tail: Vec::new(),
             drop: 0.0,
             duplicate: 0.0,
             only_room: None,
@@ -94,6 +112,39 @@ impl Default for Faults {
             sync_drop_live: Duration::ZERO,
         }
     }
+}
+
+/// Why a tail cannot be: too many bands, a share outside 0..=1 or shares above 1 in all, a
+/// delay beyond [`MAX_FAULT_SPAN`].
+fn check_tail(tail: &[TailBand]) -> Result<(), String> {
+    if tail.len() > MAX_TAIL_BANDS {
+        return Err(format!(
+            "`tail` may have at most {MAX_TAIL_BANDS} bands, got {}",
+            tail.len()
+        ));
+    }
+    for (i, band) in tail.iter().enumerate() {
+        if !(0.0..=1.0).contains(&band.share) {
+            return Err(format!(
+                "`tail[{i}].share` must be a fraction between 0 and 1, got {}",
+                band.share
+            ));
+        }
+        if band.delay > MAX_FAULT_SPAN {
+            return Err(format!(
+                "`tail[{i}].delay` must be at most {}, got {}",
+                humantime::format_duration(MAX_FAULT_SPAN),
+                humantime::format_duration(band.delay)
+            ));
+        }
+    }
+    let total: f64 = tail.iter().map(|b| b.share).sum();
+    if total > 1.0 + 1e-9 {
+        return Err(format!(
+            "`tail` shares add up to {total}: they may add up to 1 at most"
+        ));
+    }
+    Ok(())
 }
 
 /// Shared fault state.
@@ -133,6 +184,9 @@ impl FaultSwitch {
                 ));
             }
         }
+        if let Some(tail) = &patch.tail {
+            check_tail(tail)?;
+        }
         if let Some(status) = patch.refuse_status
             && !(400..=599).contains(&status)
         {
@@ -155,6 +209,9 @@ impl FaultSwitch {
         }
         if let Some(delay) = patch.delay {
             faults.delay = delay;
+        }
+        if let Some(tail) = &patch.tail {
+            faults.tail = tail.clone();
         }
         if let Some(drop) = patch.drop {
             faults.drop = drop;
@@ -202,6 +259,16 @@ impl FaultSwitch {
         } else {
             1
         };
+        let draw = rng.random::<f64>();
+        let mut below = 0.0;
+        let tail = faults
+            .tail
+            .iter()
+            .find(|band| {
+                below += band.share;
+                draw < below
+            })
+            .map_or(Duration::ZERO, |band| band.delay);
         let above = u64::try_from(connections)
             .unwrap_or(0)
             .saturating_sub(faults.knee);
@@ -216,7 +283,7 @@ impl FaultSwitch {
             copies,
             crate::clock::later(
                 Instant::now(),
-                faults.delay + knee_delay.min(Duration::from_secs(60)),
+                faults.delay + tail + knee_delay.min(Duration::from_secs(60)),
             ),
         )
     }

@@ -293,7 +293,9 @@ where
                 if out.kind == "deliver" && conn.drop_live_until.is_some_and(|until| Instant::now() < until) {
                     metrics.sync_dropped.inc();
                 } else {
-                    queue.push_back(out);
+                    // In time order: a delivery held back by the tail fault is overtaken.
+                    let after = queue.iter().rposition(|o| o.at <= out.at).map_or(0, |i| i + 1);
+                    queue.insert(after, out);
                 }
             }
             _ = sleep_until(next_release.unwrap_or_else(Instant::now)), if next_release.is_some() => {

@@ -1,0 +1,157 @@
+//! Verdicts for CI and for audit: SLOs on any quantile and in tiers, judged exactly from the
+//! run's HdrHistograms after the drain, and the verdict as JUnit XML validated against the
+//! Jenkins xUnit plugin's schema.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::path::Path;
+use std::process::Command;
+
+use helpers::*;
+use serde_json::Value;
+
+/// `wsfleet run` with `config` (a file in `dir`) and `args`: its exit code and stdout.
+async fn run(dir: &Path, config: &str, args: &[&str]) -> (Option<i32>, String) {
+    let file = dir.join("fleet.yaml");
+    std::fs::write(&file, config).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "-c", file.to_str().unwrap()])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A server whose deliveries are p99 ≈ 150 ms and p9999 ≈ 900 ms (1.5% of them 150 ms late,
+/// 0.3% 900 ms late, each overtaken by the rest): a group judged by `{"99%": 200ms,
+/// "99.99%": 1s}` passes, one judged by `{"99.99%": 500ms}` fails naming that tier, the run
+/// exits 3, and the JUnit file says the same in the schema's terms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_slos_judge_each_quantile_and_name_the_breached_tier() {
+    let target = Target::start().await;
+    target
+        .faults(serde_json::json!({"tail": [
+            {"share": 0.015, "delay": "150ms"},
+            {"share": 0.003, "delay": "900ms"},
+        ]}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, junit) = (
+        dir.path().join("summary.json"),
+        dir.path().join("junit.xml"),
+    );
+    let config = format!(
+        "target: {}\nlisten: 127.0.0.1:0\nusers: 40\nconnect_rate: 1000\nmessage_interval: 100ms\n\
+         scenario: {{extends: im, room_size: 10}}\ngroups:\n\
+         \x20 - {{name: tiers, users: 20, sla: {{delivery: {{\"99%\": 200ms, \"99.99%\": 1s}}}}}}\n\
+         \x20 - {{name: strict, users: 20, sla: {{delivery: {{\"99.99%\": 500ms}}}}}}\n",
+        target.ws_url()
+    );
+    let (code, stdout) = run(
+        dir.path(),
+        &config,
+        &[
+            "--duration",
+            "10s",
+            "--summary-out",
+            summary.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(3), "one group breached: {stdout}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let slos: Vec<(String, String, f64, bool)> = summary["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["group"].as_str().unwrap().to_string(),
+                s["slo"].as_str().unwrap().to_string(),
+                s["observed"].as_f64().unwrap(),
+                s["breached"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    eprintln!("{slos:?}");
+    let names: Vec<_> = slos
+        .iter()
+        .map(|(g, slo, _, breached)| (g.as_str(), slo.as_str(), *breached))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("tiers", "p99_delivery_seconds", false),
+            ("tiers", "p9999_delivery_seconds", false),
+            ("strict", "p9999_delivery_seconds", true),
+        ]
+    );
+    // Exact quantiles of the samples: the 150 ms band sets the p99, the 900 ms band the p9999.
+    let (p99, p9999) = (slos[0].2, slos[1].2);
+    assert!((0.15..0.2).contains(&p99), "p99 {p99}");
+    assert!((0.9..1.0).contains(&p9999), "p9999 {p9999}");
+    let groups = summary["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["verdict"], "pass");
+    assert_eq!(groups[1]["verdict"], "fail");
+    assert!(
+        stdout.contains("SLO strict/p9999_delivery_seconds") && stdout.contains("BREACHED"),
+        "{stdout}"
+    );
+
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"<testsuites name="wsfleet" tests="3" failures="1""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="p9999_delivery_seconds" classname="wsfleet.sla.strict""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<failure type="sla_breached" message="p9999_delivery_seconds observed"#),
+        "{xml}"
+    );
+    validate_junit(&junit);
+}
+
+/// Validates `file` against the Jenkins xUnit plugin's `junit-10.xsd` (scripts/test fetches
+/// it from PyPI) with Python's xmlschema; says loudly when either is missing.
+fn validate_junit(file: &Path) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/junit-10.xsd");
+    let Some(python) = venv_python("xmlschema") else {
+        return;
+    };
+    if !installed(
+        schema.to_str().unwrap(),
+        "the JUnit schema .venv-test/junit-10.xsd (scripts/test fetches it)",
+    ) {
+        return;
+    }
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys, xmlschema; xmlschema.XMLSchema(sys.argv[1]).validate(sys.argv[2]); print('valid')",
+        ])
+        .arg(&schema)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} is not valid JUnit XML: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
