@@ -30,6 +30,31 @@ pub enum Command {
     Check(FleetArgs),
     /// Steer a running daemon through its control API.
     Ctl(CtlArgs),
+    /// Compare a run's summary (--summary-out JSON) with a baseline's: a side-by-side table and
+    /// exit 3 on a regression beyond the allowances.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The baseline's summary.
+    #[arg(value_name = "BASE.json")]
+    pub base: PathBuf,
+    /// The run's summary.
+    #[arg(value_name = "RUN.json")]
+    pub run: PathBuf,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// The regressions a comparison allows.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// How much worse one figure may get, over its default (a latency's p50/p90/p99: 10% or
+    /// 5 ms, whichever is more; a rate: 10% or 0.001): `p99_delivery=10%`, `p99_rtt=20ms`,
+    /// `chat/error_rate=0.001`. Repeat for several.
+    #[arg(long, value_name = "NAME=LIMIT")]
+    pub max_regression: Vec<crate::compare::MaxRegression>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -56,6 +81,12 @@ pub struct RunArgs {
     /// a breach a failure with observed against threshold.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Compare the run with this earlier run's summary (--summary-out JSON) at its end: the
+    /// table is printed and in the summary and report, and a regression exits 3.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 /// `--duration`: a human duration of at most 30 days.

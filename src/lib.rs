@@ -30,7 +30,7 @@
 //! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
 //!   validation (errors name the file's field) and the [`config::Plan`] a daemon runs.
 //! - [`summary`] and [`report`]: the verdict and the HTML report, [`junit`]: the verdict as
-//!   JUnit XML; [`reload`]: re-reading the
+//!   JUnit XML, [`compare`]: a run against a baseline; [`reload`]: re-reading the
 //!   config file; [`cli`]: command-line parsing.
 //! - [`api`]: the HTTP control API, `/metrics` and the live page; [`ctl`]: the `wsfleet ctl`
 //!   client, which reads the API's own typed [`api::Status`].
@@ -44,6 +44,7 @@ pub mod capacity;
 pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod codec;
+pub mod compare;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

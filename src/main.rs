@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let fleet_args = match &cli.command {
         Command::Run(args) => Some(&args.fleet),
         Command::Check(args) => Some(args),
-        Command::Target(_) | Command::Ctl(_) => None,
+        Command::Target(_) | Command::Ctl(_) | Command::Compare(_) => None,
     };
     let plan = match fleet_args.map(FleetArgs::resolve).transpose() {
         Ok(plan) => plan,
@@ -55,6 +55,10 @@ fn main() -> ExitCode {
         print!("{}", plan.config.to_yaml());
         print!("{}", plan.describe_groups());
         return ExitCode::SUCCESS;
+    }
+
+    if let Command::Compare(args) = &cli.command {
+        return run_compare(args);
     }
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -92,6 +96,31 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `wsfleet compare BASE.json RUN.json`: the table, and exit 3 on a regression (2 when a file
+/// is not a summary).
+fn run_compare(args: &wsfleet::cli::CompareArgs) -> ExitCode {
+    let read = |path: &std::path::Path| wsfleet::compare::read_summary(path);
+    let (base, run) = match (read(&args.base), read(&args.run)) {
+        (Ok(base), Ok(run)) => (base, run),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    let comparison = wsfleet::compare::compare(
+        &args.base.display().to_string(),
+        &base,
+        &run,
+        &args.limits.max_regression,
+    );
+    print!("{}", comparison.render());
+    if comparison.regressed() {
+        ExitCode::from(wsfleet::compare::EXIT_REGRESSED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -162,6 +191,17 @@ async fn run_daemon(
         }
     }
     let [summary_out, report_out, junit_out] = outputs;
+    // Read now: a baseline that is not a summary fails before hours of load, not after.
+    let baseline = match &args.baseline {
+        Some(path) => match wsfleet::compare::read_summary(path) {
+            Ok(base) => Some((path.display().to_string(), base)),
+            Err(err) => {
+                eprintln!("error: --baseline: {err}");
+                return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+            }
+        },
+        None => None,
+    };
     let daemon = Daemon::run(plan, listener, CancellationToken::new()).await?;
     let stopping = daemon.stopping();
     let duration = args.duration.unwrap_or(Duration::MAX);
@@ -192,7 +232,8 @@ async fn run_daemon(
             && args.duration.is_none()
             && summary_out.is_none()
             && report_out.is_none()
-            && junit_out.is_none())
+            && junit_out.is_none()
+            && baseline.is_none())
     {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
@@ -212,6 +253,15 @@ async fn run_daemon(
     );
     let mut summary = Summary::judge(&metrics, &desired, &sla, finished.run_time, &active);
     summary.capacity = capacity;
+    if let Some((name, base)) = &baseline {
+        let run = serde_json::to_value(&summary).context("encoding the summary")?;
+        summary.comparison = Some(wsfleet::compare::compare(
+            name,
+            base,
+            &run,
+            &args.limits.max_regression,
+        ));
+    }
     print!("{}", summary.render());
     // Each output is written whatever became of the other.
     let mut unwritten = false;

@@ -32,6 +32,9 @@ pub struct Summary {
     /// run (its latency figures may be inflated). Absent when it never was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// The run against its baseline (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<crate::compare::Comparison>,
     /// The answer of a capacity search (`--find-capacity`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<crate::capacity::Outcome>,
@@ -337,6 +340,7 @@ impl Summary {
             fleet,
             slos,
             capacity: None,
+            comparison: None,
             groups,
             suspect: match metrics.generator_saturations.get() {
                 0 => None,
@@ -348,12 +352,13 @@ impl Summary {
     }
 
     /// The run's exit code: a capacity search's own ([`crate::capacity::exit_code`]), else
-    /// [`EXIT_SLA_BREACHED`] when an SLO broke, else 0 — also without an SLA, whose verdict is
-    /// `none`: nothing was asked, so nothing failed.
+    /// [`EXIT_SLA_BREACHED`] when an SLO broke or the run regressed from its baseline, else 0
+    /// — also without an SLA, whose verdict is `none`: nothing was asked, so nothing failed.
     pub fn exit_code(&self) -> u8 {
+        let regressed = self.comparison.as_ref().is_some_and(|c| c.regressed());
         match &self.capacity {
             Some(outcome) => crate::capacity::exit_code(outcome),
-            None if self.passed => 0,
+            None if self.passed && !regressed => 0,
             None => EXIT_SLA_BREACHED,
         }
     }
@@ -413,6 +418,9 @@ impl Summary {
                         .join(" ")
                 );
             }
+        }
+        if let Some(comparison) = &self.comparison {
+            out.push_str(&comparison.render());
         }
         if let Some(why) = &self.suspect {
             let _ = writeln!(out, "SUSPECT      {why}");

@@ -155,3 +155,123 @@ fn validate_junit(file: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `wsfleet compare` and `run --baseline`: a run against a target that adds 20 ms to every
+/// delivery regressed from one without (exit 3, the delivery quantiles named, the table in the
+/// summary and the report); a summary compared with itself did not (exit 0); a file that is not
+/// a summary, or a limit that means nothing, is refused (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_slower_than_its_baseline_regresses_and_the_same_run_does_not() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let config = format!(
+        "target: {}\nlisten: 127.0.0.1:0\nusers: 10\nconnect_rate: 1000\nmessage_interval: 100ms\n\
+         scenario: {{extends: im, room_size: 5}}\n",
+        target.ws_url()
+    );
+    let (code, stdout) = run(
+        dir.path(),
+        &config,
+        &["--duration", "4s", "--summary-out", &path("base.json")],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}");
+    target.faults(serde_json::json!({"delay": "20ms"})).await;
+    let (code, stdout) = run(
+        dir.path(),
+        &config,
+        &[
+            "--duration",
+            "4s",
+            "--summary-out",
+            &path("run.json"),
+            "--report",
+            &path("report.html"),
+            "--baseline",
+            &path("base.json"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(3), "a regression fails the run: {stdout}");
+    assert!(stdout.contains("compared with"), "{stdout}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(path("run.json")).unwrap()).unwrap();
+    let regressions = summary["comparison"]["regressions"].to_string();
+    assert!(regressions.contains("\"p50_delivery\""), "{regressions}");
+    let row = summary["comparison"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["figure"] == "p50_delivery")
+        .unwrap()
+        .clone();
+    assert!(row["run"].as_f64().unwrap() >= 0.020, "{row}");
+    assert!(
+        row["run"].as_f64().unwrap() - row["base"].as_f64().unwrap() > 0.015,
+        "{row}"
+    );
+    assert_eq!(
+        summary["verdict"], "none",
+        "no SLA: the regression alone failed it"
+    );
+    let report = std::fs::read_to_string(path("report.html")).unwrap();
+    assert!(
+        report.contains("\"regressions\":[\"p50_delivery\""),
+        "the report carries it"
+    );
+
+    let compare = |args: Vec<String>| {
+        let out = Command::new(BIN)
+            .arg("compare")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, _) = compare(vec![path("base.json"), path("run.json")]);
+    assert_eq!(code, Some(3), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("p50_delivery "))
+        .unwrap();
+    assert!(line.ends_with("REGRESSED"), "{table}");
+    assert!(table.contains("comparison   REGRESSED: "), "{table}");
+    let (code, table, _) = compare(vec![path("base.json"), path("base.json")]);
+    assert_eq!(code, Some(0), "{table}");
+    assert!(table.contains("comparison   no regression"), "{table}");
+    assert!(!table.contains("REGRESSED"), "{table}");
+    // Allowed: 20 ms more at the p50 and p90 is within 10x; the p99 within 100 ms.
+    let (_, table, _) = compare(vec![
+        path("base.json"),
+        path("run.json"),
+        "--max-regression".into(),
+        "p50_delivery=1000%".into(),
+        "--max-regression".into(),
+        "p90_delivery=1000%".into(),
+        "--max-regression".into(),
+        "p99_delivery=100ms".into(),
+    ]);
+    let delivery_regressed = table
+        .lines()
+        .any(|l| l.contains("_delivery ") && l.ends_with("REGRESSED"));
+    assert!(!delivery_regressed, "{table}");
+    let (code, _, stderr) = compare(vec![path("base.json"), path("report.html")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("report.html is not a wsfleet summary"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = compare(vec![
+        path("base.json"),
+        path("run.json"),
+        "--max-regression".into(),
+        "p98_delivery=10%".into(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("p98_delivery"), "{stderr}");
+}
