@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// table is printed and in the summary and report, and a regression exits 3.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    /// Keep this run's report and summary in this directory (made if missing) under a stable
+    /// name (start time and config hash), and list every run kept there, with its verdict, in
+    /// its index.html.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
 }

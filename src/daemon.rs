@@ -39,6 +39,7 @@ pub struct Daemon {
     history: Arc<crate::history::History>,
     sla: tokio::sync::watch::Receiver<crate::sla::Slas>,
     started: Instant,
+    provenance: Arc<crate::provenance::Provenance>,
     drain_timeout: Duration,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -178,6 +179,11 @@ impl Daemon {
             );
         }
         let started = Instant::now();
+        let provenance = Arc::new(crate::provenance::Provenance::new(
+            &config,
+            &target,
+            std::time::SystemTime::now(),
+        ));
         let state = ApiState {
             fleet: fleet.clone(),
             metrics: Arc::clone(&metrics),
@@ -187,6 +193,7 @@ impl Daemon {
             started,
             sla: sla.clone(),
             config: Arc::new(crate::report::config_json(&config)),
+            provenance: Arc::clone(&provenance),
             searches: Arc::default(),
             health,
             token: token.map(Into::into),
@@ -253,6 +260,7 @@ impl Daemon {
             metrics,
             sla,
             started,
+            provenance,
             drain_timeout: config.drain_timeout(),
             shutdown,
             task,
@@ -280,6 +288,11 @@ impl Daemon {
     /// The run's history: what the live page and the report chart.
     pub fn history(&self) -> &Arc<crate::history::History> {
         &self.history
+    }
+
+    /// What this run is and what runs it, as of its start (the config it started with).
+    pub fn provenance(&self) -> &crate::provenance::Provenance {
+        &self.provenance
     }
 
     /// The SLA in force, as reloads change it.

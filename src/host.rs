@@ -72,6 +72,15 @@ pub fn user_sockets(fds_open_now: u64) -> usize {
     })
 }
 
+/// This machine's name (the kernel's), or `unknown`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,9 @@
 //!   holds within its SLA; [`progress`]: the periodic log line.
 //! - [`config`]: the YAML schema gathered from the components' own settings types, defaults,
 //!   validation (errors name the file's field) and the [`config::Plan`] a daemon runs.
-//! - [`summary`] and [`report`]: the verdict and the HTML report, [`junit`]: the verdict as
-//!   JUnit XML, [`compare`]: a run against a baseline; [`reload`]: re-reading the
+//! - [`provenance`]: what a run was and what ran it; [`summary`] and [`report`]: the verdict
+//!   and the HTML report, [`junit`]: the verdict as
+//!   JUnit XML, [`compare`]: a run against a baseline, [`archive`]: reports kept for audit; [`reload`]: re-reading the
 //!   config file; [`cli`]: command-line parsing.
 //! - [`api`]: the HTTP control API, `/metrics` and the live page; [`ctl`]: the `wsfleet ctl`
 //!   client, which reads the API's own typed [`api::Status`].
@@ -38,6 +39,7 @@
 //!   shutdown.
 
 pub mod api;
+pub mod archive;
 pub(crate) mod arrivals;
 pub(crate) mod bearer;
 pub mod capacity;
@@ -64,6 +66,7 @@ pub mod output;
 pub(crate) mod pacer;
 pub(crate) mod profile;
 pub(crate) mod progress;
+pub mod provenance;
 pub(crate) mod reload;
 pub mod report;
 pub(crate) mod roster;

@@ -191,6 +191,17 @@ async fn run_daemon(
         }
     }
     let [summary_out, report_out, junit_out] = outputs;
+    let archive = match args
+        .report_dir
+        .as_deref()
+        .map(wsfleet::archive::Archive::open)
+    {
+        Some(Err(err)) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        }
+        opened => opened.and_then(Result::ok),
+    };
     // Read now: a baseline that is not a summary fails before hours of load, not after.
     let baseline = match &args.baseline {
         Some(path) => match wsfleet::compare::read_summary(path) {
@@ -233,7 +244,8 @@ async fn run_daemon(
             && summary_out.is_none()
             && report_out.is_none()
             && junit_out.is_none()
-            && baseline.is_none())
+            && baseline.is_none()
+            && archive.is_none())
     {
         daemon.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
@@ -244,6 +256,7 @@ async fn run_daemon(
     let profile = daemon.fleet().profile().await.unwrap_or(None);
     let target = daemon.target().clone();
     let in_force = daemon.sla();
+    let provenance = daemon.provenance().clone();
     let finished = daemon.finish().await?;
     // Judged by the SLA in force at the end: a reload during the run changed it for everyone.
     let sla = in_force.borrow().clone();
@@ -253,6 +266,7 @@ async fn run_daemon(
     );
     let mut summary = Summary::judge(&metrics, &desired, &sla, finished.run_time, &active);
     summary.capacity = capacity;
+    summary.provenance = Some(provenance.ended());
     if let Some((name, base)) = &baseline {
         let run = serde_json::to_value(&summary).context("encoding the summary")?;
         summary.comparison = Some(wsfleet::compare::compare(
@@ -263,16 +277,19 @@ async fn run_daemon(
         ));
     }
     print!("{}", summary.render());
-    // Each output is written whatever became of the other.
+    // Each output is written whatever became of the others.
     let mut unwritten = false;
-    if let Some(output) = &summary_out {
-        let json = serde_json::to_string_pretty(&summary).context("encoding the summary")?;
-        if let Err(err) = output.write((json + "\n").as_bytes()) {
-            eprintln!("error: {err}");
-            unwritten = true;
-        }
+    let mut failed = |err: &dyn std::fmt::Display| {
+        eprintln!("error: {err}");
+        unwritten = true;
+    };
+    let json = serde_json::to_string_pretty(&summary).context("encoding the summary")? + "\n";
+    if let Some(output) = &summary_out
+        && let Err(err) = output.write(json.as_bytes())
+    {
+        failed(&err);
     }
-    if let Some(output) = &report_out {
+    if report_out.is_some() || archive.is_some() {
         let report = wsfleet::report::Report::new(
             &summary,
             history.run(),
@@ -280,17 +297,24 @@ async fn run_daemon(
             &sla,
             &target,
             config_json,
-        );
-        if let Err(err) = output.write(report.render().as_bytes()) {
-            eprintln!("error: {err}");
-            unwritten = true;
+        )
+        .render();
+        if let Some(output) = &report_out
+            && let Err(err) = output.write(report.as_bytes())
+        {
+            failed(&err);
+        }
+        if let (Some(archive), Some(provenance)) = (&archive, &summary.provenance) {
+            match archive.keep(&provenance.stem(), &report, &json) {
+                Ok(kept) => tracing::info!(report = %kept.display(), "report kept"),
+                Err(err) => failed(&err),
+            }
         }
     }
     if let Some(output) = &junit_out
         && let Err(err) = output.write(wsfleet::junit::render(&summary).as_bytes())
     {
-        eprintln!("error: {err}");
-        unwritten = true;
+        failed(&err);
     }
     for slo in summary.breaches() {
         eprintln!(

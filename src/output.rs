@@ -30,7 +30,8 @@ impl Output {
         }
     }
 
-    fn error(&self, source: std::io::Error) -> OutputError {
+    /// The error of this output failing with `source`.
+    pub fn failed(&self, source: std::io::Error) -> OutputError {
         OutputError {
             flag: self.flag,
             path: self.path.clone(),
@@ -42,11 +43,11 @@ impl Output {
     /// is not a directory. Leaves nothing behind.
     pub fn check(&self) -> Result<(), OutputError> {
         if self.path.is_dir() {
-            return Err(self.error(std::io::Error::other("it is a directory")));
+            return Err(self.failed(std::io::Error::other("it is a directory")));
         }
         let probe = self.temporary();
-        std::fs::File::create(&probe).map_err(|err| self.error(err))?;
-        std::fs::remove_file(&probe).map_err(|err| self.error(err))
+        std::fs::File::create(&probe).map_err(|err| self.failed(err))?;
+        std::fs::remove_file(&probe).map_err(|err| self.failed(err))
     }
 
     /// Writes `bytes` whole: to a temporary file in the same directory, synced, then renamed
@@ -62,7 +63,7 @@ impl Output {
             .and_then(|()| std::fs::rename(&temporary, &self.path));
         written.map_err(|err| {
             let _ = std::fs::remove_file(&temporary);
-            self.error(err)
+            self.failed(err)
         })
     }
 

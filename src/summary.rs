@@ -32,6 +32,9 @@ pub struct Summary {
     /// run (its latency figures may be inflated). Absent when it never was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// What the run was and what ran it (set by whoever ran it: `wsfleet run`, the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Provenance>,
     /// The run against its baseline (`--baseline`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comparison: Option<crate::compare::Comparison>,
@@ -341,6 +344,7 @@ impl Summary {
             slos,
             capacity: None,
             comparison: None,
+            provenance: None,
             groups,
             suspect: match metrics.generator_saturations.get() {
                 0 => None,

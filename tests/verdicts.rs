@@ -275,3 +275,93 @@ async fn a_run_slower_than_its_baseline_regresses_and_the_same_run_does_not() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("p98_delivery"), "{stderr}");
 }
+
+/// `--report-dir`: three runs (one passing its SLA, one failing it, one without) leave three
+/// reports and summaries under names that sort by start, and an index listing each with its
+/// verdict; each report says what ran (version, build, config hash, host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runs_leave_three_reports_and_an_index_of_their_verdicts() {
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("reports");
+    for (sla, code) in [("{error_rate: 50%}", 0), ("{p99_rtt: 1us}", 3), ("{}", 0)] {
+        let config = format!(
+            "target: {}\nlisten: 127.0.0.1:0\nusers: 4\nmessage_interval: 100ms\nsla: {sla}\n",
+            target.ws_url()
+        );
+        let (exit, stdout) = run(
+            dir.path(),
+            &config,
+            &["--duration", "2s", "--report-dir", kept.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(exit, Some(code), "{sla}: {stdout}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&kept)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        7,
+        "three reports, three summaries, an index: {names:?}"
+    );
+    assert!(names.contains(&"index.html".to_string()));
+    let index = std::fs::read_to_string(kept.join("index.html")).unwrap();
+    assert!(index.contains("3 run(s) kept here"), "{index}");
+    let verdicts: Vec<&str> = index
+        .lines()
+        .filter(|l| l.starts_with("<tr class="))
+        .map(|l| l.split("<b>").nth(1).unwrap().split("</b>").next().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["no SLA", "FAIL", "PASS"],
+        "newest first: {index}"
+    );
+    assert!(
+        index.contains("p99_rtt_seconds"),
+        "the breach is named: {index}"
+    );
+    for name in names.iter().filter(|n| n.ends_with(".json")) {
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(kept.join(name)).unwrap()).unwrap();
+        let p = &summary["provenance"];
+        assert!(
+            p["version"].as_str().unwrap().starts_with("wsfleet "),
+            "{p}"
+        );
+        assert_eq!(p["config_sha256"].as_str().unwrap().len(), 64, "{p}");
+        let stem = name.trim_end_matches(".json");
+        assert!(
+            stem.starts_with(&p["started_at"].as_str().unwrap()[..4]),
+            "{stem}"
+        );
+        assert!(index.contains(&format!("href=\"{stem}.html\"")), "{index}");
+        let report = std::fs::read_to_string(kept.join(format!("{stem}.html"))).unwrap();
+        assert!(
+            report.contains(p["config_sha256"].as_str().unwrap()),
+            "the report says what ran"
+        );
+    }
+    // A place that cannot take reports fails before the run.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let config = format!(
+        "target: {}\nlisten: 127.0.0.1:0\nusers: 1\n",
+        target.ws_url()
+    );
+    let (exit, _) = run(
+        dir.path(),
+        &config,
+        &[
+            "--duration",
+            "2s",
+            "--report-dir",
+            blocker.join("sub").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(exit, Some(2));
+}

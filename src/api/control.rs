@@ -539,6 +539,7 @@ pub async fn report(
         &active,
     );
     summary.capacity = state.searches.outcome();
+    summary.provenance = Some((*state.provenance).clone().ended());
     let report = crate::report::Report::new(
         &summary,
         state.history.run(),

@@ -70,6 +70,8 @@ pub struct ApiState {
     pub reload: Option<Arc<crate::reload::Reloader>>,
     /// The effective config, secrets masked, for reports.
     pub config: Arc<serde_json::Value>,
+    /// What the run is and what runs it, for reports.
+    pub provenance: Arc<crate::provenance::Provenance>,
     /// Capacity searches started through the API.
     pub searches: Arc<crate::capacity::Searches>,
     /// Host names and origins accepted besides the daemon's own ([`guard`]).
