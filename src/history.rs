@@ -2,7 +2,10 @@
 //! generator does, kept in memory with a fixed size — the last 15 minutes at full resolution,
 //! and the whole run downsampled (every other point dropped whenever it fills, so a run of any
 //! length fits) — plus the recent load changes with who made them. A fleet of several groups
-//! also keeps each group's users, pace, delivery p99 and loss beside each point.
+//! also keeps each group's users, pace, delivery p99 and loss beside each point. Beside each
+//! point too: how many round trips and deliveries fell in each latency bucket (the Prometheus
+//! histograms' buckets), for the heat maps; in the downsampled run a column sums every second
+//! it stands for, so no sample is dropped from the picture.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -60,6 +63,33 @@ pub struct GroupPoint {
     pub lost: f32,
 }
 
+/// How many samples of each latency fell in each bucket over a span: one count per upper
+/// bound of [`crate::metrics::LATENCY_BUCKETS`], then the count above the last.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Heat {
+    pub rtt: Box<[u32]>,
+    pub delivery: Box<[u32]>,
+}
+
+impl Heat {
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &Heat) {
+        for (mine, theirs) in [
+            (&mut self.rtt, &other.rtt),
+            (&mut self.delivery, &other.delivery),
+        ] {
+            if mine.len() < theirs.len() {
+                let mut grown = mine.to_vec();
+                grown.resize(theirs.len(), 0);
+                *mine = grown.into_boxed_slice();
+            }
+            for (m, t) in mine.iter_mut().zip(theirs.iter()) {
+                *m = m.saturating_add(*t);
+            }
+        }
+    }
+}
+
 /// A change of the desired load, as the fleet applied it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Change {
@@ -83,6 +113,11 @@ struct Inner {
     /// Each point's groups, beside `recent` and `run` (empty in a fleet of one group).
     recent_groups: VecDeque<Box<[GroupPoint]>>,
     run_groups: Vec<Box<[GroupPoint]>>,
+    /// Each point's latency buckets, beside `recent` and `run`; `pending` sums the seconds
+    /// since the last point kept in `run`.
+    recent_heat: VecDeque<Heat>,
+    run_heat: Vec<Heat>,
+    pending_heat: Heat,
     /// Seconds between two points of `run`; doubles when it fills.
     run_step: u32,
     /// Points seen since the last one kept in `run`.
@@ -110,6 +145,9 @@ struct Totals {
     delivered: u64,
     /// (sent, lost) of each group, in a fleet of several.
     groups: Vec<(u64, u64)>,
+    /// Samples so far in each latency bucket.
+    rtt_buckets: Vec<u64>,
+    delivery_buckets: Vec<u64>,
 }
 
 impl Totals {
@@ -146,6 +184,25 @@ impl Totals {
             } else {
                 Vec::new()
             },
+            rtt_buckets: metrics.message_rtt.bucket_counts(),
+            delivery_buckets: metrics.delivery_latency.bucket_counts(),
+        }
+    }
+
+    /// What fell in each bucket between `earlier` and these totals.
+    fn heat_since(&self, earlier: &Totals) -> Heat {
+        let since = |now: &[u64], then: &[u64]| -> Box<[u32]> {
+            now.iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let was = then.get(i).copied().unwrap_or(0);
+                    u32::try_from(n.saturating_sub(was)).unwrap_or(u32::MAX)
+                })
+                .collect()
+        };
+        Heat {
+            rtt: since(&self.rtt_buckets, &earlier.rtt_buckets),
+            delivery: since(&self.delivery_buckets, &earlier.delivery_buckets),
         }
     }
 }
@@ -164,6 +221,10 @@ pub struct Snapshot {
     pub groups: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub group_points: Vec<Box<[GroupPoint]>>,
+    /// The latency buckets' upper bounds (seconds) of `heat`, whose last count is above them.
+    pub heat_buckets: &'static [f64],
+    /// For each point, its round trips and deliveries by latency bucket.
+    pub heat: Vec<Heat>,
 }
 
 /// Seconds since the Unix epoch.
@@ -225,7 +286,7 @@ impl History {
             loop_lag: health.loop_lag_max_seconds as f32,
             saturated: health.saturated,
         };
-        inner.push(point, groups);
+        inner.push(point, groups, now.heat_since(&last));
         if inner.names.is_empty() && metrics.groups().len() > 1 {
             inner.names = metrics.groups().to_vec();
         }
@@ -254,6 +315,8 @@ impl History {
             changes: inner.changes.iter().cloned().collect(),
             groups: inner.names.clone(),
             group_points: inner.recent_groups.iter().cloned().collect(),
+            heat_buckets: crate::metrics::LATENCY_BUCKETS,
+            heat: inner.recent_heat.iter().cloned().collect(),
         }
     }
 
@@ -266,22 +329,28 @@ impl History {
             changes: inner.changes.iter().cloned().collect(),
             groups: inner.names.clone(),
             group_points: inner.run_groups.clone(),
+            heat_buckets: crate::metrics::LATENCY_BUCKETS,
+            heat: inner.run_heat.clone(),
         }
     }
 }
 
 impl Inner {
-    /// Keeps `point` (and its groups' figures, empty in a fleet of one group).
-    fn push(&mut self, point: Point, groups: Box<[GroupPoint]>) {
+    /// Keeps `point` (and its groups' figures, empty in a fleet of one group, and its
+    /// latency buckets).
+    fn push(&mut self, point: Point, groups: Box<[GroupPoint]>, heat: Heat) {
         let grouped = !groups.is_empty();
         if self.recent.len() == RECENT_POINTS {
             self.recent.pop_front();
             self.recent_groups.pop_front();
+            self.recent_heat.pop_front();
         }
         self.recent.push_back(point);
         if grouped {
             self.recent_groups.push_back(groups.clone());
         }
+        self.pending_heat.add(&heat);
+        self.recent_heat.push_back(heat);
         self.run_step = self.run_step.max(1);
         self.since_kept += 1;
         if self.since_kept < self.run_step {
@@ -289,15 +358,28 @@ impl Inner {
         }
         self.since_kept = 0;
         if self.run.len() == RUN_POINTS {
-            // Full: keep every other point, and one point per twice as many seconds from now.
+            // Full: keep every other point, and one point per twice as many seconds from now;
+            // each heat column kept takes in the one dropped after it.
             keep_every_other(&mut self.run);
             keep_every_other(&mut self.run_groups);
+            self.run_heat = self
+                .run_heat
+                .chunks(2)
+                .map(|pair| {
+                    let mut sum = pair[0].clone();
+                    if let Some(next) = pair.get(1) {
+                        sum.add(next);
+                    }
+                    sum
+                })
+                .collect();
             self.run_step *= 2;
         }
         self.run.push(point);
         if grouped {
             self.run_groups.push(groups);
         }
+        self.run_heat.push(std::mem::take(&mut self.pending_heat));
     }
 }
 
@@ -313,19 +395,33 @@ fn keep_every_other<T>(items: &mut Vec<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn memory_is_bounded_however_long_the_run() {
         let mut inner = Inner::default();
         for i in 0..100_000 {
+            let heat = Heat {
+                rtt: Box::new([1, 0]),
+                delivery: Box::new([]),
+            };
             inner.push(
                 Point {
                     t: f64::from(i),
                     ..Point::default()
                 },
                 Box::new([]),
+                heat,
             );
         }
+        let counted: u32 = inner.run_heat.iter().map(|h| h.rtt[0]).sum();
+        let pending = inner.pending_heat.rtt.first().copied().unwrap_or(0);
+        assert_eq!(
+            counted + pending,
+            100_000,
+            "the run's heat map counts every sample, however far downsampled"
+        );
+        assert_eq!(inner.run_heat.len(), inner.run.len());
         assert_eq!(inner.recent.len(), RECENT_POINTS);
         assert!(inner.run.len() <= RUN_POINTS);
         assert!(inner.run.len() > RUN_POINTS / 2, "{}", inner.run.len());
@@ -356,8 +452,24 @@ mod tests {
         let health = crate::health::Health::default();
         history.sample(&metrics, 10, &health);
         metrics.group(0).add(Count::Sent, 50);
+        let meter = metrics.group(0);
+        meter.observe(crate::metrics::Latency::Delivery, Duration::from_millis(3));
+        meter.observe(
+            crate::metrics::Latency::Delivery,
+            Duration::from_millis(300),
+        );
         history.sample(&metrics, 10, &health);
         let snapshot = history.recent();
+        let bucket = |secs: f64| {
+            snapshot
+                .heat_buckets
+                .iter()
+                .position(|&upper| secs <= upper)
+                .unwrap_or(snapshot.heat_buckets.len())
+        };
+        let delivery = &snapshot.heat[0].delivery;
+        assert_eq!(delivery.iter().sum::<u32>(), 2, "{delivery:?}");
+        assert_eq!((delivery[bucket(0.003)], delivery[bucket(0.3)]), (1, 1));
         assert_eq!(
             snapshot.points.len(),
             1,

@@ -160,3 +160,83 @@ async fn the_page_lists_the_groups_and_steers_one() {
     assert!(seen["group_chart_points"].as_u64().unwrap() >= 2, "{seen}");
     daemon.shutdown().await.unwrap();
 }
+
+/// The report's heat map, drawn in headless Chromium, shows a server that answers half its
+/// deliveries 200 ms late as two bands — the loopback one and the late one — with nothing
+/// shaded between them (which p50/p99 lines would average into one curve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reports_heat_map_shows_a_bimodal_server_as_two_bands() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    let target = Target::start().await;
+    target
+        .faults(serde_json::json!({"tail": [{"share": 0.5, "delay": "200ms"}]}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("run.html");
+    let config = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "target: {}\nlisten: 127.0.0.1:0\nusers: 10\nmessage_interval: 100ms\n\
+             scenario: {{extends: im, room_size: 5}}\n",
+            target.ws_url()
+        ),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--duration",
+            "5s",
+            "--report",
+        ])
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let url = format!("file://{}", report.display());
+    let seen = browse(&python, "heat.py", &[&url, dir.path().to_str().unwrap()]).await;
+    let shade: Vec<f64> = seen["shade"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let bounds: Vec<f64> = seen["bounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let row = |secs: f64| bounds.iter().position(|&b| secs <= b).unwrap();
+    let darkest =
+        |rows: std::ops::RangeInclusive<usize>| rows.map(|r| shade[r]).fold(0.0_f64, f64::max);
+    let lightest =
+        |rows: std::ops::RangeInclusive<usize>| rows.map(|r| shade[r]).fold(1.0_f64, f64::min);
+    // Loopback deliveries below 10 ms, the late half just above 200 ms; between them a row at
+    // most a quarter as dark as either band (a few stray samples of the ramp may shade it).
+    let (fast, late) = (darkest(0..=row(0.01)), darkest(row(0.2)..=row(0.5)));
+    let gap = lightest(row(0.02)..=row(0.2));
+    assert!(
+        fast > 0.3 && late > 0.3 && gap < fast.min(late) / 4.0,
+        "two bands, a gap between: {seen}"
+    );
+    assert!(seen["screenshot"].as_u64().unwrap() > 1_000, "{seen}");
+    if let Some(keep) = std::env::var_os("WSFLEET_KEEP_SCREENSHOTS") {
+        std::fs::copy(
+            dir.path().join("heat.png"),
+            PathBuf::from(&keep).join("heat.png"),
+        )
+        .unwrap();
+    }
+}

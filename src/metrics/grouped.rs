@@ -63,6 +63,30 @@ impl PerGroup<Histogram> {
     pub fn get_sample_sum(&self) -> f64 {
         self.children.iter().map(Histogram::get_sample_sum).sum()
     }
+
+    /// Samples so far in each bucket of every group together (not cumulative): one count per
+    /// upper bound, then the count above the last.
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        use prometheus::core::Metric as _;
+        let mut counts = Vec::new();
+        for child in &self.children {
+            let metric = child.metric();
+            let histogram = metric.get_histogram();
+            let cumulative: Vec<u64> = histogram
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .chain([histogram.get_sample_count()])
+                .collect();
+            counts.resize(cumulative.len(), 0);
+            let mut below = 0;
+            for (count, &upto) in counts.iter_mut().zip(&cumulative) {
+                *count += upto.saturating_sub(below);
+                below = upto;
+            }
+        }
+        counts
+    }
 }
 
 impl PerGroup<LatencyWindow> {
