@@ -48,6 +48,8 @@ pub struct Point {
     pub reach: f32,
     /// Worst event-loop lag of the last 5 s.
     pub loop_lag: f32,
+    /// The generator's resident memory, bytes.
+    pub rss: f32,
     pub saturated: bool,
 }
 
@@ -284,6 +286,7 @@ impl History {
                 (now.delivered.saturating_sub(last.delivered) as f64 / expected as f64) as f32
             },
             loop_lag: health.loop_lag_max_seconds as f32,
+            rss: crate::host::resident_bytes().unwrap_or(0) as f32,
             saturated: health.saturated,
         };
         inner.push(point, groups, now.heat_since(&last));
@@ -317,6 +320,32 @@ impl History {
             group_points: inner.recent_groups.iter().cloned().collect(),
             heat_buckets: crate::metrics::LATENCY_BUCKETS,
             heat: inner.recent_heat.iter().cloned().collect(),
+        }
+    }
+
+    /// How the run's p99 latencies and RSS moved over it, per hour (least squares over the
+    /// whole run's points; a latency's over the points that measured one).
+    pub fn trends(&self) -> crate::sla::Trends {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let run = &inner.run;
+        let series = |value: fn(&Point) -> f32| -> Option<f64> {
+            let points: Vec<(f64, f64)> = run
+                .iter()
+                .map(|p| (p.t, f64::from(value(p))))
+                .filter(|&(_, v)| v > 0.0)
+                .collect();
+            slope(&points).map(|per_second| per_second * 3600.0)
+        };
+        crate::sla::Trends {
+            span_seconds: match (run.first(), run.last()) {
+                (Some(first), Some(last)) => last.t - first.t,
+                _ => 0.0,
+            },
+            slopes: [
+                series(|p| p.rtt_p99),
+                series(|p| p.delivery_p99),
+                series(|p| p.rss),
+            ],
         }
     }
 
@@ -383,6 +412,25 @@ impl Inner {
     }
 }
 
+/// The least-squares slope of `points` (x, y), per unit of x; None below three points or
+/// when every x is the same.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mean_x, mean_y) = points
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), &(x, y)| (sx + x / n, sy + y / n));
+    let (covariance, variance) = points.iter().fold((0.0, 0.0), |(c, v), &(x, y)| {
+        (
+            c + (x - mean_x) * (y - mean_y),
+            v + (x - mean_x) * (x - mean_x),
+        )
+    });
+    (variance > 0.0).then(|| covariance / variance)
+}
+
 /// Drops every second element, from the second on.
 fn keep_every_other<T>(items: &mut Vec<T>) {
     let mut index = 0;
@@ -435,11 +483,49 @@ mod tests {
         );
     }
 
+    /// A p99 that grows 10 ms a minute, with noise, slopes 0.6 s an hour; a flat one, 0.
+    #[test]
+    fn trends_are_least_squares_slopes_per_hour() {
+        let noise = [0.002, -0.001, 0.0, 0.001, -0.002];
+        let grows: Vec<(f64, f64)> = (0..300)
+            .map(|i| {
+                (
+                    f64::from(i),
+                    0.05 + f64::from(i) * 0.01 / 60.0 + noise[i as usize % 5],
+                )
+            })
+            .collect();
+        let per_hour = slope(&grows).expect("enough points") * 3600.0;
+        assert!((per_hour - 0.6).abs() < 0.01, "{per_hour}");
+        let flat: Vec<(f64, f64)> = (0..300).map(|i| (f64::from(i), 0.05)).collect();
+        assert!(slope(&flat).is_some_and(|s| s.abs() < 1e-12));
+        assert_eq!(slope(&flat[..2]), None, "two points are not a trend");
+        let mut inner = Inner::default();
+        for (t, y) in &grows {
+            let point = Point {
+                t: *t,
+                delivery_p99: *y as f32,
+                ..Point::default()
+            };
+            inner.push(point, Box::new([]), Heat::default());
+        }
+        let history = History(Mutex::new(inner));
+        let trends = history.trends();
+        assert_eq!(trends.span_seconds, 299.0);
+        let delivery = trends.slopes[crate::sla::Trend::P99Delivery as usize].expect("measured");
+        assert!((delivery - 0.6).abs() < 0.01, "{delivery}");
+        assert_eq!(
+            trends.slopes[crate::sla::Trend::P99Rtt as usize],
+            None,
+            "never measured"
+        );
+    }
+
     #[test]
     fn a_point_is_small() {
         // README "Live page and report" states the history's memory from this.
         assert!(
-            std::mem::size_of::<Point>() <= 88,
+            std::mem::size_of::<Point>() <= 96,
             "{}",
             std::mem::size_of::<Point>()
         );

@@ -72,6 +72,20 @@ pub fn user_sockets(fds_open_now: u64) -> usize {
     })
 }
 
+/// This process's resident memory (the kernel's `VmRSS`), or None where `/proc` does not say.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// This machine's name (the kernel's), or `unknown`.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -264,7 +264,15 @@ async fn run_daemon(
         || metrics.users_active.iter().map(|g| g.get()).collect(),
         |d| d.active_by_group.clone(),
     );
-    let mut summary = Summary::judge(&metrics, &desired, &sla, finished.run_time, &active);
+    let trends = history.trends();
+    let mut summary = Summary::judge(
+        &metrics,
+        &desired,
+        &sla,
+        finished.run_time,
+        &active,
+        Some(&trends),
+    );
     summary.capacity = capacity;
     summary.provenance = Some(provenance.ended());
     if let Some((name, base)) = &baseline {

@@ -36,6 +36,142 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// What a drift SLO bounds the slope of, over a soak.
+    Trend {
+        P99Rtt => "p99_rtt",
+        P99Delivery => "p99_delivery",
+        Rss => "rss",
+    }
+}
+
+impl Trend {
+    /// The slope's unit, in its SLO's name.
+    fn unit(self) -> &'static str {
+        match self {
+            Trend::P99Rtt | Trend::P99Delivery => "seconds",
+            Trend::Rss => "bytes",
+        }
+    }
+}
+
+/// A rate of change per hour, written `50ms/h` (a latency) or `64MiB/h` (memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerHour {
+    text: String,
+    /// Seconds or bytes per hour.
+    pub value: f64,
+}
+
+impl PerHour {
+    fn parse(text: &str, bytes: bool) -> Result<PerHour, String> {
+        let amount = text
+            .trim()
+            .strip_suffix("/h")
+            .ok_or_else(|| {
+                format!(
+                    "expected a change per hour like {}, got {text:?}",
+                    if bytes { "64MiB/h" } else { "50ms/h" }
+                )
+            })?
+            .trim();
+        let value = if bytes {
+            amount
+                .parse::<bytesize::ByteSize>()
+                .map_err(|err| format!("{amount:?} is not a size like 64MiB: {err}"))?
+                .as_u64() as f64
+        } else {
+            humantime::parse_duration(amount)
+                .map_err(|err| format!("{amount:?} is not a duration like 50ms: {err}"))?
+                .as_secs_f64()
+        };
+        Ok(PerHour {
+            text: text.trim().to_string(),
+            value,
+        })
+    }
+}
+
+impl Serialize for PerHour {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// Drift SLOs: for a run at least `after` long, bounds on how fast things get worse — the
+/// slope (least squares, per hour) of the fleet's p99 latencies and of the generator's RSS
+/// over the whole run — so a soak that slowly degrades fails even when its end looks fine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    /// Shorter runs are not judged on drift: a slope over minutes says little about hours.
+    #[serde(default = "Drift::default_after", with = "humantime_serde")]
+    pub after: Duration,
+    /// Largest acceptable growth of the round trip's p99 per hour: `50ms/h`.
+    #[serde(
+        default,
+        deserialize_with = "per_hour_latency",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub p99_rtt: Option<PerHour>,
+    /// Largest acceptable growth of the delivery latency's p99 per hour.
+    #[serde(
+        default,
+        deserialize_with = "per_hour_latency",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub p99_delivery: Option<PerHour>,
+    /// Largest acceptable growth of the generator's resident memory per hour: `64MiB/h`.
+    #[serde(
+        default,
+        deserialize_with = "per_hour_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rss: Option<PerHour>,
+}
+
+impl Drift {
+    fn default_after() -> Duration {
+        Duration::from_secs(600)
+    }
+
+    /// (trend, largest slope per hour) for the trends it bounds.
+    fn thresholds(&self) -> Vec<(Trend, f64)> {
+        [
+            (Trend::P99Rtt, &self.p99_rtt),
+            (Trend::P99Delivery, &self.p99_delivery),
+            (Trend::Rss, &self.rss),
+        ]
+        .into_iter()
+        .filter_map(|(trend, limit)| Some((trend, limit.as_ref()?.value)))
+        .collect()
+    }
+}
+
+fn per_hour_latency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
+    let text = String::deserialize(d)?;
+    PerHour::parse(&text, false)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn per_hour_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
+    let text = String::deserialize(d)?;
+    PerHour::parse(&text, true)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// How the run's figures moved over it (from its history), per hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Trends {
+    /// Seconds from the first point to the last.
+    pub span_seconds: f64,
+    /// Least-squares slope per hour of each [`Trend`], by `Trend as usize` (None: too few
+    /// points).
+    pub slopes: [Option<f64>; 3],
+}
+
 /// A quantile strictly between 0 and 1, written `p99`, `p995`, `p9999` (the digits after
 /// "0."), `99.5%`, or `0.995`.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
@@ -171,6 +307,8 @@ impl Serialize for Tiers {
 pub enum Slo {
     Latency(Measure, Quantile),
     Rate(Rate),
+    /// A slope per hour over a soak.
+    Drift(Trend),
 }
 
 impl Slo {
@@ -180,6 +318,7 @@ impl Slo {
         match self {
             Slo::Latency(measure, quantile) => format!("{quantile}_{}_seconds", measure.as_str()),
             Slo::Rate(rate) => rate.as_str().to_string(),
+            Slo::Drift(trend) => format!("drift_{}_{}_per_hour", trend.as_str(), trend.unit()),
         }
     }
 
@@ -187,7 +326,7 @@ impl Slo {
     pub fn quantile(self) -> Option<Quantile> {
         match self {
             Slo::Latency(_, quantile) => Some(quantile),
-            Slo::Rate(_) => None,
+            Slo::Rate(_) | Slo::Drift(_) => None,
         }
     }
 
@@ -259,6 +398,9 @@ pub struct Sla {
     /// Smallest acceptable ratio of connected to desired users at the end of the run.
     #[serde(default, with = "ratio", skip_serializing_if = "Option::is_none")]
     pub min_connected_ratio: Option<f64>,
+    /// Bounds on trends over a soak, judged for the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
 }
 
 impl Sla {
@@ -369,6 +511,33 @@ impl Sla {
                     observed: value,
                     breached: slo.breached(value, threshold),
                 }
+            })
+            .collect()
+    }
+
+    /// The drift SLOs judged against the run's `trends` (the fleet's): none for a run shorter
+    /// than `drift.after`, or without a history.
+    pub fn judge_drift(&self, trends: Option<&Trends>) -> Vec<SloResult> {
+        let (Some(drift), Some(trends)) = (&self.drift, trends) else {
+            return Vec::new();
+        };
+        if trends.span_seconds < drift.after.as_secs_f64() {
+            return Vec::new();
+        }
+        drift
+            .thresholds()
+            .into_iter()
+            .filter_map(|(trend, threshold)| {
+                let slope = trends.slopes[trend as usize]?;
+                let slo = Slo::Drift(trend);
+                Some(SloResult {
+                    slo: slo.name(),
+                    quantile: None,
+                    group: None,
+                    threshold,
+                    observed: slope,
+                    breached: slo.breached(slope, threshold),
+                })
             })
             .collect()
     }
@@ -520,6 +689,8 @@ impl Observed {
             Slo::Rate(Rate::Duplicates) => self.tally.duplicate_rate(),
             Slo::Rate(Rate::Reconnects) => self.tally.reconnect_rate(),
             Slo::Rate(Rate::Connected) => self.connected_ratio,
+            // Judged from the run's trends ([`Sla::judge_drift`]), not a span's figures.
+            Slo::Drift(_) => 0.0,
         }
     }
 }

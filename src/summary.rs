@@ -289,13 +289,15 @@ impl Summary {
             &Slas::single(sla.clone()),
             elapsed,
             &[active],
+            None,
         )
     }
 
     /// Reads the run's numbers once its books are settled (after [`Daemon::finish`]):
     /// `desired` is this instance's share of each group's users, `elapsed` how long the load
-    /// ran, `active` the users of each group connected at its end. A fleet of several groups
-    /// is judged group by group, each by its own SLA.
+    /// ran, `active` the users of each group connected at its end, `trends` how its figures
+    /// moved (the history's). A fleet of several groups is judged group by group, each by its
+    /// own SLA; drift, by the fleet's, on the fleet's trends.
     ///
     /// [`Daemon::finish`]: crate::daemon::Daemon::finish
     pub fn judge(
@@ -304,6 +306,7 @@ impl Summary {
         slas: &Slas,
         elapsed: Duration,
         active: &[i64],
+        trends: Option<&crate::sla::Trends>,
     ) -> Summary {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let fleet = Part::collect(
@@ -336,6 +339,7 @@ impl Summary {
             });
             slos.extend(judged);
         }
+        slos.extend(slas.fleet.judge_drift(trends));
         Summary {
             duration_seconds: secs,
             passed: slos.iter().all(|s| !s.breached),

@@ -674,6 +674,7 @@ async fn one_fleet_speaks_three_protocols_and_judges_each_group_apart() {
         &slas,
         finished.run_time,
         &drain.active_by_group,
+        None,
     );
     let verdicts: Vec<(&str, &str)> = summary
         .groups

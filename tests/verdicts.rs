@@ -365,3 +365,58 @@ async fn three_runs_leave_three_reports_and_an_index_of_their_verdicts() {
     .await;
     assert_eq!(exit, Some(2));
 }
+
+/// Drift: a target that slows down steadily (20 ms more per minute) over a 3-minute run fails
+/// a drift SLO on the delivery p99's slope (100 ms an hour at most: it grows ~1.2 s an hour)
+/// while the p99 SLO of the same run (500 ms) passes — the end looks fine, the trend does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_that_slowly_degrades_fails_its_drift_slo_though_its_p99_passes() {
+    let target = Target::start().await;
+    target.faults(serde_json::json!({"creep": "20ms"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let config = format!(
+        "target: {}\nlisten: 127.0.0.1:0\nusers: 10\nmessage_interval: 200ms\n\
+         scenario: {{extends: im, room_size: 5}}\n\
+         sla: {{p99_delivery: 500ms, drift: {{after: 2m, p99_delivery: 100ms/h, rss: 1GiB/h}}}}\n",
+        target.ws_url()
+    );
+    let (code, stdout) = run(
+        dir.path(),
+        &config,
+        &[
+            "--duration",
+            "3m",
+            "--summary-out",
+            summary.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let judged: Vec<(String, f64, bool)> = summary["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["slo"].as_str().unwrap().to_string(),
+                s["observed"].as_f64().unwrap(),
+                s["breached"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    eprintln!("{judged:?}");
+    assert_eq!(code, Some(3), "{stdout}");
+    let find = |name: &str| judged.iter().find(|(slo, ..)| slo == name).unwrap().clone();
+    let (_, p99, p99_breached) = find("p99_delivery_seconds");
+    assert!(
+        !p99_breached && p99 < 0.5,
+        "the final figure passes: {judged:?}"
+    );
+    let (_, slope, drift_breached) = find("drift_p99_delivery_seconds_per_hour");
+    assert!(drift_breached, "{judged:?}");
+    // 20 ms a minute is 1.2 s an hour (the status window's p99 lags, so a little less).
+    assert!((0.6..2.0).contains(&slope), "slope {slope} s/h");
+    let (_, _, rss_breached) = find("drift_rss_bytes_per_hour");
+    assert!(!rss_breached, "{judged:?}");
+}

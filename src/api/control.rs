@@ -537,6 +537,7 @@ pub async fn report(
         &sla,
         state.started.elapsed(),
         &active,
+        Some(&state.history.trends()),
     );
     summary.capacity = state.searches.outcome();
     summary.provenance = Some((*state.provenance).clone().ended());

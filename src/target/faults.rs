@@ -14,6 +14,12 @@ pub struct Faults {
     /// Added to every room delivery.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// A server that slows down steadily: every delivery waits this much more for each minute
+    /// since it was set (a leak, a growing queue) — for drift SLOs.
+    #[serde(with = "humantime_serde")]
+    pub creep: Duration,
+    #[serde(skip)]
+    pub creep_since: Option<Instant>,
     /// A slow tail: a share of deliveries waits longer, each apart (the rest overtake it, as
     /// a slow shard or a retry path does) — for distributions with a p99 or a second mode.
     pub tail: Vec<TailBand>,
@@ -72,6 +78,9 @@ pub const MAX_FAULT_SPAN: Duration = Duration::from_secs(3600);
 pub struct FaultsPatch {
     #[serde(default, with = "humantime_serde")]
     pub delay: Option<Duration>,
+    /// Added delay per minute from now on (`0s` for none).
+    #[serde(default, with = "humantime_serde")]
+    pub creep: Option<Duration>,
     /// The slow tail's bands (`[]` for none); shares add up to at most 1.
     pub tail: Option<Vec<TailBand>>,
     pub drop: Option<f64>,
@@ -97,6 +106,8 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             delay: Duration::ZERO,
+            creep: Duration::ZERO,
+            creep_since: None,
             tail: Vec::new(),
             drop: 0.0,
             duplicate: 0.0,
@@ -160,6 +171,7 @@ impl FaultSwitch {
     pub fn apply(&self, patch: &FaultsPatch) -> Result<Faults, String> {
         for (name, value) in [
             ("delay", patch.delay),
+            ("creep", patch.creep),
             ("knee_delay", patch.knee_delay),
             ("retry_after", patch.retry_after),
             ("stall", patch.stall),
@@ -212,6 +224,10 @@ impl FaultSwitch {
         }
         if let Some(tail) = &patch.tail {
             faults.tail = tail.clone();
+        }
+        if let Some(creep) = patch.creep {
+            faults.creep = creep;
+            faults.creep_since = (!creep.is_zero()).then(Instant::now);
         }
         if let Some(drop) = patch.drop {
             faults.drop = drop;
@@ -269,6 +285,11 @@ impl FaultSwitch {
                 draw < below
             })
             .map_or(Duration::ZERO, |band| band.delay);
+        let creep = faults.creep_since.map_or(Duration::ZERO, |since| {
+            let minutes = since.elapsed().as_secs_f64() / 60.0;
+            Duration::try_from_secs_f64(faults.creep.as_secs_f64() * minutes)
+                .unwrap_or(MAX_FAULT_SPAN)
+        });
         let above = u64::try_from(connections)
             .unwrap_or(0)
             .saturating_sub(faults.knee);
@@ -283,7 +304,7 @@ impl FaultSwitch {
             copies,
             crate::clock::later(
                 Instant::now(),
-                faults.delay + tail + knee_delay.min(Duration::from_secs(60)),
+                faults.delay + tail + (knee_delay + creep).min(Duration::from_secs(60)),
             ),
         )
     }
