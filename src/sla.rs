@@ -716,7 +716,7 @@ impl Slas {
 }
 
 /// One SLO judged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SloResult {
     /// [`Slo::name`]: `p9999_delivery_seconds`, `error_rate`.
     pub slo: String,

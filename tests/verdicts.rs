@@ -420,3 +420,45 @@ async fn a_soak_that_slowly_degrades_fails_its_drift_slo_though_its_p99_passes()
     let (_, _, rss_breached) = find("drift_rss_bytes_per_hour");
     assert!(!rss_breached, "{judged:?}");
 }
+
+/// The status judges every tier as things stand (the last status window), by the same
+/// judgement as the verdict: what the live page's "SLOs breached now" shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_judges_every_tier_now() {
+    let target = Target::start().await;
+    let daemon = start_daemon(&format!(
+        "target: {}\nusers: 6\nmessage_interval: 100ms\nstatus_window: 1s\n\
+         scenario: {{extends: im, room_size: 3}}\n\
+         sla: {{delivery: {{p50: 1us, \"99.9%\": 10s}}, error_rate: 50%}}\n",
+        target.ws_url()
+    ))
+    .await;
+    let api = daemon.addr();
+    wait_for("a window of deliveries judged", 30, || async {
+        status(api).await["slos"]
+            .as_array()
+            .is_some_and(|slos| slos.iter().any(|s| s["observed"].as_f64() > Some(0.0)))
+    })
+    .await;
+    let slos: Vec<(String, Option<f64>, bool)> = status(api).await["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["slo"].as_str().unwrap().to_string(),
+                s["quantile"].as_f64(),
+                s["breached"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        slos,
+        [
+            ("p50_delivery_seconds".to_string(), Some(0.5), true),
+            ("p999_delivery_seconds".to_string(), Some(0.999), false),
+            ("error_rate".to_string(), None, false),
+        ]
+    );
+    daemon.shutdown().await.unwrap();
+}

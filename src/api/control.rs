@@ -42,6 +42,10 @@ pub struct Status {
     pub network: BTreeMap<String, String>,
     /// SLA thresholds by SLO name (seconds or ratios).
     pub sla: BTreeMap<String, f64>,
+    /// Every SLO judged now: latencies on the last complete `status_window`, rates since
+    /// start, the connected ratio now — by the fleet's SLA, or each group's by its own.
+    #[serde(default)]
+    pub slos: Vec<crate::sla::SloResult>,
     pub connects: Totals,
     pub disconnects: Totals,
     /// The last sample of each kind of failure (`connect.http_status`,
@@ -142,6 +146,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         profile,
         network: links_in_force(&load),
         sla: state.sla.borrow().fleet.by_label(),
+        slos: judged_now(&state, &desired_by_group),
         connects: totals(
             ConnectResult::ALL
                 .iter()
@@ -164,6 +169,34 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
         groups: group_statuses(&state, &desired_by_group),
         load: LoadView::from(&load),
     }))
+}
+
+/// The SLOs as they stand now ([`Status::slos`]).
+fn judged_now(state: &ApiState, desired: &[u32]) -> Vec<crate::sla::SloResult> {
+    let m = &state.metrics;
+    let ratio = |active: i64, desired: u32| {
+        if desired == 0 {
+            1.0
+        } else {
+            active as f64 / f64::from(desired)
+        }
+    };
+    let slas = state.sla.borrow();
+    if slas.groups.is_empty() {
+        let connected = ratio(m.users_active.get(), desired.iter().sum());
+        return slas.fleet.judge(&m.observed_now(None, connected));
+    }
+    slas.groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, (name, sla))| {
+            let connected = ratio(
+                m.users_active.of(g).get(),
+                desired.get(g).copied().unwrap_or(0),
+            );
+            sla.judge_group(Some(name), &m.observed_now(Some(g), connected))
+        })
+        .collect()
 }
 
 /// The link of each shaped group, by group name.

@@ -768,6 +768,22 @@ impl Metrics {
         }
     }
 
+    /// [`Metrics::observed`] as things stand now: each latency's last complete status window,
+    /// the rates since start.
+    pub fn observed_now(&self, group: Option<usize>, connected_ratio: f64) -> Observed {
+        Observed {
+            latencies: Measure::ALL
+                .iter()
+                .map(|&m| {
+                    let window = self.window_of(m);
+                    group.map_or_else(|| window.latest(), |g| window.of(g).latest())
+                })
+                .collect(),
+            tally: self.tally_in(group),
+            connected_ratio,
+        }
+    }
+
     /// The start of a span to judge by [`Metrics::observed`] (the fleet's).
     pub fn mark(&self) -> Mark {
         Mark {
