@@ -35,6 +35,8 @@ pub struct Point {
     pub sent: f32,
     pub received: f32,
     pub disconnects: f32,
+    /// Disconnects the users did not choose (server close, reset, timeouts, protocol) /s.
+    pub unplanned_disconnects: f32,
     pub rtt_p50: f32,
     pub rtt_p99: f32,
     pub rtt_p999: f32,
@@ -140,6 +142,7 @@ struct Totals {
     sent: u64,
     received: u64,
     disconnects: u64,
+    unplanned: u64,
     lost: u64,
     duplicated: u64,
     reordered: u64,
@@ -169,6 +172,7 @@ impl Totals {
                 .iter()
                 .map(|&r| metrics.disconnect(r).get())
                 .sum(),
+            unplanned: metrics.tally().unplanned_disconnects,
             lost: counts.lost,
             duplicated: counts.duplicated,
             reordered: counts.reordered,
@@ -271,6 +275,7 @@ impl History {
             sent: rate(now.sent, last.sent),
             received: rate(now.received, last.received),
             disconnects: rate(now.disconnects, last.disconnects),
+            unplanned_disconnects: rate(now.unplanned, last.unplanned),
             rtt_p50: rtt.p50 as f32,
             rtt_p99: rtt.p99 as f32,
             rtt_p999: rtt.p999 as f32,
@@ -328,11 +333,12 @@ impl History {
     pub fn trends(&self) -> crate::sla::Trends {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let run = &inner.run;
-        let series = |value: fn(&Point) -> f32| -> Option<f64> {
+        // A latency's slope over the points that measured one; a rate's over every point.
+        let series = |value: fn(&Point) -> f32, measured_only: bool| -> Option<f64> {
             let points: Vec<(f64, f64)> = run
                 .iter()
                 .map(|p| (p.t, f64::from(value(p))))
-                .filter(|&(_, v)| v > 0.0)
+                .filter(|&(_, v)| !measured_only || v > 0.0)
                 .collect();
             slope(&points).map(|per_second| per_second * 3600.0)
         };
@@ -342,9 +348,10 @@ impl History {
                 _ => 0.0,
             },
             slopes: [
-                series(|p| p.rtt_p99),
-                series(|p| p.delivery_p99),
-                series(|p| p.rss),
+                series(|p| p.rtt_p99, true),
+                series(|p| p.delivery_p99, true),
+                series(|p| p.rss, true),
+                series(|p| p.unplanned_disconnects, false),
             ],
         }
     }
@@ -525,7 +532,7 @@ mod tests {
     fn a_point_is_small() {
         // README "Live page and report" states the history's memory from this.
         assert!(
-            std::mem::size_of::<Point>() <= 96,
+            std::mem::size_of::<Point>() <= 104,
             "{}",
             std::mem::size_of::<Point>()
         );

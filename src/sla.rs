@@ -42,6 +42,7 @@ label_enum! {
         P99Rtt => "p99_rtt",
         P99Delivery => "p99_delivery",
         Rss => "rss",
+        Reconnects => "reconnects",
     }
 }
 
@@ -51,6 +52,7 @@ impl Trend {
         match self {
             Trend::P99Rtt | Trend::P99Delivery => "seconds",
             Trend::Rss => "bytes",
+            Trend::Reconnects => "per_second",
         }
     }
 }
@@ -63,27 +65,37 @@ pub struct PerHour {
     pub value: f64,
 }
 
+/// What a [`PerHour`] is a change of.
+#[derive(Clone, Copy)]
+enum Amount {
+    Latency,
+    Bytes,
+    Number,
+}
+
 impl PerHour {
-    fn parse(text: &str, bytes: bool) -> Result<PerHour, String> {
+    fn parse(text: &str, kind: Amount) -> Result<PerHour, String> {
+        let example = match kind {
+            Amount::Latency => "50ms/h",
+            Amount::Bytes => "64MiB/h",
+            Amount::Number => "0.5/h",
+        };
         let amount = text
             .trim()
             .strip_suffix("/h")
-            .ok_or_else(|| {
-                format!(
-                    "expected a change per hour like {}, got {text:?}",
-                    if bytes { "64MiB/h" } else { "50ms/h" }
-                )
-            })?
+            .ok_or_else(|| format!("expected a change per hour like {example}, got {text:?}"))?
             .trim();
-        let value = if bytes {
-            amount
-                .parse::<bytesize::ByteSize>()
-                .map_err(|err| format!("{amount:?} is not a size like 64MiB: {err}"))?
-                .as_u64() as f64
-        } else {
-            humantime::parse_duration(amount)
-                .map_err(|err| format!("{amount:?} is not a duration like 50ms: {err}"))?
-                .as_secs_f64()
+        let bad = |err: String| format!("{amount:?} is not an amount like {example}: {err}");
+        let value = match kind {
+            Amount::Bytes => amount.parse::<bytesize::ByteSize>().map_err(bad)?.as_u64() as f64,
+            Amount::Latency => humantime::parse_duration(amount)
+                .map_err(|err| bad(err.to_string()))?
+                .as_secs_f64(),
+            Amount::Number => amount
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad("not a number of 0 or more".into()))?,
         };
         Ok(PerHour {
             text: text.trim().to_string(),
@@ -128,6 +140,14 @@ pub struct Drift {
         skip_serializing_if = "Option::is_none"
     )]
     pub rss: Option<PerHour>,
+    /// Largest acceptable growth per hour of the unplanned disconnects per second (server
+    /// closes, resets, timeouts: each one a reconnect): `0.5/h`.
+    #[serde(
+        default,
+        deserialize_with = "per_hour_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reconnects: Option<PerHour>,
 }
 
 impl Drift {
@@ -141,6 +161,7 @@ impl Drift {
             (Trend::P99Rtt, &self.p99_rtt),
             (Trend::P99Delivery, &self.p99_delivery),
             (Trend::Rss, &self.rss),
+            (Trend::Reconnects, &self.reconnects),
         ]
         .into_iter()
         .filter_map(|(trend, limit)| Some((trend, limit.as_ref()?.value)))
@@ -148,18 +169,23 @@ impl Drift {
     }
 }
 
-fn per_hour_latency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
+fn per_hour<'de, D: Deserializer<'de>>(d: D, kind: Amount) -> Result<Option<PerHour>, D::Error> {
     let text = String::deserialize(d)?;
-    PerHour::parse(&text, false)
+    PerHour::parse(&text, kind)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
 
+fn per_hour_latency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
+    per_hour(d, Amount::Latency)
+}
+
 fn per_hour_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
-    let text = String::deserialize(d)?;
-    PerHour::parse(&text, true)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    per_hour(d, Amount::Bytes)
+}
+
+fn per_hour_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PerHour>, D::Error> {
+    per_hour(d, Amount::Number)
 }
 
 /// How the run's figures moved over it (from its history), per hour.
@@ -169,7 +195,7 @@ pub struct Trends {
     pub span_seconds: f64,
     /// Least-squares slope per hour of each [`Trend`], by `Trend as usize` (None: too few
     /// points).
-    pub slopes: [Option<f64>; 3],
+    pub slopes: [Option<f64>; Trend::ALL.len()],
 }
 
 /// A quantile strictly between 0 and 1, written `p99`, `p995`, `p9999` (the digits after
@@ -859,6 +885,48 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn drift_is_judged_on_runs_long_enough_and_its_limits_read_per_hour() {
+        let sla =
+            sla("{drift: {after: 1h, p99_delivery: 100ms/h, rss: 64MiB/h, reconnects: 0.5/h}}");
+        let mut trends = Trends {
+            span_seconds: 1800.0,
+            slopes: [None, Some(0.3), Some(1e6), Some(0.1)],
+        };
+        assert!(
+            sla.judge_drift(Some(&trends)).is_empty(),
+            "half an hour is not judged"
+        );
+        trends.span_seconds = 7200.0;
+        let judged: Vec<_> = sla
+            .judge_drift(Some(&trends))
+            .into_iter()
+            .map(|r| (r.slo, r.threshold, r.breached))
+            .collect();
+        assert_eq!(
+            judged,
+            [
+                ("drift_p99_delivery_seconds_per_hour".to_string(), 0.1, true),
+                ("drift_rss_bytes_per_hour".to_string(), 67_108_864.0, false),
+                (
+                    "drift_reconnects_per_second_per_hour".to_string(),
+                    0.5,
+                    false
+                ),
+            ]
+        );
+        for bad in [
+            "{drift: {p99_rtt: 50ms}}",
+            "{drift: {rss: lots/h}}",
+            "{drift: {reconnects: -1/h}}",
+        ] {
+            let err = serde_norway::from_str::<Sla>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("/h") || err.contains("amount"), "{bad}: {err}");
+        }
     }
 
     #[test]
