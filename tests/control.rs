@@ -1138,11 +1138,11 @@ async fn a_reloaded_sla_is_the_one_every_reader_judges_by() {
     assert_eq!(status(api).await["sla"], expected, "the status");
     let gauge = scrape(api).await;
     assert_eq!(
-        gauge.get(r#"wsfleet_sla_threshold{quantile="0.99",slo="p99_rtt_seconds"}"#),
+        gauge.get(r#"wsfleet_sla_threshold{slo="p99_rtt_seconds",slo_quantile="0.99"}"#),
         2.0
     );
     assert_eq!(
-        gauge.get(r#"wsfleet_sla_threshold{quantile="",slo="error_rate"}"#),
+        gauge.get(r#"wsfleet_sla_threshold{slo="error_rate",slo_quantile=""}"#),
         0.01
     );
     let report = get_text(&format!("http://{api}/api/v1/report")).await;

@@ -334,9 +334,9 @@ async fn a_reloaded_file_moves_the_groups_it_changes() {
     assert_eq!(load["users_total"], 10);
     // The groups' SLAs are the file's: the bots' threshold is exported with its group.
     assert_eq!(
-        scrape(api)
-            .await
-            .get(r#"wsfleet_sla_threshold{group="bots",quantile="0.99",slo="p99_rtt_seconds"}"#),
+        scrape(api).await.get(
+            r#"wsfleet_sla_threshold{group="bots",slo="p99_rtt_seconds",slo_quantile="0.99"}"#
+        ),
         1.0
     );
 }

@@ -545,7 +545,7 @@ impl Metrics {
                         "wsfleet_sla_threshold",
                         "SLA thresholds from the config, for alert rules and dashboards (seconds or ratios).",
                     ),
-                    &reg.group_labels(&["slo", "quantile"]),
+                    &reg.group_labels(&["slo", "slo_quantile"]),
                 )
                 .expect("valid metric"),
             ),
@@ -705,7 +705,7 @@ impl Metrics {
     }
 
     /// Exports the SLAs' thresholds (only those they set) as
-    /// `wsfleet_sla_threshold{slo, quantile}` (`quantile` empty for a rate): the fleet's, or
+    /// `wsfleet_sla_threshold{slo, slo_quantile}` (`slo_quantile` empty for a rate): the fleet's, or
     /// in a fleet of several groups each group's, labelled `group`.
     pub fn set_sla_thresholds(&self, slas: &Slas) {
         self.sla_threshold.reset();
