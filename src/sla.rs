@@ -294,7 +294,7 @@ impl<'de> Deserialize<'de> for Tiers {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tiers, D::Error> {
         use serde::de::Error;
         let raw = BTreeMap::<String, String>::deserialize(d)?;
-        let mut tiers = Vec::new();
+        let (mut tiers, mut keys) = (Vec::new(), Vec::<String>::new());
         for (key, value) in raw {
             let quantile: Quantile = key.parse().map_err(D::Error::custom)?;
             let threshold = humantime::parse_duration(value.trim()).map_err(|err| {
@@ -302,11 +302,14 @@ impl<'de> Deserialize<'de> for Tiers {
                     "{key}: expected a duration like 200ms, got {value:?} ({err})"
                 ))
             })?;
-            if tiers.iter().any(|(q, _)| *q == quantile) {
+            if let Some(other) = keys.iter().zip(&tiers).find(|(_, (q, _))| *q == quantile) {
                 return Err(D::Error::custom(format!(
-                    "{key} is the same quantile as another tier ({quantile})"
+                    "{:?} and {key:?} are the same quantile ({quantile}): give one of them \
+                     (a group's tier replaces the fleet's only when written the same way)",
+                    other.0
                 )));
             }
+            keys.push(key.clone());
             tiers.push((quantile, threshold));
         }
         tiers.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
