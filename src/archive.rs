@@ -14,9 +14,6 @@ use crate::output::{Output, OutputError};
 /// The index page of a report directory.
 pub const INDEX: &str = "index.html";
 
-/// Largest summary the index reads.
-const MAX_SUMMARY_BYTES: u64 = 64 << 20;
-
 /// A directory reports are kept in.
 #[derive(Debug, Clone)]
 pub struct Archive {
@@ -69,7 +66,9 @@ impl Archive {
                         let stem = path.file_stem()?.to_str()?.to_string();
                         let kept = path.extension().is_some_and(|e| e == "json")
                             && path.with_extension("html").is_file();
-                        let text = crate::files::read_text(&path, MAX_SUMMARY_BYTES).ok()?;
+                        let text =
+                            crate::files::read_text(&path, crate::compare::MAX_SUMMARY_BYTES)
+                                .ok()?;
                         let summary: Value = serde_json::from_str(&text).ok()?;
                         (kept && summary.get("provenance").is_some()).then_some((stem, summary))
                     })

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Largest summary file read.
-const MAX_SUMMARY_BYTES: u64 = 64 << 20;
+/// Largest summary file read (here and by the report directory's index).
+pub(crate) const MAX_SUMMARY_BYTES: u64 = 64 << 20;
 
 /// The exit code of a comparison that found a regression: an SLA breach's
 /// (`summary::EXIT_SLA_BREACHED`), so CI treats both as the run failing its gate.

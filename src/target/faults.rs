@@ -275,16 +275,19 @@ impl FaultSwitch {
         } else {
             1
         };
-        let draw = rng.random::<f64>();
-        let mut below = 0.0;
-        let tail = faults
-            .tail
-            .iter()
-            .find(|band| {
-                below += band.share;
-                draw < below
-            })
-            .map_or(Duration::ZERO, |band| band.delay);
+        let tail = if faults.tail.is_empty() {
+            Duration::ZERO
+        } else {
+            let (draw, mut below) = (rng.random::<f64>(), 0.0);
+            faults
+                .tail
+                .iter()
+                .find(|band| {
+                    below += band.share;
+                    draw < below
+                })
+                .map_or(Duration::ZERO, |band| band.delay)
+        };
         let creep = faults.creep_since.map_or(Duration::ZERO, |since| {
             let minutes = since.elapsed().as_secs_f64() / 60.0;
             Duration::try_from_secs_f64(faults.creep.as_secs_f64() * minutes)
