@@ -29,7 +29,7 @@ use crate::groups::{FleetDesired, FleetLoad};
 use crate::load::{Desired, Limits, LoadError, LoadPatch};
 use crate::metrics::Source;
 use crate::profile::{ProfileSpec, ProfileState, ProfileStatus, Running};
-use crate::roster::Slot;
+use crate::roster::Ticket;
 use crate::runtimes::Runtimes;
 use crate::session::{Context, User};
 use crate::shard::Shard;
@@ -275,11 +275,8 @@ impl FleetHandle {
     }
 }
 
-/// One spawned user, as the supervisor holds it.
-struct Member {
-    cancel: CancellationToken,
-    slot: Arc<Slot>,
-}
+/// One spawned user, as the supervisor holds it: the ticket its task runs under.
+type Member = Ticket;
 
 /// One group of users, as the supervisor holds it.
 struct Group {
@@ -346,13 +343,11 @@ impl Group {
         }
         let desired = self.desired_users();
         for member in &self.users[desired.min(self.users.len())..] {
-            if !member.slot.connected() {
-                member.cancel.cancel();
+            if !member.slot().connected() {
+                member.stop();
             }
         }
-        while self.users.len() > desired
-            && self.users.last().is_some_and(|m| m.cancel.is_cancelled())
-        {
+        while self.users.len() > desired && self.users.last().is_some_and(|m| m.is_stopped()) {
             self.users.pop();
         }
     }
@@ -649,8 +644,8 @@ impl Fleet {
         // their books kept: those come back for what they missed.
         for group in &self.groups {
             for (id, member) in (0u32..).zip(&group.users) {
-                if !member.slot.connected() && !group.ctx.holds_books(id) {
-                    member.cancel.cancel();
+                if !member.slot().connected() && !group.ctx.holds_books(id) {
+                    member.stop();
                 }
             }
         }
@@ -769,11 +764,15 @@ impl Fleet {
         let desired = self.desired.borrow();
         for (index, group) in self.groups.iter().enumerate() {
             let next = desired.group(index);
-            group.desired.send_if_modified(|current| {
+            let changed = group.desired.send_if_modified(|current| {
                 let wakes_users = current.concerns_users(&next);
                 *current = next;
                 wakes_users
             });
+            // Connected users listen on their slots, not on the channel.
+            if changed {
+                group.users.iter().for_each(|member| member.slot().ring());
+            }
         }
     }
 
@@ -910,7 +909,7 @@ impl Fleet {
             };
             for id in visits.clock.departures_due(now) {
                 if let Some(member) = group.users.get(id as usize) {
-                    member.cancel.cancel();
+                    member.stop();
                 }
                 visits.present = visits.present.saturating_sub(1);
                 visits.vacant.push_back(id);
@@ -928,7 +927,7 @@ impl Fleet {
                     .vacant
                     .front()
                     .copied()
-                    .filter(|&id| !group.users[id as usize].slot.running());
+                    .filter(|&id| !group.users[id as usize].slot().running());
                 let id = match reusable {
                     Some(id) => {
                         visits.vacant.pop_front();
@@ -1014,7 +1013,7 @@ impl Fleet {
             let desired = self.groups[index].desired_users();
             // Users ended while waiting by a ramp-down that was then undone come back.
             for id in 0..self.groups[index].users.len().min(desired) {
-                if self.groups[index].users[id].cancel.is_cancelled() {
+                if self.groups[index].users[id].is_stopped() {
                     self.groups[index].users[id] = self.spawn_user(index, id as u32, false);
                 }
             }
@@ -1033,19 +1032,13 @@ impl Fleet {
     /// Spawns user `id` of group `group`; `admitted`: it holds a connect permit for its
     /// first attempt.
     fn spawn_user(&self, group: usize, id: u32, admitted: bool) -> Member {
-        let cancel = self.shutdown.child_token();
         let group = &self.groups[group];
-        let mut user = User::new(
-            id,
-            Arc::clone(&group.ctx),
-            group.desired.subscribe(),
-            cancel.clone(),
-        );
+        let mut user = User::new(id, Arc::clone(&group.ctx), group.desired.subscribe());
         user.admitted = admitted;
-        let slot = Arc::clone(&user.slot);
-        slot.set_running(true);
+        let member = user.ticket.clone();
+        member.slot().set_running(true);
         self.tracker.spawn_on(user.run(), self.runtimes.next());
-        Member { cancel, slot }
+        member
     }
 
     /// One ramp-down step: closes the newest connected users, at most `connect_rate` per
@@ -1068,7 +1061,7 @@ impl Fleet {
             };
             let group = &mut self.groups[index];
             if let Some(member) = group.users.pop() {
-                member.cancel.cancel();
+                member.stop();
                 self.close_allowance -= 1.0;
             }
             group.end_unconnected_surplus();
@@ -1081,7 +1074,7 @@ impl Fleet {
     /// Closes every user, waiting at most the shutdown timeout for their close handshakes.
     async fn stop(self) {
         for member in self.members() {
-            member.cancel.cancel();
+            member.stop();
         }
         self.tracker.close();
         let users = self.members().count();
@@ -1124,10 +1117,7 @@ mod tests {
             .map(|(id, &connected)| {
                 let slot = ctx.roster.slot(id as u32);
                 slot.set_connected(connected);
-                Member {
-                    cancel: CancellationToken::new(),
-                    slot,
-                }
+                slot.ticket()
             })
             .collect();
         Fleet {
@@ -1153,13 +1143,8 @@ mod tests {
     }
 
     fn cancelled(fleet: &Fleet, ids: std::ops::Range<usize>) -> Vec<bool> {
-        ids.map(|id| {
-            fleet.groups[0]
-                .users
-                .get(id)
-                .is_none_or(|m| m.cancel.is_cancelled())
-        })
-        .collect()
+        ids.map(|id| fleet.groups[0].users.get(id).is_none_or(|m| m.is_stopped()))
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -1187,7 +1172,7 @@ mod tests {
         );
         assert!(cancelled(&fleet, 5..7).iter().all(|&c| c), "5 and 6 too");
         assert_eq!(cancelled(&fleet, 0..5), [false; 5]);
-        assert!(!fleet.groups[0].users[7].cancel.is_cancelled());
+        assert!(!fleet.groups[0].users[7].is_stopped());
         // Connected: the newest first, one per second at connect_rate 1.
         fleet.close_some();
         assert_eq!(
@@ -1218,12 +1203,12 @@ mod tests {
             ..LoadPatch::default()
         };
         fleet.apply(&users(0), &origin).expect("valid");
-        assert!(fleet.groups[0].users[1].cancel.is_cancelled());
+        assert!(fleet.groups[0].users[1].is_stopped());
         fleet.apply(&users(4), &origin).expect("valid");
         assert_eq!(cancelled(&fleet, 0..4), [false; 4]);
         fleet.tracker.close();
         for member in &fleet.groups[0].users {
-            member.cancel.cancel();
+            member.stop();
         }
     }
 }

@@ -10,7 +10,10 @@
 //! a run: it waits until every connected user has had its acks and deliveries (or given up on
 //! them after their timeouts).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
@@ -53,9 +56,17 @@ impl Books {
     }
 }
 
-/// One user's public state. Only that user's task writes it.
+/// One user's public state. Only that user's task writes it, except `generation`: the
+/// supervisor reaches the task through the slot (see [`Ticket`]), so a user needs no channel
+/// or cancellation token of its own.
 #[derive(Debug, Default)]
 pub struct Slot {
+    /// Bumped by the supervisor to end the task running this user: a task runs while the
+    /// generation is the one it was spawned under.
+    generation: AtomicU32,
+    /// The waker of the task running this user, rung to end it or to tell it that its
+    /// group's desired state changed (it reads the change from its watch receiver).
+    bell: AtomicWaker,
     /// Last sequence number taken for a message (whether or not its write succeeded).
     issued: AtomicU64,
     /// Last sequence number written to the socket successfully.
@@ -89,12 +100,10 @@ impl Slot {
     /// A slot that has issued `issued` sequences and sent the first `sent` of them.
     #[cfg(test)]
     pub fn at(sent: u64, issued: u64) -> Arc<Slot> {
-        Arc::new(Slot {
-            issued: AtomicU64::new(issued),
-            sent: AtomicU64::new(sent),
-            connected: AtomicBool::new(false),
-            running: AtomicBool::new(false),
-        })
+        let slot = Slot::default();
+        slot.issued.store(issued, Ordering::Relaxed);
+        slot.sent.store(sent, Ordering::Relaxed);
+        Arc::new(slot)
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -112,6 +121,70 @@ impl Slot {
     /// Whether a task still runs this user.
     pub fn running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+
+    /// A ticket for a task spawned now to run this user.
+    pub fn ticket(self: &Arc<Slot>) -> Ticket {
+        Ticket {
+            slot: Arc::clone(self),
+            generation: self.generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Wakes the task running this user: its group's desired state changed.
+    pub fn ring(&self) {
+        self.bell.wake();
+    }
+
+    /// Registers the running task's waker, to be woken by [`Slot::ring`] or a stop.
+    pub fn listen(&self, cx: &std::task::Context<'_>) {
+        self.bell.register(cx.waker());
+    }
+}
+
+/// The supervisor's hold on one task it spawned for a user: stopping it ends that task (and
+/// only that one: a task spawned later for the same user holds a newer ticket).
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    slot: Arc<Slot>,
+    generation: u32,
+}
+
+impl Ticket {
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// Ends the task holding this ticket (at its next poll); stopping twice is stopping once.
+    pub fn stop(&self) {
+        let next = self.generation.wrapping_add(1);
+        let _ = (self.slot.generation).compare_exchange(
+            self.generation,
+            next,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.slot.ring();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.slot.generation.load(Ordering::Acquire) != self.generation
+    }
+
+    /// Resolves once the ticket is stopped.
+    pub async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.is_stopped() {
+                return Poll::Ready(());
+            }
+            self.slot.listen(cx);
+            if self.is_stopped() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 

@@ -1,5 +1,5 @@
 //! One simulated user: connect (timed), log in, heartbeat, send on schedule, match acks and
-//! room deliveries, and reconnect with backoff, for as long as its cancellation token lives.
+//! room deliveries, and reconnect with backoff, until the supervisor stops its ticket.
 //!
 //! Memory per held connection is what limits a fleet, so a user is one task whose state is a
 //! few words while idle: the connect and conversation futures are boxed (their large state
@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::failures::{Failure, Failures};
@@ -36,7 +35,7 @@ use crate::history::History;
 use crate::load::{Desired, Load};
 use crate::metrics::{ConnectResult, DisconnectReason, Metrics};
 use crate::pacer::Pacer;
-use crate::roster::{Books, Roster, Slot};
+use crate::roster::{Books, Roster, Slot, Ticket};
 use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::telemetry::Telemetry;
@@ -408,10 +407,10 @@ pub struct User {
     pub id: u32,
     pub ctx: Arc<Context>,
     pub desired: watch::Receiver<Desired>,
-    pub cancel: CancellationToken,
-    /// This user's public state: its sequence carries on across reconnects (and respawns), so
-    /// receivers can tell a message the server lost from one never sent.
-    pub slot: Arc<Slot>,
+    /// Its slot (its public state: its sequence carries on across reconnects and respawns,
+    /// so receivers can tell a message the server lost from one never sent), and the ticket
+    /// the supervisor ends this task by.
+    pub ticket: Ticket,
     /// Messages the last connection left unacknowledged, to send again on the next one
     /// (`resend_unacked`; empty otherwise).
     pub unacked: Vec<(u64, tokio::time::Instant)>,
@@ -420,43 +419,55 @@ pub struct User {
 }
 
 impl User {
-    pub fn new(
-        id: u32,
-        ctx: Arc<Context>,
-        desired: watch::Receiver<Desired>,
-        cancel: CancellationToken,
-    ) -> User {
-        let slot = ctx.roster.slot(id);
+    /// User `id` of `ctx`'s group, to be run by a new task.
+    pub fn new(id: u32, ctx: Arc<Context>, desired: watch::Receiver<Desired>) -> User {
+        let ticket = ctx.roster.slot(id).ticket();
         User {
             id,
             ctx,
             desired,
-            cancel,
-            slot,
+            ticket,
             unacked: Vec::new(),
             admitted: false,
         }
     }
 
+    /// This user's public state.
+    pub fn slot(&self) -> &Arc<Slot> {
+        self.ticket.slot()
+    }
+
+    /// Resolves when the supervisor ends this task (ramp-down, departure, shutdown).
+    async fn cancelled(&self) {
+        self.ticket.stopped().await
+    }
+
     /// Keeps this user connected until its token is cancelled or the fleet drains; then
     /// its slot says no task runs it any more (the supervisor said one did when it spawned it).
-    pub async fn run(mut self) {
-        self.hold().await;
-        self.ctx.give_up_books(self.id);
-        self.slot.set_running(false);
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+        // A block, not an `async fn`: that would keep the user twice (its argument, and the
+        // local the argument is moved into), in every user's task.
+        async move {
+            self.hold().await;
+            self.ctx.give_up_books(self.id);
+            self.slot().set_running(false);
+        }
     }
 
     async fn hold(&mut self) {
         let mut failures: u32 = 0;
         let mut retry_after = None;
-        while self.admit().await {
+        // The waits between connections are boxed: inline, their futures would make every
+        // user's task as big as the biggest of them for as long as it lives, connected or not.
+        while Box::pin(self.admit()).await {
             let topology = self.ctx.topology(&self.desired.borrow().load);
             let ctx = Arc::clone(&self.ctx);
             // Held for as long as this attempt's socket lives.
             let socket = ctx.sockets.take(ctx.sockets_per_user());
             let attempt = match &socket {
                 Some(_) => tokio::select! {
-                    _ = self.cancel.cancelled() => return,
+                    _ = self.cancelled() => return,
                     attempt = Box::pin(connect::open(&self.ctx, self.id, topology, &self.desired)) => attempt,
                 },
                 None => Err(wire::ConnectFailure::new(
@@ -468,12 +479,12 @@ impl User {
                 )),
             };
             match attempt {
-                Ok((socket, identity)) => {
+                Ok(connection) => {
                     failures = 0;
                     ctx.meter().users_active().inc();
-                    self.slot.set_connected(true);
-                    let (ended, held) = Box::pin(talk::run(self, socket, identity)).await;
-                    self.slot.set_connected(false);
+                    self.slot().set_connected(true);
+                    let (ended, held) = talk::run(self, connection).await;
+                    self.slot().set_connected(false);
                     ctx.meter().users_active().dec();
                     ctx.meter().disconnect(ended.reason).inc();
                     tracing::debug!(
@@ -491,7 +502,7 @@ impl User {
                         DisconnectReason::Churn | DisconnectReason::RoomChange => continue,
                         DisconnectReason::Offline | DisconnectReason::Handover => {
                             if ended.reason == DisconnectReason::Handover
-                                && let Some(left) = held.as_ref().and_then(|s| s.local_ip())
+                                && let Some(left) = held.as_ref().and_then(|c| c.socket.local_ip())
                             {
                                 ctx.source_after(self.id, left);
                             }
@@ -521,10 +532,17 @@ impl User {
             let wait = backoff::delay(&self.ctx.settings.reconnect, failures)
                 .max(retry_after.take().unwrap_or_default())
                 .max(self.ctx.stream_retry(self.id).unwrap_or_default());
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !Box::pin(self.rest(wait)).await {
+                return;
             }
+        }
+    }
+
+    /// Waits `wait` before the next attempt; false when the user is cancelled meanwhile.
+    async fn rest(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 
@@ -544,7 +562,7 @@ impl User {
         // books settle with it.
         let mut desired = self.desired.clone();
         let back = tokio::select! {
-            _ = self.cancel.cancelled() => false,
+            _ = self.cancelled() => false,
             _ = tokio::time::sleep(gone) => true,
             _ = desired.wait_for(|d| d.draining), if self.ctx.holds_books(self.id) => true,
         };
@@ -558,7 +576,7 @@ impl User {
     /// back to wait (its place in the pacer's queue given up, at no cost). False when the user
     /// is to end: cancelled (ramp-down, shutdown) or the fleet drains.
     async fn admit(&mut self) -> bool {
-        if std::mem::take(&mut self.admitted) && !self.cancel.is_cancelled() {
+        if std::mem::take(&mut self.admitted) && !self.ticket.is_stopped() {
             return true;
         }
         // A user away with its books kept comes back even to a drain (paused or not), for
@@ -567,7 +585,7 @@ impl User {
         let may = move |d: &Desired| d.may_connect() || (returning && d.draining);
         loop {
             let allowed = tokio::select! {
-                _ = self.cancel.cancelled() => return false,
+                _ = self.ticket.stopped() => return false,
                 desired = self.desired.wait_for(|d| may(d) || d.draining) => {
                     desired.map(|d| may(&d)).unwrap_or(false)
                 }
@@ -576,7 +594,7 @@ impl User {
                 return false;
             }
             let granted = tokio::select! {
-                _ = self.cancel.cancelled() => return false,
+                _ = self.ticket.stopped() => return false,
                 _ = self.ctx.pacer.acquire() => true,
                 _ = self.desired.wait_for(|d| !may(d)) => false,
             };
@@ -646,15 +664,15 @@ mod tests {
         desired: &watch::Sender<Desired>,
         n: u32,
     ) -> (
-        Vec<CancellationToken>,
+        Vec<Ticket>,
         tokio::sync::mpsc::UnboundedReceiver<(u32, Duration)>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
         let cancels = (0..n)
             .map(|id| {
-                let cancel = CancellationToken::new();
-                let mut user = User::new(id, Arc::clone(ctx), desired.subscribe(), cancel.clone());
+                let mut user = User::new(id, Arc::clone(ctx), desired.subscribe());
+                let cancel = user.ticket.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     if user.admit().await {
@@ -717,7 +735,7 @@ mod tests {
         assert_eq!(first.len(), 2, "{first:?}");
         // Ramp-down or shutdown: cancelled users give their place up and never connect.
         for cancel in &cancels[5..] {
-            cancel.cancel();
+            cancel.stop();
         }
         let mut rest: Vec<u32> = admitted_within(&mut rx, Duration::from_secs(5))
             .await
@@ -733,5 +751,23 @@ mod tests {
         desired.send_modify(|d| d.draining = true);
         assert_eq!(admitted_within(&mut rx, Duration::from_secs(5)).await, []);
         assert_eq!(ctx.pacer.waiting(), 0, "a drain ends every waiter");
+    }
+
+    /// What a connected user holds that our code decides: its task's future (the task cell
+    /// adds tokio's header, rounded to 128 bytes) and the box of its live connection (socket
+    /// and conversation). The README's heap table has these lines; growing them shows here,
+    /// not only in a benchmark.
+    #[test]
+    fn a_connected_users_state_stays_within_its_budget() {
+        fn future_size<F>(_: fn(User) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = future_size(User::run);
+        let live = std::mem::size_of::<talk::Live>();
+        assert!(
+            task <= 640,
+            "a user's task future is {task} bytes (was 616)"
+        );
+        assert!(live <= 896, "a live connection is {live} bytes (was 856)");
     }
 }

@@ -151,7 +151,7 @@ struct GroupNames {
 const GROUP_NUMBERS: u32 = 1 << 24;
 
 /// Who a user is, for rendering its templates; made once per connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Identity {
     pub user: u32,
     pub user_id: String,

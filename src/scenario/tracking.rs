@@ -203,11 +203,9 @@ impl Sender {
 #[derive(Debug)]
 pub struct Tracker {
     grace: Duration,
-    /// The first room shared with each sender.
-    senders: HashMap<Box<str>, Sender>,
-    /// Further rooms shared with a sender already in `senders` (rare: users in several rooms
-    /// whose rooms overlap).
-    shared: Vec<(Box<str>, Sender)>,
+    /// Made when the first sender is expected: a receiver that tracks nobody (no deliveries
+    /// in its scenario, or alone in its room) carries one pointer for it.
+    tracks: Option<Box<Tracks>>,
     /// Gaps that became losses and have not been collected by [`Tracker::take_lost`].
     lost: u64,
     /// When the senders' final sequences were announced: the tail's grace runs from then.
@@ -216,12 +214,21 @@ pub struct Tracker {
     back: Option<Box<Return>>,
 }
 
+/// The senders a receiver expects messages from.
+#[derive(Debug, Default)]
+struct Tracks {
+    /// The first room shared with each sender.
+    senders: HashMap<Box<str>, Sender>,
+    /// Further rooms shared with a sender already in `senders` (rare: users in several rooms
+    /// whose rooms overlap).
+    shared: Vec<(Box<str>, Sender)>,
+}
+
 impl Tracker {
     pub fn new(grace: Duration) -> Self {
         Self {
             grace,
-            senders: HashMap::new(),
-            shared: Vec::new(),
+            tracks: None,
             lost: 0,
             tail_since: None,
             back: None,
@@ -232,8 +239,12 @@ impl Tracker {
     /// the last one it sent by now. A lane already known keeps its baseline.
     pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>, lane: Lane) {
         let known = |t: &Sender| t.lane == lane;
-        if self.senders.get(sender).is_some_and(known)
-            || self.shared.iter().any(|(s, t)| &**s == sender && known(t))
+        let tracks = self.tracks.get_or_insert_with(Box::default);
+        if tracks.senders.get(sender).is_some_and(known)
+            || tracks
+                .shared
+                .iter()
+                .any(|(s, t)| &**s == sender && known(t))
         {
             return;
         }
@@ -249,10 +260,10 @@ impl Tracker {
             gaps: VecDeque::new(),
             backlog: None,
         };
-        if self.senders.contains_key(sender) {
-            self.shared.push((sender.into(), track));
+        if tracks.senders.contains_key(sender) {
+            tracks.shared.push((sender.into(), track));
         } else {
-            self.senders.insert(sender.into(), track);
+            tracks.senders.insert(sender.into(), track);
         }
     }
 
@@ -260,9 +271,12 @@ impl Tracker {
     /// with it. Only senders with a baseline are judged: for the others this receiver cannot
     /// tell what it should have had.
     pub fn expect_until(&mut self, sender: &str, sent: u64, now: Instant) {
-        let shared = self.shared.iter_mut().filter(|(s, _)| &**s == sender);
+        let Some(tracks) = self.tracks.as_deref_mut() else {
+            return;
+        };
+        let shared = tracks.shared.iter_mut().filter(|(s, _)| &**s == sender);
         let mut any = false;
-        for track in self
+        for track in tracks
             .senders
             .get_mut(sender)
             .into_iter()
@@ -278,15 +292,15 @@ impl Tracker {
 
     /// Every track: one per (sender, shared room).
     fn tracks(&self) -> impl Iterator<Item = &Sender> {
-        self.senders
-            .values()
-            .chain(self.shared.iter().map(|(_, t)| t))
+        self.tracks.iter().flat_map(|tracks| {
+            (tracks.senders.values()).chain(tracks.shared.iter().map(|(_, t)| t))
+        })
     }
 
     fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Sender> {
-        self.senders
-            .values_mut()
-            .chain(self.shared.iter_mut().map(|(_, t)| t))
+        self.tracks.iter_mut().flat_map(|tracks| {
+            (tracks.senders.values_mut()).chain(tracks.shared.iter_mut().map(|(_, t)| t))
+        })
     }
 
     /// The track `seq` of `sender` belongs to, with its number there.
@@ -418,7 +432,11 @@ impl Tracker {
     /// Records one delivery of `seq` from `sender`: a message of a room this receiver does
     /// not share with the sender is foreign.
     pub fn observe(&mut self, sender: &str, seq: u64, now: Instant) -> Delivery {
-        let Some((track, seq)) = Self::track_of(&mut self.senders, &mut self.shared, sender, seq)
+        let Some(tracks) = self.tracks.as_deref_mut() else {
+            return Delivery::Foreign;
+        };
+        let Some((track, seq)) =
+            Self::track_of(&mut tracks.senders, &mut tracks.shared, sender, seq)
         else {
             return Delivery::Foreign;
         };
@@ -727,7 +745,11 @@ mod tests {
         for i in 0..10_000 {
             assert_eq!(t.observe(&format!("x{i}"), 1, now), Delivery::Foreign);
         }
-        assert_eq!(t.senders.len(), 2, "only the members are tracked");
+        assert_eq!(
+            t.tracks.as_ref().map_or(0, |t| t.senders.len()),
+            2,
+            "only the members are tracked"
+        );
         assert!(!Delivery::Foreign.is_first_arrival());
     }
 

@@ -35,7 +35,7 @@ pub async fn open(
     local: u32,
     topology: Topology,
     desired: &watch::Receiver<Desired>,
-) -> Result<(Socket, Identity), ConnectFailure> {
+) -> Result<Box<Connection>, ConnectFailure> {
     let mut identity = ctx
         .scenario
         .identity(ctx.global_id(local, topology), topology);
@@ -83,7 +83,15 @@ pub async fn open(
         ctx.meter().observe(Latency::Login, login_started.elapsed());
     }
     ctx.meter().connect_result(ConnectResult::Ok).inc();
-    Ok((socket, identity))
+    Ok(Box::new(Connection { socket, identity }))
+}
+
+/// A logged-in connection and who it is logged in as. Boxed by [`open`]: it is moved from the
+/// connect to the conversation and back, and every future that holds it by value would
+/// otherwise carry its ~430 bytes (an `async fn` keeps a copy of each argument it moves).
+pub struct Connection {
+    pub socket: Socket,
+    pub identity: Identity,
 }
 
 async fn handshake(

@@ -183,7 +183,7 @@ impl Conversation {
                 sending_interval(&ctx, &desired, identity.user),
                 desired.load.heartbeat_interval,
             ),
-            slot: Arc::clone(&user.slot),
+            slot: Arc::clone(user.slot()),
             identity,
             due: Due {
                 at: Instant::now(),
@@ -1234,12 +1234,7 @@ mod tests {
         let ctx = super::super::test_context_with(yaml);
         let initial = crate::config::Config::parse(yaml).expect("valid").load();
         let (desired, _) = tokio::sync::watch::channel(Desired::new(initial));
-        let user = User::new(
-            id,
-            Arc::clone(&ctx),
-            desired.subscribe(),
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let user = User::new(id, Arc::clone(&ctx), desired.subscribe());
         let mut talk = Conversation::new(
             &user,
             ctx.scenario.identity(id, ctx.scenario.topology(10)),

@@ -3,35 +3,46 @@
 //! any `Sink + Stream` of WebSocket messages, so the protocol state knows no socket.
 
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::connect::Connection;
 use super::conversation::{Conversation, Ended, Outbound};
-use super::wire::close;
+use super::wire::{Socket, close};
 use super::{Context, User};
+use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason};
-use crate::scenario::Identity;
+
+/// A connection being talked over: its socket and its conversation, in one allocation (the
+/// state every connected user holds, apart from its task).
+pub struct Live {
+    pub socket: Socket,
+    talk: Conversation,
+}
 
 /// Talks over one connection until it ends, settles its books, and says why it ended. A
-/// user that vanished (`offline: {how: vanish}`) gets its socket back, unclosed, to hold
+/// user that vanished (`offline: {how: vanish}`) gets its connection back, unclosed, to hold
 /// while it is away.
-pub async fn run<S>(user: &mut User, mut socket: S, identity: Identity) -> (Ended, Option<S>)
-where
-    S: Sink<Message, Error = tungstenite::Error>
-        + Stream<Item = Result<Message, tungstenite::Error>>
-        + Unpin,
-{
+pub async fn run(user: &mut User, connection: Box<Connection>) -> (Ended, Option<Box<Live>>) {
     let unacked = std::mem::take(&mut user.unacked);
-    let mut talk = Conversation::new(user, identity, unacked);
-    let mut ended = drive(user, &mut talk, &mut socket).await;
+    // The connection's box is freed here, not at the end: a moved-out box lives until its
+    // binding goes out of scope.
+    let mut live = {
+        let Connection { socket, identity } = *connection;
+        let talk = Conversation::new(user, identity, unacked);
+        Box::new(Live { socket, talk })
+    };
+    let Live { socket, talk } = &mut *live;
+    let mut ended = drive(user, talk, socket).await;
     if ended.reason == DisconnectReason::Handover {
         ended.away = user.desired.borrow().load.network.handover.map(|h| h.gap);
     }
     user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
-    let held = vanishes(user, &ended).then_some(socket);
+    let held = vanishes(user, &ended).then_some(live);
     (ended, held)
 }
 
@@ -54,11 +65,10 @@ where
         + Unpin,
 {
     let ctx = Arc::clone(&user.ctx);
-    // Created once per connection, not per frame: re-creating them on every loop turn
-    // re-registers a timer and takes the watch channel's lock, which every user shares.
-    let cancelled = user.cancel.clone().cancelled_owned();
-    tokio::pin!(cancelled);
-    let mut changes = WatchStream::from_changes(user.desired.clone());
+    // The supervisor rings the user's slot when it stops the user or changes the desired
+    // state: no watch registration (a lock every user shares) per loop turn. The timer is
+    // created once per connection, not per frame.
+    let mut watching = user.desired.clone();
     let sleep = sleep_until(talk.deadline());
     tokio::pin!(sleep);
     let ended = loop {
@@ -68,8 +78,8 @@ where
         }
         let step = tokio::select! {
             biased;
-            _ = &mut cancelled => Err(Ended::planned(DisconnectReason::ClientClose)),
-            Some(desired) = changes.next() => talk.on_desired(&desired),
+            _ = user.ticket.stopped() => Err(Ended::planned(DisconnectReason::ClientClose)),
+            desired = changed(user, &mut watching) => talk.on_desired(&desired),
             frame = socket.next() => match frame {
                 None => Err(Ended::failed(
                     DisconnectReason::Reset,
@@ -91,30 +101,70 @@ where
     // before the server answers the close is read as usual (a delivery still on its way
     // counts, a sync's second copy too): the books close after it.
     if ended.is_planned() && ended.away.is_none() && !vanishes(user, &ended) {
-        close(socket, |frame| {
+        // Boxed, as the slow write below: its timer is needed only at the end.
+        Box::pin(close(socket, |frame| {
             let _ = talk.on_frame(frame);
-        })
+        }))
         .await;
     }
     ended
 }
 
-/// Writes what the conversation has due, in order.
+/// The group's desired state, once it changed since `desired` last saw it (the supervisor
+/// rings the user's slot when it does).
+async fn changed(user: &User, desired: &mut watch::Receiver<Desired>) -> Desired {
+    std::future::poll_fn(|cx| {
+        user.slot().listen(cx);
+        match desired.has_changed() {
+            Ok(true) => Poll::Ready(desired.borrow_and_update().clone()),
+            // Changed, or the sender is gone: the supervisor ended, and stops every user.
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Writes what the conversation has due, in order: at once while the socket takes it (the
+/// usual case), and what it cannot take at once within the write timeout. That wait is
+/// boxed: inline, its timer and frame would sit in every connected user's state.
 async fn flush<S>(ctx: &Context, talk: &mut Conversation, socket: &mut S) -> Result<(), Ended>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    while let Some(outbound) = talk.next_outbound()? {
+    let stuck = std::future::poll_fn(|cx| Poll::Ready(flush_now(ctx, talk, socket, cx))).await?;
+    match stuck {
+        None => Ok(()),
+        Some(stuck) => Box::pin(flush_slowly(ctx, talk, socket, stuck)).await,
+    }
+}
+
+/// A write the socket could not finish at once: the frame if it was not taken yet, and what
+/// the frame was (boxed when it happens, so the flush's state stays a few pointers).
+struct Stuck {
+    frame: Option<Message>,
+    written: Written,
+}
+
+/// What a frame written by [`flush`] was, for what is recorded after it left.
+enum Written {
+    Heartbeat,
+    Refresh,
+    Reply,
+    Message {
+        seq: u64,
+        scheduled: Instant,
+        size: usize,
+        resent: bool,
+    },
+}
+
+impl Written {
+    /// The frame to write for `outbound`, and what it is.
+    fn of(outbound: Outbound) -> (Message, Written) {
         match outbound {
-            Outbound::Heartbeat(frame) => write(ctx, socket, frame).await?,
-            Outbound::Refresh(frame) => {
-                write(ctx, socket, frame).await?;
-                ctx.meter().add(Count::TokenRefreshes, 1);
-            }
-            Outbound::Reply(frame) => {
-                write(ctx, socket, frame).await?;
-                ctx.meter().add(Count::Replies, 1);
-            }
+            Outbound::Heartbeat(frame) => (frame, Written::Heartbeat),
+            Outbound::Refresh(frame) => (frame, Written::Refresh),
+            Outbound::Reply(frame) => (frame, Written::Reply),
             Outbound::Message {
                 frame,
                 seq,
@@ -122,19 +172,109 @@ where
                 resent,
             } => {
                 let size = frame.len();
-                write(ctx, socket, frame).await?;
-                talk.sent(seq, scheduled, size, resent);
+                let written = Written::Message {
+                    seq,
+                    scheduled,
+                    size,
+                    resent,
+                };
+                (frame, written)
             }
         }
+    }
+
+    /// Records that the frame left.
+    fn record(self, ctx: &Context, talk: &mut Conversation) {
+        match self {
+            Written::Heartbeat => {}
+            Written::Refresh => ctx.meter().add(Count::TokenRefreshes, 1),
+            Written::Reply => ctx.meter().add(Count::Replies, 1),
+            Written::Message {
+                seq,
+                scheduled,
+                size,
+                resent,
+            } => talk.sent(seq, scheduled, size, resent),
+        }
+    }
+}
+
+/// Writes what is due while the socket takes it without waiting; the first write it cannot
+/// finish is handed back.
+fn flush_now<S>(
+    ctx: &Context,
+    talk: &mut Conversation,
+    socket: &mut S,
+    cx: &mut std::task::Context<'_>,
+) -> Result<Option<Box<Stuck>>, Ended>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    while let Some(outbound) = talk.next_outbound()? {
+        let (frame, written) = Written::of(outbound);
+        let mut frame = Some(frame);
+        if !write_now(socket, &mut frame, cx).map_err(|err| failure(&err))? {
+            return Ok(Some(Box::new(Stuck { frame, written })));
+        }
+        written.record(ctx, talk);
+    }
+    Ok(None)
+}
+
+/// Finishes `stuck` within the write timeout, then writes the rest as [`flush`] does.
+async fn flush_slowly<S>(
+    ctx: &Context,
+    talk: &mut Conversation,
+    socket: &mut S,
+    stuck: Box<Stuck>,
+) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let mut next = Some(stuck);
+    while let Some(stuck) = next.take() {
+        let Stuck { frame, written } = *stuck;
+        write_within(ctx, socket, frame).await?;
+        written.record(ctx, talk);
+        next = std::future::poll_fn(|cx| Poll::Ready(flush_now(ctx, talk, socket, cx))).await?;
     }
     Ok(())
 }
 
-async fn write<S>(ctx: &Context, socket: &mut S, frame: Message) -> Result<(), Ended>
+/// Hands `frame` (if not taken yet) to the socket and flushes it, without waiting: true when
+/// both are done. What is left for [`write_within`] stays in `frame`.
+fn write_now<S>(
+    socket: &mut S,
+    frame: &mut Option<Message>,
+    cx: &mut std::task::Context<'_>,
+) -> Result<bool, tungstenite::Error>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    match timeout(ctx.write_timeout, socket.send(frame)).await {
+    if frame.is_some() {
+        match socket.poll_ready_unpin(cx) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(ready) => ready?,
+        }
+        if let Some(frame) = frame.take() {
+            socket.start_send_unpin(frame)?;
+        }
+    }
+    Ok(socket.poll_flush_unpin(cx)?.is_ready())
+}
+
+/// Finishes a write the socket could not take at once, within the write timeout.
+async fn write_within<S>(ctx: &Context, socket: &mut S, frame: Option<Message>) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let finish = async {
+        if let Some(frame) = frame {
+            socket.feed(frame).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(ctx.write_timeout, finish).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(failure(&err)),
         Err(_) => Err(Ended::failed(
