@@ -238,6 +238,14 @@ pub struct TargetArgs {
     /// missed (`{"type":"sync","after":CURSOR}`); deliveries then carry their `cursor`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history: Option<u32>,
+    /// Hold connections with the least memory (capacity rehearsals): WebSockets are accepted
+    /// straight from TCP at /ws with small buffers, and /metrics, /healthz and the admin API
+    /// move to --admin-listen. Not with TLS or --tcp-listen.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tcp_listen"])]
+    pub lean: bool,
+    /// Where a --lean target serves /metrics, /healthz and the admin API.
+    #[arg(long, value_name = "ADDR", requires = "lean")]
+    pub admin_listen: Option<SocketAddr>,
     /// How long a room's history keeps a message (with --history).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_history_age, requires = "history")]
     pub history_age: std::time::Duration,

@@ -351,10 +351,20 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
     };
     let listener = target::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (`--listen`)", args.listen))?;
-    tracing::info!(
-        "reference target listening on http://{} (WebSocket at /ws)",
-        listener.local_addr()?
-    );
+    if args.lean {
+        tracing::info!(
+            "lean reference target: WebSocket at ws://{}/ws{}",
+            listener.local_addr()?,
+            args.admin_listen
+                .map(|a| format!(", /metrics and the admin API on http://{a}"))
+                .unwrap_or_default()
+        );
+    } else {
+        tracing::info!(
+            "reference target listening on http://{} (WebSocket at /ws)",
+            listener.local_addr()?
+        );
+    }
     if let Some(tcp) = args.tcp_listen {
         tracing::info!("reference target serving length-prefixed TCP on {tcp}");
     }
@@ -368,6 +378,8 @@ async fn run_target(args: TargetArgs, shutdown: CancellationToken) -> anyhow::Re
             messages: messages as usize,
             age: args.history_age,
         }),
+        lean: args.lean,
+        admin_listen: args.admin_listen,
     };
     target::serve_with(listener, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -20,7 +20,25 @@ fn im_config(target: &Target, users: u32, interval: &str, extra: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_scenario_logs_in_joins_rooms_and_exchanges_messages() {
-    let target = Target::start().await;
+    full_exchange(Target::start().await).await;
+}
+
+/// `wsfleet target --lean` speaks the same protocol: the same exchange, books and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_target_speaks_the_same_protocol() {
+    let target = Target::start_lean().await;
+    let refused = http()
+        .get(format!("http://{}/metrics", target.addr))
+        .send()
+        .await;
+    assert!(
+        refused.is_err() || refused.unwrap().status() == 404,
+        "the lean listener serves /ws only"
+    );
+    full_exchange(target).await;
+}
+
+async fn full_exchange(target: Target) {
     // Sending starts only once every member is in its room, so every message has a full room.
     let daemon = start_daemon(&im_config(&target, 100, "0s", "")).await;
     let api = daemon.addr();

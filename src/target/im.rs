@@ -5,6 +5,7 @@
 //! `Sink + Stream` of WebSocket messages: a WebSocket, or frames of a length-prefixed TCP
 //! stream ([`framed`]).
 
+use std::cell::{Cell, OnceCell};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,7 +192,12 @@ enum Command {
 struct Connection {
     id: u64,
     state: Arc<Shared>,
-    outbox: Outbox,
+    /// Where its replies and deliveries queue, made by the first one: a channel holds a
+    /// block of 32 slots from the start (~2.4 KB), which a connection that only pings never
+    /// needs.
+    outbox: OnceCell<Outbox>,
+    /// The receiving end of `outbox` once made, until the connection's loop takes it.
+    fresh_inbox: Cell<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     user: Option<Arc<str>>,
     rooms: Vec<String>,
     /// The last cursor of each room (in `rooms`' order) when this connection joined it.
@@ -242,11 +248,12 @@ where
     let metrics = &state.metrics;
     metrics.connections.inc();
     metrics.connections_total.inc();
-    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let mut inbox = None;
     let mut conn = Connection {
         id: state.rooms.next_id.fetch_add(1, Ordering::Relaxed),
         state: Arc::clone(&state),
-        outbox,
+        outbox: OnceCell::new(),
+        fresh_inbox: Cell::new(None),
         user: None,
         rooms: Vec::new(),
         joined_at: Vec::new(),
@@ -256,6 +263,9 @@ where
     let idle_timeout = state.options.idle_timeout;
     let mut heard = Instant::now();
     loop {
+        if inbox.is_none() {
+            inbox = conn.fresh_inbox.take();
+        }
         let next_release = queue.front().map(|o| state.faults.release_time(o.at));
         let idle_at = idle_timeout.map(|t| heard + t);
         tokio::select! {
@@ -282,14 +292,14 @@ where
                 metrics.frames_received.inc(kind(&message));
                 match message {
                     Message::Text(text) => conn.on_text(text),
-                    Message::Binary(data) => conn.queue(&conn.outbox, Message::Binary(data), Instant::now(), "echo"),
+                    Message::Binary(data) => conn.queue(conn.outbox(), Message::Binary(data), Instant::now(), "echo"),
                     // Pings are answered by the WebSocket layer itself.
                     Message::Ping(_) => { metrics.frames_sent.inc("pong"); }
                     Message::Pong(_) => {}
                     Message::Close(_) => break,
                 }
             }
-            Some(out) = inbox.recv() => {
+            Some(out) = next_out(&mut inbox) => {
                 if out.kind == "deliver" && conn.drop_live_until.is_some_and(|until| Instant::now() < until) {
                     metrics.sync_dropped.inc();
                 } else {
@@ -316,6 +326,14 @@ where
     metrics.connections.dec();
 }
 
+/// The next frame queued for the connection, once it has an outbox.
+async fn next_out(inbox: &mut Option<mpsc::UnboundedReceiver<Outgoing>>) -> Option<Outgoing> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn kind(message: &Message) -> &'static str {
     match message {
         Message::Text(_) => "text",
@@ -327,10 +345,18 @@ fn kind(message: &Message) -> &'static str {
 }
 
 impl Connection {
+    fn outbox(&self) -> &Outbox {
+        self.outbox.get_or_init(|| {
+            let (outbox, inbox) = mpsc::unbounded_channel();
+            self.fresh_inbox.set(Some(inbox));
+            outbox
+        })
+    }
+
     /// Queues a reply to this connection, subject only to stalls.
     fn reply(&self, value: Value, kind: &'static str) {
         let text = Utf8Bytes::from(value.to_string());
-        self.queue(&self.outbox, Message::Text(text), Instant::now(), kind);
+        self.queue(self.outbox(), Message::Text(text), Instant::now(), kind);
     }
 
     fn queue(&self, outbox: &Outbox, message: Message, at: Instant, kind: &'static str) {
@@ -350,7 +376,7 @@ impl Connection {
             Ok(command) => command,
             // Not a command: echo it, as the plain echo server did.
             Err(_) => {
-                self.queue(&self.outbox, Message::Text(text), Instant::now(), "echo");
+                self.queue(self.outbox(), Message::Text(text), Instant::now(), "echo");
                 return;
             }
         };
@@ -381,7 +407,7 @@ impl Connection {
                     &room,
                     self.id,
                     user,
-                    self.outbox.clone(),
+                    self.outbox().clone(),
                     self.state.options.history.is_some(),
                 );
                 self.rooms.push(room);
@@ -434,7 +460,7 @@ impl Connection {
         let first = count - sync.duplicated as usize;
         for (i, frame) in sync.frames.into_iter().enumerate() {
             let kind = if i < first { SYNC } else { SYNC_AGAIN };
-            self.queue(&self.outbox, Message::Text(frame), Instant::now(), kind);
+            self.queue(self.outbox(), Message::Text(frame), Instant::now(), kind);
         }
         self.reply(
             serde_json::json!({"type": "synced", "count": count}),

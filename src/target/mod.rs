@@ -6,6 +6,7 @@
 
 mod faults;
 mod im;
+mod lean;
 pub mod store;
 mod tls;
 
@@ -49,6 +50,10 @@ pub struct TargetOptions {
     /// If set, rooms keep their history by cursor and a client may sync what it missed
     /// (`--history`).
     pub history: Option<store::HistoryLimits>,
+    /// Serve WebSockets with the least memory per connection (`--lean`, see [`lean`]): the
+    /// listener takes `/ws` only, and the HTTP API is served on `admin_listen` if set.
+    pub lean: bool,
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// The target's own counters, under the `wsfleet_target_` prefix.
@@ -345,6 +350,19 @@ pub async fn serve_with(
     });
     if let Some(addr) = state.options.tcp {
         tokio::spawn(serve_tcp(bind(addr)?, Arc::clone(&state), shutdown.clone()));
+    }
+    if state.options.lean {
+        if let Some(addr) = state.options.admin_listen {
+            let admin = axum::serve(bind(addr)?, router(Arc::clone(&state)))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::spawn(async move {
+                if let Err(err) = admin.await {
+                    tracing::error!(%err, "the target's admin listener failed");
+                }
+            });
+        }
+        lean::serve(listener, state, shutdown).await;
+        return Ok(());
     }
     if let Some(config) = state.options.tls.clone() {
         let listener = tls::TlsListener {

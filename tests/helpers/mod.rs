@@ -21,6 +21,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_wsfleet");
 /// A reference target served in-process on a free loopback port.
 pub struct Target {
     pub addr: SocketAddr,
+    /// Where its /metrics and admin API are: `addr`, or a lean target's `--admin-listen`.
+    pub admin: SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -32,19 +34,43 @@ impl Target {
     pub async fn start_with(options: wsfleet::target::TargetOptions) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = options.admin_listen.unwrap_or(addr);
         let shutdown = CancellationToken::new();
         tokio::spawn(wsfleet::target::serve_with(
             listener,
             options,
             shutdown.clone(),
         ));
-        Target { addr, shutdown }
+        Target {
+            addr,
+            admin,
+            shutdown,
+        }
+    }
+
+    /// A `--lean` target, its admin API on a port of its own (up once this returns).
+    pub async fn start_lean() -> Target {
+        let target = Target::start_with(wsfleet::target::TargetOptions {
+            lean: true,
+            admin_listen: Some(free_addr()),
+            ..Default::default()
+        })
+        .await;
+        wait_for("the lean target's admin API", 20, || async {
+            http()
+                .get(format!("http://{}/healthz", target.admin))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        target
     }
 
     /// `PATCH /admin/faults` on the target; panics unless it is accepted.
     pub async fn faults(&self, body: serde_json::Value) {
         let response = http()
-            .patch(format!("http://{}/admin/faults", self.addr))
+            .patch(format!("http://{}/admin/faults", self.admin))
             .json(&body)
             .send()
             .await
@@ -55,7 +81,7 @@ impl Target {
     /// `POST /admin/close-all`: every open connection closed (1001).
     pub async fn close_all(&self) {
         http()
-            .post(format!("http://{}/admin/close-all", self.addr))
+            .post(format!("http://{}/admin/close-all", self.admin))
             .send()
             .await
             .unwrap();
@@ -66,7 +92,7 @@ impl Target {
     }
 
     pub async fn metrics(&self) -> Scrape {
-        scrape(self.addr).await
+        scrape(self.admin).await
     }
 }
 
