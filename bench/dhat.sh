@@ -3,6 +3,9 @@
 # load run twice, for SHORT and LONG seconds, so that start-up and connecting cancel out and
 # the difference per message is what the message path allocates (send and receive).
 #   bench/dhat.sh [echo|im]     (default: both)
+#   bench/dhat.sh held          what an idle connected user holds: the live heap at the peak of
+#                               USERS (2,000) idle users, per user and allocation site (the
+#                               README's heap table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # DHAT counts what passes through malloc: jemalloc would hide every allocation from it, so the
@@ -37,6 +40,47 @@ summary = json.load(open(sys.argv[2]))
 print(blocks, summary["messages"]["sent"] + summary["messages"]["received"])
 PY
 }
+
+held_per_user() {
+  local users=${USERS:-2000} pt
+  pt=$(free_port)
+  "$wsfleet" target --listen "127.0.0.1:$pt" 2>/dev/null & local target=$!
+  cat > "$work/fleet.yaml" <<YAML
+target: ws://127.0.0.1:$pt/ws
+listen: 127.0.0.1:0
+users: $users
+connect_rate: 500
+scenario: idle
+heartbeat: {interval: 10s, timeout: 5s}
+threads: 1
+progress_interval: 0s
+YAML
+  valgrind --tool=dhat --dhat-out-file="$work/dhat.json" "$wsfleet" run -c "$work/fleet.yaml" \
+    --duration "$((users / 500 + 20))s" >/dev/null 2>"$work/valgrind.log" || true
+  kill "$target"; wait "$target" 2>/dev/null || true
+  python3 - "$work/dhat.json" "$users" <<'PY'
+import json, re, sys
+dhat, users = json.load(open(sys.argv[1])), int(sys.argv[2])
+machinery = re.compile(r"^(alloc|posix_memalign|aligned_malloc|__rustc|allocate|box_new|new<alloc|"
+                       r"UnknownInlined|malloc|realloc|calloc|grow_|finish_grow|reserve|with_capacity|<alloc)")
+rows, total = [], 0
+for pp in dhat["pps"]:
+    if pp["gbk"] < users * 0.3:  # not one per user: the fleet's own state
+        continue
+    frames = [dhat["ftbl"][i].split(": ", 1)[-1] for i in pp["fs"]]
+    where = [f for f in frames[1:] if not machinery.match(f)][:2]
+    rows.append((pp["gb"] / users, " <- ".join(f[:80] for f in where)))
+    total += pp["gb"] / users
+for size, where in sorted(rows, reverse=True):
+    print(f"{size:8.1f} B  {where}")
+print(f"{total:8.1f} B  live heap per idle connected user ({users} users)")
+PY
+}
+
+if [ "${1:-}" = held ]; then
+  held_per_user
+  exit 0
+fi
 
 for scenario in ${1:-echo im}; do
   read -r b1 m1 < <(blocks_and_messages "$scenario" "$short")
