@@ -24,18 +24,22 @@ pub struct Live {
     talk: Conversation,
 }
 
+impl Live {
+    /// The connection's box is freed here, when this returns: a box moved out of lives until
+    /// its binding goes out of scope, which in `run` would be the connection's end.
+    fn new(user: &User, connection: Box<Connection>, unacked: Vec<(u64, Instant)>) -> Box<Live> {
+        let Connection { socket, identity } = *connection;
+        let talk = Conversation::new(user, identity, unacked);
+        Box::new(Live { socket, talk })
+    }
+}
+
 /// Talks over one connection until it ends, settles its books, and says why it ended. A
 /// user that vanished (`offline: {how: vanish}`) gets its connection back, unclosed, to hold
 /// while it is away.
 pub async fn run(user: &mut User, connection: Box<Connection>) -> (Ended, Option<Box<Live>>) {
     let unacked = std::mem::take(&mut user.unacked);
-    // The connection's box is freed here, not at the end: a moved-out box lives until its
-    // binding goes out of scope.
-    let mut live = {
-        let Connection { socket, identity } = *connection;
-        let talk = Conversation::new(user, identity, unacked);
-        Box::new(Live { socket, talk })
-    };
+    let mut live = Live::new(user, connection, unacked);
     let Live { socket, talk } = &mut *live;
     let mut ended = drive(user, talk, socket).await;
     if ended.reason == DisconnectReason::Handover {
