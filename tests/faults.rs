@@ -259,28 +259,38 @@ async fn a_flood_of_frames_keeps_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_resent_after_a_reconnect() {
     let target = Target::start().await;
+    // Heartbeat and ack timeouts far beyond the test's waits: every connection ends by the
+    // target's close, and nothing is given up while the answers are held.
     let daemon = start_daemon(&format!(
-        "target: {}\nusers: 20\nconnect_rate: 1000\nmessage_interval: 100ms\nack_timeout: 30s\n\
+        "target: {}\nusers: 20\nconnect_rate: 1000\nmessage_interval: 100ms\nack_timeout: 5m\n\
          resend_unacked: true\nreconnect: {{initial: 50ms, max: 200ms}}\n\
-         heartbeat: {{interval: 1s, timeout: 10s}}\n",
+         heartbeat: {{interval: 1s, timeout: 5m}}\n",
         target.ws_url()
     ))
     .await;
     let api = daemon.addr();
     wait_active(api, 20.0, 30).await;
-    // Long enough that the close below always comes while every answer is still held, however
-    // slowly this machine scrapes (with 2 s, a busy CI runner sometimes closed after the stall,
-    // when the acks had arrived and there was nothing left to resend); short enough that the
-    // resent messages' acks come well within ack_timeout.
-    target.faults(json!({"stall": "10s"})).await;
-    let sent_before = scrape(api).await.get("wsfleet_messages_sent_total");
+    // Every answer is held until the test lifts the stall, after every connection has closed:
+    // a stall that ended by itself raced a slow runner (a close after its end found everything
+    // acked, nothing to resend). What the target received after the stall began is surely
+    // unacknowledged (the fleet's own counters are flushed every 100 ms: a message counted
+    // after the stall may have left before it, and been acked).
+    target.faults(json!({"stall": "1h"})).await;
+    let received = || async { target.metrics().await.get("wsfleet_target_messages_total") };
+    let received_before = received().await;
     wait_for("messages sent into the stall", 30, || async {
-        scrape(api).await.get("wsfleet_messages_sent_total") >= sent_before + 100.0
+        received().await >= received_before + 100.0
     })
     .await;
+    let unacked = received().await - received_before;
     target.close_all().await;
-    wait_for("messages resent", 30, || async {
-        scrape(api).await.get("wsfleet_messages_resent_total") >= 100.0
+    wait_for("every user's connection closed", 30, || async {
+        scrape(api).await.sum("wsfleet_disconnects_total") >= 20.0
+    })
+    .await;
+    target.faults(json!({"stall": "0s"})).await;
+    wait_for("every unacknowledged message resent", 30, || async {
+        scrape(api).await.get("wsfleet_messages_resent_total") >= unacked
     })
     .await;
     wait_active(api, 20.0, 30).await;

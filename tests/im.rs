@@ -227,6 +227,50 @@ async fn a_stalled_server_shows_in_the_p99_as_users_feel_it() {
     daemon.shutdown().await.unwrap();
 }
 
+/// Lifting a stall releases what it held at once, on a connection that says nothing more:
+/// held frames waited for the stall's first end (here an hour) until something else arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifted_stall_releases_held_answers_at_once() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let target = Target::start().await;
+    let (ws, _) = tokio_tungstenite::connect_async(target.ws_url())
+        .await
+        .unwrap();
+    let (mut ws, mut incoming) = ws.split();
+    let mut next_text = async || loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), incoming.next()).await;
+        match frame.expect("an answer within 30 s").unwrap().unwrap() {
+            Message::Text(text) => {
+                return serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
+            _ => continue,
+        }
+    };
+    ws.send(Message::text(r#"{"type":"login","user":"u0"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_text().await["type"], "login_ok");
+    target.faults(json!({"stall": "1h"})).await;
+    ws.send(Message::text(r#"{"type":"ping","n":1}"#))
+        .await
+        .unwrap();
+    wait_for("the ping held", 30, || async {
+        target
+            .metrics()
+            .await
+            .get(r#"wsfleet_target_frames_received_total{kind="text"}"#)
+            >= 2.0
+    })
+    .await;
+    target.faults(json!({"stall": "0s"})).await;
+    let pong = next_text().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["n"].as_i64()),
+        (Some("pong"), Some(1))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_a_counted_login_failure_that_is_retried() {
     let target = Target::start_with(wsfleet::target::TargetOptions {

@@ -226,10 +226,15 @@ impl Conversation {
         self.ctx.scenario.topology(self.room_size)
     }
 
+    /// Whether a message left unacknowledged by the last connection is to be written now.
+    fn resends_now(&self) -> bool {
+        !self.resend.is_empty() && !self.draining && self.timers.quiet_until.is_none()
+    }
+
     /// When [`Conversation::on_tick`] is due next (at once while there is something to send
-    /// again).
+    /// again and it may be sent: not while draining or silent, which would spin).
     pub fn deadline(&self) -> Instant {
-        if !self.resend.is_empty() {
+        if self.resends_now() {
             return Instant::now();
         }
         let earliest = self.timers.earliest();
@@ -402,7 +407,7 @@ impl Conversation {
         if let Some(reply) = self.reply.take() {
             return self.encode(reply).map(|frame| Some(Outbound::Reply(frame)));
         }
-        if !self.draining
+        if self.resends_now()
             && let Some((seq, scheduled)) = self.resend.pop()
         {
             return self.render_message(seq, scheduled, true);
@@ -1419,6 +1424,11 @@ mod tests {
         again.timers.next_send = None;
         again.timers.next_ping = None;
         assert!(again.deadline() <= Instant::now(), "due at once");
+        // Draining, nothing more is sent: the resends wait, and do not keep the user's loop
+        // due at once (it spun until the drain ended).
+        again.draining = true;
+        assert!(again.deadline() > Instant::now(), "not due while draining");
+        again.draining = false;
         let out = tick(&mut again, Instant::now()).expect("connected");
         let resent: Vec<(u64, String)> = out
             .iter()

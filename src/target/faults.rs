@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The faults in force; cheap to read on every delivery.
@@ -158,9 +159,10 @@ fn check_tail(tail: &[TailBand]) -> Result<(), String> {
     Ok(())
 }
 
-/// Shared fault state.
+/// Shared fault state, and a bell rung when it changes: a connection holding frames back
+/// until a stall's end hears that the stall was shortened or lifted.
 #[derive(Debug, Default)]
-pub struct FaultSwitch(Mutex<Faults>);
+pub struct FaultSwitch(Mutex<Faults>, Notify);
 
 impl FaultSwitch {
     pub fn get(&self) -> Faults {
@@ -259,7 +261,15 @@ impl FaultSwitch {
         if let Some(stall) = patch.stall {
             faults.stall_until = Some(crate::clock::later(Instant::now(), stall));
         }
-        Ok(faults.clone())
+        let applied = faults.clone();
+        drop(faults);
+        self.1.notify_waiters();
+        Ok(applied)
+    }
+
+    /// Resolves at the next change of the faults (those waiting when it is made).
+    pub async fn changed(&self) {
+        self.1.notified().await;
     }
 
     /// How to treat one delivery in `room` with `connections` open: how many copies to send

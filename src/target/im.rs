@@ -267,6 +267,12 @@ where
             inbox = conn.fresh_inbox.take();
         }
         let next_release = queue.front().map(|o| state.faults.release_time(o.at));
+        // Held by a stall (not just due later): listen for the stall being lifted. Only then,
+        // since the bell is one lock every listening connection shares.
+        let stalled = queue
+            .front()
+            .zip(next_release)
+            .is_some_and(|(o, release)| release > o.at);
         let idle_at = idle_timeout.map(|t| heard + t);
         tokio::select! {
             _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
@@ -308,6 +314,8 @@ where
                     queue.insert(after, out);
                 }
             }
+            // A stall lifted or shortened: the held frames' release time is read again.
+            _ = state.faults.changed(), if stalled => {}
             _ = sleep_until(next_release.unwrap_or_else(Instant::now)), if next_release.is_some() => {
                 // Re-check: a stall may have begun since the deadline was computed.
                 let Some(front) = queue.front() else { continue };
