@@ -23,24 +23,7 @@ use crate::codec::framing::MAX_FRAME;
 
 /// Accepts WebSockets at `/ws` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, _)) => {
-                let _ = tcp.set_nodelay(true);
-                let close = state.close_token();
-                tokio::spawn(connection(tcp, Arc::clone(&state), close));
-            }
-            Err(err) => {
-                tracing::warn!(%err, "accepting a TCP connection failed");
-                // Out of descriptors, say: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_each(listener, state, shutdown, connection).await;
 }
 
 async fn connection(tcp: TcpStream, state: Arc<Shared>, close: CancellationToken) {

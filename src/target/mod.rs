@@ -386,6 +386,30 @@ pub async fn serve_with(
 
 /// The IM protocol over length-prefixed TCP (or TLS), until `shutdown`.
 async fn serve_tcp(listener: TcpListener, state: TargetState, shutdown: CancellationToken) {
+    accept_each(listener, state, shutdown, |tcp, state, close| async move {
+        match state.options.tls.clone() {
+            // TLS too when the target serves wss://: a `tls://` target.
+            Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                Ok(tls) => im::serve_connection(im::framed(tls), state, close).await,
+                Err(err) => tracing::debug!(%err, "TLS handshake failed"),
+            },
+            None => im::serve_connection(im::framed(tcp), state, close).await,
+        }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served by its own task with the
+/// close-all token current when it came (no Nagle: answers are small and timed).
+async fn accept_each<F, Serve>(
+    listener: TcpListener,
+    state: TargetState,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, TargetState, CancellationToken) -> Serve,
+    Serve: Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -395,24 +419,7 @@ async fn serve_tcp(listener: TcpListener, state: TargetState, shutdown: Cancella
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
                 let close = state.close_token();
-                let state = Arc::clone(&state);
-                match state.options.tls.clone() {
-                    // TLS too when the target serves wss://: a `tls://` target.
-                    Some(config) => {
-                        tokio::spawn(async move {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                            match acceptor.accept(tcp).await {
-                                Ok(tls) => {
-                                    im::serve_connection(im::framed(tls), state, close).await
-                                }
-                                Err(err) => tracing::debug!(%err, "TLS handshake failed"),
-                            }
-                        });
-                    }
-                    None => {
-                        tokio::spawn(im::serve_connection(im::framed(tcp), state, close));
-                    }
-                }
+                tokio::spawn(serve(tcp, Arc::clone(&state), close));
             }
             Err(err) => {
                 tracing::warn!(%err, "accepting a TCP connection failed");
