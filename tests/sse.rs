@@ -142,10 +142,17 @@ async fn an_nchan_event_stream_is_measured_and_resumed_with_last_event_id() {
         "the replays after each resume: {counts:?}"
     );
     assert_eq!(metrics.publish_refused.get(), 0);
-    assert_eq!(
-        metrics.message_rtt.get_sample_count(),
-        counts.sent,
-        "an ack for each"
+    // Every message is answered but one still in flight when its user left by choice (its
+    // lifetime ended: churn leaves without waiting, and counts no timeout for it).
+    let acked = metrics.message_rtt.get_sample_count();
+    let churned = metrics
+        .disconnect(wsfleet::metrics::DisconnectReason::Churn)
+        .get();
+    assert!(churned >= 20, "{churned} lifetimes ended");
+    assert!(
+        acked <= counts.sent && counts.sent - acked <= churned,
+        "an ack for each but those in flight at a churn: {acked} acks, {} sent, {churned} churned",
+        counts.sent
     );
     assert!(metrics.delivery_latency.get_sample_count() >= 1000);
 
@@ -167,7 +174,13 @@ async fn an_nchan_event_stream_is_measured_and_resumed_with_last_event_id() {
         "subscriptions with a Last-Event-ID:\n{log}"
     );
     let published = log.lines().filter(|l| l.starts_with("POST /pub/")).count() as u64;
-    assert_eq!(published, counts.sent, "one POST per message");
+    // One POST per message: none doubled, and every ack answered one (a message queued
+    // for the publish connection when its user churned may not have been posted).
+    assert!(
+        (acked..=counts.sent).contains(&published),
+        "{published} POSTs, {acked} acks, {} sent",
+        counts.sent
+    );
     assert!(
         log.lines()
             .filter(|l| l.starts_with("POST"))
