@@ -13,6 +13,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 URL, TOKEN, REPORT, OUT = (sys.argv[1:5] + [""] * 4)[:4] if __name__ == "__main__" else ("",) * 4
@@ -45,8 +46,9 @@ def main():
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)
         driver.get(URL)
         # The API asks for its token: given once, at the prompt, kept in the tab.
-        wait.until(lambda d: d.switch_to.alert)
-        alert = driver.switch_to.alert
+        # (alert_is_present: a poll before the prompt opens raises NoAlertPresent, which
+        # WebDriverWait does not ignore by default.)
+        alert = wait.until(expected_conditions.alert_is_present())
         seen["prompt"] = alert.text
         alert.send_keys(TOKEN)
         alert.accept()
