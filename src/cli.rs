@@ -33,6 +33,31 @@ pub enum Command {
     /// Compare a run's summary (--summary-out JSON) with a baseline's: a side-by-side table and
     /// exit 3 on a regression beyond the allowances.
     Compare(CompareArgs),
+    /// Turn a captured session (a browser's HAR export, or JSON lines of {dir, time, data})
+    /// into a scenario config, secrets replaced by variables; --check replays it with one user.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    /// The capture: HAR 1.2 with `_webSocketMessages` (Chromium, Firefox), or JSON lines; or,
+    /// with --check, a scenario written before (`.yaml`, its secrets filled) to replay as it is.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Where to write the scenario (default: standard output).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The server to aim at instead of the captured one (scheme, host and port; the captured
+    /// path and query stay).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<Url>,
+    /// Replay the written scenario with one user and report each part as matched or not
+    /// (exit 1 if one is not).
+    #[arg(long)]
+    pub check: bool,
+    /// How long --check may take at most.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub check_for: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

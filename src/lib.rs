@@ -67,6 +67,7 @@ pub(crate) mod pacer;
 pub(crate) mod profile;
 pub(crate) mod progress;
 pub mod provenance;
+pub mod record;
 pub(crate) mod reload;
 pub mod report;
 pub(crate) mod roster;

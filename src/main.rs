@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let fleet_args = match &cli.command {
         Command::Run(args) => Some(&args.fleet),
         Command::Check(args) => Some(args),
-        Command::Target(_) | Command::Ctl(_) | Command::Compare(_) => None,
+        Command::Target(_) | Command::Ctl(_) | Command::Compare(_) | Command::Record(_) => None,
     };
     let plan = match fleet_args.map(FleetArgs::resolve).transpose() {
         Ok(plan) => plan,
@@ -71,6 +71,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match (cli.command, plan) {
             (Command::Ctl(args), _) => Ok(run_ctl(&args).await),
+            (Command::Record(args), _) => Ok(run_record(&args).await),
             (Command::Target(args), _) => {
                 run_target(
                     args,
@@ -122,6 +123,85 @@ fn run_compare(args: &wsfleet::cli::CompareArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `wsfleet record FILE`: the scenario to the output, what was inferred and the secrets'
+/// variables to standard error; with `--check`, the replay's report and exit 1 unless all
+/// matched (2 when the capture cannot be read).
+async fn run_record(args: &wsfleet::cli::RecordArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("error: cannot read {}: {err}", args.file.display());
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    // A scenario already written (and edited: its secrets filled) is checked as it is.
+    let yaml = if wsfleet::record::is_scenario_file(&args.file) {
+        if !args.check {
+            eprintln!(
+                "error: {} is a scenario already: pass --check to replay it, or give a capture (HAR or JSON lines) to record",
+                args.file.display()
+            );
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+        text
+    } else {
+        match write_recording(args, &text) {
+            Ok(yaml) => yaml,
+            Err(code) => return code,
+        }
+    };
+    if !args.check {
+        return ExitCode::SUCCESS;
+    }
+    match wsfleet::record::check(&yaml, args.check_for).await {
+        Ok(report) => {
+            eprint!("{}", report.render());
+            if report.passed() {
+                eprintln!("check: every part matched");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("check: some parts did not match (see above)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: the check could not run: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Records the capture `text` and writes its scenario (saying what was inferred, what not,
+/// and which secrets to fill): the scenario, or the exit code of why not.
+fn write_recording(args: &wsfleet::cli::RecordArgs, text: &str) -> Result<String, ExitCode> {
+    let source = args.file.display().to_string();
+    let recording =
+        wsfleet::record::record(text, &source, args.target.as_ref()).map_err(|err| {
+            eprintln!("error: {}: {err}", args.file.display());
+            ExitCode::from(EXIT_INVALID_INPUT)
+        })?;
+    for line in &recording.found {
+        eprintln!("inferred: {line}");
+    }
+    for line in &recording.missing {
+        eprintln!("not inferred: {line}");
+    }
+    for (var, place) in &recording.secrets {
+        eprintln!("secret: {{{{{var}}}}} stands for what was in {place}: fill `vars.{var}`");
+    }
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &recording.yaml).map_err(|err| {
+                eprintln!("error: cannot write {}: {err}", path.display());
+                ExitCode::FAILURE
+            })?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{}", recording.yaml),
+    }
+    Ok(recording.yaml)
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM. With `ignore_hangup` (why), SIGHUP is

@@ -12,24 +12,6 @@ use helpers::*;
 
 const TOKEN: &str = "page-t0ken";
 
-/// Runs `tests/browser/SCRIPT` with `args` (bounded to two minutes): what it saw, as JSON.
-async fn browse(python: &std::path::Path, script: &str, args: &[&str]) -> serde_json::Value {
-    let out = tokio::process::Command::new(python)
-        .arg(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/browser")
-                .join(script),
-        )
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
-        .await
-        .unwrap()
-        .unwrap();
-    script_json(&out)
-}
-
 /// `wsfleet run ARGS --report REPORT` to its end (bounded to a minute), which must exit 0.
 async fn run_with_report(args: &[&str], report: &std::path::Path) {
     let run = tokio::process::Command::new(BIN)

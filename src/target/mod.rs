@@ -268,6 +268,10 @@ impl Shared {
 
 type TargetState = Arc<Shared>;
 
+/// `GET /client`: a web client of the protocol (two users in one room), for capturing a
+/// browser session to `wsfleet record`.
+const CLIENT_PAGE: &str = include_str!("client.html");
+
 /// The target's routes.
 fn router(state: TargetState) -> Router {
     let admin = Router::new()
@@ -280,6 +284,10 @@ fn router(state: TargetState) -> Router {
         ));
     Router::new()
         .route("/ws", get(upgrade))
+        .route(
+            "/client",
+            get(|| async { axum::response::Html(CLIENT_PAGE) }),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(admin)

@@ -26,12 +26,16 @@ def metrics(url=None):
                 (line.rpartition(" ") for line in r.read().decode().splitlines() if line and not line.startswith("#"))}
 
 
-def browser():
+def browser(network_log=False):
+    """Headless Chromium; with `network_log`, its DevTools Network events are kept for
+    `driver.get_log("performance")` (what har.py builds a HAR from)."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--window-size=1400,2400"):
         options.add_argument(flag)
+    if network_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 

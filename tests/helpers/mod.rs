@@ -357,6 +357,25 @@ pub fn selenium() -> Option<std::path::PathBuf> {
     Some(python)
 }
 
+/// Runs `tests/browser/SCRIPT` with `args` under `python` (bounded to two minutes): what it
+/// saw, as JSON.
+pub async fn browse(python: &std::path::Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(python)
+        .arg(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/browser")
+                .join(script),
+        )
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    script_json(&out)
+}
+
 /// Waits until the daemon reports exactly `users` active users.
 pub async fn wait_active(api: SocketAddr, users: f64, seconds: u64) {
     wait_for(

@@ -1,0 +1,602 @@
+//! What a captured JSON session means: its login, heartbeat, messages with their acks, the
+//! deliveries of others' messages, the server's own heartbeat and the frames that carry
+//! nothing — read from which frames repeat, which fields vary, and which answer echoes what.
+//!
+//! Frames are told apart by a *kind*: the value of the field that names them (`type`, `op`,
+//! `event`, ...; the most common low-cardinality string field otherwise).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::capture::{Capture, Dir, Frame};
+use super::secrets::{Secrets, is_secret_name};
+
+/// Field names that usually name a frame's kind, most likely first.
+const KIND_FIELDS: &[&str] = &[
+    "type", "op", "event", "action", "cmd", "kind", "method", "t",
+];
+const USER_FIELDS: &[&str] = &[
+    "user", "user_id", "userId", "username", "uid", "from", "sender",
+];
+const ROOM_FIELDS: &[&str] = &["room", "channel", "topic", "group", "room_id", "roomId"];
+
+/// A scenario's parts as inferred, each a piece of YAML, and what was and was not found.
+#[derive(Debug, Default)]
+pub struct Inferred {
+    pub kind_field: String,
+    pub login: Vec<Step>,
+    pub heartbeat: Option<Heartbeat>,
+    pub message: Option<Message>,
+    pub replies: Vec<(String, String)>,
+    pub ignore: Vec<(String, usize)>,
+    /// What was inferred, one line each, for the file's comments and the terminal.
+    pub found: Vec<String>,
+    /// What could not be, and what it means.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub send: String,
+    pub expect: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Heartbeat {
+    pub send: String,
+    pub expect: Option<String>,
+    pub interval: f64,
+}
+
+#[derive(Debug)]
+pub struct Message {
+    pub send: String,
+    pub interval: f64,
+    /// `(kind, field)`: the ack's kind and where it echoes the id (`id`) or the sequence.
+    pub ack: Option<(String, AckBy)>,
+    pub delivery: Option<Delivery>,
+}
+
+#[derive(Debug)]
+pub enum AckBy {
+    Id(String),
+    Seq(String),
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub kind: String,
+    pub sender: String,
+    pub seq: String,
+    pub ts: String,
+}
+
+/// One parsed frame.
+struct Json<'a> {
+    frame: &'a Frame,
+    value: serde_json::Map<String, Value>,
+    kind: String,
+}
+
+/// What the fields of one kind of sent frame do across its frames.
+#[derive(Default)]
+struct Fields {
+    id: Vec<String>,
+    seq: Option<String>,
+    ts: Option<String>,
+    payload: Vec<String>,
+}
+
+/// Infers the scenario of `capture`'s frames (all JSON objects), secrets taken out.
+pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, String> {
+    let frames = parse(&capture.frames)?;
+    let kind_field = kind_field(&frames);
+    let frames: Vec<Json> = frames
+        .into_iter()
+        .map(|(frame, value)| {
+            let kind = value
+                .get(&kind_field)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Json { frame, value, kind }
+        })
+        .collect();
+    let mut inferred = Inferred {
+        kind_field: kind_field.clone(),
+        ..Inferred::default()
+    };
+    inferred
+        .found
+        .push(format!("frames are JSON objects named by `{kind_field}`"));
+    let sent: Vec<usize> = (0..frames.len())
+        .filter(|&i| frames[i].frame.dir == Dir::Sent)
+        .collect();
+    let mut sent_counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in &sent {
+        *sent_counts.entry(frames[i].kind.as_str()).or_default() += 1;
+    }
+    let first_repeat = sent
+        .iter()
+        .copied()
+        .find(|&i| sent_counts[frames[i].kind.as_str()] >= 2)
+        .unwrap_or(frames.len());
+    let identity = Identity::of(&frames[..first_repeat]);
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+
+    // Server frames answered by a constant: the server's heartbeat.
+    let mut reply_kinds = BTreeSet::new();
+    for kind in received_kinds(&frames) {
+        let answers: Vec<Option<&Json>> = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.frame.dir == Dir::Received && f.kind == kind)
+            .map(|(i, _)| frames[i + 1..].first().filter(|n| n.frame.dir == Dir::Sent))
+            .collect();
+        let texts: BTreeSet<&str> = answers
+            .iter()
+            .map(|a| a.map_or("", |f| f.frame.data.as_str()))
+            .collect();
+        if answers.len() >= 2 && texts.len() == 1 && !texts.contains("") {
+            let answer = answers[0].map(|f| f.kind.clone()).unwrap_or_default();
+            reply_kinds.insert(answer);
+            inferred.found.push(format!(
+                "the server's heartbeat: `{kind}`, answered by a constant `{}`",
+                frames_text(answers[0])
+            ));
+            inferred.replies.push((
+                matcher(&kind_field, &kind),
+                texts.into_iter().next().unwrap_or_default().to_string(),
+            ));
+            claimed.insert(kind);
+        }
+    }
+
+    // Login: what was sent before anything repeated, each answered by the next server frame.
+    for &i in sent.iter().filter(|&&i| i < first_repeat) {
+        let answer = frames[i + 1..]
+            .iter()
+            .take_while(|f| f.frame.dir == Dir::Received)
+            .find(|f| !claimed.contains(&f.kind));
+        let expect = answer.map(|a| {
+            claimed.insert(a.kind.clone());
+            matcher(&kind_field, &a.kind)
+        });
+        inferred.found.push(format!(
+            "login step: `{}`{}",
+            frames[i].kind,
+            answer.map_or(" (no answer seen)".into(), |a| format!(
+                ", answered by `{}`",
+                a.kind
+            ))
+        ));
+        inferred.login.push(Step {
+            send: template(&frames[i].value, &Fields::default(), &identity, secrets),
+            expect,
+        });
+    }
+
+    // Repeated client frames: the message (its id echoed back) and the heartbeat.
+    let mut repeated: Vec<&str> = sent_counts
+        .iter()
+        .filter(|&(k, &n)| n >= 2 && !reply_kinds.contains(*k))
+        .map(|(k, _)| *k)
+        .collect();
+    // Acked kinds first: the heartbeat's answer is looked for among what the acks leave.
+    repeated.sort_by_key(|kind| {
+        let of_kind: Vec<&Json> = frames
+            .iter()
+            .filter(|f| f.frame.dir == Dir::Sent && f.kind == *kind)
+            .collect();
+        ack_of(&frames, &of_kind, &Fields::of(&of_kind), &claimed).is_none()
+    });
+    for kind in repeated {
+        let of_kind: Vec<&Json> = frames
+            .iter()
+            .filter(|f| f.frame.dir == Dir::Sent && f.kind == kind)
+            .collect();
+        let fields = Fields::of(&of_kind);
+        let interval = median_gap(&of_kind);
+        let ack = ack_of(&frames, &of_kind, &fields, &claimed);
+        if inferred.message.is_none() && ack.is_some() {
+            let (ack_kind, by) = ack.unwrap_or_else(|| unreachable!());
+            claimed.insert(ack_kind.clone());
+            inferred.found.push(format!(
+                "messages: `{kind}` every {interval:.2} s, acked by `{ack_kind}` ({})",
+                match &by {
+                    AckBy::Id(f) => format!("our id at `{f}`"),
+                    AckBy::Seq(f) => format!("our sequence at `{f}`"),
+                }
+            ));
+            let delivery =
+                delivery_of(&frames, &of_kind, &fields, &identity, &claimed, &kind_field);
+            match &delivery {
+                Some(d) => {
+                    claimed.insert(d.kind.clone());
+                    inferred.found.push(format!(
+                        "deliveries: `{}` (sender `{}`, sequence `{}`, time `{}`)",
+                        d.kind, d.sender, d.seq, d.ts
+                    ));
+                }
+                None => inferred.missing.push(
+                    "deliveries: no server frame carries the sender, sequence and time of a message, so loss, duplication and delivery latency are not measured (a message is judged by its ack alone)".into(),
+                ),
+            }
+            inferred.message = Some(Message {
+                send: template(&of_kind[0].value, &fields, &identity, secrets),
+                interval,
+                ack: Some((ack_kind, by)),
+                delivery,
+            });
+        } else if inferred.heartbeat.is_none() && fields.id.is_empty() {
+            let answer = common_answer(&frames, kind, &claimed);
+            if let Some(a) = &answer {
+                claimed.insert(a.clone());
+            }
+            inferred.found.push(format!(
+                "heartbeat: `{kind}` every {interval:.2} s{}",
+                answer
+                    .as_ref()
+                    .map_or(", no answer of its own".into(), |a| format!(
+                        ", answered by `{a}`"
+                    ))
+            ));
+            inferred.heartbeat = Some(Heartbeat {
+                send: template(&of_kind[0].value, &fields, &identity, secrets),
+                expect: answer.map(|a| matcher(&kind_field, &a)),
+                interval,
+            });
+        } else {
+            inferred.missing.push(format!(
+                "`{kind}` is sent {} times but is neither the heartbeat nor an acked message: left out",
+                of_kind.len()
+            ));
+        }
+    }
+    if inferred.message.is_none() {
+        inferred.missing.push(
+            "messages: no repeated client frame has its id echoed back by the server, so no message flow was written (users only log in and keep the heartbeat)".into(),
+        );
+    }
+    // What the server sent after the login that nothing above explains: ignored, by kind.
+    let mut rest: BTreeMap<String, usize> = BTreeMap::new();
+    for f in frames[first_repeat.min(frames.len())..]
+        .iter()
+        .filter(|f| f.frame.dir == Dir::Received && !claimed.contains(&f.kind))
+    {
+        *rest.entry(f.kind.clone()).or_default() += 1;
+    }
+    inferred.ignore = rest.into_iter().collect();
+    Ok(inferred)
+}
+
+fn frames_text(frame: Option<&Json>) -> String {
+    frame.map_or(String::new(), |f| f.frame.data.clone())
+}
+
+/// A matcher of frames of `kind` (as YAML flow).
+fn matcher(kind_field: &str, kind: &str) -> String {
+    format!(
+        "{{pointer: /{kind_field}, equals: {}}}",
+        super::yaml_str(kind)
+    )
+}
+
+/// A frame and its JSON object.
+type Parsed<'a> = (&'a Frame, serde_json::Map<String, Value>);
+
+fn parse(frames: &[Frame]) -> Result<Vec<Parsed<'_>>, String> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(n, frame)| match serde_json::from_str(&frame.data) {
+            Ok(Value::Object(map)) if !frame.binary => Ok((frame, map)),
+            _ => Err(format!(
+                "frame {} ({}) is not a JSON object: `wsfleet record` infers JSON text protocols; this capture's {} is not read yet",
+                n + 1,
+                if frame.dir == Dir::Sent { "sent" } else { "received" },
+                guess_protocol(&frame.data, frame.binary)
+            )),
+        })
+        .collect()
+}
+
+fn guess_protocol(data: &str, binary: bool) -> &'static str {
+    if binary {
+        "binary protocol (MQTT, protobuf)"
+    } else if data.starts_with(|c: char| c.is_ascii_digit()) {
+        "Socket.IO/Engine.IO framing"
+    } else {
+        "text protocol"
+    }
+}
+
+/// The field naming frames: a well-known name present in most frames, else the string field
+/// present in most frames with the fewest distinct values.
+fn kind_field(frames: &[(&Frame, serde_json::Map<String, Value>)]) -> String {
+    let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut present: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, map) in frames {
+        for (key, value) in map {
+            if let Some(s) = value.as_str() {
+                values.entry(key).or_default().insert(s);
+                *present.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let common = |key: &str| present.get(key).copied().unwrap_or(0) * 5 >= frames.len() * 4;
+    if let Some(known) = KIND_FIELDS.iter().find(|k| common(k)) {
+        return (*known).to_string();
+    }
+    values
+        .iter()
+        .filter(|(k, _)| common(k))
+        .min_by_key(|(_, v)| v.len())
+        .map_or_else(|| "type".into(), |(k, _)| (*k).to_string())
+}
+
+fn received_kinds(frames: &[Json]) -> BTreeSet<String> {
+    frames
+        .iter()
+        .filter(|f| f.frame.dir == Dir::Received)
+        .map(|f| f.kind.clone())
+        .collect()
+}
+
+/// The user's id and room as the login sent them.
+#[derive(Default)]
+struct Identity {
+    user: Option<String>,
+    room: Option<String>,
+}
+
+impl Identity {
+    fn of(login: &[Json]) -> Identity {
+        let find = |names: &[&str]| {
+            login
+                .iter()
+                .filter(|f| f.frame.dir == Dir::Sent)
+                .find_map(|f| {
+                    names
+                        .iter()
+                        .find_map(|n| f.value.get(*n)?.as_str().map(str::to_string))
+                })
+        };
+        Identity {
+            user: find(USER_FIELDS),
+            room: find(ROOM_FIELDS),
+        }
+    }
+}
+
+impl Fields {
+    /// Which fields of these frames (one kind, in order) are ids, a counter, a clock.
+    fn of(frames: &[&Json]) -> Fields {
+        let mut fields = Fields::default();
+        let Some(first) = frames.first() else {
+            return fields;
+        };
+        for key in first.value.keys() {
+            let values: Vec<&Value> = frames.iter().filter_map(|f| f.value.get(key)).collect();
+            if values.len() != frames.len() || values.windows(2).all(|w| w[0] == w[1]) {
+                continue;
+            }
+            let numbers: Option<Vec<f64>> = values.iter().map(|v| v.as_f64()).collect();
+            if let Some(numbers) = numbers {
+                let increasing = numbers.windows(2).all(|w| w[1] >= w[0]);
+                if increasing && numbers[0] >= 1e9 {
+                    fields.ts.get_or_insert(key.clone());
+                } else if numbers.windows(2).all(|w| w[1] > w[0]) {
+                    fields.seq.get_or_insert(key.clone());
+                }
+                continue;
+            }
+            let distinct: BTreeSet<String> = values.iter().map(|v| v.to_string()).collect();
+            if values.iter().all(|v| v.is_string()) {
+                if distinct.len() == values.len() && !is_secret_name(key) {
+                    fields.id.push(key.clone());
+                } else {
+                    fields.payload.push(key.clone());
+                }
+            }
+        }
+        // Of several varying strings, the one named like an id is the message id.
+        fields.id.sort_by_key(|key| !named_like_id(key));
+        fields
+    }
+}
+
+/// `id`, `msg_id`, `messageId`, `uuid`, `mid`: a name that says it identifies.
+fn named_like_id(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "mid" || key.ends_with("id") || key.contains("uuid")
+}
+
+/// The ack of `sent` (one kind): the server kind whose frames carry each sent id (or
+/// sequence) in one field.
+fn ack_of(
+    frames: &[Json],
+    sent: &[&Json],
+    fields: &Fields,
+    claimed: &BTreeSet<String>,
+) -> Option<(String, AckBy)> {
+    let values = |key: &str| -> BTreeSet<String> {
+        sent.iter()
+            .filter_map(|f| f.value.get(key))
+            .map(Value::to_string)
+            .collect()
+    };
+    for kind in received_kinds(frames)
+        .into_iter()
+        .filter(|k| !claimed.contains(k))
+    {
+        let answers: Vec<&Json> = frames
+            .iter()
+            .filter(|f| f.frame.dir == Dir::Received && f.kind == kind)
+            .collect();
+        let echoes = |ours: &BTreeSet<String>| -> Option<String> {
+            answers[0]
+                .value
+                .keys()
+                .find(|key| {
+                    let theirs: BTreeSet<String> = answers
+                        .iter()
+                        .filter_map(|a| a.value.get(*key))
+                        .map(Value::to_string)
+                        .collect();
+                    theirs.is_subset(ours) && theirs.len() + 1 >= ours.len()
+                })
+                .cloned()
+        };
+        // An ack answers each message once: as many answers as messages.
+        // (the capture may end before the last one's).
+        if answers.len() > sent.len() || answers.len() + 1 < sent.len() {
+            continue;
+        }
+        for id in &fields.id {
+            if let Some(field) = echoes(&values(id)) {
+                return Some((kind, AckBy::Id(format!("/{field}"))));
+            }
+        }
+        if let Some(seq) = &fields.seq
+            && let Some(field) = echoes(&values(seq))
+        {
+            return Some((kind, AckBy::Seq(format!("/{field}"))));
+        }
+    }
+    None
+}
+
+/// The deliveries: a server kind carrying a sender, and our messages' sequence and time
+/// values (a room echoes one's own messages) or fields of those names.
+fn delivery_of(
+    frames: &[Json],
+    sent: &[&Json],
+    fields: &Fields,
+    identity: &Identity,
+    claimed: &BTreeSet<String>,
+    kind_field: &str,
+) -> Option<Delivery> {
+    let values = |key: &Option<String>| -> BTreeSet<String> {
+        key.iter()
+            .flat_map(|k| sent.iter().filter_map(|f| f.value.get(k)))
+            .map(Value::to_string)
+            .collect()
+    };
+    let (seqs, times) = (values(&fields.seq), values(&fields.ts));
+    for kind in received_kinds(frames)
+        .into_iter()
+        .filter(|k| !claimed.contains(k))
+    {
+        let of_kind: Vec<&Json> = frames
+            .iter()
+            .filter(|f| f.frame.dir == Dir::Received && f.kind == kind)
+            .collect();
+        let first = &of_kind[0].value;
+        let carrying = |ours: &BTreeSet<String>, names: &[&str]| {
+            first
+                .keys()
+                .filter(|k| k.as_str() != kind_field)
+                .find(|key| {
+                    let theirs: Vec<String> = of_kind
+                        .iter()
+                        .filter_map(|f| f.value.get(*key))
+                        .map(Value::to_string)
+                        .collect();
+                    (!ours.is_empty()
+                        && !theirs.is_empty()
+                        && theirs.iter().all(|v| ours.contains(v)))
+                        || names.contains(&key.as_str())
+                })
+                .cloned()
+        };
+        let user: BTreeSet<String> = identity
+            .user
+            .iter()
+            .map(|u| Value::from(u.as_str()).to_string())
+            .collect();
+        let sender = carrying(&user, USER_FIELDS);
+        let seq = carrying(&seqs, &["seq", "sequence", "counter", "n"]);
+        let ts = carrying(&times, &["ts", "time", "timestamp", "sent_at"]);
+        if let (Some(sender), Some(seq), Some(ts)) = (sender, seq, ts) {
+            return Some(Delivery {
+                kind,
+                sender: format!("/{sender}"),
+                seq: format!("/{seq}"),
+                ts: format!("/{ts}"),
+            });
+        }
+    }
+    None
+}
+
+/// The kind of server frame that follows each frame of `kind`, when one kind always does.
+fn common_answer(frames: &[Json], kind: &str, claimed: &BTreeSet<String>) -> Option<String> {
+    let mut answers: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut asked = 0;
+    for (i, f) in frames.iter().enumerate() {
+        if f.frame.dir != Dir::Sent || f.kind != kind {
+            continue;
+        }
+        asked += 1;
+        let next = frames[i + 1..]
+            .iter()
+            .find(|n| n.frame.dir == Dir::Received && !claimed.contains(&n.kind));
+        if let Some(next) = next {
+            *answers.entry(next.kind.as_str()).or_default() += 1;
+        }
+    }
+    answers
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .filter(|&(_, n)| n * 5 >= asked * 4)
+        .map(|(k, _)| k.to_string())
+}
+
+/// The median time between consecutive frames, in seconds.
+fn median_gap(frames: &[&Json]) -> f64 {
+    let mut gaps: Vec<f64> = frames
+        .windows(2)
+        .map(|w| w[1].frame.at - w[0].frame.at)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    gaps.get(gaps.len() / 2).copied().unwrap_or(1.0)
+}
+
+/// A sent frame as a template: ids, counter and clock replaced by `{{msg_id}}`, `{{seq}}`,
+/// `{{ts}}`; other varying strings by `{{payload}}`; the user and room by `{{user_id}}`
+/// and `{{room}}`; secrets by their variables.
+fn template(
+    frame: &serde_json::Map<String, Value>,
+    fields: &Fields,
+    identity: &Identity,
+    secrets: &mut Secrets,
+) -> String {
+    const RAW: &str = "@@wsfleet-raw:";
+    let mut out = serde_json::Map::new();
+    for (key, value) in frame {
+        let placed = if fields.id.first() == Some(key) {
+            Value::from("{{msg_id}}")
+        } else if fields.seq.as_ref() == Some(key) {
+            Value::from(format!("{RAW}seq"))
+        } else if fields.ts.as_ref() == Some(key) {
+            Value::from(format!("{RAW}ts"))
+        } else if fields.payload.contains(key) || fields.id.contains(key) {
+            Value::from("{{payload}}")
+        } else {
+            match value.as_str() {
+                Some(s) if is_secret_name(key) => {
+                    Value::from(secrets.take(key, s, &format!("the `{key}` field of a frame")))
+                }
+                Some(s) if identity.user.as_deref() == Some(s) => Value::from("{{user_id}}"),
+                Some(s) if identity.room.as_deref() == Some(s) => Value::from("{{room}}"),
+                _ => value.clone(),
+            }
+        };
+        out.insert(key.clone(), placed);
+    }
+    let text = Value::Object(out).to_string();
+    text.replace(&format!("\"{RAW}seq\""), "{{seq}}")
+        .replace(&format!("\"{RAW}ts\""), "{{ts}}")
+}

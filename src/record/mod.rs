@@ -1,0 +1,340 @@
+//! `wsfleet record FILE`: a captured session (a browser's HAR export, or JSON lines of
+//! frames) turned into a scenario that runs — its login, heartbeat, messages, acks and
+//! deliveries inferred, its secrets replaced by variables — and `--check`, which replays the
+//! written scenario with one user and says which parts matched.
+
+mod capture;
+mod check;
+mod infer;
+mod secrets;
+
+pub use check::{CheckReport, check};
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use url::Url;
+
+/// A written scenario and what went into it.
+#[derive(Debug)]
+pub struct Recording {
+    /// The config, YAML with comments.
+    pub yaml: String,
+    /// What was inferred, one line each.
+    pub found: Vec<String>,
+    /// What could not be, and what that means.
+    pub missing: Vec<String>,
+    /// The variables standing for the capture's secrets, and where each was.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Whether `path` names a scenario (`.yaml`, `.yml`) rather than a capture: `record --check`
+/// replays such a file as it is, once its secrets are filled.
+pub fn is_scenario_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Reads the capture `text` (from `source`, for the file's header) and writes its scenario;
+/// `target`, if given, replaces the captured URL's scheme, host and port.
+pub fn record(text: &str, source: &str, target: Option<&Url>) -> Result<Recording, String> {
+    let capture = capture::read(text)?;
+    let mut url = match (&capture.url, target) {
+        (_, Some(target)) => target.clone(),
+        (Some(url), None) => {
+            Url::parse(url).map_err(|err| format!("the captured URL {url:?}: {err}"))?
+        }
+        (None, None) => {
+            return Err("the capture names no URL: pass --target ws://HOST:PORT/PATH".into());
+        }
+    };
+    if let (Some(captured), Some(_)) = (&capture.url, target)
+        && let Ok(captured) = Url::parse(captured)
+    {
+        url.set_path(captured.path());
+        url.set_query(captured.query());
+    }
+    let scheme = match url.scheme() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        other => {
+            return Err(format!(
+                "the URL's scheme {other:?} is not a WebSocket's (ws, wss)"
+            ));
+        }
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| format!("cannot make {url} a {scheme}:// URL"))?;
+    let mut secrets = secrets::Secrets::default();
+    let connect_url = secrets.url(&url);
+    let headers = secrets.headers(&capture.headers);
+    let inferred = infer::infer(&capture, &mut secrets)?;
+    let yaml = render(
+        &capture,
+        source,
+        &url,
+        &connect_url,
+        &headers,
+        &inferred,
+        &secrets,
+    );
+    let yaml = secrets.scrub(&yaml);
+    // What was written must load: a mistake here is ours, not the user's.
+    crate::config::Config::parse(&yaml)
+        .map_err(|err| format!("the scenario written does not load ({err}); please report this with the capture's shape"))?;
+    Ok(Recording {
+        yaml,
+        found: inferred.found,
+        missing: inferred.missing,
+        secrets: secrets.found().clone(),
+    })
+}
+
+/// A YAML single-quoted scalar.
+fn yaml_str(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Seconds as a duration the config reads (`500ms`).
+fn millis(seconds: f64) -> String {
+    format!("{}ms", (seconds * 1000.0).round().max(1.0))
+}
+
+fn render(
+    capture: &capture::Capture,
+    source: &str,
+    url: &Url,
+    connect_url: &str,
+    headers: &[(String, String)],
+    inferred: &infer::Inferred,
+    secrets: &secrets::Secrets,
+) -> String {
+    let sent = capture
+        .frames
+        .iter()
+        .filter(|f| f.dir == capture::Dir::Sent)
+        .count();
+    let span = capture.frames.last().map_or(0.0, |f| f.at);
+    let mut y = String::new();
+    let _ = writeln!(
+        y,
+        "# Written by `wsfleet record {source}`: {} frames ({sent} sent, {} received) over {span:.1} s.",
+        capture.frames.len(),
+        capture.frames.len() - sent
+    );
+    y.push_str("# Inferred:\n");
+    for line in &inferred.found {
+        let _ = writeln!(y, "#   - {line}");
+    }
+    if !inferred.missing.is_empty() {
+        y.push_str("# Not inferred:\n");
+        for line in &inferred.missing {
+            let _ = writeln!(y, "#   - {line}");
+        }
+    }
+    y.push_str("# Run `wsfleet record --check` on the capture (or `wsfleet run -c` this file with a few users)\n# and read the summary's `frames` line: unmatched frames are what this file does not yet explain.\n");
+    let mut target = url.clone();
+    target.set_query(None);
+    let _ = writeln!(y, "target: {}", yaml_str(target.as_str()));
+    y.push_str("users: 10\nconnect_rate: 10\n");
+    if let Some(message) = &inferred.message {
+        let _ = writeln!(
+            y,
+            "message_interval: {}  # as captured",
+            millis(message.interval)
+        );
+    }
+    if let Some(heartbeat) = &inferred.heartbeat {
+        let _ = writeln!(
+            y,
+            "heartbeat: {{interval: {}}}  # as captured",
+            millis(heartbeat.interval)
+        );
+    }
+    y.push_str("scenario:\n");
+    if connect_url != target.as_str() {
+        let _ = writeln!(y, "  url: {}", yaml_str(connect_url));
+    }
+    if !headers.is_empty() {
+        y.push_str("  headers:\n");
+        for (name, value) in headers {
+            let _ = writeln!(y, "    {}: {}", yaml_str(name), yaml_str(value));
+        }
+    }
+    if !secrets.found().is_empty() {
+        y.push_str("  # Secrets from the capture, taken out: fill each from your credentials\n  # (or a `credentials:` file with a column of the same name).\n  vars:\n");
+        for (var, place) in secrets.found() {
+            let _ = writeln!(y, "    {var}: ''  # was in {place}");
+        }
+    }
+    if !inferred.login.is_empty() {
+        y.push_str("  login:\n");
+        for step in &inferred.login {
+            let _ = writeln!(y, "    - send: {}", yaml_str(&step.send));
+            if let Some(expect) = &step.expect {
+                let _ = writeln!(y, "      expect: {expect}");
+            }
+        }
+    }
+    if let Some(heartbeat) = &inferred.heartbeat {
+        let _ = writeln!(y, "  heartbeat:\n    send: {}", yaml_str(&heartbeat.send));
+        if let Some(expect) = &heartbeat.expect {
+            let _ = writeln!(y, "    expect: {expect}");
+        }
+    }
+    if !inferred.replies.is_empty() {
+        y.push_str("  replies:  # the server's own heartbeat, answered as captured\n");
+        for (matcher, send) in &inferred.replies {
+            let _ = writeln!(y, "    - match: {matcher}\n      send: {}", yaml_str(send));
+        }
+    }
+    if let Some(message) = &inferred.message {
+        let _ = writeln!(y, "  message:\n    send: {}", yaml_str(&message.send));
+        if let Some((kind, by)) = &message.ack {
+            let (key, field) = match by {
+                infer::AckBy::Id(field) => ("id", field),
+                infer::AckBy::Seq(field) => ("seq", field),
+            };
+            let _ = writeln!(
+                y,
+                "    ack: {{match: {{pointer: /{}, equals: {}}}, {key}: {field}}}",
+                inferred.kind_field,
+                yaml_str(kind)
+            );
+        }
+        if let Some(d) = &message.delivery {
+            let _ = writeln!(
+                y,
+                "    delivery: {{match: {{pointer: /{}, equals: {}}}, sender: {}, seq: {}, ts: {}}}",
+                inferred.kind_field,
+                yaml_str(&d.kind),
+                d.sender,
+                d.seq,
+                d.ts
+            );
+        }
+    }
+    if !inferred.ignore.is_empty() {
+        y.push_str("  ignore:  # server frames that carry nothing measured\n");
+        for (kind, seen) in &inferred.ignore {
+            let _ = writeln!(
+                y,
+                "    - {{pointer: /{}, equals: {}}}  # seen {seen} times",
+                inferred.kind_field,
+                yaml_str(kind)
+            );
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session of the reference target's protocol, as JSON lines, with a token in the URL,
+    /// an Authorization header and a token in the login frame.
+    fn im_session() -> String {
+        let mut lines = vec![
+            r#"{"url":"ws://127.0.0.1:9/ws?room=lobby&token=hunter2-url","headers":{"Authorization":"Bearer hunter2-header","Origin":"http://127.0.0.1:9","Sec-WebSocket-Key":"abc"}}"#.to_string(),
+            r#"{"dir":"send","time":0.0,"data":"{\"type\":\"login\",\"user\":\"alice\",\"token\":\"hunter2-frame\"}"}"#.into(),
+            r#"{"dir":"receive","time":0.01,"data":"{\"type\":\"login_ok\",\"user\":\"alice\"}"}"#.into(),
+            r#"{"dir":"send","time":0.02,"data":"{\"type\":\"join\",\"room\":\"lobby\"}"}"#.into(),
+            r#"{"dir":"receive","time":0.03,"data":"{\"type\":\"joined\",\"room\":\"lobby\",\"members\":2}"}"#.into(),
+        ];
+        for n in 1..=6u64 {
+            let t = 0.5 * n as f64;
+            let ts = 1_764_000_000_000u64 + n * 500;
+            lines.push(format!(r#"{{"dir":"send","time":{t},"data":"{{\"type\":\"msg\",\"room\":\"lobby\",\"id\":\"alice-{n}\",\"seq\":{n},\"ts\":{ts},\"body\":\"hello {n}\"}}"}}"#));
+            lines.push(format!(r#"{{"dir":"receive","time":{},"data":"{{\"type\":\"ack\",\"id\":\"alice-{n}\"}}"}}"#, t + 0.01));
+            lines.push(format!(r#"{{"dir":"receive","time":{},"data":"{{\"type\":\"deliver\",\"from\":\"bob\",\"room\":\"lobby\",\"id\":\"bob-{n}\",\"seq\":{n},\"ts\":{ts},\"body\":\"hi\"}}"}}"#, t + 0.2));
+            if n % 2 == 0 {
+                lines.push(format!(
+                    r#"{{"dir":"send","time":{},"data":"{{\"type\":\"ping\",\"ts\":{ts}}}"}}"#,
+                    t + 0.3
+                ));
+                lines.push(format!(
+                    r#"{{"dir":"receive","time":{},"data":"{{\"type\":\"pong\",\"ts\":{ts}}}"}}"#,
+                    t + 0.31
+                ));
+            }
+        }
+        lines.push(
+            r#"{"dir":"receive","time":4.0,"data":"{\"type\":\"presence\",\"user\":\"carol\"}"}"#
+                .into(),
+        );
+        lines.join("\n")
+    }
+
+    #[test]
+    fn an_im_session_becomes_a_scenario_with_its_login_heartbeat_messages_and_deliveries() {
+        let recording = record(&im_session(), "im.jsonl", None).expect("as captured");
+        let yaml = &recording.yaml;
+        assert!(!yaml.contains("hunter2"), "a secret leaked:\n{yaml}");
+        assert_eq!(
+            recording.secrets.keys().collect::<Vec<_>>(),
+            ["token", "token_2", "token_3"],
+            "{yaml}"
+        );
+        let plan = crate::config::Config::parse(yaml).expect("as captured");
+        let spec = plan.scenario.spec();
+        assert_eq!(spec.login.len(), 2, "{yaml}");
+        assert_eq!(
+            spec.login[0].send.as_deref(),
+            Some(r#"{"token":"{{token_3}}","type":"login","user":"{{user_id}}"}"#)
+        );
+        assert_eq!(
+            spec.login[1].send.as_deref(),
+            Some(r#"{"room":"{{room}}","type":"join"}"#)
+        );
+        let message = spec.message.expect("as captured");
+        assert_eq!(
+            message.send,
+            r#"{"body":"{{payload}}","id":"{{msg_id}}","room":"{{room}}","seq":{{seq}},"ts":{{ts}},"type":"msg"}"#
+        );
+        assert_eq!(message.ack.expect("as captured").id.as_deref(), Some("/id"));
+        let delivery = message.delivery.expect("as captured");
+        assert_eq!(
+            (
+                delivery.sender.as_str(),
+                delivery.seq.as_str(),
+                delivery.ts.as_str()
+            ),
+            ("/from", "/seq", "/ts")
+        );
+        assert_eq!(
+            spec.heartbeat.expect("as captured").send,
+            r#"{"ts":{{ts}},"type":"ping"}"#
+        );
+        assert_eq!(spec.ignore.len(), 1, "presence is ignored:\n{yaml}");
+        assert_eq!(plan.message_interval, std::time::Duration::from_millis(500));
+        assert_eq!(
+            spec.headers.get("Authorization").map(String::as_str),
+            Some("Bearer {{token_2}}")
+        );
+        assert_eq!(
+            spec.url.as_deref(),
+            Some("ws://127.0.0.1:9/ws?room=lobby&token={{token}}")
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_named() {
+        let binary = concat!(
+            r#"{"url":"ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"}"#,
+            "\n",
+            r#"{"dir":"send","time":0,"data":"42[\"chat\",\"hi\"]"}"#
+        );
+        let err = record(binary, "x", None).expect_err("an error");
+        assert!(
+            err.contains("frame 1") && err.contains("Socket.IO"),
+            "{err}"
+        );
+        let nourl = r#"{"dir":"send","time":0,"data":"{}"}"#;
+        assert!(
+            record(nourl, "x", None)
+                .expect_err("an error")
+                .contains("--target")
+        );
+    }
+}
