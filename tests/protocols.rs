@@ -9,114 +9,15 @@
 
 mod helpers;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use helpers::*;
-use serde_json::Value;
 
-/// node, and `.test-tools/node_modules` with `module` in it (`scripts/protocol-tools`).
-fn node_modules(module: &str) -> Option<(PathBuf, PathBuf)> {
-    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-tools/node_modules");
-    let node = tool("node", "Node.js (scripts/protocol-tools installs it)")?;
-    if !modules.join(module).is_dir() {
-        tool(
-            &format!("no-such-program-{module}"),
-            &format!("npm's {module} in .test-tools (scripts/protocol-tools installs it)"),
-        );
-        return None;
-    }
-    Some((node, modules))
-}
-
-/// A Node.js server from a script written by the test; it prints `listening` when ready.
-/// Killed on drop.
-struct NodeServer {
-    addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl NodeServer {
-    fn start(module: &str, script: &str, env: &[(&str, &str)]) -> Option<NodeServer> {
-        let (node, modules) = node_modules(module)?;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.js");
-        std::fs::write(&path, script).unwrap();
-        let addr = free_addr();
-        let mut child = Command::new(node)
-            .arg(&path)
-            .arg(addr.port().to_string())
-            .env("NODE_PATH", modules)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).unwrap();
-        assert_eq!(first.trim(), "listening", "the server did not start");
-        Some(NodeServer {
-            addr,
-            child,
-            _dir: dir,
-        })
-    }
-
-    /// The server's own counters (`GET /stats`).
-    async fn stats(&self) -> Value {
-        get_json(&format!("http://{}/stats", self.addr)).await
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Socket.IO 4 chat server: auth by token, `join` with an ack, `chat` acked and broadcast
+/// The Socket.IO 4 chat server (`tests/servers/socketio_chat.js`): auth by token, `join` with an ack, `chat` acked and broadcast
 /// to the sender's room (every DROP_EVERY-th message not broadcast, counted per receiver
 /// missed), pings every second with a one-second timeout; `/stats` counts what it saw.
-const SOCKET_IO_SERVER: &str = r#"
-const http = require("http");
-const { Server } = require("socket.io");
-const port = Number(process.argv[2]);
-const dropEvery = Number(process.env.DROP_EVERY || 0);
-const stats = { connections: 0, refused: 0, messages: 0, dropped_deliveries: 0, disconnects: {} };
-const server = http.createServer((req, res) => {
-  res.setHeader("content-type", "application/json");
-  res.end(JSON.stringify(stats));
-});
-const io = new Server(server, { pingInterval: 1000, pingTimeout: 1000 });
-io.use((socket, next) => {
-  if (socket.handshake.auth && socket.handshake.auth.token === "s3cret") return next();
-  stats.refused++;
-  next(new Error("unauthorized"));
-});
-io.on("connection", (socket) => {
-  stats.connections++;
-  socket.on("join", (room, ack) => { socket.join(room); if (typeof ack === "function") ack(); });
-  socket.on("chat", (msg, ack) => {
-    stats.messages++;
-    if (typeof ack === "function") ack({ ok: true });
-    if (dropEvery && stats.messages % dropEvery === 0) {
-      const members = io.sockets.adapter.rooms.get(msg.room);
-      stats.dropped_deliveries += members ? members.size - 1 : 0;
-      return;
-    }
-    socket.to(msg.room).emit("chat", msg);
-  });
-  socket.on("disconnect", (reason) => {
-    stats.disconnects[reason] = (stats.disconnects[reason] || 0) + 1;
-  });
-});
-server.listen(port, "127.0.0.1", () => console.log("listening"));
-"#;
+const SOCKET_IO_SERVER: &str = include_str!("servers/socketio_chat.js");
 
 fn socket_io_config(server: &NodeServer, users: u32, token: &str) -> String {
     format!(

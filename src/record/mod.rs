@@ -7,6 +7,7 @@ mod capture;
 mod check;
 mod infer;
 mod secrets;
+mod socketio;
 
 pub use check::{CheckReport, check};
 
@@ -68,7 +69,11 @@ pub fn record(text: &str, source: &str, target: Option<&Url>) -> Result<Recordin
     let mut secrets = secrets::Secrets::default();
     let connect_url = secrets.url(&url);
     let headers = secrets.headers(&capture.headers);
-    let inferred = infer::infer(&capture, &mut secrets)?;
+    let inferred = if socketio::is_socketio(&capture) {
+        socketio::infer(&capture, &mut secrets)?
+    } else {
+        infer::infer(&capture, &mut secrets)?
+    };
     let yaml = render(
         &capture,
         source,
@@ -170,9 +175,16 @@ fn render(
     if !inferred.login.is_empty() {
         y.push_str("  login:\n");
         for step in &inferred.login {
-            let _ = writeln!(y, "    - send: {}", yaml_str(&step.send));
-            if let Some(expect) = &step.expect {
-                let _ = writeln!(y, "      expect: {expect}");
+            let mut lead = "    - ";
+            for (key, value) in [
+                ("send", step.send.as_deref().map(yaml_str)),
+                ("expect", step.expect.clone()),
+                ("reject", step.reject.clone()),
+            ] {
+                if let Some(value) = value {
+                    let _ = writeln!(y, "{lead}{key}: {value}");
+                    lead = "      ";
+                }
             }
         }
     }
@@ -190,39 +202,25 @@ fn render(
     }
     if let Some(message) = &inferred.message {
         let _ = writeln!(y, "  message:\n    send: {}", yaml_str(&message.send));
-        if let Some((kind, by)) = &message.ack {
+        if let Some((matcher, by)) = &message.ack {
             let (key, field) = match by {
                 infer::AckBy::Id(field) => ("id", field),
                 infer::AckBy::Seq(field) => ("seq", field),
             };
-            let _ = writeln!(
-                y,
-                "    ack: {{match: {{pointer: /{}, equals: {}}}, {key}: {field}}}",
-                inferred.kind_field,
-                yaml_str(kind)
-            );
+            let _ = writeln!(y, "    ack: {{match: {matcher}, {key}: {field}}}");
         }
         if let Some(d) = &message.delivery {
             let _ = writeln!(
                 y,
-                "    delivery: {{match: {{pointer: /{}, equals: {}}}, sender: {}, seq: {}, ts: {}}}",
-                inferred.kind_field,
-                yaml_str(&d.kind),
-                d.sender,
-                d.seq,
-                d.ts
+                "    delivery: {{match: {}, sender: {}, seq: {}, ts: {}}}",
+                d.matcher, d.sender, d.seq, d.ts
             );
         }
     }
     if !inferred.ignore.is_empty() {
         y.push_str("  ignore:  # server frames that carry nothing measured\n");
-        for (kind, seen) in &inferred.ignore {
-            let _ = writeln!(
-                y,
-                "    - {{pointer: /{}, equals: {}}}  # seen {seen} times",
-                inferred.kind_field,
-                yaml_str(kind)
-            );
+        for (matcher, seen) in &inferred.ignore {
+            let _ = writeln!(y, "    - {matcher}  # seen {seen} times");
         }
     }
     y
@@ -320,14 +318,16 @@ mod tests {
 
     #[test]
     fn what_cannot_be_read_is_named() {
-        let binary = concat!(
-            r#"{"url":"ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"}"#,
+        let text = concat!(
+            r#"{"url":"ws://127.0.0.1:9/mqtt"}"#,
             "\n",
-            r#"{"dir":"send","time":0,"data":"42[\"chat\",\"hi\"]"}"#
+            r#"{"dir":"send","time":0,"data":"{}"}"#,
+            "\n",
+            r#"{"dir":"receive","time":0.1,"data":"PONG 1"}"#
         );
-        let err = record(binary, "x", None).expect_err("an error");
+        let err = record(text, "x", None).expect_err("plain text is not read yet");
         assert!(
-            err.contains("frame 1") && err.contains("Socket.IO"),
+            err.contains("frame 2") && err.contains("text protocol"),
             "{err}"
         );
         let nourl = r#"{"dir":"send","time":0,"data":"{}"}"#;

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -644,4 +646,66 @@ pub fn peers_of(port: u16) -> std::collections::BTreeMap<String, usize> {
         *peers.entry(ip).or_default() += 1;
     }
     peers
+}
+
+/// node, and `.test-tools/node_modules` with `module` in it (`scripts/protocol-tools`).
+pub fn node_modules(module: &str) -> Option<(PathBuf, PathBuf)> {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-tools/node_modules");
+    let node = tool("node", "Node.js (scripts/protocol-tools installs it)")?;
+    if !modules.join(module).is_dir() {
+        tool(
+            &format!("no-such-program-{module}"),
+            &format!("npm's {module} in .test-tools (scripts/protocol-tools installs it)"),
+        );
+        return None;
+    }
+    Some((node, modules))
+}
+
+/// A Node.js server from a script written by the test; it prints `listening` when ready.
+/// Killed on drop.
+pub struct NodeServer {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeServer {
+    pub fn start(module: &str, script: &str, env: &[(&str, &str)]) -> Option<NodeServer> {
+        let (node, modules) = node_modules(module)?;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.js");
+        std::fs::write(&path, script).unwrap();
+        let addr = free_addr();
+        let mut child = Command::new(node)
+            .arg(&path)
+            .arg(addr.port().to_string())
+            .env("NODE_PATH", modules)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
+        assert_eq!(first.trim(), "listening", "the server did not start");
+        Some(NodeServer {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// The server's own counters (`GET /stats`).
+    pub async fn stats(&self) -> serde_json::Value {
+        get_json(&format!("http://{}/stats", self.addr)).await
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
