@@ -276,39 +276,10 @@ async fn mqtt_5_against_mosquitto_is_measured_without_loss() {
     );
 }
 
-/// An MQTT broker over WebSocket (subprotocol `mqtt`): aedes behind `ws`. It refuses a wrong
-/// password (CONNACK not_authorized) and, with DROP_EVERY, does not forward every n-th
+/// An MQTT broker over WebSocket (subprotocol `mqtt`): aedes behind `ws`. It refuses the
+/// username `bad` (CONNACK not_authorized) and, with DROP_EVERY, does not forward every n-th
 /// message (counted per subscriber it skipped).
-const AEDES_SERVER: &str = r#"
-const http = require("http");
-const aedes = require("aedes")();
-const { WebSocketServer, createWebSocketStream } = require("ws");
-const port = Number(process.argv[2]);
-const dropEvery = Number(process.env.DROP_EVERY || 0);
-const stats = { clients: 0, refused: 0, dropped_deliveries: 0 };
-aedes.authenticate = (client, username, password, done) => {
-  if (username === "bad") { stats.refused++; const e = new Error("no"); e.returnCode = 5; return done(e, false); }
-  done(null, true);
-};
-aedes.on("client", () => stats.clients++);
-aedes.authorizeForward = (client, packet) => {
-  if (dropEvery && packet.topic.startsWith("room-")) {
-    const msg = JSON.parse(packet.payload.toString());
-    if (msg.seq % dropEvery === 0) {
-      if (client.id !== msg.from) stats.dropped_deliveries++;
-      return null;
-    }
-  }
-  return packet;
-};
-const server = http.createServer((req, res) => {
-  res.setHeader("content-type", "application/json");
-  res.end(JSON.stringify(stats));
-});
-const wss = new WebSocketServer({ server, handleProtocols: (p) => (p.has("mqtt") ? "mqtt" : false) });
-wss.on("connection", (ws) => aedes.handle(createWebSocketStream(ws)));
-server.listen(port, "127.0.0.1", () => console.log("listening"));
-"#;
+const AEDES_SERVER: &str = include_str!("servers/mqtt_broker.js");
 
 /// MQTT over WebSocket against aedes: measured like over TCP, and what the broker does not
 /// forward is counted lost, each subscriber's miss once.

@@ -2,7 +2,8 @@
 //! HAR from the DevTools protocol's Network events, as devtools' export does) become
 //! scenarios that run against the same server with every frame explained; `--check` passes;
 //! and no secret of a capture reaches the written file or the log. Servers: the reference
-//! target's `/client` page, and a Socket.IO chat (npm `socket.io`, `scripts/protocol-tools`).
+//! target's `/client` page, a Socket.IO chat (npm `socket.io`) and an MQTT broker over
+//! WebSocket (npm `aedes`, the browser on mqtt.js), installed by `scripts/protocol-tools`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -51,14 +52,15 @@ async fn run_summary(path: &Path, users: u32, seconds: u32) -> serde_json::Value
 }
 
 /// Captures `page` in Chromium until `ready`, records it, and checks what every recorded
-/// scenario must do: name each part it inferred (`said`), keep `secret` out of the file and
-/// the log, fail `--check` until the user fills `{{token}}` with it, then pass `--check` and
-/// run a few users with zero unmatched frames, measured RTT and deliveries.
+/// scenario must do: name each part it inferred (`said`), keep the secret (`(variable,
+/// value)`) out of the file and the log, fail `--check` until the user fills `{{variable}}`
+/// with it, then pass `--check` and run a few users with zero unmatched frames, measured RTT
+/// and deliveries.
 async fn captured_scenario_runs(
     python: &Path,
     page: &str,
     ready: &str,
-    secret: &str,
+    (var, secret): (&str, &str),
     said: &[&str],
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +81,8 @@ async fn captured_scenario_runs(
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
     let yaml = std::fs::read_to_string(&scenario).unwrap();
-    for said in said.iter().chain(&["secret: {{token}}"]) {
+    let listed = format!("secret: {{{{{var}}}}}");
+    for said in said.iter().chain(&[listed.as_str()]) {
         assert!(log.contains(said), "{said:?} in:\n{log}");
     }
     assert!(
@@ -104,7 +107,7 @@ async fn captured_scenario_runs(
     assert!(text(&refused.stderr).contains("connect and login: NOT matched"));
 
     // The user fills the variable from their credentials; then everything matches.
-    let filled = yaml.replace("    token: ''", &format!("    token: '{secret}'"));
+    let filled = yaml.replace(&format!("    {var}: ''"), &format!("    {var}: '{secret}'"));
     assert_ne!(filled, yaml, "the token variable is in the file:\n{yaml}");
     std::fs::write(&scenario, &filled).unwrap();
     let check = wsfleet(&["record", "--check", scenario.to_str().unwrap()]).await;
@@ -162,7 +165,7 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
         &python,
         &page,
         &ready,
-        TOKEN,
+        ("token", TOKEN),
         &[
             "login step: `login`, answered by `login_ok`",
             "login step: `join`, answered by `joined`",
@@ -189,7 +192,7 @@ async fn a_browser_session_on_socket_io_becomes_a_scenario_that_runs() {
         return;
     };
     let page = format!("http://{}/client?every=200&token=s3cret", server.addr);
-    captured_scenario_runs(&python, &page, &counted(8, 6), "s3cret", &[
+    captured_scenario_runs(&python, &page, &counted(8, 6), ("token", "s3cret"), &[
         "frames are Socket.IO 4 packets",
         "login step: CONNECT with its auth payload",
         "login step: event `join`, answered by its ack",
@@ -198,6 +201,45 @@ async fn a_browser_session_on_socket_io_becomes_a_scenario_that_runs() {
         "deliveries: event `chat` (sender `$message/from`, sequence `$message/seq`, time `$message/ts`)",
     ])
     .await;
+}
+
+/// MQTT over WebSocket (npm aedes, the browser's mqtt.js): CONNECT with its password,
+/// SUBSCRIBE to the room's topic, PINGREQ, PUBLISH at QoS 1 acked by PUBACK and the
+/// subscription's deliveries (each PUBACKed) are named, and the scenario runs against the
+/// same broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_on_mqtt_over_websocket_becomes_a_scenario_that_runs() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    const PASSWORD: &str = "mqtt-s3cret-9";
+    let Some(broker) = NodeServer::start(
+        "mqtt",
+        include_str!("servers/mqtt_broker.js"),
+        &[("PASSWORD", PASSWORD)],
+    ) else {
+        return;
+    };
+    let page = format!(
+        "http://{}/client?every=200&password={PASSWORD}",
+        broker.addr
+    );
+    // Two keep-alive periods of 2 s: the capture holds PINGREQs.
+    let ready = format!("{} && performance.now() > 4500", counted(20, 20));
+    captured_scenario_runs(&python, &page, &ready, ("password", PASSWORD), &[
+        "frames are MQTT 3.1.1 packets over WebSocket",
+        "login step: CONNECT with a password",
+        "login step: SUBSCRIBE to `chat/lobby` as `chat/{{room}}` at QoS 1",
+        "heartbeat: PINGREQ",
+        "messages: PUBLISH to `chat/{{room}}` at QoS 1",
+        "deliveries: PUBLISH from the subscription (sender `/payload/from`, sequence `/payload/seq`, time `/payload/ts`)",
+        "deliveries at QoS 1: each answered by its PUBACK",
+    ])
+    .await;
+    assert!(
+        broker.stats().await["refused"].as_u64().unwrap() >= 1,
+        "the check without the password was refused"
+    );
 }
 
 /// A capture with an `Authorization` header, a token in the URL, a cookie and a token in a

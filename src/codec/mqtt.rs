@@ -83,6 +83,32 @@ impl Version {
         }
     }
 
+    /// The version a CONNECT packet asks for, by its protocol level (4 or 5), or what is wrong.
+    pub fn of_connect(packet: &[u8]) -> Result<Version, String> {
+        if packet.first().map(|t| t >> 4) != Some(1) {
+            return Err("the first packet sent is not a CONNECT".into());
+        }
+        // The remaining length is 1 to 4 bytes, each with its top bit set but the last.
+        let length_bytes = packet[1..]
+            .iter()
+            .take(4)
+            .position(|b| b & 0x80 == 0)
+            .ok_or("the CONNECT's remaining length is malformed")?
+            + 1;
+        let header = &packet[1 + length_bytes..];
+        match header {
+            [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Ok(Version::V311),
+            [0, 4, b'M', b'Q', b'T', b'T', 5, ..] => Ok(Version::V5),
+            [0, 4, b'M', b'Q', b'T', b'T', level, ..] => Err(format!(
+                "the CONNECT asks for MQTT protocol level {level}; 4 (3.1.1) and 5 are read"
+            )),
+            [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', ..] => {
+                Err("the CONNECT is MQTT 3.1 (MQIsdp); 3.1.1 and 5 are read".into())
+            }
+            _ => Err("the CONNECT does not name the MQTT protocol".into()),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Version::V311 => "3.1.1",
@@ -168,15 +194,33 @@ pub fn encode(text: &str, version: Version) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
-/// One whole packet as JSON, or why it is not one.
+/// One whole packet from the server as JSON, or why it is not one.
 pub fn decode(frame: &[u8], version: Version) -> Result<String, String> {
     let mut buffer = BytesMut::from(frame);
     let mut view = View(String::with_capacity(64 + frame.len()));
-    match version {
-        Version::V311 => v311::decode(&mut buffer, &mut view),
-        Version::V5 => v5::decode(&mut buffer, &mut view),
-    }?;
+    read(&mut buffer, &mut view, version, false)?;
     Ok(view.0)
+}
+
+/// A whole packet of a capture, sent by either side (a client's CONNECT, SUBSCRIBE and
+/// UNSUBSCRIBE read as a scenario writes them: the first filter's topic and QoS), as JSON.
+pub fn decode_captured(packet: &[u8], version: Version) -> Result<String, String> {
+    let mut buffer = BytesMut::from(packet);
+    let mut view = View(String::with_capacity(64 + packet.len()));
+    read(&mut buffer, &mut view, version, true)?;
+    Ok(view.0)
+}
+
+fn read(
+    buffer: &mut BytesMut,
+    view: &mut View,
+    version: Version,
+    client: bool,
+) -> Result<(), String> {
+    match version {
+        Version::V311 => v311::decode(buffer, view, client),
+        Version::V5 => v5::decode(buffer, view, client),
+    }
 }
 
 /// The JSON view of a received packet, written field by field in a fixed order (so a regex
@@ -219,6 +263,40 @@ impl View {
             self.0,
             r#"{{"type":"suback","pkid":{pkid},"codes":[{}]}}"#,
             codes.join(",")
+        );
+    }
+
+    fn connect(
+        &mut self,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+        login: Option<(&str, &str)>,
+    ) {
+        let (username, password) = login.unwrap_or_default();
+        let _ = write!(
+            self.0,
+            r#"{{"type":"connect","client_id":{},"keep_alive":{keep_alive},"clean_session":{clean},"username":{},"password":{}}}"#,
+            Value::from(client_id),
+            Value::from(username),
+            Value::from(password)
+        );
+    }
+
+    fn subscribe(&mut self, pkid: u16, first: Option<(&str, u8)>) {
+        let (topic, qos) = first.unwrap_or_default();
+        let _ = write!(
+            self.0,
+            r#"{{"type":"subscribe","pkid":{pkid},"topic":{},"qos":{qos}}}"#,
+            Value::from(topic)
+        );
+    }
+
+    fn unsubscribe(&mut self, pkid: u16, first: Option<&str>) {
+        let _ = write!(
+            self.0,
+            r#"{{"type":"unsubscribe","pkid":{pkid},"topic":{}}}"#,
+            Value::from(first.unwrap_or_default())
         );
     }
 
@@ -335,7 +413,11 @@ mod v311 {
             .map_err(|err| err.to_string())
     }
 
-    pub(super) fn decode(buffer: &mut BytesMut, view: &mut View) -> Result<(), String> {
+    pub(super) fn decode(
+        buffer: &mut BytesMut,
+        view: &mut View,
+        client: bool,
+    ) -> Result<(), String> {
         match Packet::read(buffer, MAX_FRAME).map_err(|err| err.to_string())? {
             Packet::ConnAck(ack) => view.connack(ack.code, ack.session_present),
             Packet::Publish(p) => view.publish(
@@ -360,8 +442,23 @@ mod v311 {
             Packet::PingResp => view.bare("pingresp"),
             Packet::PingReq => view.bare("pingreq"),
             Packet::Disconnect => view.bare("disconnect"),
-            Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+            Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) if !client => {
                 return Err("a client packet, sent by the server".into());
+            }
+            Packet::Connect(c) => view.connect(
+                &c.client_id,
+                c.keep_alive,
+                c.clean_session,
+                c.login
+                    .as_ref()
+                    .map(|l| (l.username.as_str(), l.password.as_str())),
+            ),
+            Packet::Subscribe(s) => view.subscribe(
+                s.pkid,
+                s.filters.first().map(|f| (f.path.as_str(), f.qos as u8)),
+            ),
+            Packet::Unsubscribe(u) => {
+                view.unsubscribe(u.pkid, u.topics.first().map(String::as_str))
             }
         }
         Ok(())
@@ -449,7 +546,11 @@ mod v5 {
             .map_err(|err| err.to_string())
     }
 
-    pub(super) fn decode(buffer: &mut BytesMut, view: &mut View) -> Result<(), String> {
+    pub(super) fn decode(
+        buffer: &mut BytesMut,
+        view: &mut View,
+        client: bool,
+    ) -> Result<(), String> {
         match Packet::read(buffer, MAX).map_err(|err| err.to_string())? {
             Packet::ConnAck(ack) => view.connack(ack.code, ack.session_present),
             Packet::Publish(p) => view.publish(&p.topic, p.qos as u8, p.pkid, p.retain, &p.payload),
@@ -469,8 +570,23 @@ mod v5 {
             Packet::PingReq(_) => view.bare("pingreq"),
             Packet::Disconnect(_) => view.bare("disconnect"),
             Packet::Auth(_) => view.bare("auth"),
-            Packet::Connect(..) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+            Packet::Connect(..) | Packet::Subscribe(_) | Packet::Unsubscribe(_) if !client => {
                 return Err("a client packet, sent by the server".into());
+            }
+            Packet::Connect(c, _, login) => view.connect(
+                &c.client_id,
+                c.keep_alive,
+                c.clean_start,
+                login
+                    .as_ref()
+                    .map(|l| (l.username.as_str(), l.password.as_str())),
+            ),
+            Packet::Subscribe(s) => view.subscribe(
+                s.pkid,
+                s.filters.first().map(|f| (f.path.as_str(), f.qos as u8)),
+            ),
+            Packet::Unsubscribe(u) => {
+                view.unsubscribe(u.pkid, u.filters.first().map(String::as_str))
             }
         }
         Ok(())
@@ -550,6 +666,49 @@ mod tests {
         let text = decode(&wire, Version::V311).expect("decodes");
         let value: Value = serde_json::from_str(&text).expect("always JSON");
         assert_eq!(value["payload"], "plain \"text\"");
+    }
+
+    /// What a capture holds reads back as a scenario writes it, client packets too; a server
+    /// refuses a client's packet; the version is the CONNECT's protocol level.
+    #[test]
+    fn captured_frames_read_as_the_packets_a_scenario_writes() {
+        let described = [
+            r#"{"type":"connect","client_id":"u1","keep_alive":30,"clean_session":true,"username":"al","password":"pw"}"#,
+            r#"{"type":"subscribe","pkid":2,"topic":"chat/lobby","qos":1}"#,
+            r#"{"type":"unsubscribe","pkid":3,"topic":"chat/lobby"}"#,
+            r#"{"type":"pingreq"}"#,
+        ];
+        for version in [Version::V311, Version::V5] {
+            for text in described {
+                let packet = encode(text, version).expect("encodes");
+                assert_eq!(
+                    decode_captured(&packet, version).as_deref(),
+                    Ok(text),
+                    "MQTT {}",
+                    version.name()
+                );
+            }
+            let connect = encode(described[0], version).expect("encodes");
+            assert!(decode(&connect, version).is_err(), "not from a server");
+            assert_eq!(Version::of_connect(&connect), Ok(version), "its level");
+        }
+        let mut mqtt_3_1 = encode(described[0], Version::V311)
+            .expect("encodes")
+            .to_vec();
+        mqtt_3_1[8] = 3;
+        assert!(Version::of_connect(&mqtt_3_1).is_err_and(|e| e.contains("level 3")));
+        assert!(
+            Version::of_connect(&[0x30, 0]).is_err(),
+            "a PUBLISH is no CONNECT"
+        );
+        assert!(
+            Version::of_connect(&[0x10, 0xff, 0xff]).is_err(),
+            "cut short"
+        );
+        assert!(
+            decode_captured(&[0x30, 0x7f], Version::V311).is_err(),
+            "cut short"
+        );
     }
 
     #[test]

@@ -14,14 +14,34 @@ pub enum Dir {
     Received,
 }
 
-/// One captured frame: its time in seconds from the capture's first frame, and its text
-/// (a binary frame as the bytes it carried, lossily as UTF-8, and marked).
+/// One captured frame: its time in seconds from the capture's first frame, and what it
+/// carried.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub dir: Dir,
     pub at: f64,
-    pub data: String,
-    pub binary: bool,
+    pub data: Data,
+}
+
+/// A frame's payload: a text frame's text, or a binary frame's bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Frame {
+    /// The frame's text (empty for a binary frame).
+    pub fn text(&self) -> &str {
+        match &self.data {
+            Data::Text(text) => text,
+            Data::Binary(_) => "",
+        }
+    }
+
+    pub fn is_binary(&self) -> bool {
+        matches!(self.data, Data::Binary(_))
+    }
 }
 
 /// A captured WebSocket session: where it went, the handshake's headers, and its frames.
@@ -76,7 +96,8 @@ fn text_opcode() -> u8 {
     1
 }
 
-/// One line of a JSON-lines capture: a frame, or (any line) the session's `url` and `headers`.
+/// One line of a JSON-lines capture: a frame (`binary: true` when its `data` is base64), or
+/// (any line) the session's `url` and `headers`.
 #[derive(Deserialize)]
 struct Line {
     #[serde(default)]
@@ -85,6 +106,9 @@ struct Line {
     time: Option<f64>,
     #[serde(default)]
     data: Option<String>,
+    /// `data` is a binary frame's bytes, in base64.
+    #[serde(default)]
+    binary: bool,
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
@@ -126,20 +150,12 @@ fn from_har(har: Har) -> Result<Capture, String> {
                 ));
             }
         };
-        let binary = message.opcode == 2;
-        let data = if binary {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(message.data.as_bytes())
-                .map_err(|err| format!("message {i}: binary data is not base64: {err}"))?;
-            String::from_utf8_lossy(&bytes).into_owned()
-        } else {
-            message.data
-        };
+        let data = payload(message.data, message.opcode == 2)
+            .map_err(|err| format!("message {i}: {err}"))?;
         frames.push(Frame {
             dir,
             at: message.time - start,
             data,
-            binary,
         });
     }
     Ok(Capture {
@@ -152,6 +168,17 @@ fn from_har(har: Har) -> Result<Capture, String> {
             .collect(),
         frames,
     })
+}
+
+/// A frame's payload as captured: text, or base64 of a binary frame's bytes.
+fn payload(data: String, binary: bool) -> Result<Data, String> {
+    if !binary {
+        return Ok(Data::Text(data));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map(Data::Binary)
+        .map_err(|err| format!("binary data is not base64: {err}"))
 }
 
 fn from_lines(text: &str) -> Result<Capture, String> {
@@ -189,8 +216,7 @@ fn from_lines(text: &str) -> Result<Capture, String> {
         capture.frames.push(Frame {
             dir,
             at: time - start,
-            data,
-            binary: false,
+            data: payload(data, line.binary).map_err(|err| format!("line {}: {err}", n + 1))?,
         });
     }
     if capture.frames.is_empty() {
@@ -213,13 +239,14 @@ mod tests {
         let capture = read(har).expect("as captured");
         assert_eq!(capture.url.as_deref(), Some("ws://h/ws"));
         assert_eq!(capture.headers, vec![("Origin".into(), "http://h".into())]);
-        assert_eq!(capture.frames[1].data, "b");
-        assert!(capture.frames[1].binary);
+        assert_eq!(capture.frames[1].data, Data::Binary(b"b".to_vec()));
+        assert_eq!(capture.frames[0].text(), "a");
         assert_eq!(capture.frames[1].at, 0.25);
 
-        let lines = "{\"url\":\"ws://h/\"}\n{\"dir\":\"out\",\"time\":3,\"data\":\"x\"}\n\n{\"dir\":\"in\",\"time\":4,\"data\":\"y\"}\n";
+        let lines = "{\"url\":\"ws://h/\"}\n{\"dir\":\"out\",\"time\":3,\"data\":\"x\"}\n\n{\"dir\":\"in\",\"time\":4,\"data\":\"wMA=\",\"binary\":true}\n";
         let capture = read(lines).expect("as captured");
         assert_eq!(capture.frames.len(), 2);
+        assert_eq!(capture.frames[1].data, Data::Binary(vec![0xc0, 0xc0]));
         assert_eq!(capture.frames[1].dir, Dir::Received);
         assert_eq!(capture.frames[1].at, 1.0);
         assert!(

@@ -24,6 +24,8 @@ const ROOM_FIELDS: &[&str] = &["room", "channel", "topic", "group", "room_id", "
 /// A scenario's parts as inferred, each a piece of YAML, and what was and was not found.
 #[derive(Debug, Default)]
 pub struct Inferred {
+    /// The codec (YAML flow), if not JSON text.
+    pub codec: Option<String>,
     pub login: Vec<Step>,
     pub heartbeat: Option<Heartbeat>,
     pub message: Option<Message>,
@@ -63,6 +65,8 @@ pub struct Message {
 pub enum AckBy {
     Id(String),
     Seq(String),
+    /// Acks come in the order of the messages and carry nothing of theirs.
+    Order,
 }
 
 #[derive(Debug)]
@@ -91,7 +95,7 @@ pub(super) struct Fields {
     pub payload: Vec<String>,
 }
 
-type Object = serde_json::Map<String, Value>;
+pub(super) type Object = serde_json::Map<String, Value>;
 
 fn objects<'a>(frames: &[&'a Json]) -> Vec<&'a Object> {
     frames.iter().map(|f| &f.value).collect()
@@ -147,7 +151,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             .collect();
         let texts: BTreeSet<&str> = answers
             .iter()
-            .map(|a| a.map_or("", |f| f.frame.data.as_str()))
+            .map(|a| a.map_or("", |f| f.frame.text()))
             .collect();
         if answers.len() >= 2 && texts.len() == 1 && !texts.contains("") {
             let answer = answers[0].map(|f| f.kind.clone()).unwrap_or_default();
@@ -224,6 +228,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
                 match &by {
                     AckBy::Id(f) => format!("our id at `{f}`"),
                     AckBy::Seq(f) => format!("our sequence at `{f}`"),
+                    AckBy::Order => "in order".into(),
                 }
             ));
             let delivery =
@@ -292,7 +297,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
 }
 
 fn frames_text(frame: Option<&Json>) -> String {
-    frame.map_or(String::new(), |f| f.frame.data.clone())
+    frame.map_or(String::new(), |f| f.frame.text().to_string())
 }
 
 /// A matcher of frames of `kind` (as YAML flow).
@@ -310,13 +315,13 @@ fn parse(frames: &[Frame]) -> Result<Vec<Parsed<'_>>, String> {
     frames
         .iter()
         .enumerate()
-        .map(|(n, frame)| match serde_json::from_str(&frame.data) {
-            Ok(Value::Object(map)) if !frame.binary => Ok((frame, map)),
+        .map(|(n, frame)| match serde_json::from_str(frame.text()) {
+            Ok(Value::Object(map)) if !frame.is_binary() => Ok((frame, map)),
             _ => Err(format!(
                 "frame {} ({}) is not a JSON object: `wsfleet record` infers JSON text protocols; this capture's {} is not read yet",
                 n + 1,
                 if frame.dir == Dir::Sent { "sent" } else { "received" },
-                guess_protocol(&frame.data, frame.binary)
+                guess_protocol(frame.text(), frame.is_binary())
             )),
         })
         .collect()
@@ -324,7 +329,7 @@ fn parse(frames: &[Frame]) -> Result<Vec<Parsed<'_>>, String> {
 
 fn guess_protocol(data: &str, binary: bool) -> &'static str {
     if binary {
-        "binary protocol (MQTT, protobuf)"
+        "binary protocol that is not MQTT (protobuf, ...)"
     } else if data.starts_with(|c: char| c.is_ascii_digit()) {
         "Engine.IO framing without Socket.IO's open packet"
     } else {
@@ -548,6 +553,17 @@ fn delivery_of(
         }
     }
     None
+}
+
+/// The sender, sequence and time fields of `object`, a message someone else sent (a room
+/// passes them on): a field naming a user, and our messages' sequence and time fields.
+pub(super) fn carried(object: &Object, fields: &Fields) -> Option<(String, String, String)> {
+    let (seq, ts) = (fields.seq.as_ref()?, fields.ts.as_ref()?);
+    let sender = USER_FIELDS
+        .iter()
+        .find(|u| object.get(**u).is_some_and(Value::is_string))?;
+    (object.contains_key(seq) && object.contains_key(ts))
+        .then(|| ((*sender).to_string(), seq.clone(), ts.clone()))
 }
 
 /// The kind of server frame that follows each frame of `kind`, when one kind always does.

@@ -1,11 +1,12 @@
 //! `wsfleet record FILE`: a captured session (a browser's HAR export, or JSON lines of
-//! frames) turned into a scenario that runs — its login, heartbeat, messages, acks and
+//! frames) of a JSON, Socket.IO or MQTT-over-WebSocket protocol turned into a scenario that runs — its login, heartbeat, messages, acks and
 //! deliveries inferred, its secrets replaced by variables — and `--check`, which replays the
 //! written scenario with one user and says which parts matched.
 
 mod capture;
 mod check;
 mod infer;
+mod mqtt;
 mod secrets;
 mod socketio;
 
@@ -69,7 +70,9 @@ pub fn record(text: &str, source: &str, target: Option<&Url>) -> Result<Recordin
     let mut secrets = secrets::Secrets::default();
     let connect_url = secrets.url(&url);
     let headers = secrets.headers(&capture.headers);
-    let inferred = if socketio::is_socketio(&capture) {
+    let inferred = if mqtt::is_mqtt(&capture) {
+        mqtt::infer(&capture, &mut secrets)?
+    } else if socketio::is_socketio(&capture) {
         socketio::infer(&capture, &mut secrets)?
     } else {
         infer::infer(&capture, &mut secrets)?
@@ -157,6 +160,9 @@ fn render(
         );
     }
     y.push_str("scenario:\n");
+    if let Some(codec) = &inferred.codec {
+        let _ = writeln!(y, "  codec: {codec}");
+    }
     if connect_url != target.as_str() {
         let _ = writeln!(y, "  url: {}", yaml_str(connect_url));
     }
@@ -203,11 +209,12 @@ fn render(
     if let Some(message) = &inferred.message {
         let _ = writeln!(y, "  message:\n    send: {}", yaml_str(&message.send));
         if let Some((matcher, by)) = &message.ack {
-            let (key, field) = match by {
-                infer::AckBy::Id(field) => ("id", field),
-                infer::AckBy::Seq(field) => ("seq", field),
+            let by = match by {
+                infer::AckBy::Id(field) => format!(", id: {field}"),
+                infer::AckBy::Seq(field) => format!(", seq: {field}"),
+                infer::AckBy::Order => String::new(),
             };
-            let _ = writeln!(y, "    ack: {{match: {matcher}, {key}: {field}}}");
+            let _ = writeln!(y, "    ack: {{match: {matcher}{by}}}");
         }
         if let Some(d) = &message.delivery {
             let _ = writeln!(

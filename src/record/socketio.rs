@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::capture::{Capture, Dir, Frame};
 use super::infer::{
-    AckBy, Delivery, Fields, Identity, Inferred, Message, Step, median_gap, template,
+    AckBy, Delivery, Fields, Identity, Inferred, Message, Step, carried, median_gap, template,
 };
 use super::secrets::Secrets;
 use super::yaml_str;
@@ -29,7 +29,7 @@ pub fn is_socketio(capture: &Capture) -> bool {
             .frames
             .iter()
             .find(|f| f.dir == Dir::Received)
-            .is_some_and(|f| f.data.starts_with("0{\"sid\""))
+            .is_some_and(|f| f.text().starts_with("0{\"sid\""))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +61,13 @@ fn parse(n: usize, frame: &Frame) -> Result<Packet<'_>, String> {
         format!(
             "frame {} ({:?}) is not an Engine.IO 4 packet: {why}",
             n + 1,
-            frame.data
+            frame.text()
         )
     };
-    if frame.binary {
+    if frame.is_binary() {
         return Err(bad("a binary frame (binary events are not read yet)"));
     }
-    let mut rest = frame.data.as_str();
+    let mut rest = frame.text();
     let engine = rest.chars().next().ok_or_else(|| bad("empty"))?;
     rest = &rest[1..];
     let mut packet = Packet {
@@ -356,10 +356,6 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
 /// The deliveries: events from the server (no ack id) whose object carries a sender, and our
 /// messages' sequence and time fields (a room passes them on).
 fn delivery_of(packets: &[Packet], fields: &Fields) -> Option<Delivery> {
-    const USERS: &[&str] = &[
-        "from", "sender", "user", "user_id", "userId", "username", "uid",
-    ];
-    let (seq, ts) = (fields.seq.as_ref()?, fields.ts.as_ref()?);
     packets
         .iter()
         .filter(|p| p.frame.dir == Dir::Received && p.ack.is_none())
@@ -367,11 +363,8 @@ fn delivery_of(packets: &[Packet], fields: &Fields) -> Option<Delivery> {
             let Kind::Event(name) = &p.kind else {
                 return None;
             };
-            let object = object(&p.args)?;
-            let sender = USERS
-                .iter()
-                .find(|u| object.get(**u).is_some_and(Value::is_string))?;
-            (object.contains_key(seq) && object.contains_key(ts)).then(|| Delivery {
+            let (sender, seq, ts) = carried(object(&p.args)?, fields)?;
+            Some(Delivery {
                 kind: name.clone(),
                 matcher: regex(&format!(
                     r#"^42{}\[{},(?P<message>\{{.*\}})\]$"#,
