@@ -51,6 +51,10 @@ pub struct RecordArgs {
     /// path and query stay).
     #[arg(long, value_name = "URL")]
     pub target: Option<Url>,
+    /// Which WebSocket session of a HAR to read, from 1 in the file's order (a page may open
+    /// several; the record's log lists them).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session: u32,
     /// Replay the written scenario with one user and report each part as matched or not
     /// (exit 1 if one is not).
     #[arg(long)]
@@ -58,6 +62,16 @@ pub struct RecordArgs {
     /// How long --check may take at most.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub check_for: std::time::Duration,
+}
+
+impl RecordArgs {
+    /// What `wsfleet record` reads of the capture, and where it aims the scenario.
+    pub fn record_options(&self) -> crate::record::Options {
+        crate::record::Options {
+            target: self.target.clone(),
+            session: self.session as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -178,7 +178,7 @@ async fn run_record(args: &wsfleet::cli::RecordArgs) -> ExitCode {
 fn write_recording(args: &wsfleet::cli::RecordArgs, text: &str) -> Result<String, ExitCode> {
     let source = args.file.display().to_string();
     let recording =
-        wsfleet::record::record(text, &source, args.target.as_ref()).map_err(|err| {
+        wsfleet::record::record(text, &source, &args.record_options()).map_err(|err| {
             eprintln!("error: {}: {err}", args.file.display());
             ExitCode::from(EXIT_INVALID_INPUT)
         })?;

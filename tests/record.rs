@@ -82,7 +82,8 @@ async fn captured_scenario_runs(
     assert!(out.status.success(), "{log}");
     let yaml = std::fs::read_to_string(&scenario).unwrap();
     let listed = format!("secret: {{{{{var}}}}}");
-    for said in said.iter().chain(&[listed.as_str()]) {
+    let sessions = "session 1 of the 2 WebSocket sessions in the HAR";
+    for said in said.iter().chain(&[listed.as_str(), sessions]) {
         assert!(log.contains(said), "{said:?} in:\n{log}");
     }
     assert!(
@@ -92,6 +93,18 @@ async fn captured_scenario_runs(
     assert!(
         yaml.contains("{{msg_id}}") && yaml.contains("{{seq}}"),
         "{yaml}"
+    );
+
+    // The peer's socket is the HAR's second session; there is no third.
+    let peer = wsfleet(&["record", har.to_str().unwrap(), "--session", "2"]).await;
+    assert!(peer.status.success(), "{}", text(&peer.stderr));
+    assert!(text(&peer.stderr).contains("session 2 of the 2"));
+    let none = wsfleet(&["record", har.to_str().unwrap(), "--session", "3"]).await;
+    assert!(!none.status.success());
+    assert!(
+        text(&none.stderr).contains("holds 2 WebSocket session(s)"),
+        "{}",
+        text(&none.stderr)
     );
 
     // Without the token the server refuses the login, and the check says so.

@@ -50,6 +50,9 @@ pub struct Capture {
     pub url: Option<String>,
     pub headers: Vec<(String, String)>,
     pub frames: Vec<Frame>,
+    /// The WebSocket sessions the file holds (a HAR of a page with several sockets): the URL
+    /// of each, in order, without its query (which may carry a token).
+    pub sessions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -115,25 +118,50 @@ struct Line {
     headers: std::collections::BTreeMap<String, String>,
 }
 
-/// Reads `text`, a HAR or JSON lines, into the first WebSocket session it holds.
-pub fn read(text: &str) -> Result<Capture, String> {
+/// Reads `text`, a HAR or JSON lines, into the WebSocket session numbered `session` (from 1,
+/// in the HAR's order; JSON lines hold one).
+pub fn read(text: &str, session: usize) -> Result<Capture, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{')
         && trimmed.contains("\"log\"")
         && let Ok(har) = serde_json::from_str::<Har>(text)
     {
-        return from_har(har);
+        return from_har(har, session);
+    }
+    if session != 1 {
+        return Err(format!(
+            "JSON lines hold one WebSocket session; session {session} was asked for"
+        ));
     }
     from_lines(text)
 }
 
-fn from_har(har: Har) -> Result<Capture, String> {
-    let entry = har
+fn from_har(har: Har, session: usize) -> Result<Capture, String> {
+    let mut entries: Vec<HarEntry> = har
         .log
         .entries
         .into_iter()
-        .find(|e| e.messages.as_ref().is_some_and(|m| !m.is_empty()))
-        .ok_or("the HAR has no WebSocket entry with messages (`_webSocketMessages`): export it from devtools after the session, with the page still open")?;
+        .filter(|e| e.messages.as_ref().is_some_and(|m| !m.is_empty()))
+        .collect();
+    if entries.is_empty() {
+        return Err("the HAR has no WebSocket entry with messages (`_webSocketMessages`): export it from devtools after the session, with the page still open".into());
+    }
+    // Without their queries: another session's token is no secret this one knows of.
+    let sessions: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let url = &e.request.url;
+            url.split(['?', '#']).next().unwrap_or(url).to_string()
+        })
+        .collect();
+    if !(1..=entries.len()).contains(&session) {
+        return Err(format!(
+            "the HAR holds {} WebSocket session(s) with messages ({}); session {session} was asked for",
+            entries.len(),
+            sessions.join(", ")
+        ));
+    }
+    let entry = entries.swap_remove(session - 1);
     let start = entry
         .messages
         .as_ref()
@@ -167,6 +195,7 @@ fn from_har(har: Har) -> Result<Capture, String> {
             .map(|h| (h.name, h.value))
             .collect(),
         frames,
+        sessions,
     })
 }
 
@@ -235,25 +264,41 @@ mod tests {
           {"request":{"url":"http://h/page","headers":[]}},
           {"request":{"url":"ws://h/ws","headers":[{"name":"Origin","value":"http://h"}]},
            "_webSocketMessages":[{"type":"send","time":10.5,"opcode":1,"data":"a"},
-                                 {"type":"receive","time":10.75,"opcode":2,"data":"Yg=="}]}]}}"#;
-        let capture = read(har).expect("as captured");
+                                 {"type":"receive","time":10.75,"opcode":2,"data":"Yg=="}]},
+          {"request":{"url":"ws://h/peer","headers":[]},
+           "_webSocketMessages":[{"type":"send","time":11,"opcode":1,"data":"p"}]}]}}"#;
+        let capture = read(har, 1).expect("as captured");
+        assert_eq!(capture.sessions, ["ws://h/ws", "ws://h/peer"]);
         assert_eq!(capture.url.as_deref(), Some("ws://h/ws"));
         assert_eq!(capture.headers, vec![("Origin".into(), "http://h".into())]);
         assert_eq!(capture.frames[1].data, Data::Binary(b"b".to_vec()));
         assert_eq!(capture.frames[0].text(), "a");
         assert_eq!(capture.frames[1].at, 0.25);
+        let peer = read(har, 2).expect("the second socket");
+        assert_eq!(peer.url.as_deref(), Some("ws://h/peer"));
+        assert_eq!(peer.frames[0].text(), "p");
+        let err = read(har, 3).expect_err("two sessions");
+        assert!(
+            err.contains("holds 2") && err.contains("ws://h/peer"),
+            "{err}"
+        );
 
         let lines = "{\"url\":\"ws://h/\"}\n{\"dir\":\"out\",\"time\":3,\"data\":\"x\"}\n\n{\"dir\":\"in\",\"time\":4,\"data\":\"wMA=\",\"binary\":true}\n";
-        let capture = read(lines).expect("as captured");
+        let capture = read(lines, 1).expect("as captured");
+        assert!(read(lines, 2).is_err(), "JSON lines hold one session");
         assert_eq!(capture.frames.len(), 2);
         assert_eq!(capture.frames[1].data, Data::Binary(vec![0xc0, 0xc0]));
         assert_eq!(capture.frames[1].dir, Dir::Received);
         assert_eq!(capture.frames[1].at, 1.0);
         assert!(
-            read("{\"dir\":\"up\",\"data\":\"x\"}")
+            read("{\"dir\":\"up\",\"data\":\"x\"}", 1)
                 .expect_err("an error")
                 .contains("up")
         );
-        assert!(read("not json").expect_err("an error").contains("line 1"));
+        assert!(
+            read("not json", 1)
+                .expect_err("an error")
+                .contains("line 1")
+        );
     }
 }

@@ -37,10 +37,28 @@ pub fn is_scenario_file(path: &std::path::Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
-/// Reads the capture `text` (from `source`, for the file's header) and writes its scenario;
-/// `target`, if given, replaces the captured URL's scheme, host and port.
-pub fn record(text: &str, source: &str, target: Option<&Url>) -> Result<Recording, String> {
-    let capture = capture::read(text)?;
+/// Which session of a capture to read, and where to aim it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Replaces the captured URL's scheme, host and port.
+    pub target: Option<Url>,
+    /// The WebSocket session to read, from 1 in the HAR's order.
+    pub session: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            target: None,
+            session: 1,
+        }
+    }
+}
+
+/// Reads the capture `text` (from `source`, for the file's header) and writes its scenario.
+pub fn record(text: &str, source: &str, options: &Options) -> Result<Recording, String> {
+    let capture = capture::read(text, options.session)?;
+    let target = options.target.as_ref();
     let mut url = match (&capture.url, target) {
         (_, Some(target)) => target.clone(),
         (Some(url), None) => {
@@ -70,13 +88,24 @@ pub fn record(text: &str, source: &str, target: Option<&Url>) -> Result<Recordin
     let mut secrets = secrets::Secrets::default();
     let connect_url = secrets.url(&url);
     let headers = secrets.headers(&capture.headers);
-    let inferred = if mqtt::is_mqtt(&capture) {
+    let mut inferred = if mqtt::is_mqtt(&capture) {
         mqtt::infer(&capture, &mut secrets)?
     } else if socketio::is_socketio(&capture) {
         socketio::infer(&capture, &mut secrets)?
     } else {
         infer::infer(&capture, &mut secrets)?
     };
+    if capture.sessions.len() > 1 {
+        inferred.found.insert(
+            0,
+            format!(
+                "session {} of the {} WebSocket sessions in the HAR ({}); --session N reads another",
+                options.session,
+                capture.sessions.len(),
+                capture.sessions.join(", ")
+            ),
+        );
+    }
     let yaml = render(
         &capture,
         source,
@@ -273,7 +302,8 @@ mod tests {
 
     #[test]
     fn an_im_session_becomes_a_scenario_with_its_login_heartbeat_messages_and_deliveries() {
-        let recording = record(&im_session(), "im.jsonl", None).expect("as captured");
+        let recording =
+            record(&im_session(), "im.jsonl", &Options::default()).expect("as captured");
         let yaml = &recording.yaml;
         assert!(!yaml.contains("hunter2"), "a secret leaked:\n{yaml}");
         assert_eq!(
@@ -332,14 +362,14 @@ mod tests {
             "\n",
             r#"{"dir":"receive","time":0.1,"data":"PONG 1"}"#
         );
-        let err = record(text, "x", None).expect_err("plain text is not read yet");
+        let err = record(text, "x", &Options::default()).expect_err("plain text is not read yet");
         assert!(
             err.contains("frame 2") && err.contains("text protocol"),
             "{err}"
         );
         let nourl = r#"{"dir":"send","time":0,"data":"{}"}"#;
         assert!(
-            record(nourl, "x", None)
+            record(nourl, "x", &Options::default())
                 .expect_err("an error")
                 .contains("--target")
         );

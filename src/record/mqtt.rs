@@ -65,7 +65,7 @@ impl Packet<'_> {
 
 /// The capture's packets in the version its first CONNECT asks for (the level byte is in
 /// the first 12 bytes sent, which may span messages).
-fn packets(capture: &Capture) -> Result<(Version, Vec<Packet<'_>>), String> {
+fn packets(capture: &Capture) -> Result<(Version, Stream<'_>), String> {
     let mut head = Vec::new();
     for frame in capture.frames.iter().filter(|f| f.dir == Dir::Sent) {
         match &frame.data {
@@ -80,7 +80,7 @@ fn packets(capture: &Capture) -> Result<(Version, Vec<Packet<'_>>), String> {
 /// Every packet of the capture, in order: each side's frames are one byte stream (mqtt.js
 /// writes a packet's header and body as separate WebSocket messages; one message may hold
 /// several packets), a packet belonging to the frame that completes it.
-fn read_all(capture: &Capture, version: Version) -> Result<Vec<Packet<'_>>, String> {
+fn read_all(capture: &Capture, version: Version) -> Result<Stream<'_>, String> {
     let mut streams = [BytesMut::new(), BytesMut::new()];
     let mut packets = Vec::new();
     for (n, frame) in capture.frames.iter().enumerate() {
@@ -113,14 +113,25 @@ fn read_all(capture: &Capture, version: Version) -> Result<Vec<Packet<'_>>, Stri
             packets.push(Packet { frame, value, kind });
         }
     }
-    match streams.iter().position(|s| !s.is_empty()) {
-        Some(side) => Err(format!(
-            "the capture ends inside a packet {} (its last {} bytes)",
-            ["sent", "received"][side],
-            streams[side].len()
-        )),
-        None => Ok(packets),
-    }
+    // A HAR exported while the page runs may end inside a packet: its start is left out.
+    let cut = streams
+        .iter()
+        .zip(["sent", "received"])
+        .filter(|(stream, _)| !stream.is_empty())
+        .map(|(stream, side)| {
+            format!(
+                "the capture ends inside a packet {side}: its last {} bytes are left out",
+                stream.len()
+            )
+        })
+        .collect();
+    Ok(Stream { packets, cut })
+}
+
+/// A capture's packets, and what was left out of a packet the capture ends inside.
+struct Stream<'a> {
+    packets: Vec<Packet<'a>>,
+    cut: Vec<String>,
 }
 
 /// A matcher of packets of `kind` (YAML flow).
@@ -145,12 +156,13 @@ fn topic_template(topic: &str, room: Option<&str>) -> String {
 
 /// Infers the scenario of an MQTT capture, secrets taken out.
 pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, String> {
-    let (version, packets) = packets(capture)?;
+    let (version, Stream { packets, cut }) = packets(capture)?;
     let mut inferred = Inferred {
         codec: Some(match version {
             Version::V311 => "mqtt".into(),
             Version::V5 => "{mqtt: {version: 5}}".into(),
         }),
+        missing: cut,
         ..Inferred::default()
     };
     inferred.found.push(format!(
@@ -447,7 +459,9 @@ mod tests {
 
     #[test]
     fn an_mqtt_session_becomes_an_mqtt_scenario() {
-        let recording = super::super::record(&session(), "mqtt.jsonl", None).expect("as captured");
+        let recording =
+            super::super::record(&session(), "mqtt.jsonl", &super::super::Options::default())
+                .expect("as captured");
         let yaml = &recording.yaml;
         assert!(!yaml.contains("pw-s3cret-1"), "{yaml}");
         assert_eq!(recording.secrets.keys().collect::<Vec<_>>(), ["password"]);
@@ -489,15 +503,24 @@ mod tests {
             Version::V311,
         )
         .expect("encodes");
-        let capture =
-            |lines: &[String]| super::super::capture::read(&lines.join("\n")).expect("JSON lines");
+        let capture = |lines: &[String]| {
+            super::super::capture::read(&lines.join("\n"), 1).expect("JSON lines")
+        };
         let both = capture(&[raw("send", 0.0, &[&connect[..], &ping[..]].concat())]);
         let (_, read) = packets(&both).expect("whole packets");
-        let kinds: Vec<&str> = read.iter().map(|p| p.kind.as_str()).collect();
+        assert!(read.cut.is_empty());
+        let kinds: Vec<&str> = read.packets.iter().map(|p| p.kind.as_str()).collect();
         assert_eq!(kinds, ["connect", "pingreq"]);
         let cut = capture(&[raw("send", 0.0, &connect[..connect.len() - 1])]);
-        let err = packets(&cut).err().expect("cut inside the CONNECT");
-        assert!(err.contains("ends inside a packet sent"), "{err}");
+        let (_, read) = packets(&cut).expect("what came before the cut");
+        assert!(read.packets.is_empty());
+        assert_eq!(
+            read.cut,
+            [format!(
+                "the capture ends inside a packet sent: its last {} bytes are left out",
+                connect.len() - 1
+            )]
+        );
         let text = capture(&[
             raw("send", 0.0, &connect),
             r#"{"dir":"receive","time":0.1,"data":"hello"}"#.to_string(),
