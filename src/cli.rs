@@ -55,6 +55,13 @@ pub struct RecordArgs {
     /// several; the record's log lists them).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub session: u32,
+    /// Binary frames are protobuf, described by this `.proto` file (repeat for several;
+    /// imports are looked up beside them); needs --message.
+    #[arg(long, value_name = "FILE", requires = "message")]
+    pub proto: Vec<PathBuf>,
+    /// The protobuf message type of every binary frame (fully qualified: `chat.Envelope`).
+    #[arg(long, value_name = "TYPE", requires = "proto")]
+    pub message: Option<String>,
     /// Replay the written scenario with one user and report each part as matched or not
     /// (exit 1 if one is not).
     #[arg(long)]
@@ -66,11 +73,30 @@ pub struct RecordArgs {
 
 impl RecordArgs {
     /// What `wsfleet record` reads of the capture, and where it aims the scenario.
-    pub fn record_options(&self) -> crate::record::Options {
-        crate::record::Options {
+    /// The `.proto` files are written into the scenario as absolute paths, so it loads from
+    /// wherever it is written.
+    pub fn record_options(&self) -> Result<crate::record::Options, String> {
+        let protobuf = match &self.message {
+            None => None,
+            Some(message) => Some(crate::codec::protobuf::ProtobufSpec {
+                files: self
+                    .proto
+                    .iter()
+                    .map(|file| {
+                        std::fs::canonicalize(file)
+                            .map_err(|err| format!("--proto {}: {err}", file.display()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                include: Vec::new(),
+                message: message.clone(),
+                by_type: None,
+            }),
+        };
+        Ok(crate::record::Options {
             target: self.target.clone(),
             session: self.session as usize,
-        }
+            protobuf,
+        })
     }
 }
 

@@ -177,8 +177,10 @@ async fn run_record(args: &wsfleet::cli::RecordArgs) -> ExitCode {
 /// and which secrets to fill): the scenario, or the exit code of why not.
 fn write_recording(args: &wsfleet::cli::RecordArgs, text: &str) -> Result<String, ExitCode> {
     let source = args.file.display().to_string();
-    let recording =
-        wsfleet::record::record(text, &source, &args.record_options()).map_err(|err| {
+    let recording = args
+        .record_options()
+        .and_then(|options| wsfleet::record::record(text, &source, &options))
+        .map_err(|err| {
             eprintln!("error: {}: {err}", args.file.display());
             ExitCode::from(EXIT_INVALID_INPUT)
         })?;

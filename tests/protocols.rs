@@ -412,48 +412,7 @@ fn a_plain_stream_target_needs_a_framing_and_an_app_heartbeat() {
 /// A chat server speaking `examples/proto/chat.proto` (protobufjs, independent of our codec):
 /// login, join, msg -> ack + deliver to the room (every DROP_EVERY-th not delivered, counted
 /// per receiver), ping -> pong; frames that are not an Envelope are counted.
-const PROTOBUF_SERVER: &str = r#"
-const http = require("http");
-const protobuf = require("protobufjs");
-const { WebSocketServer } = require("ws");
-const port = Number(process.argv[2]);
-const dropEvery = Number(process.env.DROP_EVERY || 0);
-const root = new protobuf.Root().loadSync(process.env.PROTO, { keepCase: true });
-const Envelope = root.lookupType("chat.Envelope");
-const send = (ws, body) => ws.send(Envelope.encode(Envelope.fromObject(body)).finish());
-const stats = { messages: 0, dropped_deliveries: 0, invalid: 0 };
-const rooms = new Map();
-const server = http.createServer((req, res) => {
-  res.setHeader("content-type", "application/json");
-  res.end(JSON.stringify(stats));
-});
-const wss = new WebSocketServer({ server });
-wss.on("connection", (ws) => {
-  let user = null, room = null;
-  ws.on("message", (data) => {
-    let env;
-    try { env = Envelope.decode(data); } catch (e) { stats.invalid++; return; }
-    if (env.login) { user = env.login.user; send(ws, { login_ok: { user } }); }
-    else if (env.join) {
-      room = env.join.room;
-      if (!rooms.has(room)) rooms.set(room, new Set());
-      rooms.get(room).add(ws);
-      send(ws, { joined: { room } });
-    } else if (env.msg) {
-      stats.messages++;
-      send(ws, { ack: { id: env.msg.id } });
-      const drop = dropEvery && stats.messages % dropEvery === 0;
-      const deliver = Object.assign({}, env.msg, { from: user });
-      for (const other of rooms.get(room) || []) {
-        if (other === ws) continue;
-        if (drop) stats.dropped_deliveries++; else send(other, { deliver });
-      }
-    } else if (env.ping) { send(ws, { pong: { ts: env.ping.ts } }); }
-  });
-  ws.on("close", () => { if (room) rooms.get(room).delete(ws); });
-});
-server.listen(port, "127.0.0.1", () => console.log("listening"));
-"#;
+const PROTOBUF_SERVER: &str = include_str!("servers/protobuf_chat.js");
 
 /// Protobuf in binary frames, with `examples/protobuf-chat.yaml` itself (its target and load
 /// replaced): acks and deliveries measured, and what the server does not deliver counted lost.

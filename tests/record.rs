@@ -2,8 +2,9 @@
 //! HAR from the DevTools protocol's Network events, as devtools' export does) become
 //! scenarios that run against the same server with every frame explained; `--check` passes;
 //! and no secret of a capture reaches the written file or the log. Servers: the reference
-//! target's `/client` page, a Socket.IO chat (npm `socket.io`) and an MQTT broker over
-//! WebSocket (npm `aedes`, the browser on mqtt.js), installed by `scripts/protocol-tools`.
+//! target's `/client` page, a Socket.IO chat (npm `socket.io`), an MQTT broker over
+//! WebSocket (npm `aedes`, the browser on mqtt.js) and a protobuf chat (npm `protobufjs`, in
+//! the browser too), installed by `scripts/protocol-tools`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +16,7 @@ use std::process::Output;
 use helpers::*;
 
 /// `wsfleet ARGS` to its end (bounded to two minutes).
-async fn wsfleet(args: &[&str]) -> Output {
+async fn wsfleet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     let run = tokio::process::Command::new(BIN)
         .args(args)
         .kill_on_drop(true)
@@ -51,7 +52,7 @@ async fn run_summary(path: &Path, users: u32, seconds: u32) -> serde_json::Value
     serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap()
 }
 
-/// Captures `page` in Chromium until `ready`, records it, and checks what every recorded
+/// Captures `page` in Chromium until `ready`, records it (with `args`), and checks what every recorded
 /// scenario must do: name each part it inferred (`said`), keep the secret (`(variable,
 /// value)`) out of the file and the log, fail `--check` until the user fills `{{variable}}`
 /// with it, then pass `--check` and run a few users with zero unmatched frames, measured RTT
@@ -62,6 +63,7 @@ async fn captured_scenario_runs(
     ready: &str,
     (var, secret): (&str, &str),
     said: &[&str],
+    args: &[&str],
 ) {
     let dir = tempfile::tempdir().unwrap();
     let har = dir.path().join("session.har");
@@ -71,13 +73,15 @@ async fn captured_scenario_runs(
     assert!(sockets.iter().all(|s| s["status"] == 101), "{seen}");
 
     let scenario = dir.path().join("scenario.yaml");
-    let out = wsfleet(&[
-        "record",
-        har.to_str().unwrap(),
-        "-o",
-        scenario.to_str().unwrap(),
-    ])
-    .await;
+    let record = |more: &[&str]| -> Vec<String> {
+        ["record", har.to_str().unwrap()]
+            .iter()
+            .chain(args)
+            .chain(more)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let out = wsfleet(&record(&["-o", scenario.to_str().unwrap()])).await;
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
     let yaml = std::fs::read_to_string(&scenario).unwrap();
@@ -96,10 +100,10 @@ async fn captured_scenario_runs(
     );
 
     // The peer's socket is the HAR's second session; there is no third.
-    let peer = wsfleet(&["record", har.to_str().unwrap(), "--session", "2"]).await;
+    let peer = wsfleet(&record(&["--session", "2"])).await;
     assert!(peer.status.success(), "{}", text(&peer.stderr));
     assert!(text(&peer.stderr).contains("session 2 of the 2"));
-    let none = wsfleet(&["record", har.to_str().unwrap(), "--session", "3"]).await;
+    let none = wsfleet(&record(&["--session", "3"])).await;
     assert!(!none.status.success());
     assert!(
         text(&none.stderr).contains("holds 2 WebSocket session(s)"),
@@ -186,6 +190,7 @@ async fn a_browser_session_on_the_target_becomes_a_scenario_that_runs() {
             "deliveries: `deliver` (sender `/from`, sequence `/seq`, time `/ts`)",
             "heartbeat: `ping`",
         ],
+        &[],
     )
     .await;
     drop(target);
@@ -212,7 +217,7 @@ async fn a_browser_session_on_socket_io_becomes_a_scenario_that_runs() {
         "Engine.IO ping `2`, answered by pong `3`",
         "messages: event `chat`",
         "deliveries: event `chat` (sender `$message/from`, sequence `$message/seq`, time `$message/ts`)",
-    ])
+    ], &[])
     .await;
 }
 
@@ -247,11 +252,52 @@ async fn a_browser_session_on_mqtt_over_websocket_becomes_a_scenario_that_runs()
         "messages: PUBLISH to `chat/{{room}}` at QoS 1",
         "deliveries: PUBLISH from the subscription (sender `/payload/from`, sequence `/payload/seq`, time `/payload/ts`)",
         "deliveries at QoS 1: each answered by its PUBACK",
-    ])
+    ], &[])
     .await;
     assert!(
         broker.stats().await["refused"].as_u64().unwrap() >= 1,
         "the check without the password was refused"
+    );
+}
+
+/// A protobuf chat (npm protobufjs on both sides), recorded with `--proto chat.proto
+/// --message chat.Envelope`: the envelope's oneof names each frame; login with its token,
+/// join, ping/pong, the acked `msg` and the room's `deliver`ies are named, and the scenario
+/// (`codec: protobuf`) runs against the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_on_protobuf_becomes_a_scenario_that_runs() {
+    let Some(python) = selenium() else {
+        return;
+    };
+    const TOKEN: &str = "pb-s3cret-5";
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proto/chat.proto");
+    let Some(server) = NodeServer::start(
+        "protobufjs",
+        include_str!("servers/protobuf_chat.js"),
+        &[("PROTO", proto), ("TOKEN", TOKEN)],
+    ) else {
+        return;
+    };
+    let page = format!("http://{}/client?every=200&token={TOKEN}", server.addr);
+    let ready = format!("{} && performance.now() > 3500", counted(8, 6));
+    captured_scenario_runs(&python, &page, &ready, ("token", TOKEN), &[
+        "binary frames are protobuf messages",
+        "frames are envelopes: one key names each frame",
+        "login step: `login`, answered by `login_ok`",
+        "login step: `join`, answered by `joined`",
+        "acked by `ack` (our id at `/ack/id`)",
+        "deliveries: `deliver` (sender `/deliver/from`, sequence `/deliver/seq`, time `/deliver/ts`)",
+        "heartbeat: `ping` every",
+    ], &["--proto", proto, "--message", "chat.Envelope"])
+    .await;
+    let stats = server.stats().await;
+    assert!(
+        stats["refused"].as_u64().unwrap() >= 1,
+        "the check without the token: {stats}"
+    );
+    assert_eq!(
+        stats["invalid"], 0,
+        "every frame the scenario sent decoded: {stats}"
     );
 }
 

@@ -3,7 +3,9 @@
 //! nothing — read from which frames repeat, which fields vary, and which answer echoes what.
 //!
 //! Frames are told apart by a *kind*: the value of the field that names them (`type`, `op`,
-//! `event`, ...; the most common low-cardinality string field otherwise).
+//! `event`, ...; the most common low-cardinality string field otherwise), or, where every
+//! frame is an envelope of one key holding an object (`{"msg":{...}}`, a protobuf `oneof`
+//! read as JSON), that key.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -101,25 +103,99 @@ fn objects<'a>(frames: &[&'a Json]) -> Vec<&'a Object> {
     frames.iter().map(|f| &f.value).collect()
 }
 
+/// How frames say what they are.
+enum Naming {
+    /// A field whose string value names the frame's kind: `{"type":"chat",...}`.
+    Field(String),
+    /// An envelope whose one key names the frame and holds it: `{"chat":{...}}` (protobuf's
+    /// `oneof`, read as JSON).
+    Envelope,
+}
+
+impl Naming {
+    /// How `frames` name themselves: an envelope if every one is, else by their kind field.
+    fn of(frames: &[Parsed]) -> Naming {
+        let enveloped = |map: &Object| map.len() == 1 && map.values().all(Value::is_object);
+        if frames.iter().all(|(_, map)| enveloped(map)) {
+            Naming::Envelope
+        } else {
+            Naming::Field(kind_field(frames))
+        }
+    }
+
+    /// A frame's kind and its fields.
+    fn read(&self, mut value: Object) -> (String, Object) {
+        match self {
+            Naming::Field(field) => {
+                let kind = value.get(field).and_then(Value::as_str).unwrap_or_default();
+                (kind.to_string(), value)
+            }
+            Naming::Envelope => match value.iter_mut().next() {
+                Some((kind, Value::Object(body))) => (kind.clone(), std::mem::take(body)),
+                _ => (String::new(), value),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Naming::Field(field) => format!("frames are JSON objects named by `{field}`"),
+            Naming::Envelope => {
+                "frames are envelopes: one key names each frame and holds its fields".into()
+            }
+        }
+    }
+
+    /// A matcher of frames of `kind` (as YAML flow).
+    fn matcher(&self, kind: &str) -> String {
+        match self {
+            Naming::Field(field) => {
+                format!("{{pointer: /{field}, equals: {}}}", super::yaml_str(kind))
+            }
+            Naming::Envelope => format!("{{pointer: {}}}", super::yaml_str(&pointer(kind))),
+        }
+    }
+
+    /// The JSON pointer to `field` of a frame of `kind`.
+    fn pointer(&self, kind: &str, field: &str) -> String {
+        match self {
+            Naming::Field(_) => pointer(field),
+            Naming::Envelope => format!("{}{}", pointer(kind), pointer(field)),
+        }
+    }
+
+    /// A frame of `kind` whose fields are the template `body`.
+    fn wrap(&self, kind: &str, body: String) -> String {
+        match self {
+            Naming::Field(_) => body,
+            Naming::Envelope => format!("{{{}:{body}}}", Value::from(kind)),
+        }
+    }
+
+    /// Whether `key` of a frame is the one naming it.
+    fn names(&self, key: &str) -> bool {
+        matches!(self, Naming::Field(field) if field == key)
+    }
+}
+
+/// The JSON pointer to a top-level `key` (RFC 6901 escapes).
+fn pointer(key: &str) -> String {
+    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
 /// Infers the scenario of `capture`'s frames (all JSON objects), secrets taken out.
 pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, String> {
     let frames = parse(&capture.frames)?;
-    let kind_field = kind_field(&frames);
+    let naming = Naming::of(&frames);
     let frames: Vec<Json> = frames
         .into_iter()
         .map(|(frame, value)| {
-            let kind = value
-                .get(&kind_field)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let (kind, value) = naming.read(value);
             Json { frame, value, kind }
         })
         .collect();
     let mut inferred = Inferred::default();
-    inferred
-        .found
-        .push(format!("frames are JSON objects named by `{kind_field}`"));
+    inferred.found.push(naming.describe());
     let sent: Vec<usize> = (0..frames.len())
         .filter(|&i| frames[i].frame.dir == Dir::Sent)
         .collect();
@@ -161,7 +237,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
                 frames_text(answers[0])
             ));
             inferred.replies.push((
-                matcher(&kind_field, &kind),
+                naming.matcher(&kind),
                 texts.into_iter().next().unwrap_or_default().to_string(),
             ));
             claimed.insert(kind);
@@ -176,7 +252,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             .find(|f| !claimed.contains(&f.kind));
         let expect = answer.map(|a| {
             claimed.insert(a.kind.clone());
-            matcher(&kind_field, &a.kind)
+            naming.matcher(&a.kind)
         });
         inferred.found.push(format!(
             "login step: `{}`{}",
@@ -187,11 +263,9 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             ))
         ));
         inferred.login.push(Step {
-            send: Some(template(
-                &frames[i].value,
-                &Fields::default(),
-                &identity,
-                secrets,
+            send: Some(naming.wrap(
+                &frames[i].kind,
+                template(&frames[i].value, &Fields::default(), &identity, secrets),
             )),
             expect,
             reject: None,
@@ -210,7 +284,14 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             .iter()
             .filter(|f| f.frame.dir == Dir::Sent && f.kind == *kind)
             .collect();
-        ack_of(&frames, &of_kind, &Fields::of(&objects(&of_kind)), &claimed).is_none()
+        ack_of(
+            &frames,
+            &of_kind,
+            &Fields::of(&objects(&of_kind)),
+            &claimed,
+            &naming,
+        )
+        .is_none()
     });
     for kind in repeated {
         let of_kind: Vec<&Json> = frames
@@ -219,7 +300,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
             .collect();
         let fields = Fields::of(&objects(&of_kind));
         let interval = median_gap(&of_kind.iter().map(|f| f.frame.at).collect::<Vec<_>>());
-        let ack = ack_of(&frames, &of_kind, &fields, &claimed);
+        let ack = ack_of(&frames, &of_kind, &fields, &claimed, &naming);
         if inferred.message.is_none() && ack.is_some() {
             let (ack_kind, by) = ack.unwrap_or_else(|| unreachable!());
             claimed.insert(ack_kind.clone());
@@ -231,8 +312,7 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
                     AckBy::Order => "in order".into(),
                 }
             ));
-            let delivery =
-                delivery_of(&frames, &of_kind, &fields, &identity, &claimed, &kind_field);
+            let delivery = delivery_of(&frames, &of_kind, &fields, &identity, &claimed, &naming);
             match &delivery {
                 Some(d) => {
                     claimed.insert(d.kind.clone());
@@ -246,9 +326,12 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
                 ),
             }
             inferred.message = Some(Message {
-                send: template(&of_kind[0].value, &fields, &identity, secrets),
+                send: naming.wrap(
+                    kind,
+                    template(&of_kind[0].value, &fields, &identity, secrets),
+                ),
                 interval,
-                ack: Some((matcher(&kind_field, &ack_kind), by)),
+                ack: Some((naming.matcher(&ack_kind), by)),
                 delivery,
             });
         } else if inferred.heartbeat.is_none() && fields.id.is_empty() {
@@ -265,8 +348,11 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
                     ))
             ));
             inferred.heartbeat = Some(Heartbeat {
-                send: template(&of_kind[0].value, &fields, &identity, secrets),
-                expect: answer.map(|a| matcher(&kind_field, &a)),
+                send: naming.wrap(
+                    kind,
+                    template(&of_kind[0].value, &fields, &identity, secrets),
+                ),
+                expect: answer.map(|a| naming.matcher(&a)),
                 interval,
             });
         } else {
@@ -291,21 +377,13 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
     }
     inferred.ignore = rest
         .into_iter()
-        .map(|(kind, seen)| (matcher(&kind_field, &kind), seen))
+        .map(|(kind, seen)| (naming.matcher(&kind), seen))
         .collect();
     Ok(inferred)
 }
 
 fn frames_text(frame: Option<&Json>) -> String {
     frame.map_or(String::new(), |f| f.frame.text().to_string())
-}
-
-/// A matcher of frames of `kind` (as YAML flow).
-fn matcher(kind_field: &str, kind: &str) -> String {
-    format!(
-        "{{pointer: /{kind_field}, equals: {}}}",
-        super::yaml_str(kind)
-    )
 }
 
 /// A frame and its JSON object.
@@ -329,7 +407,7 @@ fn parse(frames: &[Frame]) -> Result<Vec<Parsed<'_>>, String> {
 
 fn guess_protocol(data: &str, binary: bool) -> &'static str {
     if binary {
-        "binary protocol that is not MQTT (protobuf, ...)"
+        "binary protocol that is not MQTT (protobuf: pass --proto FILE --message TYPE)"
     } else if data.starts_with(|c: char| c.is_ascii_digit()) {
         "Engine.IO framing without Socket.IO's open packet"
     } else {
@@ -339,7 +417,7 @@ fn guess_protocol(data: &str, binary: bool) -> &'static str {
 
 /// The field naming frames: a well-known name present in most frames, else the string field
 /// present in most frames with the fewest distinct values.
-fn kind_field(frames: &[(&Frame, serde_json::Map<String, Value>)]) -> String {
+fn kind_field(frames: &[Parsed]) -> String {
     let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut present: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, map) in frames {
@@ -443,6 +521,7 @@ fn ack_of(
     sent: &[&Json],
     fields: &Fields,
     claimed: &BTreeSet<String>,
+    naming: &Naming,
 ) -> Option<(String, AckBy)> {
     let values = |key: &str| -> BTreeSet<String> {
         sent.iter()
@@ -479,13 +558,15 @@ fn ack_of(
         }
         for id in &fields.id {
             if let Some(field) = echoes(&values(id)) {
-                return Some((kind, AckBy::Id(format!("/{field}"))));
+                let at = naming.pointer(&kind, &field);
+                return Some((kind, AckBy::Id(at)));
             }
         }
         if let Some(seq) = &fields.seq
             && let Some(field) = echoes(&values(seq))
         {
-            return Some((kind, AckBy::Seq(format!("/{field}"))));
+            let at = naming.pointer(&kind, &field);
+            return Some((kind, AckBy::Seq(at)));
         }
     }
     None
@@ -499,7 +580,7 @@ fn delivery_of(
     fields: &Fields,
     identity: &Identity,
     claimed: &BTreeSet<String>,
-    kind_field: &str,
+    naming: &Naming,
 ) -> Option<Delivery> {
     let values = |key: &Option<String>| -> BTreeSet<String> {
         key.iter()
@@ -520,7 +601,7 @@ fn delivery_of(
         let carrying = |ours: &BTreeSet<String>, names: &[&str]| {
             first
                 .keys()
-                .filter(|k| k.as_str() != kind_field)
+                .filter(|k| !naming.names(k))
                 .find(|key| {
                     let theirs: Vec<String> = of_kind
                         .iter()
@@ -544,11 +625,11 @@ fn delivery_of(
         let ts = carrying(&times, &["ts", "time", "timestamp", "sent_at"]);
         if let (Some(sender), Some(seq), Some(ts)) = (sender, seq, ts) {
             return Some(Delivery {
-                matcher: matcher(kind_field, &kind),
+                matcher: naming.matcher(&kind),
+                sender: naming.pointer(&kind, &sender),
+                seq: naming.pointer(&kind, &seq),
+                ts: naming.pointer(&kind, &ts),
                 kind,
-                sender: format!("/{sender}"),
-                seq: format!("/{seq}"),
-                ts: format!("/{ts}"),
             });
         }
     }

@@ -1,5 +1,6 @@
 //! `wsfleet record FILE`: a captured session (a browser's HAR export, or JSON lines of
-//! frames) of a JSON, Socket.IO or MQTT-over-WebSocket protocol turned into a scenario that runs — its login, heartbeat, messages, acks and
+//! frames) of a JSON, Socket.IO, MQTT-over-WebSocket or protobuf (given its `.proto`)
+//! protocol turned into a scenario that runs — its login, heartbeat, messages, acks and
 //! deliveries inferred, its secrets replaced by variables — and `--check`, which replays the
 //! written scenario with one user and says which parts matched.
 
@@ -16,6 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use url::Url;
+
+use crate::codec::protobuf::{Protobuf, ProtobufSpec};
 
 /// A written scenario and what went into it.
 #[derive(Debug)]
@@ -37,13 +40,17 @@ pub fn is_scenario_file(path: &std::path::Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
-/// Which session of a capture to read, and where to aim it.
+/// Which session of a capture to read, how its binary frames are encoded, and where to aim
+/// it.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Replaces the captured URL's scheme, host and port.
     pub target: Option<Url>,
     /// The WebSocket session to read, from 1 in the HAR's order.
     pub session: usize,
+    /// Binary frames are this protobuf message (its `.proto` files as the scenario will name
+    /// them: absolute, or relative to where it is written).
+    pub protobuf: Option<ProtobufSpec>,
 }
 
 impl Default for Options {
@@ -51,13 +58,38 @@ impl Default for Options {
         Options {
             target: None,
             session: 1,
+            protobuf: None,
         }
     }
 }
 
+/// The capture's binary frames read as the JSON of `spec`'s message; its `codec:` line.
+fn read_protobuf(capture: &mut capture::Capture, spec: &ProtobufSpec) -> Result<String, String> {
+    let codec = Protobuf::compile(spec, std::path::Path::new(""))?;
+    for (n, frame) in capture.frames.iter_mut().enumerate() {
+        if let capture::Data::Binary(bytes) = &frame.data {
+            let json = codec.decode(bytes).map_err(|err| {
+                format!(
+                    "frame {} is not a protobuf `{}`: {err}",
+                    n + 1,
+                    spec.message
+                )
+            })?;
+            frame.data = capture::Data::Text(json);
+        }
+    }
+    let flow = serde_json::json!({ "protobuf": spec });
+    Ok(flow.to_string())
+}
+
 /// Reads the capture `text` (from `source`, for the file's header) and writes its scenario.
 pub fn record(text: &str, source: &str, options: &Options) -> Result<Recording, String> {
-    let capture = capture::read(text, options.session)?;
+    let mut capture = capture::read(text, options.session)?;
+    let protobuf = options
+        .protobuf
+        .as_ref()
+        .map(|spec| read_protobuf(&mut capture, spec))
+        .transpose()?;
     let target = options.target.as_ref();
     let mut url = match (&capture.url, target) {
         (_, Some(target)) => target.clone(),
@@ -88,7 +120,15 @@ pub fn record(text: &str, source: &str, options: &Options) -> Result<Recording, 
     let mut secrets = secrets::Secrets::default();
     let connect_url = secrets.url(&url);
     let headers = secrets.headers(&capture.headers);
-    let mut inferred = if mqtt::is_mqtt(&capture) {
+    let mut inferred = if let Some(codec) = protobuf {
+        let mut inferred = infer::infer(&capture, &mut secrets)?;
+        inferred.found.insert(
+            0,
+            format!("binary frames are protobuf messages (codec: {codec})"),
+        );
+        inferred.codec = Some(codec);
+        inferred
+    } else if mqtt::is_mqtt(&capture) {
         mqtt::infer(&capture, &mut secrets)?
     } else if socketio::is_socketio(&capture) {
         socketio::infer(&capture, &mut secrets)?
@@ -330,12 +370,8 @@ mod tests {
         assert_eq!(message.ack.expect("as captured").id.as_deref(), Some("/id"));
         let delivery = message.delivery.expect("as captured");
         assert_eq!(
-            (
-                delivery.sender.as_str(),
-                delivery.seq.as_str(),
-                delivery.ts.as_str()
-            ),
-            ("/from", "/seq", "/ts")
+            [&delivery.sender, &delivery.seq, &delivery.ts],
+            ["/from", "/seq", "/ts"]
         );
         assert_eq!(
             spec.heartbeat.expect("as captured").send,
@@ -350,6 +386,100 @@ mod tests {
         assert_eq!(
             spec.url.as_deref(),
             Some("ws://127.0.0.1:9/ws?room=lobby&token={{token}}")
+        );
+    }
+
+    /// The im session as protobuf envelopes (`examples/proto/chat.proto`): each frame's
+    /// `type` the envelope's key, binary frames in base64.
+    fn protobuf_session(spec: &ProtobufSpec) -> String {
+        let codec = Protobuf::compile(spec, std::path::Path::new("")).expect("compiles");
+        im_session()
+            .lines()
+            .filter_map(|line| {
+                let mut line: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                let Some(data) = line.get("data").and_then(|d| d.as_str()) else {
+                    return Some(line.to_string());
+                };
+                let mut frame: serde_json::Value = serde_json::from_str(data).expect("JSON");
+                let body = frame.as_object_mut().expect("an object");
+                let kind = body.remove("type").expect("a type");
+                body.remove("members");
+                let kind = kind.as_str().expect("a string");
+                if kind == "presence" {
+                    return None; // no such message in chat.proto
+                }
+                let envelope = serde_json::json!({ kind: body }).to_string();
+                let bytes = codec.encode(&envelope).expect("encodes");
+                line["data"] =
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+                        .into();
+                line["binary"] = true.into();
+                Some(line.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A protobuf session given its `.proto`: the envelope's oneof names each frame, its
+    /// fields are placed under it, and the scenario speaks the codec.
+    #[test]
+    fn a_protobuf_session_becomes_a_scenario_of_envelopes() {
+        let spec = ProtobufSpec {
+            files: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proto/chat.proto").into()],
+            message: "chat.Envelope".into(),
+            ..ProtobufSpec::default()
+        };
+        let options = Options {
+            protobuf: Some(spec.clone()),
+            ..Options::default()
+        };
+        let session = protobuf_session(&spec);
+        let recording = record(&session, "pb.jsonl", &options).expect("as captured");
+        let yaml = &recording.yaml;
+        assert!(!yaml.contains("hunter2"), "a secret leaked:\n{yaml}");
+        assert!(
+            yaml.contains("  codec: {\"protobuf\":{\"files\":["),
+            "{yaml}"
+        );
+        let plan = crate::config::Config::parse(yaml).expect("as captured");
+        let spec = plan.scenario.spec();
+        assert_eq!(
+            spec.login[0].send.as_deref(),
+            Some(r#"{"login":{"token":"{{token_3}}","user":"{{user_id}}"}}"#)
+        );
+        assert_eq!(
+            spec.login[1].send.as_deref(),
+            Some(r#"{"join":{"room":"{{room}}"}}"#)
+        );
+        let message = spec.message.expect("as captured");
+        assert_eq!(
+            message.send,
+            r#"{"msg":{"body":"{{payload}}","id":"{{msg_id}}","room":"{{room}}","seq":{{seq}},"ts":{{ts}}}}"#
+        );
+        assert_eq!(
+            message.ack.expect("as captured").id.as_deref(),
+            Some("/ack/id")
+        );
+        let delivery = message.delivery.expect("as captured");
+        assert_eq!(
+            [&delivery.sender, &delivery.seq, &delivery.ts],
+            ["/deliver/from", "/deliver/seq", "/deliver/ts"]
+        );
+        assert_eq!(
+            spec.heartbeat.expect("as captured").send,
+            r#"{"ping":{"ts":{{ts}}}}"#
+        );
+
+        // Without --proto binary frames are named as unread; bytes that are no protobuf
+        // message are an error naming the frame.
+        let err = record(&session, "pb.jsonl", &Options::default()).expect_err("no --proto");
+        assert!(err.contains("--proto FILE --message TYPE"), "{err}");
+        let mut lines: Vec<String> = session.lines().map(str::to_string).collect();
+        lines[3] = r#"{"dir":"send","time":0.02,"binary":true,"data":"//8="}"#.into();
+        let err = record(&lines.join("\n"), "pb.jsonl", &options).expect_err("0xffff");
+        assert!(
+            err.contains("frame 3 is not a protobuf `chat.Envelope`"),
+            "{err}"
         );
     }
 
