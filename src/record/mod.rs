@@ -75,6 +75,16 @@ fn read_protobuf(capture: &mut capture::Capture, spec: &ProtobufSpec) -> Result<
                     spec.message
                 )
             })?;
+            // Protobuf names no type: a wrong --message may decode, its strings then holding
+            // another message's raw bytes (a secret among them, unscrubbed). Control
+            // characters in a string say so.
+            if has_control_chars(&serde_json::from_str(&json).unwrap_or_default()) {
+                return Err(format!(
+                    "frame {} reads as `{}` only with raw bytes in its strings (not shown: they may hold a secret); is --message the type every frame is?",
+                    n + 1,
+                    spec.message
+                ));
+            }
             frame.data = capture::Data::Text(json);
         }
     }
@@ -165,6 +175,18 @@ pub fn record(text: &str, source: &str, options: &Options) -> Result<Recording, 
         missing: inferred.missing,
         secrets: secrets.found().clone(),
     })
+}
+
+/// Whether a string anywhere in `value` holds a control character other than tab, CR, LF.
+fn has_control_chars(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
+        serde_json::Value::Array(items) => items.iter().any(has_control_chars),
+        serde_json::Value::Object(map) => map.values().any(has_control_chars),
+        _ => false,
+    }
 }
 
 /// A YAML single-quoted scalar.
@@ -479,6 +501,20 @@ mod tests {
         let err = record(&lines.join("\n"), "pb.jsonl", &options).expect_err("0xffff");
         assert!(
             err.contains("frame 3 is not a protobuf `chat.Envelope`"),
+            "{err}"
+        );
+        // The wrong type decodes (protobuf names none), but its strings are raw bytes.
+        let wrong = Options {
+            protobuf: Some(ProtobufSpec {
+                message: "chat.Ack".into(),
+                ..options.protobuf.clone().expect("given")
+            }),
+            ..Options::default()
+        };
+        let err = record(&session, "pb.jsonl", &wrong).expect_err("no Ack");
+        assert!(
+            err.contains("frame 1 reads as `chat.Ack` only with raw bytes")
+                && !err.contains("hunter2"),
             "{err}"
         );
     }
