@@ -663,6 +663,7 @@ pub fn node_modules(module: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// A Node.js server from a script written by the test; it prints `listening` when ready.
+/// `tests/servers/pages.js` is written beside it, for the scripts that `require("./pages")`.
 /// Killed on drop.
 pub struct NodeServer {
     pub addr: SocketAddr,
@@ -676,6 +677,11 @@ impl NodeServer {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.js");
         std::fs::write(&path, script).unwrap();
+        std::fs::write(
+            dir.path().join("pages.js"),
+            include_str!("../servers/pages.js"),
+        )
+        .unwrap();
         let addr = free_addr();
         let mut child = Command::new(node)
             .arg(&path)

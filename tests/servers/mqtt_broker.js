@@ -6,10 +6,10 @@
 // `/mqtt.min.js`): two users subscribed to `chat/lobby` at QoS 1 publishing JSON messages at
 // QoS 1 (`?password=`, `?every=` ms between messages, keep-alive 2 s), whose counters
 // (data-acked, data-delivered) a driver waits on.
+// The page and its HTTP routes come from ./pages.js (tests/servers/pages.js).
 // usage: node mqtt_broker.js PORT   (prints `listening` when ready)
-const fs = require("fs");
-const http = require("http");
 const path = require("path");
+const pages = require("./pages");
 const aedes = require("aedes")();
 const { WebSocketServer, createWebSocketStream } = require("ws");
 const port = Number(process.argv[2]);
@@ -37,15 +37,8 @@ aedes.authorizeForward = (client, packet) => {
   }
   return packet;
 };
-const page = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>MQTT chat</title>
-<script src="/mqtt.min.js"></script></head>
-<body><p id="status" data-acked="0" data-delivered="0">connecting</p>
-<script>
-const query = new URLSearchParams(location.search);
-const topic = "chat/lobby", every = Number(query.get("every")) || 500;
-const status = document.getElementById("status");
-const count = (name) => { status.dataset[name] = String(Number(status.dataset[name]) + 1); };
+const page = pages.page("MQTT chat", '<script src="/mqtt.min.js"></script>', `
+const topic = "chat/" + room;
 function user(name, watched) {
   const client = mqtt.connect("ws://" + location.host + "/mqtt", {
     username: name, password: query.get("password") || "", keepalive: 2,
@@ -55,28 +48,12 @@ function user(name, watched) {
     status.textContent = "subscribed";
     setInterval(() => {
       seq += 1;
-      const message = { id: name + "-" + seq + "-" + Math.random().toString(36).slice(2, 8),
-                        from: name, seq, ts: Date.now(), body: "hello from " + name + " #" + seq };
-      client.publish(topic, JSON.stringify(message), { qos: 1 }, () => { if (watched) count("acked"); });
+      client.publish(topic, JSON.stringify(message(name, seq)), { qos: 1 }, () => { if (watched) count("acked"); });
     }, every);
   }));
   client.on("message", () => { if (watched) count("delivered"); });
-}
-user("alice", true);
-setTimeout(() => user("bob", false), 200);
-</script></body></html>`;
-const server = http.createServer((req, res) => {
-  if (req.url.startsWith("/client")) {
-    res.setHeader("content-type", "text/html");
-    return res.end(page);
-  }
-  if (req.url === "/mqtt.min.js") {
-    res.setHeader("content-type", "text/javascript");
-    return fs.createReadStream(bundle).pipe(res);
-  }
-  res.setHeader("content-type", "application/json");
-  res.end(JSON.stringify(stats));
-});
+}`);
+const server = pages.server(page, { "/mqtt.min.js": ["text/javascript", bundle] }, stats);
 const wss = new WebSocketServer({ server, handleProtocols: (p) => (p.has("mqtt") ? "mqtt" : false) });
 wss.on("connection", (ws) => aedes.handle(createWebSocketStream(ws)));
 server.listen(port, "127.0.0.1", () => console.log("listening"));

@@ -6,10 +6,10 @@
 // page on protobufjs (its browser bundle at `/protobuf.min.js`, the .proto at `/chat.proto`):
 // two users in one room (`?token=`, `?every=` ms between messages, a ping every second), whose
 // counters (data-acked, data-delivered) a driver waits on.
+// The page and its HTTP routes come from ./pages.js (tests/servers/pages.js).
 // usage: PROTO=chat.proto node protobuf_chat.js PORT   (prints `listening` when ready)
-const fs = require("fs");
-const http = require("http");
 const path = require("path");
+const pages = require("./pages");
 const protobuf = require("protobufjs");
 const { WebSocketServer } = require("ws");
 const port = Number(process.argv[2]);
@@ -21,19 +21,13 @@ const Envelope = root.lookupType("chat.Envelope");
 const send = (ws, body) => ws.send(Envelope.encode(Envelope.fromObject(body)).finish());
 const stats = { messages: 0, dropped_deliveries: 0, invalid: 0, refused: 0 };
 const rooms = new Map();
-const page = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>protobuf chat</title>
-<script src="/protobuf.min.js"></script></head>
-<body><p id="status" data-acked="0" data-delivered="0">connecting</p>
-<script>
-const query = new URLSearchParams(location.search);
-const room = "lobby", every = Number(query.get("every")) || 500, token = query.get("token") || "";
-const status = document.getElementById("status");
-const count = (name) => { status.dataset[name] = String(Number(status.dataset[name]) + 1); };
-new protobuf.Root().load("/chat.proto", { keepCase: true }, (err, root) => {
-  if (err) { status.textContent = String(err); return; }
-  const Envelope = root.lookupType("chat.Envelope");
-  function user(name, watched) {
+const page = pages.page("protobuf chat", '<script src="/protobuf.min.js"></script>', `
+const token = query.get("token") || "";
+const schema = new Promise((resolve, reject) => new protobuf.Root().load("/chat.proto", { keepCase: true },
+  (err, root) => (err ? reject(err) : resolve(root.lookupType("chat.Envelope")))));
+schema.catch((err) => { status.textContent = String(err); });
+function user(name, watched) {
+  schema.then((Envelope) => {
     const ws = new WebSocket("ws://" + location.host + "/ws");
     ws.binaryType = "arraybuffer";
     const send = (body) => ws.send(Envelope.encode(Envelope.fromObject(body)).finish());
@@ -46,34 +40,18 @@ new protobuf.Root().load("/chat.proto", { keepCase: true }, (err, root) => {
         status.textContent = "joined";
         setInterval(() => {
           seq += 1;
-          send({ msg: { room, id: name + "-" + seq + "-" + Math.random().toString(36).slice(2, 8),
-                        seq, ts: Date.now(), body: "hello from " + name + " #" + seq } });
+          send({ msg: { room, ...message(name, seq) } });
         }, every);
         setInterval(() => send({ ping: { ts: Date.now() } }), 1000);
       } else if (env.ack) { if (watched) count("acked"); }
       else if (env.deliver) { if (watched) count("delivered"); }
     };
-  }
-  user("alice", true);
-  setTimeout(() => user("bob", false), 200);
-});
-</script></body></html>`;
-const server = http.createServer((req, res) => {
-  if (req.url.startsWith("/client")) {
-    res.setHeader("content-type", "text/html");
-    return res.end(page);
-  }
-  if (req.url === "/protobuf.min.js") {
-    res.setHeader("content-type", "text/javascript");
-    return fs.createReadStream(bundle).pipe(res);
-  }
-  if (req.url === "/chat.proto") {
-    res.setHeader("content-type", "text/plain");
-    return fs.createReadStream(process.env.PROTO).pipe(res);
-  }
-  res.setHeader("content-type", "application/json");
-  res.end(JSON.stringify(stats));
-});
+  });
+}`);
+const server = pages.server(page, {
+  "/protobuf.min.js": ["text/javascript", bundle],
+  "/chat.proto": ["text/plain", process.env.PROTO],
+}, stats);
 const wss = new WebSocketServer({ server });
 wss.on("connection", (ws) => {
   let user = null, room = null;
