@@ -52,6 +52,7 @@ function user(name, watched) {
     }, every);
   }));
   client.on("message", () => { if (watched) count("delivered"); });
+  client.on("packetreceive", (packet) => { if (watched && packet.cmd === "pingresp") count("pongs"); });
 }`);
 const server = pages.server(page, { "/mqtt.min.js": ["text/javascript", bundle] }, stats);
 const wss = new WebSocketServer({ server, handleProtocols: (p) => (p.has("mqtt") ? "mqtt" : false) });

@@ -21,10 +21,10 @@ exports.server = (page, files, stats) => http.createServer((req, res) => {
 
 // A chat page: `head` loads the client library, `body` defines `user(name, watched)` with
 // the helpers below; two users chat in one room, and `#status` counts what the watched one
-// saw (data-acked, data-delivered) for a driver to wait on.
+// saw (data-acked, data-delivered, data-pongs: heartbeat answers) for a driver to wait on.
 exports.page = (title, head, body) => `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${title}</title>${head}</head>
-<body><p id="status" data-acked="0" data-delivered="0">connecting</p>
+<body><p id="status" data-acked="0" data-delivered="0" data-pongs="0">connecting</p>
 <script>
 const query = new URLSearchParams(location.search);
 const room = "lobby", every = Number(query.get("every")) || 500;

@@ -43,7 +43,8 @@ function user(name, watched) {
           send({ msg: { room, ...message(name, seq) } });
         }, every);
         setInterval(() => send({ ping: { ts: Date.now() } }), 1000);
-      } else if (env.ack) { if (watched) count("acked"); }
+      } else if (env.pong) { if (watched) count("pongs"); }
+      else if (env.ack) { if (watched) count("acked"); }
       else if (env.deliver) { if (watched) count("delivered"); }
     };
   });
