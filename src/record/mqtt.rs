@@ -18,11 +18,11 @@ use super::infer::{
     template,
 };
 use super::secrets::Secrets;
-use super::yaml_str;
 use bytes::BytesMut;
 
 use crate::codec::framing::{Framing, MAX_FRAME};
 use crate::codec::mqtt::{Version, decode_captured};
+use crate::scenario::Builtin;
 
 /// Whether the capture is MQTT: its first sent frame is binary and starts a CONNECT.
 pub fn is_mqtt(capture: &Capture) -> bool {
@@ -257,15 +257,11 @@ pub fn infer(capture: &Capture, secrets: &mut Secrets) -> Result<Inferred, Strin
         .iter()
         .any(|p| !p.sent() && p.kind == "publish" && p.qos() == 1)
     {
-        inferred.replies.push((
-            format!(
-                "{{regex: {}}}",
-                yaml_str(
-                    r#"^\{"type":"publish","topic":"(?:[^"\\]|\\.)*","qos":1,"pkid":(?P<pkid>\d+),"#
-                )
-            ),
-            r#"{"type":"puback","pkid":{{pkid}}}"#.into(),
-        ));
+        // The built-in mqtt scenario's own reply: a PUBACK for each QoS 1 delivery.
+        for reply in Builtin::Mqtt.spec().replies {
+            let matcher = serde_json::to_string(&reply.matcher).map_err(|err| err.to_string())?;
+            inferred.replies.push((matcher, reply.send));
+        }
         inferred
             .found
             .push("deliveries at QoS 1: each answered by its PUBACK".into());
