@@ -6,6 +6,8 @@
 #   bench/dhat.sh held          what an idle connected user holds: the live heap at the peak of
 #                               USERS (2,000) idle users, per user and allocation site (the
 #                               README's heap table)
+#   bench/dhat.sh held im       the same for `im` users (rooms of 10, a message and a heartbeat
+#                               every 30 s each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # DHAT counts what passes through malloc: jemalloc would hide every allocation from it, so the
@@ -41,8 +43,9 @@ print(blocks, summary["messages"]["sent"] + summary["messages"]["received"])
 PY
 }
 
-held_per_user() {
-  local users=${USERS:-2000} pt
+held_per_user() {  # SCENARIO
+  local users=${USERS:-2000} pt messages=0s
+  [ "$1" = idle ] || messages=30s
   pt=$(free_port)
   "$wsfleet" target --listen "127.0.0.1:$pt" 2>/dev/null & local target=$!
   cat > "$work/fleet.yaml" <<YAML
@@ -50,7 +53,8 @@ target: ws://127.0.0.1:$pt/ws
 listen: 127.0.0.1:0
 users: $users
 connect_rate: 500
-scenario: idle
+scenario: $1
+message_interval: $messages
 heartbeat: {interval: 10s, timeout: 5s}
 threads: 1
 progress_interval: 0s
@@ -58,7 +62,7 @@ YAML
   valgrind --tool=dhat --dhat-out-file="$work/dhat.json" "$wsfleet" run -c "$work/fleet.yaml" \
     --duration "$((users / 500 + 20))s" >/dev/null 2>"$work/valgrind.log" || true
   kill "$target"; wait "$target" 2>/dev/null || true
-  python3 - "$work/dhat.json" "$users" <<'PY'
+  python3 - "$work/dhat.json" "$users" "$1" <<'PY'
 import json, re, sys
 dhat, users = json.load(open(sys.argv[1])), int(sys.argv[2])
 machinery = re.compile(r"^(alloc|posix_memalign|aligned_malloc|__rustc|allocate|box_new|new<alloc|"
@@ -73,12 +77,12 @@ for pp in dhat["pps"]:
     total += pp["gb"] / users
 for size, where in sorted(rows, reverse=True):
     print(f"{size:8.1f} B  {where}")
-print(f"{total:8.1f} B  live heap per idle connected user ({users} users)")
+print(f"{total:8.1f} B  live heap per connected user ({users} users, {sys.argv[3]})")
 PY
 }
 
 if [ "${1:-}" = held ]; then
-  held_per_user
+  held_per_user "${2:-idle}"
   exit 0
 fi
 

@@ -388,7 +388,7 @@ impl Scenario {
             check("refresh.send".into(), refresh.send.render(&values))?;
         }
         for (i, reply) in replies.iter().enumerate() {
-            let mut custom = identity.custom.clone();
+            let mut custom = identity.custom.to_vec();
             custom.resize(custom.len() + 16, "1".into());
             let values = Values {
                 custom: &custom,

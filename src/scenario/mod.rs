@@ -150,17 +150,18 @@ struct GroupNames {
 /// [`crate::load::MAX_USERS`], so groups never share a number).
 const GROUP_NUMBERS: u32 = 1 << 24;
 
-/// Who a user is, for rendering its templates; made once per connection.
+/// Who a user is, for rendering its templates; made once per connection, its strings held at
+/// their exact length (every connected user holds one).
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
     pub user: u32,
-    pub user_id: String,
+    pub user_id: Box<str>,
     /// Its rooms, layer by layer ([`Topology`]): `{{room}}` is the first, except in a message
     /// (the room it goes to) and in a login step that joins each. The first apart, so a user
     /// in one room holds no list.
-    room: String,
-    more_rooms: Vec<String>,
-    pub custom: Vec<String>,
+    room: Box<str>,
+    more_rooms: Box<[Box<str>]>,
+    pub custom: Box<[String]>,
     /// The cursor of the last delivery received (`{{last_seen.cursor}}`), carried from one
     /// connection to the next; none before one (and when the delivery rule reads none). Boxed:
     /// one pointer in every connection, most of which never read a cursor (a `String` would
@@ -172,13 +173,13 @@ pub struct Identity {
 impl Identity {
     /// A user of `rooms` (the first is the room of its templates outside messages).
     pub fn new(user: u32, user_id: String, rooms: Vec<String>, custom: Vec<String>) -> Identity {
-        let mut rooms = rooms.into_iter();
+        let mut rooms = rooms.into_iter().map(String::into_boxed_str);
         Identity {
             user,
-            user_id,
+            user_id: user_id.into_boxed_str(),
             room: rooms.next().unwrap_or_default(),
             more_rooms: rooms.collect(),
-            custom,
+            custom: custom.into_boxed_slice(),
             last_seen: None,
         }
     }
@@ -187,13 +188,13 @@ impl Identity {
     pub fn room(&self, layer: usize) -> &str {
         match layer {
             0 => &self.room,
-            _ => self.more_rooms.get(layer - 1).map_or("", String::as_str),
+            _ => self.more_rooms.get(layer - 1).map_or("", |room| room),
         }
     }
 
     /// Its rooms, layer by layer.
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.room.as_str()).chain(self.more_rooms.iter().map(String::as_str))
+        std::iter::once(&*self.room).chain(self.more_rooms.iter().map(|room| &**room))
     }
 
     /// How many rooms it is in.
@@ -262,25 +263,25 @@ impl Scenario {
     /// The identity of user number `user` (of its group, fleet-wide) in `topology`.
     pub fn identity(&self, user: u32, topology: Topology) -> Identity {
         let base = self.group.as_ref().map_or(0, |group| group.base);
+        // After the credential columns, each var, then each token (a value not rendered yet
+        // is empty, as one past the end is).
+        let mut custom = self.credentials_row(user).cloned().unwrap_or_default();
+        let first_var = custom.len();
+        custom.resize(
+            first_var + self.vars.len() + self.tokens.len(),
+            String::new(),
+        );
         let mut identity = Identity::new(
             base.saturating_add(user),
             self.user_id(user),
             self.rooms_of(user, topology),
-            self.credentials_row(user).cloned().unwrap_or_default(),
+            custom,
         );
-        // After the credential columns, each var in an order that renders what it uses first.
-        let first_var = identity.custom.len();
-        identity
-            .custom
-            .resize(first_var + self.vars.len(), String::new());
+        // In an order that renders what each uses first.
         for &var in &self.var_order {
             let value = self.vars[var].render(&identity.values("", 0, 0, 0));
             identity.custom[first_var + var] = value;
         }
-        identity.custom.resize(
-            first_var + self.vars.len() + self.tokens.len(),
-            String::new(),
-        );
         self.mint_tokens(&mut identity);
         identity
     }
@@ -410,7 +411,7 @@ mod tests {
         .expect("parses");
         let scenario = Scenario::compile(&spec, dir.path()).expect("valid");
         let bob = scenario.identity(3, scenario.topology(10));
-        assert_eq!(bob.user_id, "bob");
+        assert_eq!(&*bob.user_id, "bob");
         let send = scenario.login[0].send.as_ref().expect("has send");
         assert_eq!(send.render(&bob.values("", 0, 0, 0)), "bob:tok-bob-pw2");
     }

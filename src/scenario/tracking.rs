@@ -32,7 +32,7 @@
 //! when the session ends) is lost on the sync path. When the last of it arrives, the receiver
 //! has caught up: the time since its return is the catch-up time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,10 +90,57 @@ struct Sender {
     highest: u64,
     /// Bit i set: sequence `highest - i` was received.
     seen: u128,
-    /// Missing sequences and when they were found missing, oldest first.
-    gaps: VecDeque<(u64, Instant)>,
+    gaps: Gaps,
     /// What the receiver missed while away and awaits from the sync, if anything.
     backlog: Option<Box<Backlog>>,
+}
+
+/// Missing sequences and when they were found missing, oldest first. Boxed when the first
+/// gap opens: most tracks never see one, and pay a pointer for it.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the point: a pointer, not a `VecDeque`'s four words
+struct Gaps(Option<Box<VecDeque<(u64, Instant)>>>);
+
+impl Gaps {
+    fn front(&self) -> Option<&(u64, Instant)> {
+        self.0.as_ref()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, Instant)> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |gaps| gaps.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Opens gaps for `missing`, found now.
+    fn open(&mut self, missing: std::ops::Range<u64>, now: Instant) {
+        if !missing.is_empty() {
+            let gaps = self.0.get_or_insert_with(Box::default);
+            gaps.extend(missing.map(|seq| (seq, now)));
+        }
+    }
+
+    /// Closes the gap of `seq`, if one is open.
+    fn fill(&mut self, seq: u64) {
+        if let Some(gaps) = &mut self.0
+            && let Some(at) = gaps.iter().position(|&(missing, _)| missing == seq)
+        {
+            gaps.remove(at);
+        }
+    }
+
+    /// Every open gap, oldest first; none is left open (nor its memory held).
+    fn take(&mut self) -> Vec<u64> {
+        self.0.take().map_or_else(Vec::new, |gaps| {
+            gaps.into_iter().map(|(seq, _)| seq).collect()
+        })
+    }
 }
 
 /// Most sequences of one sender a backlog tracks (a bit each: 512 KiB): older ones are lost
@@ -199,13 +246,36 @@ impl Sender {
     }
 }
 
+/// Where `sender`'s tracks are in `tracks` (sorted by sender): an empty range where they
+/// would go if it has none.
+fn run_of(tracks: &[(Box<str>, Sender)], sender: &str) -> std::ops::Range<usize> {
+    let start = tracks.partition_point(|(s, _)| &**s < sender);
+    let len = tracks[start..]
+        .iter()
+        .take_while(|(s, _)| &**s == sender)
+        .count();
+    start..start + len
+}
+
+/// The track `seq` of `sender` belongs to, with its number there.
+fn track_of<'a>(
+    tracks: &'a mut [(Box<str>, Sender)],
+    sender: &str,
+    seq: u64,
+) -> Option<(&'a mut Sender, u64)> {
+    let run = run_of(tracks, sender);
+    tracks[run]
+        .iter_mut()
+        .find_map(|(_, t)| t.lane.index(seq).map(|index| (t, index)))
+}
+
 /// One receiving session's view of every sender it hears.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Tracker {
-    grace: Duration,
-    /// Made when the first sender is expected: a receiver that tracks nobody (no deliveries
-    /// in its scenario, or alone in its room) carries one pointer for it.
-    tracks: Option<Box<Tracks>>,
+    /// One track per (sender, shared room), sorted by sender; a sender's rooms in the order
+    /// they were added. Held at its exact length: a receiver tracks its room's members from
+    /// when it joins, and a hash map's spare buckets were most of what an `im` user held.
+    tracks: Box<[(Box<str>, Sender)]>,
     /// Gaps that became losses and have not been collected by [`Tracker::take_lost`].
     lost: u64,
     /// When the senders' final sequences were announced: the tail's grace runs from then.
@@ -214,38 +284,12 @@ pub struct Tracker {
     back: Option<Box<Return>>,
 }
 
-/// The senders a receiver expects messages from.
-#[derive(Debug, Default)]
-struct Tracks {
-    /// The first room shared with each sender.
-    senders: HashMap<Box<str>, Sender>,
-    /// Further rooms shared with a sender already in `senders` (rare: users in several rooms
-    /// whose rooms overlap).
-    shared: Vec<(Box<str>, Sender)>,
-}
-
 impl Tracker {
-    pub fn new(grace: Duration) -> Self {
-        Self {
-            grace,
-            tracks: None,
-            lost: 0,
-            tail_since: None,
-            back: None,
-        }
-    }
-
     /// Expects from `sender` (whose public state is `slot`) every message of `lane` after
     /// the last one it sent by now. A lane already known keeps its baseline.
     pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>, lane: Lane) {
-        let known = |t: &Sender| t.lane == lane;
-        let tracks = self.tracks.get_or_insert_with(Box::default);
-        if tracks.senders.get(sender).is_some_and(known)
-            || tracks
-                .shared
-                .iter()
-                .any(|(s, t)| &**s == sender && known(t))
-        {
+        let run = run_of(&self.tracks, sender);
+        if self.tracks[run.clone()].iter().any(|(_, t)| t.lane == lane) {
             return;
         }
         let sent = lane.count(slot.sent());
@@ -257,67 +301,35 @@ impl Tracker {
             highest: sent,
             // Everything up to the baseline counts as seen; it is below the baseline anyway.
             seen: u128::MAX,
-            gaps: VecDeque::new(),
+            gaps: Gaps::default(),
             backlog: None,
         };
-        if tracks.senders.contains_key(sender) {
-            tracks.shared.push((sender.into(), track));
-        } else {
-            tracks.senders.insert(sender.into(), track);
-        }
+        let mut tracks = std::mem::take(&mut self.tracks).into_vec();
+        tracks.reserve_exact(1);
+        tracks.insert(run.end, (sender.into(), track));
+        self.tracks = tracks.into_boxed_slice();
     }
 
     /// Expects `sender`'s messages up to `sent`, its final sequence, in every room shared
     /// with it. Only senders with a baseline are judged: for the others this receiver cannot
     /// tell what it should have had.
     pub fn expect_until(&mut self, sender: &str, sent: u64, now: Instant) {
-        let Some(tracks) = self.tracks.as_deref_mut() else {
-            return;
-        };
-        let shared = tracks.shared.iter_mut().filter(|(s, _)| &**s == sender);
-        let mut any = false;
-        for track in tracks
-            .senders
-            .get_mut(sender)
-            .into_iter()
-            .chain(shared.map(|(_, t)| t))
-        {
+        let run = run_of(&self.tracks, sender);
+        for (_, track) in &mut self.tracks[run.clone()] {
             track.until = track.until.max(track.lane.count(sent));
-            any = true;
         }
-        if any {
+        if !run.is_empty() {
             self.tail_since.get_or_insert(now);
         }
     }
 
     /// Every track: one per (sender, shared room).
     fn tracks(&self) -> impl Iterator<Item = &Sender> {
-        self.tracks.iter().flat_map(|tracks| {
-            (tracks.senders.values()).chain(tracks.shared.iter().map(|(_, t)| t))
-        })
+        self.tracks.iter().map(|(_, t)| t)
     }
 
     fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Sender> {
-        self.tracks.iter_mut().flat_map(|tracks| {
-            (tracks.senders.values_mut()).chain(tracks.shared.iter_mut().map(|(_, t)| t))
-        })
-    }
-
-    /// The track `seq` of `sender` belongs to, with its number there.
-    fn track_of<'a>(
-        senders: &'a mut HashMap<Box<str>, Sender>,
-        shared: &'a mut [(Box<str>, Sender)],
-        sender: &str,
-        seq: u64,
-    ) -> Option<(&'a mut Sender, u64)> {
-        let first = senders.get_mut(sender)?;
-        if let Some(index) = first.lane.index(seq) {
-            return Some((first, index));
-        }
-        shared
-            .iter_mut()
-            .filter(|(s, _)| &**s == sender)
-            .find_map(|(_, t)| t.lane.index(seq).map(|index| (t, index)))
+        self.tracks.iter_mut().map(|(_, t)| t)
     }
 
     /// The receiver is back from time away, its books kept since: everything each member
@@ -340,7 +352,7 @@ impl Tracker {
                 .into_iter()
                 .flatten()
                 .fold(window, u64::min);
-            let gaps: Vec<u64> = track.gaps.drain(..).map(|(seq, _)| seq).collect();
+            let gaps = track.gaps.take();
             if sent < from {
                 continue;
             }
@@ -415,8 +427,9 @@ impl Tracker {
                 .all(|t| t.gaps.is_empty() && t.until <= t.highest)
     }
 
-    /// When the next open gap or tail turns into a loss, if any is open.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    /// When the next open gap or tail turns into a loss, `grace` after it opened, if any is
+    /// open.
+    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
         let tail = self
             .tail_since
             .filter(|_| self.tracks().any(|t| t.until > t.highest));
@@ -426,18 +439,13 @@ impl Tracker {
             .chain(tail)
             .chain(sync)
             .min()
-            .map(|since| crate::clock::later(since, self.grace))
+            .map(|since| crate::clock::later(since, grace))
     }
 
     /// Records one delivery of `seq` from `sender`: a message of a room this receiver does
     /// not share with the sender is foreign.
     pub fn observe(&mut self, sender: &str, seq: u64, now: Instant) -> Delivery {
-        let Some(tracks) = self.tracks.as_deref_mut() else {
-            return Delivery::Foreign;
-        };
-        let Some((track, seq)) =
-            Self::track_of(&mut tracks.senders, &mut tracks.shared, sender, seq)
-        else {
+        let Some((track, seq)) = track_of(&mut self.tracks, sender, seq) else {
             return Delivery::Foreign;
         };
         if let Some(backlog) = track.backlog.as_mut().filter(|b| b.contains(seq)) {
@@ -472,9 +480,7 @@ impl Tracker {
             // arrive in time; the others are lost at once, counted without walking them.
             let first_open = (seq + 1).saturating_sub(WINDOW).max(track.highest + 1);
             self.lost += first_open - (track.highest + 1);
-            track
-                .gaps
-                .extend((first_open..seq).map(|missing| (missing, now)));
+            track.gaps.open(first_open..seq, now);
             track.seen = if shift >= 128 {
                 1
             } else {
@@ -500,25 +506,22 @@ impl Tracker {
             return Delivery::Duplicate;
         }
         track.seen |= bit;
-        if let Some(at) = track.gaps.iter().position(|&(missing, _)| missing == seq) {
-            track.gaps.remove(at);
-        }
+        track.gaps.fill(seq);
         Delivery::Reordered
     }
 
     /// Turns gaps and tails older than the grace period into losses, and a backlog whose
     /// sync made no progress for as long.
-    pub fn expire(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: Instant, grace: Duration) {
         if self
             .syncing()
-            .is_some_and(|back| now.duration_since(back.progress) >= self.grace)
+            .is_some_and(|back| now.duration_since(back.progress) >= grace)
         {
             self.give_up_sync();
         }
         let tail_due = self
             .tail_since
-            .is_some_and(|since| now.duration_since(since) >= self.grace);
-        let grace = self.grace;
+            .is_some_and(|since| now.duration_since(since) >= grace);
         let mut lost = 0;
         for track in self.tracks_mut() {
             while let Some(&(_, found)) = track.gaps.front() {
@@ -540,8 +543,7 @@ impl Tracker {
         self.give_up_sync();
         let mut lost = 0;
         for track in self.tracks_mut() {
-            lost += track.gaps.len() as u64;
-            track.gaps.clear();
+            lost += track.gaps.take().len() as u64;
             lost += track.give_up_tail();
         }
         self.lost += lost;
@@ -569,7 +571,7 @@ mod tests {
 
     /// A tracker expecting senders "a" and "b" from after `sent`.
     fn tracker(sent: u64) -> Tracker {
-        let mut t = Tracker::new(GRACE);
+        let mut t = Tracker::default();
         t.expect_from("a", Slot::at(sent, ISSUED), Lane::ALL);
         t.expect_from("b", Slot::at(sent, ISSUED), Lane::ALL);
         t
@@ -607,9 +609,9 @@ mod tests {
         let start = Instant::now();
         let mut t = tracker(0);
         feed(&mut t, &[1, 2, 4], start);
-        t.expire(start + Duration::from_millis(999));
+        t.expire(start + Duration::from_millis(999), GRACE);
         assert_eq!(t.take_lost().live, 0, "still within grace");
-        t.expire(start + GRACE);
+        t.expire(start + GRACE, GRACE);
         assert_eq!(t.take_lost().live, 1);
     }
 
@@ -619,7 +621,7 @@ mod tests {
         let mut t = tracker(0);
         feed(&mut t, &[1, 3], start);
         assert_eq!(t.observe("a", 2, start), Delivery::Reordered);
-        t.expire(start + 10 * GRACE);
+        t.expire(start + 10 * GRACE, GRACE);
         t.finish();
         assert_eq!(t.take_lost().live, 0);
     }
@@ -669,16 +671,16 @@ mod tests {
         t.expect_until("a", 4, start);
         t.expect_until("b", 1, start);
         assert!(!t.is_settled());
-        assert_eq!(t.next_expiry(), Some(start + GRACE));
+        assert_eq!(t.next_expiry(GRACE), Some(start + GRACE));
         assert_eq!(
             t.observe("a", 3, start),
             Delivery::New,
             "in flight, not reordered"
         );
-        t.expire(start + GRACE);
+        t.expire(start + GRACE, GRACE);
         assert_eq!(t.take_lost().live, 1, "4 never came");
         assert!(t.is_settled());
-        assert_eq!(t.next_expiry(), None);
+        assert_eq!(t.next_expiry(GRACE), None);
         assert_eq!(
             t.observe("a", 4, start + GRACE),
             Delivery::Reordered,
@@ -717,7 +719,7 @@ mod tests {
     #[test]
     fn a_sequence_its_sender_never_issued_is_invalid_and_costs_nothing() {
         let now = Instant::now();
-        let mut t = Tracker::new(GRACE);
+        let mut t = Tracker::default();
         t.expect_from("a", Slot::at(44, 44), Lane::ALL);
         assert_eq!(t.observe("a", 40, now), Delivery::Untracked);
         // One frame with a sequence of 2^63: before, a loop of 2^63 steps; now refused.
@@ -745,11 +747,7 @@ mod tests {
         for i in 0..10_000 {
             assert_eq!(t.observe(&format!("x{i}"), 1, now), Delivery::Foreign);
         }
-        assert_eq!(
-            t.tracks.as_ref().map_or(0, |t| t.senders.len()),
-            2,
-            "only the members are tracked"
-        );
+        assert_eq!(t.tracks.len(), 2, "only the members are tracked");
         assert!(!Delivery::Foreign.is_first_arrival());
     }
 
@@ -768,11 +766,11 @@ mod tests {
                 phase: 1,
             },
         );
-        let mut both = Tracker::new(GRACE);
+        let mut both = Tracker::default();
         both.expect_from("a", Arc::clone(&slot), first);
         both.expect_from("a", Arc::clone(&slot), second);
         both.expect_from("a", Arc::clone(&slot), second);
-        let mut one = Tracker::new(GRACE);
+        let mut one = Tracker::default();
         one.expect_from("a", Arc::clone(&slot), second);
         for seq in [1, 2, 4, 6] {
             assert_eq!(both.observe("a", seq, now), Delivery::New, "seq {seq}");
@@ -798,7 +796,7 @@ mod tests {
     ) -> (Tracker, Arc<Slot>, Instant) {
         let start = Instant::now();
         let slot = Slot::at(sent_before, ISSUED);
-        let mut t = Tracker::new(GRACE);
+        let mut t = Tracker::default();
         t.expect_from("a", Arc::clone(&slot), Lane::ALL);
         for &seq in seen {
             t.observe("a", seq, start);
@@ -814,7 +812,7 @@ mod tests {
     fn what_was_sent_while_away_is_expected_through_the_sync_and_times_the_catch_up() {
         let (mut t, _slot, back) = back_after_gap(0, &[1, 2, 3], 9);
         assert!(!t.is_settled(), "4..=9 are awaited");
-        assert_eq!(t.next_expiry(), Some(back + GRACE));
+        assert_eq!(t.next_expiry(GRACE), Some(back + GRACE));
         let at = |ms| back + Duration::from_millis(ms);
         for (seq, ms) in [(4, 10), (5, 20), (6, 30), (7, 40), (8, 50)] {
             assert_eq!(t.observe("a", seq, at(ms)), Delivery::Offline, "seq {seq}");
@@ -858,13 +856,13 @@ mod tests {
         }
         let last = back + Duration::from_millis(300);
         assert_eq!(
-            t.next_expiry(),
+            t.next_expiry(GRACE),
             Some(last + GRACE),
             "from the last progress"
         );
-        t.expire(last + GRACE - Duration::from_millis(1));
+        t.expire(last + GRACE - Duration::from_millis(1), GRACE);
         assert_eq!(t.take_lost(), Losses::default(), "still within grace");
-        t.expire(last + GRACE);
+        t.expire(last + GRACE, GRACE);
         assert_eq!(t.take_lost(), Losses { live: 0, sync: 5 }, "6..=10");
         assert!(t.is_settled());
         assert_eq!(t.take_caught_up(), None, "it never caught up");
@@ -930,7 +928,7 @@ mod tests {
     fn a_gap_already_counted_lost_before_going_away_is_not_awaited_again() {
         let start = Instant::now();
         let slot = Slot::at(0, ISSUED);
-        let mut t = Tracker::new(GRACE);
+        let mut t = Tracker::default();
         t.expect_from("a", Arc::clone(&slot), Lane::ALL);
         for seq in 1..=5 {
             slot.mark_sent(seq);
@@ -938,7 +936,7 @@ mod tests {
         for seq in [1, 2, 4, 5] {
             t.observe("a", seq, start);
         }
-        t.expire(start + GRACE);
+        t.expire(start + GRACE, GRACE);
         assert_eq!(t.take_lost().live, 1, "3 was lost live");
         for seq in 6..=7 {
             slot.mark_sent(seq);

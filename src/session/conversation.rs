@@ -28,7 +28,7 @@ use crate::scenario::tracking::{Delivery, Tracker};
 use crate::topology::Topology;
 
 /// Most messages one tick hands out: a backlog goes out in batches, with reads between them.
-const MAX_SENDS_PER_TICK: usize = 64;
+const MAX_SENDS_PER_TICK: u32 = 64;
 
 /// How a connection ended: the counted reason, and for failures what exactly happened.
 #[derive(Debug, PartialEq)]
@@ -97,7 +97,7 @@ struct Due {
     at: Instant,
     heartbeat: bool,
     refresh: bool,
-    sends_left: usize,
+    sends_left: u32,
 }
 
 /// When a connection sends fresh tokens next, and when the last refresh's answer is due
@@ -170,7 +170,7 @@ impl Conversation {
         // Back from time away with its books kept: what it missed is expected now.
         let kept = ctx.take_books(user.id);
         let returning = kept.is_some();
-        let mut tracker = kept.unwrap_or_else(|| Tracker::new(ctx.settings.loss_grace));
+        let mut tracker = kept.unwrap_or_default();
         expect_members(&ctx, &mut tracker, user.id, topology, 0..expected_among);
         if returning {
             tracker.back(Instant::now());
@@ -228,7 +228,7 @@ impl Conversation {
 
     /// Whether a message left unacknowledged by the last connection is to be written now.
     fn resends_now(&self) -> bool {
-        !self.resend.is_empty() && !self.draining && self.timers.quiet_until.is_none()
+        !self.resend.is_empty() && !self.draining && self.timers.quiet_until().is_none()
     }
 
     /// When [`Conversation::on_tick`] is due next (at once while there is something to send
@@ -317,7 +317,7 @@ impl Conversation {
     /// heartbeat or at its churn time, expires acks and gaps, and makes what is due to be sent
     /// available from [`Conversation::next_outbound`].
     pub fn on_tick(&mut self, now: Instant) -> Result<(), Ended> {
-        if let Some(until) = self.timers.quiet_until {
+        if let Some(until) = self.timers.quiet_until() {
             if now < until {
                 self.sweep(now);
                 return Ok(());
@@ -335,10 +335,10 @@ impl Conversation {
                 ),
             ));
         }
-        if self.timers.churn_at.is_some_and(|d| now >= d) {
+        if self.timers.churn_at().is_some_and(|d| now >= d) {
             return Err(Ended::planned(DisconnectReason::Churn));
         }
-        if !self.draining && self.timers.offline_at.is_some_and(|d| now >= d) {
+        if !self.draining && self.timers.offline_at().is_some_and(|d| now >= d) {
             let silent = self
                 .ctx
                 .settings
@@ -348,9 +348,7 @@ impl Conversation {
                 return Err(Ended::planned(DisconnectReason::Offline));
             };
             let away = offline.away.sample(&mut rand::rng());
-            self.timers.quiet_until = Some(clock::later(now, away));
-            self.timers.offline_at = None;
-            self.timers.pong_deadline = None;
+            self.timers.go_quiet(clock::later(now, away));
             self.reply = None;
             self.sweep(now);
             return Ok(());
@@ -385,7 +383,7 @@ impl Conversation {
     /// How a connection that ended while its user was silent counts: the server's timeout
     /// of a user that chose to go quiet is its going offline, for the rest of its time away.
     pub fn while_silent(&self, ended: Ended) -> Ended {
-        match self.timers.quiet_until {
+        match self.timers.quiet_until() {
             Some(until) if ended.reason.is_failure() => Ended {
                 reason: DisconnectReason::Offline,
                 detail: None,
@@ -400,7 +398,7 @@ impl Conversation {
     /// connection keeps no buffer of them. A frame the codec cannot encode ends the
     /// connection (the scenario's templates were checked at start, so this is rare).
     pub fn next_outbound(&mut self) -> Result<Option<Outbound>, Ended> {
-        if self.timers.quiet_until.is_some() {
+        if self.timers.quiet_until().is_some() {
             self.reply = None;
             return Ok(None);
         }
@@ -589,7 +587,11 @@ impl Conversation {
             .pending
             .front()
             .map(|&(_, scheduled)| clock::later(scheduled, self.ctx.settings.ack_timeout));
-        if let Some(next) = ack.into_iter().chain(self.tracker.next_expiry()).min() {
+        if let Some(next) = ack
+            .into_iter()
+            .chain(self.tracker.next_expiry(self.ctx.settings.loss_grace))
+            .min()
+        {
             self.timers.next_sweep = next;
         }
     }
@@ -738,7 +740,7 @@ impl Conversation {
     /// wrong frame; only a first arrival from a member is a latency sample.
     fn on_delivery(&mut self, sender: &str, seq: u64, ts: u64) {
         let metrics = self.ctx.meter();
-        if sender == self.identity.user_id {
+        if sender == &*self.identity.user_id {
             // The server echoed our own message to us: not a delivery.
             metrics.add(Count::OwnEchoes, 1);
             return;
@@ -774,7 +776,7 @@ impl Conversation {
     fn sweep(&mut self, now: Instant) {
         // The fallback wake-up is one period after the last sweep: were it left in the past,
         // a quiet connection (heartbeat and messages rarer than the period) would spin.
-        self.timers.postpone_sweep(now);
+        self.timers.postpone_sweep(now, sweep_period(&self.ctx));
         let metrics = self.ctx.meter();
         while let Some(&(_, scheduled)) = self.pending.front() {
             if now.duration_since(scheduled) < self.ctx.settings.ack_timeout {
@@ -783,7 +785,7 @@ impl Conversation {
             self.pending.pop_front();
             metrics.add(Count::AckTimeouts, 1);
         }
-        self.tracker.expire(now);
+        self.tracker.expire(now, self.ctx.settings.loss_grace);
         count_books(&self.ctx, &mut self.tracker);
         if self.draining {
             self.schedule_settling();
@@ -809,17 +811,12 @@ impl Conversation {
         }
         let away = !drained && reason.is_away() && self.ctx.keeps_books();
         if away {
-            self.tracker.expire(now);
+            self.tracker.expire(now, self.ctx.settings.loss_grace);
         } else {
             self.tracker.finish();
         }
         count_books(&self.ctx, &mut self.tracker);
-        let books = away.then(|| {
-            std::mem::replace(
-                &mut self.tracker,
-                Tracker::new(self.ctx.settings.loss_grace),
-            )
-        });
+        let books = away.then(|| std::mem::take(&mut self.tracker));
         let cursor = self
             .identity
             .last_seen
@@ -897,16 +894,35 @@ struct Timers {
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     next_send: Option<Instant>,
-    /// Fallback wake-up for expiring acks and gaps when no send or ping comes soon.
+    /// Fallback wake-up for expiring acks and gaps when no send or ping comes soon (every
+    /// [`sweep_period`]).
     next_sweep: Instant,
-    sweep_every: Duration,
+    cycle: Option<Box<Cycle>>,
+    message_interval: Duration,
+    heartbeat_interval: Duration,
+}
+
+/// The deadlines of a user's comings and goings (`lifetime:`, `offline:`): boxed, as most
+/// scenarios have neither, and their users pay a pointer for them.
+#[derive(Default)]
+struct Cycle {
     churn_at: Option<Instant>,
     /// When the user goes away (`offline:`).
     offline_at: Option<Instant>,
     /// A silent user (`offline: {how: silent}`) sends nothing until then.
     quiet_until: Option<Instant>,
-    message_interval: Duration,
-    heartbeat_interval: Duration,
+}
+
+/// How often a quiet connection wakes up to expire acks and gaps.
+fn sweep_period(ctx: &Context) -> Duration {
+    ctx.settings.ack_timeout.max(ctx.settings.loss_grace)
+}
+
+/// When the user next goes away (`offline:`), drawn from `now`.
+fn next_absence(ctx: &Context, now: Instant) -> Option<Instant> {
+    ctx.settings
+        .offline
+        .map(|o| clock::later(now, o.every.sample(&mut rand::rng())))
 }
 
 /// Messages go out only with a message flow in the scenario, while not paused or draining.
@@ -929,50 +945,68 @@ impl Timers {
     /// The end of a silence: pings and sends start again at a random phase, and the next
     /// absence is drawn.
     fn speak_again(&mut self, ctx: &Context, now: Instant) {
-        self.quiet_until = None;
         self.pong_deadline = None;
         self.next_ping = random_phase(now, self.heartbeat_interval);
         self.next_send = random_phase(now, self.message_interval);
-        self.offline_at = ctx
-            .settings
-            .offline
-            .map(|o| clock::later(now, o.every.sample(&mut rand::rng())));
+        let cycle = self.cycle.get_or_insert_with(Box::default);
+        cycle.quiet_until = None;
+        cycle.offline_at = next_absence(ctx, now);
+    }
+
+    /// A silent user goes quiet until `until`: no heartbeat is awaited meanwhile, and no
+    /// absence is due until it speaks again.
+    fn go_quiet(&mut self, until: Instant) {
+        let cycle = self.cycle.get_or_insert_with(Box::default);
+        cycle.quiet_until = Some(until);
+        cycle.offline_at = None;
+        self.pong_deadline = None;
+    }
+
+    fn churn_at(&self) -> Option<Instant> {
+        self.cycle.as_ref()?.churn_at
+    }
+
+    fn offline_at(&self) -> Option<Instant> {
+        self.cycle.as_ref()?.offline_at
+    }
+
+    fn quiet_until(&self) -> Option<Instant> {
+        self.cycle.as_ref()?.quiet_until
     }
 
     /// First ping and first send at a random phase.
     fn start(ctx: &Context, message_interval: Duration, heartbeat_interval: Duration) -> Timers {
         let now = Instant::now();
-        let sweep_every = ctx.settings.ack_timeout.max(ctx.settings.loss_grace);
-        Timers {
-            next_ping: random_phase(now, heartbeat_interval),
-            pong_deadline: None,
-            next_send: random_phase(now, message_interval),
-            next_sweep: clock::later(now, sweep_every),
-            sweep_every,
+        let cycle = Cycle {
             churn_at: ctx.settings.lifetime.as_ref().map(|l| {
                 let spread = l.max.saturating_sub(l.min);
                 clock::later(now, l.min + spread.mul_f64(rand::rng().random::<f64>()))
             }),
-            offline_at: ctx
-                .settings
-                .offline
-                .map(|o| clock::later(now, o.every.sample(&mut rand::rng()))),
+            offline_at: next_absence(ctx, now),
             quiet_until: None,
+        };
+        let cycles = cycle.churn_at.is_some() || cycle.offline_at.is_some();
+        Timers {
+            next_ping: random_phase(now, heartbeat_interval),
+            pong_deadline: None,
+            next_send: random_phase(now, message_interval),
+            next_sweep: clock::later(now, sweep_period(ctx)),
+            cycle: cycles.then(|| Box::new(cycle)),
             message_interval,
             heartbeat_interval,
         }
     }
 
     fn earliest(&self) -> Instant {
-        if let Some(until) = self.quiet_until {
+        if let Some(until) = self.quiet_until() {
             return until.min(self.next_sweep);
         }
         [
             self.next_ping,
             self.pong_deadline,
             self.next_send,
-            self.churn_at,
-            self.offline_at,
+            self.churn_at(),
+            self.offline_at(),
         ]
         .into_iter()
         .flatten()
@@ -1015,8 +1049,8 @@ impl Timers {
 
     /// Every wake-up sweeps ([`Conversation::sweep`]), so the fallback only fires on quiet
     /// connections.
-    fn postpone_sweep(&mut self, now: Instant) {
-        self.next_sweep = clock::later(now, self.sweep_every);
+    fn postpone_sweep(&mut self, now: Instant, period: Duration) {
+        self.next_sweep = clock::later(now, period);
     }
 
     /// A new message interval (0 stops sending). Resuming starts a fresh schedule: the time
@@ -1063,10 +1097,7 @@ mod tests {
             pong_deadline: None,
             next_send,
             next_sweep: now + Duration::from_secs(60),
-            sweep_every: Duration::from_secs(60),
-            churn_at: None,
-            offline_at: None,
-            quiet_until: None,
+            cycle: None,
             message_interval,
             heartbeat_interval: Duration::from_secs(1),
         }
@@ -1753,13 +1784,13 @@ scenario:
         let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         // Heartbeat and messages far off: only the sweep fallback wakes this connection.
         talk.timers.next_ping = Some(Instant::now() + Duration::from_secs(600));
-        tokio::time::advance(talk.timers.sweep_every).await;
+        tokio::time::advance(sweep_period(&talk.ctx)).await;
         let now = Instant::now();
         assert_eq!(talk.deadline(), now, "the fallback is due");
         tick(&mut talk, now).expect("connected");
         assert_eq!(
             talk.deadline(),
-            now + talk.timers.sweep_every,
+            now + sweep_period(&talk.ctx),
             "one period later, not again at once"
         );
     }

@@ -2,7 +2,6 @@
 //! desired load's changes and its own deadlines, and writes what it hands out. Generic over
 //! any `Sink + Stream` of WebSocket messages, so the protocol state knows no socket.
 
-use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -38,14 +37,16 @@ impl Live {
 /// user that vanished (`offline: {how: vanish}`) gets its connection back, unclosed, to hold
 /// while it is away.
 pub async fn run(user: &mut User, connection: Box<Connection>) -> (Ended, Option<Box<Live>>) {
-    let unacked = std::mem::take(&mut user.unacked);
+    let unacked = std::mem::take(&mut user.unacked).into_vec();
     let mut live = Live::new(user, connection, unacked);
     let Live { socket, talk } = &mut *live;
     let mut ended = drive(user, talk, socket).await;
     if ended.reason == DisconnectReason::Handover {
         ended.away = user.desired.borrow().load.network.handover.map(|h| h.gap);
     }
-    user.unacked = talk.finish(user.desired.borrow().draining, ended.reason);
+    user.unacked = talk
+        .finish(user.desired.borrow().draining, ended.reason)
+        .into_boxed_slice();
     let held = vanishes(user, &ended).then_some(live);
     (ended, held)
 }
@@ -68,7 +69,6 @@ where
         + Stream<Item = Result<Message, tungstenite::Error>>
         + Unpin,
 {
-    let ctx = Arc::clone(&user.ctx);
     // The supervisor rings the user's slot when it stops the user or changes the desired
     // state: no watch registration (a lock every user shares) per loop turn. The timer is
     // created once per connection, not per frame.
@@ -76,9 +76,13 @@ where
     let sleep = sleep_until(talk.deadline());
     tokio::pin!(sleep);
     let ended = loop {
-        let wake = talk.deadline();
-        if sleep.deadline() != wake {
-            sleep.as_mut().reset(wake);
+        // No local lives across the wait below unless it must: each is in every connected
+        // user's task.
+        {
+            let wake = talk.deadline();
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
         }
         let step = tokio::select! {
             biased;
@@ -97,7 +101,7 @@ where
         if let Err(ended) = step {
             break talk.while_silent(ended);
         }
-        if let Err(ended) = flush(&ctx, talk, socket).await {
+        if let Err(ended) = flush(&user.ctx, talk, socket).await {
             break talk.while_silent(ended);
         }
     };
