@@ -90,56 +90,75 @@ struct Sender {
     highest: u64,
     /// Bit i set: sequence `highest - i` was received.
     seen: u128,
-    gaps: Gaps,
-    /// What the receiver missed while away and awaits from the sync, if anything.
-    backlog: Option<Box<Backlog>>,
+    awaited: Awaited,
 }
 
-/// Missing sequences and when they were found missing, oldest first. Boxed when the first
-/// gap opens: most tracks never see one, and pay a pointer for it.
+/// What a track awaits beyond its window: missing sequences and when they were found
+/// missing, oldest first, and what the receiver missed while away and awaits from the sync.
+/// Boxed when the first gap opens or the receiver returns: most tracks never see either, and
+/// pay a pointer for both (a track is 64 bytes; nine of them fit a 768-byte block).
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection)] // the point: a pointer, not a `VecDeque`'s four words
-struct Gaps(Option<Box<VecDeque<(u64, Instant)>>>);
+struct Awaited(Option<Box<AwaitedParts>>);
 
-impl Gaps {
-    fn front(&self) -> Option<&(u64, Instant)> {
-        self.0.as_ref()?.front()
+#[derive(Debug, Default)]
+struct AwaitedParts {
+    gaps: VecDeque<(u64, Instant)>,
+    backlog: Option<Backlog>,
+}
+
+impl Awaited {
+    fn first_gap(&self) -> Option<&(u64, Instant)> {
+        self.0.as_ref()?.gaps.front()
     }
 
-    fn pop_front(&mut self) -> Option<(u64, Instant)> {
-        self.0.as_mut()?.pop_front()
+    fn close_first_gap(&mut self) -> Option<(u64, Instant)> {
+        self.0.as_mut()?.gaps.pop_front()
     }
 
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |gaps| gaps.len())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn has_no_gaps(&self) -> bool {
+        self.0.as_ref().is_none_or(|parts| parts.gaps.is_empty())
     }
 
     /// Opens gaps for `missing`, found now.
-    fn open(&mut self, missing: std::ops::Range<u64>, now: Instant) {
+    fn open_gaps(&mut self, missing: std::ops::Range<u64>, now: Instant) {
         if !missing.is_empty() {
-            let gaps = self.0.get_or_insert_with(Box::default);
-            gaps.extend(missing.map(|seq| (seq, now)));
+            let parts = self.0.get_or_insert_with(Box::default);
+            parts.gaps.extend(missing.map(|seq| (seq, now)));
         }
     }
 
     /// Closes the gap of `seq`, if one is open.
-    fn fill(&mut self, seq: u64) {
-        if let Some(gaps) = &mut self.0
-            && let Some(at) = gaps.iter().position(|&(missing, _)| missing == seq)
+    fn fill_gap(&mut self, seq: u64) {
+        if let Some(parts) = &mut self.0
+            && let Some(at) = parts.gaps.iter().position(|&(missing, _)| missing == seq)
         {
-            gaps.remove(at);
+            parts.gaps.remove(at);
         }
     }
 
-    /// Every open gap, oldest first; none is left open (nor its memory held).
-    fn take(&mut self) -> Vec<u64> {
-        self.0.take().map_or_else(Vec::new, |gaps| {
-            gaps.into_iter().map(|(seq, _)| seq).collect()
-        })
+    /// Every open gap, oldest first; none is left open (nor its memory held, unless a
+    /// backlog is).
+    fn take_gaps(&mut self) -> Vec<u64> {
+        let Some(parts) = &mut self.0 else {
+            return Vec::new();
+        };
+        let gaps = std::mem::take(&mut parts.gaps);
+        if parts.backlog.is_none() {
+            self.0 = None;
+        }
+        gaps.into_iter().map(|(seq, _)| seq).collect()
+    }
+
+    fn backlog_mut(&mut self) -> Option<&mut Backlog> {
+        self.0.as_mut()?.backlog.as_mut()
+    }
+
+    fn take_backlog(&mut self) -> Option<Backlog> {
+        self.0.as_mut()?.backlog.take()
+    }
+
+    fn set_backlog(&mut self, backlog: Backlog) {
+        self.0.get_or_insert_with(Box::default).backlog = Some(backlog);
     }
 }
 
@@ -301,8 +320,7 @@ impl Tracker {
             highest: sent,
             // Everything up to the baseline counts as seen; it is below the baseline anyway.
             seen: u128::MAX,
-            gaps: Gaps::default(),
-            backlog: None,
+            awaited: Awaited::default(),
         };
         let mut tracks = std::mem::take(&mut self.tracks).into_vec();
         tracks.reserve_exact(1);
@@ -345,14 +363,14 @@ impl Tracker {
             let window = (track.highest + 1)
                 .saturating_sub(WINDOW)
                 .max(track.baseline);
-            let earlier = track.backlog.take();
+            let earlier = track.awaited.take_backlog();
             let awaited = earlier.as_ref().filter(|e| e.missing() > 0);
-            let first_gap = track.gaps.front().map(|&(seq, _)| seq);
+            let first_gap = track.awaited.first_gap().map(|&(seq, _)| seq);
             let mut from = [first_gap, awaited.map(|e| e.from)]
                 .into_iter()
                 .flatten()
                 .fold(window, u64::min);
-            let gaps = track.gaps.take();
+            let gaps = track.awaited.take_gaps();
             if sent < from {
                 continue;
             }
@@ -381,7 +399,7 @@ impl Tracker {
             }
             open += usize::from(backlog.missing() > 0);
             // Kept once complete too: a second copy is still the sync's duplicate.
-            track.backlog = Some(Box::new(backlog));
+            track.awaited.set_backlog(backlog);
         }
         self.back = Some(Box::new(Return {
             at: now,
@@ -396,7 +414,7 @@ impl Tracker {
     fn give_up_sync(&mut self) {
         let mut lost = 0;
         for track in self.tracks_mut() {
-            if let Some(backlog) = &mut track.backlog {
+            if let Some(backlog) = track.awaited.backlog_mut() {
                 lost += backlog.missing();
                 backlog.given_up = true;
             }
@@ -424,7 +442,7 @@ impl Tracker {
         self.syncing().is_none()
             && self
                 .tracks()
-                .all(|t| t.gaps.is_empty() && t.until <= t.highest)
+                .all(|t| t.awaited.has_no_gaps() && t.until <= t.highest)
     }
 
     /// When the next open gap or tail turns into a loss, `grace` after it opened, if any is
@@ -435,7 +453,7 @@ impl Tracker {
             .filter(|_| self.tracks().any(|t| t.until > t.highest));
         let sync = self.syncing().map(|back| back.progress);
         self.tracks()
-            .filter_map(|t| t.gaps.front().map(|&(_, found)| found))
+            .filter_map(|t| t.awaited.first_gap().map(|&(_, found)| found))
             .chain(tail)
             .chain(sync)
             .min()
@@ -448,7 +466,7 @@ impl Tracker {
         let Some((track, seq)) = track_of(&mut self.tracks, sender, seq) else {
             return Delivery::Foreign;
         };
-        if let Some(backlog) = track.backlog.as_mut().filter(|b| b.contains(seq)) {
+        if let Some(backlog) = track.awaited.backlog_mut().filter(|b| b.contains(seq)) {
             if !backlog.mark(seq) {
                 return Delivery::SyncDuplicate;
             }
@@ -480,18 +498,18 @@ impl Tracker {
             // arrive in time; the others are lost at once, counted without walking them.
             let first_open = (seq + 1).saturating_sub(WINDOW).max(track.highest + 1);
             self.lost += first_open - (track.highest + 1);
-            track.gaps.open(first_open..seq, now);
+            track.awaited.open_gaps(first_open..seq, now);
             track.seen = if shift >= 128 {
                 1
             } else {
                 (track.seen << shift) | 1
             };
             track.highest = seq;
-            while let Some(&(missing, _)) = track.gaps.front() {
+            while let Some(&(missing, _)) = track.awaited.first_gap() {
                 if seq - missing < WINDOW {
                     break;
                 }
-                track.gaps.pop_front();
+                track.awaited.close_first_gap();
                 self.lost += 1;
             }
             return Delivery::New;
@@ -506,7 +524,7 @@ impl Tracker {
             return Delivery::Duplicate;
         }
         track.seen |= bit;
-        track.gaps.fill(seq);
+        track.awaited.fill_gap(seq);
         Delivery::Reordered
     }
 
@@ -524,11 +542,11 @@ impl Tracker {
             .is_some_and(|since| now.duration_since(since) >= grace);
         let mut lost = 0;
         for track in self.tracks_mut() {
-            while let Some(&(_, found)) = track.gaps.front() {
+            while let Some(&(_, found)) = track.awaited.first_gap() {
                 if now.duration_since(found) < grace {
                     break;
                 }
-                track.gaps.pop_front();
+                track.awaited.close_first_gap();
                 lost += 1;
             }
             if tail_due {
@@ -543,7 +561,7 @@ impl Tracker {
         self.give_up_sync();
         let mut lost = 0;
         for track in self.tracks_mut() {
-            lost += track.gaps.take().len() as u64;
+            lost += track.awaited.take_gaps().len() as u64;
             lost += track.give_up_tail();
         }
         self.lost += lost;
@@ -951,5 +969,13 @@ mod tests {
         );
         t.finish();
         assert_eq!(t.take_lost(), Losses::default(), "counted once");
+    }
+
+    #[test]
+    fn a_track_stays_within_its_budget() {
+        // An `im` receiver holds one per room member: nine of 80 bytes fit jemalloc's
+        // 768-byte class, nine of 96 took 896.
+        let track = std::mem::size_of::<(Box<str>, Sender)>();
+        assert!(track <= 80, "a track is {track} bytes (was 80)");
     }
 }
