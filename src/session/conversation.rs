@@ -803,9 +803,12 @@ impl Conversation {
     ///
     /// A user going offline (or handed over) to a server that syncs keeps its books open (only what is past
     /// its grace counts now), and every user keeps the last cursor it saw, for its next
-    /// connection ([`Context::keep`]).
+    /// connection ([`Context::keep`]). So does one that went away before it learnt of a
+    /// drain that began meanwhile: it comes back for what it missed, and the drain waits for
+    /// it (were its books closed here, the drain's verdict would not count its return).
     pub fn finish(&mut self, drained: bool, reason: DisconnectReason) -> Vec<(u64, Instant)> {
         let now = Instant::now();
+        let drained = drained && (self.draining || !reason.is_away());
         if drained {
             self.announce_final_sequences(now);
         }
@@ -1732,6 +1735,31 @@ scenario:
         assert!(after > 5, "speaking again: {after}");
         let not_silent = talk.while_silent(Ended::failed(DisconnectReason::ServerClose, "bye"));
         assert_eq!(not_silent.reason, DisconnectReason::ServerClose);
+    }
+
+    /// Its tick came before the news of the drain: the user went away by its own choice, and
+    /// its books are kept for its return (which the drain waits for), not closed as at the
+    /// drain's end.
+    #[tokio::test(start_paused = true)]
+    async fn going_offline_just_as_the_drain_begins_keeps_the_books_for_the_return() {
+        let yaml = "offline: {every: 3s, for: 1s, expect_sync: true}\nmessage_interval: 1s\nheartbeat: {interval: 0s}";
+        let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
+        assert!(ctx.keeps_books());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let ended = talk.on_tick(Instant::now()).expect_err("offline");
+        assert_eq!(ended.reason, DisconnectReason::Offline);
+        // The desired state says the fleet drains by now; the conversation had not heard.
+        talk.finish(true, ended.reason);
+        assert!(ctx.holds_books(0), "kept for the return");
+        // Told of the drain in time, a user does not go away, and its books close.
+        let (ctx, desired, _user, mut talk) = conversation(yaml, 0);
+        let mut draining = desired.borrow().clone();
+        draining.draining = true;
+        talk.on_desired(&draining).expect("still connected");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        talk.on_tick(Instant::now()).expect("no time away while draining");
+        talk.finish(true, DisconnectReason::ClientClose);
+        assert!(!ctx.holds_books(0));
     }
 
     #[tokio::test(start_paused = true)]
