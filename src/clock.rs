@@ -57,6 +57,66 @@ impl CheckedAdd for tokio::time::Instant {
     }
 }
 
+/// A tokio instant, or none, in 8 bytes (an `Instant` takes 16, and so does an `Option` of
+/// one): for the deadlines every connected user holds. Nanoseconds from an origin an hour
+/// before the process first made one, so every instant its clocks give from then on (tokio's
+/// paused test clocks too, which start at the real time their runtime was built) comes after
+/// it; exact for 584 years, and the furthest deadline [`later`] gives is a century.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick(u64);
+
+impl Tick {
+    pub const NONE: Tick = Tick(u64::MAX);
+
+    fn origin() -> tokio::time::Instant {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(|| {
+            let now = Instant::now();
+            now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+        });
+        tokio::time::Instant::from_std(origin)
+    }
+
+    /// `at` (an instant before the origin, which no clock here gives, as the origin).
+    pub fn at(at: tokio::time::Instant) -> Tick {
+        let nanos = at.saturating_duration_since(Self::origin()).as_nanos();
+        Tick(
+            u64::try_from(nanos)
+                .unwrap_or(u64::MAX - 1)
+                .min(u64::MAX - 1),
+        )
+    }
+
+    pub fn of(at: Option<tokio::time::Instant>) -> Tick {
+        at.map_or(Tick::NONE, Tick::at)
+    }
+
+    pub fn get(self) -> Option<tokio::time::Instant> {
+        (self != Tick::NONE).then(|| Self::origin() + Duration::from_nanos(self.0))
+    }
+}
+
+impl Default for Tick {
+    fn default() -> Tick {
+        Tick::NONE
+    }
+}
+
+/// A span in 8 bytes (a `Duration` takes 16): whole nanoseconds, up to 584 years (a longer
+/// one is as good as never, and is held as that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(u64);
+
+impl Span {
+    pub fn of(span: Duration) -> Span {
+        Span(u64::try_from(span.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +129,23 @@ mod tests {
             now + Duration::from_secs(1)
         );
         assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_is_the_instant_it_was_made_of() {
+        let now = tokio::time::Instant::now();
+        for at in [
+            now,
+            now + Duration::from_nanos(1),
+            later(now, Duration::MAX),
+        ] {
+            assert_eq!(Tick::at(at).get(), Some(at));
+        }
+        assert_eq!(Tick::of(None).get(), None);
+        tokio::time::advance(Duration::from_secs(100_000)).await;
+        let later_now = tokio::time::Instant::now();
+        assert_eq!(Tick::at(later_now).get(), Some(later_now));
+        let span = Duration::new(3, 141_592_653);
+        assert_eq!(Span::of(span).get(), span);
     }
 }

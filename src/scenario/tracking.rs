@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::Tick;
 use crate::roster::Slot;
 use crate::topology::Lane;
 
@@ -298,7 +299,7 @@ pub struct Tracker {
     /// Gaps that became losses and have not been collected by [`Tracker::take_lost`].
     lost: u64,
     /// When the senders' final sequences were announced: the tail's grace runs from then.
-    tail_since: Option<Instant>,
+    tail_since: Tick,
     /// Set when the receiver came back from time away with its books kept ([`Tracker::back`]).
     back: Option<Box<Return>>,
 }
@@ -336,8 +337,8 @@ impl Tracker {
         for (_, track) in &mut self.tracks[run.clone()] {
             track.until = track.until.max(track.lane.count(sent));
         }
-        if !run.is_empty() {
-            self.tail_since.get_or_insert(now);
+        if !run.is_empty() && self.tail_since == Tick::NONE {
+            self.tail_since = Tick::at(now);
         }
     }
 
@@ -450,6 +451,7 @@ impl Tracker {
     pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
         let tail = self
             .tail_since
+            .get()
             .filter(|_| self.tracks().any(|t| t.until > t.highest));
         let sync = self.syncing().map(|back| back.progress);
         self.tracks()
@@ -539,6 +541,7 @@ impl Tracker {
         }
         let tail_due = self
             .tail_since
+            .get()
             .is_some_and(|since| now.duration_since(since) >= grace);
         let mut lost = 0;
         for track in self.tracks_mut() {

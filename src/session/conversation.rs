@@ -17,7 +17,7 @@ use super::Kept;
 use super::settings::Schedule;
 use super::wire::describe_close;
 use super::{Context, User};
-use crate::clock;
+use crate::clock::{self, Span, Tick};
 use crate::load::Desired;
 use crate::metrics::{Count, DisconnectReason, Latency};
 use crate::roster::Slot;
@@ -86,7 +86,8 @@ pub enum Outbound {
 /// no shared state).
 #[derive(Debug, Clone, Copy)]
 struct Share {
-    payload_size: usize,
+    /// Bytes of padding per message (at most 1 MiB: `config`'s limit).
+    payload_size: u32,
     /// This instance's users, for the size of this user's rooms.
     local_users: u32,
 }
@@ -94,14 +95,32 @@ struct Share {
 /// What the last tick made due and has not been handed out yet.
 #[derive(Debug, Clone, Copy)]
 struct Due {
-    at: Instant,
+    /// The tick's time (what is due is stamped with it).
+    at: Tick,
     heartbeat: bool,
     refresh: bool,
     sends_left: u32,
 }
 
-/// When a connection sends fresh tokens next, and when the last refresh's answer is due
-/// (boxed: most scenarios have no refresh, and their users pay one pointer for it).
+impl Due {
+    fn at(&self) -> Instant {
+        self.at.get().unwrap_or_else(Instant::now)
+    }
+}
+
+/// What few scenarios use, in one box made only for a connection that uses any of it (the
+/// others pay a pointer).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Messages of the last connection never acknowledged, to send again (newest first; empty
+    /// unless `resend_unacked`).
+    resend: Vec<(u64, Instant)>,
+    /// The user's own values its matchers compare with.
+    mine: Box<[String]>,
+    refreshing: Option<Refreshing>,
+}
+
+/// When a connection sends fresh tokens next, and when the last refresh's answer is due.
 #[derive(Debug)]
 struct Refreshing {
     next: Instant,
@@ -118,14 +137,10 @@ pub struct Conversation {
     share: Share,
     /// Messages awaiting their ack: sequence and scheduled send time, oldest first.
     pending: VecDeque<(u64, Instant)>,
-    /// Messages of the last connection never acknowledged, to send again (newest first; empty
-    /// unless `resend_unacked`).
-    resend: Vec<(u64, Instant)>,
     tracker: Tracker,
-    ping_sent: Option<Instant>,
-    refreshing: Option<Box<Refreshing>>,
-    /// The user's own values its matchers compare with (usually none).
-    mine: Box<[String]>,
+    /// When the heartbeat awaiting its reply was sent.
+    ping_sent: Tick,
+    rare: Option<Box<Rare>>,
     /// The answer to the last frame, if a reply rule matched it (the driver writes it before
     /// reading again, so one is enough).
     reply: Option<String>,
@@ -186,26 +201,29 @@ impl Conversation {
             slot: Arc::clone(user.slot()),
             identity,
             due: Due {
-                at: Instant::now(),
+                at: Tick::at(Instant::now()),
                 heartbeat: false,
                 refresh: false,
                 sends_left: 0,
             },
-            mine,
-            refreshing: ctx.scenario.refresh.as_ref().map(|r| {
-                Box::new(Refreshing {
-                    next: clock::later(Instant::now(), r.every),
-                    answer_by: None,
-                })
-            }),
+            rare: {
+                unacked.reverse();
+                let rare = Rare {
+                    resend: unacked,
+                    mine,
+                    refreshing: ctx.scenario.refresh.as_ref().map(|r| Refreshing {
+                        next: clock::later(Instant::now(), r.every),
+                        answer_by: None,
+                    }),
+                };
+                let used =
+                    !rare.resend.is_empty() || !rare.mine.is_empty() || rare.refreshing.is_some();
+                used.then(|| Box::new(rare))
+            },
             share,
             pending: VecDeque::new(),
-            resend: {
-                unacked.reverse();
-                unacked
-            },
             tracker,
-            ping_sent: None,
+            ping_sent: Tick::NONE,
             reply: None,
             local: user.id,
             room_size: desired.load.room_size,
@@ -228,7 +246,22 @@ impl Conversation {
 
     /// Whether a message left unacknowledged by the last connection is to be written now.
     fn resends_now(&self) -> bool {
-        !self.resend.is_empty() && !self.draining && self.timers.quiet_until().is_none()
+        self.rare.as_ref().is_some_and(|r| !r.resend.is_empty())
+            && !self.draining
+            && self.timers.quiet_until().is_none()
+    }
+
+    /// The user's own values its matchers compare with (usually none).
+    fn mine(&self) -> &[String] {
+        self.rare.as_ref().map_or(&[], |r| &r.mine)
+    }
+
+    fn refreshing(&self) -> Option<&Refreshing> {
+        self.rare.as_ref()?.refreshing.as_ref()
+    }
+
+    fn refreshing_mut(&mut self) -> Option<&mut Refreshing> {
+        self.rare.as_mut()?.refreshing.as_mut()
     }
 
     /// When [`Conversation::on_tick`] is due next (at once while there is something to send
@@ -238,7 +271,7 @@ impl Conversation {
             return Instant::now();
         }
         let earliest = self.timers.earliest();
-        match &self.refreshing {
+        match self.refreshing() {
             Some(r) => [Some(r.next), r.answer_by]
                 .into_iter()
                 .flatten()
@@ -326,7 +359,7 @@ impl Conversation {
             self.timers.speak_again(&self.ctx, now);
         }
         let reply_timeout = self.ctx.settings.heartbeat.timeout;
-        if self.timers.pong_deadline.is_some_and(|d| now >= d) {
+        if self.timers.pong_deadline.get().is_some_and(|d| now >= d) {
             return Err(Ended::failed(
                 DisconnectReason::HeartbeatTimeout,
                 format!(
@@ -355,7 +388,7 @@ impl Conversation {
         }
         self.sweep(now);
         self.due = Due {
-            at: now,
+            at: Tick::at(now),
             heartbeat: self.timers.ping_due(now, reply_timeout),
             refresh: self.refresh_due(now),
             sends_left: MAX_SENDS_PER_TICK,
@@ -365,8 +398,11 @@ impl Conversation {
 
     /// Whether fresh tokens are due; counts a refresh whose answer never came.
     fn refresh_due(&mut self, now: Instant) -> bool {
-        let (Some(refreshing), Some(refresh)) = (&mut self.refreshing, &self.ctx.scenario.refresh)
-        else {
+        // Fields apart (not `refreshing_mut`), so the context is read alongside.
+        let (Some(refreshing), Some(refresh)) = (
+            self.rare.as_mut().and_then(|r| r.refreshing.as_mut()),
+            &self.ctx.scenario.refresh,
+        ) else {
             return false;
         };
         if refreshing.answer_by.is_some_and(|by| now >= by) {
@@ -406,24 +442,24 @@ impl Conversation {
             return self.encode(reply).map(|frame| Some(Outbound::Reply(frame)));
         }
         if self.resends_now()
-            && let Some((seq, scheduled)) = self.resend.pop()
+            && let Some((seq, scheduled)) = self.rare.as_mut().and_then(|r| r.resend.pop())
         {
             return self.render_message(seq, scheduled, true);
         }
         if std::mem::take(&mut self.due.heartbeat) {
             return self
-                .heartbeat(self.due.at)
+                .heartbeat(self.due.at())
                 .map(|frame| Some(Outbound::Heartbeat(frame)));
         }
         if std::mem::take(&mut self.due.refresh) {
             return self
-                .refresh(self.due.at)
+                .refresh(self.due.at())
                 .map(|frame| frame.map(Outbound::Refresh));
         }
         while self.due.sends_left > 0 {
             self.due.sends_left -= 1;
             let Some(scheduled) = self.timers.send_due(
-                self.due.at,
+                self.due.at(),
                 &self.ctx.settings.schedule,
                 self.identity.user,
                 self.ctx.epoch,
@@ -492,7 +528,7 @@ impl Conversation {
             return Ok(None);
         };
         ctx.scenario.mint_tokens(&mut self.identity);
-        if let (Some(refreshing), true) = (&mut self.refreshing, refresh.expect.is_some()) {
+        if let (Some(refreshing), true) = (self.refreshing_mut(), refresh.expect.is_some()) {
             refreshing
                 .answer_by
                 .get_or_insert(clock::later(now, refresh.timeout));
@@ -501,7 +537,7 @@ impl Conversation {
             ctx.target.as_str(),
             0,
             clock::micros_at(now.into_std()),
-            self.share.payload_size,
+            self.share.payload_size(),
         );
         self.encode(refresh.send.render(&values)).map(Some)
     }
@@ -509,12 +545,14 @@ impl Conversation {
     fn heartbeat(&mut self, now: Instant) -> Result<Message, Ended> {
         let ctx = &self.ctx;
         let stamp = clock::micros_at(now.into_std());
-        self.ping_sent.get_or_insert(now);
+        if self.ping_sent == Tick::NONE {
+            self.ping_sent = Tick::at(now);
+        }
         match &ctx.scenario.heartbeat {
             Some(app) => {
                 let values =
                     self.identity
-                        .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
+                        .values(ctx.target.as_str(), 0, stamp, self.share.payload_size());
                 self.encode(app.send.render(&values))
             }
             None => Ok(Message::Ping(stamp.to_be_bytes().to_vec().into())),
@@ -548,7 +586,7 @@ impl Conversation {
         let text = plan.send.render(
             &self
                 .identity
-                .values(ctx.target.as_str(), seq, ts, self.share.payload_size)
+                .values(ctx.target.as_str(), seq, ts, self.share.payload_size())
                 .in_room(room),
         );
         Ok(Some(Outbound::Message {
@@ -592,7 +630,7 @@ impl Conversation {
             .chain(self.tracker.next_expiry(self.ctx.settings.loss_grace))
             .min()
         {
-            self.timers.next_sweep = next;
+            self.timers.next_sweep = Tick::at(next);
         }
     }
 
@@ -612,10 +650,10 @@ impl Conversation {
     }
 
     fn heartbeat_answered(&mut self) {
-        if let Some(sent) = self.ping_sent.take() {
+        if let Some(sent) = std::mem::replace(&mut self.ping_sent, Tick::NONE).get() {
             self.ctx.meter().observe(Latency::Heartbeat, sent.elapsed());
         }
-        self.timers.pong_deadline = None;
+        self.timers.pong_deadline = Tick::NONE;
     }
 
     /// A data frame, text or binary, read through the scenario's codec (text protocols whose
@@ -638,14 +676,14 @@ impl Conversation {
     fn on_text(&mut self, text: &str) {
         // What the frame means borrows the frame, not the context.
         let reading = &self.ctx.scenario.reading;
-        let read = reading.read(text, &self.mine);
+        let read = reading.read(text, self.mine());
         let replied = read.reply.is_some();
         if let Some(due) = &read.reply {
             let ctx = &self.ctx;
             let stamp = clock::now_micros();
             let values =
                 self.identity
-                    .values(ctx.target.as_str(), 0, stamp, self.share.payload_size);
+                    .values(ctx.target.as_str(), 0, stamp, self.share.payload_size());
             self.reply = Some(reading.render_reply(due, &values));
         }
         if self
@@ -656,7 +694,7 @@ impl Conversation {
             .is_some_and(|hb| hb.expect.is_none())
         {
             // A one-way heartbeat: any frame shows the server alive.
-            self.timers.pong_deadline = None;
+            self.timers.pong_deadline = Tick::NONE;
         }
         let foreign_ack = match read.meaning {
             // An ack of ours no longer pending came after its timeout: nothing more to do.
@@ -687,7 +725,7 @@ impl Conversation {
                 .ctx
                 .scenario
                 .reading
-                .delivery(text, &self.mine)
+                .delivery(text, self.mine())
                 .unwrap_or(Meaning::Other);
             self.on_meaning(meaning, replied);
         }
@@ -698,7 +736,7 @@ impl Conversation {
         match meaning {
             Meaning::HeartbeatReply => self.heartbeat_answered(),
             Meaning::RefreshReply => {
-                if let Some(refreshing) = &mut self.refreshing {
+                if let Some(refreshing) = self.refreshing_mut() {
                     refreshing.answer_by = None;
                 }
             }
@@ -831,7 +869,7 @@ impl Conversation {
         let mut unacked: Vec<(u64, Instant)> = self
             .pending
             .drain(..)
-            .chain(self.resend.drain(..).rev())
+            .chain(self.rare.iter_mut().flat_map(|r| r.resend.drain(..).rev()))
             .collect();
         let reconnects = !drained && reason != DisconnectReason::ClientClose;
         if self.ctx.settings.resend_unacked && reconnects {
@@ -884,25 +922,31 @@ fn expect_members(
 }
 
 impl Share {
+    fn payload_size(&self) -> usize {
+        self.payload_size as usize
+    }
+
     fn of(ctx: &Context, desired: &Desired) -> Share {
         Share {
-            payload_size: desired.load.payload_size,
+            payload_size: u32::try_from(desired.load.payload_size).unwrap_or(u32::MAX),
             local_users: ctx.local_users(&desired.load),
         }
     }
 }
 
-/// The deadlines of one connection; the user sleeps until the earliest of them.
+/// The deadlines of one connection; the user sleeps until the earliest of them. Held as
+/// [`Tick`]s and [`Span`]s, half an `Instant`'s or a `Duration`'s size: every connected user
+/// holds these.
 struct Timers {
-    next_ping: Option<Instant>,
-    pong_deadline: Option<Instant>,
-    next_send: Option<Instant>,
+    next_ping: Tick,
+    pong_deadline: Tick,
+    next_send: Tick,
     /// Fallback wake-up for expiring acks and gaps when no send or ping comes soon (every
-    /// [`sweep_period`]).
-    next_sweep: Instant,
+    /// [`sweep_period`]; always set).
+    next_sweep: Tick,
     cycle: Option<Box<Cycle>>,
-    message_interval: Duration,
-    heartbeat_interval: Duration,
+    message_interval: Span,
+    heartbeat_interval: Span,
 }
 
 /// The deadlines of a user's comings and goings (`lifetime:`, `offline:`): boxed, as most
@@ -948,9 +992,9 @@ impl Timers {
     /// The end of a silence: pings and sends start again at a random phase, and the next
     /// absence is drawn.
     fn speak_again(&mut self, ctx: &Context, now: Instant) {
-        self.pong_deadline = None;
-        self.next_ping = random_phase(now, self.heartbeat_interval);
-        self.next_send = random_phase(now, self.message_interval);
+        self.pong_deadline = Tick::NONE;
+        self.next_ping = Tick::of(random_phase(now, self.heartbeat_interval.get()));
+        self.next_send = Tick::of(random_phase(now, self.message_interval.get()));
         let cycle = self.cycle.get_or_insert_with(Box::default);
         cycle.quiet_until = None;
         cycle.offline_at = next_absence(ctx, now);
@@ -962,7 +1006,7 @@ impl Timers {
         let cycle = self.cycle.get_or_insert_with(Box::default);
         cycle.quiet_until = Some(until);
         cycle.offline_at = None;
-        self.pong_deadline = None;
+        self.pong_deadline = Tick::NONE;
     }
 
     fn churn_at(&self) -> Option<Instant> {
@@ -990,41 +1034,46 @@ impl Timers {
         };
         let cycles = cycle.churn_at.is_some() || cycle.offline_at.is_some();
         Timers {
-            next_ping: random_phase(now, heartbeat_interval),
-            pong_deadline: None,
-            next_send: random_phase(now, message_interval),
-            next_sweep: clock::later(now, sweep_period(ctx)),
+            next_ping: Tick::of(random_phase(now, heartbeat_interval)),
+            pong_deadline: Tick::NONE,
+            next_send: Tick::of(random_phase(now, message_interval)),
+            next_sweep: Tick::at(clock::later(now, sweep_period(ctx))),
             cycle: cycles.then(|| Box::new(cycle)),
-            message_interval,
-            heartbeat_interval,
+            message_interval: Span::of(message_interval),
+            heartbeat_interval: Span::of(heartbeat_interval),
         }
     }
 
     fn earliest(&self) -> Instant {
         if let Some(until) = self.quiet_until() {
-            return until.min(self.next_sweep);
+            return until.min(self.next_sweep());
         }
         [
-            self.next_ping,
-            self.pong_deadline,
-            self.next_send,
+            self.next_ping.get(),
+            self.pong_deadline.get(),
+            self.next_send.get(),
             self.churn_at(),
             self.offline_at(),
         ]
         .into_iter()
         .flatten()
-        .fold(self.next_sweep, Instant::min)
+        .fold(self.next_sweep(), Instant::min)
+    }
+
+    fn next_sweep(&self) -> Instant {
+        self.next_sweep.get().unwrap_or_else(Instant::now)
     }
 
     /// Whether a heartbeat is due; if so, schedules the next and arms the reply deadline.
     fn ping_due(&mut self, now: Instant, reply_timeout: Duration) -> bool {
-        let Some(due) = self.next_ping.filter(|&t| now >= t) else {
+        let Some(due) = self.next_ping.get().filter(|&t| now >= t) else {
             return false;
         };
-        self.next_ping = Some(clock::later(due, self.heartbeat_interval));
+        self.next_ping = Tick::at(clock::later(due, self.heartbeat_interval.get()));
         // One outstanding ping at a time: its deadline is what a missed reply is judged by.
-        self.pong_deadline
-            .get_or_insert(clock::later(now, reply_timeout));
+        if self.pong_deadline == Tick::NONE {
+            self.pong_deadline = Tick::at(clock::later(now, reply_timeout));
+        }
         true
     }
 
@@ -1039,38 +1088,41 @@ impl Timers {
         user: u32,
         epoch: Instant,
     ) -> Option<Instant> {
-        let due = self.next_send.filter(|&t| now >= t)?;
+        let due = self.next_send.get().filter(|&t| now >= t)?;
+        let interval = self.message_interval.get();
         let gap = match schedule.gap_factor(user) {
             // Exact, as a fixed schedule always was (no round trip through a float).
-            1.0 => self.message_interval,
-            factor => self.message_interval.mul_f64(factor),
+            1.0 => interval,
+            factor => interval.mul_f64(factor),
         };
         let next = clock::later(due, gap);
-        self.next_send = Some(schedule.resting_until(user, epoch, next).unwrap_or(next));
+        self.next_send = Tick::at(schedule.resting_until(user, epoch, next).unwrap_or(next));
         Some(due)
     }
 
     /// Every wake-up sweeps ([`Conversation::sweep`]), so the fallback only fires on quiet
     /// connections.
     fn postpone_sweep(&mut self, now: Instant, period: Duration) {
-        self.next_sweep = clock::later(now, period);
+        self.next_sweep = Tick::at(clock::later(now, period));
     }
 
     /// A new message interval (0 stops sending). Resuming starts a fresh schedule: the time
     /// spent paused is not a backlog to catch up on.
     fn set_message_interval(&mut self, interval: Duration) {
+        let interval = Span::of(interval);
         if interval != self.message_interval {
             self.message_interval = interval;
-            self.next_send = reschedule(self.next_send, interval);
+            self.next_send = Tick::of(reschedule(self.next_send.get(), interval.get()));
         }
     }
 
     fn set_heartbeat_interval(&mut self, interval: Duration) {
+        let interval = Span::of(interval);
         if interval != self.heartbeat_interval {
             self.heartbeat_interval = interval;
-            self.next_ping = reschedule(self.next_ping, interval);
-            if interval.is_zero() {
-                self.pong_deadline = None;
+            self.next_ping = Tick::of(reschedule(self.next_ping.get(), interval.get()));
+            if interval.get().is_zero() {
+                self.pong_deadline = Tick::NONE;
             }
         }
     }
@@ -1096,13 +1148,13 @@ mod tests {
     fn timers(message_interval: Duration, next_send: Option<Instant>) -> Timers {
         let now = Instant::now();
         Timers {
-            next_ping: None,
-            pong_deadline: None,
-            next_send,
-            next_sweep: now + Duration::from_secs(60),
+            next_ping: Tick::NONE,
+            pong_deadline: Tick::NONE,
+            next_send: Tick::of(next_send),
+            next_sweep: Tick::at(now + Duration::from_secs(60)),
             cycle: None,
-            message_interval,
-            heartbeat_interval: Duration::from_secs(1),
+            message_interval: Span::of(message_interval),
+            heartbeat_interval: Span::of(Duration::from_secs(1)),
         }
     }
 
@@ -1250,12 +1302,18 @@ mod tests {
         let timeout = Duration::from_millis(500);
         let first = Instant::now();
         let mut t = timers(Duration::ZERO, None);
-        t.next_ping = Some(first);
+        t.next_ping = Tick::of(Some(first));
         assert!(t.ping_due(first, timeout));
-        assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
+        assert_eq!(
+            t.pong_deadline.get(),
+            Some(first + Duration::from_millis(500))
+        );
         let second = first + Duration::from_secs(1);
         assert!(t.ping_due(second, timeout));
-        assert_eq!(t.pong_deadline, Some(first + Duration::from_millis(500)));
+        assert_eq!(
+            t.pong_deadline.get(),
+            Some(first + Duration::from_millis(500))
+        );
         assert_eq!(t.earliest(), first + Duration::from_millis(500));
     }
 
@@ -1279,8 +1337,8 @@ mod tests {
             ctx.scenario.identity(id, ctx.scenario.topology(10)),
             Vec::new(),
         );
-        talk.timers.next_ping = None;
-        talk.timers.next_send = None;
+        talk.timers.next_ping = Tick::of(None);
+        talk.timers.next_send = Tick::of(None);
         (ctx, desired, user, talk)
     }
 
@@ -1296,7 +1354,7 @@ mod tests {
 
     /// Makes a message due now, ticks, and reports it written; returns its sequence.
     fn send_one(talk: &mut Conversation) -> u64 {
-        talk.timers.next_send = Some(Instant::now());
+        talk.timers.next_send = Tick::of(Some(Instant::now()));
         let mut out = tick(talk, Instant::now()).expect("connected");
         match out.pop_front() {
             Some(Outbound::Message {
@@ -1369,7 +1427,7 @@ mod tests {
     async fn a_stalled_connection_hands_out_its_backlog_each_with_its_scheduled_time() {
         let (ctx, _desired, _user, mut talk) = conversation("message_interval: 100ms", 0);
         let start = Instant::now();
-        talk.timers.next_send = Some(start);
+        talk.timers.next_send = Tick::of(Some(start));
         // The generator stalled for 350 ms: four messages are due, stamped with their slots.
         tokio::time::advance(Duration::from_millis(350)).await;
         let mut out = VecDeque::new();
@@ -1455,8 +1513,8 @@ mod tests {
             ctx.scenario.identity(0, ctx.scenario.topology(10)),
             carried,
         );
-        again.timers.next_send = None;
-        again.timers.next_ping = None;
+        again.timers.next_send = Tick::of(None);
+        again.timers.next_ping = Tick::of(None);
         assert!(again.deadline() <= Instant::now(), "due at once");
         // Draining, nothing more is sent: the resends wait, and do not keep the user's loop
         // due at once (it spun until the drain ended).
@@ -1515,7 +1573,7 @@ message_interval: 1s",
         );
         let seq = send_one(&mut talk);
         talk.on_frame(&Message::text("2")).expect("connected");
-        talk.timers.next_send = Some(Instant::now());
+        talk.timers.next_send = Tick::of(Some(Instant::now()));
         let out = tick(&mut talk, Instant::now()).expect("connected");
         assert_eq!(
             out.front(),
@@ -1571,7 +1629,7 @@ scenario:
     async fn a_missed_heartbeat_ends_the_connection_after_its_timeout_a_reply_clears_it() {
         let yaml = "heartbeat: {interval: 1s, timeout: 500ms}\nmessage_interval: 0s";
         let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
-        talk.timers.next_ping = Some(Instant::now());
+        talk.timers.next_ping = Tick::of(Some(Instant::now()));
         let mut out = VecDeque::new();
         tick(&mut talk, Instant::now())
             .map(|more| out.extend(more))
@@ -1604,7 +1662,7 @@ scenario:
         let yaml = "heartbeat: {interval: 1s, timeout: 500ms}\nmessage_interval: 0s\n\
                     scenario: {extends: im, heartbeat: {send: 'PING'}}";
         let (ctx, _desired, _user, mut talk) = conversation(yaml, 0);
-        talk.timers.next_ping = Some(Instant::now());
+        talk.timers.next_ping = Tick::of(Some(Instant::now()));
         let out = tick(&mut talk, Instant::now()).expect("connected");
         assert!(
             matches!(out.front(), Some(Outbound::Heartbeat(_))),
@@ -1703,8 +1761,8 @@ scenario:
         let yaml = "offline: {every: 2s, for: 5s, how: silent}\nmessage_interval: 100ms\nheartbeat: {interval: 1s}";
         let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         let start = Instant::now();
-        talk.timers.next_ping = Some(start);
-        talk.timers.next_send = Some(start);
+        talk.timers.next_ping = Tick::of(Some(start));
+        talk.timers.next_send = Tick::of(Some(start));
         let mut sent_before = 0;
         while Instant::now() < start + Duration::from_secs(2) {
             tokio::time::advance(talk.deadline().saturating_duration_since(Instant::now())).await;
@@ -1757,7 +1815,8 @@ scenario:
         draining.draining = true;
         talk.on_desired(&draining).expect("still connected");
         tokio::time::advance(Duration::from_secs(3)).await;
-        talk.on_tick(Instant::now()).expect("no time away while draining");
+        talk.on_tick(Instant::now())
+            .expect("no time away while draining");
         talk.finish(true, DisconnectReason::ClientClose);
         assert!(!ctx.holds_books(0));
     }
@@ -1811,7 +1870,7 @@ scenario:
         let yaml = "message_interval: 30s\nheartbeat: {interval: 30s}";
         let (_ctx, _desired, _user, mut talk) = conversation(yaml, 0);
         // Heartbeat and messages far off: only the sweep fallback wakes this connection.
-        talk.timers.next_ping = Some(Instant::now() + Duration::from_secs(600));
+        talk.timers.next_ping = Tick::of(Some(Instant::now() + Duration::from_secs(600)));
         tokio::time::advance(sweep_period(&talk.ctx)).await;
         let now = Instant::now();
         assert_eq!(talk.deadline(), now, "the fallback is due");
@@ -1827,9 +1886,9 @@ scenario:
     async fn changing_the_interval_reschedules_sending() {
         let mut t = timers(Duration::ZERO, None);
         t.set_message_interval(Duration::from_millis(100));
-        let next = t.next_send.expect("sending starts");
+        let next = t.next_send.get().expect("sending starts");
         assert!(next <= Instant::now() + Duration::from_millis(100));
         t.set_message_interval(Duration::ZERO);
-        assert_eq!(t.next_send, None, "0 stops sending");
+        assert_eq!(t.next_send.get(), None, "0 stops sending");
     }
 }
