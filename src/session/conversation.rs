@@ -491,6 +491,11 @@ impl Conversation {
         let metrics = self.ctx.meter();
         metrics.add(Count::BytesSent, size as u64);
         if plan.ack.is_some() {
+            // Room for one to start with (a `VecDeque` would take four): most users wait for
+            // one ack at a time; more double it as usual.
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(1);
+            }
             self.pending.push_back((seq, scheduled));
         }
         if resent {
