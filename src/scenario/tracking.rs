@@ -307,25 +307,43 @@ pub struct Tracker {
 impl Tracker {
     /// Expects from `sender` (whose public state is `slot`) every message of `lane` after
     /// the last one it sent by now. A lane already known keeps its baseline.
+    #[cfg(test)]
     pub fn expect_from(&mut self, sender: &str, slot: Arc<Slot>, lane: Lane) {
-        let run = run_of(&self.tracks, sender);
-        if self.tracks[run.clone()].iter().any(|(_, t)| t.lane == lane) {
-            return;
-        }
-        let sent = lane.count(slot.sent());
-        let track = Sender {
-            slot,
-            lane,
-            baseline: sent + 1,
-            until: 0,
-            highest: sent,
-            // Everything up to the baseline counts as seen; it is below the baseline anyway.
-            seen: u128::MAX,
-            awaited: Awaited::default(),
-        };
+        self.expect_from_all([(sender.into(), slot, lane)]);
+    }
+
+    /// [`Tracker::expect_from`] for many senders at once (a room's members when a receiver
+    /// joins): the tracks are sorted and cut to their exact length once, not once per sender,
+    /// which in a room of thousands would move the whole slice per member. The senders given
+    /// are distinct (sender, lane) pairs.
+    pub fn expect_from_all(
+        &mut self,
+        senders: impl IntoIterator<Item = (Box<str>, Arc<Slot>, Lane)>,
+    ) {
         let mut tracks = std::mem::take(&mut self.tracks).into_vec();
-        tracks.reserve_exact(1);
-        tracks.insert(run.end, (sender.into(), track));
+        let known = tracks.len();
+        for (sender, slot, lane) in senders {
+            let run = run_of(&tracks[..known], &sender);
+            if tracks[run].iter().any(|(_, t)| t.lane == lane) {
+                continue;
+            }
+            let sent = lane.count(slot.sent());
+            let track = Sender {
+                slot,
+                lane,
+                baseline: sent + 1,
+                until: 0,
+                highest: sent,
+                // Everything up to the baseline counts as seen; it is below the baseline anyway.
+                seen: u128::MAX,
+                awaited: Awaited::default(),
+            };
+            tracks.push((sender, track));
+        }
+        if tracks.len() > known {
+            // Stable: a sender's rooms stay in the order they were added.
+            tracks.sort_by(|(a, _), (b, _)| a.cmp(b));
+        }
         self.tracks = tracks.into_boxed_slice();
     }
 
@@ -770,6 +788,32 @@ mod tests {
         }
         assert_eq!(t.tracks.len(), 2, "only the members are tracked");
         assert!(!Delivery::Foreign.is_first_arrival());
+    }
+
+    #[test]
+    fn a_room_joined_at_once_is_tracked_sorted_and_known_lanes_are_kept() {
+        let now = Instant::now();
+        let lane = |phase| Lane { stride: 2, phase };
+        let mut t = Tracker::default();
+        t.expect_from_all([
+            ("c".into(), Slot::at(0, ISSUED), lane(0)),
+            ("a".into(), Slot::at(0, ISSUED), lane(1)),
+            ("c".into(), Slot::at(0, ISSUED), lane(1)),
+        ]);
+        // Known (sender, lane) pairs are not tracked twice, nor do they lose their baseline.
+        assert_eq!(t.observe("c", 1, now), Delivery::New);
+        t.expect_from_all([
+            ("c".into(), Slot::at(5, ISSUED), lane(0)),
+            ("b".into(), Slot::at(0, ISSUED), lane(0)),
+        ]);
+        let senders: Vec<&str> = t.tracks.iter().map(|(s, _)| &**s).collect();
+        assert_eq!(senders, ["a", "b", "c", "c"]);
+        assert_eq!(
+            t.tracks[2].1.lane,
+            lane(0),
+            "a sender's rooms in the order added"
+        );
+        assert_eq!(t.observe("c", 1, now), Delivery::Duplicate);
     }
 
     #[test]

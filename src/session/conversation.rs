@@ -916,14 +916,20 @@ fn expect_members(
     topology: Topology,
     among: std::ops::Range<u32>,
 ) {
-    for layer in 0..topology.rooms_per_user() {
-        for member in topology.members(me, layer, among.clone()) {
-            if member != me {
+    let members = (0..topology.rooms_per_user()).flat_map(|layer| {
+        topology
+            .members(me, layer, among.clone())
+            .filter(move |&member| member != me)
+            .map(move |member| {
                 let id = ctx.scenario.user_id(ctx.global_id(member, topology));
-                tracker.expect_from(&id, ctx.roster.slot(member), topology.lane(layer));
-            }
-        }
-    }
+                (
+                    id.into_boxed_str(),
+                    ctx.roster.slot(member),
+                    topology.lane(layer),
+                )
+            })
+    });
+    tracker.expect_from_all(members);
 }
 
 impl Share {
