@@ -38,6 +38,12 @@
 //! - [`daemon`]: the composition root: builds every task from a plan and runs them until
 //!   shutdown.
 
+/// Unit tests run on the binary's allocator (`main.rs`), so a test that counts heap bytes
+/// reads jemalloc's own per-thread figures.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod api;
 pub mod archive;
 pub(crate) mod arrivals;

@@ -389,12 +389,15 @@ pub fn is_sse(url: &url::Url) -> bool {
 }
 
 /// Socket buffers sized for many mostly-idle connections: tungstenite's defaults reserve
-/// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users. No message
-/// or frame longer than `max_message_size` is buffered: it ends the connection.
+/// 128 KiB of read buffer per socket, which alone would cost 2.4 GB at 19k users, and keep
+/// both buffers at their largest size for good; ours are freed whenever the socket has
+/// nothing to move (our vendored tungstenite's `release_idle_buffers`). No message or frame
+/// longer than `max_message_size` is buffered: it ends the connection.
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(128)
         .write_buffer_size(0)
+        .release_idle_buffers(true)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
@@ -643,6 +646,64 @@ mod tests {
     use tokio::time::Instant;
 
     use super::test_context as context;
+
+    /// Heap bytes this thread has allocated and not freed since `start` (jemalloc's exact
+    /// per-thread counters, not its sampled profile).
+    fn thread_heap_since(start: i64) -> i64 {
+        use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
+        let allocated = allocatedp::read()
+            .expect("jemalloc thread.allocatedp")
+            .get();
+        let freed = deallocatedp::read()
+            .expect("jemalloc thread.deallocatedp")
+            .get();
+        allocated as i64 - freed as i64 - start
+    }
+
+    /// What a WebSocket connection still holds once it has received and sent a 4 KiB frame
+    /// and found nothing more to read (a current-thread runtime: all of it is this thread's).
+    async fn held_after_a_big_frame_each_way(config: WebSocketConfig) -> i64 {
+        use futures_util::{FutureExt, SinkExt, StreamExt};
+        use std::io::Write;
+        use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("bound"))
+            .await
+            .expect("connects");
+        let (mut server, _) = listener.accept().expect("accepts");
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, Some(config))
+                .await;
+        let frame = [&[0x82, 126, 0x10, 0x00][..], &[7; 4096]].concat(); // binary, 4096 bytes
+
+        let start = thread_heap_since(0);
+        server.write_all(&frame).expect("the frame is sent");
+        let received = ws.next().await.expect("a frame").expect("a valid frame");
+        assert_eq!(received.len(), 4096);
+        drop(received);
+        ws.send(Message::binary(vec![7; 4096]))
+            .await
+            .expect("the frame is written");
+        assert!(ws.next().now_or_never().is_none(), "nothing more to read");
+        thread_heap_since(start)
+    }
+
+    /// Our connections give their read and write buffers back while idle (the vendored
+    /// tungstenite's `release_idle_buffers`): tungstenite alone keeps both at the largest frame
+    /// they have moved, which the same measurement sees, so it measures what it claims to.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_or_write_buffer() {
+        let config = ws_config(1 << 20);
+        // Kept first: it also pays for what the first frame sent makes once per thread (the
+        // masking key generator).
+        let kept = held_after_a_big_frame_each_way(config.release_idle_buffers(false)).await;
+        let released = held_after_a_big_frame_each_way(config).await;
+        assert!(kept >= 2 * 4096, "tungstenite's own buffers held {kept} B");
+        assert!(
+            released < 128,
+            "an idle connection still holds {released} B"
+        );
+    }
 
     /// An SSE user takes two sockets (its stream and its publish connection); the budget
     /// never lends more than it has, and takes back what a permit held.
