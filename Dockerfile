@@ -4,8 +4,10 @@ FROM rust:1.88-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY .cargo ./.cargo
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# tungstenite, patched (Cargo.toml's [patch.crates-io]; vendor/tungstenite/Cargo.toml says why).
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin wsfleet
 
 FROM debian:bookworm-slim

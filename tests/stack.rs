@@ -73,8 +73,29 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
         .rfind(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
-    for copied in ["Cargo.toml", "Cargo.lock", "src"] {
-        assert!(repo(copied).exists(), "the Dockerfile copies {copied}");
+    // Everything `cargo build` reads, including the patched crate and the build script.
+    let copied: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    for input in [
+        ".cargo",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "vendor",
+    ] {
+        assert!(
+            copied.contains(&input),
+            "the Dockerfile copies {input}: {copied:?}"
+        );
+        assert!(repo(input).exists(), "{input} exists");
     }
 }
 
