@@ -6,12 +6,14 @@
 # everyone, per-instance RSS and KB per connection, CPU, file descriptors, the fleet-wide
 # exact latency quantiles (`ctl --fleet status`), failures and saturation.
 #   bench/fleet-scale.sh            # USERS=45000 HOLD=60 by default
+#   WSFLEET_BIN=path bench/fleet-scale.sh   measures that binary as it is (no build: an older
+#                                           commit's, for a before/after comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${USERS:-45000}
 hold=${HOLD:-60}
-cargo build --release --quiet
-E2E_NAME=fleet-scale WSFLEET=target/release/wsfleet
+[ -n "${WSFLEET_BIN:-}" ] || cargo build --release --quiet
+E2E_NAME=fleet-scale WSFLEET=${WSFLEET_BIN:-target/release/wsfleet}
 . scripts/e2e-lib.sh
 bin=$wsfleet
 pt=$(free_port); pw=$(free_port)
