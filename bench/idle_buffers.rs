@@ -3,9 +3,11 @@
 //! nothing to move (`release_idle_buffers`, the option our vendored copy adds and the fleet
 //! turns on). One thread runs both ends of USERS loopback connections, each echoing a 64-byte
 //! text message per round; after every frame each end polls once more, as a user's loop does,
-//! so the released side really gives its buffer back and takes it again every time. Trials
-//! alternate between the two settings in one process; the thread's own CPU time
-//! (/proc/thread-self/schedstat: user and kernel) is divided by the round trips.
+//! so a releasing end really gives its buffer back and takes it again every time. Three
+//! settings: both ends keep their buffers; the client end releases them (what the fleet does
+//! against a server that keeps its own); both ends release. Trials alternate between the
+//! settings in one process; the thread's own CPU time (/proc/thread-self/schedstat: user and
+//! kernel) is divided by the round trips.
 //!   cargo bench --bench idle-buffers        TRIALS=15 USERS=100 ROUNDS=200 by default
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,14 +43,18 @@ fn config(release: bool) -> WebSocketConfig {
         .release_idle_buffers(release)
 }
 
-async fn connected_pair(listener: &TcpListener, config: WebSocketConfig) -> (Socket, Socket) {
+async fn connected_pair(
+    listener: &TcpListener,
+    client_releases: bool,
+    server_releases: bool,
+) -> (Socket, Socket) {
     let address = listener.local_addr().expect("bound");
     let (client, server) = tokio::join!(TcpStream::connect(address), listener.accept());
     let client = client.expect("connects");
     let (server, _) = server.expect("accepts");
     (
-        WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await,
-        WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await,
+        WebSocketStream::from_raw_socket(client, Role::Client, Some(config(client_releases))).await,
+        WebSocketStream::from_raw_socket(server, Role::Server, Some(config(server_releases))).await,
     )
 }
 
@@ -102,35 +108,43 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        const SETTINGS: [(&str, bool, bool); 3] = [
+            ("both ends keep their buffers", false, false),
+            ("the client end releases", true, false),
+            ("both ends release", true, true),
+        ];
         let mut sides = Vec::new();
-        for release in [false, true] {
+        for (_, client_releases, server_releases) in SETTINGS {
             let mut pairs = Vec::new();
             for _ in 0..users {
-                pairs.push(connected_pair(&listener, config(release)).await);
+                pairs.push(connected_pair(&listener, client_releases, server_releases).await);
             }
             trial(&mut pairs, rounds / 10 + 1).await; // warm-up
             sides.push(pairs);
         }
-        let (mut kept, mut released, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut figures = vec![Vec::new(); SETTINGS.len()];
+        let mut ratios = vec![Vec::new(); SETTINGS.len()];
         for round in 0..trials {
-            // Alternate which side goes first, so a drift in the machine's speed cancels out.
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut figures = [0.0; 2];
-            for side in order {
-                figures[side] = trial(&mut sides[side], rounds).await;
+            // Rotate which setting goes first, so a drift in the machine's speed cancels out.
+            let mut this_round = [0.0; SETTINGS.len()];
+            for step in 0..SETTINGS.len() {
+                let side = (round + step) % SETTINGS.len();
+                this_round[side] = trial(&mut sides[side], rounds).await;
             }
-            kept.push(figures[0]);
-            released.push(figures[1]);
-            ratios.push(figures[1] / figures[0]);
+            for side in 0..SETTINGS.len() {
+                figures[side].push(this_round[side]);
+                ratios[side].push(this_round[side] / this_round[0]);
+            }
         }
         println!(
-            "idle-buffers -- {users} connections x {rounds} round trips per trial, {trials} trials each, one thread"
+            "idle-buffers -- {users} connections x {rounds} round trips per trial, {trials} trials each, one thread; CPU per round trip (64-byte text, both ends)"
         );
-        println!(
-            "CPU per round trip (both ends, 64-byte text): buffers kept {:.2} us, released while idle {:.2} us; median ratio released/kept {:.3}",
-            median(kept) / 1000.0,
-            median(released) / 1000.0,
-            median(ratios)
-        );
+        for (side, (name, _, _)) in SETTINGS.iter().enumerate() {
+            println!(
+                "{name:30} {:6.2} us   median ratio to both keeping {:.3}",
+                median(figures[side].clone()) / 1000.0,
+                median(ratios[side].clone())
+            );
+        }
     });
 }
