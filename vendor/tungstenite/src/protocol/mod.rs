@@ -413,7 +413,9 @@ impl WebSocketContext {
         config.assert_valid();
         frame.set_max_out_buffer_len(config.max_write_buffer_size);
         frame.set_out_buffer_write_len(config.write_buffer_size);
-        frame.set_release_idle_buffers(config.release_idle_buffers);
+        if config.release_idle_buffers {
+            frame.release_idle_buffers();
+        }
         Self {
             role,
             frame,
@@ -434,7 +436,9 @@ impl WebSocketContext {
         self.config.assert_valid();
         self.frame.set_max_out_buffer_len(self.config.max_write_buffer_size);
         self.frame.set_out_buffer_write_len(self.config.write_buffer_size);
-        self.frame.set_release_idle_buffers(self.config.release_idle_buffers);
+        if self.config.release_idle_buffers {
+            self.frame.release_idle_buffers();
+        }
     }
 
     /// Read the configuration.
@@ -545,7 +549,7 @@ impl WebSocketContext {
         Stream: Read + Write,
     {
         self._write(stream, None)?;
-        self.frame.write_out_buffer(stream)?;
+        self.frame.write_out_buffer(stream, self.config.release_idle_buffers)?;
         stream.flush()?;
         self.unflushed_additional = false;
         Ok(())
@@ -596,7 +600,7 @@ impl WebSocketContext {
             // maximum segment lifetimes (2MSL), while there is no corresponding
             // server impact as a TIME_WAIT connection is immediately reopened upon
             // a new SYN with a higher seq number). (RFC 6455)
-            self.frame.write_out_buffer(stream)?;
+            self.frame.write_out_buffer(stream, self.config.release_idle_buffers)?;
             self.state = WebSocketState::Terminated;
             Err(Error::ConnectionClosed)
         } else {
@@ -630,6 +634,7 @@ impl WebSocketContext {
                 self.config.max_frame_size,
                 matches!(self.role, Role::Server),
                 self.config.accept_unmasked_frames,
+                self.config.release_idle_buffers,
             )
             .check_connection_reset(self.state)?
         {
@@ -781,7 +786,9 @@ impl WebSocketContext {
         }
 
         trace!("Sending frame: {frame:?}");
-        self.frame.buffer_frame(stream, frame).check_connection_reset(self.state)
+        self.frame
+            .buffer_frame(stream, frame, self.config.release_idle_buffers)
+            .check_connection_reset(self.state)
     }
 
     /// Replace `additional_send` if it is currently a `Pong` message.

@@ -66,7 +66,7 @@ where
 {
     /// Read a frame from stream.
     pub fn read(&mut self, max_size: Option<usize>) -> Result<Option<Frame>> {
-        self.codec.read_frame(&mut self.stream, max_size, false, true)
+        self.codec.read_frame(&mut self.stream, max_size, false, true, false)
     }
 }
 
@@ -89,12 +89,12 @@ where
     /// is returned.
     /// In order to handle WouldBlock or Incomplete, call [`flush`](Self::flush) afterwards.
     pub fn write(&mut self, frame: Frame) -> Result<()> {
-        self.codec.buffer_frame(&mut self.stream, frame)
+        self.codec.buffer_frame(&mut self.stream, frame, false)
     }
 
     /// Flush writes.
     pub fn flush(&mut self) -> Result<()> {
-        self.codec.write_out_buffer(&mut self.stream)?;
+        self.codec.write_out_buffer(&mut self.stream, false)?;
         Ok(self.stream.flush()?)
     }
 }
@@ -117,9 +117,6 @@ pub(super) struct FrameCodec {
     out_buffer_write_len: usize,
     /// Header and remaining size of the incoming packet being processed.
     header: Option<(FrameHeader, u64)>,
-    /// Free both buffers whenever they are empty and the stream has nothing more to give
-    /// (see [`WebSocketConfig::release_idle_buffers`](crate::protocol::WebSocketConfig)).
-    release_idle_buffers: bool,
 }
 
 impl FrameCodec {
@@ -132,7 +129,6 @@ impl FrameCodec {
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
-            release_idle_buffers: false,
         }
     }
 
@@ -147,7 +143,6 @@ impl FrameCodec {
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
-            release_idle_buffers: false,
         }
     }
 
@@ -156,16 +151,11 @@ impl FrameCodec {
         self.max_out_buffer_len = max;
     }
 
-    /// Frees the buffers whenever they are empty and the stream would block; frees the read
-    /// buffer now if nothing is in it.
-    pub(super) fn set_release_idle_buffers(&mut self, release: bool) {
-        self.release_idle_buffers = release;
-        if release {
-            self.release_idle_in_buffer();
-            if self.out_buffer.is_empty() {
-                self.out_buffer = Vec::new();
-            }
-        }
+    /// Frees both buffers if they hold nothing
+    /// ([`WebSocketConfig::release_idle_buffers`](crate::protocol::WebSocketConfig)).
+    pub(super) fn release_idle_buffers(&mut self) {
+        self.release_idle_in_buffer();
+        self.release_idle_out_buffer();
     }
 
     /// Drops the read buffer when it holds no part of a frame; the next read takes a whole
@@ -176,19 +166,27 @@ impl FrameCodec {
         }
     }
 
+    fn release_idle_out_buffer(&mut self) {
+        if self.out_buffer.is_empty() {
+            self.out_buffer = Vec::new();
+        }
+    }
+
     /// Sets [`Self::buffer_frame`] buffer target length to reach before
     /// writing to the stream.
     pub(super) fn set_out_buffer_write_len(&mut self, len: usize) {
         self.out_buffer_write_len = len;
     }
 
-    /// Read a frame from the provided stream.
+    /// Read a frame from the provided stream. With `release_idle`, a read buffer left empty
+    /// when the stream would block is freed.
     pub(super) fn read_frame(
         &mut self,
         stream: &mut impl Read,
         max_size: Option<usize>,
         unmask: bool,
         accept_unmasked: bool,
+        release_idle: bool,
     ) -> Result<Option<Frame>> {
         let max_size = max_size.unwrap_or_else(usize::max_value);
 
@@ -238,7 +236,7 @@ impl FrameCodec {
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    if self.release_idle_buffers && err.kind() == IoErrorKind::WouldBlock {
+                    if release_idle && err.kind() == IoErrorKind::WouldBlock {
                         self.release_idle_in_buffer();
                     }
                     return Err(err.into());
@@ -284,8 +282,14 @@ impl FrameCodec {
     ///
     /// To ensure buffered frames are written call [`Self::write_out_buffer`].
     ///
-    /// May write to the stream, will **not** flush.
-    pub(super) fn buffer_frame<Stream>(&mut self, stream: &mut Stream, frame: Frame) -> Result<()>
+    /// May write to the stream, will **not** flush. With `release_idle`, a write buffer
+    /// emptied by the write is freed.
+    pub(super) fn buffer_frame<Stream>(
+        &mut self,
+        stream: &mut Stream,
+        frame: Frame,
+        release_idle: bool,
+    ) -> Result<()>
     where
         Stream: Write,
     {
@@ -299,16 +303,20 @@ impl FrameCodec {
         frame.format_into_buf(&mut self.out_buffer).expect("Bug: can't write to vector");
 
         if self.out_buffer.len() > self.out_buffer_write_len {
-            self.write_out_buffer(stream)
+            self.write_out_buffer(stream, release_idle)
         } else {
             Ok(())
         }
     }
 
-    /// Writes the out_buffer to the provided stream.
+    /// Writes the out_buffer to the provided stream; with `release_idle`, frees it once empty.
     ///
     /// Does **not** flush.
-    pub(super) fn write_out_buffer<Stream>(&mut self, stream: &mut Stream) -> Result<()>
+    pub(super) fn write_out_buffer<Stream>(
+        &mut self,
+        stream: &mut Stream,
+        release_idle: bool,
+    ) -> Result<()>
     where
         Stream: Write,
     {
@@ -324,8 +332,8 @@ impl FrameCodec {
             }
             self.out_buffer.drain(0..len);
         }
-        if self.release_idle_buffers {
-            self.out_buffer = Vec::new();
+        if release_idle {
+            self.release_idle_out_buffer();
         }
 
         Ok(())
