@@ -79,8 +79,12 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
         .filter_map(|l| l.strip_prefix("COPY "))
         .filter(|l| !l.starts_with("--from"))
         .flat_map(|l| {
+            // COPY SOURCE... DESTINATION
             let words: Vec<&str> = l.split_whitespace().collect();
-            words[..words.len() - 1].to_vec()
+            words
+                .split_last()
+                .map(|(_, sources)| sources.to_vec())
+                .unwrap_or_default()
         })
         .collect();
     for input in [
